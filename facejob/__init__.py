@@ -1,0 +1,34 @@
+"""facejob: turn photo archives into a searchable, clustered, labelled index of faces.
+
+    import facejob
+    summary = facejob.index(["photos/"], "out/")       # detect → align → embed → Parquet, on Ray
+    facejob.verify("a.jpg", "b.jpg")                    # same person?
+
+Nothing heavy is imported or loaded until you call a function.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from facejob.config import ConfigError, IndexConfig
+
+__version__ = "0.1.0"
+__all__ = ["IndexConfig", "ConfigError", "index", "verify"]
+
+if TYPE_CHECKING:
+    from facejob.runner import RunSummary
+    from facejob.verify import Verdict
+
+
+def index(sources: list[str], out: str, config: IndexConfig | None = None, progress: bool = True) -> "RunSummary":
+    """Index every photo under `sources` into `out` (see facejob.runner.index)."""
+    from facejob.runner import index as _index
+
+    return _index(sources, out, config, progress)
+
+
+def verify(photo_a: str, photo_b: str, threshold: float = 0.6) -> "Verdict":
+    """Distance between the largest faces of two photos and whether they match (see facejob.verify)."""
+    from facejob.verify import verify as _verify
+
+    return _verify(photo_a, photo_b, threshold)

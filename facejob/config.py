@@ -1,0 +1,99 @@
+"""All settings of a facejob run, in one typed place. The CLI flags and jobs/*.yaml mirror these."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DETECTORS = ("hog", "cnn")
+EMBEDDERS = ("dlib", "torch")
+LANDMARKS = (5, 68)
+TTA = ("none", "flip")
+
+# Images above this many pixels are refused before decoding (decompression-bomb guard).
+# 100 MP covers every phone and most DSLR photos; panoramas above it get a `too_large` reason.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class ConfigError(ValueError):
+    """A setting has a value facejob cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How `facejob index` detects, aligns and embeds faces, and how it runs.
+
+    detector: "hog" (dlib HOG + linear SVM, CPU) or "cnn" (dlib's MMOD CNN; slow on CPU).
+    upsample: times the image is doubled before detection (finds faces down to ~40 px at 1).
+    min_face_size: drop detections whose shorter side is below this many pixels (0 keeps all).
+    landmarks: 5 or 68 point shape predictor used to align the 150x150 chip.
+    embedder: "dlib" (reference, one face at a time) or "torch" (batched port of the same net).
+    device: "auto" picks cuda when available for the torch backends, else cpu.
+    batch_size: faces per torch forward pass (0 = pick per device).
+    tta: "flip" averages the descriptor of the chip and of its mirror image.
+    max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+    workers: Ray actors that each load the models once (0 = one per CPU Ray sees).
+    shard_size: images per Ray task and per output Parquet part (0 = about 4 shards per worker,
+        10 to 500 images each).
+    address: join this Ray cluster ("auto" or host:port); None starts a local Ray.
+    force: redo images already in the output.
+    """
+
+    detector: Literal["hog", "cnn"] = "hog"
+    upsample: int = 1
+    min_face_size: int = 0
+    landmarks: Literal[5, 68] = 5
+    embedder: Literal["dlib", "torch"] = "dlib"
+    device: str = "auto"
+    batch_size: int = 0
+    tta: Literal["none", "flip"] = "none"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    workers: int = 0
+    shard_size: int = 0
+    address: str | None = None
+    force: bool = False
+    extensions: tuple[str, ...] = field(
+        default=(".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif")
+    )
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(self.detector in DETECTORS, f"detector must be one of {DETECTORS}, got {self.detector!r}")
+        need(self.embedder in EMBEDDERS, f"embedder must be one of {EMBEDDERS}, got {self.embedder!r}")
+        need(self.landmarks in LANDMARKS, f"landmarks must be 5 or 68, got {self.landmarks!r}")
+        need(self.tta in TTA, f"tta must be one of {TTA}, got {self.tta!r}")
+        need(isinstance(self.upsample, int) and 0 <= self.upsample <= 4,
+             f"upsample must be an integer 0..4, got {self.upsample!r}")
+        need(isinstance(self.min_face_size, int) and self.min_face_size >= 0,
+             f"min_face_size must be >= 0 pixels, got {self.min_face_size!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 0,
+             f"batch_size must be >= 0, got {self.batch_size!r}")
+        need(isinstance(self.max_pixels, int) and self.max_pixels > 0,
+             f"max_pixels must be > 0, got {self.max_pixels!r}")
+        need(isinstance(self.workers, int) and self.workers >= 0,
+             f"workers must be >= 0, got {self.workers!r}")
+        need(isinstance(self.shard_size, int) and self.shard_size >= 0,
+             f"shard_size must be >= 0 (0 = auto), got {self.shard_size!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["extensions"] = list(self.extensions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "IndexConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        d = dict(d)
+        if "extensions" in d:
+            d["extensions"] = tuple(d["extensions"])
+        return cls(**d)
+
+    def model_fingerprint(self) -> dict[str, Any]:
+        """The settings that change which faces and descriptors come out."""
+        return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "embedder", "tta")}

@@ -1,0 +1,81 @@
+"""Step 1: find faces. dlib's HOG detector (CPU) or its MMOD CNN (dlib, or the batched torch port)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from facejob.models import model_path
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A face box in image pixels (dlib rectangle convention: right/bottom inclusive)."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    score: float
+
+    @property
+    def shorter_side(self) -> int:
+        return min(self.right - self.left, self.bottom - self.top) + 1
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, images: list[np.ndarray], upsample: int) -> list[list[Detection]]:
+        """Faces in each RGB uint8 image (H, W, 3), highest score first."""
+        ...
+
+
+def _sorted(dets: list[Detection]) -> list[Detection]:
+    return sorted(dets, key=lambda d: -d.score)
+
+
+class HogDetector:
+    """dlib's frontal face detector (HOG + linear SVM, 5 poses). Needs no model file."""
+
+    name = "dlib-hog"
+
+    def __init__(self) -> None:
+        import dlib
+
+        self._det = dlib.get_frontal_face_detector()
+
+    def detect(self, images: list[np.ndarray], upsample: int) -> list[list[Detection]]:
+        out = []
+        for img in images:
+            rects, scores, _ = self._det.run(img, upsample, 0.0)
+            out.append(_sorted([Detection(r.left(), r.top(), r.right(), r.bottom(), float(s))
+                                for r, s in zip(rects, scores)]))
+        return out
+
+
+class DlibCnnDetector:
+    """dlib's MMOD CNN face detector, computed by dlib itself (CPU only in the pip wheel: slow)."""
+
+    name = "dlib-cnn"
+
+    def __init__(self) -> None:
+        import dlib
+
+        self._det = dlib.cnn_face_detection_model_v1(str(model_path("cnn_detector")))
+
+    def detect(self, images: list[np.ndarray], upsample: int) -> list[list[Detection]]:
+        out = []
+        for img in images:
+            found = self._det(img, upsample)
+            out.append(_sorted([Detection(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(),
+                                          float(d.confidence)) for d in found]))
+        return out
+
+
+def make_detector(config) -> Detector:
+    """The detector an IndexConfig asks for."""
+    if config.detector == "hog":
+        return HogDetector()
+    return DlibCnnDetector()

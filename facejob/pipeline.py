@@ -1,0 +1,179 @@
+"""The per-image work, pure and Ray-free: bytes → decode → detect → landmarks → chips → embed → rows.
+
+`Pipeline` owns the loaded models (load once, reuse for every image). `process_shard` turns a list
+of `ImageRef`s into the two Arrow tables of one output part; it never raises for a bad image:
+every input comes back as exactly one images row, with status ok, no_face or error.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from facejob import decode, schema
+from facejob.align import Aligner, shape_points
+from facejob.config import IndexConfig
+from facejob.detect import Detection, make_detector
+from facejob.embed import make_embedder
+from facejob.sources import ImageRef, read_bytes
+
+STAGES = ("read", "decode", "detect", "landmarks", "embed")
+
+
+@dataclass
+class FaceRecord:
+    face_idx: int
+    box: Detection
+    landmarks: np.ndarray  # (n, 2) int32
+    embedding: np.ndarray  # (128,) float32
+
+    @property
+    def left(self) -> int:
+        return self.box.left
+
+    @property
+    def top(self) -> int:
+        return self.box.top
+
+    @property
+    def right(self) -> int:
+        return self.box.right
+
+    @property
+    def bottom(self) -> int:
+        return self.box.bottom
+
+
+@dataclass
+class ImageResult:
+    status: str
+    error: str | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    faces: list[FaceRecord] = field(default_factory=list)
+
+
+def face_id(sha256: str, uri: str, box: Detection) -> str:
+    """Stable id: the same photo (bytes and path) and the same box give the same id on every run."""
+    key = f"{sha256}|{uri}|{box.left},{box.top},{box.right},{box.bottom}"
+    return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+
+class Pipeline:
+    """Models for one IndexConfig, loaded once; call `process_bytes` or `process_shard`."""
+
+    def __init__(self, config: IndexConfig) -> None:
+        self.config = config
+        self.detector = make_detector(config)
+        self.aligner = Aligner(config.landmarks)
+        self.embedder = make_embedder(config)
+        self.timings: Counter[str] = Counter()
+
+    def _timed(self, stage: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        self.timings[stage] += t1 - t0
+        return t1
+
+    def process_image(self, image: np.ndarray) -> list[FaceRecord]:
+        """Faces of one decoded RGB image, embedded together in one batch."""
+        cfg = self.config
+        t = time.perf_counter()
+        boxes = self.detector.detect([image], cfg.upsample)[0]
+        if cfg.min_face_size:
+            boxes = [b for b in boxes if b.shorter_side >= cfg.min_face_size]
+        t = self._timed("detect", t)
+        shapes = self.aligner.landmarks(image, boxes)
+        chips = self.aligner.chips(image, shapes)
+        t = self._timed("landmarks", t)
+        embeddings = self.embedder.embed(chips)
+        self._timed("embed", t)
+        return [FaceRecord(i, b, shape_points(s), e)
+                for i, (b, s, e) in enumerate(zip(boxes, shapes, embeddings))]
+
+    def process_bytes(self, data: bytes) -> ImageResult:
+        """One photo's bytes → status and faces. Bad input becomes an error status, not an exception."""
+        sha = hashlib.sha256(data).hexdigest()
+        t = time.perf_counter()
+        try:
+            image = decode.decode_image(data, self.config.max_pixels)
+        except decode.DecodeError as e:
+            self._timed("decode", t)
+            return ImageResult(schema.STATUS_ERROR, str(e), sha)
+        self._timed("decode", t)
+        faces = self.process_image(image)
+        h, w = image.shape[:2]
+        status = schema.STATUS_OK if faces else schema.STATUS_NO_FACE
+        return ImageResult(status, None, sha, w, h, faces)
+
+    def process_ref(self, ref: ImageRef) -> ImageResult:
+        if ref.list_error:
+            return ImageResult(schema.STATUS_ERROR, ref.list_error)
+        _crash_hook(ref.uri)
+        t = time.perf_counter()
+        try:
+            data = read_bytes(ref.uri)
+        except IsADirectoryError:
+            return ImageResult(schema.STATUS_ERROR, f"{decode.UNSUPPORTED}: is a directory")
+        except OSError as e:
+            return ImageResult(schema.STATUS_ERROR, f"{decode.UNREADABLE}: {e}")
+        self._timed("read", t)
+        return self.process_bytes(data)
+
+    def process_shard(self, refs: list[ImageRef], shard: str) -> tuple[pa.Table, pa.Table]:
+        """The images and faces tables of one output part."""
+        results = [self.process_ref(r) for r in refs]
+        return shard_tables(refs, results, shard, self.config, self.detector.name, self.embedder.name)
+
+
+def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, config: IndexConfig,
+                 detector: str, embedder: str) -> tuple[pa.Table, pa.Table]:
+    images = {
+        "uri": [r.uri for r in refs],
+        "size": [r.size for r in refs],
+        "mtime": [r.mtime for r in refs],
+        "etag": [r.etag for r in refs],
+        "sha256": [x.sha256 for x in results],
+        "width": [x.width for x in results],
+        "height": [x.height for x in results],
+        "status": [x.status for x in results],
+        "error": [x.error for x in results],
+        "n_faces": [len(x.faces) for x in results],
+        "shard": [shard] * len(refs),
+    }
+    faces: dict[str, list] = {name: [] for name in schema.FACES.names}
+    for ref, res in zip(refs, results):
+        for f in res.faces:
+            faces["face_id"].append(face_id(res.sha256, ref.uri, f.box))
+            faces["uri"].append(ref.uri)
+            faces["sha256"].append(res.sha256)
+            faces["face_idx"].append(f.face_idx)
+            faces["left"].append(f.box.left)
+            faces["top"].append(f.box.top)
+            faces["right"].append(f.box.right)
+            faces["bottom"].append(f.box.bottom)
+            faces["det_score"].append(f.box.score)
+            faces["landmarks"].append(f.landmarks.reshape(-1).tolist())
+            faces["embedding"].append(f.embedding)
+            faces["detector"].append(detector)
+            faces["embedder"].append(embedder)
+            faces["shard"].append(shard)
+    emb = faces.pop("embedding")
+    flat = np.asarray(emb, dtype=np.float32).reshape(-1)
+    emb_array = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), schema.EMBEDDING_DIM)
+    arrays = [emb_array if n == "embedding" else pa.array(faces[n], schema.FACES.field(n).type)
+              for n in schema.FACES.names]
+    return (pa.table(images, schema=schema.IMAGES), pa.Table.from_arrays(arrays, schema=schema.FACES))
+
+
+def _crash_hook(uri: str) -> None:
+    """Test hook: FACEJOB_TEST_CRASH_ON=<substring> kills this worker process on matching images,
+    to simulate a decoder that segfaults on a poisoned file."""
+    needle = os.environ.get("FACEJOB_TEST_CRASH_ON")
+    if needle and needle in uri:
+        os._exit(139)

@@ -1,0 +1,107 @@
+"""The output location (a local folder or an s3:// prefix) and atomic writes into it.
+
+Every file facejob writes appears whole or not at all: locally through a temp file and
+`os.replace`, on S3 through a single PUT (or a completed multipart upload). Readers therefore
+never see a partial Parquet part, and a crash leaves nothing a later run would trust.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class Store(Protocol):
+    """Files under one root, addressed by relative POSIX paths like ``faces/part-x.parquet``."""
+
+    root: str
+
+    def exists(self, rel: str) -> bool: ...
+    def read_bytes(self, rel: str) -> bytes: ...
+    def write_bytes(self, rel: str, data: bytes) -> None: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def delete(self, rel: str) -> None: ...
+
+
+def safe_rel(rel: str) -> str:
+    """Refuse relative paths that would escape the store root."""
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise ValueError(f"refusing output path outside the output root: {rel!r}")
+    return str(p)
+
+
+class LocalStore:
+    def __init__(self, root: str | os.PathLike):
+        self.path = Path(root).expanduser().absolute()
+        self.root = str(self.path)
+
+    def _p(self, rel: str) -> Path:
+        return self.path / safe_rel(rel)
+
+    def exists(self, rel: str) -> bool:
+        return self._p(rel).is_file()
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self._p(rel).read_bytes()
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        dest = self._p(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Temp name starts with '.', so listings (and pyarrow datasets) ignore it.
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._p(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(
+            str(p.relative_to(self.path).as_posix())
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+    def delete(self, rel: str) -> None:
+        self._p(rel).unlink(missing_ok=True)
+
+
+def open_store(uri: str) -> Store:
+    """A Store for a local folder or an s3://bucket/prefix."""
+    if uri.startswith("s3://"):
+        from facejob import s3
+
+        return s3.S3Store(uri)
+    return LocalStore(uri)
+
+
+def write_parquet(store: Store, rel: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    store.write_bytes(rel, buf.getvalue())
+
+
+def read_parquet(store: Store, rel: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.read_bytes(rel)), columns=columns)
+
+
+def read_parts(store: Store, prefix: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """All parts under `prefix` (e.g. "faces/") as one table; empty table with `schema` if none."""
+    parts = [read_parquet(store, rel, columns) for rel in store.list(prefix) if rel.endswith(".parquet")]
+    if not parts:
+        names = columns or schema.names
+        return pa.schema([schema.field(n) for n in names]).empty_table()
+    return pa.concat_tables(parts)

@@ -1,0 +1,140 @@
+"""The pure per-image pipeline, checked against dlib called directly the way face_recognition does."""
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import dlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from facejob.config import IndexConfig
+from facejob.decode import decode_image
+from facejob.models import model_path
+from facejob.pipeline import Pipeline, face_id
+from facejob.sources import ImageRef
+from tests.photos import face_image, rotated_with_exif
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Pipeline:
+    return Pipeline(IndexConfig())
+
+
+@pytest.fixture(scope="module")
+def direct():
+    """face_recognition's calls: HOG upsample 1, 5-point landmarks, compute_face_descriptor(img, shape)."""
+    return (dlib.get_frontal_face_detector(), dlib.shape_predictor(str(model_path("landmarks5"))),
+            dlib.face_recognition_model_v1(str(model_path("resnet"))))
+
+
+def _direct_faces(direct, rgb):
+    detector, predictor, net = direct
+    rects = detector(rgb, 1)
+    return [(r, np.array(net.compute_face_descriptor(rgb, predictor(rgb, r)), np.float32)) for r in rects]
+
+
+PHOTOS = ["labelled/fr_knn/test/obama_and_biden.jpg", "groups/dlib_faces/2008_002506.jpg",
+          "labelled/dlib_johns/John_Salley/000179_02159509.jpg", "groups/misc/couple.jpg"]
+
+
+@pytest.mark.parametrize("rel", PHOTOS)
+def test_descriptors_equal_direct_dlib_calls(pipe, direct, data_dir, rel):
+    data = (data_dir / rel).read_bytes()
+    result = pipe.process_bytes(data)
+    rgb = decode_image(data, IndexConfig().max_pixels)
+    expected = {(r.left(), r.top(), r.right(), r.bottom()): d for r, d in _direct_faces(direct, rgb)}
+    got = {(f.left, f.top, f.right, f.bottom): f.embedding for f in result.faces}
+    assert got.keys() == expected.keys() and got
+    for box, emb in got.items():
+        assert np.abs(emb - expected[box]).max() <= 1e-5
+
+
+def test_exif_rotated_face_found_only_after_rotation(pipe, data_dir):
+    img = face_image(data_dir)
+    data = rotated_with_exif(img)
+    raw_sideways = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert len(dlib.get_frontal_face_detector()(raw_sideways, 1)) == 0  # sideways: HOG sees nothing
+    result = pipe.process_bytes(data)
+    assert result.status == "ok" and len(result.faces) == 1
+    assert (result.width, result.height) == img.size
+
+
+def test_face_ids_stable_and_distinct(pipe, data_dir):
+    data = (data_dir / PHOTOS[0]).read_bytes()
+    a = pipe.process_bytes(data)
+    b = pipe.process_bytes(data)
+    ids_a = [face_id(a.sha256, "x.jpg", f.box) for f in a.faces]
+    assert ids_a == [face_id(b.sha256, "x.jpg", f.box) for f in b.faces]
+    assert len(set(ids_a)) == len(ids_a) >= 2
+    assert face_id(a.sha256, "y.jpg", a.faces[0].box) != ids_a[0]  # a copy elsewhere is another face
+
+
+def test_faces_in_one_image_embedded_in_one_batch(data_dir):
+    cfg = IndexConfig()
+    pipe = Pipeline(cfg)
+    calls = []
+    original = pipe.embedder.embed
+    pipe.embedder.embed = lambda chips: calls.append(len(chips)) or original(chips)
+    result = pipe.process_bytes((data_dir / "groups/dlib_faces/2008_002470.jpg").read_bytes())
+    assert calls == [len(result.faces)] and len(result.faces) >= 4
+
+
+def test_min_face_size_drops_small_faces(data_dir):
+    data = (data_dir / "groups/dlib_faces/2008_002470.jpg").read_bytes()
+    all_faces = Pipeline(IndexConfig()).process_bytes(data).faces
+    big = Pipeline(IndexConfig(min_face_size=60)).process_bytes(data).faces
+    assert len(big) < len(all_faces)
+    assert all(f.box.shorter_side >= 60 for f in big)
+
+
+def _truth_boxes(xml_path: Path) -> dict[str, list[tuple[int, int, int, int]]]:
+    out = {}
+    for image in ET.parse(xml_path).getroot().iter("image"):
+        out[image.get("file")] = [
+            (int(b.get("left")), int(b.get("top")), int(b.get("left")) + int(b.get("width")),
+             int(b.get("top")) + int(b.get("height")))
+            for b in image.iter("box") if b.get("ignore") != "1"]
+    return out
+
+
+def _iou(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def matched_truth(truth, found) -> int:
+    return sum(any(_iou(t, f) >= 0.5 for f in found) for t in truth)
+
+
+def test_groups_recall_at_least_dlib_direct(pipe, direct, data_dir):
+    folder = data_dir / "groups/dlib_faces"
+    truth = {**_truth_boxes(folder / "training.xml"), **_truth_boxes(folder / "testing.xml")}
+    ours = theirs = total = 0
+    for name, boxes in truth.items():
+        data = (folder / name).read_bytes()
+        found = [(f.left, f.top, f.right, f.bottom) for f in pipe.process_bytes(data).faces]
+        rgb = decode_image(data, IndexConfig().max_pixels)
+        direct_found = [(r.left(), r.top(), r.right(), r.bottom()) for r in direct[0](rgb, 1)]
+        ours += matched_truth(boxes, found)
+        theirs += matched_truth(boxes, direct_found)
+        total += len(boxes)
+    assert total > 40 and ours >= theirs > 0
+
+
+def test_process_shard_accounts_for_every_ref(pipe, data_dir, tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    refs = [ImageRef(str(data_dir / PHOTOS[0]), 1), ImageRef(str(tmp_path / "bad.jpg"), 4),
+            ImageRef(str(tmp_path / "gone.jpg"), 0, list_error="unreadable: No such file or directory")]
+    images, faces = pipe.process_shard(refs, "s1")
+    assert images.column("status").to_pylist() == ["ok", "error", "error"]
+    n = images.column("n_faces").to_pylist()[0]
+    assert n >= 2 and images.column("n_faces").to_pylist()[1:] == [0, 0]
+    assert faces.num_rows == n and set(faces.column("shard").to_pylist()) == {"s1"}
+    assert faces.schema.field("embedding").type.list_size == 128

@@ -1,0 +1,72 @@
+"""Planning: deterministic shards, catalog diff, retiring rows, leftovers of a crash."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+from facejob import plan as planning, schema
+from facejob.sources import ImageRef
+from facejob.storage import LocalStore, read_parts, write_parquet
+
+
+def refs(n, mtime=1.0, prefix="/p"):
+    return [ImageRef(f"{prefix}/{i:03d}.jpg", 100 + i, mtime) for i in range(n)]
+
+
+def test_shard_ids_deterministic_and_content_keyed():
+    a = planning.cut_shards(planning.make_plan(refs(10), {}, ["/p"]).todo, 4)
+    b = planning.cut_shards(planning.make_plan(refs(10), {}, ["/p"]).todo, 4)
+    assert [s.id for s in a] == [s.id for s in b] and [len(s.refs) for s in a] == [4, 4, 2]
+    c = planning.cut_shards(planning.make_plan(refs(10, mtime=2.0), {}, ["/p"]).todo, 4)
+    assert not {s.id for s in a} & {s.id for s in c}
+
+
+def test_auto_shard_size():
+    assert planning.auto_shard_size(17, 2) == 10
+    assert planning.auto_shard_size(800, 2) == 100
+    assert planning.auto_shard_size(10**6, 16) == 500
+
+
+def _commit(store, shard, rs):
+    images = pa.table({"uri": [r.uri for r in rs], "size": [r.size for r in rs], "mtime": [r.mtime for r in rs],
+                       "etag": [None] * len(rs), "sha256": ["x"] * len(rs), "width": [1] * len(rs),
+                       "height": [1] * len(rs), "status": ["no_face"] * len(rs), "error": [None] * len(rs),
+                       "n_faces": [0] * len(rs), "shard": [shard] * len(rs)}, schema=schema.IMAGES)
+    write_parquet(store, planning.FACES_DIR + planning.part_name(shard), schema.FACES.empty_table())
+    write_parquet(store, planning.IMAGES_DIR + planning.part_name(shard), images)
+
+
+def test_catalog_diff_new_changed_deleted_and_retire(tmp_path):
+    store = LocalStore(tmp_path)
+    old = refs(6)
+    _commit(store, "a", old[:3])
+    _commit(store, "b", old[3:])
+    catalog = planning.read_catalog(store)
+    listing = old[:1] + [ImageRef(old[1].uri, 999, 5.0)] + old[3:] + [ImageRef("/p/new.jpg", 1, 1.0)]
+    # old[2] is gone; a photo outside the listed roots stays untouched
+    _commit(store, "c", [ImageRef("/elsewhere/x.jpg", 1, 1.0)])
+    catalog = planning.read_catalog(store)
+    p = planning.make_plan(listing, catalog, ["/p"])
+    assert (p.new, p.changed, p.unchanged, p.deleted) == (1, 1, 4, 1)
+    assert len(p.todo) == 2 and p.retire == {"a": {old[1].uri, old[2].uri}}
+    planning.retire(store, p.retire)
+    left = read_parts(store, planning.IMAGES_DIR, schema.IMAGES, ["uri"]).column("uri").to_pylist()
+    assert sorted(left) == sorted([old[0].uri, *[r.uri for r in old[3:]], "/elsewhere/x.jpg"])
+
+
+def test_force_redoes_everything(tmp_path):
+    store = LocalStore(tmp_path)
+    _commit(store, "a", refs(3))
+    p = planning.make_plan(refs(3), planning.read_catalog(store), ["/p"], force=True)
+    assert len(p.todo) == 3 and p.changed == 3
+    planning.retire(store, p.retire)
+    assert store.list("images/") == [] and store.list("faces/") == []
+
+
+def test_uncommitted_leftovers_are_not_trusted(tmp_path):
+    store = LocalStore(tmp_path)
+    _commit(store, "a", refs(2))
+    write_parquet(store, planning.FACES_DIR + planning.part_name("crashed"), schema.FACES.empty_table())
+    (tmp_path / "images" / ".part-half.parquet.123.tmp").write_bytes(b"PAR1 half written")
+    assert planning.remove_orphans(store) == 1
+    assert store.list("faces/") == ["faces/part-a.parquet"]
+    assert set(planning.read_catalog(store)) == {r.uri for r in refs(2)}  # temp file ignored
