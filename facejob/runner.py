@@ -150,6 +150,9 @@ def _start_ray(config: IndexConfig):
     if config.address:
         ray.init(address=config.address, **kwargs)
     else:
+        # Ray starts workers at niceness 15 by default; on our own local Ray the workers *are*
+        # the job, and at 15 any other busy process on the machine starves them.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=config.workers or os.cpu_count(), **kwargs)
     return ray
 
