@@ -56,6 +56,10 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("execution")
     r.add_argument("--workers", type=int, default=d.workers,
                    help="parallel workers, each loading the models once (default: one per CPU)")
+    r.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker,
+                   help="Ray CPUs each worker task asks for (default: %(default)s)")
+    r.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker,
+                   help="Ray GPUs each worker task asks for; 1 on GPU clusters (default: %(default)s)")
     r.add_argument("--shard-size", type=int, default=d.shard_size,
                    help="images per task and per output part (default: 0 = about 4 shards per worker, 10-500 images each)")
     r.add_argument("--address", default=d.address,
@@ -67,7 +71,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
     return IndexConfig(detector=args.detector, upsample=args.upsample, min_face_size=args.min_face_size,
                        landmarks=args.landmarks, embedder=args.embedder, device=args.device,
                        batch_size=args.batch_size, tta=args.tta, max_pixels=args.max_pixels,
-                       workers=args.workers, shard_size=args.shard_size, address=args.address,
+                       workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                       gpus_per_worker=args.gpus_per_worker, shard_size=args.shard_size, address=args.address,
                        force=args.force)
 
 

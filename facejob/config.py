@@ -32,7 +32,9 @@ class IndexConfig:
     batch_size: faces per torch forward pass (0 = pick per device).
     tta: "flip" averages the descriptor of the chip and of its mirror image.
     max_pixels: refuse images with more pixels than this (decompression-bomb guard).
-    workers: Ray actors that each load the models once (0 = one per CPU Ray sees).
+    workers: parallel Ray tasks, each in a worker process that loads the models once
+        (0 = one per CPU Ray sees, or one per GPU with gpus_per_worker).
+    cpus_per_worker, gpus_per_worker: Ray resources each task asks for (GPU clusters: 1 GPU each).
     shard_size: images per Ray task and per output Parquet part (0 = about 4 shards per worker,
         10 to 500 images each).
     address: join this Ray cluster ("auto" or host:port); None starts a local Ray.
@@ -49,6 +51,8 @@ class IndexConfig:
     tta: Literal["none", "flip"] = "none"
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 0
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
     shard_size: int = 0
     address: str | None = None
     force: bool = False
@@ -75,6 +79,8 @@ class IndexConfig:
              f"max_pixels must be > 0, got {self.max_pixels!r}")
         need(isinstance(self.workers, int) and self.workers >= 0,
              f"workers must be >= 0, got {self.workers!r}")
+        need(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
+        need(self.gpus_per_worker >= 0, f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
         need(isinstance(self.shard_size, int) and self.shard_size >= 0,
              f"shard_size must be >= 0 (0 = auto), got {self.shard_size!r}")
 

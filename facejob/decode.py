@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Reason codes written (as "code: message") into the images table's `error` column.
-EMPTY, UNSUPPORTED, CORRUPT, TOO_LARGE, UNREADABLE, CRASH = (
-    "empty", "unsupported", "corrupt", "too_large", "unreadable", "crash")
+EMPTY, UNSUPPORTED, CORRUPT, TOO_LARGE, UNREADABLE, UNAVAILABLE, CRASH = (
+    "empty", "unsupported", "corrupt", "too_large", "unreadable", "unavailable", "crash")
 
 _heif_registered = False
 

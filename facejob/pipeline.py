@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ from facejob.align import Aligner, shape_points
 from facejob.config import IndexConfig
 from facejob.detect import Detection, make_detector
 from facejob.embed import make_embedder
-from facejob.sources import ImageRef, read_bytes
+from facejob.sources import ImageRef, SourceUnavailable, read_bytes
 
 STAGES = ("read", "decode", "detect", "landmarks", "embed")
 
@@ -30,7 +31,7 @@ class FaceRecord:
     face_idx: int
     box: Detection
     landmarks: np.ndarray  # (n, 2) int32
-    embedding: np.ndarray  # (128,) float32
+    embedding: np.ndarray | None  # (128,) float32; None until embedded
 
     @property
     def left(self) -> int:
@@ -80,8 +81,8 @@ class Pipeline:
         self.timings[stage] += t1 - t0
         return t1
 
-    def process_image(self, image: np.ndarray) -> list[FaceRecord]:
-        """Faces of one decoded RGB image, embedded together in one batch."""
+    def _find_faces(self, image: np.ndarray) -> tuple[list[FaceRecord], np.ndarray]:
+        """Detect, landmark and cut chips; the records' embeddings are filled in later, in batches."""
         cfg = self.config
         t = time.perf_counter()
         boxes = self.detector.detect([image], cfg.upsample)[0]
@@ -90,45 +91,107 @@ class Pipeline:
         t = self._timed("detect", t)
         shapes = self.aligner.landmarks(image, boxes)
         chips = self.aligner.chips(image, shapes)
-        t = self._timed("landmarks", t)
-        embeddings = self.embedder.embed(chips)
-        self._timed("embed", t)
-        return [FaceRecord(i, b, shape_points(s), e)
-                for i, (b, s, e) in enumerate(zip(boxes, shapes, embeddings))]
+        self._timed("landmarks", t)
+        return [FaceRecord(i, b, shape_points(s), None) for i, (b, s) in enumerate(zip(boxes, shapes))], chips
 
-    def process_bytes(self, data: bytes) -> ImageResult:
-        """One photo's bytes → status and faces. Bad input becomes an error status, not an exception."""
+    def _embed(self, chips: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        out = self.embedder.embed(chips)
+        self._timed("embed", t)
+        return out
+
+    def _prepare_bytes(self, data: bytes) -> tuple[ImageResult, np.ndarray | None]:
         sha = hashlib.sha256(data).hexdigest()
         t = time.perf_counter()
         try:
             image = decode.decode_image(data, self.config.max_pixels)
         except decode.DecodeError as e:
             self._timed("decode", t)
-            return ImageResult(schema.STATUS_ERROR, str(e), sha)
+            return ImageResult(schema.STATUS_ERROR, str(e), sha), None
         self._timed("decode", t)
-        faces = self.process_image(image)
+        faces, chips = self._find_faces(image)
         h, w = image.shape[:2]
         status = schema.STATUS_OK if faces else schema.STATUS_NO_FACE
-        return ImageResult(status, None, sha, w, h, faces)
+        return ImageResult(status, None, sha, w, h, faces), chips
 
-    def process_ref(self, ref: ImageRef) -> ImageResult:
+    def _prepare_ref(self, ref: ImageRef) -> tuple[ImageResult, np.ndarray | None]:
         if ref.list_error:
-            return ImageResult(schema.STATUS_ERROR, ref.list_error)
+            return ImageResult(schema.STATUS_ERROR, ref.list_error), None
         _crash_hook(ref.uri)
         t = time.perf_counter()
         try:
             data = read_bytes(ref.uri)
         except IsADirectoryError:
-            return ImageResult(schema.STATUS_ERROR, f"{decode.UNSUPPORTED}: is a directory")
-        except OSError as e:
-            return ImageResult(schema.STATUS_ERROR, f"{decode.UNREADABLE}: {e}")
+            return ImageResult(schema.STATUS_ERROR, f"{decode.UNSUPPORTED}: is a directory"), None
+        except SourceUnavailable as e:
+            return ImageResult(schema.STATUS_ERROR, f"{decode.UNAVAILABLE}: {e}"), None
+        except Exception as e:  # this image fails, not the run
+            return ImageResult(schema.STATUS_ERROR, f"{decode.UNREADABLE}: {e}"), None
         self._timed("read", t)
-        return self.process_bytes(data)
+        return self._prepare_bytes(data)
+
+    def _complete(self, prepared: tuple[ImageResult, np.ndarray | None]) -> ImageResult:
+        result, chips = prepared
+        if result.faces:
+            for face, emb in zip(result.faces, self._embed(chips)):
+                face.embedding = emb
+        return result
+
+    def process_image(self, image: np.ndarray) -> list[FaceRecord]:
+        """Faces of one decoded RGB image, embedded together in one batch."""
+        faces, chips = self._find_faces(image)
+        return self._complete((ImageResult(schema.STATUS_OK, faces=faces), chips)).faces
+
+    def process_bytes(self, data: bytes) -> ImageResult:
+        """One photo's bytes → status and faces. Bad input becomes an error status, not an exception."""
+        return self._complete(self._prepare_bytes(data))
+
+    def process_ref(self, ref: ImageRef) -> ImageResult:
+        """One listed photo → status and faces; unreadable files become an error status too."""
+        return self._complete(self._prepare_ref(ref))
 
     def process_shard(self, refs: list[ImageRef], shard: str) -> tuple[pa.Table, pa.Table]:
-        """The images and faces tables of one output part."""
-        results = [self.process_ref(r) for r in refs]
+        """The images and faces tables of one output part.
+
+        A background thread decodes, detects and aligns the next photos while this one embeds
+        the chips gathered so far in batches across photos (a GPU wants hundreds at a time).
+        """
+        batch = max(getattr(self.embedder, "batch_size", 0), 16)
+        results: list[ImageResult] = []
+        waiting: list[tuple[ImageResult, np.ndarray]] = []
+        n_waiting = 0
+
+        def flush() -> None:
+            nonlocal n_waiting
+            if waiting:
+                embeddings = iter(self._embed(np.concatenate([c for _, c in waiting])))
+                for result, _ in waiting:
+                    for face in result.faces:
+                        face.embedding = next(embeddings)
+            waiting.clear()
+            n_waiting = 0
+
+        for result, chips in _prefetch(self._prepare_ref, refs, depth=8):
+            results.append(result)
+            if result.faces:
+                waiting.append((result, chips))
+                n_waiting += len(chips)
+                if n_waiting >= batch:
+                    flush()
+        flush()
         return shard_tables(refs, results, shard, self.config, self.detector.name, self.embedder.name)
+
+
+def _prefetch(fn, items: list, depth: int):
+    """Yield fn(item) for each item in order, computing up to `depth` ahead on one background thread."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="facejob-prepare") as pool:
+        futures: deque = deque()
+        for item in items:
+            futures.append(pool.submit(fn, item))
+            if len(futures) > depth:
+                yield futures.popleft().result()
+        while futures:
+            yield futures.popleft().result()
 
 
 def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, config: IndexConfig,

@@ -45,6 +45,7 @@ class Plan:
     new: int = 0
     changed: int = 0
     unchanged: int = 0
+    retried: int = 0
     deleted: int = 0
     retire: dict[str, set[str]] = field(default_factory=dict)  # shard → uris to remove from its parts
 
@@ -57,10 +58,15 @@ def shard_id(refs: list[ImageRef]) -> str:
     return h.hexdigest()
 
 
+# Errors that may be transient (storage outage, a worker killed by the OS): retried next run.
+RETRYABLE_REASONS = ("unavailable", "crash")
+
+
 @dataclass
 class CatalogEntry:
     version: tuple
     shard: str
+    retry: bool = False
 
 
 def read_catalog(store: Store) -> dict[str, CatalogEntry]:
@@ -69,11 +75,11 @@ def read_catalog(store: Store) -> dict[str, CatalogEntry]:
     for rel in store.list(IMAGES_DIR):
         if not rel.endswith(".parquet"):
             continue
-        t = read_parquet(store, rel, ["uri", "size", "mtime", "etag"]).to_pydict()
+        t = read_parquet(store, rel, ["uri", "size", "mtime", "etag", "error"]).to_pydict()
         shard = shard_of(rel)
-        for uri, size, mtime, etag in zip(t["uri"], t["size"], t["mtime"], t["etag"]):
-            ref = ImageRef(uri, size, mtime, etag)
-            catalog[uri] = CatalogEntry(ref.version(), shard)
+        for uri, size, mtime, etag, error in zip(t["uri"], t["size"], t["mtime"], t["etag"], t["error"]):
+            retry = bool(error) and error.startswith(RETRYABLE_REASONS)
+            catalog[uri] = CatalogEntry(ImageRef(uri, size, mtime, etag).version(), shard, retry)
     return catalog
 
 
@@ -95,6 +101,8 @@ def make_plan(refs: Iterable[ImageRef], catalog: dict[str, CatalogEntry], source
               force: bool = False) -> Plan:
     """The photos that are new or changed (all of them with `force`), plus what to retire.
 
+    Photos whose last attempt failed for a possibly transient reason (unavailable, crash) are
+    tried again.
     A catalogued photo under one of `source_roots` that the listing no longer has counts as
     deleted; photos outside those roots (another folder indexed into the same output) are left alone.
     """
@@ -106,11 +114,16 @@ def make_plan(refs: Iterable[ImageRef], catalog: dict[str, CatalogEntry], source
         old = catalog.get(ref.uri)
         if old is None:
             plan.new += 1
-        elif old.version == ref.version() and not force:
+        elif old.version == ref.version() and not force and not old.retry:
             plan.unchanged += 1
             continue
         else:
-            plan.changed += 1
+            if old.version != ref.version():
+                plan.changed += 1
+            elif old.retry:
+                plan.retried += 1
+            else:
+                plan.changed += 1  # forced
             plan.retire.setdefault(old.shard, set()).add(ref.uri)
         plan.todo.append(ref)
     for uri, entry in catalog.items():

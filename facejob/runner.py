@@ -158,7 +158,12 @@ def _start_ray(config: IndexConfig):
 
 
 def _worker_count(config: IndexConfig) -> int:
-    return config.workers or int(_start_ray(config).cluster_resources().get("CPU", 1))
+    if config.workers:
+        return config.workers
+    resources = _start_ray(config).cluster_resources()
+    if config.gpus_per_worker:
+        return max(1, int(resources.get("GPU", 0) / config.gpus_per_worker))
+    return max(1, int(resources.get("CPU", 1) / config.cpus_per_worker))
 
 
 def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progress: Progress
@@ -166,7 +171,8 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
     ray = _start_ray(config)
     from ray.exceptions import RayTaskError
 
-    shard_task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=True)(run_shard)
+    resources = dict(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker)
+    shard_task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=True, **resources)(run_shard)
     workers = _worker_count(config)
     pending = list(reversed(shards))
     running: dict[Any, planning.Shard] = {}
@@ -193,14 +199,14 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
         done.append(stats)
         progress.update(stats)
     for shard in crashed:
-        stats = _execute_image_by_image(ray, shard, out, config)
+        stats = _execute_image_by_image(ray, shard, out, config, resources)
         done.append(stats)
         progress.update(stats)
     return done, failed
 
 
-def _execute_image_by_image(ray, shard: planning.Shard, out: str, config: IndexConfig) -> dict:
-    image_task = ray.remote(num_cpus=1, max_retries=IMAGE_RETRIES, retry_exceptions=False)(run_image)
+def _execute_image_by_image(ray, shard: planning.Shard, out: str, config: IndexConfig, resources: dict) -> dict:
+    image_task = ray.remote(max_retries=IMAGE_RETRIES, retry_exceptions=False, **resources)(run_image)
     tasks = [image_task.remote(ref, config) for ref in shard.refs]
     results = []
     for ref, task in zip(shard.refs, tasks):
@@ -272,7 +278,7 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
     summary = RunSummary(out=store.root, failed_shards=failed)
     summary.counts = {
         "listed": plan.listed, "skipped_by_extension": len(skipped), "new": plan.new, "changed": plan.changed,
-        "unchanged": plan.unchanged, "deleted": plan.deleted, "processed": processed,
+        "unchanged": plan.unchanged, "retried": plan.retried, "deleted": plan.deleted, "processed": processed,
         "ok": status.get("ok", 0), "no_face": status.get("no_face", 0), "error": status.get("error", 0),
         "faces": sum(s["faces"] for s in done), "shards": len(shards), "failed_shards": len(failed),
         "orphan_parts_removed": orphans,

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class SourceUnavailable(Exception):
+    """Reading failed for a reason that may pass (storage outage, throttling) after the storage
+    layer's own retries; the image gets an `unavailable` status and is tried again next run."""
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """One input photo as the listing saw it."""
@@ -99,7 +104,8 @@ def list_images(
 
 
 def read_bytes(uri: str) -> bytes:
-    """All bytes of one photo."""
+    """All bytes of one photo. Raises OSError (or another error) when the photo cannot be read,
+    SourceUnavailable when the failure may be transient."""
     if is_s3(uri):
         from facejob import s3
 

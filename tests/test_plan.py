@@ -53,6 +53,18 @@ def test_catalog_diff_new_changed_deleted_and_retire(tmp_path):
     assert sorted(left) == sorted([old[0].uri, *[r.uri for r in old[3:]], "/elsewhere/x.jpg"])
 
 
+def test_transient_errors_retried_next_run(tmp_path):
+    store = LocalStore(tmp_path)
+    rs = refs(3)
+    _commit(store, "a", rs)
+    table = planning.read_parquet(store, "images/part-a.parquet").to_pylist()
+    table[0].update(status="error", error="unavailable: connection reset")
+    table[1].update(status="error", error="corrupt: truncated")
+    write_parquet(store, "images/part-a.parquet", pa.Table.from_pylist(table, schema.IMAGES))
+    p = planning.make_plan(rs, planning.read_catalog(store), ["/p"])
+    assert [r.uri for r in p.todo] == [rs[0].uri] and p.retried == 1 and p.unchanged == 2
+
+
 def test_force_redoes_everything(tmp_path):
     store = LocalStore(tmp_path)
     _commit(store, "a", refs(3))
