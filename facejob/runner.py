@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from facejob import decode, plan as planning, schema
-from facejob.config import IndexConfig
+from facejob.config import ConfigError, IndexConfig
 from facejob.pipeline import Pipeline, shard_tables, ImageResult
 from facejob.sources import ImageRef, list_images
 from facejob.storage import Store, open_store, write_parquet
@@ -248,6 +248,7 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     store = open_store(out)
+    _check_same_models(store, config)
     skipped: list[str] = []
     refs = list(list_images(sources, config.extensions, skipped))
     t_list = time.perf_counter()
@@ -295,6 +296,22 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
     }
     _write_run_json(store, summary.report)
     return summary
+
+
+def _check_same_models(store: Store, config: IndexConfig) -> None:
+    """Refuse to mix faces found or embedded differently into one output (unless redoing all)."""
+    if config.force or not store.exists("run.json") or not store.list(planning.IMAGES_DIR):
+        return
+    try:
+        old = IndexConfig.from_dict(json.loads(store.read_bytes("run.json"))["config"]).model_fingerprint()
+    except (ValueError, KeyError, TypeError):
+        return
+    new = config.model_fingerprint()
+    diff = {k: (old[k], new[k]) for k in new if old.get(k) != new[k]}
+    if diff:
+        what = ", ".join(f"{k}={b!r} (output has {a!r})" for k, (a, b) in diff.items())
+        raise ConfigError(f"{store.root} was indexed with other settings: {what}; "
+                          f"use --force to redo every photo, or another --out")
 
 
 def _write_run_json(store: Store, report: dict[str, Any]) -> None:

@@ -106,6 +106,12 @@ def test_force_redoes_and_keeps_ids(ray_local, data_dir, tmp_path):
     assert len(table(out, "images")) == 5
 
 
+def test_refuses_to_mix_detection_settings(awkward_run):
+    src, out, _ = awkward_run
+    with pytest.raises(facejob.ConfigError, match="upsample=2 \\(output has 1\\)"):
+        facejob.index([str(src)], str(out), IndexConfig(upsample=2), progress=False)
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*FACEJOB, *args], capture_output=True, text=True, timeout=300)
 
