@@ -40,6 +40,10 @@ def _pipeline(config: IndexConfig) -> Pipeline:
     key = json.dumps(config.to_dict(), sort_keys=True)
     if key not in _pipelines:
         _pipelines.clear()
+        if config.embedder == "torch" or config.detector == "cnn":
+            import torch
+
+            torch.set_num_threads(max(1, int(config.cpus_per_worker)))  # one worker per core
         _pipelines[key] = Pipeline(config)
     return _pipelines[key]
 
@@ -145,6 +149,8 @@ def _start_ray(config: IndexConfig):
     if ray.is_initialized():
         return ray
     env = {k: v for k, v in os.environ.items() if k.startswith(("FACEJOB_", "AWS_"))}
+    # OpenMP's default busy-waiting makes multi-threaded torch crawl when cores are shared.
+    env.setdefault("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True,
                                   logging_level=logging.WARNING, runtime_env={"env_vars": env})
     if config.address:

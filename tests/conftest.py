@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports torch: OpenMP's busy-waiting crawls on a shared 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
