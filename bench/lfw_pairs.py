@@ -108,7 +108,8 @@ def best_threshold(d: np.ndarray, same: np.ndarray) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("FACEJOB_DATA", DEFAULT_DATA)))
-    ap.add_argument("--embedders", default="dlib", help="comma-separated facejob embedders to run (dlib,torch)")
+    ap.add_argument("--embedders", default="dlib",
+                    help="comma-separated facejob embedders to run: dlib, torch, torch:flip (flip TTA)")
     ap.add_argument("--chunks", type=int, default=4, help="interleaving chunks (see module doc)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N pairs of each file (quick check)")
     ap.add_argument("--workers", type=int, default=0, help="facejob workers (0 = one per core)")
@@ -130,6 +131,10 @@ def main() -> int:
     ray.init(num_cpus=args.workers or os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     print(f"Ray start-up: {time.perf_counter() - t:.1f} s (not included below)")
 
+    def config_of(contender: str) -> IndexConfig:
+        embedder, _, tta = contender.split()[-1].partition(":")
+        return IndexConfig(embedder=embedder, tta=tta or "none", workers=args.workers)
+
     contenders = [f"facejob --embedder {e}" for e in args.embedders.split(",")]
     if not args.no_loop:
         contenders.append("plain dlib loop")
@@ -145,8 +150,8 @@ def main() -> int:
             if c == "plain dlib loop":
                 emb[c].update(loop.run(chunk))
             else:
-                cfg = IndexConfig(embedder=c.split()[-1], workers=args.workers)
-                facejob.index([str(p) for p in chunk], str(tmp / c.split()[-1] / f"chunk{i}"), cfg, progress=False)
+                facejob.index([str(p) for p in chunk], str(tmp / c.split()[-1] / f"chunk{i}"), config_of(c),
+                              progress=False)
             dt = time.perf_counter() - t
             seconds[c].append(dt)
             rates[c].append(len(chunk) / dt)

@@ -1,0 +1,5 @@
+import sys
+
+from facejob.cli import main
+
+sys.exit(main())
