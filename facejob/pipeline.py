@@ -81,18 +81,23 @@ class Pipeline:
         self.timings[stage] += t1 - t0
         return t1
 
-    def _find_faces(self, image: np.ndarray) -> tuple[list[FaceRecord], np.ndarray]:
-        """Detect, landmark and cut chips; the records' embeddings are filled in later, in batches."""
+    def _find_faces(self, images: list[np.ndarray]) -> list[tuple[list[FaceRecord], np.ndarray]]:
+        """Detect (in one call for all images), landmark and cut chips. The records' embeddings
+        are filled in later, in batches."""
         cfg = self.config
         t = time.perf_counter()
-        boxes = self.detector.detect([image], cfg.upsample)[0]
-        if cfg.min_face_size:
-            boxes = [b for b in boxes if b.shorter_side >= cfg.min_face_size]
+        found = self.detector.detect(images, cfg.upsample)
         t = self._timed("detect", t)
-        shapes = self.aligner.landmarks(image, boxes)
-        chips = self.aligner.chips(image, shapes)
+        out = []
+        for image, boxes in zip(images, found):
+            if cfg.min_face_size:
+                boxes = [b for b in boxes if b.shorter_side >= cfg.min_face_size]
+            shapes = self.aligner.landmarks(image, boxes)
+            chips = self.aligner.chips(image, shapes)
+            out.append(([FaceRecord(i, b, shape_points(s), None) for i, (b, s) in enumerate(zip(boxes, shapes))],
+                        chips))
         self._timed("landmarks", t)
-        return [FaceRecord(i, b, shape_points(s), None) for i, (b, s) in enumerate(zip(boxes, shapes))], chips
+        return out
 
     def _embed(self, chips: np.ndarray) -> np.ndarray:
         t = time.perf_counter()
@@ -100,21 +105,20 @@ class Pipeline:
         self._timed("embed", t)
         return out
 
-    def _prepare_bytes(self, data: bytes) -> tuple[ImageResult, np.ndarray | None]:
+    def _decode(self, data: bytes) -> tuple[ImageResult, np.ndarray | None]:
+        """Status so far (error, or ok with size) and the pixels, if they could be decoded."""
         sha = hashlib.sha256(data).hexdigest()
         t = time.perf_counter()
         try:
             image = decode.decode_image(data, self.config.max_pixels)
         except decode.DecodeError as e:
-            self._timed("decode", t)
             return ImageResult(schema.STATUS_ERROR, str(e), sha), None
-        self._timed("decode", t)
-        faces, chips = self._find_faces(image)
+        finally:
+            self._timed("decode", t)
         h, w = image.shape[:2]
-        status = schema.STATUS_OK if faces else schema.STATUS_NO_FACE
-        return ImageResult(status, None, sha, w, h, faces), chips
+        return ImageResult(schema.STATUS_OK, None, sha, w, h), image
 
-    def _prepare_ref(self, ref: ImageRef) -> tuple[ImageResult, np.ndarray | None]:
+    def _load(self, ref: ImageRef) -> tuple[ImageResult, np.ndarray | None]:
         if ref.list_error:
             return ImageResult(schema.STATUS_ERROR, ref.list_error), None
         _crash_hook(ref.uri)
@@ -128,57 +132,72 @@ class Pipeline:
         except Exception as e:  # this image fails, not the run
             return ImageResult(schema.STATUS_ERROR, f"{decode.UNREADABLE}: {e}"), None
         self._timed("read", t)
-        return self._prepare_bytes(data)
+        return self._decode(data)
 
-    def _complete(self, prepared: tuple[ImageResult, np.ndarray | None]) -> ImageResult:
-        result, chips = prepared
-        if result.faces:
-            for face, emb in zip(result.faces, self._embed(chips)):
-                face.embedding = emb
+    def _process_one(self, loaded: tuple[ImageResult, np.ndarray | None]) -> ImageResult:
+        result, image = loaded
+        if image is not None:
+            (result.faces, chips), = self._find_faces([image])
+            if result.faces:
+                for face, emb in zip(result.faces, self._embed(chips)):
+                    face.embedding = emb
+            else:
+                result.status = schema.STATUS_NO_FACE
         return result
 
     def process_image(self, image: np.ndarray) -> list[FaceRecord]:
         """Faces of one decoded RGB image, embedded together in one batch."""
-        faces, chips = self._find_faces(image)
-        return self._complete((ImageResult(schema.STATUS_OK, faces=faces), chips)).faces
+        return self._process_one((ImageResult(schema.STATUS_OK), image)).faces
 
     def process_bytes(self, data: bytes) -> ImageResult:
         """One photo's bytes → status and faces. Bad input becomes an error status, not an exception."""
-        return self._complete(self._prepare_bytes(data))
+        return self._process_one(self._decode(data))
 
     def process_ref(self, ref: ImageRef) -> ImageResult:
         """One listed photo → status and faces; unreadable files become an error status too."""
-        return self._complete(self._prepare_ref(ref))
+        return self._process_one(self._load(ref))
 
     def process_shard(self, refs: list[ImageRef], shard: str) -> tuple[pa.Table, pa.Table]:
         """The images and faces tables of one output part.
 
-        A background thread decodes, detects and aligns the next photos while this one embeds
-        the chips gathered so far in batches across photos (a GPU wants hundreds at a time).
+        A background thread reads and decodes the next photos while this one detects (several
+        photos per call when the detector batches, e.g. the CNN on a GPU) and embeds the chips
+        gathered so far in batches across photos (a GPU wants hundreds at a time).
         """
-        batch = max(getattr(self.embedder, "batch_size", 0), 16)
+        device = getattr(self.detector, "device", None)
+        detect_batch = 32 if device is not None and device.type == "cuda" else 1
+        embed_batch = max(getattr(self.embedder, "batch_size", 0), 16)
         results: list[ImageResult] = []
+        decoded: list[tuple[ImageResult, np.ndarray]] = []
         waiting: list[tuple[ImageResult, np.ndarray]] = []
-        n_waiting = 0
 
-        def flush() -> None:
-            nonlocal n_waiting
+        def detect() -> None:
+            for (result, _), (faces, chips) in zip(decoded, self._find_faces([im for _, im in decoded])):
+                result.faces = faces
+                if faces:
+                    waiting.append((result, chips))
+                else:
+                    result.status = schema.STATUS_NO_FACE
+            decoded.clear()
+
+        def embed() -> None:
             if waiting:
                 embeddings = iter(self._embed(np.concatenate([c for _, c in waiting])))
                 for result, _ in waiting:
                     for face in result.faces:
                         face.embedding = next(embeddings)
             waiting.clear()
-            n_waiting = 0
 
-        for result, chips in _prefetch(self._prepare_ref, refs, depth=8):
+        for result, image in _prefetch(self._load, refs, depth=max(8, 2 * detect_batch)):
             results.append(result)
-            if result.faces:
-                waiting.append((result, chips))
-                n_waiting += len(chips)
-                if n_waiting >= batch:
-                    flush()
-        flush()
+            if image is not None:
+                decoded.append((result, image))
+            if len(decoded) >= detect_batch:
+                detect()
+            if sum(len(c) for _, c in waiting) >= embed_batch:
+                embed()
+        detect()
+        embed()
         return shard_tables(refs, results, shard, self.config, self.detector.name, self.embedder.name)
 
 

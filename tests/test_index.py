@@ -136,3 +136,12 @@ def test_cli_index_and_verify(data_dir, tmp_path):
     same = run_cli("verify", str(bbt / "raj/raj1.png"), str(bbt / "raj/raj2.png"))
     other = run_cli("verify", str(bbt / "raj/raj1.png"), str(bbt / "howard/howard1.png"))
     assert same.stdout.startswith("same person") and other.stdout.startswith("different people"), same.stdout
+
+
+def test_torch_backends_through_ray(ray_local, data_dir, tmp_path):
+    src = data_dir / "labelled/faceapi_bbt/raj"
+    s = facejob.index([str(src)], str(tmp_path / "o"), IndexConfig(detector="cnn", embedder="torch"),
+                      progress=False)
+    assert s.counts["ok"] == 5 and s.counts["faces"] >= 5
+    faces = table(tmp_path / "o", "faces")
+    assert {(f["detector"], f["embedder"]) for f in faces} == {("torch-cnn", "torch-resnet")}
