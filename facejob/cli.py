@@ -79,6 +79,10 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
 def cmd_index(args: argparse.Namespace) -> int:
     from facejob.runner import index
 
+    if args.endpoint_url:
+        from facejob import s3
+
+        s3.configure(endpoint_url=args.endpoint_url)
     summary = index(args.sources, args.out, config_from_args(args), progress=not args.quiet)
     c, t = summary.counts, summary.report["totals"]
     print(f"indexed {c['processed']} photos in {summary.timings['total_s']:.1f} s "
@@ -116,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or changed photos.")
     p.add_argument("sources", nargs="+", metavar="SRC", help="folder, file or s3://bucket/prefix")
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
+    p.add_argument("--endpoint-url", default=None,
+                   help="S3-compatible endpoint (MinIO, Ceph); default: AWS_ENDPOINT_URL or AWS itself")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     add_index_options(p)
     p.set_defaults(func=cmd_index)

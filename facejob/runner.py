@@ -143,18 +143,33 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _worker_env() -> dict[str, str]:
+    """Settings the workers need from this process (never credentials: workers use their own chain)."""
+    from facejob import s3
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("FACEJOB_")}
+    env.update(s3.worker_env())
+    # OpenMP's default busy-waiting makes multi-threaded torch crawl when cores are shared.
+    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    # Under `ray job submit --runtime-env-json`, Ray refuses to merge a key the job already sets.
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        taken = set()
+    return {k: v for k, v in env.items() if k not in taken}
+
+
 def _start_ray(config: IndexConfig):
     import ray
 
     if ray.is_initialized():
         return ray
-    env = {k: v for k, v in os.environ.items() if k.startswith(("FACEJOB_", "AWS_"))}
-    # OpenMP's default busy-waiting makes multi-threaded torch crawl when cores are shared.
-    env.setdefault("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True,
-                                  logging_level=logging.WARNING, runtime_env={"env_vars": env})
-    if config.address:
-        ray.init(address=config.address, **kwargs)
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+                                  runtime_env={"env_vars": _worker_env()})
+    address = config.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+    if address:
+        ray.init(address=address, **kwargs)
     else:
         # Ray starts workers at niceness 15 by default; on our own local Ray the workers *are*
         # the job, and at 15 any other busy process on the machine starves them.

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_server import s3, s3_endpoint  # noqa: F401  (one moto server per test session)
+
 # Before anything imports torch: OpenMP's busy-waiting crawls on a shared 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

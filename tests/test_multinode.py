@@ -1,0 +1,148 @@
+"""A real two-node Ray cluster on 127.0.0.1 (`ray start --head` + `ray start --address`):
+`facejob index --address` on it must run shards on both nodes (and run.json must say so), and
+the documented `ray job submit --working-dir . -- python jobs/nightly.py ...` must work on it.
+
+The nodes run with `--block` in their own sessions and are stopped by pid (never `ray stop`,
+which would stop every Ray on the machine).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.s3_server import cmdline, descendants, free_port, kill_pids, lfw_photos, rows_by_name
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+N_PHOTOS = 8
+
+
+def cluster_env(token: str) -> dict[str, str]:
+    """Environment of the nodes and of every driver: Ray's token auth with this test's own token."""
+    # `python` in a job's entrypoint must be this environment's.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_ADDRESS": ""}
+
+
+class RayNode:
+    """One `ray start --block` process: its node's raylet and workers live and die with it."""
+
+    def __init__(self, temp_dir: str, env: dict[str, str], *args: str):
+        ports = {f"--{name}": str(free_port()) for name in (
+            "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")}
+        cmd = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
+               "--disable-usage-stats", *[f"{k}={v}" for k, v in ports.items()], *args]
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        # SIGKILL by pid: `ray start --block` on SIGTERM can hang on its exit handlers, and
+        # `ray stop` would stop every Ray on the machine, not just these nodes.
+        kill_pids([self.proc.pid, *descendants(self.proc.pid)])
+        self.proc.wait()
+        self.log.close()
+
+
+def cluster_nodes(address: str, env: dict[str, str]) -> list[dict]:
+    """The alive nodes as the cluster sees them, asked from a separate driver process."""
+    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); "
+            "print(json.dumps([{'id': n['NodeID'], 'resources': n['Resources'], 'labels': n.get('Labels', {})} "
+            "for n in ray.nodes() if n['Alive']]))" % address)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    temp_dir = tempfile.mkdtemp(prefix="fj-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    port, dashboard = free_port(), free_port()
+    address = f"127.0.0.1:{port}"
+    env = cluster_env(secrets.token_hex(32))
+    nodes = [RayNode(temp_dir, env, "--head", f"--port={port}", "--include-dashboard=true",
+                     f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=1",
+                     '--resources={"facejob_head": 1}', "--labels=facejob-role=head")]
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert nodes[0].proc.poll() is None, nodes[0].output()
+            try:  # the GCS answers, and the job server (`ray job submit` talks to it) too
+                subprocess.run([RAY, "health-check", f"--address={address}"], check=True,
+                               capture_output=True, timeout=30, env=env)
+                subprocess.run([RAY, "job", "list", f"--address=http://127.0.0.1:{dashboard}"], check=True,
+                               capture_output=True, timeout=30, env=env)
+                break
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                assert time.monotonic() < deadline, nodes[0].output()
+                time.sleep(0.5)
+        nodes.append(RayNode(temp_dir, env, f"--address={address}", "--num-cpus=1",
+                             '--resources={"facejob_worker": 1}', "--labels=facejob-role=worker"))
+        while len(cluster_nodes(address, env)) < 2:
+            assert nodes[1].proc.poll() is None, nodes[1].output()
+            assert time.monotonic() < deadline, nodes[1].output()
+            time.sleep(0.5)
+        yield address, env, f"http://127.0.0.1:{dashboard}"
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        # Anything still running from this cluster names its unique temp dir: ours to end.
+        kill_pids([pid for pid in descendants(0) if temp_dir in cmdline(pid)])
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_index_runs_shards_on_both_nodes(two_nodes, data_dir, tmp_path):
+    address, env, _ = two_nodes
+    nodes = cluster_nodes(address, env)
+    assert len(nodes) == 2
+    by_role = {n["labels"].get("facejob-role"): n for n in nodes}
+    assert set(by_role) == {"head", "worker"}
+    assert by_role["head"]["resources"].get("facejob_head") == 1
+    assert by_role["worker"]["resources"].get("facejob_worker") == 1 and "facejob_head" not in by_role["worker"]["resources"]
+
+    src = tmp_path / "photos"
+    lfw_photos(data_dir, N_PHOTOS, src)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "facejob.cli", "index", str(src), "--out", str(out), "--address", address,
+           "--workers", "2", "--shard-size", "2", "-q"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["processed"] == N_PHOTOS and run["counts"]["failed_shards"] == 0
+    assert set(run["nodes"]) == {n["id"] for n in nodes}, run["nodes"]
+    assert sum(run["nodes"].values()) == run["counts"]["shards"]
+
+    images, faces = rows_by_name(out)  # fails on a duplicated image or face
+    assert sorted(images) == sorted(p.name for p in src.iterdir())
+    assert len(faces) == sum(r["n_faces"] for r in images.values()) == run["counts"]["faces"]
+
+
+def test_ray_job_submit_runs_the_nightly_job(two_nodes, data_dir, tmp_path):
+    _, env, dashboard = two_nodes
+    src, out = tmp_path / "photos", tmp_path / "out"
+    lfw_photos(data_dir, 4, src, start=100)
+    # The documented command, with jobs/nightly.yaml as it is (the settings come from the env).
+    cmd = [RAY, "job", "submit", f"--address={dashboard}", "--working-dir", ".", "--",
+           f"FACEJOB_ARCHIVE={src}", f"FACEJOB_OUTPUT={out}", "FACEJOB_WORKERS=2",
+           "python", "jobs/nightly.py", "--config", "jobs/nightly.yaml"]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith('{"status"'))
+    summary = json.loads(line)
+    assert summary["status"] == "ok" and summary["counts"]["processed"] == 4
+    assert summary["reduce"]["summary"]["faces"] == summary["counts"]["faces"]
+    assert (out / "clusters.parquet").is_file() and (out / "run.json").is_file()
