@@ -1,0 +1,195 @@
+"""The reducer at archive scale: 1,000,000 synthetic face descriptors of 100,000 people, from Parquet.
+
+    nice -n 5 .venv/bin/python bench/reduce_scale.py [--faces 1000000] [--people 100000] [--out /tmp/scale_out]
+
+Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
+directions (real descriptors are far from isotropic), each photo = centre + noise whose size
+varies from photo to photo, set so that (measured on LFW's dlib descriptors, 13,176 faces)
+two photos of one person are 0.434 apart on average (LFW p90 0.533; here 0.535) and two
+people 0.824 (LFW 1st percentile 0.62; here 0.635), and people's photo counts skewed like an
+archive's (many with one or two photos, a few with hundreds). With 100,000 people the nearest
+other person is closer than in LFW's 5,749, so the clustering has more look-alikes to keep apart.
+
+Writes OUT/faces/part-*.parquet (the FACES schema), then runs the real reducer on it and prints:
+index build time, recall@10 against exact search (numpy, 1,000 queries), queries/s at k=10,
+clustering time (kNN graph + merging), clustering quality against the true people, peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from facejob.config import IndexConfig
+from facejob.schema import EMBEDDING_DIM, FACES
+from facejob.storage import LocalStore, write_parquet
+
+INTRA, INTER = 0.434, 0.824    # mean same-person / different-person distance on LFW (dlib)
+PHOTO_SPREAD = 0.25            # log-normal sigma of the per-photo noise size
+PART_ROWS = 50_000
+
+
+def person_sizes(n_faces: int, n_people: int, rng: np.random.Generator) -> np.ndarray:
+    """Photo count per person: log-normal (most people few photos, some hundreds), summing to n_faces."""
+    w = rng.lognormal(0.0, 1.0, n_people)
+    sizes = np.maximum(1, np.floor(w / w.sum() * n_faces)).astype(np.int64)
+    short = n_faces - sizes.sum()
+    order = np.argsort(-w)
+    sizes[order[: abs(short)]] += np.sign(short)  # hand the rounding remainder to the biggest
+    return sizes
+
+
+def centres(n_people: int, rng: np.random.Generator) -> np.ndarray:
+    """People's centres: Gaussian with a decaying spectrum (variance of axis i ~ 1 / (1 + i / 2))."""
+    scale = 1.0 / np.sqrt(1.0 + np.arange(EMBEDDING_DIM) / 2.0)
+    c = rng.standard_normal((n_people, EMBEDDING_DIM)).astype(np.float32) * scale.astype(np.float32)
+    # Random rotation so no axis is special.
+    q, _ = np.linalg.qr(rng.standard_normal((EMBEDDING_DIM, EMBEDDING_DIM)))
+    return c @ q.astype(np.float32)
+
+
+def calibrate(c: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """(centre scale, noise sigma) giving mean intra distance INTRA and inter distance INTER."""
+    sigma = INTRA / np.sqrt(2 * EMBEDDING_DIM)
+    i, j = rng.integers(0, len(c), (2, 20_000))
+    dc2 = np.mean(np.sum((c[i] - c[j]) ** 2, 1))
+    # inter^2 ~ s^2 * dc2 + 2 * 128 * sigma^2
+    s = np.sqrt(max(INTER ** 2 - INTRA ** 2, 1e-6) / dc2)
+    return float(s), float(sigma)
+
+
+def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0) -> np.ndarray:
+    """Write the synthetic faces/ parts; returns the true person of each face (in row order)."""
+    rng = np.random.default_rng(seed)
+    sizes = person_sizes(n_faces, n_people, rng)
+    c = centres(n_people, rng)
+    s, sigma = calibrate(c, rng)
+    c *= s
+    people = rng.permutation(np.repeat(np.arange(n_people), sizes))   # archive order is not by person
+    store = LocalStore(out)
+    for part, lo in enumerate(range(0, n_faces, PART_ROWS)):
+        who = people[lo:lo + PART_ROWS]
+        n = len(who)
+        size = rng.lognormal(0.0, PHOTO_SPREAD, n).astype(np.float32) / np.float32(np.exp(PHOTO_SPREAD ** 2))
+        noise = rng.standard_normal((n, EMBEDDING_DIM)).astype(np.float32) * (sigma * size)[:, None]
+        emb = (c[who] + noise).astype(np.float32)
+        ids = [f"{part:04d}{r:06d}" for r in range(n)]
+        uris = [f"s3://synthetic/p{w}/{part}_{r}.jpg" for r, w in enumerate(who)]
+        zeros = pa.array(np.zeros(n, np.int32))
+        cols = {
+            "face_id": pa.array(ids), "uri": pa.array(uris), "sha256": pa.array(ids), "face_idx": zeros,
+            "left": zeros, "top": zeros, "right": pa.array(np.full(n, 100, np.int32)),
+            "bottom": pa.array(np.full(n, 100, np.int32)), "det_score": pa.array(np.ones(n, np.float32)),
+            "landmarks": pa.array([[0] * 10] * n, pa.list_(pa.int32())),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), EMBEDDING_DIM),
+            "detector": pa.array(["synthetic"] * n), "embedder": pa.array(["synthetic"] * n),
+            "shard": pa.array([f"{part:04d}"] * n),
+        }
+        write_parquet(store, f"faces/part-{part:04d}.parquet", pa.table(cols, schema=FACES))
+    store.write_bytes("run.json", json.dumps({"config": IndexConfig().to_dict()}).encode())
+    return people
+
+
+def rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def pairwise_f(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
+    """Pairwise precision, recall, F over all same-cluster pairs (counted, not enumerated)."""
+    def pairs(labels):
+        _, c = np.unique(labels, return_counts=True)
+        return float((c * (c - 1) // 2).sum())
+    joint = truth.astype(np.int64) * (int(pred.max()) + 1) + pred
+    tp, pp, tt = pairs(joint), pairs(pred), pairs(truth)
+    p, r = tp / max(pp, 1), tp / max(tt, 1)
+    return p, r, 2 * p * r / max(p + r, 1e-12)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--faces", type=int, default=1_000_000)
+    ap.add_argument("--people", type=int, default=100_000)
+    ap.add_argument("--out", default="/tmp/facejob_scale_out")
+    ap.add_argument("--keep", action="store_true", help="reuse an archive already written at --out")
+    args = ap.parse_args()
+    from facejob.reduce import api
+    from facejob.reduce.embeddings import read_faces
+    from facejob.reduce.hnsw import IndexParams, update_index
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    if args.keep and (out / "truth.npy").is_file():
+        what = "reused"
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        people = write_archive(out, args.faces, args.people)   # creates out/
+        np.save(out / "truth.npy", people)
+        what = f"written in {time.perf_counter() - t0:.1f} s"
+    truth = np.load(out / "truth.npy")
+    print(f"archive: {len(truth):,} faces of {len(np.unique(truth)):,} people, {what}")
+    store = LocalStore(out)
+    for rel in ("index/params.json", "clusters.parquet", "clusters.json"):
+        store.delete(rel)
+
+    load0 = os.getloadavg()[0]      # other work on the machine skews the wall times
+    t0 = time.perf_counter()
+    faces = read_faces(store)
+    t_read = time.perf_counter() - t0
+    print(f"read faces/: {len(faces):,} rows in {t_read:.1f} s (embeddings {faces.embeddings.nbytes / 2**20:.0f} MiB), "
+          f"peak RSS so far {rss_gib():.2f} GiB")
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    fi = update_index(store, faces, IndexParams(), rebuild=True, log=lambda m: None)
+    t_build, c_build = time.perf_counter() - t0, time.process_time() - c0
+    print(f"index build: {t_build:.1f} s wall, {c_build:.1f} CPU-s (M={fi.params.M}, "
+          f"ef_construction={fi.params.ef_construction}, {os.cpu_count()} cores, load before {load0:.1f}), "
+          f"file {(out / 'index/faces.hnsw').stat().st_size / 2**20:.0f} MiB")
+
+    rng = np.random.default_rng(1)
+    q = rng.choice(len(faces), 1000, replace=False)
+    x = faces.embeddings
+    norms = (x * x).sum(1)
+    exact = np.empty((len(q), 10), np.int64)
+    for lo in range(0, len(q), 25):
+        qq = x[q[lo:lo + 25]]
+        d = norms[None, :] - 2 * qq @ x.T          # + |q|^2, constant per row
+        exact[lo:lo + 25] = np.argpartition(d, 10, axis=1)[:, :10]
+    rows_of_label = fi.rows_for(faces)
+    nq = min(100_000, len(faces))
+    for ef in (fi.params.ef_search, 2 * fi.params.ef_search):
+        got, _ = fi.query(x[q], 10, ef=ef)
+        got = rows_of_label[got]
+        r = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact)])
+        t0, c0 = time.perf_counter(), time.process_time()
+        fi.query(x[:nq], 10, ef=ef)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(f"search ef_search={ef}{' (default)' if ef == fi.params.ef_search else ''}: recall@10 {r:.4f} vs exact "
+              f"(1,000 queries); {nq / wall:,.0f} queries/s at k=10 ({nq:,} queries, all cores; "
+              f"{nq / cpu:,.0f} per CPU-second)")
+        if ef == fi.params.ef_search:
+            recall, qps = r, nq / wall
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    s = api.cluster(store, faces=faces, fi=fi)
+    t_cluster, c_cluster = time.perf_counter() - t0, time.process_time() - c0
+    import pyarrow.parquet as pq
+    cid = pq.read_table(out / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
+    p, r, f = pairwise_f(truth, cid)
+    print(f"cluster: {t_cluster:.1f} s wall, {c_cluster:.1f} CPU-s (kNN graph {s.timings['knn_s']:.1f} s, merging {s.timings['merge_s']:.1f} s, "
+          f"{s.rounds} rounds, {s.edges:,} edges): {s.clusters:,} clusters for {args.people:,} people; "
+          f"pairwise P {p:.4f} R {r:.4f} F {f:.4f}")
+    print(f"peak RSS: {rss_gib():.2f} GiB")
+    print(json.dumps({"faces": len(faces), "people": args.people, "read_s": round(t_read, 1),
+                      "build_s": round(t_build, 1), "recall_at_10": round(float(recall), 4), "qps": round(qps),
+                      "cluster_s": round(t_cluster, 1), "pairwise_f": round(f, 4), "peak_rss_gib": round(rss_gib(), 2)}))
+
+
+if __name__ == "__main__":
+    main()

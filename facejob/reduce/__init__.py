@@ -1,0 +1,15 @@
+"""The reducer: after `facejob index`, turn OUT/faces/ into a search index, identity clusters,
+named faces and duplicate groups. See facejob/reduce/api.py for the steps.
+
+    from facejob import reduce as fr
+    fr.reduce("out/")                          # index + cluster + (label) + dedup
+    fr.search("out/", "photo.jpg", k=10)       # nearest faces of each face in photo.jpg
+    fr.label("out/", "labels.csv")             # name every face from a few named ones
+"""
+from .api import (ClusterSummary, DedupSummary, LabelSummary, Match, QueryFace, ReduceSummary, cluster,
+                  dedup, index, label, read_labels, reduce, search, search_face)
+from .errors import LabelsError, NotIndexedError, ReduceError
+
+__all__ = ["index", "cluster", "label", "read_labels", "dedup", "search", "search_face", "reduce",
+           "ClusterSummary", "LabelSummary", "DedupSummary", "ReduceSummary", "Match", "QueryFace",
+           "ReduceError", "NotIndexedError", "LabelsError"]

@@ -1,0 +1,502 @@
+"""The reducer's steps over an index output OUT (a folder or s3:// prefix): index, cluster,
+label, dedup, search. Each reads what it needs from OUT and writes its result back atomically.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from facejob.schema import EMBEDDING_DIM
+from facejob.storage import Store, open_store, read_parquet, write_parquet
+
+from . import duplicates as dd
+from . import svm as lb
+from .linkage import agglomerate, representatives
+from .embeddings import META_COLUMNS, Faces, read_faces, read_images, read_run_config
+from .errors import LabelsError, NotIndexedError, ReduceError
+from .graph import knn_graph
+from .hnsw import FaceIndex, IndexParams, load as load_index, update_index
+from .labels_input import Labelled, read_csv, read_folder, too_few
+from .stable import assign_ids
+
+log = logging.getLogger("facejob.reduce")
+
+ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks")   # what `reduce` reads once for every step
+CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_events.parquet"
+PREDICTIONS, LABELS_STORED, DUPLICATES = "predictions.parquet", "labels/labels.parquet", "duplicates.parquet"
+
+# Clustering defaults: two clusters join when the RMS distance between their faces is at most
+# CLUSTER_THRESHOLD, looking only at clusters linked by one of each face's CLUSTER_K nearest
+# neighbours. On all of LFW (dlib descriptors) both pairwise F >= 0.94 and BCubed F >= 0.92
+# hold for thresholds 0.505-0.525; the default is the middle (bench/lfw_reduce.py --sweep).
+# It is below dlib's 0.6 pair threshold because it bounds the RMS over all pairs of two groups.
+CLUSTER_THRESHOLD = 0.515
+CLUSTER_K = 10
+CLUSTER_MAX_EDGE = 0.9   # longer kNN edges never lead to a merge at this threshold; dropped early
+
+CLUSTERS_SCHEMA = pa.schema([
+    ("face_id", pa.string()), ("cluster_id", pa.int64()), ("cluster_size", pa.int64()),
+    ("representative", pa.string()),      # face_id of the member nearest the cluster's mean
+    ("uri", pa.string()), ("face_idx", pa.int32()),
+])
+EVENTS_SCHEMA = pa.schema([
+    ("run_at", pa.string()), ("event", pa.string()),     # merge | split | gone
+    ("cluster_id", pa.int64()), ("other_ids", pa.list_(pa.int64())), ("detail", pa.string()),
+])
+PREDICTIONS_SCHEMA = pa.schema([
+    ("face_id", pa.string()), ("label", pa.string()), ("probability", pa.float32()),
+    ("labelled", pa.bool_()),             # named by the curator (label kept as given)
+    ("uri", pa.string()), ("face_idx", pa.int32()),
+])
+LABELS_SCHEMA = pa.schema([
+    ("name", pa.string()), ("face_id", pa.string()), ("source", pa.string()),
+    ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+])
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _store(out: str | Store) -> Store:
+    return open_store(out) if isinstance(out, (str, Path)) else out
+
+
+# ---------------------------------------------------------------------------------- index
+
+def index(out: str | Store, params: IndexParams = IndexParams(), rebuild: bool = False,
+          faces: Faces | None = None) -> FaceIndex:
+    """Build or extend OUT/index/ so it holds exactly the faces of OUT/faces/."""
+    store = _store(out)
+    faces = faces if faces is not None else read_faces(store)
+    return update_index(store, faces, params, rebuild=rebuild, log=log.info)
+
+
+# -------------------------------------------------------------------------------- cluster
+
+@dataclass
+class ClusterSummary:
+    faces: int
+    clusters: int
+    singletons: int
+    largest: int
+    merges: int
+    splits: int
+    gone: int
+    rounds: int
+    edges: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
+                  threads: int = -1) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cluster label (root row) per face of `faces`, and stats: the kNN graph then agglomeration."""
+    t0 = time.perf_counter()
+    eu, ev, _ = knn_graph(fi, faces.embeddings, fi.rows_for(faces), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
+    t1 = time.perf_counter()
+    roots, rounds = agglomerate(faces.embeddings, eu, ev, threshold)
+    t2 = time.perf_counter()
+    return roots, {"edges": int(len(eu)), "rounds": rounds, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
+
+
+def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
+            faces: Faces | None = None, fi: FaceIndex | None = None) -> ClusterSummary:
+    """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
+
+    Reuses the saved index (extending it first if faces were added). Merges and splits of
+    earlier clusters are appended to OUT/cluster_events.parquet.
+    """
+    store = _store(out)
+    faces = faces if faces is not None else read_faces(store)
+    fi = fi if fi is not None else update_index(store, faces, log=log.info)
+    t0 = time.perf_counter()
+    roots, stats = cluster_faces(fi, faces, threshold, k)
+    prev_id, next_id, old_ids = _previous_clusters(store, faces)
+    a = assign_ids(roots, prev_id, next_id)
+    gone = np.setdiff1d(old_ids, np.concatenate([prev_id[prev_id >= 0], [-1]]))
+    uroots, size, rep = representatives(faces.embeddings, roots)
+    # Per face: its cluster's size and representative face.
+    ci = np.searchsorted(uroots, roots)
+    ids = faces.face_ids
+    table = pa.table({
+        "face_id": ids, "cluster_id": pa.array(a.cluster_id), "cluster_size": pa.array(size[ci]),
+        "representative": ids.take(pa.array(rep[ci])), "uri": faces.meta.column("uri"),
+        "face_idx": faces.meta.column("face_idx"),
+    }, schema=CLUSTERS_SCHEMA)
+    write_parquet(store, CLUSTERS, table)
+    now = _now()
+    events = [{"run_at": now, "event": e["event"], "cluster_id": e["cluster_id"],
+               "other_ids": e.get("from") or e.get("into") or [],
+               "detail": ("merged into this cluster" if e["event"] == "merge" else "faces moved to other_ids")}
+              for e in a.events]
+    events += [{"run_at": now, "event": "gone", "cluster_id": int(g), "other_ids": [], "detail": "all its photos are gone"}
+               for g in gone]
+    if events:
+        old = read_parquet(store, EVENTS) if store.exists(EVENTS) else EVENTS_SCHEMA.empty_table()
+        write_parquet(store, EVENTS, pa.concat_tables([old, pa.Table.from_pylist(events, schema=EVENTS_SCHEMA)]))
+    summary = ClusterSummary(
+        faces=len(faces), clusters=int(len(uroots)), singletons=int((size == 1).sum()),
+        largest=int(size.max()) if len(size) else 0, merges=sum(e["event"] == "merge" for e in events),
+        splits=sum(e["event"] == "split" for e in events), gone=int(len(gone)), rounds=stats["rounds"],
+        edges=stats["edges"], timings={"knn_s": stats["knn_s"], "merge_s": stats["merge_s"],
+                                       "total_s": round(time.perf_counter() - t0, 2)})
+    store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
+                                                 "updated_at": now, **asdict(summary)}, indent=2).encode())
+    log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded",
+             summary.faces, summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits)
+    return summary
+
+
+def _previous_clusters(store: Store, faces: Faces) -> tuple[np.ndarray, int, np.ndarray]:
+    """Per current face its earlier cluster id (-1 if new), the next unused id, all earlier ids."""
+    if not store.exists(CLUSTERS):
+        return np.full(len(faces), -1, np.int64), 0, np.empty(0, np.int64)
+    old = read_parquet(store, CLUSTERS, columns=["face_id", "cluster_id"])
+    pos = pc.index_in(faces.face_ids, old.column("face_id")).fill_null(-1).to_numpy().astype(np.int64)
+    old_cid = old.column("cluster_id").to_numpy()
+    prev = np.where(pos >= 0, old_cid[np.maximum(pos, 0)] if len(old_cid) else -1, -1).astype(np.int64)
+    next_id = int(old_cid.max()) + 1 if len(old_cid) else 0
+    if store.exists(CLUSTERS_JSON):
+        next_id = max(next_id, int(json.loads(store.read_bytes(CLUSTERS_JSON)).get("next_id", 0)))
+    return prev, next_id, np.unique(old_cid)
+
+
+# ---------------------------------------------------------------------------------- label
+
+@dataclass
+class LabelSummary:
+    people: int
+    labelled: int
+    background: int
+    faces: int
+    named: int
+    unknown: int
+    per_person: dict[str, int] = field(default_factory=dict)
+
+
+def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None) -> Labelled:
+    """Resolve a labels CSV or a folder-per-person tree against OUT's faces (validates it)."""
+    store = _store(out)
+    faces = faces if faces is not None else read_faces(store, ["face_id", "uri", "face_idx", "left", "top", "right", "bottom"])
+    path = Path(labels)
+    if path.is_dir():
+        cfg = read_run_config(store)
+        shas = read_faces(store, ["face_id", "sha256"], embeddings=False).meta.column("sha256")
+        return read_folder(path, faces, shas, _photo_embedder(json.dumps(cfg, sort_keys=True)),
+                           tuple(cfg.get("extensions") or (".jpg", ".jpeg", ".png")))
+    if not path.is_file():
+        raise LabelsError(f"labels file not found: {labels}")
+    return read_csv(path.read_text(encoding="utf-8-sig"), faces, source=path.name)
+
+
+def _stored_labels(store: Store) -> pa.Table:
+    return read_parquet(store, LABELS_STORED) if store.exists(LABELS_STORED) else LABELS_SCHEMA.empty_table()
+
+
+def _combine(stored: pa.Table, new: Labelled, faces: Faces) -> pa.Table:
+    """Stored labels updated with the new ones (a face named again takes its new name)."""
+    ids = faces.face_ids
+    new_ids = [ids[r].as_py() if r >= 0 else None for r in new.row.tolist()]
+    t = pa.table({"name": new.name, "face_id": pa.array(new_ids, pa.string()), "source": new.source,
+                  "embedding": pa.FixedSizeListArray.from_arrays(pa.array(new.embedding.reshape(-1)), EMBEDDING_DIM)},
+                 schema=LABELS_SCHEMA)
+    if stored.num_rows:
+        renamed = pc.is_in(stored.column("face_id"), value_set=pa.array([i for i in new_ids if i]))
+        stored = stored.filter(pc.invert(pc.fill_null(renamed, False)))
+        t = pa.concat_tables([stored, t])
+    return t
+
+
+def label(out: str | Store, labels: str | Path | None = None, params: lb.LabelParams = lb.LabelParams(),
+          replace: bool = False, faces: Faces | None = None) -> LabelSummary:
+    """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
+
+    `labels` (CSV or folder tree) is added to the labels stored in OUT/labels/ (or replaces them
+    with `replace`); without it the stored labels are used again (after new photos came in).
+    """
+    store = _store(out)
+    faces = faces if faces is not None else read_faces(store)
+    stored = LABELS_SCHEMA.empty_table() if replace else _stored_labels(store)
+    if labels is not None:
+        table = _combine(stored, read_labels(store, labels, faces), faces)
+    elif stored.num_rows:
+        table = stored
+    else:
+        raise LabelsError(f"no labels stored in {store.root}/labels/; give some with --labels LABELS.csv")
+    few = too_few(table.column("name").to_pylist(), table.column("source").to_pylist())
+    if few:
+        raise LabelsError("labels: " + "; ".join(few))
+    write_parquet(store, LABELS_STORED, table)
+
+    names = table.column("name").to_pylist()
+    xl = _emb(table.column("embedding"))
+    rows = pc.index_in(table.column("face_id"), faces.face_ids).fill_null(-1).to_numpy().astype(np.int64)
+    clusters = _cluster_rows(store, faces)
+    model, fit = lb.fit_archive(faces.embeddings, rows, xl, names, clusters, params)
+    lb.save_model(store, model)
+    pred, prob = model.predict(faces.embeddings)
+    labelled = np.zeros(len(faces), bool)
+    labelled[rows[rows >= 0]] = True
+    pred[rows[rows >= 0]] = np.array(names, object)[rows >= 0]
+    prob[rows[rows >= 0]] = 1.0
+    write_parquet(store, PREDICTIONS, pa.table({
+        "face_id": faces.face_ids, "label": pa.array(pred.tolist(), pa.string()), "probability": pa.array(prob),
+        "labelled": pa.array(labelled), "uri": faces.meta.column("uri"), "face_idx": faces.meta.column("face_idx"),
+    }, schema=PREDICTIONS_SCHEMA))
+    named = pred != lb.UNKNOWN
+    per = dict(zip(*np.unique(pred[named].astype(str), return_counts=True))) if named.any() else {}
+    s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(faces),
+                     named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()})
+    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named",
+             s.people, s.labelled, s.background, s.named, s.faces)
+    return s
+
+
+def _emb(col: pa.ChunkedArray) -> np.ndarray:
+    from .embeddings import batch_embeddings
+
+    return batch_embeddings(col) if len(col) else np.empty((0, EMBEDDING_DIM), np.float32)
+
+
+def _cluster_rows(store: Store, faces: Faces) -> np.ndarray | None:
+    """Cluster id per face from OUT/clusters.parquet (-1 for faces it does not know), or None."""
+    if not store.exists(CLUSTERS):
+        return None
+    t = read_parquet(store, CLUSTERS, columns=["face_id", "cluster_id"])
+    pos = pc.index_in(faces.face_ids, t.column("face_id")).fill_null(-1).to_numpy().astype(np.int64)
+    cid = t.column("cluster_id").to_numpy()
+    # Faces the clustering has not seen get unique negative ids, so they share no cluster.
+    return np.where(pos >= 0, cid[np.maximum(pos, 0)] if len(cid) else 0, -1 - np.arange(len(faces)))
+
+
+@functools.lru_cache(maxsize=2)
+def _pipeline(config_json: str):
+    from facejob.config import IndexConfig
+    from facejob.pipeline import Pipeline
+
+    return Pipeline(IndexConfig.from_dict(json.loads(config_json)))
+
+
+def _photo_embedder(config_json: str):
+    """path -> [(face area, embedding)] using the archive's own detector and embedder settings."""
+    def embed(path: Path) -> list[tuple[float, np.ndarray]]:
+        res = _pipeline(config_json).process_bytes(Path(path).read_bytes())
+        return [((f.right - f.left) * (f.bottom - f.top), f.embedding) for f in res.faces]
+    return embed
+
+
+# ---------------------------------------------------------------------------------- dedup
+
+@dataclass
+class DedupSummary:
+    photos: int
+    groups: int
+    identical_groups: int
+    near_groups: int
+    duplicates: int          # photos that are not the kept copy
+    candidates: int          # photo pairs whose pixels were compared
+
+
+def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = None) -> DedupSummary:
+    """Find byte-identical and near-duplicate photos → OUT/duplicates.parquet."""
+    store = _store(out)
+    images = read_images(store, ["uri", "sha256", "size", "width", "height", "status"])
+    if faces is None or any(c not in faces.meta.column_names for c in ALL_COLUMNS):
+        faces = read_faces(store, ALL_COLUMNS)
+    fi = fi if fi is not None else update_index(store, faces, log=log.info)
+    cand = _near_candidates(fi, faces)
+    by_sha = _faces_by_sha(faces, {s for pair in cand for s in pair})
+    first = {}
+    for u, sh, w, h in zip(*(images.column(c).to_pylist() for c in ("uri", "sha256", "width", "height"))):
+        first.setdefault(sh, (u, (w or 0, h or 0)))
+    cfg = read_run_config(store) if store.exists("run.json") else {}
+    near = dd.near_pairs(by_sha, cand, _picture_loader(first, int(cfg.get("max_pixels") or 100_000_000)),
+                         lambda sha: first[sha][1])
+    table = dd.groups_table(images, near)
+    write_parquet(store, DUPLICATES, table)
+    groups = pc.count_distinct(table.column("group")).as_py() if table.num_rows else 0
+    ident_groups = len(set(table.filter(pc.equal(table.column("kind"), "identical")).column("group").to_pylist()))
+    s = DedupSummary(photos=images.num_rows, groups=groups, identical_groups=ident_groups,
+                     near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=len(cand))
+    log.info("dedup: %d groups (%d identical, %d near), %d duplicate photos; %d pairs compared",
+             s.groups, s.identical_groups, s.near_groups, s.duplicates, s.candidates)
+    return s
+
+
+def _near_candidates(fi: FaceIndex, faces: Faces, k: int = 8) -> list[tuple[str, str]]:
+    """Content pairs (sha_a < sha_b) with a face pair under NEAR_MAX_DIST and the same landmark shape."""
+    n = len(faces)
+    if n < 2:
+        return []
+    rows = fi.rows_for(faces)
+    sha = faces.meta.column("sha256").to_numpy(zero_copy_only=False)
+    shape = dd.shape_vector(_landmarks(faces))
+    out: set[tuple[str, str]] = set()
+    for lo in range(0, n, 100_000):
+        labels, d = fi.query(faces.embeddings[lo:lo + 100_000], k)
+        i = np.broadcast_to(np.arange(lo, lo + len(labels))[:, None], labels.shape)
+        j = rows[labels]
+        ok = (j >= 0) & (d <= dd.NEAR_MAX_DIST)
+        i, j = i[ok], j[ok]
+        ok = (sha[i] != sha[j]) & (dd.shape_diff(shape[i], shape[j]) <= dd.SHAPE_TOL)
+        for a, b in zip(sha[i[ok]], sha[j[ok]]):
+            out.add((a, b) if a < b else (b, a))
+    return sorted(out)
+
+
+def _landmarks(faces: Faces) -> np.ndarray:
+    col = faces.meta.column("landmarks").combine_chunks()
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    per = (len(flat) // max(len(col), 1)) if len(col) else 10
+    return flat.reshape(len(col), per // 2, 2).astype(np.float64)
+
+
+def _boxes(faces: Faces) -> np.ndarray:
+    return np.stack([faces.meta.column(c).to_numpy() for c in ("left", "top", "right", "bottom")], 1).astype(np.float64)
+
+
+def _faces_by_sha(faces: Faces, wanted: set[str]) -> dict[str, dd.PhotoFaces]:
+    """The faces of one photo per wanted content (identical bytes give identical faces)."""
+    sha = faces.meta.column("sha256").to_pylist()
+    uri = faces.meta.column("uri").to_pylist()
+    rows: dict[str, list[int]] = {}
+    first_uri: dict[str, str] = {}
+    for r, (s, u) in enumerate(zip(sha, uri)):
+        if s in wanted and first_uri.setdefault(s, u) == u:
+            rows.setdefault(s, []).append(r)
+    if not rows:
+        return {}
+    lm, box = _landmarks(faces), _boxes(faces)
+    return {s: dd.PhotoFaces(faces.embeddings[r], lm[r], box[r]) for s, r in rows.items()}
+
+
+def _picture_loader(first: dict[str, tuple[str, tuple[int, int]]], max_pixels: int):
+    """sha256 -> its photo (one path holding those bytes) as a reduced grey Picture, cached."""
+    from facejob.sources import read_bytes
+
+    @functools.lru_cache(maxsize=64)
+    def load(sha: str) -> dd.Picture | None:
+        uri, size = first[sha]
+        try:
+            return dd.load_picture(read_bytes(uri), size, max_pixels)
+        except Exception as e:  # a photo gone or unreadable since indexing: skip its pairs
+            log.warning("dedup: cannot read %s (%s); its near-duplicate check is skipped", uri, e)
+            return None
+    return load
+
+
+# --------------------------------------------------------------------------------- search
+
+@dataclass
+class Match:
+    face_id: str
+    uri: str
+    face_idx: int
+    box: tuple[int, int, int, int]     # left, top, right, bottom
+    distance: float                     # Euclidean, same units as dlib's 0.6 threshold
+    cluster_id: int | None = None
+    label: str | None = None
+    probability: float | None = None
+
+
+@dataclass
+class QueryFace:
+    face_idx: int                       # in the query photo (or -1 for a query by face_id)
+    box: tuple[int, int, int, int]
+    matches: list[Match]
+
+
+def search(out: str | Store, photo: str | bytes, k: int = 10) -> list[QueryFace]:
+    """The k nearest archive faces of every face in `photo` (a path, s3:// uri, or bytes)."""
+    from facejob.sources import read_bytes
+
+    store = _store(out)
+    fi = load_index(store)
+    cfg = read_run_config(store)
+    data = photo if isinstance(photo, bytes) else read_bytes(str(photo))
+    res = _pipeline(json.dumps(cfg, sort_keys=True)).process_bytes(data)
+    if res.error:
+        raise ReduceError(f"cannot read the query photo: {res.error}")
+    if not res.faces:
+        return []
+    emb = np.stack([f.embedding for f in res.faces])
+    labels, dist = fi.query(emb, k)
+    return [QueryFace(f.face_idx, (f.left, f.top, f.right, f.bottom), m)
+            for f, m in zip(res.faces, _matches(store, fi, labels, dist))]
+
+
+def search_face(out: str | Store, face_id: str, k: int = 10) -> QueryFace:
+    """The k nearest other faces of an archive face, by its face_id."""
+    store = _store(out)
+    fi = load_index(store)
+    hit = pc.index(fi.ids.column("face_id"), face_id).as_py()
+    if hit < 0 or fi.ids.column("deleted")[hit].as_py():
+        raise ReduceError(f"face_id {face_id!r} is not in the index of {store.root}")
+    vec = np.asarray(fi.hnsw.get_items([hit]), np.float32)
+    labels, dist = fi.query(vec, k + 1)
+    keep = labels[0] != hit
+    m = _matches(store, fi, labels[:, keep][:, :k], dist[:, keep][:, :k])[0]
+    r = fi.ids.slice(hit, 1).to_pylist()[0]
+    return QueryFace(-1, (r["left"], r["top"], r["right"], r["bottom"]), m)
+
+
+def _matches(store: Store, fi: FaceIndex, labels: np.ndarray, dist: np.ndarray) -> list[list[Match]]:
+    rows = fi.ids.take(pa.array(labels.reshape(-1))).to_pylist()
+    ids = [r["face_id"] for r in rows]
+    cid = _lookup(store, CLUSTERS, ids, ["cluster_id"])
+    lab = _lookup(store, PREDICTIONS, ids, ["label", "probability"])
+    ms = [Match(r["face_id"], r["uri"], r["face_idx"], (r["left"], r["top"], r["right"], r["bottom"]), float(d),
+                cid.get(r["face_id"], {}).get("cluster_id"), lab.get(r["face_id"], {}).get("label"),
+                lab.get(r["face_id"], {}).get("probability"))
+          for r, d in zip(rows, dist.reshape(-1))]
+    k = labels.shape[1]
+    return [ms[i * k:(i + 1) * k] for i in range(len(labels))]
+
+
+def _lookup(store: Store, rel: str, face_ids: list[str], columns: list[str]) -> dict[str, dict]:
+    if not store.exists(rel) or not face_ids:
+        return {}
+    t = pq.read_table(io.BytesIO(store.read_bytes(rel)), columns=["face_id", *columns],
+                      filters=[("face_id", "in", face_ids)])
+    return {r["face_id"]: r for r in t.to_pylist()}
+
+
+# --------------------------------------------------------------------------------- reduce
+
+@dataclass
+class ReduceSummary:
+    faces: int
+    index_s: float
+    cluster: ClusterSummary | None
+    label: LabelSummary | None
+    dedup: DedupSummary | None
+
+
+def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLUSTER_THRESHOLD,
+           k: int = CLUSTER_K) -> ReduceSummary:
+    """Everything after indexing: index, cluster, label (when labels are stored), dedup."""
+    store = _store(out)
+    faces = read_faces(store, ALL_COLUMNS)
+    t0 = time.perf_counter()
+    fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
+    t_index = time.perf_counter() - t0
+    cs = cluster(store, threshold, k, faces=faces, fi=fi)
+    ls = label(store, faces=faces) if store.exists(LABELS_STORED) else None
+    ds = dedup(store, faces=faces, fi=fi)
+    return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds)
+
+
+__all__ = ["index", "cluster", "cluster_faces", "label", "read_labels", "dedup", "search", "search_face", "reduce",
+           "ClusterSummary", "LabelSummary", "DedupSummary", "ReduceSummary", "Match", "QueryFace",
+           "ReduceError", "NotIndexedError", "LabelsError"]

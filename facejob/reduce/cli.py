@@ -1,0 +1,159 @@
+"""`facejob search | cluster | label | dedup | reduce`: the reducer's subcommands.
+
+facejob/cli.py calls `add_commands(subparsers)`; each handler returns an exit code and turns
+the reducer's errors into one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from .errors import LabelsError, NotIndexedError, ReduceError
+
+
+def _errors(fn):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (ReduceError, FileNotFoundError) as e:
+            msg = str(e)
+            print(f"facejob {args.command}: error: {msg}", file=sys.stderr)
+            return 3 if isinstance(e, NotIndexedError) else 2
+    run.__name__ = fn.__name__
+    return run
+
+
+@_errors
+def cmd_search(args: argparse.Namespace) -> int:
+    from . import api
+
+    if (args.photo is None) == (args.face_id is None):
+        raise ReduceError("give a PHOTO or --face-id ID (one of them)")
+    if args.k < 1:
+        raise ReduceError("--k must be at least 1")
+    queries = [api.search_face(args.out, args.face_id, args.k)] if args.face_id else api.search(args.out, args.photo, args.k)
+    if args.json:
+        print(json.dumps([[{**asdict(m), "box": list(m.box)} for m in q.matches] for q in queries], indent=1))
+        return 0
+    if not queries:
+        print(f"no face found in {args.photo}")
+        return 1
+    for q in queries:
+        head = f"face {q.face_idx} at {q.box}" if q.face_idx >= 0 else f"face {args.face_id}"
+        print(f"{head}: {len(q.matches)} nearest")
+        for m in q.matches:
+            who = "" if m.label in (None, "unknown") else f"  {m.label} ({m.probability:.2f})"
+            cl = "" if m.cluster_id is None else f"  cluster {m.cluster_id}"
+            print(f"  {m.distance:.3f}  {m.uri}#{m.face_idx}{cl}{who}")
+    return 0
+
+
+@_errors
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from . import api
+
+    s = api.cluster(args.out, threshold=args.threshold, k=args.k)
+    print(f"{s.faces} faces -> {s.clusters} clusters ({s.singletons} single faces, largest {s.largest}); "
+          f"{s.merges} merges, {s.splits} splits, {s.gone} gone since the last run; {s.timings['total_s']:.1f} s")
+    print(f"output: {args.out}/clusters.parquet")
+    return 0
+
+
+@_errors
+def cmd_label(args: argparse.Namespace) -> int:
+    from . import api
+    from .svm import LabelParams
+
+    s = api.label(args.out, args.labels, LabelParams(threshold=args.threshold), replace=args.replace)
+    print(f"learned {s.people} people from {s.labelled} labelled faces (+{s.background} background faces); "
+          f"named {s.named} of {s.faces} faces, {s.unknown} unknown")
+    print(f"output: {args.out}/predictions.parquet, models in {args.out}/labels/")
+    return 0
+
+
+@_errors
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from . import api
+
+    s = api.dedup(args.out)
+    print(f"{s.photos} photos: {s.groups} groups of copies ({s.identical_groups} byte-identical, "
+          f"{s.near_groups} near-duplicate), {s.duplicates} photos are extra copies")
+    print(f"output: {args.out}/duplicates.parquet")
+    return 0
+
+
+@_errors
+def cmd_reduce(args: argparse.Namespace) -> int:
+    from . import api
+
+    r = api.reduce(args.out, rebuild_index=args.rebuild_index)
+    print(f"index: {r.faces} faces ({r.index_s:.1f} s)")
+    c = r.cluster
+    print(f"cluster: {c.clusters} clusters, largest {c.largest}; {c.merges} merges, {c.splits} splits recorded")
+    if r.label:
+        print(f"label: {r.label.people} people; named {r.label.named} of {r.label.faces} faces")
+    else:
+        print("label: skipped (no labels yet; `facejob label OUT --labels LABELS.csv`)")
+    d = r.dedup
+    print(f"dedup: {d.groups} groups of copies, {d.duplicates} extra copies")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    from .api import CLUSTER_K, CLUSTER_THRESHOLD
+    from .svm import LabelParams
+
+    p = subparsers.add_parser("search", help="find the faces in OUT nearest to the faces of a photo",
+                              description="Embed the faces of PHOTO like the archive was embedded and list "
+                                          "the nearest faces in OUT (needs OUT/index/ from `facejob reduce`).")
+    p.add_argument("out", metavar="OUT", help="index output folder or s3:// prefix")
+    p.add_argument("photo", metavar="PHOTO", nargs="?", help="query photo (path or s3:// uri)")
+    p.add_argument("--face-id", help="query by an archive face instead of a photo")
+    p.add_argument("--k", type=int, default=10, help="matches per query face (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of matches per query face")
+    p.set_defaults(func=cmd_search)
+
+    p = subparsers.add_parser("cluster", help="group the faces of OUT by identity -> OUT/clusters.parquet",
+                              description="Average-linkage clustering over the k-nearest-neighbour graph of "
+                                          "all faces. Earlier cluster ids are kept; merges and splits are "
+                                          "recorded in OUT/cluster_events.parquet.")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--threshold", type=float, default=CLUSTER_THRESHOLD,
+                   help="largest RMS face distance inside a cluster (default: %(default)s)")
+    p.add_argument("--k", type=int, default=CLUSTER_K, help="neighbours per face in the graph (default: %(default)s)")
+    p.set_defaults(func=cmd_cluster)
+
+    p = subparsers.add_parser("label", help="learn named people from labelled faces; name every face",
+                              description="LABELS is a CSV with `name` and `face_id` (or `uri` [+ `face_idx`]) "
+                                          "or a folder with one subfolder of photos per person. Writes "
+                                          "OUT/predictions.parquet and the models under OUT/labels/.")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--labels", metavar="LABELS", help="labels CSV or folder (default: the labels stored in OUT)")
+    p.add_argument("--replace", action="store_true", help="forget the labels stored in OUT first")
+    p.add_argument("--threshold", type=float, default=LabelParams().threshold,
+                   help="lowest probability that names a face, else `unknown` (default: %(default)s)")
+    p.set_defaults(func=cmd_label)
+
+    p = subparsers.add_parser("dedup", help="find byte-identical and near-duplicate photos",
+                              description="Writes OUT/duplicates.parquet: groups of copies, which one to keep and why.")
+    p.add_argument("out", metavar="OUT")
+    p.set_defaults(func=cmd_dedup)
+
+    p = subparsers.add_parser("reduce", help="index + cluster + label + dedup (after `facejob index`)")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--rebuild-index", action="store_true", help="build the face index from scratch")
+    p.set_defaults(func=cmd_reduce)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m facejob.reduce.cli ...` runs the subcommands on their own."""
+    parser = argparse.ArgumentParser(prog="facejob")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Streaming reader of OUT/faces/: the embeddings as one float32 matrix, plus the columns asked for.
+
+Parts are read one at a time in record batches, and only the columns a step needs, so the peak
+memory is the embedding matrix (n x 128 x 4 bytes) plus one batch. Local parts are opened in
+place (their footers give the row count, so the matrix is allocated once); parts on other
+stores are fetched one at a time.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from facejob.schema import EMBEDDING_DIM, FACES, IMAGES
+from facejob.storage import Store
+
+from .errors import NotIndexedError, ReduceError
+
+META_COLUMNS = ("face_id", "uri", "face_idx", "left", "top", "right", "bottom")
+BATCH_ROWS = 65_536
+
+
+@dataclass
+class Faces:
+    """Every face of an index output, in read order (row i of `meta` is row i of `embeddings`)."""
+
+    meta: pa.Table            # the requested columns, e.g. face_id, uri, face_idx, bbox
+    embeddings: np.ndarray    # (n, 128) float32, C-contiguous
+
+    def __len__(self) -> int:
+        return self.meta.num_rows
+
+    @property
+    def face_ids(self) -> pa.Array:
+        return self.meta.column("face_id").combine_chunks()
+
+
+def parts(store: Store, prefix: str) -> list[str]:
+    return [rel for rel in store.list(prefix) if rel.endswith(".parquet")]
+
+
+def _open(store: Store, rel: str) -> pq.ParquetFile:
+    local = getattr(store, "path", None)
+    if isinstance(local, Path):
+        return pq.ParquetFile(local / rel)
+    return pq.ParquetFile(io.BytesIO(store.read_bytes(rel)))
+
+
+def iter_batches(store: Store, prefix: str, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """Record batches of `columns` over every part under `prefix`, one part open at a time."""
+    for rel in parts(store, prefix):
+        f = _open(store, rel)
+        missing = [c for c in columns if c not in f.schema_arrow.names]
+        if missing:
+            raise ReduceError(f"{store.root}/{rel} lacks column(s) {missing}; was it written by facejob index?")
+        yield from f.iter_batches(batch_size=BATCH_ROWS, columns=list(columns))
+
+
+def _row_count(store: Store, rels: list[str]) -> int | None:
+    if not isinstance(getattr(store, "path", None), Path):
+        return None
+    return sum(_open(store, rel).metadata.num_rows for rel in rels)
+
+
+def batch_embeddings(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A fixed_size_list<float32>[128] column as an (n, 128) float32 array."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.null_count:
+        raise ReduceError("faces/ has rows without an embedding")
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(np.float32, copy=False).reshape(-1, EMBEDDING_DIM)
+
+
+def require_indexed(store: Store) -> None:
+    if not parts(store, "faces/") and not parts(store, "images/"):
+        raise NotIndexedError(f"no index output under {store.root} (no faces/ or images/ parts); run `facejob index` first")
+
+
+def read_faces(store: Store, columns: Sequence[str] = META_COLUMNS, embeddings: bool = True) -> Faces:
+    """All faces of OUT, streamed part by part; `columns` must include face_id.
+
+    Rows whose face_id was already seen (a part written twice) are dropped, first one wins.
+    """
+    require_indexed(store)
+    cols = list(dict.fromkeys(["face_id", *columns]))
+    rels = parts(store, "faces/")
+    n_total = _row_count(store, rels) if embeddings else None
+    emb = np.empty((n_total, EMBEDDING_DIM), np.float32) if n_total is not None else None
+    emb_chunks: list[np.ndarray] = []
+    metas: list[pa.RecordBatch] = []
+    row = 0
+    read_cols = cols + (["embedding"] if embeddings else [])
+    for batch in iter_batches(store, "faces/", read_cols):
+        if embeddings:
+            e = batch_embeddings(batch.column("embedding"))
+            if emb is not None:
+                emb[row:row + len(e)] = e
+            else:
+                emb_chunks.append(e)
+            batch = batch.select(cols)
+        metas.append(batch)
+        row += batch.num_rows
+    if metas:
+        meta = pa.Table.from_batches(metas)
+    else:
+        meta = pa.schema([FACES.field(c) for c in cols]).empty_table()
+    if embeddings:
+        if emb is None:
+            emb = np.concatenate(emb_chunks) if emb_chunks else np.empty((0, EMBEDDING_DIM), np.float32)
+        emb = emb[:row]
+    else:
+        emb = np.empty((0, EMBEDDING_DIM), np.float32)
+    faces = Faces(meta=meta.combine_chunks(), embeddings=emb)
+    return _drop_repeated(faces)
+
+
+def _drop_repeated(faces: Faces) -> Faces:
+    ids = faces.face_ids
+    if len(ids) == 0 or pc.count_distinct(ids).as_py() == len(ids):
+        return faces
+    # Rare path (a part written twice): keep each id's first row.
+    rows = pa.table({"id": ids, "row": pa.array(np.arange(len(ids)))})
+    idx = np.sort(rows.group_by("id").aggregate([("row", "min")]).column("row_min").to_numpy())
+    return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx] if len(faces.embeddings) else faces.embeddings)
+
+
+def read_images(store: Store, columns: Sequence[str]) -> pa.Table:
+    """The requested columns of OUT/images/ (one row per input photo)."""
+    batches = list(iter_batches(store, "images/", columns))
+    if not batches:
+        return pa.schema([IMAGES.field(c) for c in columns]).empty_table()
+    return pa.Table.from_batches(batches).combine_chunks()
+
+
+def read_run_config(store: Store) -> dict[str, Any]:
+    """The "config" dict of OUT/run.json (how the archive was indexed)."""
+    if not store.exists("run.json"):
+        raise NotIndexedError(f"{store.root}/run.json not found; run `facejob index` first")
+    try:
+        return dict(json.loads(store.read_bytes("run.json"))["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ReduceError(f"{store.root}/run.json is not a facejob run record: {e}") from None

@@ -1,0 +1,139 @@
+"""Identity clustering: average-linkage agglomeration restricted to the k-nearest-neighbour graph.
+
+Average linkage (UPGMA) over all pairs is the best classic way to cluster face descriptors, but
+it needs the n x n distance matrix. Two observations make it sparse:
+
+1. Linkage by mean *squared* distance is exact from per-cluster sums, whatever pairs we have
+   seen:  mean_{a in A, b in B} |a - b|^2 = E_A|a|^2 + E_B|b|^2 - 2 mean(A).mean(B).
+   So the kNN graph only has to say which clusters are worth comparing, not how far apart
+   they are; there are no missing distances to guess.
+2. Average linkage is reducible, so merging every *reciprocal* best pair under the threshold
+   in one round gives the same result as merging one pair at a time (Reciprocal
+   Agglomerative Clustering). Each round is a few vectorised passes over the edge list.
+
+Only edges whose linkage is under the threshold ("live" edges) and edges touching a cluster
+that just merged are looked at in a round, so late rounds cost little.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CHUNK = 1 << 16   # rows or edges per vectorised step: bounds the temporaries to a few MB
+
+
+class _Clusters:
+    """Per-cluster sums, indexed by the id of the cluster's first face (a root)."""
+
+    def __init__(self, x: np.ndarray):
+        self.n = np.ones(len(x), np.int64)
+        self.s = np.array(x, np.float32, copy=True)                       # sum of members
+        self.q = np.einsum("ij,ij->i", x, x, dtype=np.float64)            # sum of squared norms
+
+    def linkage(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """sqrt(mean squared distance) between clusters u and v, elementwise."""
+        out = np.empty(len(u), np.float32)
+        for lo in range(0, len(u), CHUNK):
+            a, b = u[lo:lo + CHUNK], v[lo:lo + CHUNK]
+            na, nb = self.n[a], self.n[b]
+            dot = np.einsum("ij,ij->i", self.s[a], self.s[b], dtype=np.float64) / (na * nb)
+            msd = self.q[a] / na + self.q[b] / nb - 2 * dot
+            out[lo:lo + CHUNK] = np.sqrt(np.maximum(msd, 0))
+        return out
+
+    def merge(self, u: np.ndarray, v: np.ndarray) -> None:
+        """Fold clusters v into u (pairs are disjoint, so plain fancy-index updates are safe)."""
+        self.n[u] += self.n[v]
+        self.s[u] += self.s[v]
+        self.q[u] += self.q[v]
+
+
+def agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float,
+                max_rounds: int = 100_000) -> tuple[np.ndarray, int]:
+    """Cluster rows of `x` by average linkage (RMS distance) over the graph edges (eu, ev).
+
+    Two clusters merge when they are each other's closest graph neighbour and their RMS
+    distance is <= threshold. Returns (label per row = its cluster's smallest row, rounds).
+    """
+    n = len(x)
+    parent = np.arange(n)
+    if n == 0 or len(eu) == 0:
+        return parent, 0
+    cl = _Clusters(x)
+    eu, ev = eu.astype(np.int64), ev.astype(np.int64)
+    el = cl.linkage(eu, ev)
+    rounds = 0
+    while rounds < max_rounds:
+        live = np.flatnonzero(el <= threshold)
+        if len(live) == 0:
+            break
+        mu, mv = _reciprocal_best(eu[live], ev[live], el[live], n)
+        if len(mu) == 0:
+            break
+        rounds += 1
+        cl.merge(mu, mv)
+        parent[mv] = mu
+        changed = np.zeros(n, bool)
+        changed[mu] = changed[mv] = True
+        touched = changed[eu] | changed[ev]
+        tu, tv = eu[touched], ev[touched]
+        # v was folded into u this round: one step up the parent array finds the new root.
+        tu, tv = parent[tu], parent[tv]
+        a, b = np.minimum(tu, tv), np.maximum(tu, tv)
+        keep = a != b
+        key = np.unique(a[keep] * n + b[keep])
+        nu, nv = key // n, key % n
+        rest = ~touched
+        eu = np.concatenate([eu[rest], nu])
+        ev = np.concatenate([ev[rest], nv])
+        el = np.concatenate([el[rest], cl.linkage(nu, nv)])
+    return _roots(parent), rounds
+
+
+def _reciprocal_best(u: np.ndarray, v: np.ndarray, link: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a < b) that are each other's lowest-linkage neighbour among the given edges.
+
+    Ties go to the smaller neighbour id, so the result does not depend on edge order.
+    """
+    a = np.concatenate([u, v])
+    b = np.concatenate([v, u])
+    w = np.concatenate([link, link])
+    low = np.full(n, np.inf, np.float32)
+    np.minimum.at(low, a, w)
+    at_low = w == low[a]
+    best = np.full(n, n, np.int64)
+    np.minimum.at(best, a[at_low], b[at_low])
+    node = np.flatnonzero(best < n)
+    nb = best[node]
+    mutual = (best[nb] == node) & (node < nb)
+    return node[mutual], nb[mutual]
+
+
+def _roots(parent: np.ndarray) -> np.ndarray:
+    while True:
+        up = parent[parent]
+        if np.array_equal(up, parent):
+            return parent
+        parent = up
+
+
+def representatives(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cluster: (root label, size, row of the member nearest the cluster mean)."""
+    roots, inv, size = np.unique(labels, return_inverse=True, return_counts=True)
+    by_cluster = np.argsort(inv, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(size)[:-1]])
+    mean = np.empty((len(roots), x.shape[1]), np.float32)
+    lo = 0
+    while lo < len(roots):   # a run of whole clusters covering about CHUNK rows at a time
+        hi = max(lo + 1, int(np.searchsorted(starts, starts[lo] + CHUNK, side="right")) - 1)
+        rows = by_cluster[starts[lo]:starts[hi - 1] + size[hi - 1]]
+        sums = np.add.reduceat(x[rows].astype(np.float64), starts[lo:hi] - starts[lo])
+        mean[lo:hi] = sums / size[lo:hi, None]
+        lo = hi
+    d = np.empty(len(x), np.float32)
+    for lo in range(0, len(x), CHUNK):
+        diff = x[lo:lo + CHUNK] - mean[inv[lo:lo + CHUNK]]
+        d[lo:lo + CHUNK] = np.einsum("ij,ij->i", diff, diff)
+    order = np.lexsort((np.arange(len(x)), d, inv))   # by cluster, then distance to mean, then row
+    first = np.ones(len(order), bool)
+    first[1:] = inv[order][1:] != inv[order][:-1]
+    return roots, size, order[first]

@@ -1,0 +1,224 @@
+"""Per-identity SVMs: learn the named people from a few labelled faces, name every other face
+or call it `unknown`.
+
+One linear SVM per person (one-vs-rest, scikit-learn) is trained on that person's faces
+against everyone else's and a background pool: unlabelled faces of the archive itself, which
+are mostly strangers. The archive also holds the named people's other photos. Treating those
+as negatives would teach each SVM to reject its own person, so the pool leaves out every face
+in the same identity cluster as a labelled face, and every face near one (pool_exclude).
+Better still, those cluster-mates are the person's other photos: a cluster that holds labelled
+faces of exactly one person lends its other members to that person as extra positives (up to
+extra_per_person of them), so five labelled photos teach the SVM the person's whole range.
+
+Scores become probabilities with one sigmoid (Platt scaling) fitted on held-out positives and
+held-out background faces, so "probability" means the same for every person.
+
+Models are saved as plain arrays (npz, loaded with allow_pickle=False) and JSON: loading
+them never runs code.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import LinearSVC
+
+from .errors import LabelsError
+
+UNKNOWN = "unknown"
+MODEL_NPZ, MODEL_JSON = "labels/model.npz", "labels/model.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LabelParams:
+    threshold: float = 0.5        # lowest probability at which a face gets a name
+    C: float = 1.0                # SVM regularisation
+    pool_size: int = 20_000       # background faces sampled from the archive
+    pool_exclude: float = 0.4     # pool skips faces this close (Euclidean) to any labelled face
+    extra_per_person: int = 200   # cluster-mates of a person's labelled faces used as positives
+    holdout: float = 0.2          # share of the faces held out to fit the sigmoid
+    seed: int = 0
+
+
+@dataclass
+class Model:
+    classes: np.ndarray        # (c,) str
+    coef: np.ndarray           # (c, 128) float32
+    intercept: np.ndarray      # (c,) float32
+    platt: tuple[float, float]  # probability = 1 / (1 + exp(-(a * score + b)))
+    params: LabelParams
+    info: dict
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.coef.T + self.intercept
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(label per row, probability of that label); `unknown` below the threshold."""
+        if len(self.classes) == 0 or len(x) == 0:
+            return np.full(len(x), UNKNOWN, object), np.zeros(len(x), np.float32)
+        s = self.scores(np.asarray(x, np.float32))
+        best = s.argmax(1)
+        prob = _sigmoid(self.platt[0] * s[np.arange(len(s)), best] + self.platt[1]).astype(np.float32)
+        label = self.classes.astype(object)[best]
+        label[prob < self.params.threshold] = UNKNOWN
+        return label, prob
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+
+
+def background_pool(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarray,
+                    clusters: np.ndarray | None, params: LabelParams) -> np.ndarray:
+    """Rows of `x` usable as strangers: unlabelled, not near a labelled face, not in a labelled
+    face's cluster; at most pool_size of them, sampled with a fixed seed."""
+    ok = np.ones(len(x), bool)
+    ok[labelled_rows[labelled_rows >= 0]] = False
+    if clusters is not None and len(labelled_rows):
+        named = np.unique(clusters[labelled_rows[labelled_rows >= 0]])
+        ok &= ~np.isin(clusters, named)
+    cand = np.flatnonzero(ok)
+    rng = np.random.default_rng(params.seed)
+    # Sample a bit more than needed, then drop faces close to a labelled one.
+    cand = rng.permutation(cand)[: int(params.pool_size * 1.5) + 100]
+    if len(cand) and len(labelled_emb):
+        near = np.zeros(len(cand), bool)
+        for lo in range(0, len(cand), 8192):
+            d = _sqdist(x[cand[lo:lo + 8192]], labelled_emb)
+            near[lo:lo + 8192] = d.min(1) < params.pool_exclude ** 2
+        cand = cand[~near]
+    return np.sort(cand[: params.pool_size])
+
+
+def cluster_positives(clusters: np.ndarray | None, labelled_rows: np.ndarray, names: list[str],
+                      params: LabelParams) -> tuple[np.ndarray, list[str]]:
+    """Unlabelled rows that share a cluster with labelled faces of exactly one person, and that
+    person's name; at most extra_per_person per person (sampled with a fixed seed)."""
+    if clusters is None or len(labelled_rows) == 0:
+        return np.empty(0, np.int64), []
+    known = labelled_rows >= 0
+    lab_c, lab_n = clusters[labelled_rows[known]], np.asarray(names, object)[known]
+    owners: dict[int, set] = {}
+    for c, n in zip(lab_c.tolist(), lab_n.tolist()):
+        owners.setdefault(c, set()).add(n)
+    owner_of = {c: next(iter(ns)) for c, ns in owners.items() if len(ns) == 1}
+    if not owner_of:
+        return np.empty(0, np.int64), []
+    ids = np.fromiter(owner_of, np.int64)
+    member = np.isin(clusters, ids)
+    member[labelled_rows[known]] = False
+    rows = np.flatnonzero(member)
+    who = np.array([owner_of[int(c)] for c in clusters[rows]], object)
+    rng = np.random.default_rng(params.seed)
+    keep = []
+    for n in sorted(set(who.tolist())):
+        r = rows[who == n]
+        keep.append(np.sort(rng.permutation(r)[: params.extra_per_person]))
+    rows = np.concatenate(keep)
+    return rows, [owner_of[int(c)] for c in clusters[rows]]
+
+
+def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarray, names: list[str],
+                clusters: np.ndarray | None, params: LabelParams = LabelParams()) -> tuple["Model", dict]:
+    """Train on an archive: labelled faces (rows of x, or -1 with their embedding given), their
+    cluster-mates as extra positives, and a background pool of the rest."""
+    extra, extra_names = cluster_positives(clusters, labelled_rows, names, params)
+    pool = background_pool(x, np.concatenate([labelled_rows, extra]), labelled_emb, clusters, params)
+    xp = np.concatenate([labelled_emb, x[extra]]) if len(extra) else labelled_emb
+    model = train(xp, list(names) + extra_names, x[pool], params)
+    model.info.update({"extra_positives": int(len(extra))})
+    return model, {"pool": pool, "extra": extra}
+
+
+def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0)
+
+
+def _fit(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, C: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest linear SVMs; each class's positives weigh as much as all its negatives."""
+    x = np.concatenate([xl, xb]).astype(np.float64)
+    coef = np.zeros((n_classes, x.shape[1]), np.float32)
+    icpt = np.zeros(n_classes, np.float32)
+    for c in range(n_classes):
+        y = np.concatenate([yl == c, np.zeros(len(xb), bool)])
+        pos = int(y.sum())
+        w = np.where(y, 0.5 / pos, 0.5 / (len(y) - pos)) * len(y)
+        svm = LinearSVC(C=C, loss="hinge", dual=True, max_iter=20_000, tol=1e-4)
+        svm.fit(x, y, sample_weight=w)
+        coef[c], icpt[c] = svm.coef_[0], svm.intercept_[0]
+    return coef, icpt
+
+
+def train(xl: np.ndarray, names: list[str], xb: np.ndarray, params: LabelParams = LabelParams()) -> Model:
+    """SVMs for the labelled faces `xl` (names per row) against background faces `xb`."""
+    classes = np.array(sorted(set(names)))
+    if len(classes) == 0:
+        raise LabelsError("no labelled faces to learn from")
+    yl = np.searchsorted(classes, np.array(names))
+    t0 = time.perf_counter()
+    platt = _calibrate(xl, yl, xb, len(classes), params) if len(classes) > 1 else (1.0, 0.0)
+    coef, icpt = _fit(xl, yl, xb, len(classes), params.C)
+    info = {"classes": len(classes), "positives": len(xl), "background": len(xb),
+            "train_s": round(time.perf_counter() - t0, 2), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return Model(classes, coef, icpt, platt, params, info)
+
+
+def _calibrate(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, params: LabelParams) -> tuple[float, float]:
+    """Fit P(top score is right) on a held-out share of the positives and of the pool:
+    held-out positives should get their own name, held-out background faces none. Both kinds
+    weigh the same, so 0.5 is where a named face and a stranger are equally likely."""
+    rng = np.random.default_rng(params.seed)
+    held_l = np.zeros(len(yl), bool)
+    for c in range(n_classes):
+        idx = rng.permutation(np.flatnonzero(yl == c))
+        held_l[idx[: int(len(idx) * params.holdout)]] = True   # people with few faces keep them all for training
+    held_b = rng.random(len(xb)) < params.holdout
+    if not held_l.any() or not held_b.any():
+        return (1.0, 0.0)
+    coef, icpt = _fit(xl[~held_l], yl[~held_l], xb[~held_b], n_classes, params.C)
+    score, good = [], []
+    for x, truth in ((xl[held_l], yl[held_l]), (xb[held_b], np.full(int(held_b.sum()), -1))):
+        s = x @ coef.T + icpt
+        best = s.argmax(1)
+        score.append(s[np.arange(len(s)), best])
+        good.append(best == truth)
+    s, g = np.concatenate(score), np.concatenate(good)
+    if g.all() or not g.any():
+        return (1.0, 0.0)
+    lr = LogisticRegression(C=1e4, class_weight="balanced").fit(s[:, None], g)
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+def save_model(store, model: Model) -> None:
+    """npz of plain arrays (no object dtype, so no pickle) plus a JSON of settings."""
+    buf = io.BytesIO()
+    np.savez(buf, classes=model.classes.astype(str), coef=model.coef.astype(np.float32),
+             intercept=model.intercept.astype(np.float32), platt=np.array(model.platt, np.float64))
+    store.write_bytes(MODEL_NPZ, buf.getvalue())
+    meta = {"format": FORMAT, "kind": "one-vs-rest linear SVM + Platt sigmoid",
+            "params": asdict(model.params), **model.info}
+    store.write_bytes(MODEL_JSON, json.dumps(meta, indent=2).encode())
+
+
+def load_model(store) -> Model:
+    """Load saved models without unpickling anything (object arrays are refused)."""
+    try:
+        meta = json.loads(store.read_bytes(MODEL_JSON))
+        with np.load(io.BytesIO(store.read_bytes(MODEL_NPZ)), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("classes", "coef", "intercept", "platt")}
+    except (OSError, KeyError, ValueError) as e:
+        raise LabelsError(f"cannot load the label models under {store.root}/labels/: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise LabelsError(f"{store.root}/{MODEL_JSON}: unsupported model format {meta.get('format')!r}")
+    c = arrays["coef"]
+    if c.ndim != 2 or c.shape[0] != len(arrays["classes"]) or arrays["intercept"].shape != (c.shape[0],):
+        raise LabelsError(f"{store.root}/{MODEL_NPZ}: arrays have inconsistent shapes")
+    params = LabelParams(**meta["params"])
+    info = {k: v for k, v in meta.items() if k not in ("format", "kind", "params")}
+    return Model(arrays["classes"].astype(str), c.astype(np.float32), arrays["intercept"].astype(np.float32),
+                 (float(arrays["platt"][0]), float(arrays["platt"][1])), params, info)

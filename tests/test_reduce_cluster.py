@@ -1,0 +1,156 @@
+"""Reducer tests: sparse average-linkage clustering and stable cluster ids across runs."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from facejob.reduce.graph import canonical_edges
+from facejob.reduce.linkage import agglomerate, representatives
+from facejob.reduce.stable import assign_ids
+from facejob.storage import LocalStore
+from tests.test_reduce_data import make_out, person, photos
+
+
+def _partition(labels) -> list[list[int]]:
+    groups = collections.defaultdict(list)
+    for i, c in enumerate(labels):
+        groups[c].append(i)
+    return sorted(groups.values())
+
+
+@pytest.mark.parametrize("threshold", [0.45, 0.55, 0.6, 0.7])
+def test_complete_graph_gives_exact_average_linkage(threshold, data_dir, tmp_path):
+    """With every pair as an edge, the result equals scipy's UPGMA on squared distances."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist
+
+    from facejob.reduce.embeddings import read_faces
+
+    x = read_faces(make_out(tmp_path / "out", photos(data_dir))).embeddings
+    i, j = np.triu_indices(len(x), 1)
+    eu, ev, _ = canonical_edges(i, j, np.zeros(len(i), np.float32), len(x))
+    ours, _ = agglomerate(x, eu, ev, threshold)
+    ref = fcluster(linkage(pdist(x.astype(np.float64), "sqeuclidean"), "average"), threshold ** 2, "distance")
+    assert _partition(ours) == _partition(ref)
+
+
+def test_sparse_graph_matches_complete_graph_on_real_faces(data_dir, tmp_path):
+    from facejob.reduce.embeddings import read_faces
+    from facejob.reduce.graph import knn_graph
+    from facejob.reduce.hnsw import IndexParams, update_index
+
+    store = make_out(tmp_path / "out", photos(data_dir))
+    faces = read_faces(store)
+    fi = update_index(store, faces, IndexParams(), log=lambda m: None)
+    eu, ev, _ = knn_graph(fi, faces.embeddings, fi.rows_for(faces), k=5)
+    assert len(eu) < len(faces) * 6
+    sparse, _ = agglomerate(faces.embeddings, eu, ev, 0.6)
+    i, j = np.triu_indices(len(faces), 1)
+    cu, cv, _ = canonical_edges(i, j, np.zeros(len(i), np.float32), len(faces))
+    full, _ = agglomerate(faces.embeddings, cu, cv, 0.6)
+    assert _partition(sparse) == _partition(full)
+
+
+def test_clusters_follow_people(data_dir, tmp_path):
+    from facejob.reduce import cluster
+
+    out = tmp_path / "out"
+    make_out(out, photos(data_dir))
+    s = cluster(str(out))
+    rows = pq.read_table(out / "clusters.parquet").to_pylist()
+    assert len(rows) == s.faces == 95
+    by_cluster = collections.defaultdict(collections.Counter)
+    for r in rows:
+        by_cluster[r["cluster_id"]][person(r["uri"])] += 1
+    # Every cluster is one person, and most of each person's photos are in one cluster.
+    assert all(len(c) == 1 for c in by_cluster.values())
+    total = collections.Counter(person(r["uri"]) for r in rows)
+    biggest = collections.Counter()
+    for c in by_cluster.values():
+        (name, n), = c.items()
+        biggest[name] = max(biggest[name], n)
+    assert all(biggest[p] >= 0.6 * total[p] for p in total), (biggest, total)
+    assert s.clusters <= 13 + 4
+    # The representative is a member, and sizes agree with the rows.
+    for r in rows:
+        assert r["cluster_size"] == sum(by_cluster[r["cluster_id"]].values())
+    members = collections.defaultdict(set)
+    for r in rows:
+        members[r["cluster_id"]].add(r["face_id"])
+    assert all(r["representative"] in members[r["cluster_id"]] for r in rows)
+    # First run: ids by size, largest first.
+    sizes = {r["cluster_id"]: r["cluster_size"] for r in rows}
+    assert [sizes[c] for c in sorted(sizes)] == sorted(sizes.values(), reverse=True)
+
+
+def test_cluster_ids_survive_an_incremental_run(data_dir, tmp_path):
+    """Run 1 sees most photos; run 2 adds the rest. Old faces keep their ids, new faces join
+    the clusters of their people, and nothing is renumbered."""
+    from facejob.reduce import cluster
+
+    ps = photos(data_dir)
+    later = set(ps[5::6])
+    out = tmp_path / "out"
+    make_out(out, [p for p in ps if p not in later])
+    cluster(str(out))
+    first = {r["face_id"]: r["cluster_id"] for r in pq.read_table(out / "clusters.parquet").to_pylist()}
+    make_out(out, sorted(later), first_shard=10)
+    s = cluster(str(out))
+    rows = pq.read_table(out / "clusters.parquet").to_pylist()
+    assert len(rows) == 95 and s.merges == 0 and s.splits == 0
+    second = {r["face_id"]: r["cluster_id"] for r in rows}
+    assert all(second[f] == c for f, c in first.items())
+    id_of_person = {}
+    for r in rows:
+        if r["face_id"] in first:
+            id_of_person.setdefault(person(r["uri"]), set()).add(r["cluster_id"])
+    new_rows = [r for r in rows if r["face_id"] not in first]
+    assert new_rows
+    joined = [r["cluster_id"] in id_of_person.get(person(r["uri"]), set()) for r in new_rows]
+    assert sum(joined) >= len(joined) - 1      # at most one new face starts a cluster of its own
+
+
+def test_merges_and_splits_are_recorded(tmp_path, data_dir):
+    """Lowering the threshold splits clusters, raising it merges them; both are logged and old
+    ids stay with the larger part."""
+    from facejob.reduce import cluster
+
+    out = tmp_path / "out"
+    make_out(out, photos(data_dir))
+    cluster(str(out), threshold=0.6)
+    before = {r["face_id"]: r["cluster_id"] for r in pq.read_table(out / "clusters.parquet").to_pylist()}
+    s = cluster(str(out), threshold=0.4)
+    assert s.splits > 0
+    ev = pq.read_table(out / "cluster_events.parquet").to_pylist()
+    splits = [e for e in ev if e["event"] == "split"]
+    assert len(splits) == s.splits and all(e["other_ids"] for e in splits)
+    after = {r["face_id"]: r["cluster_id"] for r in pq.read_table(out / "clusters.parquet").to_pylist()}
+    assert max(after.values()) > max(before.values())        # split-off parts get fresh ids
+    s2 = cluster(str(out), threshold=0.6)
+    assert s2.merges > 0
+    ev = pq.read_table(out / "cluster_events.parquet").to_pylist()
+    assert sum(e["event"] == "merge" for e in ev) == s2.merges
+
+
+def test_assign_ids_rules():
+    prev = np.array([0, 0, 0, 1, 1, 2, 2, 2, -1, -1])
+    # new clusters: {0,1,3,4} merges old 0 and 1; {2} splits off old 0; {5,6,7,8} keeps 2 and adds a new face; {9} new
+    roots = np.array([0, 0, 2, 0, 0, 5, 5, 5, 5, 9])
+    a = assign_ids(roots, prev, next_id=3)
+    cid = a.cluster_id
+    # Old 0 and old 1 each give 2 faces to the merged cluster: the tie goes to the smaller id.
+    assert cid[0] == cid[1] == cid[3] == cid[4] == 0
+    assert cid[5] == cid[6] == cid[7] == cid[8] == 2
+    assert cid[2] >= 3 and cid[9] >= 3 and cid[2] != cid[9]
+    assert {"event": "merge", "cluster_id": 0, "from": [1]} in a.events
+    assert {"event": "split", "cluster_id": 0, "into": [int(cid[2])]} in a.events
+    assert a.next_id == 5
+
+
+def test_representative_is_nearest_the_mean():
+    x = np.array([[0, 0], [1, 0], [0.4, 0], [5, 5], [5, 6]], np.float32)
+    roots, size, rep = representatives(x, np.array([0, 0, 0, 3, 3]))
+    assert list(roots) == [0, 3] and list(size) == [3, 2] and rep[0] == 2 and rep[1] in (3, 4)

@@ -1,0 +1,91 @@
+"""Reducer tests, part 1: a real index output built from the labelled photo sets, and the
+streaming reader of faces/. The other test_reduce_* files build on `make_out` from here.
+
+The archive is made with the real Pipeline (dlib HOG, 5-point landmarks, ResNet) and written
+the way `facejob index` writes it (faces/ and images/ parts, run.json), without starting Ray.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from facejob.config import IndexConfig
+from facejob.pipeline import ImageResult, Pipeline, shard_tables
+from facejob.sources import ImageRef
+from facejob.storage import LocalStore, write_parquet
+
+SETS = ("labelled/dlib_johns", "labelled/faceapi_bbt")
+
+
+@functools.cache
+def pipeline() -> Pipeline:
+    return Pipeline(IndexConfig())
+
+
+@functools.cache
+def _embed(path: str, mtime: float) -> ImageResult:
+    return pipeline().process_bytes(Path(path).read_bytes())
+
+
+def photos(data_dir: Path, sets=SETS) -> list[Path]:
+    """Photos of the labelled sets, sorted; the person is the parent folder's name."""
+    return sorted(p for s in sets for p in (data_dir / s).rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+
+def make_out(out: Path, paths: list[Path], shard_size: int = 40, first_shard: int = 0) -> LocalStore:
+    """Write OUT/faces, OUT/images and OUT/run.json for `paths`, like `facejob index` does."""
+    store = LocalStore(out)
+    config = IndexConfig()
+    for n, lo in enumerate(range(0, len(paths), shard_size)):
+        chunk = paths[lo:lo + shard_size]
+        refs = [ImageRef(str(p), p.stat().st_size, mtime=p.stat().st_mtime) for p in chunk]
+        results = [_embed(str(p), p.stat().st_mtime) for p in chunk]
+        shard = f"t{first_shard + n:04d}"
+        images, faces = shard_tables(refs, results, shard, config, "hog", "dlib")
+        write_parquet(store, f"faces/part-{shard}.parquet", faces)
+        write_parquet(store, f"images/part-{shard}.parquet", images)
+    store.write_bytes("run.json", json.dumps({"config": config.to_dict()}).encode())
+    return store
+
+
+def person(uri: str) -> str:
+    return Path(uri).parent.name
+
+
+# ------------------------------------------------------------------------------ reader tests
+
+def test_read_faces_streams_every_part(tmp_path, data_dir):
+    from facejob.reduce.embeddings import read_faces
+
+    paths = photos(data_dir)[:30]
+    store = make_out(tmp_path / "out", paths, shard_size=7)
+    faces = read_faces(store)
+    expect = pq.read_table(tmp_path / "out" / "faces").sort_by("face_id")
+    got_order = np.argsort(faces.face_ids.to_numpy(zero_copy_only=False))
+    assert len(faces) == expect.num_rows == sum(len(_embed(str(p), p.stat().st_mtime).faces) for p in paths)
+    want = np.asarray(expect.column("embedding").to_pylist(), np.float32)
+    assert np.array_equal(faces.embeddings[got_order], want)
+    assert faces.embeddings.dtype == np.float32 and faces.embeddings.flags.c_contiguous
+
+
+def test_read_faces_without_index_output_says_so(tmp_path):
+    from facejob.reduce import NotIndexedError
+    from facejob.reduce.embeddings import read_faces
+
+    with pytest.raises(NotIndexedError, match="run `facejob index` first"):
+        read_faces(LocalStore(tmp_path))
+
+
+def test_a_part_written_twice_counts_once(tmp_path, data_dir):
+    from facejob.reduce.embeddings import read_faces
+
+    store = make_out(tmp_path / "out", photos(data_dir)[:10], shard_size=10)
+    (tmp_path / "out/faces/part-t0000.parquet").rename(tmp_path / "out/faces/part-copy.parquet")
+    make_out(tmp_path / "out", photos(data_dir)[:10], shard_size=10)
+    faces = read_faces(store)
+    assert len(faces) == 10 and len(set(faces.face_ids.to_pylist())) == 10

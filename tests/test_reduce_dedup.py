@@ -1,0 +1,96 @@
+"""Reducer tests: byte-identical and near-duplicate photos."""
+from __future__ import annotations
+
+import collections
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.test_reduce_data import make_out, person, photos
+
+# A two-face group photo (the arrangement check) and a portrait.
+ORIGINALS = ["groups/faceapi_bbt/bbt2.jpg", "labelled/five_celebrity/val/jerry_seinfeld/3.jpg"]
+
+
+def _originals(data_dir):
+    return [data_dir / rel for rel in ORIGINALS]
+
+
+@pytest.fixture(scope="module")
+def deduped(tmp_path_factory, data_dir):
+    """The Johns (a real byte-identical pair inside) plus, for two larger photos, three copies
+    each: re-encoded at quality 60, resized to 70 %, and cropped by 8 % on every side."""
+    tmp = tmp_path_factory.mktemp("dedup")
+    copies = {}
+    for n, src in enumerate(_originals(data_dir)):
+        img = Image.open(src).convert("RGB")
+        w, h = img.size
+        d = tmp / f"copies{n}"
+        d.mkdir()
+        img.save(d / "q60.jpg", quality=60)
+        img.resize((int(w * 0.7), int(h * 0.7)), Image.LANCZOS).save(d / "small.jpg", quality=90)
+        img.crop((w * 8 // 100, h * 8 // 100, w - w * 8 // 100, h - h * 8 // 100)).save(d / "crop.png")
+        copies[src] = sorted(d.iterdir())
+    paths = photos(data_dir, ("labelled/dlib_johns",)) + list(copies) + [c for cs in copies.values() for c in cs]
+    out = tmp / "out"
+    make_out(out, paths)
+    from facejob.reduce import dedup
+
+    summary = dedup(str(out))
+    return out, summary, copies
+
+
+def _groups(out):
+    rows = pq.read_table(out / "duplicates.parquet").to_pylist()
+    g = collections.defaultdict(list)
+    for r in rows:
+        g[r["group"]].append(r)
+    return g
+
+
+def test_the_byte_identical_johns_are_found(deduped):
+    out, s, _ = deduped
+    ident = [g for g in _groups(out).values() if g[0]["kind"] == "identical"]
+    assert len(ident) == 1 and s.identical_groups == 1
+    (a, b) = sorted(ident[0], key=lambda r: r["uri"])
+    assert a["sha256"] == b["sha256"] and "John_Shimkus" in a["uri"] and "John_Shimkus" in b["uri"]
+    assert a["keep"] and not b["keep"]                      # same bytes: the first path is kept
+    assert "identical bytes to " + a["uri"] == b["reason"]
+
+
+def test_copies_are_grouped_with_their_original_and_the_largest_is_kept(deduped):
+    out, _, copies = deduped
+    groups = _groups(out).values()
+    for src, cs in copies.items():
+        g = [g for g in groups if any(r["uri"] == str(src) for r in g)]
+        assert len(g) == 1, f"{src.name} not in a group"
+        members = {r["uri"] for r in g[0]}
+        assert members == {str(src), *map(str, cs)}
+        kept = [r for r in g[0] if r["keep"]]
+        assert len(kept) == 1 and kept[0]["uri"] in (str(src), str(cs[0].parent / "crop.png"))
+        assert max((r["width"] * r["height"], r["size"]) for r in g[0]) == (kept[0]["width"] * kept[0]["height"], kept[0]["size"])
+        for r in g[0]:
+            if not r["keep"]:
+                assert r["kind"] == "near" and r["reason"].startswith("near-duplicate of ")
+                assert r["pixel_corr"] >= 0.8 and r["face_distance"] < 0.4
+
+
+def test_different_shots_of_one_person_are_not_duplicates(deduped):
+    """Every near group holds copies of one photo; in particular two different John Schneider
+    portraits (aligned close-ups whose plain pixels correlate at 0.91) stay apart."""
+    out, _, copies = deduped
+    grouped = {r["uri"] for g in _groups(out).values() for r in g}
+    assert not any("000331_00926012" in u for u in grouped)
+    for g in _groups(out).values():
+        johns = [r for r in g if "dlib_johns" in r["uri"]]
+        assert len({person(r["uri"]) for r in johns}) <= 1
+
+
+def test_cli_dedup(deduped, capsys):
+    from facejob.reduce.cli import main
+
+    out, s, _ = deduped
+    assert main(["dedup", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert f"{s.groups} groups of copies ({s.identical_groups} byte-identical" in line

@@ -1,0 +1,178 @@
+"""Reducer tests: labels CSV / folder input, per-person SVMs, safe model files."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from facejob.storage import LocalStore
+from tests.test_reduce_data import make_out, person, photos
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("label") / "out"
+    make_out(out, photos(data_dir))
+    from facejob.reduce import cluster
+
+    cluster(str(out))
+    ids = pq.read_table(out / "faces").to_pylist()
+    return out, ids
+
+
+def _write(tmp_path, text: str):
+    p = tmp_path / "labels.csv"
+    p.write_text(text)
+    return str(p)
+
+
+def _copy_out(archive, tmp_path):
+    out, ids = archive
+    dst = tmp_path / "out"
+    shutil.copytree(out, dst)
+    return dst, ids
+
+
+def test_labels_name_the_rest_and_strangers_stay_unknown(archive, tmp_path):
+    """Three photos of each John are labelled (by uri). Their other photos must get their
+    names; the TV cast (never labelled) must come out unknown."""
+    from facejob.reduce import label
+
+    out, ids = _copy_out(archive, tmp_path)
+    johns = sorted((r for r in ids if "dlib_johns" in r["uri"]), key=lambda r: r["uri"])
+    by: dict[str, list] = {}
+    for r in johns:
+        by.setdefault(person(r["uri"]), []).append(r)
+    rows = [f"{name},{r['uri']}" for name, rs in by.items() for r in rs[:3]]
+    s = label(str(out), _write(tmp_path, "name,uri\n" + "\n".join(rows) + "\n"))
+    assert s.people == 5 and s.labelled == 15
+    pred = {r["face_id"]: r for r in pq.read_table(out / "predictions.parquet").to_pylist()}
+    assert len(pred) == len(ids)
+    labelled = {r["face_id"] for rs in by.values() for r in rs[:3]}
+    assert all(pred[f]["labelled"] and pred[f]["probability"] == 1.0 for f in labelled)
+    others = [r for rs in by.values() for r in rs[3:]]
+    right = [pred[r["face_id"]]["label"] == person(r["uri"]) for r in others]
+    assert np.mean(right) >= 0.95, np.mean(right)
+    cast = [r for r in ids if "faceapi_bbt" in r["uri"]]
+    unknown = [pred[r["face_id"]]["label"] == "unknown" for r in cast]
+    assert np.mean(unknown) >= 0.95, np.mean(unknown)
+    probs = np.array([pred[r["face_id"]]["probability"] for r in others + cast])
+    assert ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_stored_labels_are_reused_and_reduce_relabels(archive, tmp_path):
+    from facejob.reduce import label, reduce
+
+    out, ids = _copy_out(archive, tmp_path)
+    bbt = [r for r in ids if "faceapi_bbt" in r["uri"]]
+    amy = [r for r in bbt if person(r["uri"]) == "amy"][:2]
+    raj = [r for r in bbt if person(r["uri"]) == "raj"][:2]
+    text = "face_id,name\n" + "".join(f"{r['face_id']},{n}\n" for n, rs in (("Amy", amy), ("Raj", raj)) for r in rs)
+    label(str(out), _write(tmp_path, text))
+    (out / "predictions.parquet").unlink()
+    r = reduce(str(out))
+    assert r.label is not None and r.label.people == 2
+    assert (out / "predictions.parquet").exists()
+    # Labels given later add to the stored ones.
+    sheldon = [r for r in bbt if person(r["uri"]) == "sheldon"][:2]
+    s = label(str(out), _write(tmp_path, "face_id,name\n" + "".join(f"{r['face_id']},Sheldon\n" for r in sheldon)))
+    assert s.people == 3 and s.labelled == 6
+    # --replace forgets them.
+    s = label(str(out), _write(tmp_path, "face_id,name\n" + "".join(f"{r['face_id']},Sheldon\n" for r in sheldon)),
+              replace=True)
+    assert s.people == 1
+
+
+@pytest.mark.parametrize("case, body, message", [
+    ("unknown face_id", "face_id,name\n{a},Amy\n{b},Amy\nnot-a-face,Amy\n", "line 4: face_id 'not-a-face' is not in the archive"),
+    ("empty name", "face_id,name\n{a},Amy\n{b},  \n{c},Amy\n", "line 3: empty name"),
+    ("duplicate row", "face_id,name\n{a},Amy\n{b},Amy\n{a},Amy\n", "line 4: same face as line 2, duplicate of"),
+    ("conflicting names", "face_id,name\n{a},Amy\n{b},Amy\n{a},Penny\n", "line 4: same face as line 2, conflicts with ('Amy' vs 'Penny')"),
+    ("one photo", "face_id,name\n{a},Amy\n{b},Amy\n{c},Raj\n", "'Raj' has only 1 labelled face (labels.csv:4)"),
+    ("bad header", "who,face\nAmy,{a}\n", "needs a header with `name` and `face_id`"),
+    ("unknown uri", "name,uri\nAmy,/nowhere/photo.jpg\nAmy,/nowhere/b.jpg\n", "line 2: no face of photo '/nowhere/photo.jpg' in the archive"),
+])
+def test_labels_csv_errors_are_clear(archive, tmp_path, case, body, message):
+    from facejob.reduce import LabelsError, label
+
+    out, ids = _copy_out(archive, tmp_path)
+    a, b, c = (r["face_id"] for r in ids[:3])
+    with pytest.raises(LabelsError) as e:
+        label(str(out), _write(tmp_path, body.format(a=a, b=b, c=c)))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (out / "predictions.parquet").exists() and not (out / "labels").exists()
+
+
+def test_cli_label_error_is_one_line(archive, tmp_path, capsys):
+    from facejob.reduce.cli import main
+
+    out, ids = _copy_out(archive, tmp_path)
+    rc = main(["label", str(out), "--labels", _write(tmp_path, f"face_id,name\n{ids[0]['face_id']},\n")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "empty name" in err
+
+
+def test_folder_of_photos_as_labels(archive, tmp_path, data_dir):
+    """NAME/photo.jpg: photos already in the archive use its faces (by bytes); others are embedded."""
+    from facejob.reduce import read_labels
+
+    out, ids = archive
+    tree = tmp_path / "people"
+    for name in ("John_Simm", "John_Salley"):
+        (tree / name).mkdir(parents=True)
+        for p in sorted((data_dir / "labelled/dlib_johns" / name).iterdir())[:2]:
+            shutil.copy(p, tree / name / p.name)
+    (tree / "Penny").mkdir()
+    for p in sorted((data_dir / "labelled/faceapi_bbt/penny").iterdir())[:2]:
+        shutil.copy(p, tree / "Penny" / p.name)
+    # Not in the archive: a mirrored copy (new bytes) must be embedded with the archive's settings.
+    from PIL import Image, ImageOps
+    src = sorted((data_dir / "labelled/faceapi_bbt/penny").iterdir())[2]
+    ImageOps.mirror(Image.open(src).convert("RGB")).save(tree / "Penny" / "mirrored.jpg", quality=95)
+    lab = read_labels(str(out), tree)
+    assert sorted(set(lab.name)) == ["John_Salley", "John_Simm", "Penny"] and len(lab) == 7
+    assert (lab.row >= 0).sum() == 6 and (lab.row < 0).sum() == 1
+    assert lab.embedding.shape == (7, 128)
+    # Rows found by bytes point at the archive faces of those very photos.
+    from facejob.reduce.embeddings import read_faces
+
+    uris = read_faces(LocalStore(out)).meta.column("uri").to_pylist()
+    assert {person(uris[r]) for r in lab.row[lab.row >= 0]} == {"John_Simm", "John_Salley", "penny"}
+
+
+def test_model_files_load_without_running_code(archive, tmp_path):
+    """The saved models are plain arrays + JSON; a model file carrying a pickle is refused and
+    its payload never runs."""
+    from facejob.reduce import LabelsError, label
+    from facejob.reduce.svm import MODEL_NPZ, load_model
+
+    out, ids = _copy_out(archive, tmp_path)
+    rows = [r for r in ids if "dlib_johns" in r["uri"]]
+    text = "face_id,name\n" + "".join(f"{r['face_id']},{person(r['uri'])}\n" for r in rows[::4])
+    label(str(out), _write(tmp_path, text))
+    store = LocalStore(out)
+    raw = np.load(io.BytesIO(store.read_bytes(MODEL_NPZ)), allow_pickle=False)
+    assert {k: raw[k].dtype.kind for k in raw.files} == {"classes": "U", "coef": "f", "intercept": "f", "platt": "f"}
+    assert b"pickle" not in store.read_bytes(MODEL_NPZ)
+    meta = json.loads(store.read_bytes("labels/model.json"))
+    assert meta["format"] == 1 and meta["params"]["threshold"] == 0.5
+    m = load_model(store)
+    assert sorted(m.classes) == sorted({person(r["uri"]) for r in rows[::4]})
+
+    # Tamper: an object array whose unpickling would create a file.
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    buf = io.BytesIO()
+    np.savez(buf, classes=np.array([Payload()], dtype=object), coef=m.coef, intercept=m.intercept, platt=np.array(m.platt))
+    store.write_bytes(MODEL_NPZ, buf.getvalue())
+    with pytest.raises(LabelsError, match="cannot load the label models"):
+        load_model(store)
+    assert not marker.exists()
