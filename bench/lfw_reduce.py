@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import time
 from pathlib import Path
 
@@ -39,7 +40,6 @@ import numpy as np
 import pyarrow.compute as pc
 
 from facejob.storage import LocalStore
-
 
 # ---------------------------------------------------------------------------- data
 
@@ -100,10 +100,11 @@ def with_missing(labels_detected: np.ndarray, detected: np.ndarray) -> np.ndarra
 # ---------------------------------------------------------------------- clusterers
 
 def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | None = None) -> tuple[np.ndarray, dict]:
+    import pyarrow as pa
+
     from facejob.reduce import api
     from facejob.reduce.embeddings import Faces
     from facejob.reduce.hnsw import FaceIndex, IndexParams, build
-    import pyarrow as pa
 
     params = IndexParams()
     t0 = time.perf_counter()
@@ -143,7 +144,7 @@ def full_average_linkage(x: np.ndarray, thresholds) -> dict[float, np.ndarray]:
 # ------------------------------------------------------------------------ labelling
 
 def label_protocol(d: dict) -> dict:
-    ident, row = d["identity"], d["row"]
+    ident = d["identity"]
     count = collections.Counter(ident)
     known = sorted(n for n, c in count.items() if c >= 10)
     lab_idx, test_idx = [], []
@@ -159,6 +160,10 @@ def nn_baseline(xl, yl, xq, threshold):
     d = np.sqrt(np.maximum((xq * xq).sum(1)[:, None] + (xl * xl).sum(1)[None] - 2 * xq @ xl.T, 0))
     j = d.argmin(1)
     return np.where(d[np.arange(len(xq)), j] <= threshold, yl[j], "unknown")
+
+
+def _names(model, x):
+    return model.predict(x)[0]
 
 
 def rates(pred_test, truth_test, pred_dis) -> tuple[float, float]:
@@ -186,8 +191,8 @@ def run_labelling(d: dict, clusters_all: np.ndarray) -> tuple[list[tuple[str, fl
 
     results = []
     for t in (0.6, 0.5):
-        pt = predict(lambda q: nn_baseline(xl, yl, q, t), test)
-        pd = predict(lambda q: nn_baseline(xl, yl, q, t), dis)
+        nn = functools.partial(nn_baseline, xl, yl, threshold=t)
+        pt, pd = predict(nn, test), predict(nn, dis)
         results.append((f"1-NN at {t}", *rates(pt, truth_test, pd)))
 
     # The archive = every detected LFW face (centre faces), labelled ones included.
@@ -212,8 +217,7 @@ def run_labelling(d: dict, clusters_all: np.ndarray) -> tuple[list[tuple[str, fl
     t0 = time.perf_counter()
     m = svm_run(np.array([], np.int64))
     secs = time.perf_counter() - t0
-    pt = predict(lambda q: m.predict(q)[0], test)
-    pd = predict(lambda q: m.predict(q)[0], dis)
+    pt, pd = predict(functools.partial(_names, m), test), predict(functools.partial(_names, m), dis)
     results.append((f"facejob SVMs, pool = whole archive ({secs:.0f} s)", *rates(pt, truth_test, pd)))
     # Held-out strangers: half the distractors are not in the archive at all (no pool, no
     # clusters); rejection is measured on that half, then the other way round.
@@ -221,7 +225,8 @@ def run_labelling(d: dict, clusters_all: np.ndarray) -> tuple[list[tuple[str, fl
     acc, rej = [], []
     for h in np.array_split(rng.permutation(dis), 2):
         m = svm_run(h)
-        a, r = rates(predict(lambda q: m.predict(q)[0], test), truth_test, predict(lambda q: m.predict(q)[0], h))
+        name = functools.partial(_names, m)
+        a, r = rates(predict(name, test), truth_test, predict(name, h))
         acc.append(a); rej.append(r)
     results.append(("facejob SVMs, distractors unseen in training", float(np.mean(acc)), float(np.mean(rej))))
     results.append((f"  (default threshold: probability >= {params.threshold}; Platt a={m.platt[0]:.2f} b={m.platt[1]:.2f})",
@@ -348,7 +353,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     ours, st = facejob_clusters(x)
-    add(f"facejob (avg linkage on kNN graph)", ours, time.perf_counter() - t0)
+    add("facejob (avg linkage on kNN graph)", ours, time.perf_counter() - t0)
     print(f"  facejob: {st}")
     t0 = time.perf_counter()
     add("chinese whispers 0.5 (dlib)", chinese_whispers(x, 0.5), time.perf_counter() - t0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
-import pytest
 
 from tests.test_reduce_data import make_out, person, photos
 
@@ -47,7 +46,7 @@ def test_search_needs_photo_or_face_id(tmp_path, capsys):
     assert "give a PHOTO or --face-id" in capsys.readouterr().err
 
 
-def test_reduce_on_s3(s3, tmp_path, data_dir):  # noqa: F811
+def test_reduce_on_s3(s3, tmp_path, data_dir):
     """The same reducer on an s3:// output: everything read and written through S3Store."""
     from facejob.reduce import cluster, dedup, label, reduce, search
 
@@ -82,9 +81,9 @@ def test_reduce_on_s3(s3, tmp_path, data_dir):  # noqa: F811
 
 def test_reduce_an_archive_without_faces(tmp_path, data_dir):
     """Photos with no face at all: every step runs and writes empty results."""
-    from facejob.reduce import reduce
-
     import shutil
+
+    from facejob.reduce import reduce
 
     ps = sorted(p for p in (data_dir / "no_face").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:3]
     copy = tmp_path / "copy.jpg"

@@ -10,7 +10,6 @@ import pytest
 from facejob.reduce.graph import canonical_edges
 from facejob.reduce.linkage import agglomerate, representatives
 from facejob.reduce.stable import assign_ids
-from facejob.storage import LocalStore
 from tests.test_reduce_data import make_out, person, photos
 
 

@@ -79,7 +79,7 @@ def test_copies_are_grouped_with_their_original_and_the_largest_is_kept(deduped)
 def test_different_shots_of_one_person_are_not_duplicates(deduped):
     """Every near group holds copies of one photo; in particular two different John Schneider
     portraits (aligned close-ups whose plain pixels correlate at 0.91) stay apart."""
-    out, _, copies = deduped
+    out, _, _ = deduped
     grouped = {r["uri"] for g in _groups(out).values() for r in g}
     assert not any("000331_00926012" in u for u in grouped)
     for g in _groups(out).values():

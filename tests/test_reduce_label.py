@@ -120,7 +120,7 @@ def test_folder_of_photos_as_labels(archive, tmp_path, data_dir):
     """NAME/photo.jpg: photos already in the archive use its faces (by bytes); others are embedded."""
     from facejob.reduce import read_labels
 
-    out, ids = archive
+    out, _ = archive
     tree = tmp_path / "people"
     for name in ("John_Simm", "John_Salley"):
         (tree / name).mkdir(parents=True)

@@ -43,6 +43,7 @@ def test_held_out_photos_find_their_person_first(held_out):
 
 def test_search_by_face_id_excludes_the_face_itself(held_out):
     import pyarrow.parquet as pq
+
     from facejob.reduce import search_face
 
     out, _ = held_out
@@ -85,7 +86,7 @@ def test_index_is_extended_not_rebuilt_and_drops_removed_faces(tmp_path, data_di
     assert fi2.ids.column("deleted").to_pylist() == [True] * 30 + [False] * 20
     assert load(store).live == 20
     q = search_face(str(tmp_path / "out"), fi2.ids.column("face_id")[35].as_py(), k=25)
-    assert len(q.matches) == 19 and not set(m.face_id for m in q.matches) & set(first)
+    assert len(q.matches) == 19 and not {m.face_id for m in q.matches} & set(first)
 
 
 def test_search_needs_an_index(tmp_path, data_dir):

@@ -6,10 +6,40 @@ named faces and duplicate groups. See facejob/reduce/api.py for the steps.
     fr.search("out/", "photo.jpg", k=10)       # nearest faces of each face in photo.jpg
     fr.label("out/", "labels.csv")             # name every face from a few named ones
 """
-from .api import (ClusterSummary, DedupSummary, LabelSummary, Match, QueryFace, ReduceSummary, cluster,
-                  dedup, index, label, read_labels, reduce, search, search_face)
+from .api import (
+                  ClusterSummary,
+                  DedupSummary,
+                  LabelSummary,
+                  Match,
+                  QueryFace,
+                  ReduceSummary,
+                  cluster,
+                  dedup,
+                  index,
+                  label,
+                  read_labels,
+                  reduce,
+                  search,
+                  search_face,
+)
 from .errors import LabelsError, NotIndexedError, ReduceError
 
-__all__ = ["index", "cluster", "label", "read_labels", "dedup", "search", "search_face", "reduce",
-           "ClusterSummary", "LabelSummary", "DedupSummary", "ReduceSummary", "Match", "QueryFace",
-           "ReduceError", "NotIndexedError", "LabelsError"]
+__all__ = [
+                  "ClusterSummary",
+                  "DedupSummary",
+                  "LabelSummary",
+                  "LabelsError",
+                  "Match",
+                  "NotIndexedError",
+                  "QueryFace",
+                  "ReduceError",
+                  "ReduceSummary",
+                  "cluster",
+                  "dedup",
+                  "index",
+                  "label",
+                  "read_labels",
+                  "reduce",
+                  "search",
+                  "search_face",
+]

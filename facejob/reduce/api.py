@@ -22,12 +22,13 @@ from facejob.storage import Store, open_store, read_parquet, write_parquet
 
 from . import duplicates as dd
 from . import svm as lb
-from .linkage import agglomerate, representatives
 from .embeddings import META_COLUMNS, Faces, read_faces, read_images, read_run_config
 from .errors import LabelsError, NotIndexedError, ReduceError
 from .graph import knn_graph
-from .hnsw import FaceIndex, IndexParams, load as load_index, update_index
+from .hnsw import FaceIndex, IndexParams, update_index
+from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
+from .linkage import agglomerate, representatives
 from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
@@ -107,7 +108,7 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
     t1 = time.perf_counter()
     roots, rounds = agglomerate(faces.embeddings, eu, ev, threshold)
     t2 = time.perf_counter()
-    return roots, {"edges": int(len(eu)), "rounds": rounds, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
+    return roots, {"edges": len(eu), "rounds": rounds, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
 
 
 def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
@@ -146,9 +147,9 @@ def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLU
         old = read_parquet(store, EVENTS) if store.exists(EVENTS) else EVENTS_SCHEMA.empty_table()
         write_parquet(store, EVENTS, pa.concat_tables([old, pa.Table.from_pylist(events, schema=EVENTS_SCHEMA)]))
     summary = ClusterSummary(
-        faces=len(faces), clusters=int(len(uroots)), singletons=int((size == 1).sum()),
+        faces=len(faces), clusters=len(uroots), singletons=int((size == 1).sum()),
         largest=int(size.max()) if len(size) else 0, merges=sum(e["event"] == "merge" for e in events),
-        splits=sum(e["event"] == "split" for e in events), gone=int(len(gone)), rounds=stats["rounds"],
+        splits=sum(e["event"] == "split" for e in events), gone=len(gone), rounds=stats["rounds"],
         edges=stats["edges"], timings={"knn_s": stats["knn_s"], "merge_s": stats["merge_s"],
                                        "total_s": round(time.perf_counter() - t0, 2)})
     store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
@@ -497,6 +498,23 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLU
     return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds)
 
 
-__all__ = ["index", "cluster", "cluster_faces", "label", "read_labels", "dedup", "search", "search_face", "reduce",
-           "ClusterSummary", "LabelSummary", "DedupSummary", "ReduceSummary", "Match", "QueryFace",
-           "ReduceError", "NotIndexedError", "LabelsError"]
+__all__ = [
+    "ClusterSummary",
+    "DedupSummary",
+    "LabelSummary",
+    "LabelsError",
+    "Match",
+    "NotIndexedError",
+    "QueryFace",
+    "ReduceError",
+    "ReduceSummary",
+    "cluster",
+    "cluster_faces",
+    "dedup",
+    "index",
+    "label",
+    "read_labels",
+    "reduce",
+    "search",
+    "search_face",
+]

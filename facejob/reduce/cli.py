@@ -10,7 +10,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from .errors import LabelsError, NotIndexedError, ReduceError
+from .errors import NotIndexedError, ReduceError
 
 
 def _errors(fn):

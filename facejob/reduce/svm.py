@@ -124,14 +124,14 @@ def cluster_positives(clusters: np.ndarray | None, labelled_rows: np.ndarray, na
 
 
 def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarray, names: list[str],
-                clusters: np.ndarray | None, params: LabelParams = LabelParams()) -> tuple["Model", dict]:
+                clusters: np.ndarray | None, params: LabelParams = LabelParams()) -> tuple[Model, dict]:
     """Train on an archive: labelled faces (rows of x, or -1 with their embedding given), their
     cluster-mates as extra positives, and a background pool of the rest."""
     extra, extra_names = cluster_positives(clusters, labelled_rows, names, params)
     pool = background_pool(x, np.concatenate([labelled_rows, extra]), labelled_emb, clusters, params)
     xp = np.concatenate([labelled_emb, x[extra]]) if len(extra) else labelled_emb
     model = train(xp, list(names) + extra_names, x[pool], params)
-    model.info.update({"extra_positives": int(len(extra))})
+    model.info.update({"extra_positives": len(extra)})
     return model, {"pool": pool, "extra": extra}
 
 
