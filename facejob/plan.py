@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.sources import ImageRef, is_s3
+from facejob.sources import ImageRef, is_s3, local_path
 from facejob.storage import Store, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,4 @@ def retire(store: Store, retire: dict[str, set[str]]) -> None:
 
 
 def source_roots(sources: list[str]) -> list[str]:
-    from pathlib import Path
-
-    return [s if is_s3(s) else str(Path(s).expanduser().absolute()) for s in sources]
+    return [s if is_s3(s) else str(local_path(s)) for s in sources]

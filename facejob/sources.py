@@ -36,6 +36,12 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def local_path(src: str) -> Path:
+    """Absolute and normalised ("a/../b" → "b"), without resolving symlinks: a photo's uri is
+    the path the user gave, so a link keeps its own name (and a dangling one can be reported)."""
+    return Path(os.path.normpath(Path(src).expanduser().absolute()))
+
+
 def _walk_local(root: Path, extensions: tuple[str, ...], skipped: list[str]) -> Iterator[ImageRef]:
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -86,7 +92,7 @@ def list_images(
 
             refs: Iterable[ImageRef] = s3.list_images(src, exts, skipped_here)
         else:
-            path = Path(src).expanduser().absolute()
+            path = local_path(src)
             if path.is_dir():
                 refs = _walk_local(path, exts, skipped_here)
             elif path.exists() or path.is_symlink():

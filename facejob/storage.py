@@ -38,7 +38,7 @@ def safe_rel(rel: str) -> str:
 
 class LocalStore:
     def __init__(self, root: str | os.PathLike):
-        self.path = Path(root).expanduser().absolute()
+        self.path = Path(os.path.normpath(Path(root).expanduser().absolute()))
         self.root = str(self.path)
 
     def _p(self, rel: str) -> Path:
