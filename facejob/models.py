@@ -40,12 +40,3 @@ def model_path(name: str) -> Path:
     if not path.is_file():
         raise ModelFilesMissing(f"model file missing: {path}")
     return path
-
-
-def model_versions() -> dict[str, str]:
-    """Versions of the model package and of dlib, for run.json."""
-    from importlib.metadata import version
-
-    import dlib
-
-    return {"face-recognition-models": version("face-recognition-models"), "dlib": dlib.__version__}

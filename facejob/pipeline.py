@@ -23,9 +23,6 @@ from facejob.detect import Detection, make_detector
 from facejob.embed import make_embedder
 from facejob.sources import ImageRef, SourceUnavailable, read_bytes
 
-STAGES = ("read", "decode", "detect", "landmarks", "embed")
-
-
 @dataclass
 class FaceRecord:
     face_idx: int

@@ -7,39 +7,13 @@ named faces and duplicate groups. See facejob/reduce/api.py for the steps.
     fr.label("out/", "labels.csv")             # name every face from a few named ones
 """
 from .api import (
-                  ClusterSummary,
-                  DedupSummary,
-                  LabelSummary,
-                  Match,
-                  QueryFace,
-                  ReduceSummary,
-                  cluster,
-                  dedup,
-                  index,
-                  label,
-                  read_labels,
-                  reduce,
-                  search,
-                  search_face,
+    ClusterSummary, DedupSummary, LabelSummary, Match, QueryFace, ReduceSummary,
+    cluster, dedup, index, label, read_labels, reduce, search, search_face,
 )
 from .errors import LabelsError, NotIndexedError, ReduceError
 
 __all__ = [
-                  "ClusterSummary",
-                  "DedupSummary",
-                  "LabelSummary",
-                  "LabelsError",
-                  "Match",
-                  "NotIndexedError",
-                  "QueryFace",
-                  "ReduceError",
-                  "ReduceSummary",
-                  "cluster",
-                  "dedup",
-                  "index",
-                  "label",
-                  "read_labels",
-                  "reduce",
-                  "search",
-                  "search_face",
+    "ClusterSummary", "DedupSummary", "LabelSummary", "LabelsError", "Match", "NotIndexedError",
+    "QueryFace", "ReduceError", "ReduceSummary", "cluster", "dedup", "index", "label", "read_labels",
+    "reduce", "search", "search_face",
 ]
