@@ -195,7 +195,7 @@ class Pipeline:
                 embed()
         detect()
         embed()
-        return shard_tables(refs, results, shard, self.config, self.detector.name, self.embedder.name)
+        return shard_tables(refs, results, shard, self.detector.name, self.embedder.name)
 
 
 def _prefetch(fn, items: list, depth: int):
@@ -210,8 +210,8 @@ def _prefetch(fn, items: list, depth: int):
             yield futures.popleft().result()
 
 
-def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, config: IndexConfig,
-                 detector: str, embedder: str) -> tuple[pa.Table, pa.Table]:
+def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, detector: str,
+                 embedder: str) -> tuple[pa.Table, pa.Table]:
     images = {
         "uri": [r.uri for r in refs],
         "size": [r.size for r in refs],

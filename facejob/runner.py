@@ -79,11 +79,10 @@ def run_shard(shard: planning.Shard, out: str, config: IndexConfig) -> dict[str,
     return _stats(images, faces, pipe.timings, _node_id())
 
 
-def run_image(ref: ImageRef, config: IndexConfig) -> tuple[pa.Table, pa.Table]:
+def run_image(ref: ImageRef, shard: str, config: IndexConfig) -> tuple[pa.Table, pa.Table]:
     """One image alone (the fallback for a shard that kills its worker): its images and faces rows."""
     pipe = _pipeline(config)
-    result = pipe.process_ref(ref)
-    return shard_tables([ref], [result], "", config, pipe.detector.name, pipe.embedder.name)
+    return shard_tables([ref], [pipe.process_ref(ref)], shard, pipe.detector.name, pipe.embedder.name)
 
 
 @dataclass
@@ -228,7 +227,7 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
 
 def _execute_image_by_image(ray, shard: planning.Shard, out: str, config: IndexConfig, resources: dict) -> dict:
     image_task = ray.remote(max_retries=IMAGE_RETRIES, retry_exceptions=False, **resources)(run_image)
-    tasks = [image_task.remote(ref, config) for ref in shard.refs]
+    tasks = [image_task.remote(ref, shard.id, config) for ref in shard.refs]
     results = []
     for ref, task in zip(shard.refs, tasks):
         try:
@@ -237,13 +236,9 @@ def _execute_image_by_image(ray, shard: planning.Shard, out: str, config: IndexC
             msg = (f"{decode.CRASH}: the worker process died while processing this image "
                    f"({IMAGE_RETRIES + 1} attempts alone, after {TASK_RETRIES + 1} with its shard)")
             log.error("%s: %s", ref.uri, msg)
-            results.append(shard_tables([ref], [ImageResult(schema.STATUS_ERROR, msg)], "", config, "", ""))
+            results.append(shard_tables([ref], [ImageResult(schema.STATUS_ERROR, msg)], shard.id, "", ""))
     images = pa.concat_tables([r[0] for r in results])
     faces = pa.concat_tables([r[1] for r in results])
-    images = images.set_column(images.schema.get_field_index("shard"), "shard",
-                               pa.array([shard.id] * images.num_rows, pa.string()))
-    faces = faces.set_column(faces.schema.get_field_index("shard"), "shard",
-                             pa.array([shard.id] * faces.num_rows, pa.string()))
     _write_shard(open_store(out), shard.id, images, faces)
     return _stats(images, faces, Counter(), "driver")
 

@@ -46,7 +46,7 @@ def make_out(out: Path, paths: list[Path], shard_size: int = 40, first_shard: in
         refs = [ImageRef(str(p), p.stat().st_size, mtime=p.stat().st_mtime) for p in chunk]
         results = [_embed(str(p), p.stat().st_mtime) for p in chunk]
         shard = f"t{first_shard + n:04d}"
-        images, faces = shard_tables(refs, results, shard, config, "hog", "dlib")
+        images, faces = shard_tables(refs, results, shard, "hog", "dlib")
         write_parquet(store, f"faces/part-{shard}.parquet", faces)
         write_parquet(store, f"images/part-{shard}.parquet", images)
     store.write_bytes("run.json", json.dumps({"config": config.to_dict()}).encode())
