@@ -66,7 +66,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     from . import api
     from .svm import LabelParams
 
-    s = api.label(args.out, args.labels, LabelParams(threshold=args.threshold), replace=args.replace)
+    s = api.label(args.out, args.labels, LabelParams(threshold=args.threshold), replace=args.replace,
+                  corrections=args.corrections)
     print(f"learned {s.people} people from {s.labelled} labelled faces (+{s.background} background faces); "
           f"named {s.named} of {s.faces} faces, {s.unknown} unknown")
     print(f"output: {args.out}/predictions.parquet, models in {args.out}/labels/")
@@ -88,7 +89,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 def cmd_reduce(args: argparse.Namespace) -> int:
     from . import api
 
-    r = api.reduce(args.out, rebuild_index=args.rebuild_index)
+    r = api.reduce(args.out, rebuild_index=args.rebuild_index, corrections=args.corrections, progress=not args.quiet)
     print(f"index: {r.faces} faces ({r.index_s:.1f} s)")
     c = r.cluster
     print(f"cluster: {c.clusters} clusters, largest {c.largest}; {c.merges} merges, {c.splits} splits recorded")
@@ -99,6 +100,10 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     d = r.dedup
     print(f"dedup: {d.groups} groups of copies, {d.duplicates} extra copies")
     return 0
+
+
+CORRECTIONS_HELP = ("corrections.json downloaded from the report page: added to OUT/labels/corrections.json, "
+                    "which every later run applies (names, same person, not this person)")
 
 
 def add_commands(subparsers) -> None:
@@ -132,6 +137,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("out", metavar="OUT")
     p.add_argument("--labels", metavar="LABELS", help="labels CSV or folder (default: the labels stored in OUT)")
     p.add_argument("--replace", action="store_true", help="forget the labels stored in OUT first")
+    p.add_argument("--corrections", metavar="FILE", help=CORRECTIONS_HELP)
     p.add_argument("--threshold", type=float, default=LabelParams().threshold,
                    help="lowest probability that names a face, else `unknown` (default: %(default)s)")
     p.set_defaults(func=cmd_label)
@@ -144,6 +150,8 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("reduce", help="index + cluster + label + dedup (after `facejob index`)")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--rebuild-index", action="store_true", help="build the face index from scratch")
+    p.add_argument("--corrections", metavar="FILE", help=CORRECTIONS_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_reduce)
 
 
