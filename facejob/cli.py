@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_commands(sub)
+    from facejob.report.cli import add_commands as add_report
+    add_report(sub)
     return parser
 
 

@@ -102,3 +102,10 @@ def test_js_payload_escapes_script_end_and_comments():
         assert bad not in text
     assert text.startswith('FJ.put("k",') and text.endswith(");\n")
     assert json.loads(text[len('FJ.put("k",'):-3]) == obj
+
+
+def test_a_fully_named_cluster_lends_no_extra_positives():
+    from facejob.reduce.svm import LabelParams, cluster_positives
+
+    rows, names = cluster_positives(np.array([0, 0, 1]), np.array([0, 1]), ["Amy", "Amy"], LabelParams())
+    assert len(rows) == 0 and names == []

@@ -113,6 +113,8 @@ def cluster_positives(clusters: np.ndarray | None, labelled_rows: np.ndarray, na
     member = np.isin(clusters, ids)
     member[labelled_rows[known]] = False
     rows = np.flatnonzero(member)
+    if len(rows) == 0:     # every member of those clusters is labelled already
+        return np.empty(0, np.int64), []
     who = np.array([owner_of[int(c)] for c in clusters[rows]], object)
     rng = np.random.default_rng(params.seed)
     keep = []
