@@ -12,6 +12,8 @@ Also checks that no cluster holds two faces of one photo.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import sys
 import time
@@ -68,13 +70,18 @@ def main() -> None:
     print(f"clusters.parquet: {len(t)} faces, {len({r['cluster_id'] for r in t})} clusters; "
           f"(photo, cluster) pairs with two or more faces: {twice}")
 
-    t0 = time.perf_counter()
+    def cpu() -> float:
+        return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
+
+    c0, t0 = cpu(), time.perf_counter()
     s = build(args.out, workers=args.workers, progress=False)
-    wall = time.perf_counter() - t0
+    wall, cpu_s = time.perf_counter() - t0, cpu() - c0
     files = [p for p in (Path(args.out) / "report").rglob("*") if p.is_file()]
     mb = sum(p.stat().st_size for p in files) / 1e6
-    print(f"build: {wall:.1f} s wall with {args.workers} workers ({s.timings}); {s.people} people, {s.faces} faces, "
-          f"{s.photos} photos; {len(files)} files, {mb:.0f} MB")
+    print(f"build: {wall:.1f} s wall with {args.workers} workers, {cpu_s:.1f} CPU-s (this process + workers; "
+          f"machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) {s.timings}")
+    print(f"  {s.people} people, {s.faces} faces, {s.photos} photos; {len(files)} files, {mb:.0f} MB")
 
     runs = [page_figures(Path(s.path)) for _ in range(args.loads)]
     print(f"page (headless Chromium, file://, median of {len(runs)} fresh loads):")

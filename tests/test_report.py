@@ -136,6 +136,13 @@ def test_report_page_corrections_round_trip(archive, tmp_path):
         removed = face.get_attribute("data-face")
         face.find_element(By.CSS_SELECTOR, "button.not-person").click()
         wait_for(lambda: d.execute_script("return FJ.corrections().length") == 2, what="the not-this-person correction")
+        # The second and third largest people are one person (as far as this test is concerned).
+        d.execute_script("location.hash = '#people'")
+        picks = wait_for(lambda: d.find_elements(By.CSS_SELECTOR, ".card .pick input"), what="cards")[1:3]
+        for box in picks:
+            box.click()
+        d.find_element(By.ID, "same").click()
+        wait_for(lambda: d.execute_script("return FJ.corrections().length") == 3, what="the same-person correction")
         d.find_element(By.ID, "download").click()
         path = wait_for(lambda: next((p for p in downloads.glob("corrections*.json")), None), what="the download")
         wait_for(lambda: not list(downloads.glob("*.crdownload")) and path.stat().st_size > 0, what="the download to end")
@@ -149,6 +156,10 @@ def test_report_page_corrections_round_trip(archive, tmp_path):
     assert set(named["face_ids"]) == {f for f, c in clusters.items() if c == cluster_id}
     members = set(named["face_ids"]) - {removed}
     assert removed in named["face_ids"] and len(members) >= 2
+    same = next(e for e in doc["corrections"] if e["kind"] == "same_person")
+    joined = [f for g in same["face_ids"] for f in g]
+    assert len(same["cluster_ids"]) == 2 and cluster_id not in same["cluster_ids"]
+    assert all({f for f, c in clusters.items() if c == cid} == set(g) for cid, g in zip(same["cluster_ids"], same["face_ids"]))
 
     assert cli(["reduce", str(out), "--corrections", str(path)]) == 0
     for run in range(2):      # the second run reads the corrections stored in OUT
@@ -160,8 +171,9 @@ def test_report_page_corrections_round_trip(archive, tmp_path):
         pred = {r["face_id"]: r for r in pq.read_table(out / "predictions.parquet").to_pylist()}
         assert all(pred[f]["label"] == NAME and pred[f]["labelled"] for f in members)
         assert pred[removed]["label"] != NAME
+        assert len({after[f] for f in joined}) == 1 and after[joined[0]] in same["cluster_ids"]
     stored = json.loads((out / "labels" / "corrections.json").read_text())["corrections"]
-    assert len(stored) == 2
+    assert len(stored) == 3
 
     # The next report shows the name as the curator's, as text.
     assert cli(["report", str(out), "--quiet", "--workers", "1"]) == 0
@@ -183,3 +195,30 @@ def test_report_needs_the_reducer_first(tmp_path, data_dir, capsys):
     assert cli(["report", str(out), "--quiet"]) == 3
     assert "run `facejob reduce" in capsys.readouterr().err
     assert not (out / "report").exists()
+
+
+def test_report_on_s3(s3, tmp_path, data_dir):
+    """An s3:// output gets the same site (an S3 website can serve it); a rebuild replaces the
+    build and keeps the previews."""
+    from facejob.reduce import reduce
+    from facejob.report import build
+
+    local = tmp_path / "local"
+    make_out(local, photos(data_dir, ("labelled/dlib_johns",)))
+    for f in local.rglob("*"):
+        if f.is_file():
+            s3.put(f"archive/{f.relative_to(local).as_posix()}", f.read_bytes())
+    out = s3.uri("archive")
+    reduce(out)
+    first = build(out, workers=1, progress=False)
+    keys = set(s3.keys("archive/report/"))
+    assert "archive/report/index.html" in keys and first.previews == 55    # photos shown; two share one file
+    html = s3.client.get_object(Bucket=s3.bucket, Key="archive/report/index.html")["Body"].read().decode()
+    build_id = html.split('data-build="')[1].split('"')[0]
+    assert f"archive/report/b/{build_id}/data/meta.js" in keys and f"archive/report/b/{build_id}/app.js" in keys
+    assert sum(k.startswith("archive/report/photos/") for k in keys) == 54
+    assert sum(k.startswith(f"archive/report/b/{build_id}/thumbs/") for k in keys) == 1
+    second = build(out, workers=1, progress=False)
+    keys2 = set(s3.keys("archive/report/"))
+    assert not any(k.startswith(f"archive/report/b/{build_id}/") for k in keys2)
+    assert second.previews == 55 and {k for k in keys2 if "/photos/" in k} == {k for k in keys if "/photos/" in k}

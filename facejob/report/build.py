@@ -10,13 +10,16 @@ page only reaches it through index.html, which is written last; older builds are
         faces/K.js                    the faces of a run of clusters (<= FACES_CHUNK faces) + their photos
         search.js, dups.js            loaded on first use
     report/b/BUILD/thumbs/K.jpg       sprite sheets of face thumbnails (page order)
-    report/b/BUILD/photos/N.jpg       small previews of the photos
+    report/photos/SH/SHA256.jpg       small previews of the photos, by content: kept across builds
+                                      (a rebuild writes only new ones, and removes unused ones last)
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
+import re
 import secrets
 import shutil
 import time
@@ -52,7 +55,7 @@ class ReportSummary:
     people: int
     faces: int
     photos: int
-    previews: int
+    previews: int                # photos with a preview (new or kept from an earlier build)
     sprites: int
     unreadable: int              # photos that could not be read again for thumbnails
     duplicate_groups: int
@@ -73,11 +76,12 @@ def js_payload(key: str, obj: Any) -> bytes:
 
 
 class _Writer:
-    """Writes the build's files. Locally without fsync per file (thousands of small files):
-    the build directory is new, and only the final index.html makes it visible."""
+    """Writes the report's files. Locally without fsync per file (thousands of small files):
+    a build directory is new and only the final index.html makes it visible; shared files
+    (previews, trusted by later builds when present) go through a temp name and a rename."""
 
-    def __init__(self, store: Store, base: str):
-        self.store, self.base, self.files, self.bytes = store, base, 0, 0
+    def __init__(self, store: Store, base: str, shared: bool = False):
+        self.store, self.base, self.shared, self.files, self.bytes = store, base, shared, 0, 0
         self.local = store.path if isinstance(store, LocalStore) else None
 
     def __call__(self, rel: str, data: bytes) -> None:
@@ -85,7 +89,10 @@ class _Writer:
         if self.local is not None:
             p = self.local / path
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(data)
+            tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp") if self.shared else p
+            tmp.write_bytes(data)
+            if self.shared:
+                os.replace(tmp, p)
         else:
             self.store.write_bytes(path, data)
         self.files += 1
@@ -140,17 +147,27 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
     faces_of: list[list[int]] = [[] for _ in photo_no]
     for r in people.order.tolist():
         faces_of[photo_no[uri[r]]].append(r)
-    jobs = [PhotoJob(u, tuple(int(cell[r]) for r in faces_of[i]), tuple(tuple(box[r].tolist()) for r in faces_of[i]), True)
+    info = m.photo_info(store)
+    have = set(store.list(f"{REPORT}/photos/"))
+
+    def preview_key(u: str) -> str | None:
+        sha = info.get(u, (0, 0, ""))[2] or ""
+        return f"{sha[:2]}/{sha}" if re.fullmatch(r"[0-9a-f]{64}", sha) else None
+
+    keys = {u: preview_key(u) for u in photo_no}
+    jobs = [PhotoJob(u, tuple(int(cell[r]) for r in faces_of[i]), tuple(tuple(box[r].tolist()) for r in faces_of[i]),
+                     keys[u] is not None and f"{REPORT}/photos/{keys[u]}.jpg" not in have)
             for u, i in photo_no.items()]
 
     build_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
     write = _Writer(store, f"{REPORT}/b/{build_id}")
+    write_shared = _Writer(store, REPORT, shared=True)
     try:
         max_pixels = int(read_run_config(store).get("max_pixels") or 100_000_000)
     except Exception:   # a report still works without run.json
         max_pixels = 100_000_000
     sprites = SpriteWriter(n, lambda k, data: write(f"thumbs/{k}.jpg", data))
-    preview: dict[str, tuple[int, int]] = {}
+    previewed = {u for u, k in keys.items() if k is not None and f"{REPORT}/photos/{k}.jpg" in have}
     unreadable = 0
     bar = Progress("report", len(jobs), "photos", enabled=progress)
     for res in render_photos(jobs, max_pixels, workers or default_workers()):
@@ -163,21 +180,19 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
             for c, rgb in res.thumbs:
                 sprites.put(c, rgb)
             if res.preview is not None:
-                write(f"photos/{no}.jpg", res.preview)
-                preview[res.uri] = res.preview_size
+                write_shared(f"photos/{keys[res.uri]}.jpg", res.preview)
+                previewed.add(res.uri)
         bar.advance(1, faces=len(jobs[no].cells))
     bar.close()
     t_images = time.perf_counter()
 
-    sizes = m.photo_sizes(store)
     chips = _chips(lm)
     names = [m.file_name(u) for u in uri]
 
     def photo_record(u: str) -> list:
         no = photo_no[u]
-        w, h = sizes.get(u, (0, 0))
-        pw, ph = preview.get(u, (0, 0))
-        return [u, no if u in preview else None, w, h, pw, ph,
+        w, h, _ = info.get(u, (0, 0, None))
+        return [u, keys[u] if u in previewed else None, w, h,
                 [[fid[r], *box[r].tolist(), [round(v, 1) for v in lm[r].reshape(-1).tolist()]] for r in faces_of[no]]]
 
     def face_record(r: int) -> list:
@@ -227,7 +242,7 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
     write("data/dups.js", js_payload("dups", [
         {"group": g["group"], "kind": g["kind"],
          "photos": [[p["uri"], bool(p["keep"]), p["reason"], p["size"], p["width"], p["height"],
-                     photo_no[p["uri"]] if p["uri"] in preview else None] for p in g["photos"]]} for g in dups]))
+                     keys[p["uri"]] if p["uri"] in previewed else None] for p in g["photos"]]} for g in dups]))
     t_data = time.perf_counter()
 
     threshold = None
@@ -249,14 +264,20 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
         write(name, (pkg / name).read_bytes())
     html = (pkg / "index.html").read_text(encoding="utf-8").replace("{{BUILD}}", build_id)
     store.write_bytes(f"{REPORT}/index.html", html.encode())      # atomic: the build is now the report
+    t_write = time.perf_counter()
     removed = _remove_old_builds(store, build_id)
-    timings["total_s"] = round(time.perf_counter() - t0, 2)
+    unused = have - {f"{REPORT}/photos/{keys[u]}.jpg" for u in previewed}
+    for rel in unused:            # previews of photos gone from the archive
+        store.delete(rel)
+    timings.update(finish_s=round(t_write - t_data, 2), remove_old_s=round(time.perf_counter() - t_write, 2),
+                   total_s=round(time.perf_counter() - t0, 2))
     s = ReportSummary(path=f"{store.root}/{REPORT}/index.html", people=n_clusters, faces=n, photos=len(photo_no),
-                      previews=len(preview), sprites=sprites.written, unreadable=unreadable,
-                      duplicate_groups=len(dups), files=write.files + 1, timings=timings)
-    log.info("report: %d people, %d faces, %d photos (%d unreadable) -> %s (%d files, %.1f MB; %d old builds removed) "
-             "in %.1f s", s.people, s.faces, s.photos, unreadable, s.path, s.files, write.bytes / 1e6, removed,
-             timings["total_s"])
+                      previews=len(previewed), sprites=sprites.written, unreadable=unreadable,
+                      duplicate_groups=len(dups), files=write.files + write_shared.files + 1, timings=timings)
+    log.info("report: %d people, %d faces, %d photos (%d unreadable) -> %s (%d files written, %.1f MB; %d previews "
+             "kept from earlier builds, %d removed; %d old builds removed) in %.1f s", s.people, s.faces, s.photos,
+             unreadable, s.path, s.files, (write.bytes + write_shared.bytes) / 1e6, len(have) - len(unused),
+             len(unused), removed, timings["total_s"])
     return s
 
 

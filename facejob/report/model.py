@@ -223,7 +223,8 @@ def duplicate_groups(store: Store) -> list[dict[str, Any]]:
     return out
 
 
-def photo_sizes(store: Store) -> dict[str, tuple[int, int]]:
-    """uri -> (width, height) after EXIF rotation, for every photo of OUT."""
-    t = read_images(store, ["uri", "width", "height"])
-    return {u: (w or 0, h or 0) for u, w, h in zip(*(t.column(c).to_pylist() for c in ("uri", "width", "height")))}
+def photo_info(store: Store) -> dict[str, tuple[int, int, str | None]]:
+    """uri -> (width, height after EXIF rotation, sha256), for every photo of OUT."""
+    t = read_images(store, ["uri", "width", "height", "sha256"])
+    return {u: (w or 0, h or 0, sha) for u, w, h, sha in
+            zip(*(t.column(c).to_pylist() for c in ("uri", "width", "height", "sha256")))}

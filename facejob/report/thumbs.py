@@ -43,7 +43,6 @@ class PhotoJob:
 class PhotoResult:
     uri: str
     preview: bytes | None
-    preview_size: tuple[int, int]
     thumbs: list[tuple[int, bytes]]                     # (cell, THUMB*THUMB*3 RGB bytes)
     error: str | None = None
 
@@ -64,19 +63,32 @@ def render(job: PhotoJob, max_pixels: int) -> PhotoResult:
     """Decode one photo; its preview (if asked) and a thumbnail per face. Never raises for a
     photo that is gone or damaged: the result says why instead."""
     try:
-        img = Image.fromarray(decode_image(read_bytes(job.uri), max_pixels))
+        data = read_bytes(job.uri)
+        img = Image.fromarray(decode_image(data, max_pixels))
     except (DecodeError, SourceUnavailable, OSError, ValueError) as e:
-        return PhotoResult(job.uri, None, (0, 0), [], f"{type(e).__name__}: {e}")
+        return PhotoResult(job.uri, None, [], f"{type(e).__name__}: {e}")
     thumbs = [(cell, img.crop(crop_box(box, img.size)).resize((THUMB, THUMB), Image.BILINEAR, reducing_gap=2.0).tobytes())
               for cell, box in zip(job.cells, job.boxes)]
-    preview, size = None, (0, 0)
-    if job.preview:
+    preview = None
+    if job.preview and _small_upright_jpeg(data, img.size):
+        preview = data        # already small enough: the original bytes as they are
+    elif job.preview:
         small = img.copy()
         small.thumbnail((PREVIEW_MAX, PREVIEW_MAX), Image.BILINEAR, reducing_gap=2.0)
         buf = io.BytesIO()
         small.save(buf, "JPEG", quality=QUALITY)
-        preview, size = buf.getvalue(), small.size
-    return PhotoResult(job.uri, preview, size, thumbs)
+        preview = buf.getvalue()
+    return PhotoResult(job.uri, preview, thumbs)
+
+
+def _small_upright_jpeg(data: bytes, size: tuple[int, int]) -> bool:
+    """A JPEG no bigger than a preview whose pixels need no EXIF turn (so browsers show them as we do)."""
+    if data[:3] != b"\xff\xd8\xff" or max(size) > PREVIEW_MAX:
+        return False
+    try:
+        return Image.open(io.BytesIO(data)).getexif().get(0x0112, 1) == 1
+    except Exception:   # unreadable EXIF: re-encode instead
+        return False
 
 
 def _render_all(jobs: list[PhotoJob], max_pixels: int) -> list[PhotoResult]:

@@ -296,7 +296,7 @@
   function showFace(f, photo) {
     var v = $("viewer"), pc = $("photo-canvas"), cc = $("chip-canvas"), info = $("viewer-info");
     info.replaceChildren();
-    [["file", photo[0]], ["face", "#" + f[2] + " of " + photo[6].length], ["face id", f[0]],
+    [["file", photo[0]], ["face", (f[2] + 1) + " of " + photo[4].length], ["face id", f[0]],
      ["name", f[6] ? f[6] + (f[8] ? " (named)" : " (" + fmt(f[7]) + ")") : "unknown"],
      ["to this person's mean", fmt(f[4], 3)], ["nearest same person", fmt(f[10], 3)],
      ["nearest other person", fmt(f[11], 3)]].forEach(function (kv) {
@@ -319,7 +319,7 @@
       pc.width = Math.round(img.naturalWidth * zoom); pc.height = Math.round(img.naturalHeight * zoom);
       pctx.setTransform(zoom, 0, 0, zoom, 0, 0);
       pctx.drawImage(img, 0, 0);
-      photo[6].forEach(function (g) {
+      photo[4].forEach(function (g) {
         var mine = g[0] === f[0];
         pctx.lineWidth = (mine ? 3 : 1.5) / zoom;
         pctx.strokeStyle = mine ? "#22c55e" : "#f59e0b";
@@ -330,6 +330,8 @@
         }
       });
       var chip = f[9];
+      cctx.fillStyle = "#000";
+      cctx.fillRect(0, 0, 150, 150);      // outside the photo, dlib's chip is black too
       if (chip) {
         // dlib's chip: chip pixel p maps to centre + rotate(angle) * scale * (p - 75) in the photo.
         cctx.setTransform(1, 0, 0, 1, 0, 0);
@@ -338,7 +340,7 @@
         cctx.drawImage(img, 0, 0, w, h);
       }
     };
-    img.src = BASE + "photos/" + photo[1] + ".jpg";
+    img.src = "photos/" + photo[1] + ".jpg";
   }
   function closeViewer() { $("viewer").hidden = true; }
 
@@ -355,7 +357,7 @@
           var row = el("div", {class: "photos"});
           g.photos.forEach(function (p) {
             var img = el("img", {loading: "lazy", alt: fileName(p[0])});
-            if (p[6] !== null) img.src = BASE + "photos/" + p[6] + ".jpg";
+            if (p[6] !== null) img.src = "photos/" + p[6] + ".jpg";
             row.append(el("figure", {class: p[1] ? "keep" : ""}, img,
               el("figcaption", {title: p[0]},
                 el("strong", {text: p[1] ? "kept: " : "copy: "}), fileName(p[0]),
@@ -386,15 +388,17 @@
     return e;
   }
   function barChart(rows, unit) {
-    var w = 460, rowH = 24, left = 90, h = rows.length * rowH + 30;
-    var max = Math.max.apply(null, rows.map(function (r) { return r[1]; }).concat([1e-9]));
+    // Log scale: stage speeds differ by orders of magnitude (detect vs write).
+    var w = 520, rowH = 24, left = 90, h = rows.length * rowH + 30;
+    var max = Math.max.apply(null, rows.map(function (r) { return Math.log10(1 + r[1]); }).concat([1e-9]));
     var s = svg("svg", {width: w, height: h, viewBox: "0 0 " + w + " " + h, role: "img"});
     rows.forEach(function (r, i) {
-      var y = 10 + i * rowH, len = (w - left - 90) * r[1] / max;
+      var y = 10 + i * rowH, len = (w - left - 130) * Math.log10(1 + r[1]) / max;
       s.append(svg("text", {x: left - 8, y: y + 15, "text-anchor": "end"}, r[0]));
       s.append(svg("rect", {x: left, y: y + 3, width: Math.max(len, 1), height: rowH - 8, fill: "#2f6fed", rx: 3}));
-      s.append(svg("text", {x: left + len + 6, y: y + 15}, fmt(r[1], 1) + " " + unit));
+      s.append(svg("text", {x: left + len + 6, y: y + 15}, fmt(r[1], r[1] >= 100 ? 0 : 1) + " " + unit));
     });
+    s.append(svg("text", {x: left, y: h - 4}, "log scale"));
     return s;
   }
   function histogramChart(hg) {
