@@ -293,7 +293,12 @@ def label(out: str | Store, labels: str | Path | None = None, params: lb.LabelPa
 
 
 def _with_corrections(stored: pa.Table, applied: corr.Applied, faces: Faces) -> pa.Table:
-    """Stored labels plus the names from corrections (which win for the faces they name)."""
+    """Stored labels plus the names from corrections (which win for the faces they name); a
+    label a face was later said not to be ("not this person") is dropped."""
+    if applied.not_names and stored.num_rows:
+        keep_stored = [name not in applied.not_names.get(f, ()) for f, name in
+                       zip(stored.column("face_id").to_pylist(), stored.column("name").to_pylist())]
+        stored = stored.filter(pa.array(keep_stored))
     rows = pc.index_in(pa.array(list(applied.names), pa.string()), faces.face_ids).fill_null(-1).to_numpy()
     keep = rows >= 0
     if not keep.any():
