@@ -23,7 +23,10 @@ from pathlib import Path
 import pytest
 
 import facejob
-from facejob.config import IndexConfig
+from facejob.config import IndexConfig, RunConfig
+from facejob.runner import index
+from tests import crash_model
+from tests.crash_model import POISON, CrashingFaceModel
 from tests.s3_server import (
     Killer, MotoServer, TcpProxy, assert_same_results, aws_env, cmdline, descendants,
     lfw_photos, make_client, rows_by_name,
@@ -31,14 +34,13 @@ from tests.s3_server import (
 
 REPO = Path(__file__).resolve().parents[1]
 N_PHOTOS = 12
-CONFIG = IndexConfig(workers=2, shard_size=3)
-POISON = "POISONED"  # FACEJOB_TEST_CRASH_ON: the worker process dies on photos with this in their uri
+CONFIG = IndexConfig(run=RunConfig(workers=2, shard_size=3))
 
 
 @pytest.fixture(scope="module")
 def env(s3_endpoint: MotoServer):
     """One local Ray for the module, started with the environment its workers must inherit:
-    S3 through a proxy the tests can take down, and the pipeline's crash hook armed."""
+    S3 through a proxy the tests can take down."""
     import ray
 
     from facejob import s3 as fs3
@@ -48,12 +50,13 @@ def env(s3_endpoint: MotoServer):
     with pytest.MonkeyPatch.context() as mp:
         for k, v in aws_env(proxy.endpoint).items():
             mp.setenv(k, v)
-        mp.setenv("FACEJOB_TEST_CRASH_ON", POISON)
         # botocore's backoff is fully jittered, so the default 12 attempts can, rarely, all fall
         # inside the 3 s outage below; 20 make that practically impossible (same code path).
         mp.setenv("FACEJOB_S3_MAX_ATTEMPTS", "20")
         fs3.configure()
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        # The workers get the test's FaceModel subclass by value: tests/ need not be importable there.
+        ray.cloudpickle.register_pickle_by_value(crash_model)
         try:
             yield proxy
         finally:
@@ -80,7 +83,7 @@ def reference(env, photos, tmp_path_factory) -> Path:
 
 def test_worker_killed_mid_shard_is_retried(env, photos, reference, tmp_path):
     out = tmp_path / "out"
-    killer = Killer(os.getpid(), "ray::run_shard", times=1, after=0.3)
+    killer = Killer(os.getpid(), "ray::ShardWorker.run_shard", times=1, after=0.3)
     killer.start()
     try:
         summary = facejob.index([str(photos)], str(out), CONFIG, progress=False)
@@ -98,7 +101,7 @@ def _part_count(out: Path) -> int:
 
 
 def _running_shards() -> list[int]:
-    return [pid for pid in descendants(os.getpid()) if cmdline(pid).startswith("ray::run_shard")]
+    return [pid for pid in descendants(os.getpid()) if cmdline(pid).startswith("ray::ShardWorker")]
 
 
 def test_driver_killed_mid_run_then_rerun_finishes_only_missing_shards(env, photos, reference, tmp_path):
@@ -192,7 +195,7 @@ def test_poisoned_photo_fails_alone_after_bounded_retries(env, photos, reference
         (src / n).write_bytes((photos / n).read_bytes())
     (src / f"{POISON}.jpg").write_bytes((photos / names[0]).read_bytes())
     out = tmp_path / "out"
-    summary = facejob.index([str(src)], str(out), CONFIG, progress=False)
+    summary = index([str(src)], str(out), CONFIG, progress=False, model_class=CrashingFaceModel)
     assert summary.ok, summary.failed_shards
     images, _ = rows_by_name(out)
     bad = images[f"{POISON}.jpg"]

@@ -8,11 +8,9 @@ stores are fetched one at a time.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -139,13 +137,3 @@ def read_images(store: Store, columns: Sequence[str]) -> pa.Table:
     if not batches:
         return pa.schema([IMAGES.field(c) for c in columns]).empty_table()
     return pa.Table.from_batches(batches).combine_chunks()
-
-
-def read_run_config(store: Store) -> dict[str, Any]:
-    """The "config" dict of OUT/run.json (how the archive was indexed)."""
-    if not store.exists("run.json"):
-        raise NotIndexedError(f"{store.root}/run.json not found; run `facejob index` first")
-    try:
-        return dict(json.loads(store.read_bytes("run.json"))["config"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ReduceError(f"{store.root}/run.json is not a facejob run record: {e}") from None
