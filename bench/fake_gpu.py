@@ -41,7 +41,7 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def start_head(tmp: Path, gpus: int, cpus: int, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_head(tmp: Path, gpus: int, cpus: int, env: dict[str, str], repo: str) -> tuple[subprocess.Popen, str]:
     port, nm, om, client, agent, metrics, renv, grpc, dash = free_ports(9)
     lo = 20000 + (os.getpid() % 2000) * 10
     cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--num-gpus={gpus}",
@@ -51,7 +51,7 @@ def start_head(tmp: Path, gpus: int, cpus: int, env: dict[str, str]) -> tuple[su
            f"--runtime-env-agent-port={renv}", f"--dashboard-agent-grpc-port={grpc}",
            f"--min-worker-port={lo}", f"--max-worker-port={lo + 400}", "--include-dashboard=false", f"--dashboard-port={dash}", "--node-ip-address=127.0.0.1",
            "--disable-usage-stats"]
-    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    head = subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -66,12 +66,13 @@ def start_head(tmp: Path, gpus: int, cpus: int, env: dict[str, str]) -> tuple[su
         time.sleep(1)
 
 
-def run_job(kind: str, src: str, out: Path, address: str, env: dict[str, str]) -> dict:
+def run_job(kind: str, src: str, out: Path, address: str, env: dict[str, str], repo: str) -> dict:
     common = ["--embedder", "torch", "--device", "cpu", "--shard-size", "10", "--address", address, "-q"]
     extra = ["--gpus-per-worker", "1"] if kind == "gpu" else ["--workers", "2"]
     cmd = [str(Path(sys.executable).with_name("facejob")), "index", src, "--out", str(out), *common, *extra]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    # From the measured checkout: Ray puts the driver's working directory on its workers' path.
+    r = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"{kind} run failed: {r.stderr[-3000:]}")
@@ -93,14 +94,14 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(Path(args.repo).resolve()), "RAY_worker_niceness": "0", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_ADDRESS": ""}
     tmp = Path(tempfile.mkdtemp(prefix="fj-fakegpu-", dir="/tmp"))
-    head, address = start_head(tmp / "ray", args.gpus, args.cpus, env)
+    head, address = start_head(tmp / "ray", args.gpus, args.cpus, env, args.repo)
     print(f"ray head pid {head.pid} at {address}: {args.gpus} fake GPUs, {args.cpus} CPUs")
     walls: dict[str, list[float]] = {"gpu": [], "cpu": []}
     try:
         for rnd in range(args.rounds):
             for kind in (("gpu", "cpu") if rnd % 2 == 0 else ("cpu", "gpu")):
                 out = tmp / f"out-{kind}-{rnd}"
-                r = run_job(kind, args.src, out, address, env)
+                r = run_job(kind, args.src, out, address, env, args.repo)
                 walls[kind].append(r["wall_s"])
                 procs = ", ".join(f"pid {w['pid']}: {w['shards']} shards, {w['model_builds']} model build(s)"
                                   for w in r["workers"])

@@ -241,7 +241,7 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
     """Run every shard on a pool of ShardWorker actors; returns (stats per shard, failed shard ids)."""
     run = config.run
     ray = _start_ray(run)
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import RayError, RayTaskError
 
     actor_cls = ray.remote(ShardWorker).options(
         num_cpus=run.cpus_per_worker, num_gpus=run.gpus_per_worker, max_restarts=0, max_task_retries=0)
@@ -292,7 +292,24 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
             actor, job = running.pop(ref)
             try:
                 result = ray.get(ref)
-            except RayActorError as e:  # the worker process died: replace it, retry the job
+            except RayTaskError as e:  # the code raised; the worker is fine
+                idle.append(actor)
+                cause = getattr(e, "cause", None) or e
+                job.attempt += 1
+                if job.ref is not None:  # keeps its own reason if it has one, else `failed`
+                    reason = Reason.of(str(cause))
+                    msg = str(cause).split(": ", 1)[-1] if reason else f"{type(cause).__name__}: {cause}"
+                    log.error("%s: %s", job.ref.uri, msg)
+                    _image_done(isolated, job, _error_tables(job.ref, job.shard.id, reason or Reason.FAILED, msg),
+                                out, done, progress)
+                elif job.attempt > TASK_RETRIES:
+                    log.error("shard %s failed: %s", job.shard.id, cause)
+                    failed.append(job.shard.id)
+                else:
+                    log.warning("shard %s raised (%s); retrying", job.shard.id, cause)
+                    queue.append(job)
+                continue
+            except RayError as e:  # the worker process died (or was lost): replace it, retry the job
                 retire_actor(actor)
                 start_actor()
                 job.attempt += 1
@@ -311,23 +328,6 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
                     log.info("a worker died (%s); retrying %s", type(e).__name__,
                              job.ref.uri if job.ref else f"shard {job.shard.id}")
                     queue.appendleft(job)
-                continue
-            except RayTaskError as e:  # the code raised; the worker is fine
-                idle.append(actor)
-                cause = getattr(e, "cause", None) or e
-                job.attempt += 1
-                if job.ref is not None:  # keeps its own reason if it has one, else `failed`
-                    reason = Reason.of(str(cause))
-                    msg = str(cause).split(": ", 1)[-1] if reason else f"{type(cause).__name__}: {cause}"
-                    log.error("%s: %s", job.ref.uri, msg)
-                    _image_done(isolated, job, _error_tables(job.ref, job.shard.id, reason or Reason.FAILED, msg),
-                                out, done, progress)
-                elif job.attempt > TASK_RETRIES:
-                    log.error("shard %s failed: %s", job.shard.id, cause)
-                    failed.append(job.shard.id)
-                else:
-                    log.warning("shard %s raised (%s); retrying", job.shard.id, cause)
-                    queue.append(job)
                 continue
             idle.append(actor)
             if job.ref is not None:

@@ -39,7 +39,7 @@ def subject(model: FaceModel, uri: str) -> FaceRecord:
 def verify(photo_a: str, photo_b: str, threshold: float = DEFAULT_THRESHOLD,
            config: ModelConfig | None = None) -> Verdict:
     """Distance between the main faces of two photos, and whether it is below `threshold`."""
-    model = FaceModel(config or ModelConfig())
+    model = FaceModel.shared(config or ModelConfig())
     a, b = subject(model, photo_a), subject(model, photo_b)
     distance = float(np.linalg.norm(a.embedding - b.embedding))
     return Verdict(distance, distance < threshold, threshold)

@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from facejob.config import ConfigError, IndexConfig, split_flat  # noqa: E402
+from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig, split_flat  # noqa: E402
 
 log = logging.getLogger("facejob.nightly")
+
+INDEX_KEYS = {f.name for c in (ModelConfig, RunConfig) for f in fields(c)}  # `index:` = `facejob index` flags
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -106,7 +108,7 @@ def parse_config(doc: Any, env: dict[str, str] | None = None) -> NightlyConfig:
     if not isinstance(output, str) or not output:
         raise ConfigError("output must be a folder or an s3://bucket/prefix")
     try:  # the `facejob index` settings: ModelConfig and RunConfig fields, flat
-        index = IndexConfig(*split_flat(top.get("index") or {}))
+        index = IndexConfig(*split_flat(_only(top.get("index"), "index", INDEX_KEYS)))
     except (ConfigError, TypeError) as e:  # e.g. index: [..] instead of a mapping
         raise ConfigError(f"index: {e}") from e
     red = _only(top.get("reduce"), "reduce", {"enabled", "labels", "cluster_threshold", "cluster_k", "rebuild_index"})
