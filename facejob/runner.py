@@ -38,6 +38,7 @@ log = logging.getLogger("facejob")
 
 TASK_RETRIES = 3          # a shard is retried this many times (after an exception or a dead worker)
 IMAGE_RETRIES = 1         # ...and, after a shard keeps killing its worker, each image alone this many times
+START_GRACE_S = 60.0      # a worker not started by then loses its shard to a free one, once nothing else is left
 
 
 def _node_id() -> str:
@@ -236,6 +237,92 @@ def _error_tables(ref: ImageRef, shard: str, reason: Reason, message: str) -> tu
     return shard_tables([ref], [ImageResult(Status.ERROR, reason.error(message))], shard, "", "")
 
 
+class _Pool:
+    """ShardWorker actors, each holding one FaceModel, and the job each one has.
+
+    Every actor gets a job as soon as it exists: Ray runs it once the actor is constructed, as
+    it would a queued task. A job whose actor is still not constructed after START_GRACE_S,
+    when nothing else is left to do and another actor is free, moves to that actor (the first
+    one's node may never come: an autoscaler at its limit), so a run never waits on it.
+    """
+
+    def __init__(self, ray, actor_cls, args: tuple, size: int, out: str) -> None:
+        self.ray, self.actor_cls, self.args, self.out = ray, actor_cls, args, out
+        self.born: dict[Any, float] = {}                  # live actor → when it was asked for
+        self.starting: dict[Any, Any] = {}                # its ready() call → actor, until constructed
+        self.free: list[Any] = []
+        self.running: dict[Any, tuple[Any, _Job]] = {}    # call → (actor, job)
+        for _ in range(size):
+            self.start()
+
+    def start(self) -> None:
+        actor = self.actor_cls.remote(*self.args)
+        self.born[actor] = time.monotonic()
+        self.starting[actor.ready.remote()] = actor
+        self.free.append(actor)
+
+    def is_starting(self, actor) -> bool:
+        return actor in self.starting.values()
+
+    def constructed(self, actor) -> bool:
+        """Did this (now dead) actor get through its constructor? Its ready() call says, even if
+        the death was reported first."""
+        ref = next((r for r, a in self.starting.items() if a == actor), None)
+        if ref is None:
+            return True
+        try:
+            self.ray.get(ref)
+            del self.starting[ref]
+            return True
+        except Exception:
+            return False
+
+    def drop(self, actor) -> list[_Job]:
+        """Kill an actor; the jobs it had, to be run again elsewhere."""
+        self.ray.kill(actor, no_restart=True)
+        self.born.pop(actor, None)
+        self.starting = {r: a for r, a in self.starting.items() if a != actor}
+        self.free = [a for a in self.free if a != actor]
+        lost = [ref for ref, (a, _) in self.running.items() if a == actor]
+        return [self.running.pop(ref)[1] for ref in lost]
+
+    def submit(self, job: _Job, actor=None) -> None:
+        """Give `job` to `actor`, else to a free one (constructed ones first)."""
+        if actor is None:
+            ready = [a for a in self.free if not self.is_starting(a)]
+            actor = (ready or self.free)[-1]
+        self.free.remove(actor)
+        call = (actor.run_image.remote(job.ref, job.shard.id) if job.ref
+                else actor.run_shard.remote(job.shard, self.out))
+        self.running[call] = (actor, job)
+
+    def next(self) -> tuple[Any, Any, _Job | None] | None:
+        """The next call to finish: (ref, actor, job; None for an actor's ready()), or None
+        after a few seconds without one."""
+        done, _ = self.ray.wait([*self.starting, *self.running], num_returns=1, timeout=5)
+        if not done:
+            return None
+        ref = done[0]
+        if ref in self.starting:
+            return ref, self.starting.pop(ref), None
+        actor, job = self.running.pop(ref)
+        return ref, actor, job
+
+    def reassign_stuck(self) -> None:
+        """Move jobs off actors not constructed within START_GRACE_S to free, constructed ones."""
+        now = time.monotonic()
+        for actor, job in list(self.running.values()):
+            targets = [a for a in self.free if not self.is_starting(a)]
+            if targets and self.is_starting(actor) and now - self.born[actor] > START_GRACE_S:
+                log.info("a worker has not started in %.0f s; its shard moves to another", now - self.born[actor])
+                self.drop(actor)
+                self.submit(job, targets[-1])
+
+    def close(self) -> None:
+        for actor in list(self.born):
+            self.drop(actor)
+
+
 def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progress: Progress,
              model_class: type[FaceModel] = FaceModel) -> tuple[list[dict], list[str]]:
     """Run every shard on a pool of ShardWorker actors; returns (stats per shard, failed shard ids)."""
@@ -243,57 +330,51 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
     ray = _start_ray(run)
     from ray.exceptions import RayError, RayTaskError
 
+    # SPREAD: one worker per node first, as plain tasks were placed
     actor_cls = ray.remote(ShardWorker).options(
-        num_cpus=run.cpus_per_worker, num_gpus=run.gpus_per_worker, max_restarts=0, max_task_retries=0)
+        num_cpus=run.cpus_per_worker, num_gpus=run.gpus_per_worker, max_restarts=0, max_task_retries=0,
+        scheduling_strategy="SPREAD")
     args = (config.model.to_dict(), run.max_pixels, max(1, int(run.cpus_per_worker)), model_class)
     size = min(_worker_count(run), len(shards))
-    starting: dict[Any, Any] = {}       # ready() call → actor not yet constructed
-    idle: list[Any] = []
-    running: dict[Any, tuple[Any, _Job]] = {}
+    pool = _Pool(ray, actor_cls, args, size, out)
     queue = deque(_Job(s) for s in shards)
     isolated: dict[str, _Isolated] = {}
     done: list[dict] = []
     failed: list[str] = []
-    start_failures = 0
-    ever_ready = False
+    start_failures, ever_started = 0, False
 
-    def start_actor() -> None:
-        actor = actor_cls.remote(*args)
-        starting[actor.ready.remote()] = actor
+    def start_failed(actor, error: Exception) -> None:
+        """A worker whose constructor failed (no model): its jobs go back, unharmed, to the queue."""
+        nonlocal start_failures
+        start_failures += 1
+        why = str(error).strip().splitlines()[-1]  # Ray's message ends with the constructor's error
+        queue.extendleft(pool.drop(actor))
+        if start_failures > (TASK_RETRIES + 1) * (1 if not ever_started else size):
+            raise RuntimeError(f"index workers cannot start (the last said: {why})") from error
+        log.warning("an index worker failed to start (%s); starting another", why)
+        pool.start()
 
-    def retire_actor(actor) -> None:
-        ray.kill(actor, no_restart=True)
-
-    for _ in range(size):
-        start_actor()
     try:
-        while queue or running:
-            while queue and idle:
-                actor, job = idle.pop(), queue.popleft()
-                call = (actor.run_image.remote(job.ref, job.shard.id) if job.ref
-                        else actor.run_shard.remote(job.shard, out))
-                running[call] = (actor, job)
-            (ref,), _ = ray.wait([*running, *starting], num_returns=1)
-            if ref in starting:
-                actor = starting.pop(ref)
+        while queue or pool.running:
+            while queue and pool.free:
+                pool.submit(queue.popleft())
+            event = pool.next()
+            if event is None:
+                if not queue:
+                    pool.reassign_stuck()
+                continue
+            ref, actor, job = event
+            if job is None:  # an actor finished its constructor, or failed in it
                 try:
                     ray.get(ref)
-                except Exception as e:  # the constructor failed: no model on this worker
-                    start_failures += 1
-                    retire_actor(actor)
-                    if not ever_ready and start_failures > TASK_RETRIES:
-                        raise RuntimeError(f"no index worker could start (the last said: {e})") from e
-                    log.warning("an index worker failed to start (%s); starting another", e)
-                    start_actor()
-                    continue
-                ever_ready = True
-                idle.append(actor)
+                    ever_started = True
+                except Exception as e:
+                    start_failed(actor, e)
                 continue
-            actor, job = running.pop(ref)
             try:
                 result = ray.get(ref)
             except RayTaskError as e:  # the code raised; the worker is fine
-                idle.append(actor)
+                pool.free.append(actor)
                 cause = getattr(e, "cause", None) or e
                 job.attempt += 1
                 if job.ref is not None:  # keeps its own reason if it has one, else `failed`
@@ -309,9 +390,13 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
                     log.warning("shard %s raised (%s); retrying", job.shard.id, cause)
                     queue.append(job)
                 continue
-            except RayError as e:  # the worker process died (or was lost): replace it, retry the job
-                retire_actor(actor)
-                start_actor()
+            except RayError as e:  # the worker process died (or was lost)
+                if not pool.constructed(actor):  # ...in its constructor: not the job's fault
+                    queue.appendleft(job)
+                    start_failed(actor, e)
+                    continue
+                pool.drop(actor)
+                pool.start()
                 job.attempt += 1
                 if job.ref is None and job.attempt > TASK_RETRIES:
                     log.warning("shard %s killed its worker %d times; retrying it image by image",
@@ -329,15 +414,14 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
                              job.ref.uri if job.ref else f"shard {job.shard.id}")
                     queue.appendleft(job)
                 continue
-            idle.append(actor)
+            pool.free.append(actor)
             if job.ref is not None:
                 _image_done(isolated, job, result, out, done, progress)
             else:
                 done.append(result)
                 progress.update(result)
     finally:
-        for actor in [*idle, *starting.values(), *(a for a, _ in running.values())]:
-            retire_actor(actor)
+        pool.close()
     return done, failed
 
 

@@ -14,3 +14,10 @@ class CrashingFaceModel(FaceModel):
         if POISON in ref.uri:
             os._exit(139)
         return super().load(ref)
+
+
+class BrokenFaceModel(FaceModel):
+    """A model that cannot be built on any worker (say, its files are missing there)."""
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("model files missing on this worker")

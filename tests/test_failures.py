@@ -4,7 +4,8 @@
 - the driver (a `facejob index --address` process on this module's cluster) killed mid-run:
   the same command again finishes only the missing shards;
 - the S3 endpoint down and back mid-run: retried; an archived (Glacier) object: that image's error;
-- a photo that kills the worker process whenever it is decoded: only that photo fails.
+- a photo that kills the worker process whenever it is decoded: only that photo fails;
+- a model no worker can build: the run fails, no photo is marked.
 
 Each result is compared row by row (statuses, boxes, embeddings bit for bit) with an
 uninterrupted run over the same photos.
@@ -26,7 +27,7 @@ import facejob
 from facejob.config import IndexConfig, RunConfig
 from facejob.runner import index
 from tests import crash_model
-from tests.crash_model import POISON, CrashingFaceModel
+from tests.crash_model import POISON, BrokenFaceModel, CrashingFaceModel
 from tests.s3_server import (
     Killer, MotoServer, TcpProxy, assert_same_results, aws_env, cmdline, descendants,
     lfw_photos, make_client, rows_by_name,
@@ -203,3 +204,10 @@ def test_poisoned_photo_fails_alone_after_bounded_retries(env, photos, reference
     assert summary.counts["error"] == 1 and summary.counts["processed"] == 6
     keep = set(p.name for p in photos.iterdir()) - set(names)
     assert_same_results(out, reference, same_uris=False, skip=keep | {f"{POISON}.jpg"})
+
+
+def test_workers_that_cannot_build_the_model_fail_the_run_not_the_photos(env, photos, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="index workers cannot start .*model files missing"):
+        index([str(photos)], str(out), CONFIG, progress=False, model_class=BrokenFaceModel)
+    assert not (out / "images").exists(), "no photo may be recorded as failed for a worker's fault"
