@@ -29,13 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from facejob.layout import CORRECTIONS
 from facejob.storage import Store
 
 from .errors import LabelsError
 
 log = logging.getLogger("facejob.reduce")
 
-STORED = "labels/corrections.json"
+STORED = CORRECTIONS
 FORMAT, VERSION = "corrections", 1
 KINDS = ("name", "not_person", "same_person")
 SOURCE = "corrections"          # the labels' `source` for names that came from corrections

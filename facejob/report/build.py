@@ -33,9 +33,10 @@ import numpy as np
 
 from facejob.dlibport.chips import chip_details
 from facejob.progress import Progress
+from facejob.config import DEFAULT_MAX_PIXELS, ConfigError, load_run_config
+from facejob.layout import CLUSTERS_JSON, REPORT_DIR
 from facejob.reduce import api
 from facejob.reduce import corrections as corr
-from facejob.reduce.embeddings import read_run_config
 from facejob.storage import LocalStore, Store, open_store
 
 from . import model as m
@@ -43,7 +44,7 @@ from .thumbs import SPRITE_CELLS, SPRITE_COLS, THUMB, PhotoJob, SpriteWriter, de
 
 log = logging.getLogger("facejob.report")
 
-REPORT = "report"
+REPORT = REPORT_DIR
 PEOPLE_CHUNK = 400       # cards per people/K.js
 FACES_CHUNK = 2000       # faces per faces/K.js (a bigger cluster gets a file of its own)
 ASSETS = ("app.js", "style.css")
@@ -163,9 +164,9 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
     write = _Writer(store, f"{REPORT}/b/{build_id}")
     write_shared = _Writer(store, REPORT, shared=True)
     try:
-        max_pixels = int(read_run_config(store).get("max_pixels") or 100_000_000)
-    except Exception:   # a report still works without run.json
-        max_pixels = 100_000_000
+        max_pixels = load_run_config(store).max_pixels
+    except (ConfigError, FileNotFoundError, ValueError):   # a report still works without run.json
+        max_pixels = DEFAULT_MAX_PIXELS
     sprites = SpriteWriter(n, lambda k, data: write(f"thumbs/{k}.jpg", data))
     previewed = {u for u, k in keys.items() if k is not None and f"{REPORT}/photos/{k}.jpg" in have}
     unreadable = 0
@@ -246,8 +247,8 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
     t_data = time.perf_counter()
 
     threshold = None
-    if store.exists(api.CLUSTERS_JSON):
-        threshold = json.loads(store.read_bytes(api.CLUSTERS_JSON)).get("threshold")
+    if store.exists(CLUSTERS_JSON):
+        threshold = json.loads(store.read_bytes(CLUSTERS_JSON)).get("threshold")
     timings = {"read_s": round(t_read - t0, 2), "images_s": round(t_images - t_read, 2),
                "data_s": round(t_data - t_images, 2)}
     meta = {

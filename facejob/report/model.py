@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.reduce import api
+from facejob.layout import CLUSTERS, CLUSTERS_JSON, DUPLICATES, PREDICTIONS, RUN_JSON
 from facejob.reduce.embeddings import Faces, read_faces, read_images
 from facejob.reduce.errors import NotIndexedError
 from facejob.reduce.graph import GRAPH_EF
@@ -55,9 +55,9 @@ class People:
 def read_people(store: Store) -> People:
     """Read faces, clusters and predictions of OUT and put them in page order."""
     faces = read_faces(store, ["face_id", "uri", "face_idx", "left", "top", "right", "bottom", "landmarks"])
-    if not store.exists(api.CLUSTERS):
-        raise NotIndexedError(f"{store.root}/{api.CLUSTERS} not found; run `facejob reduce {store.root}` first")
-    cl = read_parquet(store, api.CLUSTERS, ["face_id", "cluster_id"])
+    if not store.exists(CLUSTERS):
+        raise NotIndexedError(f"{store.root}/{CLUSTERS} not found; run `facejob reduce {store.root}` first")
+    cl = read_parquet(store, CLUSTERS, ["face_id", "cluster_id"])
     pos = pc.index_in(faces.face_ids, cl.column("face_id")).fill_null(-1).to_numpy().astype(np.int64)
     cid_all = cl.column("cluster_id").to_numpy()
     # Faces indexed after the last clustering get their own (negative) cluster each.
@@ -66,8 +66,8 @@ def read_people(store: Store) -> People:
     label: list[str | None] = [None] * n
     prob = np.full(n, np.nan, np.float32)
     labelled = np.zeros(n, bool)
-    if store.exists(api.PREDICTIONS):
-        pr = read_parquet(store, api.PREDICTIONS, ["face_id", "label", "probability", "labelled"])
+    if store.exists(PREDICTIONS):
+        pr = read_parquet(store, PREDICTIONS, ["face_id", "label", "probability", "labelled"])
         ppos = pc.index_in(faces.face_ids, pr.column("face_id")).fill_null(-1).to_numpy().astype(np.int64)
         plab = pr.column("label").to_pylist()
         pprob = pr.column("probability").to_numpy(zero_copy_only=False)
@@ -187,8 +187,8 @@ def run_summary(store: Store, max_errors: int = 1000) -> dict[str, Any]:
     err = images.filter(pc.equal(images.column("status"), "error"))
     errors = err.column("error").to_pylist()
     reasons = Counter((e or "unknown").split(":", 1)[0] for e in errors)
-    run = json.loads(store.read_bytes("run.json")) if store.exists("run.json") else {}
-    clusters = json.loads(store.read_bytes(api.CLUSTERS_JSON)) if store.exists(api.CLUSTERS_JSON) else {}
+    run = json.loads(store.read_bytes(RUN_JSON)) if store.exists(RUN_JSON) else {}
+    clusters = json.loads(store.read_bytes(CLUSTERS_JSON)) if store.exists(CLUSTERS_JSON) else {}
     t = run.get("timings") or {}
     processed = (run.get("counts") or {}).get("processed", 0)
     stages = [(k[:-len("_worker_s")], float(v)) for k, v in t.items() if k.endswith("_worker_s") and v]
@@ -210,9 +210,9 @@ def run_summary(store: Store, max_errors: int = 1000) -> dict[str, Any]:
 
 def duplicate_groups(store: Store) -> list[dict[str, Any]]:
     """Groups of copies from OUT/duplicates.parquet, kept copy first."""
-    if not store.exists(api.DUPLICATES):
+    if not store.exists(DUPLICATES):
         return []
-    t = read_parquet(store, api.DUPLICATES).to_pylist()
+    t = read_parquet(store, DUPLICATES).to_pylist()
     groups: dict[int, list[dict]] = {}
     for r in t:
         groups.setdefault(r["group"], []).append(r)
