@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import socket
+import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field

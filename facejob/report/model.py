@@ -12,7 +12,6 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from facejob.layout import CLUSTERS, CLUSTERS_JSON, DUPLICATES, PREDICTIONS, RUN_JSON
