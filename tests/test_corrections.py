@@ -94,7 +94,7 @@ def test_photo_pairs_are_all_pairs_within_a_photo():
 
 
 def test_js_payload_escapes_script_end_and_comments():
-    from facejob.report.build import js_payload
+    from facejob.report.builder import js_payload
 
     obj = {"uri": "</script><!--<img src=x onerror=alert(1)>&\u2028", "n": [1, 2.5, None]}
     text = js_payload("k", obj).decode()

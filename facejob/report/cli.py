@@ -8,7 +8,7 @@ from facejob.reduce.errors import NotIndexedError, ReduceError
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .build import build, open_in_browser
+    from .builder import build, open_in_browser
 
     if args.workers is not None and args.workers < 1:
         print("facejob report: error: --workers must be at least 1", file=sys.stderr)
