@@ -358,10 +358,10 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
         while queue or pool.running:
             while queue and pool.free:
                 pool.submit(queue.popleft())
+            if not queue:
+                pool.reassign_stuck()
             event = pool.next()
             if event is None:
-                if not queue:
-                    pool.reassign_stuck()
                 continue
             ref, actor, job = event
             if job is None:  # an actor finished its constructor, or failed in it
