@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from facejob.config import DEFAULT_MAX_PIXELS, ConfigError, IndexConfig
+from facejob.config import DEFAULT_MAX_PIXELS, RETIRE_FLOOR, ConfigError, IndexConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +65,12 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--address", default=d.address,
                    help="join this Ray cluster (auto or host:port); default: start a local Ray")
     r.add_argument("--force", action="store_true", help="redo photos already in the output")
+    s = p.add_argument_group("safety")
+    s.add_argument("--max-retire-share", type=float, default=d.max_retire_share, metavar="SHARE",
+                   help="refuse a run that would retire more than this share of a source's indexed photos "
+                        f"as deleted (at least {RETIRE_FLOOR} may always go) (default: %(default)s)")
+    s.add_argument("--allow-retire", action="store_true",
+                   help="retire whatever the listing says is gone, even a whole source (after real mass deletions)")
 
 
 def config_from_args(args: argparse.Namespace) -> IndexConfig:
@@ -73,7 +79,7 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
                        batch_size=args.batch_size, tta=args.tta, max_pixels=args.max_pixels,
                        workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                        gpus_per_worker=args.gpus_per_worker, shard_size=args.shard_size, address=args.address,
-                       force=args.force)
+                       force=args.force, max_retire_share=args.max_retire_share, allow_retire=args.allow_retire)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -145,11 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.verbose)
+    from facejob.lock import EXIT_LOCKED, LockHeld, LockLost
+
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"facejob {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except LockHeld as e:
+        print(f"facejob {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_LOCKED
+    except (OSError, LockLost) as e:  # the output cannot be written (disk full, permissions, S3 down)
+        print(f"facejob {args.command}: error: {e}; nothing half-written is trusted, rerun to finish",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ TTA = ("none", "flip")
 # 100 MP covers every phone and most DSLR photos; panoramas above it get a `too_large` reason.
 DEFAULT_MAX_PIXELS = 100_000_000
 
+# A run may retire (as deleted) up to max(RETIRE_FLOOR, max_retire_share x the photos indexed
+# under a source) of that source's photos; more looks like an unmounted share or a failed
+# listing, not like deletions, and is refused unless allow_retire is set.
+DEFAULT_MAX_RETIRE_SHARE = 0.10
+RETIRE_FLOOR = 10
+
 
 class ConfigError(ValueError):
     """A setting has a value facejob cannot use; the message says which and why."""
@@ -39,6 +45,10 @@ class IndexConfig:
         10 to 500 images each).
     address: join this Ray cluster ("auto" or host:port); None starts a local Ray.
     force: redo images already in the output.
+    max_retire_share: the largest share of a source's indexed photos a run retires as deleted
+        without allow_retire (at least RETIRE_FLOOR photos may always go).
+    allow_retire: retire whatever the listing says is gone, even a whole source (after real
+        mass deletions; a missing source or one that is not a folder is still refused).
     """
 
     detector: Literal["hog", "cnn"] = "hog"
@@ -56,6 +66,8 @@ class IndexConfig:
     shard_size: int = 0
     address: str | None = None
     force: bool = False
+    max_retire_share: float = DEFAULT_MAX_RETIRE_SHARE
+    allow_retire: bool = False
     extensions: tuple[str, ...] = field(
         default=(".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif")
     )
@@ -81,6 +93,8 @@ class IndexConfig:
              f"workers must be >= 0, got {self.workers!r}")
         need(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
         need(self.gpus_per_worker >= 0, f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
+        need(isinstance(self.max_retire_share, (int, float)) and 0 <= self.max_retire_share <= 1,
+             f"max_retire_share must be a share between 0 and 1, got {self.max_retire_share!r}")
         need(isinstance(self.shard_size, int) and self.shard_size >= 0,
              f"shard_size must be >= 0 (0 = auto), got {self.shard_size!r}")
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from facejob import decode, plan as planning, schema
+from facejob import decode, lock, plan as planning, schema
 from facejob.config import ConfigError, IndexConfig
 from facejob.pipeline import Pipeline, shard_tables, ImageResult
-from facejob.sources import ImageRef, list_images
+from facejob.sources import ImageRef, Listing, list_images
 from facejob.storage import Store, open_store, write_parquet
 
 log = logging.getLogger("facejob")
@@ -258,19 +258,30 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
     """Index every photo under `sources` into the output folder or s3:// prefix `out`.
 
     Returns the run summary (also written to OUT/run.json). Photos already indexed in `out` with
-    the same size and mtime/etag are not processed again unless `config.force`.
+    the same size and mtime/etag are not processed again unless `config.force`. Holds the
+    output's writer lock throughout (facejob.lock.LockHeld if another run has it); refuses
+    (plan.RetireRefused, nothing retired) a listing that would retire too much (see
+    plan.check_retirement).
     """
     config = config or IndexConfig()
+    store = open_store(out)
+    with lock.hold(store, "index"):
+        return _index(sources, store, config, progress)
+
+
+def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool) -> RunSummary:
+    out = store.root
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    store = open_store(out)
     _check_same_models(store, config)
-    skipped: list[str] = []
-    refs = list(list_images(sources, config.extensions, skipped))
+    listing = Listing()
+    refs = list(list_images(sources, config.extensions, listing))
+    skipped = listing.skipped
     t_list = time.perf_counter()
     orphans = planning.remove_orphans(store)
     catalog = planning.read_catalog(store)
-    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), config.force)
+    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), config.force, listing.unlisted)
+    planning.check_retirement(plan, config.max_retire_share, config.allow_retire)
     planning.retire(store, plan.retire)
     shards: list[planning.Shard] = []
     if plan.todo:
@@ -280,6 +291,9 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
     log.info("listed %d photos (%d other files skipped by extension): %d new, %d changed, %d unchanged, "
              "%d deleted → %d shards", plan.listed, len(skipped), plan.new, plan.changed, plan.unchanged,
              plan.deleted, len(shards))
+    if listing.unlisted:
+        log.warning("%d folder(s) could not be listed; their %d indexed photos are kept: %s",
+                    len(listing.unlisted), plan.unlisted, ", ".join(listing.unlisted[:5]))
     bar = Progress(len(shards), len(plan.todo), enabled=progress)
     done, failed = _execute(shards, out, config, bar) if shards else ([], [])
     t_run = time.perf_counter()
@@ -298,7 +312,8 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
         "unchanged": plan.unchanged, "retried": plan.retried, "deleted": plan.deleted, "processed": processed,
         "ok": status.get("ok", 0), "no_face": status.get("no_face", 0), "error": status.get("error", 0),
         "faces": sum(s["faces"] for s in done), "shards": len(shards), "failed_shards": len(failed),
-        "orphan_parts_removed": orphans,
+        "orphan_parts_removed": orphans, "unlisted": plan.unlisted, "unlisted_folders": len(listing.unlisted),
+        "quarantined_parts": len(catalog.quarantined), "duplicate_rows_removed": plan.duplicates,
     }
     summary.timings = {"list_s": t_list - t0, "plan_s": t_plan - t_list, "process_s": t_run - t_plan,
                        "total_s": time.perf_counter() - t0,
@@ -309,6 +324,7 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
         "counts": summary.counts, "totals": totals(store), "timings": summary.timings,
         "images_per_s": processed / max(t_run - t_plan, 1e-9) if processed else 0.0,
         "nodes": dict(nodes), "failed_shards": failed, "skipped_examples": skipped[:20],
+        "unlisted_folders": listing.unlisted[:20], "quarantined": catalog.quarantined,
     }
     _write_run_json(store, summary.report)
     return summary

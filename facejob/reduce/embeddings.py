@@ -44,7 +44,15 @@ class Faces:
 
 
 def parts(store: Store, prefix: str) -> list[str]:
-    return [rel for rel in store.list(prefix) if rel.endswith(".parquet")]
+    """The committed parts under `prefix`: a faces part counts only once its images part (the
+    commit marker, written last) exists; a faces part without one is a crashed or running shard."""
+    from facejob.plan import FACES_DIR, IMAGES_DIR, shard_of
+
+    rels = [rel for rel in store.list(prefix) if rel.endswith(".parquet")]
+    if prefix == FACES_DIR:
+        committed = {shard_of(rel) for rel in store.list(IMAGES_DIR)}
+        rels = [rel for rel in rels if shard_of(rel) in committed]
+    return rels
 
 
 def _open(store: Store, rel: str) -> pq.ParquetFile:
