@@ -70,14 +70,14 @@ def path_to_uri(path: str | os.PathLike) -> str:
             out.append(chr(b))
             i += 1
             continue
-        # The longest valid UTF-8 sequence starting here (1-4 bytes), else one byte escaped.
-        for n in (4, 3, 2):
-            try:
-                out.append(raw[i:i + n].decode("utf-8"))
-                i += n
-                break
-            except UnicodeDecodeError:
-                continue
+        # A whole UTF-8 sequence (its length from the lead byte) is kept, else one byte escaped.
+        n = 2 if 0xC2 <= b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF5 else 0
+        try:
+            out.append(raw[i:i + n].decode("utf-8") if n else "")
+        except UnicodeDecodeError:
+            n = 0
+        if n:
+            i += n
         else:
             out.append(f"%{b:02X}")
             i += 1
