@@ -140,8 +140,9 @@ def ray_address():
 
 def test_two_index_runs_on_one_output(ray_address, data_dir, tmp_path):
     src, out = tmp_path / "photos", tmp_path / "out"
-    photos = lfw_photos(data_dir, 12, src)
-    cmd = FACEJOB + ["index", str(src), "--out", str(out), "--workers", "2", "--shard-size", "2", "-q",
+    photos = lfw_photos(data_dir, 16, src)
+    # One worker: the first run takes long enough that the second surely starts while it runs.
+    cmd = FACEJOB + ["index", str(src), "--out", str(out), "--workers", "1", "--shard-size", "2", "-q",
                      "--address", ray_address]
     first = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -151,8 +152,8 @@ def test_two_index_runs_on_one_output(ray_address, data_dir, tmp_path):
             assert time.monotonic() < deadline, "the first run never took the lock"
             time.sleep(0.05)
         second = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+        assert second.returncode == lock.EXIT_LOCKED, (first.poll(), second.stdout, second.stderr)
         assert first.poll() is None, "the second run must be refused while the first one runs"
-        assert second.returncode == lock.EXIT_LOCKED, second.stderr
         assert_names_holder(second.stderr, first)
         stdout, stderr = first.communicate(timeout=600)
     finally:
