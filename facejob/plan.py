@@ -251,18 +251,31 @@ def auto_shard_size(n_images: int, workers: int) -> int:
 
 
 def retire(store: Store, retire: dict[str, set[str]]) -> None:
-    """Remove rows of the given uris from their parts: faces first, then images (the commit marker)."""
+    """Remove rows of the given uris from their parts: faces first, then images (the commit marker).
+
+    A shard left without photos loses both parts; otherwise both stay (a faces part may be
+    empty: every committed images part has its faces part).
+    """
     for shard, uris in retire.items():
         drop = pa.array(sorted(uris), pa.string())
-        for rel in (FACES_DIR + part_name(shard), IMAGES_DIR + part_name(shard)):
-            if not store.exists(rel):
-                continue
-            table = read_parquet(store, rel)
-            kept = table.filter(pc.invert(pc.is_in(table["uri"], value_set=drop)))
-            if kept.num_rows == 0:
-                store.delete(rel)
-            elif kept.num_rows != table.num_rows:
-                write_parquet(store, rel, kept)
+        faces_rel, images_rel = FACES_DIR + part_name(shard), IMAGES_DIR + part_name(shard)
+        if not store.exists(images_rel):
+            continue
+        images = read_parquet(store, images_rel)
+        images_kept = images.filter(pc.invert(pc.is_in(images["uri"], value_set=drop)))
+        if images_kept.num_rows == images.num_rows:
+            continue
+        if store.exists(faces_rel):
+            faces = read_parquet(store, faces_rel)
+            faces_kept = faces.filter(pc.invert(pc.is_in(faces["uri"], value_set=drop)))
+            if images_kept.num_rows == 0:
+                store.delete(faces_rel)
+            elif faces_kept.num_rows != faces.num_rows:
+                write_parquet(store, faces_rel, faces_kept)
+        if images_kept.num_rows == 0:
+            store.delete(images_rel)
+        else:
+            write_parquet(store, images_rel, images_kept)
 
 
 def source_roots(sources: list[str]) -> list[str]:
