@@ -67,6 +67,9 @@ class LocalStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
+        except OSError as e:  # disk full, permissions: say which file
+            Path(tmp).unlink(missing_ok=True)
+            raise type(e)(e.errno, e.strerror, str(dest)) from e
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
