@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 class SourceUnavailable(Exception):
     """Reading failed for a reason that may pass (storage outage, throttling) after the storage
     layer's own retries; the image gets an `unavailable` status and is tried again next run."""
+
+
+class SourceError(ValueError):
+    """A source root cannot be listed as it is (missing, unlistable): nothing may be concluded
+    from it, least of all that its photos were deleted."""
 
 
 @dataclass(frozen=True)
@@ -94,13 +99,13 @@ def source_uri(src: str) -> str:
     return src if is_s3(src) else path_to_uri(local_path(src))
 
 
+@dataclass
 class Listing:
     """What a listing found besides photos: files skipped by extension and folders it could not
     list (their photos are neither listed nor counted as deleted)."""
 
-    def __init__(self) -> None:
-        self.skipped: list[str] = []
-        self.unlisted: list[str] = []
+    skipped: list[str] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)
 
 
 def _walk_local(root: bytes, extensions: tuple[str, ...], skipped: list[str], unlisted: list[str],
@@ -139,11 +144,6 @@ def _stat_ref(path: bytes | str) -> ImageRef:
     if not stat.S_ISREG(st.st_mode):
         return ImageRef(uri, 0, mtime=st.st_mtime, list_error="unsupported: not a regular file")
     return ImageRef(uri, st.st_size, mtime=st.st_mtime)
-
-
-class SourceError(ValueError):
-    """A source root cannot be listed as it is (missing, unlistable): nothing may be concluded
-    from it, least of all that its photos were deleted."""
 
 
 def list_images(
@@ -191,8 +191,9 @@ def list_images(
 
 
 def read_bytes(uri: str) -> bytes:
-    """All bytes of the photo at `uri` (an s3:// uri, or a local uri as path_to_uri writes it). Raises OSError (or another error) when the photo cannot be read,
-    SourceUnavailable when the failure may be transient."""
+    """All bytes of the photo at `uri` (s3://, or a local uri as path_to_uri writes it). Raises
+    OSError (or another error) when the photo cannot be read, SourceUnavailable when the
+    failure may be transient."""
     if is_s3(uri):
         from facejob import s3
 

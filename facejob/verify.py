@@ -7,7 +7,7 @@ import numpy as np
 
 from facejob.config import IndexConfig
 from facejob.pipeline import FaceRecord, Pipeline
-from facejob.sources import read_bytes
+from facejob.sources import read_bytes, source_uri
 
 # dlib's ResNet was trained so that two photos of one person are closer than this (Euclidean).
 DEFAULT_THRESHOLD = 0.6
@@ -26,7 +26,7 @@ class Verdict:
 
 def largest_face(pipe: Pipeline, uri: str) -> FaceRecord:
     """The biggest face in the photo at `uri` (the subject, in a portrait)."""
-    result = pipe.process_bytes(read_bytes(uri))
+    result = pipe.process_bytes(read_bytes(source_uri(uri)))
     if result.error:
         raise NoFaceError(f"{uri}: {result.error}")
     if not result.faces:

@@ -457,12 +457,12 @@ class QueryFace:
 
 def search(out: str | Store, photo: str | bytes, k: int = 10) -> list[QueryFace]:
     """The k nearest archive faces of every face in `photo` (a path, s3:// uri, or bytes)."""
-    from facejob.sources import read_bytes
+    from facejob.sources import read_bytes, source_uri
 
     store = _store(out)
     fi = load_index(store)
     cfg = read_run_config(store)
-    data = photo if isinstance(photo, bytes) else read_bytes(str(photo))
+    data = photo if isinstance(photo, bytes) else read_bytes(source_uri(str(photo)))
     res = _pipeline(json.dumps(cfg, sort_keys=True)).process_bytes(data)
     if res.error:
         raise ReduceError(f"cannot read the query photo: {res.error}")
