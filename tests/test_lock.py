@@ -179,3 +179,21 @@ def test_two_index_runs_on_one_output(ray_address, data_dir, tmp_path):
         assert len(matches) == min(10, len(faces) - 1) and some_face not in {m["face_id"] for m in matches}
     finally:
         kill(holder)
+
+
+def test_s3_lease_taken_over_under_a_stalled_run_is_reported(s3):
+    from facejob import s3 as fs3
+
+    out = s3.uri("out")
+    lease = f"{out}/{LOCK_NAME}"
+    with pytest.raises(lock.LockLost, match="taken over by another run"):
+        with hold(out, "index", ttl_s=1.0):
+            # Another run took the lease over (as it would after this one stalled past its ttl).
+            s3.put(f"out/{LOCK_NAME}", json.dumps({"command": "index", "host": "other", "pid": 1,
+                                                    "started": "2026-01-01T00:00:00+00:00"}).encode())
+            handle, _ = lock._held[(os.getpid(), out)]
+            deadline = time.monotonic() + 30
+            while not handle.lost:   # the next renewal's If-Match fails
+                assert time.monotonic() < deadline, "the renewal never noticed"
+                time.sleep(0.05)
+    assert json.loads(fs3.get_versioned(lease)[0])["host"] == "other", "the other run's lease is left alone"
