@@ -66,12 +66,15 @@ def test_local_lock_one_writer_and_released_by_death(tmp_path):
         # Every writing command refuses at once, with one line naming the holder (exit 75).
         src = tmp_path / "src"
         src.mkdir()
-        for argv in (["index", str(src), "--out", str(out)], ["cluster", str(out)], ["reduce", str(out)],
-                     ["dedup", str(out)], ["label", str(out)]):
-            r = subprocess.run(FACEJOB + argv, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
-            assert r.returncode == lock.EXIT_LOCKED, (argv, r.stderr)
-            assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-            assert_names_holder(r.stderr, holder)
+        commands = (["index", str(src), "--out", str(out)], ["cluster", str(out)], ["reduce", str(out)],
+                    ["dedup", str(out)], ["label", str(out)])
+        runs = [subprocess.Popen(FACEJOB + argv, cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for argv in commands]
+        for argv, run in zip(commands, runs):
+            _, stderr = run.communicate(timeout=120)
+            assert run.returncode == lock.EXIT_LOCKED, (argv, stderr)
+            assert len(stderr.strip().splitlines()) == 1, stderr
+            assert_names_holder(stderr, holder)
         cfg = tmp_path / "nightly.yaml"
         cfg.write_text(json.dumps({"sources": [str(src)], "output": str(out), "index": {"workers": 1}}))
         r = subprocess.run([sys.executable, "jobs/nightly.py", "--config", str(cfg)], cwd=REPO, env=env(),
