@@ -32,11 +32,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from facejob.layout import LOCK
 from facejob.storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".facejob.lock"   # a dot name: store listings and Parquet datasets skip it
 LEASE_TTL_S = 60.0
 EXIT_LOCKED = 75              # sysexits' EX_TEMPFAIL: another run holds the output; try later
 
@@ -66,7 +66,7 @@ def _describe(root: str, raw: bytes) -> str:
 class _FileLock:
     def __init__(self, folder: Path, holder: dict[str, Any]):
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / LOCK_NAME
+        path = folder / LOCK
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,7 +85,7 @@ class _Lease:
     def __init__(self, root: str, holder: dict[str, Any], ttl_s: float):
         from facejob import s3
 
-        self.s3, self.uri, self.ttl = s3, f"{root}/{LOCK_NAME}", ttl_s
+        self.s3, self.uri, self.ttl = s3, f"{root}/{LOCK}", ttl_s
         self.holder = {**holder, "ttl_s": ttl_s}
         self.lost = False
         self._stop = threading.Event()

@@ -24,21 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facejob.config import RETIRE_FLOOR
+from facejob.layout import FACES_DIR, IMAGES_DIR, QUARANTINE_DIR, part_name, shard_of
+from facejob.schema import Reason
 from facejob.sources import ImageRef, SourceError, is_s3, local_path, path_to_uri, uri_to_path
 from facejob.storage import DamagedPart, Store, check_parquet, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
-
-IMAGES_DIR, FACES_DIR, QUARANTINE_DIR = "images/", "faces/", "quarantine/"
-
-
-def part_name(shard: str) -> str:
-    return f"part-{shard}.parquet"
-
-
-def shard_of(rel: str) -> str:
-    return rel.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet")
-
 
 @dataclass
 class Shard:
@@ -76,10 +67,6 @@ def shard_id(refs: list[ImageRef]) -> str:
     for r in refs:
         h.update(f"{r.uri}\0{r.version()}\n".encode("utf-8", "surrogatepass"))
     return h.hexdigest()
-
-
-# Errors that may be transient (storage outage, a worker killed by the OS): retried next run.
-RETRYABLE_REASONS = ("unavailable", "crash")
 
 
 @dataclass
@@ -121,7 +108,8 @@ def read_catalog(store: Store) -> Catalog:
             if uri in catalog:  # two runs wrote one photo (a dead driver's last task): keep one
                 catalog.duplicates.setdefault(shard, set()).add(uri)
                 continue
-            retry = bool(error) and error.startswith(RETRYABLE_REASONS)
+            reason = Reason.of(error)
+            retry = reason is not None and reason.retryable  # transient: retried next run
             catalog[uri] = CatalogEntry(ImageRef(uri, size, mtime, etag).version(), shard, retry)
     return catalog
 

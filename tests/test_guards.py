@@ -17,12 +17,13 @@ import pytest
 from PIL import Image
 
 import facejob
-from facejob.config import IndexConfig
+from facejob.config import IndexConfig, RunConfig
 from facejob.plan import RetireRefused
 from tests.s3_server import aws_env, child_env
 
 REPO = Path(__file__).resolve().parents[1]
 FACEJOB = [sys.executable, "-m", "facejob.cli"]
+CONFIG = IndexConfig(run=RunConfig(workers=2))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_unmounted_missing_or_replaced_source_retires_nothing(ray_local, data_di
     n = len(list(src.glob("*.jpg")))
     assert n == 11
     out = tmp_path / "out"
-    first = facejob.index([str(src)], str(out), IndexConfig(workers=2), progress=False)
+    first = facejob.index([str(src)], str(out), CONFIG, progress=False)
     assert first.ok and first.counts["processed"] == n
     before = snapshot(out)
 
@@ -94,7 +95,7 @@ def test_unmounted_missing_or_replaced_source_retires_nothing(ray_local, data_di
 
     src.unlink()
     away.rename(src)                 # mounted again: nothing to do
-    again = facejob.index([str(src)], str(out), IndexConfig(workers=2), progress=False)
+    again = facejob.index([str(src)], str(out), CONFIG, progress=False)
     assert again.counts["unchanged"] == n and again.counts["processed"] == again.counts["deleted"] == 0
     assert snapshot(out) == before
 
@@ -113,7 +114,7 @@ def test_share_guard_and_its_overrides(ray_local, tmp_path):
     photos = tiny_jpegs(30)
     for name, data in photos.items():
         (src / name).write_bytes(data)
-    assert facejob.index([str(src)], str(out), IndexConfig(workers=2), progress=False).counts["processed"] == 30
+    assert facejob.index([str(src)], str(out), CONFIG, progress=False).counts["processed"] == 30
     before = snapshot(out)
 
     gone = sorted(photos)[:12]       # 40 % of the source, more than the 10 floor
@@ -122,7 +123,7 @@ def test_share_guard_and_its_overrides(ray_local, tmp_path):
     refused(facejob_cli("index", str(src), "--out", str(out)), "12 of its 30 indexed photos are gone",
             "more than 10%", "nothing was retired", "--allow-retire")
     with pytest.raises(RetireRefused):
-        facejob.index([str(src)], str(out), IndexConfig(workers=2), progress=False)
+        facejob.index([str(src)], str(out), CONFIG, progress=False)
     assert snapshot(out) == before
 
     r = facejob_cli("index", str(src), "--out", str(out), "--max-retire-share", "0.5")
@@ -131,7 +132,7 @@ def test_share_guard_and_its_overrides(ray_local, tmp_path):
 
     for name in sorted(photos)[12:15]:  # 3 of 18: below the floor, no flag needed
         (src / name).unlink()
-    s = facejob.index([str(src)], str(out), IndexConfig(workers=2), progress=False)
+    s = facejob.index([str(src)], str(out), CONFIG, progress=False)
     assert s.counts["deleted"] == 3 and s.report["totals"]["images"] == 15
 
 
@@ -140,16 +141,16 @@ def test_share_guard_on_s3(ray_local, s3):
     for name, data in photos.items():
         s3.put(f"photos/{name}", data)
     out = s3.uri("out")
-    assert facejob.index([s3.uri("photos/")], out, IndexConfig(workers=2), progress=False).counts["processed"] == 30
+    assert facejob.index([s3.uri("photos/")], out, CONFIG, progress=False).counts["processed"] == 30
     for name in sorted(photos)[:12]:
         s3.client.delete_object(Bucket=s3.bucket, Key=f"photos/{name}")
     parts = sorted(k for k in s3.keys("out/") if k.endswith(".parquet"))
     refused(facejob_cli("index", s3.uri("photos/"), "--out", out, env=child_env(s3.endpoint)),
             "12 of its 30 indexed photos are gone", "nothing was retired")
     with pytest.raises(RetireRefused):
-        facejob.index([s3.uri("photos/")], out, IndexConfig(workers=2), progress=False)
+        facejob.index([s3.uri("photos/")], out, CONFIG, progress=False)
     assert sorted(k for k in s3.keys("out/") if k.endswith(".parquet")) == parts
-    s = facejob.index([s3.uri("photos/")], out, IndexConfig(workers=2, allow_retire=True), progress=False)
+    s = facejob.index([s3.uri("photos/")], out, IndexConfig(run=RunConfig(workers=2, allow_retire=True)), progress=False)
     assert s.counts["deleted"] == 12 and s.report["totals"]["images"] == 18
 
 
@@ -172,7 +173,7 @@ def test_unlistable_subfolder_keeps_its_photos(ray_local):
         for i, (name, data) in enumerate(photos.items()):
             (src / ("open" if i < 3 else "locked")).mkdir(parents=True, exist_ok=True)
             (src / ("open" if i < 3 else "locked") / name).write_bytes(data)
-        assert facejob.index([str(src)], str(out), IndexConfig(workers=2), progress=False).counts["processed"] == 6
+        assert facejob.index([str(src)], str(out), CONFIG, progress=False).counts["processed"] == 6
         before = snapshot(out)
         (src / "locked").chmod(0o000)
         for p in [out, *out.rglob("*")]:

@@ -20,13 +20,13 @@ import pytest
 
 import facejob
 from facejob import plan as planning
-from facejob.config import IndexConfig
+from facejob.config import IndexConfig, RunConfig
 from facejob.storage import LocalStore, read_parquet
 from tests.s3_server import assert_same_results, cmdline, descendants, lfw_photos
 
 REPO = Path(__file__).resolve().parents[1]
 N_PHOTOS = 12
-CONFIG = IndexConfig(workers=2, shard_size=3)
+CONFIG = IndexConfig(run=RunConfig(workers=2, shard_size=3))
 
 
 @pytest.fixture(scope="module")

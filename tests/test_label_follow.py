@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import facejob
-from facejob.config import IndexConfig
+from facejob.config import IndexConfig, RunConfig
 from facejob.reduce import api
 from facejob.storage import LocalStore, write_parquet
 
@@ -42,7 +42,7 @@ def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path)
     src, out = tmp_path / "src", tmp_path / "out"
     for person in PEOPLE:
         shutil.copytree(data_dir / "labelled/dlib_johns" / person, src / person)
-    cfg = IndexConfig(workers=2)
+    cfg = IndexConfig(run=RunConfig(workers=2))
     facejob.index([str(src)], str(out), cfg, progress=False)
     before = faces_by_file(out)
     salley = sorted(p.name for p in (src / "John_Salley").glob("*.jpg") if len(before[p.name]) == 1)[:3]

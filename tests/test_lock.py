@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from facejob import lock
-from facejob.lock import LOCK_NAME, LockHeld, hold
+from facejob.layout import LOCK
+from facejob.lock import LockHeld, hold
 from tests.s3_server import child_env, lfw_photos, rows_by_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_local_lock_one_writer_and_released_by_death(tmp_path):
     # The kernel dropped the dead holder's lock: the next writer goes ahead at once.
     with hold(str(out), "cluster"):
         with hold(str(out), "label"):  # re-entrant in one process (the nightly job nests them)
-            info = json.loads((out / LOCK_NAME).read_text())
+            info = json.loads((out / LOCK).read_text())
             assert info["pid"] == os.getpid() and info["command"] == "cluster"
 
 
@@ -95,7 +96,7 @@ def test_s3_lease_is_renewed_refused_and_taken_over_when_expired(s3, caplog):
     holder = spawn_holder(out, ttl_s=ttl, environ=env(child_env(s3.endpoint)))
     from facejob import s3 as fs3
 
-    lease = f"{out}/{LOCK_NAME}"
+    lease = f"{out}/{LOCK}"
     try:
         first = fs3.get_versioned(lease)
         assert json.loads(first[0])["pid"] == holder.pid
@@ -150,7 +151,7 @@ def test_two_index_runs_on_one_output(ray_address, data_dir, tmp_path):
     first = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / LOCK_NAME).is_file() or f'"pid": {first.pid}' not in (out / LOCK_NAME).read_text():
+        while not (out / LOCK).is_file() or f'"pid": {first.pid}' not in (out / LOCK).read_text():
             assert first.poll() is None, first.stderr.read()
             assert time.monotonic() < deadline, "the first run never took the lock"
             time.sleep(0.05)
@@ -188,11 +189,11 @@ def test_s3_lease_taken_over_under_a_stalled_run_is_reported(s3):
     from facejob import s3 as fs3
 
     out = s3.uri("out")
-    lease = f"{out}/{LOCK_NAME}"
+    lease = f"{out}/{LOCK}"
     with pytest.raises(lock.LockLost, match="taken over by another run"):
         with hold(out, "index", ttl_s=1.0):
             # Another run took the lease over (as it would after this one stalled past its ttl).
-            s3.put(f"out/{LOCK_NAME}", json.dumps({"command": "index", "host": "other", "pid": 1,
+            s3.put(f"out/{LOCK}", json.dumps({"command": "index", "host": "other", "pid": 1,
                                                     "started": "2026-01-01T00:00:00+00:00"}).encode())
             handle, _ = lock._held[(os.getpid(), out)]
             deadline = time.monotonic() + 30

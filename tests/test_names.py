@@ -13,10 +13,11 @@ import pytest
 
 import facejob
 from facejob import plan as planning
-from facejob.config import IndexConfig
+from facejob.config import IndexConfig, RunConfig
 from facejob.sources import ImageRef, list_images, path_to_uri, read_bytes, uri_to_path
 from tests.photos import face_image
 
+CONFIG = IndexConfig(run=RunConfig(workers=2))
 ODD_NAMES = [
     b"caf\xe9.jpg",                                    # Latin-1 from an old Samba share
     b"new\nline.jpg",
@@ -66,14 +67,14 @@ def odd_folder(data_dir, tmp_path_factory) -> Path:
 
 
 def test_listing_walks_each_real_folder_once(odd_folder):
-    uris = [r.uri for r in list_images([str(odd_folder)], IndexConfig().extensions)]
+    uris = [r.uri for r in list_images([str(odd_folder)], RunConfig().extensions)]
     assert len(uris) == len(set(uris)) == len(ODD_NAMES) + 1
     assert sum(u.endswith("inner.jpg") for u in uris) == 1
 
 
 def test_odd_names_indexed_once_each_and_read_back(ray_local, odd_folder, tmp_path):
     out = tmp_path / "out"
-    summary = facejob.index([str(odd_folder)], str(out), IndexConfig(workers=2), progress=False)
+    summary = facejob.index([str(odd_folder)], str(out), CONFIG, progress=False)
     assert summary.ok and summary.counts["processed"] == len(ODD_NAMES) + 1
     rows = ds.dataset(out / "images").to_table().to_pylist()
     assert len(rows) == len(ODD_NAMES) + 1 == len({r["uri"] for r in rows})
@@ -86,6 +87,6 @@ def test_odd_names_indexed_once_each_and_read_back(ray_local, odd_folder, tmp_pa
     faces = ds.dataset(out / "faces").to_table(columns=["face_id", "uri"]).to_pylist()
     assert len(faces) == len({f["face_id"] for f in faces}) == len(rows)
 
-    again = facejob.index([str(odd_folder)], str(out), IndexConfig(workers=2), progress=False)
+    again = facejob.index([str(odd_folder)], str(out), CONFIG, progress=False)
     assert again.counts["processed"] == 0 and again.counts["unchanged"] == len(rows)
     assert again.counts["deleted"] == 0 and again.counts["new"] == 0
