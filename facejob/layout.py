@@ -10,11 +10,14 @@
     labels/corrections.json          the curator's corrections from the report page
     predictions.parquet, duplicates.parquet
     report/                          `facejob report`: the review site (index.html, b/BUILD/, photos/)
+    quarantine/<time>/images|faces/  damaged parts moved aside (facejob.plan.quarantine)
+    .facejob.lock                    the writer lock or S3 lease (facejob.lock)
 """
 from __future__ import annotations
 
 RUN_JSON, MODEL_JSON = "run.json", "model.json"
-IMAGES_DIR, FACES_DIR = "images/", "faces/"
+IMAGES_DIR, FACES_DIR, QUARANTINE_DIR = "images/", "faces/", "quarantine/"
+LOCK = ".facejob.lock"   # a dot name: store listings and Parquet datasets skip it
 
 INDEX_FILE, IDS_FILE, PARAMS_FILE = "index/faces.hnsw", "index/ids.parquet", "index/params.json"
 CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_events.parquet"

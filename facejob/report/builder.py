@@ -35,6 +35,7 @@ from facejob.dlibport.chips import chip_details
 from facejob.progress import Progress
 from facejob.config import DEFAULT_MAX_PIXELS, ConfigError, load_run_config
 from facejob.layout import CLUSTERS_JSON, REPORT_DIR
+from facejob.lock import writes_output
 from facejob.reduce import api
 from facejob.reduce import corrections as corr
 from facejob.storage import LocalStore, Store, open_store
@@ -119,8 +120,10 @@ def _chips(lm: np.ndarray) -> list[list[float] | None]:
     return out
 
 
+@writes_output("report")
 def build(out: str, workers: int | None = None, progress: bool = True) -> ReportSummary:
-    """Write the review site for the index output `out` (a folder or s3:// prefix)."""
+    """Write the review site for the index output `out` (a folder or s3:// prefix), holding
+    the output's writer lock (it writes OUT/report/ while reading what reduce wrote)."""
     t0 = time.perf_counter()
     store = open_store(out)
     people = m.read_people(store)
