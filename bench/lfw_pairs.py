@@ -28,20 +28,10 @@ import pyarrow.dataset as ds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import facejob  # noqa: E402
+from facejob.audit.pairs import read_lfw_pairs as read_pairs  # noqa: E402
 from facejob.config import IndexConfig  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def read_pairs(path: Path) -> list[tuple[str, str, bool]]:
-    pairs = []
-    for line in path.read_text().splitlines()[1:]:
-        p = line.split()
-        if len(p) == 3:
-            pairs.append((f"{p[0]}/{p[0]}_{int(p[1]):04d}.jpg", f"{p[0]}/{p[0]}_{int(p[2]):04d}.jpg", True))
-        elif len(p) == 4:
-            pairs.append((f"{p[0]}/{p[0]}_{int(p[1]):04d}.jpg", f"{p[2]}/{p[2]}_{int(p[3]):04d}.jpg", False))
-    return pairs
 
 
 def centre_face(faces: list[tuple[tuple[int, int, int, int], np.ndarray]], w: int, h: int) -> np.ndarray | None:

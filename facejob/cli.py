@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_commands(sub)
+
+    from facejob.audit.cli import add_command as add_audit
+
+    add_audit(sub)
     return parser
 
 
