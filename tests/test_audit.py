@@ -126,7 +126,7 @@ def test_run_is_reproducible_with_a_seed(data_dir):
     again = run_audit(_pairs(data_dir), cfg)
     assert first == again
     assert [(r.goal, r.eps, r.defence) for r in first] == [
-        (g, e, d) for g in ("dodging", "impersonation") for e in (0, 2) for d in ("none", "jitter")]
+        (g, e, d) for e in (0, 2) for g in ("dodging", "impersonation") for d in ("none", "jitter")]
     for r in first:
         assert r.pairs == 1
         if r.eps == 0:   # no attack: the clean decision, distances unchanged

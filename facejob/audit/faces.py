@@ -53,7 +53,7 @@ def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     return w * h / (area(a) + area(b) - w * h)
 
 
-def box_of(face: FaceRecord) -> tuple[int, int, int, int]:
+def box_of(face: FaceRecord | Detection) -> tuple[int, int, int, int]:
     return (face.left, face.top, face.right, face.bottom)
 
 

@@ -76,7 +76,6 @@ class _Audit:
     """The loaded models and the faces of one run."""
 
     def __init__(self, config: AuditConfig, index_config: IndexConfig) -> None:
-        self.cfg = config
         t = time.perf_counter()
         self.model = load_model(index_config)
         plain = TorchEmbedder(device=config.device)
@@ -138,18 +137,53 @@ class _Audit:
         """The perturbed photos' descriptors by the indexing pipeline (NaN rows: face lost)."""
         out = np.full((len(photos), 128), np.nan, np.float32)
         for i, (photo, f) in enumerate(zip(photos, probes)):
-            found = pick(photo_faces(self.model, _png(photo)), (f.box.left, f.box.top, f.box.right, f.box.bottom),
+            found = pick(photo_faces(self.model, _png(photo)), box_of(f.box),
                          photo.shape, min_iou=0.3)
             if found is not None:
                 out[i] = found.embedding
         return out
 
 
+@dataclass
+class _Goal:
+    """One goal's pairs: the probe faces, the chips, and the reference side under each defence."""
+
+    goal: str
+    index: int
+    chosen: list[tuple[AuditFace, AuditFace]]
+    probe_chips: np.ndarray
+    refs: dict[str, np.ndarray]       # defence -> (n, 128) reference descriptors
+    before: dict[str, np.ndarray]     # defence -> (n,) clean distances
+    target: torch.Tensor              # (n, 128) what the attacks aim at (or away from)
+    jitter_seed: int
+    unattacked: dict[str, np.ndarray]  # defence -> distances with no attack (eps < 1), measured once
+
+    @property
+    def probes(self) -> list[AuditFace]:
+        return [a for a, _ in self.chosen]
+
+
+def _goal(au: _Audit, cfg: AuditConfig, gi: int, goal: str, chosen: list[tuple[AuditFace, AuditFace]]) -> _Goal:
+    probe_chips = np.stack([a.chip for a, _ in chosen])
+    ref_chips = np.stack([b.chip for _, b in chosen])
+    seed = {"probe": _seed(cfg.seed, gi, 1), "reference": _seed(cfg.seed, gi, 2)}
+    chip_defences = [d for d in cfg.defences if d in CHIP_DEFENCES]
+    refs = {d: au.defended.embed(d, ref_chips, seed["reference"]) for d in chip_defences}
+    before = {d: np.linalg.norm(au.defended.embed(d, probe_chips, seed["probe"]) - refs[d], axis=1)
+              for d in chip_defences}
+    # the transfer case compares what the index stores: the pipeline's own descriptors
+    refs["transfer"] = np.stack([b.embedding for _, b in chosen])
+    before["transfer"] = np.linalg.norm(np.stack([a.embedding for a, _ in chosen]) - refs["transfer"], axis=1)
+    target = torch.from_numpy(refs["none"] if "none" in refs else au.defended.plain.embed(ref_chips)).to(au.device)
+    return _Goal(goal, gi, chosen, probe_chips, refs, before, target, seed["probe"], {})
+
+
 def run_audit(pairs: list[Pair], config: AuditConfig = AuditConfig(), index_config: IndexConfig | None = None,
               examples: str | Path | None = None) -> list[Record]:
     """Attack every pair with every (attack, eps), measure it under every defence: one Record
     per (attack, goal, eps, defence). `index_config`: the pipeline of the transfer case (default:
-    `facejob index --embedder torch` settings). `examples`: a folder for a few example images."""
+    `facejob index --embedder torch` settings). `examples`: a folder for a few example images.
+    Each (attack, eps) is logged as it completes, cheapest first."""
     t0 = time.perf_counter()
     cfg = config
     index_config = index_config or IndexConfig(embedder="torch", device=cfg.device)
@@ -158,54 +192,52 @@ def run_audit(pairs: list[Pair], config: AuditConfig = AuditConfig(), index_conf
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):   # true fp32, as TorchEmbedder
         au = _Audit(cfg, index_config)
         usable = au.faces(pairs)
-        log.info("audit: faces of %d pairs found in %.1f s", len(usable), time.perf_counter() - t0)
+        goals = []
         for gi, goal in enumerate(GOALS):
             chosen = [(a, b) for p, a, b in usable if p.same == (goal == "dodging")]
-            if not chosen:
-                continue
-            probes = [a for a, _ in chosen]
-            probe_chips = np.stack([a.chip for a in probes])
-            ref_chips = np.stack([b.chip for _, b in chosen])
-            jitter_seed = {"probe": _seed(cfg.seed, gi, 1), "reference": _seed(cfg.seed, gi, 2)}
-            chip_defences = [d for d in cfg.defences if d in CHIP_DEFENCES]
-            refs = {d: au.defended.embed(d, ref_chips, jitter_seed["reference"]) for d in chip_defences}
-            clean = {d: au.defended.embed(d, probe_chips, jitter_seed["probe"]) for d in chip_defences}
-            before = {d: np.linalg.norm(clean[d] - refs[d], axis=1) for d in chip_defences}
-            # the transfer case compares what the index stores: the pipeline's own descriptors
-            refs["transfer"] = np.stack([b.embedding for _, b in chosen])
-            before["transfer"] = np.linalg.norm(np.stack([a.embedding for a in probes]) - refs["transfer"], axis=1)
-            target = torch.from_numpy(refs["none"] if "none" in refs else au.defended.plain.embed(ref_chips))
-            target = target.to(au.device)
-            unattacked: dict[str, np.ndarray] = {}   # below one grey level nothing changes: measure once
-            for ai, method in enumerate(cfg.attacks):
-                for eps in cfg.eps:
+            if chosen:
+                goals.append(_goal(au, cfg, gi, goal, chosen))
+        log.info("audit: faces of %d pairs found and measured clean in %.1f s", len(usable), time.perf_counter() - t0)
+        for ai, method in enumerate(cfg.attacks):
+            for eps in cfg.eps:
+                for g in goals:
                     t = time.perf_counter()
-                    p = atk.AttackParams(method, eps, cfg.pgd_steps, cfg.pgd_step, cfg.pgd_random_start)
-                    seed = _seed(cfg.seed, gi, ai, round(eps * 1000))
-                    still = math.floor(eps) == 0
-                    adv = probe_chips if still else au.attack_chips(probe_chips, target, goal, p, seed)
-                    photos = None
-                    if "transfer" in cfg.defences:
-                        photos = [a.image for a in probes] if still else au.attack_photos(probes, target, goal, p, seed)
-                    for d in cfg.defences:
-                        if still and d in unattacked:
-                            after = unattacked[d]
-                        elif d == "transfer":
-                            after = np.linalg.norm(au.through_pipeline(photos, probes) - refs[d], axis=1)
-                        else:
-                            after = np.linalg.norm(au.defended.embed(d, adv, jitter_seed["probe"]) - refs[d], axis=1)
-                        if still:
-                            unattacked[d] = after
-                        records.append(_record(method, goal, eps, d, before[d], after, cfg.threshold))
-                    log.info("audit: %s %s eps %g: %d pairs in %.1f s", method, goal, eps, len(chosen),
-                             time.perf_counter() - t)
+                    new, adv, photos = _attack_goal(au, cfg, g, ai, method, eps)
+                    records += new
+                    log.info("audit: %s %s eps %g, %d pairs, %.0f s: success %s", method, g.goal, eps, len(g.chosen),
+                             time.perf_counter() - t, ", ".join(f"{r.defence} {r.success_rate:.0%}" for r in new))
                     if examples is not None and eps == max(cfg.eps):
-                        shown += _save_examples(Path(examples), method, goal, eps, chosen, adv, photos)
+                        shown += _save_examples(Path(examples), method, g.goal, eps, g.chosen, adv, photos)
     if examples is not None and shown:
         (Path(examples) / "examples.json").write_text(json.dumps(shown, indent=1))
         log.info("audit: %d example images in %s", len(shown), examples)
     log.info("audit: %d records in %.1f s", len(records), time.perf_counter() - t0)
     return records
+
+
+def _attack_goal(au: _Audit, cfg: AuditConfig, g: _Goal, ai: int, method: str, eps: float
+                 ) -> tuple[list[Record], np.ndarray, list[np.ndarray] | None]:
+    """One (attack, eps) on one goal's pairs, measured under every defence; also the adversarial
+    chips and photos."""
+    p = atk.AttackParams(method, eps, cfg.pgd_steps, cfg.pgd_step, cfg.pgd_random_start)
+    seed = _seed(cfg.seed, g.index, ai, round(eps * 1000))
+    still = math.floor(eps) == 0   # below one grey level nothing changes: measure once
+    adv = g.probe_chips if still else au.attack_chips(g.probe_chips, g.target, g.goal, p, seed)
+    photos = None
+    if "transfer" in cfg.defences:
+        photos = [a.image for a in g.probes] if still else au.attack_photos(g.probes, g.target, g.goal, p, seed)
+    out = []
+    for d in cfg.defences:
+        if still and d in g.unattacked:
+            after = g.unattacked[d]
+        elif d == "transfer":
+            after = np.linalg.norm(au.through_pipeline(photos, g.probes) - g.refs[d], axis=1)
+        else:
+            after = np.linalg.norm(au.defended.embed(d, adv, g.jitter_seed) - g.refs[d], axis=1)
+        if still:
+            g.unattacked[d] = after
+        out.append(_record(method, g.goal, eps, d, g.before[d], after, cfg.threshold))
+    return out, adv, photos
 
 
 def _strip(*panels: np.ndarray) -> Image.Image:
