@@ -24,7 +24,7 @@ from facejob.config import IndexConfig
 from facejob.dlibport.resnet import TorchEmbedder
 
 from . import attacks as atk
-from .config import CHIP_DEFENCES, GOALS, AuditConfig
+from .config import ATTACKS, CHIP_DEFENCES, GOALS, AuditConfig
 from .defences import Defended
 from .faces import AuditFace, box_of, load_face, load_model, photo_faces, pick
 from .pairs import FaceRef, Pair
@@ -198,14 +198,16 @@ def run_audit(pairs: list[Pair], config: AuditConfig = AuditConfig(), index_conf
             if chosen:
                 goals.append(_goal(au, cfg, gi, goal, chosen))
         log.info("audit: faces of %d pairs found and measured clean in %.1f s", len(usable), time.perf_counter() - t0)
-        for ai, method in enumerate(cfg.attacks):
+        for method in cfg.attacks:
             for eps in cfg.eps:
                 for g in goals:
                     t = time.perf_counter()
-                    new, adv, photos = _attack_goal(au, cfg, g, ai, method, eps)
+                    new, adv, photos = _attack_goal(au, cfg, g, method, eps)
                     records += new
-                    log.info("audit: %s %s eps %g, %d pairs, %.0f s: success %s", method, g.goal, eps, len(g.chosen),
-                             time.perf_counter() - t, ", ".join(f"{r.defence} {r.success_rate:.0%}" for r in new))
+                    log.info("audit: %s %s eps %g, %d pairs, %.0f s: success (mean distance before -> after) %s",
+                             method, g.goal, eps, len(g.chosen), time.perf_counter() - t,
+                             ", ".join(f"{r.defence} {r.success_rate:.0%} ({r.mean_distance_before:.3f} -> "
+                                       f"{r.mean_distance_after:.3f})" for r in new))
                     if examples is not None and eps == max(cfg.eps):
                         shown += _save_examples(Path(examples), method, g.goal, eps, g.chosen, adv, photos)
     if examples is not None and shown:
@@ -215,12 +217,13 @@ def run_audit(pairs: list[Pair], config: AuditConfig = AuditConfig(), index_conf
     return records
 
 
-def _attack_goal(au: _Audit, cfg: AuditConfig, g: _Goal, ai: int, method: str, eps: float
+def _attack_goal(au: _Audit, cfg: AuditConfig, g: _Goal, method: str, eps: float
                  ) -> tuple[list[Record], np.ndarray, list[np.ndarray] | None]:
     """One (attack, eps) on one goal's pairs, measured under every defence; also the adversarial
     chips and photos."""
     p = atk.AttackParams(method, eps, cfg.pgd_steps, cfg.pgd_step, cfg.pgd_random_start)
-    seed = _seed(cfg.seed, g.index, ai, round(eps * 1000))
+    # seeded by the attack's name, not its place in the list: --attack pgd alone repeats a full run's PGD
+    seed = _seed(cfg.seed, g.index, ATTACKS.index(method), round(eps * 1000))
     still = math.floor(eps) == 0   # below one grey level nothing changes: measure once
     adv = g.probe_chips if still else au.attack_chips(g.probe_chips, g.target, g.goal, p, seed)
     photos = None
