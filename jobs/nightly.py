@@ -6,8 +6,10 @@
 
 Every setting lives in the YAML file (see jobs/nightly.yaml); a misspelt key is an error, never
 a silent default. String values may use ${VAR} or ${VAR:-default}, so one file serves every
-environment. Exit status: 0 done, 1 some shards failed permanently (rerun to retry them) or the
-reducer failed, 2 the configuration is wrong.
+environment. Exit status: 0 done, 1 some shards failed permanently (rerun to retry them), the
+reducer failed or the output could not be written, 2 the configuration is wrong or a source
+looks unmounted (nothing was retired; see index.allow_retire), 75 another run holds the
+output (the job holds its writer lock from the first listing to the last reducer write).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from facejob.config import ConfigError, IndexConfig  # noqa: E402
+from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig, split_flat  # noqa: E402
 
 log = logging.getLogger("facejob.nightly")
+
+INDEX_KEYS = {f.name for c in (ModelConfig, RunConfig) for f in fields(c)}  # `index:` = `facejob index` flags
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -52,7 +56,7 @@ class NightlyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sources": self.sources, "output": self.output, "endpoint_url": self.endpoint_url,
-                "index": self.index.to_dict(),
+                "index": {**self.index.model.to_dict(), **self.index.run.to_dict()},
                 "reduce": {"enabled": self.reduce, "labels": self.labels, "cluster_threshold": self.cluster_threshold,
                            "cluster_k": self.cluster_k, "rebuild_index": self.rebuild_index},
                 "log_format": self.log_format}
@@ -105,9 +109,9 @@ def parse_config(doc: Any, env: dict[str, str] | None = None) -> NightlyConfig:
     output = top.get("output")
     if not isinstance(output, str) or not output:
         raise ConfigError("output must be a folder or an s3://bucket/prefix")
-    try:
-        index = IndexConfig.from_dict(_only(top.get("index"), "index", set(IndexConfig.__dataclass_fields__)))
-    except TypeError as e:  # e.g. index: [..] instead of a mapping
+    try:  # the `facejob index` settings: ModelConfig and RunConfig fields, flat
+        index = IndexConfig(*split_flat(_only(top.get("index"), "index", INDEX_KEYS)))
+    except (ConfigError, TypeError) as e:  # e.g. index: [..] instead of a mapping
         raise ConfigError(f"index: {e}") from e
     red = _only(top.get("reduce"), "reduce", {"enabled", "labels", "cluster_threshold", "cluster_k", "rebuild_index"})
     enabled, rebuild = red.get("enabled", True), red.get("rebuild_index", False)
@@ -137,18 +141,25 @@ def load_config(path: str | Path) -> NightlyConfig:
 
 def _ray_address(cfg: IndexConfig) -> IndexConfig:
     """Inside `ray job submit` the cluster is given by RAY_ADDRESS: join it, never start another."""
-    if cfg.address is None and os.environ.get("RAY_ADDRESS"):
-        return IndexConfig.from_dict({**cfg.to_dict(), "address": os.environ["RAY_ADDRESS"]})
+    if cfg.run.address is None and os.environ.get("RAY_ADDRESS"):
+        return replace(cfg, run=replace(cfg.run, address=os.environ["RAY_ADDRESS"]))
     return cfg
 
 
 def run(cfg: NightlyConfig) -> tuple[int, dict[str, Any]]:
-    """Index, then reduce. Returns (exit status, summary for the operator)."""
-    import facejob
-    from facejob import s3
+    """Index, then reduce, holding the output's writer lock throughout. Returns (exit status,
+    summary for the operator)."""
+    from facejob import lock, s3
 
     if cfg.endpoint_url:
         s3.configure(endpoint_url=cfg.endpoint_url)  # before Ray starts, so workers inherit it
+    with lock.hold(cfg.output, "nightly"):
+        return _run(cfg)
+
+
+def _run(cfg: NightlyConfig) -> tuple[int, dict[str, Any]]:
+    import facejob
+
     t0 = time.perf_counter()
     summary = facejob.index(cfg.sources, cfg.output, _ray_address(cfg.index), progress=False)
     out: dict[str, Any] = {
@@ -215,11 +226,20 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(cfg.log_format)
     log.info("nightly run: %s -> %s", ", ".join(cfg.sources), cfg.output)
+    from facejob.lock import EXIT_LOCKED, LockHeld, LockLost
+    from facejob.sources import SourceError
+
     try:
         status, summary = run(cfg)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, SourceError) as e:
         log.error("%s", e)
         return 2
+    except LockHeld as e:
+        log.error("%s", e)
+        return EXIT_LOCKED
+    except (OSError, LockLost) as e:  # the output cannot be written: disk full, permissions
+        log.error("cannot write the output: %s; rerun to finish", e)
+        return 1
     # One JSON line on stdout: what a scheduler or a log pipeline picks up.
     print(json.dumps({"status": "ok" if status == 0 else "failed", **summary}, default=str))
     return status

@@ -25,9 +25,9 @@ def _pairs(data_dir) -> list[Pair]:
 def audit(data_dir):
     """The audit's models and the faces of one same-person and one different-person LFW pair."""
     from facejob.audit.run import _Audit
-    from facejob.config import IndexConfig
+    from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
 
-    au = _Audit(SMALL, IndexConfig(embedder="torch", device="cpu"))
+    au = _Audit(SMALL, ModelConfig(embedder="torch", device="cpu"), DEFAULT_MAX_PIXELS)
     return au, au.faces(_pairs(data_dir))
 
 

@@ -21,7 +21,7 @@ def _csv(kind):
 def cmd_audit(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from facejob.config import IndexConfig
+    from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig, load_run_config
     from facejob.reduce.errors import ReduceError
 
     from .pairs import index_pairs, lfw_pairs
@@ -38,16 +38,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
             if args.images is None:
                 raise AuditError("--pairs needs --images DIR (the folder the pairs' photos are in)")
             pairs = lfw_pairs(args.pairs, args.images, args.limit)
-            index_config = IndexConfig(embedder="torch", device=args.device)
+            model, max_pixels = ModelConfig(embedder="torch", device=args.device), DEFAULT_MAX_PIXELS
         else:
-            from facejob.reduce.embeddings import read_run_config
             from facejob.storage import open_store
 
             pairs = index_pairs(args.out, args.limit, args.seed)
-            # the transfer case re-indexes photos the way this archive was indexed
-            index_config = dataclasses.replace(IndexConfig.from_dict(read_run_config(open_store(args.out))),
-                                               embedder="torch", device=args.device)
-        records = run_audit(pairs, cfg, index_config, args.examples)
+            # the transfer case re-indexes photos the way this archive was indexed (the torch
+            # port of the recogniser gives dlib's descriptors to 1e-6)
+            store = open_store(args.out)
+            model = dataclasses.replace(ModelConfig.load(store), embedder="torch", device=args.device)
+            max_pixels = load_run_config(store).max_pixels
+        records = run_audit(pairs, cfg, model, args.examples, max_pixels)
     except (AuditError, ReduceError, FileNotFoundError) as e:
         print(f"facejob audit: error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from facejob.dlibport.resnet import TorchEmbedder
+from facejob.embed import embed_chips
 
 from .config import CHIP_DEFENCES
 
@@ -47,8 +48,8 @@ def jitter(chips: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 class Defended:
     """Descriptors of chips under each chip defence."""
 
-    def __init__(self, plain: TorchEmbedder, flipped: TorchEmbedder, jpeg_quality: int, jitter_px: int) -> None:
-        self.plain, self.flipped = plain, flipped
+    def __init__(self, plain: TorchEmbedder, jpeg_quality: int, jitter_px: int) -> None:
+        self.plain = plain
         self.jpeg_quality, self.jitter_px = jpeg_quality, jitter_px
 
     def embed(self, defence: str, chips: np.ndarray, seed: int) -> np.ndarray:
@@ -58,7 +59,7 @@ class Defended:
         if defence == "jpeg":
             return self.plain.embed(jpeg(chips, self.jpeg_quality))
         if defence == "flip":
-            return self.flipped.embed(chips)
+            return embed_chips(self.plain, chips, "flip")
         if defence == "jitter":
             return self.plain.embed(jitter(chips, jitter_boxes(len(chips), self.jitter_px, seed)))
         raise ValueError(f"not a chip defence: {defence!r} (one of {CHIP_DEFENCES})")

@@ -10,22 +10,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facejob.config import IndexConfig
+from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
 from facejob.decode import decode_image
 from facejob.detect import Detection
 from facejob.dlibport.chips import extract_chips
-from facejob.pipeline import FaceRecord, Pipeline
+from facejob.pipeline import FaceModel, FaceRecord
 from facejob.sources import read_bytes
 
 from .pairs import FaceRef
 
 
-def load_model(config: IndexConfig) -> Pipeline:
+def load_model(config: ModelConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> FaceModel:
     """The indexing pipeline's models (detector, landmarks, recogniser), loaded once."""
-    return Pipeline(config)
+    return FaceModel(config, max_pixels)
 
 
-def photo_faces(model: Pipeline, data: bytes) -> list[FaceRecord]:
+def photo_faces(model: FaceModel, data: bytes) -> list[FaceRecord]:
     """Every face the indexing pipeline finds in a photo's bytes, with its descriptor
     (none when the photo cannot be decoded)."""
     return model.process_bytes(data).faces
@@ -70,13 +70,13 @@ def pick(faces: list[FaceRecord], box: tuple[int, int, int, int] | None, shape: 
     return best if iou(box_of(best), box) >= min_iou else None
 
 
-def load_face(model: Pipeline, ref: FaceRef) -> AuditFace | None:
+def load_face(model: FaceModel, ref: FaceRef) -> AuditFace | None:
     """The face `ref` means, through the indexing pipeline; None if the photo has no such face."""
     data = read_bytes(ref.uri)
     face = None
     faces = photo_faces(model, data)
     if faces:
-        image = decode_image(data, model.config.max_pixels)
+        image = decode_image(data, model.max_pixels)
         face = pick(faces, ref.box, image.shape)
     if face is None:
         return None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facejob.config import IndexConfig
+from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
 from facejob.dlibport.resnet import TorchEmbedder
 
 from . import attacks as atk
@@ -75,16 +75,15 @@ def _png(image: np.ndarray) -> bytes:
 class _Audit:
     """The loaded models and the faces of one run."""
 
-    def __init__(self, config: AuditConfig, index_config: IndexConfig) -> None:
+    def __init__(self, config: AuditConfig, model_config: ModelConfig, max_pixels: int) -> None:
         t = time.perf_counter()
-        self.model = load_model(index_config)
+        self.model = load_model(model_config, max_pixels)
         plain = TorchEmbedder(device=config.device)
         self.device = plain.device
         self.batch = config.batch_size or (256 if self.device.type == "cuda" else 16)
         self.net = plain.model
         self.net.requires_grad_(False)   # gradients w.r.t. pixels only
-        self.defended = Defended(plain, TorchEmbedder(device=config.device, tta="flip"),
-                                 config.jpeg_quality, config.jitter_px)
+        self.defended = Defended(plain, config.jpeg_quality, config.jitter_px)
         log.info("audit: models loaded in %.1f s (recogniser on %s, %d pairs per batch)",
                  time.perf_counter() - t, self.device, self.batch)
 
@@ -178,19 +177,19 @@ def _goal(au: _Audit, cfg: AuditConfig, gi: int, goal: str, chosen: list[tuple[A
     return _Goal(goal, gi, chosen, probe_chips, refs, before, target, seed["probe"], {})
 
 
-def run_audit(pairs: list[Pair], config: AuditConfig = AuditConfig(), index_config: IndexConfig | None = None,
-              examples: str | Path | None = None) -> list[Record]:
+def run_audit(pairs: list[Pair], config: AuditConfig = AuditConfig(), model_config: ModelConfig | None = None,
+              examples: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Record]:
     """Attack every pair with every (attack, eps), measure it under every defence: one Record
-    per (attack, goal, eps, defence). `index_config`: the pipeline of the transfer case (default:
-    `facejob index --embedder torch` settings). `examples`: a folder for a few example images.
+    per (attack, goal, eps, defence). `model_config`, `max_pixels`: the pipeline of the transfer
+    case (default: `facejob index --embedder torch`). `examples`: a folder for a few example images.
     Each (attack, eps) is logged as it completes, cheapest first."""
     t0 = time.perf_counter()
     cfg = config
-    index_config = index_config or IndexConfig(embedder="torch", device=cfg.device)
+    model_config = model_config or ModelConfig(embedder="torch", device=cfg.device)
     records: list[Record] = []
     shown: list[dict] = []
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):   # true fp32, as TorchEmbedder
-        au = _Audit(cfg, index_config)
+        au = _Audit(cfg, model_config, max_pixels)
         usable = au.faces(pairs)
         goals = []
         for gi, goal in enumerate(GOALS):

@@ -17,34 +17,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from facejob.config import ModelConfig
+from facejob.layout import (
+    CLUSTERS, CLUSTERS_JSON, DUPLICATES, EVENTS, LABEL_MODEL_JSON, LABELS_STORED, PREDICTIONS, RUN_JSON,
+)
+from facejob.lock import writes_output
 from facejob.schema import EMBEDDING_DIM
 from facejob.storage import Store, open_store, read_parquet, write_parquet
 
 from . import duplicates as dd
 from . import svm as lb
-from .embeddings import META_COLUMNS, Faces, read_faces, read_images, read_run_config
+from .embeddings import META_COLUMNS, Faces, read_faces, read_images
+from .follow import follow
 from .errors import LabelsError, NotIndexedError, ReduceError
 from .graph import knn_graph
 from .hnsw import FaceIndex, IndexParams, update_index
 from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
+from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, LabelParams
 from .linkage import agglomerate, representatives
 from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
 
 ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks")   # what `reduce` reads once for every step
-CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_events.parquet"
-PREDICTIONS, LABELS_STORED, DUPLICATES = "predictions.parquet", "labels/labels.parquet", "duplicates.parquet"
-
-# Clustering defaults: two clusters join when the RMS distance between their faces is at most
-# CLUSTER_THRESHOLD, looking only at clusters linked by one of each face's CLUSTER_K nearest
-# neighbours. On all of LFW (dlib descriptors) both pairwise F >= 0.94 and BCubed F >= 0.92
-# hold for thresholds 0.505-0.525; the default is the middle (bench/lfw_reduce.py --sweep).
-# It is below dlib's 0.6 pair threshold because it bounds the RMS over all pairs of two groups.
-CLUSTER_THRESHOLD = 0.515
-CLUSTER_K = 10
-CLUSTER_MAX_EDGE = 0.9   # longer kNN edges never lead to a merge at this threshold; dropped early
 
 CLUSTERS_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("cluster_id", pa.int64()), ("cluster_size", pa.int64()),
@@ -63,6 +59,10 @@ PREDICTIONS_SCHEMA = pa.schema([
 LABELS_SCHEMA = pa.schema([
     ("name", pa.string()), ("face_id", pa.string()), ("source", pa.string()),
     ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+    # Where the face was when labelled: lets the label follow a moved or re-encoded photo
+    # (facejob.reduce.follow). Null for faces of label photos that are not in the archive.
+    ("uri", pa.string()), ("sha256", pa.string()),
+    ("left", pa.int32()), ("top", pa.int32()), ("right", pa.int32()), ("bottom", pa.int32()),
 ])
 
 
@@ -76,6 +76,7 @@ def _store(out: str | Store) -> Store:
 
 # ---------------------------------------------------------------------------------- index
 
+@writes_output("reduce")
 def index(out: str | Store, params: IndexParams = IndexParams(), rebuild: bool = False,
           faces: Faces | None = None) -> FaceIndex:
     """Build or extend OUT/index/ so it holds exactly the faces of OUT/faces/."""
@@ -111,6 +112,7 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
     return roots, {"edges": len(eu), "rounds": rounds, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
 
 
+@writes_output("cluster")
 def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
             faces: Faces | None = None, fi: FaceIndex | None = None) -> ClusterSummary:
     """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
@@ -184,6 +186,8 @@ class LabelSummary:
     named: int
     unknown: int
     per_person: dict[str, int] = field(default_factory=dict)
+    followed: int = 0        # labels moved to the new face id of a moved or re-encoded photo
+    gone: list[dict] = field(default_factory=list)   # labels on deleted photos: still training examples
 
 
 def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None) -> Labelled:
@@ -192,25 +196,43 @@ def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None
     faces = faces if faces is not None else read_faces(store, ["face_id", "uri", "face_idx", "left", "top", "right", "bottom"])
     path = Path(labels)
     if path.is_dir():
-        cfg = read_run_config(store)
+        model, run = _face_model(store)
         shas = read_faces(store, ["face_id", "sha256"], embeddings=False).meta.column("sha256")
-        return read_folder(path, faces, shas, _photo_embedder(json.dumps(cfg, sort_keys=True)),
-                           tuple(cfg.get("extensions") or (".jpg", ".jpeg", ".png")))
+        return read_folder(path, faces, shas, _photo_embedder(model), run.extensions)
     if not path.is_file():
         raise LabelsError(f"labels file not found: {labels}")
     return read_csv(path.read_text(encoding="utf-8-sig"), faces, source=path.name)
 
 
 def _stored_labels(store: Store) -> pa.Table:
-    return read_parquet(store, LABELS_STORED) if store.exists(LABELS_STORED) else LABELS_SCHEMA.empty_table()
+    if not store.exists(LABELS_STORED):
+        return LABELS_SCHEMA.empty_table()
+    t = read_parquet(store, LABELS_STORED)
+    # Labels stored before the location columns existed: they get nulls (and cannot follow).
+    return pa.table({f.name: t.column(f.name) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+                     for f in LABELS_SCHEMA}, schema=LABELS_SCHEMA)
 
 
-def _combine(stored: pa.Table, new: Labelled, faces: Faces) -> pa.Table:
+def _shas(store: Store, faces: Faces) -> pa.Array:
+    if "sha256" in faces.meta.column_names:
+        return faces.meta.column("sha256").combine_chunks()
+    return read_faces(store, ["face_id", "sha256"], embeddings=False).meta.column("sha256").combine_chunks()
+
+
+def _combine(stored: pa.Table, new: Labelled, faces: Faces, shas: pa.Array) -> pa.Table:
     """Stored labels updated with the new ones (a face named again takes its new name)."""
     ids = faces.face_ids
-    new_ids = [ids[r].as_py() if r >= 0 else None for r in new.row.tolist()]
+    rows = new.row.tolist()
+    new_ids = [ids[r].as_py() if r >= 0 else None for r in rows]
+
+    def at(col: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> pa.Array:
+        return pa.array([col[r].as_py() if r >= 0 else None for r in rows], typ)
+
+    m = faces.meta
     t = pa.table({"name": new.name, "face_id": pa.array(new_ids, pa.string()), "source": new.source,
-                  "embedding": pa.FixedSizeListArray.from_arrays(pa.array(new.embedding.reshape(-1)), EMBEDDING_DIM)},
+                  "embedding": pa.FixedSizeListArray.from_arrays(pa.array(new.embedding.reshape(-1)), EMBEDDING_DIM),
+                  "uri": at(m.column("uri"), pa.string()), "sha256": at(shas, pa.string()),
+                  **{c: at(m.column(c), pa.int32()) for c in ("left", "top", "right", "bottom")}},
                  schema=LABELS_SCHEMA)
     if stored.num_rows:
         renamed = pc.is_in(stored.column("face_id"), value_set=pa.array([i for i in new_ids if i]))
@@ -219,18 +241,30 @@ def _combine(stored: pa.Table, new: Labelled, faces: Faces) -> pa.Table:
     return t
 
 
-def label(out: str | Store, labels: str | Path | None = None, params: lb.LabelParams = lb.LabelParams(),
+def saved_label_params(out: str | Store) -> LabelParams:
+    """The label settings saved with the last models (labels/model.json), else the defaults."""
+    store = _store(out)
+    if not store.exists(LABEL_MODEL_JSON):
+        return LabelParams()
+    return lb.load_model(store).params
+
+
+@writes_output("label")
+def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
           replace: bool = False, faces: Faces | None = None) -> LabelSummary:
     """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
 
     `labels` (CSV or folder tree) is added to the labels stored in OUT/labels/ (or replaces them
     with `replace`); without it the stored labels are used again (after new photos came in).
+    `params` default to the ones saved with the last models (e.g. an earlier `--threshold`).
     """
     store = _store(out)
+    params = params if params is not None else saved_label_params(store)
     faces = faces if faces is not None else read_faces(store)
-    stored = LABELS_SCHEMA.empty_table() if replace else _stored_labels(store)
+    shas = _shas(store, faces)
+    stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), faces, shas)
     if labels is not None:
-        table = _combine(stored, read_labels(store, labels, faces), faces)
+        table = _combine(stored, read_labels(store, labels, faces), faces, shas)
     elif stored.num_rows:
         table = stored
     else:
@@ -258,7 +292,12 @@ def label(out: str | Store, labels: str | Path | None = None, params: lb.LabelPa
     named = pred != lb.UNKNOWN
     per = dict(zip(*np.unique(pred[named].astype(str), return_counts=True))) if named.any() else {}
     s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(faces),
-                     named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()})
+                     named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()},
+                     followed=followed.moved + followed.reencoded,
+                     gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone])
+    if s.followed or s.gone:
+        log.info("label: %d labels followed their photo (%d moved, %d re-encoded); %d on photos no longer in "
+                 "the archive, kept as training examples", s.followed, followed.moved, followed.reencoded, len(s.gone))
     log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named",
              s.people, s.labelled, s.background, s.named, s.faces)
     return s
@@ -281,19 +320,24 @@ def _cluster_rows(store: Store, faces: Faces) -> np.ndarray | None:
     return np.where(pos >= 0, cid[np.maximum(pos, 0)] if len(cid) else 0, -1 - np.arange(len(faces)))
 
 
-@functools.lru_cache(maxsize=2)
-def _pipeline(config_json: str):
-    from facejob.config import IndexConfig
-    from facejob.pipeline import Pipeline
+def _face_model(store: Store):
+    """The FaceModel the output was indexed with (from OUT/model.json), and its last run config."""
+    from facejob.config import load_run_config
+    from facejob.pipeline import FaceModel
 
-    return Pipeline(IndexConfig.from_dict(json.loads(config_json)))
+    try:
+        model, run = ModelConfig.load(store), load_run_config(store)
+    except FileNotFoundError as e:
+        raise NotIndexedError(str(e)) from None
+    except ValueError as e:
+        raise ReduceError(f"{store.root}: {e}") from None
+    return FaceModel.shared(model, run.max_pixels), run
 
 
-def _photo_embedder(config_json: str):
-    """path -> [(face area, embedding)] using the archive's own detector and embedder settings."""
+def _photo_embedder(model):
+    """path -> [(face area, embedding)] with the archive's own FaceModel."""
     def embed(path: Path) -> list[tuple[float, np.ndarray]]:
-        res = _pipeline(config_json).process_bytes(Path(path).read_bytes())
-        return [((f.right - f.left) * (f.bottom - f.top), f.embedding) for f in res.faces]
+        return [(f.area, f.embedding) for f in model.process_bytes(Path(path).read_bytes()).faces]
     return embed
 
 
@@ -309,6 +353,7 @@ class DedupSummary:
     candidates: int          # photo pairs whose pixels were compared
 
 
+@writes_output("dedup")
 def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = None) -> DedupSummary:
     """Find byte-identical and near-duplicate photos → OUT/duplicates.parquet."""
     store = _store(out)
@@ -321,8 +366,10 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     first = {}
     for u, sh, w, h in zip(*(images.column(c).to_pylist() for c in ("uri", "sha256", "width", "height"))):
         first.setdefault(sh, (u, (w or 0, h or 0)))
-    cfg = read_run_config(store) if store.exists("run.json") else {}
-    near = dd.near_pairs(by_sha, cand, _picture_loader(first, int(cfg.get("max_pixels") or 100_000_000)),
+    from facejob.config import DEFAULT_MAX_PIXELS, load_run_config
+
+    max_pixels = load_run_config(store).max_pixels if store.exists(RUN_JSON) else DEFAULT_MAX_PIXELS
+    near = dd.near_pairs(by_sha, cand, _picture_loader(first, max_pixels),
                          lambda sha: first[sha][1])
     table = dd.groups_table(images, near)
     write_parquet(store, DUPLICATES, table)
@@ -420,13 +467,13 @@ class QueryFace:
 
 def search(out: str | Store, photo: str | bytes, k: int = 10) -> list[QueryFace]:
     """The k nearest archive faces of every face in `photo` (a path, s3:// uri, or bytes)."""
-    from facejob.sources import read_bytes
+    from facejob.sources import read_bytes, source_uri
 
     store = _store(out)
     fi = load_index(store)
-    cfg = read_run_config(store)
-    data = photo if isinstance(photo, bytes) else read_bytes(str(photo))
-    res = _pipeline(json.dumps(cfg, sort_keys=True)).process_bytes(data)
+    model, _ = _face_model(store)
+    data = photo if isinstance(photo, bytes) else read_bytes(source_uri(str(photo)))
+    res = model.process_bytes(data)
     if res.error:
         raise ReduceError(f"cannot read the query photo: {res.error}")
     if not res.faces:
@@ -484,6 +531,7 @@ class ReduceSummary:
     dedup: DedupSummary | None
 
 
+@writes_output("reduce")
 def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLUSTER_THRESHOLD,
            k: int = CLUSTER_K) -> ReduceSummary:
     """Everything after indexing: index, cluster, label (when labels are stored), dedup."""
