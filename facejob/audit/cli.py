@@ -70,7 +70,9 @@ def table(records: list, cfg) -> str:
              "each cell: attack success rate, mean distance after (eps 0 = clean error rate)",
              f"{'attack':6s} {'goal':13s} {'eps':>4s}  " + "  ".join(f"{d:>12s}" for d in defences)]
     lost = []
-    for key in dict.fromkeys((r.attack, r.goal, r.eps) for r in records):
+    order = {k: i for i, k in enumerate(dict.fromkeys(x for r in records for x in (r.attack, r.goal)))}
+    keys = sorted(dict.fromkeys((r.attack, r.goal, r.eps) for r in records), key=lambda k: (order[k[0]], order[k[1]], k[2]))
+    for key in keys:
         row = []
         for d in defences:
             r = cell.get((*key, d))
