@@ -22,9 +22,10 @@ class Aligner:
         self._predictor = dlib.shape_predictor(str(model_path(name)))
 
     def landmarks(self, image: np.ndarray, faces: list[Detection]) -> list:
-        """dlib full_object_detections, one per face box."""
+        """dlib full_object_detections, one per face box (its predictor_box when it has one)."""
         rect = self._dlib.rectangle
-        return [self._predictor(image, rect(f.left, f.top, f.right, f.bottom)) for f in faces]
+        return [self._predictor(image, rect(*(f.predictor_box or (f.left, f.top, f.right, f.bottom))))
+                for f in faces]
 
     def chips(self, image: np.ndarray, shapes: list) -> np.ndarray:
         """(n, 150, 150, 3) uint8 chips, exactly as dlib.get_face_chip cuts each face.

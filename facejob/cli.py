@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from facejob.config import DEFAULT_MAX_PIXELS, ConfigError, IndexConfig
+from facejob.config import DEFAULT_MAX_PIXELS, DETECTORS, ConfigError, IndexConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,9 +33,10 @@ def setup_logging(fmt: str = "text", verbose: bool = False) -> None:
 def add_index_options(p: argparse.ArgumentParser) -> None:
     d = IndexConfig()
     g = p.add_argument_group("detection and embedding")
-    g.add_argument("--detector", choices=["hog", "cnn"], default=d.detector,
+    g.add_argument("--detector", choices=list(DETECTORS), default=d.detector,
                    help="hog: dlib's HOG detector, fast on CPU; cnn: dlib's MMOD CNN, finds more "
-                        "(rotated, small) faces, needs a GPU to be fast (default: %(default)s)")
+                        "(rotated, small) faces, needs a GPU to be fast; retinaface: RetinaFace "
+                        "(PyTorch), finds profiles and faces down to ~16 px (default: %(default)s)")
     g.add_argument("--upsample", type=int, default=d.upsample,
                    help="double the image this many times before detecting; 1 finds faces down to "
                         "~40 px (default: %(default)s)")

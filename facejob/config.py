@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-DETECTORS = ("hog", "cnn")
+DETECTORS = ("hog", "cnn", "retinaface")
 EMBEDDERS = ("dlib", "torch")
 LANDMARKS = (5, 68)
 TTA = ("none", "flip")
@@ -23,8 +23,11 @@ class ConfigError(ValueError):
 class IndexConfig:
     """How `facejob index` detects, aligns and embeds faces, and how it runs.
 
-    detector: "hog" (dlib HOG + linear SVM, CPU) or "cnn" (dlib's MMOD CNN; slow on CPU).
+    detector: "hog" (dlib HOG + linear SVM, CPU), "cnn" (dlib's MMOD CNN; slow on CPU) or
+        "retinaface" (RetinaFace-MobileNet0.25 in PyTorch; finds profiles and small faces).
     upsample: times the image is doubled before detection (finds faces down to ~40 px at 1).
+        RetinaFace works at 2**(upsample-1) times the photo's size (1: its own size, where it
+        finds faces down to ~16 px), the longer side capped at 2048 px.
     min_face_size: drop detections whose shorter side is below this many pixels (0 keeps all).
     landmarks: 5 or 68 point shape predictor used to align the 150x150 chip.
     embedder: "dlib" (reference, one face at a time) or "torch" (batched port of the same net).
@@ -41,7 +44,7 @@ class IndexConfig:
     force: redo images already in the output.
     """
 
-    detector: Literal["hog", "cnn"] = "hog"
+    detector: Literal["hog", "cnn", "retinaface"] = "hog"
     upsample: int = 1
     min_face_size: int = 0
     landmarks: Literal[5, 68] = 5

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from facejob import decode, schema
+from facejob import decode, quality, schema
 from facejob.align import Aligner, shape_points
 from facejob.config import IndexConfig
 from facejob.detect import Detection, make_detector
@@ -29,6 +29,8 @@ class FaceRecord:
     box: Detection
     landmarks: np.ndarray  # (n, 2) int32
     embedding: np.ndarray | None  # (128,) float32; None until embedded
+    sharpness: float = float("nan")
+    quality: float = float("nan")
 
     @property
     def left(self) -> int:
@@ -91,8 +93,10 @@ class Pipeline:
                 boxes = [b for b in boxes if b.shorter_side >= cfg.min_face_size]
             shapes = self.aligner.landmarks(image, boxes)
             chips = self.aligner.chips(image, shapes)
-            out.append(([FaceRecord(i, b, shape_points(s), None) for i, (b, s) in enumerate(zip(boxes, shapes))],
-                        chips))
+            sharp = quality.sharpness(chips)
+            qual = quality.quality([b.shorter_side for b in boxes], sharp)
+            out.append(([FaceRecord(i, b, shape_points(s), None, float(sh), float(q))
+                         for i, (b, s, sh, q) in enumerate(zip(boxes, shapes, sharp, qual))], chips))
         self._timed("landmarks", t)
         return out
 
@@ -239,6 +243,8 @@ def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, d
             faces["det_score"].append(f.box.score)
             faces["landmarks"].append(f.landmarks.reshape(-1).tolist())
             faces["embedding"].append(f.embedding)
+            faces["sharpness"].append(f.sharpness)
+            faces["quality"].append(f.quality)
             faces["detector"].append(detector)
             faces["embedder"].append(embedder)
             faces["shard"].append(shard)

@@ -33,7 +33,7 @@ from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
 
-ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks")   # what `reduce` reads once for every step
+ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks", "quality")   # what `reduce` reads once for every step
 CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_events.parquet"
 PREDICTIONS, LABELS_STORED, DUPLICATES = "predictions.parquet", "labels/labels.parquet", "duplicates.parquet"
 
@@ -45,6 +45,12 @@ PREDICTIONS, LABELS_STORED, DUPLICATES = "predictions.parquet", "labels/labels.p
 CLUSTER_THRESHOLD = 0.515
 CLUSTER_K = 10
 CLUSTER_MAX_EDGE = 0.9   # longer kNN edges never lead to a merge at this threshold; dropped early
+
+# Quality floor (facejob/quality.py): cluster and label only faces with quality >= MIN_QUALITY,
+# so tiny or blurred faces (which a strong detector finds) do not pollute identities. 0.5
+# leaves out faces under 20 px and chips with Laplacian variance under 10. Faces of outputs
+# written before the quality column have unknown quality and are kept. They all stay searchable.
+MIN_QUALITY = 0.5
 
 CLUSTERS_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("cluster_id", pa.int64()), ("cluster_size", pa.int64()),
@@ -98,6 +104,19 @@ class ClusterSummary:
     rounds: int
     edges: int
     timings: dict[str, float] = field(default_factory=dict)
+    left_out: int = 0          # faces below the quality floor, not clustered
+
+
+def quality_floor(faces: Faces, min_quality: float) -> tuple[Faces, int]:
+    """The faces with quality >= min_quality (unknown quality passes), and how many were left out."""
+    if min_quality <= 0 or "quality" not in faces.meta.column_names:
+        return faces, 0
+    q = faces.meta.column("quality").to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
+    keep = ~(q < min_quality)
+    if keep.all():
+        return faces, 0
+    idx = np.flatnonzero(keep)
+    return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx]), int(len(q) - len(idx))
 
 
 def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
@@ -112,15 +131,18 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
 
 
 def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
-            faces: Faces | None = None, fi: FaceIndex | None = None) -> ClusterSummary:
-    """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
+            faces: Faces | None = None, fi: FaceIndex | None = None,
+            min_quality: float = MIN_QUALITY) -> ClusterSummary:
+    """Cluster the faces of OUT (those at or above the quality floor) into identities →
+    OUT/clusters.parquet, keeping earlier ids.
 
     Reuses the saved index (extending it first if faces were added). Merges and splits of
     earlier clusters are appended to OUT/cluster_events.parquet.
     """
     store = _store(out)
-    faces = faces if faces is not None else read_faces(store)
+    faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
+    faces, left_out = quality_floor(faces, min_quality)
     t0 = time.perf_counter()
     roots, stats = cluster_faces(fi, faces, threshold, k)
     prev_id, next_id, old_ids = _previous_clusters(store, faces)
@@ -151,11 +173,12 @@ def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLU
         largest=int(size.max()) if len(size) else 0, merges=sum(e["event"] == "merge" for e in events),
         splits=sum(e["event"] == "split" for e in events), gone=len(gone), rounds=stats["rounds"],
         edges=stats["edges"], timings={"knn_s": stats["knn_s"], "merge_s": stats["merge_s"],
-                                       "total_s": round(time.perf_counter() - t0, 2)})
+                                       "total_s": round(time.perf_counter() - t0, 2)}, left_out=left_out)
     store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
                                                  "updated_at": now, **asdict(summary)}, indent=2).encode())
-    log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded",
-             summary.faces, summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits)
+    log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded; "
+             "%d faces below quality %.2f left out", summary.faces, summary.clusters, summary.singletons,
+             summary.largest, summary.merges, summary.splits, left_out, min_quality)
     return summary
 
 
@@ -184,6 +207,7 @@ class LabelSummary:
     named: int
     unknown: int
     per_person: dict[str, int] = field(default_factory=dict)
+    left_out: int = 0          # faces below the quality floor, not named
 
 
 def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None) -> Labelled:
@@ -220,17 +244,20 @@ def _combine(stored: pa.Table, new: Labelled, faces: Faces) -> pa.Table:
 
 
 def label(out: str | Store, labels: str | Path | None = None, params: lb.LabelParams = lb.LabelParams(),
-          replace: bool = False, faces: Faces | None = None) -> LabelSummary:
-    """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
+          replace: bool = False, faces: Faces | None = None, min_quality: float = MIN_QUALITY) -> LabelSummary:
+    """Train per-person SVMs from the curator's labels and name every face at or above the
+    quality floor → OUT/predictions.parquet.
 
     `labels` (CSV or folder tree) is added to the labels stored in OUT/labels/ (or replaces them
     with `replace`); without it the stored labels are used again (after new photos came in).
+    A labelled face below the floor still teaches its person.
     """
     store = _store(out)
-    faces = faces if faces is not None else read_faces(store)
+    every = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
+    faces, left_out = quality_floor(every, min_quality)
     stored = LABELS_SCHEMA.empty_table() if replace else _stored_labels(store)
     if labels is not None:
-        table = _combine(stored, read_labels(store, labels, faces), faces)
+        table = _combine(stored, read_labels(store, labels, every), every)
     elif stored.num_rows:
         table = stored
     else:
@@ -258,9 +285,11 @@ def label(out: str | Store, labels: str | Path | None = None, params: lb.LabelPa
     named = pred != lb.UNKNOWN
     per = dict(zip(*np.unique(pred[named].astype(str), return_counts=True))) if named.any() else {}
     s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(faces),
-                     named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()})
-    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named",
-             s.people, s.labelled, s.background, s.named, s.faces)
+                     named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()},
+                     left_out=left_out)
+    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named; "
+             "%d below quality %.2f left out", s.people, s.labelled, s.background, s.named, s.faces,
+             left_out, min_quality)
     return s
 
 
@@ -485,15 +514,16 @@ class ReduceSummary:
 
 
 def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLUSTER_THRESHOLD,
-           k: int = CLUSTER_K) -> ReduceSummary:
-    """Everything after indexing: index, cluster, label (when labels are stored), dedup."""
+           k: int = CLUSTER_K, min_quality: float = MIN_QUALITY) -> ReduceSummary:
+    """Everything after indexing: index, cluster, label (when labels are stored), dedup.
+    Clustering and labelling see only faces at or above `min_quality`."""
     store = _store(out)
     faces = read_faces(store, ALL_COLUMNS)
     t0 = time.perf_counter()
     fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
     t_index = time.perf_counter() - t0
-    cs = cluster(store, threshold, k, faces=faces, fi=fi)
-    ls = label(store, faces=faces) if store.exists(LABELS_STORED) else None
+    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality)
+    ls = label(store, faces=faces, min_quality=min_quality) if store.exists(LABELS_STORED) else None
     ds = dedup(store, faces=faces, fi=fi)
     return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds)
 
