@@ -26,9 +26,10 @@ Working size: the photo is scaled by 2**(upsample - 1) (upsample 1, the default:
 with the longer side capped at ``MAX_SIDE`` (larger photos are shrunk to it), then padded on the
 right and bottom to a multiple of ``PAD`` with the mean colour. Faces down to about 16 px
 (the smallest anchor) at working size are found; so 16 px in photos up to 2,048 px and
-16 * longer_side / 2048 px beyond. The padded size depends only on the photo's own size, so a
-photo gives the same boxes alone or batched with others of the same padded size (GPU batches
-are formed per padded size; on CPU photos run one at a time on all cores).
+16 * longer_side / 2048 px beyond. Photos longer than ``COARSE_SIDE`` get a second pass at that
+size for large faces (the anchors end at 512 px). The padded size depends only on the photo's
+own size, so a photo gives the same boxes alone or batched with others of the same padded size
+(GPU batches are formed per padded size; on CPU photos run one at a time on all cores).
 """
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ SCORE_THRESHOLD = 0.9   # face probability; bench/detectors.py: no false faces o
 NMS_IOU = 0.4
 MAX_SIDE = 2048
 PAD = 64
+# Large faces: beyond its largest anchors (512) the network gives doubled, misplaced boxes, so
+# photos larger than COARSE_SIDE get a second pass shrunk to it. The fine pass keeps faces under
+# FINE_MAX working pixels, the coarse one faces of COARSE_MIN or more; one NMS merges the overlap.
+COARSE_SIDE = 640
+FINE_MAX = 384
+COARSE_MIN = 160
 
 
 class RetinaFaceWeightsMissing(RuntimeError):
@@ -277,6 +284,25 @@ def working_scale(height: int, width: int, upsample: int) -> float:
     return min(scale, MAX_SIDE / max(height, width))
 
 
+def scaled_size(hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
+
+
+def padded_size(hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The network input size: the scaled photo padded up to a multiple of PAD. It depends only
+    on the photo's own size, so batching never changes a photo's boxes."""
+    h, w = scaled_size(hw, scale)
+    return -(-h // PAD) * PAD, -(-w // PAD) * PAD
+
+
+def merge(faces: list[Face]) -> list[Face]:
+    """One NMS over the faces of both passes, highest score first."""
+    if len(faces) < 2:
+        return faces
+    keep = nms(np.array([f.box for f in faces]), np.array([f.score for f in faces]))
+    return [faces[i] for i in keep]
+
+
 def to_detection(face: Face, height: int, width: int) -> Detection:
     """A dlib-convention Detection (integer, inclusive right/bottom, inside the photo), with the
     5 landmarks and the HOG-convention box for dlib's shape predictor (`hog_box`)."""
@@ -311,31 +337,41 @@ class RetinaFaceDetector:
                 for img, faces in zip(images, self.faces(images, upsample))]
 
     def faces(self, images: list[np.ndarray], upsample: int = 1) -> list[list[Face]]:
-        """Continuous boxes and landmarks per image (see `Face`)."""
-        plans = [self._plan(img, upsample) for img in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (_, padded) in enumerate(plans):
-            groups.setdefault(padded, []).append(i)
-        out: list[list[Face]] = [[] for _ in images]
-        for padded, idx in groups.items():
-            for start in range(0, len(idx), self.batch_size):
-                batch = idx[start:start + self.batch_size]
-                for i, faces in zip(batch, self._run([images[i] for i in batch], [plans[i][0] for i in batch], padded)):
-                    out[i] = faces
-        return out
+        """Continuous boxes and landmarks per image (see `Face`), highest score first.
 
-    @staticmethod
-    def _plan(image: np.ndarray, upsample: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
-        h, w = image.shape[:2]
-        s = working_scale(h, w, upsample)
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        return size, (-(-size[0] // PAD) * PAD, -(-size[1] // PAD) * PAD)
+        Two passes per photo larger than COARSE_SIDE: the working size for small and mid-size
+        faces, and the photo shrunk to COARSE_SIDE for large ones (see FINE_MAX, COARSE_MIN)."""
+        jobs: list[tuple[int, float, bool]] = []   # image, scale, coarse pass
+        for i, img in enumerate(images):
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}")
+            s = working_scale(*img.shape[:2], upsample)
+            jobs.append((i, s, False))
+            if max(img.shape[:2]) * s > COARSE_SIDE:
+                jobs.append((i, COARSE_SIDE / max(img.shape[:2]), True))
+        groups: dict[tuple[int, int], list[int]] = {}
+        for j, (i, s, _) in enumerate(jobs):
+            groups.setdefault(padded_size(images[i].shape[:2], s), []).append(j)
+        found: list[list[Face]] = [[] for _ in jobs]
+        for padded, js in groups.items():
+            for start in range(0, len(js), self.batch_size):
+                batch = js[start:start + self.batch_size]
+                faces = self._run([images[jobs[j][0]] for j in batch], [jobs[j][1] for j in batch], padded)
+                for j, f in zip(batch, faces):
+                    found[j] = f
+        out: list[list[Face]] = [[] for _ in images]
+        fine_scale = {i: s for i, s, coarse in jobs if not coarse}
+        two_pass = {i for i, _, coarse in jobs if coarse}
+        for (i, _, coarse), faces in zip(jobs, found):
+            if i in two_pass:
+                lo, hi = (COARSE_MIN / fine_scale[i], np.inf) if coarse else (0, FINE_MAX / fine_scale[i])
+                faces = [f for f in faces if lo <= max(f.box[2] - f.box[0], f.box[3] - f.box[1]) < hi]
+            out[i] += faces
+        return [merge(f) for f in out]
 
     @torch.inference_mode()
-    def _run(self, images: list[np.ndarray], sizes: list[tuple[int, int]],
-             padded: tuple[int, int]) -> list[list[Face]]:
+    def _run(self, images: list[np.ndarray], scales: list[float], padded: tuple[int, int]) -> list[list[Face]]:
+        sizes = [scaled_size(img.shape[:2], s) for img, s in zip(images, scales)]
         x = torch.zeros((len(images), 3, *padded), device=self.device)
         for k, (img, (h, w)) in enumerate(zip(images, sizes)):
             t = torch.from_numpy(img).to(self.device).permute(2, 0, 1)[None].float()
