@@ -36,7 +36,7 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--detector", choices=list(DETECTORS), default=d.detector,
                    help="hog: dlib's HOG detector, fast on CPU; cnn: dlib's MMOD CNN, finds more "
                         "(rotated, small) faces, needs a GPU to be fast; retinaface: RetinaFace "
-                        "(PyTorch), finds profiles and faces down to ~16 px (default: %(default)s)")
+                        "(PyTorch), finds profiles and faces down to ~24 px (default: %(default)s)")
     g.add_argument("--upsample", type=int, default=d.upsample,
                    help="double the image this many times before detecting; 1 finds faces down to "
                         "~40 px (default: %(default)s)")

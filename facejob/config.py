@@ -27,7 +27,7 @@ class IndexConfig:
         "retinaface" (RetinaFace-MobileNet0.25 in PyTorch; finds profiles and small faces).
     upsample: times the image is doubled before detection (finds faces down to ~40 px at 1).
         RetinaFace works at 2**(upsample-1) times the photo's size (1: its own size, where it
-        finds faces down to ~16 px), the longer side capped at 2048 px.
+        finds faces down to ~24 px; 2: ~12 px), the longer side capped at 2048 px.
     min_face_size: drop detections whose shorter side is below this many pixels (0 keeps all).
     landmarks: 5 or 68 point shape predictor used to align the 150x150 chip.
     embedder: "dlib" (reference, one face at a time) or "torch" (batched port of the same net).

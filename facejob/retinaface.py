@@ -24,9 +24,10 @@ centred on each cell); deltas decode with variances 0.1 (centre) and 0.2 (log si
 
 Working size: the photo is scaled by 2**(upsample - 1) (upsample 1, the default: its own size),
 with the longer side capped at ``MAX_SIDE`` (larger photos are shrunk to it), then padded on the
-right and bottom to a multiple of ``PAD`` with the mean colour. Faces down to about 16 px
-(the smallest anchor) at working size are found; so 16 px in photos up to 2,048 px and
-16 * longer_side / 2048 px beyond. Photos longer than ``COARSE_SIDE`` get a second pass at that
+right and bottom to a multiple of ``PAD`` with the mean colour. Faces down to ~24 px at working
+size are found (a face shrunk into a plain photo; sharp faces in real group photos down to
+~15 px, the smallest anchor being 16 px): so ~24 px in photos up to 2,048 px (~12 px with
+upsample 2), and 24 * longer_side / 2048 px beyond. Photos longer than ``COARSE_SIDE`` get a second pass at that
 size for large faces (the anchors end at 512 px). The padded size depends only on the photo's
 own size, so a photo gives the same boxes alone or batched with others of the same padded size
 (GPU batches are formed per padded size; on CPU photos run one at a time on all cores).
@@ -374,7 +375,8 @@ class RetinaFaceDetector:
         sizes = [scaled_size(img.shape[:2], s) for img, s in zip(images, scales)]
         x = torch.zeros((len(images), 3, *padded), device=self.device)
         for k, (img, (h, w)) in enumerate(zip(images, sizes)):
-            t = torch.from_numpy(img).to(self.device).permute(2, 0, 1)[None].float()
+            pixels = img if img.flags.writeable else img.copy()  # torch warns on read-only arrays
+            t = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1)[None].float()
             if (h, w) != img.shape[:2]:
                 t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False,
                                   antialias=h < img.shape[0]).clamp_(0, 255)

@@ -106,10 +106,14 @@ def test_force_redoes_and_keeps_ids(ray_local, data_dir, tmp_path):
     assert len(table(out, "images")) == 5
 
 
-def test_refuses_to_mix_detection_settings(awkward_run):
+@pytest.mark.parametrize("change, message", [
+    ({"upsample": 2}, "upsample=2 \\(output has 1\\)"),
+    ({"detector": "retinaface"}, "detector='retinaface' \\(output has 'hog'\\)"),
+])
+def test_refuses_to_mix_detection_settings(awkward_run, change, message):
     src, out, _ = awkward_run
-    with pytest.raises(facejob.ConfigError, match="upsample=2 \\(output has 1\\)"):
-        facejob.index([str(src)], str(out), IndexConfig(upsample=2), progress=False)
+    with pytest.raises(facejob.ConfigError, match=message):
+        facejob.index([str(src)], str(out), IndexConfig(**change), progress=False)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -138,3 +138,18 @@ def test_no_face_photos(data_dir, rf, hog):
         if n_rf > n_hog:
             extra[Path(ref.uri).name] = n_rf - n_hog
     assert extra == {"dogs.jpg": 1}
+
+
+@pytest.mark.parametrize("face_px, upsample", [(28, 1), (14, 2)])
+def test_smallest_documented_face(data_dir, rf, face_px, upsample):
+    """Faces down to ~24 px at working size: a 28 px face in a plain 400x300 photo is found at
+    upsample 1 (its own size), a 14 px one at upsample 2 (twice the size)."""
+    from PIL import Image
+
+    lfw = Image.open(data_dir / "lfw/images/George_W_Bush/George_W_Bush_0001.jpg").convert("RGB")
+    side = round(250 * face_px / 100)   # LFW faces are ~100 px of the 250 px photo
+    canvas = Image.new("RGB", (400, 300), (120, 120, 120))
+    canvas.paste(lfw.resize((side, side), Image.LANCZOS), (150, 120))
+    (faces,) = rf.detect([np.asarray(canvas)], upsample)
+    assert len(faces) == 1
+    assert abs(faces[0].shorter_side - face_px) <= 0.25 * face_px
