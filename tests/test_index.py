@@ -58,7 +58,9 @@ def test_every_input_accounted_for(awkward_run):
     assert len({f["face_id"] for f in faces}) == len(faces)
     run = json.loads((out / "run.json").read_text())
     assert run["counts"]["listed"] == len(EXPECTED) and run["totals"]["images"] == len(EXPECTED)
-    assert run["config"]["detector"] == "hog" and "dlib-bin" in run["versions"]
+    assert run["config"]["detector"] == "retinaface" and "dlib-bin" in run["versions"]
+    assert {f["detector"] for f in faces} == {"retinaface-mnet025"}
+    assert all(0 < f["quality"] <= 1 and f["sharpness"] > 0 for f in faces)
     assert run["timings"]["embed_worker_s"] > 0
 
 
@@ -108,7 +110,7 @@ def test_force_redoes_and_keeps_ids(ray_local, data_dir, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"upsample": 2}, "upsample=2 \\(output has 1\\)"),
-    ({"detector": "retinaface"}, "detector='retinaface' \\(output has 'hog'\\)"),
+    ({"detector": "hog"}, "detector='hog' \\(output has 'retinaface'\\)"),
 ])
 def test_refuses_to_mix_detection_settings(awkward_run, change, message):
     src, out, _ = awkward_run

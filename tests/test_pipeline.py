@@ -20,7 +20,7 @@ from tests.photos import face_image, rotated_with_exif
 
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    return Pipeline(IndexConfig())
+    return Pipeline(IndexConfig(detector="hog"))   # compared with face_recognition's HOG calls
 
 
 @pytest.fixture(scope="module")
