@@ -22,7 +22,11 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
+# Before torch loads (the CNN port imports it first): OpenMP's busy-waiting makes 2-thread torch
+# crawl on a loaded machine (see facejob/dlibport/resnet.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from facejob.decode import decode_image  # noqa: E402
