@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facejob.align import Aligner, shape_points  # noqa: E402
+from facejob.align import Aligner  # noqa: E402
 from facejob.decode import decode_image  # noqa: E402
 from facejob.detect import Detection, HogDetector  # noqa: E402
 from facejob.retinaface import RetinaFaceDetector, hog_box  # noqa: E402
@@ -75,10 +75,10 @@ def main() -> None:
           f"y {np.sqrt(np.mean(((hcy - cy - b * hgt) / hs) ** 2)):.3f}, side {np.sqrt(np.mean(((hs - c * w - d * hgt) / hs) ** 2)):.3f}")
     errs: dict[str, list[float]] = {"mapped": [], "raw": []}
     for img, dh, dr in pairs:
-        ref = shape_points(aligner.landmarks(img, [dh])[0]).astype(float)
+        ref = aligner.landmarks(img, [dh])[0].astype(float)
         eye = np.linalg.norm(ref[0:2].mean(0) - ref[2:4].mean(0))
         for name, box in (("mapped", hog_box(dr, (a, b, c, d))), ("raw", dr)):
-            pts = shape_points(aligner.landmarks(img, [box])[0]).astype(float)
+            pts = aligner.landmarks(img, [box])[0].astype(float)
             errs[name].append(float(np.linalg.norm(pts - ref, axis=1).mean() / eye))
     for name, e in errs.items():
         e = np.array(e)

@@ -31,7 +31,7 @@ import pyarrow.dataset as ds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import facejob  # noqa: E402
-from facejob.config import IndexConfig  # noqa: E402
+from facejob.config import IndexConfig, ModelConfig, RunConfig  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -114,7 +114,7 @@ def main() -> int:
     ap.add_argument("--embedders", default="dlib",
                     help="comma-separated facejob embedders to run: dlib, torch, torch:flip (flip TTA)")
     ap.add_argument("--detectors", default="hog",
-                    help="comma-separated facejob detectors to run (upsample 1): hog, cnn, retinaface")
+                    help="comma-separated facejob detectors to run (upsample 1): hog, retinaface, cnn")
     ap.add_argument("--chunks", type=int, default=4, help="interleaving chunks (see module doc)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N pairs of each file (quick check)")
     ap.add_argument("--workers", type=int, default=0, help="facejob workers (0 = one per core)")
@@ -138,7 +138,8 @@ def main() -> int:
 
     def config_of(contender: str) -> IndexConfig:
         embedder, _, tta = contender.split()[-1].partition(":")
-        return IndexConfig(detector=contender.split()[2], embedder=embedder, tta=tta or "none", workers=args.workers)
+        return IndexConfig(ModelConfig(detector=contender.split()[2], embedder=embedder, tta=tta or "none"),
+                           RunConfig(workers=args.workers))
 
     def folder(contender: str) -> Path:
         return tmp / f"{contender.split()[2]}-{contender.split()[-1]}"

