@@ -34,13 +34,13 @@ from .graph import knn_graph
 from .hnsw import FaceIndex, IndexParams, update_index
 from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
-from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, LabelParams
+from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
 from .linkage import agglomerate, representatives
 from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
 
-ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks")   # what `reduce` reads once for every step
+ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks", "quality")   # what `reduce` reads once for every step
 
 CLUSTERS_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("cluster_id", pa.int64()), ("cluster_size", pa.int64()),
@@ -99,6 +99,19 @@ class ClusterSummary:
     rounds: int
     edges: int
     timings: dict[str, float] = field(default_factory=dict)
+    left_out: int = 0          # faces below the quality floor, not clustered
+
+
+def quality_floor(faces: Faces, min_quality: float) -> tuple[Faces, int]:
+    """The faces with quality >= min_quality (unknown quality passes), and how many were left out."""
+    if min_quality <= 0 or "quality" not in faces.meta.column_names:
+        return faces, 0
+    q = faces.meta.column("quality").to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
+    keep = ~(q < min_quality)
+    if keep.all():
+        return faces, 0
+    idx = np.flatnonzero(keep)
+    return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx]), int(len(q) - len(idx))
 
 
 def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
@@ -114,15 +127,18 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
 
 @writes_output("cluster")
 def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
-            faces: Faces | None = None, fi: FaceIndex | None = None) -> ClusterSummary:
-    """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
+            faces: Faces | None = None, fi: FaceIndex | None = None,
+            min_quality: float = MIN_QUALITY) -> ClusterSummary:
+    """Cluster the faces of OUT at or above the quality floor into identities →
+    OUT/clusters.parquet, keeping earlier ids.
 
     Reuses the saved index (extending it first if faces were added). Merges and splits of
     earlier clusters are appended to OUT/cluster_events.parquet.
     """
     store = _store(out)
-    faces = faces if faces is not None else read_faces(store)
+    faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
+    faces, left_out = quality_floor(faces, min_quality)
     t0 = time.perf_counter()
     roots, stats = cluster_faces(fi, faces, threshold, k)
     prev_id, next_id, old_ids = _previous_clusters(store, faces)
@@ -153,11 +169,12 @@ def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLU
         largest=int(size.max()) if len(size) else 0, merges=sum(e["event"] == "merge" for e in events),
         splits=sum(e["event"] == "split" for e in events), gone=len(gone), rounds=stats["rounds"],
         edges=stats["edges"], timings={"knn_s": stats["knn_s"], "merge_s": stats["merge_s"],
-                                       "total_s": round(time.perf_counter() - t0, 2)})
+                                       "total_s": round(time.perf_counter() - t0, 2)}, left_out=left_out)
     store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
                                                  "updated_at": now, **asdict(summary)}, indent=2).encode())
-    log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded",
-             summary.faces, summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits)
+    log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded; "
+             "%d faces below quality %.2f left out", summary.faces, summary.clusters, summary.singletons,
+             summary.largest, summary.merges, summary.splits, left_out, min_quality)
     return summary
 
 
@@ -188,6 +205,7 @@ class LabelSummary:
     per_person: dict[str, int] = field(default_factory=dict)
     followed: int = 0        # labels moved to the new face id of a moved or re-encoded photo
     gone: list[dict] = field(default_factory=list)   # labels on deleted photos: still training examples
+    left_out: int = 0        # faces below the quality floor, not named
 
 
 def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None) -> Labelled:
@@ -251,8 +269,9 @@ def saved_label_params(out: str | Store) -> LabelParams:
 
 @writes_output("label")
 def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
-          replace: bool = False, faces: Faces | None = None) -> LabelSummary:
-    """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
+          replace: bool = False, faces: Faces | None = None, min_quality: float = MIN_QUALITY) -> LabelSummary:
+    """Train per-person SVMs from the curator's labels and name every face at or above the
+    quality floor → OUT/predictions.parquet (a labelled face below it still teaches its person).
 
     `labels` (CSV or folder tree) is added to the labels stored in OUT/labels/ (or replaces them
     with `replace`); without it the stored labels are used again (after new photos came in).
@@ -260,11 +279,11 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     """
     store = _store(out)
     params = params if params is not None else saved_label_params(store)
-    faces = faces if faces is not None else read_faces(store)
-    shas = _shas(store, faces)
-    stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), faces, shas)
+    every = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
+    shas = _shas(store, every)
+    stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), every, shas)
     if labels is not None:
-        table = _combine(stored, read_labels(store, labels, faces), faces, shas)
+        table = _combine(stored, read_labels(store, labels, every), every, shas)
     elif stored.num_rows:
         table = stored
     else:
@@ -274,6 +293,7 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
         raise LabelsError("labels: " + "; ".join(few))
     write_parquet(store, LABELS_STORED, table)
 
+    faces, left_out = quality_floor(every, min_quality)
     names = table.column("name").to_pylist()
     xl = _emb(table.column("embedding"))
     rows = pc.index_in(table.column("face_id"), faces.face_ids).fill_null(-1).to_numpy().astype(np.int64)
@@ -294,12 +314,14 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(faces),
                      named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()},
                      followed=followed.moved + followed.reencoded,
-                     gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone])
+                     gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone],
+                     left_out=left_out)
     if s.followed or s.gone:
         log.info("label: %d labels followed their photo (%d moved, %d re-encoded); %d on photos no longer in "
                  "the archive, kept as training examples", s.followed, followed.moved, followed.reencoded, len(s.gone))
-    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named",
-             s.people, s.labelled, s.background, s.named, s.faces)
+    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named; "
+             "%d below quality %.2f left out", s.people, s.labelled, s.background, s.named, s.faces,
+             left_out, min_quality)
     return s
 
 
@@ -533,15 +555,16 @@ class ReduceSummary:
 
 @writes_output("reduce")
 def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLUSTER_THRESHOLD,
-           k: int = CLUSTER_K) -> ReduceSummary:
-    """Everything after indexing: index, cluster, label (when labels are stored), dedup."""
+           k: int = CLUSTER_K, min_quality: float = MIN_QUALITY) -> ReduceSummary:
+    """Everything after indexing: index, cluster, label (when labels are stored), dedup.
+    Clustering and labelling see only faces at or above `min_quality`."""
     store = _store(out)
     faces = read_faces(store, ALL_COLUMNS)
     t0 = time.perf_counter()
     fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
     t_index = time.perf_counter() - t0
-    cs = cluster(store, threshold, k, faces=faces, fi=fi)
-    ls = label(store, faces=faces) if store.exists(LABELS_STORED) else None
+    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality)
+    ls = label(store, faces=faces, min_quality=min_quality) if store.exists(LABELS_STORED) else None
     ds = dedup(store, faces=faces, fi=fi)
     return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds)
 
