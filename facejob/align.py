@@ -23,8 +23,10 @@ class Aligner:
         self._predictor = dlib.shape_predictor(str(model_path(f"landmarks{n_landmarks}")))
 
     def landmarks(self, image: np.ndarray, faces: list[Detection]) -> list[np.ndarray]:
-        """One (n_landmarks, 2) int32 array of (x, y) points per face box."""
-        return [np.array([(p.x, p.y) for p in self._predictor(image, self._rect(f.left, f.top, f.right, f.bottom)).parts()],
+        """One (n_landmarks, 2) int32 array of (x, y) points per face box (its predictor_box
+        when it has one)."""
+        return [np.array([(p.x, p.y) for p in self._predictor(
+                    image, self._rect(*(f.predictor_box or (f.left, f.top, f.right, f.bottom)))).parts()],
                          dtype=np.int32) for f in faces]
 
     def chips(self, image: np.ndarray, points: list[np.ndarray]) -> np.ndarray:

@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_commands(sub)
     from facejob.report.cli import add_commands as add_report
     add_report(sub)
+
+    from facejob.audit.cli import add_command as add_audit
+
+    add_audit(sub)
     return parser
 
 

@@ -79,11 +79,14 @@ class _Settings:
 class ModelConfig(_Settings):
     """How faces are found and described: everything that decides what a faces row contains."""
 
-    detector: str = setting("hog", "face detector: hog (dlib HOG, fast on CPU), cnn (dlib's MMOD CNN, "
-                                   "PyTorch port: finds more faces, wants a GPU), cnn-dlib (the same CNN "
-                                   "computed by dlib, the reference)", choices=tuple(DETECTORS))
-    upsample: int = setting(1, "double the image this many times before detecting; 1 finds faces down to ~40 px",
-                            metavar="N")
+    detector: str = setting("retinaface", "face detector: retinaface (RetinaFace-MobileNet0.25 in PyTorch: "
+                                          "finds profiles, turned and small faces; the default), hog (dlib HOG, "
+                                          "frontal faces, CPU), cnn (dlib's MMOD CNN, PyTorch port: wants a GPU), "
+                                          "cnn-dlib (the same CNN computed by dlib, the reference)",
+                            choices=tuple(DETECTORS))
+    upsample: int = setting(1, "double the image this many times before detecting; 1 finds faces down to ~40 px "
+                               "(retinaface: works at 2^(N-1) x the photo's size, so 1 = its own size, faces "
+                               "down to ~24 px; 2: ~12 px)", metavar="N")
     min_face_size: int = setting(0, "drop faces whose shorter side is below PX pixels (0 keeps all)", metavar="PX")
     landmarks: int = setting(5, "landmark model used to align faces", choices=LANDMARKS)
     embedder: str = setting("dlib", "dlib: the reference implementation; torch: the batched PyTorch port of "

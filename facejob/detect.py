@@ -1,4 +1,5 @@
-"""Step 1: find faces. dlib's HOG detector (CPU) or its MMOD CNN (dlib, or the batched torch port).
+"""Step 1: find faces. dlib's HOG detector (CPU) or its MMOD CNN (dlib, or the batched torch port);
+RetinaFace lives in facejob/retinaface.py.
 
 Backends are picked by name in facejob.backends.DETECTORS."""
 from __future__ import annotations
@@ -13,13 +14,20 @@ from facejob.models import model_path
 
 @dataclass(frozen=True)
 class Detection:
-    """A face box in image pixels (dlib rectangle convention: right/bottom inclusive)."""
+    """A face box in image pixels (dlib rectangle convention: right/bottom inclusive).
+
+    landmarks: the detector's own 5 points (x0, y0, ..., x4, y4; RetinaFace only, else None).
+    predictor_box: (left, top, right, bottom) handed to dlib's shape predictor when it differs
+        from the face box (RetinaFace: mapped to the dlib HOG box convention), else None.
+    """
 
     left: int
     top: int
     right: int
     bottom: int
     score: float
+    landmarks: tuple[float, ...] | None = None
+    predictor_box: tuple[int, int, int, int] | None = None
 
     @property
     def shorter_side(self) -> int:

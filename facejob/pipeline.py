@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from facejob import backends, decode, schema
+from facejob import backends, decode, quality, schema
 from facejob.align import Aligner
 from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
 from facejob.detect import Detection
@@ -36,6 +36,8 @@ class FaceRecord:
     box: Detection
     landmarks: np.ndarray  # (n, 2) int32
     embedding: np.ndarray | None  # (128,) float32; None until embedded
+    sharpness: float = float("nan")
+    quality: float = float("nan")
 
     @property
     def left(self) -> int:
@@ -142,8 +144,11 @@ class FaceModel:
             if cfg.min_face_size:
                 boxes = [b for b in boxes if b.shorter_side >= cfg.min_face_size]
             points = self.aligner.landmarks(image, boxes)
-            out.append(([FaceRecord(i, b, p, None) for i, (b, p) in enumerate(zip(boxes, points))],
-                        self.aligner.chips(image, points)))
+            chips = self.aligner.chips(image, points)
+            sharp = quality.sharpness(chips)
+            qual = quality.quality([b.shorter_side for b in boxes], sharp)
+            out.append(([FaceRecord(i, b, p, None, float(sh), float(q))
+                         for i, (b, p, sh, q) in enumerate(zip(boxes, points, sharp, qual))], chips))
         self._timed("landmarks", t)
         return out
 
@@ -287,6 +292,8 @@ def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, d
             faces["det_score"].append(f.box.score)
             faces["landmarks"].append(f.landmarks.reshape(-1).tolist())
             faces["embedding"].append(f.embedding)
+            faces["sharpness"].append(f.sharpness)
+            faces["quality"].append(f.quality)
             faces["detector"].append(detector)
             faces["embedder"].append(embedder)
             faces["shard"].append(shard)

@@ -76,6 +76,8 @@ FACES = pa.schema([
     ("det_score", pa.float32()),
     ("landmarks", pa.list_(pa.int32())),   # x0, y0, x1, y1, ... (5 or 68 points)
     ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+    ("sharpness", pa.float32()),     # variance of the chip's Laplacian (facejob/quality.py)
+    ("quality", pa.float32()),       # 0..1 from size and sharpness; parts written before it lack it
     ("detector", pa.string()),
     ("embedder", pa.string()),
     ("shard", pa.string()),

@@ -568,23 +568,12 @@ def extract_image_chips(image: np.ndarray, dets: Sequence[ChipDetails]) -> np.nd
     crop = image[y0:bbox[3] + 1, x0:bbox[2] + 1]
     level_shapes = _level_shapes(crop.shape[:2], max_depth)
 
-    cc, rr = np.meshgrid(np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64))
-    pinv = _chip_corner_pinv(rows, cols)
     sample = _BilinearSampler(rows, cols)
     for i, d in enumerate(dets):
         if d.angle == 0 and d.bottom - d.top + 1 == rows and d.right - d.left + 1 == cols:
             chips[i] = _copy_rect(image, round_rect(*d.rect), rows, cols)
             continue
-        level = -1
-        rect = (d.left - x0, d.top - y0, d.right - x0, d.bottom - y0)
-        while _rect_area(*_rect_down(*rect)) > chip_area:
-            level += 1
-            rect = _rect_down(*rect)
-        (tlx, tly), (trx, try_), (blx, bly), _ = _rotated_corners(rect, d.angle)
-        # dlib find_affine_transform: Q·pinv(P) with P the chip corners (0,0), (cols-1,0), (0,rows-1)
-        (m00, m01, b0), (m10, m11, b1) = _matmul([[tlx, trx, blx], [tly, try_, bly]], pinv)
-        xs = m00 * cc + m01 * rr + b0
-        ys = m10 * cc + m11 * rr + b1
+        level, xs, ys = chip_sampling(d, (x0, y0))
         src_rows, src_cols = crop.shape[:2] if level == -1 else level_shapes[level]
         left = np.floor(xs)
         top = np.floor(ys)
@@ -599,6 +588,32 @@ def extract_image_chips(image: np.ndarray, dets: Sequence[ChipDetails]) -> np.nd
             window = _level_window(crop, level, r0, r1, c0, c1)
             sample(window, (-c0, -r0), xs, ys, left, top, ok, chips[i])
     return chips
+
+
+def chip_sampling(d: ChipDetails, origin: tuple[float, float] = (0.0, 0.0)) -> tuple[int, np.ndarray, np.ndarray]:
+    """Where dlib reads each chip pixel: ``(level, xs, ys)``, (rows, cols) float64 points.
+
+    ``level`` -1: the points are in the image, relative to ``origin`` (x, y). ``level`` k >= 0:
+    they are in pyramid level k, i.e. ``pyramid_down2`` applied k+1 times to the image cropped
+    at ``origin``. Bilinear sampling there (truncated to uint8) gives the chip.
+    """
+    rows, cols = d.rows, d.cols
+    chip_area = rows * cols
+    level = -1
+    rect = (d.left - origin[0], d.top - origin[1], d.right - origin[0], d.bottom - origin[1])
+    while _rect_area(*_rect_down(*rect)) > chip_area:
+        level += 1
+        rect = _rect_down(*rect)
+    (tlx, tly), (trx, try_), (blx, bly), _ = _rotated_corners(rect, d.angle)
+    # dlib find_affine_transform: Q·pinv(P) with P the chip corners (0,0), (cols-1,0), (0,rows-1)
+    (m00, m01, b0), (m10, m11, b1) = _matmul([[tlx, trx, blx], [tly, try_, bly]], _chip_corner_pinv(rows, cols))
+    cc, rr = np.meshgrid(np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64))
+    return level, m00 * cc + m01 * rr + b0, m10 * cc + m11 * rr + b1
+
+
+def chip_corners(d: ChipDetails) -> list[tuple[float, float]]:
+    """Top-left, top-right, bottom-left, bottom-right corner of the chip in image pixels."""
+    return _rotated_corners(d.rect, d.angle)
 
 
 def _rotated_corners(rect: tuple[float, float, float, float], angle: float) -> list[tuple[float, float]]:

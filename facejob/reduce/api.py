@@ -35,13 +35,13 @@ from .graph import knn_graph
 from .hnsw import FaceIndex, IndexParams, update_index
 from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
-from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, LabelParams
+from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
 from .linkage import agglomerate, representatives
 from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
 
-ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks")   # what `reduce` reads once for every step
+ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks", "quality")   # what `reduce` reads once for every step
 
 CLUSTERS_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("cluster_id", pa.int64()), ("cluster_size", pa.int64()),
@@ -100,6 +100,19 @@ class ClusterSummary:
     rounds: int
     edges: int
     timings: dict[str, float] = field(default_factory=dict)
+    left_out: int = 0          # faces below the quality floor, not clustered
+
+
+def quality_floor(faces: Faces, min_quality: float) -> tuple[Faces, int]:
+    """The faces with quality >= min_quality (unknown quality passes), and how many were left out."""
+    if min_quality <= 0 or "quality" not in faces.meta.column_names:
+        return faces, 0
+    q = faces.meta.column("quality").to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
+    keep = ~(q < min_quality)
+    if keep.all():
+        return faces, 0
+    idx = np.flatnonzero(keep)
+    return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx]), int(len(q) - len(idx))
 
 
 def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
@@ -125,16 +138,19 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
 
 @writes_output("cluster")
 def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
-            faces: Faces | None = None, fi: FaceIndex | None = None) -> ClusterSummary:
-    """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
+            faces: Faces | None = None, fi: FaceIndex | None = None,
+            min_quality: float = MIN_QUALITY) -> ClusterSummary:
+    """Cluster the faces of OUT at or above the quality floor into identities →
+    OUT/clusters.parquet, keeping earlier ids.
 
     Reuses the saved index (extending it first if faces were added). Merges and splits of
     earlier clusters are appended to OUT/cluster_events.parquet. The corrections stored in
     OUT/labels/corrections.json are kept (see facejob.reduce.corrections).
     """
     store = _store(out)
-    faces = faces if faces is not None else read_faces(store)
+    faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
+    faces, left_out = quality_floor(faces, min_quality)
     t0 = time.perf_counter()
     roots, stats = cluster_faces(fi, faces, threshold, k, applied=corr.resolve(corr.load(store)))
     prev_id, next_id, old_ids = _previous_clusters(store, faces)
@@ -165,12 +181,13 @@ def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLU
         largest=int(size.max()) if len(size) else 0, merges=sum(e["event"] == "merge" for e in events),
         splits=sum(e["event"] == "split" for e in events), gone=len(gone), rounds=stats["rounds"],
         edges=stats["edges"], timings={"knn_s": stats["knn_s"], "merge_s": stats["merge_s"],
-                                       "total_s": round(time.perf_counter() - t0, 2)})
+                                       "total_s": round(time.perf_counter() - t0, 2)}, left_out=left_out)
     store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
                                                  "updated_at": now, **asdict(summary)}, indent=2).encode())
     log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded; "
-             "%d must-link, %d cannot-link pairs", summary.faces, summary.clusters, summary.singletons,
-             summary.largest, summary.merges, summary.splits, stats["must_link"], stats["cannot_link"])
+             "%d faces below quality %.2f left out; %d must-link, %d cannot-link pairs", summary.faces,
+             summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits, left_out,
+             min_quality, stats["must_link"], stats["cannot_link"])
     return summary
 
 
@@ -201,6 +218,7 @@ class LabelSummary:
     per_person: dict[str, int] = field(default_factory=dict)
     followed: int = 0        # labels moved to the new face id of a moved or re-encoded photo
     gone: list[dict] = field(default_factory=list)   # labels on deleted photos: still training examples
+    left_out: int = 0        # faces below the quality floor, not named
 
 
 def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None) -> Labelled:
@@ -264,8 +282,10 @@ def saved_label_params(out: str | Store) -> LabelParams:
 
 @writes_output("label")
 def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
-          replace: bool = False, faces: Faces | None = None, corrections: str | Path | None = None) -> LabelSummary:
-    """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
+          replace: bool = False, faces: Faces | None = None, min_quality: float = MIN_QUALITY,
+          corrections: str | Path | None = None) -> LabelSummary:
+    """Train per-person SVMs from the curator's labels and name every face at or above the
+    quality floor → OUT/predictions.parquet (a labelled face below it still teaches its person).
 
     `labels` (CSV or folder tree) is added to the labels stored in OUT/labels/ (or replaces them
     with `replace`); without it the stored labels are used again (after new photos came in).
@@ -276,15 +296,15 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     """
     store = _store(out)
     params = params if params is not None else saved_label_params(store)
-    faces = faces if faces is not None else read_faces(store)
-    shas = _shas(store, faces)
+    every = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
+    shas = _shas(store, every)
     if corrections is not None:
         corr.add(store, corrections)
     applied = corr.resolve(corr.load(store))
-    stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), faces, shas)
+    stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), every, shas)
     if labels is not None:
-        stored = _combine(stored, read_labels(store, labels, faces), faces, shas)
-    table = _with_corrections(stored, applied, faces, shas)
+        stored = _combine(stored, read_labels(store, labels, every), every, shas)
+    table = _with_corrections(stored, applied, every, shas)
     if not table.num_rows:
         raise LabelsError(f"no labels stored in {store.root}/labels/; give some with --labels LABELS.csv "
                           f"or name people on the report page (--corrections)")
@@ -296,6 +316,7 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
         raise LabelsError("labels: " + "; ".join(few))
     write_parquet(store, LABELS_STORED, stored)
 
+    faces, left_out = quality_floor(every, min_quality)
     names = table.column("name").to_pylist()
     xl = _emb(table.column("embedding"))
     rows = pc.index_in(table.column("face_id"), faces.face_ids).fill_null(-1).to_numpy().astype(np.int64)
@@ -322,12 +343,14 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(faces),
                      named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()},
                      followed=followed.moved + followed.reencoded,
-                     gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone])
+                     gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone],
+                     left_out=left_out)
     if s.followed or s.gone:
         log.info("label: %d labels followed their photo (%d moved, %d re-encoded); %d on photos no longer in "
                  "the archive, kept as training examples", s.followed, followed.moved, followed.reencoded, len(s.gone))
-    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named",
-             s.people, s.labelled, s.background, s.named, s.faces)
+    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named; "
+             "%d below quality %.2f left out", s.people, s.labelled, s.background, s.named, s.faces,
+             left_out, min_quality)
     return s
 
 
@@ -578,8 +601,10 @@ class ReduceSummary:
 
 @writes_output("reduce")
 def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLUSTER_THRESHOLD,
-           k: int = CLUSTER_K, corrections: str | Path | None = None, progress: bool = False) -> ReduceSummary:
+           k: int = CLUSTER_K, min_quality: float = MIN_QUALITY, corrections: str | Path | None = None,
+           progress: bool = False) -> ReduceSummary:
     """Everything after indexing: index, cluster, label (when labels are stored), dedup.
+    Clustering and labelling see only faces at or above `min_quality`.
 
     `corrections` (a file from the report page) is first added to the ones stored in OUT; all
     stored corrections apply to the clustering and the labels. `progress` shows the steps done.
@@ -595,10 +620,10 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLU
     fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
     t_index = time.perf_counter() - t0
     bar.advance(1, faces=len(faces))
-    cs = cluster(store, threshold, k, faces=faces, fi=fi)
+    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality)
     bar.advance(1, clusters=cs.clusters)
     named = store.exists(LABELS_STORED) or bool(corr.resolve(corr.load(store)).names)
-    ls = label(store, faces=faces) if named else None
+    ls = label(store, faces=faces, min_quality=min_quality) if named else None
     bar.advance(1)
     ds = dedup(store, faces=faces, fi=fi)
     bar.advance(1, duplicates=ds.duplicates)

@@ -24,6 +24,8 @@ from facejob.storage import Store
 from .errors import NotIndexedError, ReduceError
 
 META_COLUMNS = ("face_id", "uri", "face_idx", "left", "top", "right", "bottom")
+# Columns added to faces/ later: parts written before them read as nulls (unknown).
+OPTIONAL_COLUMNS = {"sharpness": pa.float32(), "quality": pa.float32()}
 BATCH_ROWS = 65_536
 
 
@@ -63,10 +65,17 @@ def iter_batches(store: Store, prefix: str, columns: Sequence[str]) -> Iterator[
     """Record batches of `columns` over every part under `prefix`, one part open at a time."""
     for rel in parts(store, prefix):
         f = _open(store, rel)
-        missing = [c for c in columns if c not in f.schema_arrow.names]
+        names = f.schema_arrow.names
+        missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ReduceError(f"{store.root}/{rel} lacks column(s) {missing}; was it written by facejob index?")
-        yield from f.iter_batches(batch_size=BATCH_ROWS, columns=list(columns))
+        present = [c for c in columns if c in names]
+        for b in f.iter_batches(batch_size=BATCH_ROWS, columns=present):
+            if len(present) < len(columns):
+                b = pa.RecordBatch.from_arrays(
+                    [b.column(c) if c in names else pa.nulls(b.num_rows, OPTIONAL_COLUMNS[c]) for c in columns],
+                    names=list(columns))
+            yield b
 
 
 def _row_count(store: Store, rels: list[str]) -> int | None:
