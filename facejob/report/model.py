@@ -12,6 +12,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from facejob.layout import CLUSTERS, CLUSTERS_JSON, DUPLICATES, PREDICTIONS, RUN_JSON
@@ -58,9 +59,13 @@ def read_people(store: Store) -> People:
         raise NotIndexedError(f"{store.root}/{CLUSTERS} not found; run `facejob reduce {store.root}` first")
     cl = read_parquet(store, CLUSTERS, ["face_id", "cluster_id"])
     pos = pc.index_in(faces.face_ids, cl.column("face_id")).fill_null(-1).to_numpy().astype(np.int64)
-    cid_all = cl.column("cluster_id").to_numpy()
-    # Faces indexed after the last clustering get their own (negative) cluster each.
-    cid = np.where(pos >= 0, cid_all[np.maximum(pos, 0)] if len(cid_all) else 0, -1 - np.arange(len(faces)))
+    # Only clustered faces are people: faces below the reducer's quality floor (or indexed after
+    # the last clustering) are left out, as the reducer leaves them out.
+    keep = pos >= 0
+    if not keep.all():
+        faces = Faces(meta=faces.meta.filter(pa.array(keep)), embeddings=faces.embeddings[keep])
+        pos = pos[keep]
+    cid = cl.column("cluster_id").to_numpy()[pos] if len(pos) else np.empty(0, np.int64)
     n = len(faces)
     label: list[str | None] = [None] * n
     prob = np.full(n, np.nan, np.float32)
