@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         _unavailable(sub, REDUCE_COMMANDS, e)
     else:
         add_commands(sub)
+    from facejob.report.cli import add_commands as add_report
+    add_report(sub)
 
     from facejob.audit.cli import add_command as add_audit
 

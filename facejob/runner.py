@@ -31,6 +31,7 @@ import pyarrow as pa
 from facejob import layout, lock, plan as planning
 from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig
 from facejob.pipeline import FaceModel, ImageResult, setup_process, shard_tables
+from facejob.progress import Progress as ProgressBar
 from facejob.schema import Reason, Status
 from facejob.sources import ImageRef, Listing, list_images
 from facejob.storage import Store, open_store, write_parquet
@@ -117,33 +118,18 @@ class RunSummary:
 
 
 class Progress:
-    """One status line on a terminal (rewritten in place), a log line every 10 s otherwise."""
+    """Index progress in images (with shards, faces and errors alongside), via facejob.progress."""
 
-    def __init__(self, total_shards: int, total_images: int, stream=sys.stderr, enabled: bool = True):
-        self.total_shards, self.total_images = total_shards, total_images
-        self.shards = self.images = self.faces = self.errors = 0
-        self.t0 = time.perf_counter()
-        self.stream, self.enabled = stream, enabled
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-        self._last = 0.0
+    def __init__(self, total_shards: int, total_images: int, stream=None, enabled: bool = True):
+        self.total_shards = total_shards
+        self.bar = ProgressBar("index", total_images, "images", stream=stream, enabled=enabled)
 
     def update(self, stats: dict[str, Any]) -> None:
-        self.shards += 1
-        self.images += stats["images"]
-        self.faces += stats["faces"]
-        self.errors += stats["status"].get(Status.ERROR.value, 0)
-        now = time.perf_counter()
-        if not self.enabled or (not self.tty and now - self._last < 10 and self.shards < self.total_shards):
-            return
-        self._last = now
-        rate = self.images / max(now - self.t0, 1e-9)
-        line = (f"shards {self.shards}/{self.total_shards}  images {self.images}/{self.total_images}  "
-                f"faces {self.faces}  errors {self.errors}  {rate:.1f} images/s")
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if self.shards == self.total_shards else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        self.bar.advance(stats["images"], shards=1, faces=stats["faces"],
+                         errors=stats["status"].get(Status.ERROR.value, 0))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _versions() -> dict[str, str]:
@@ -500,6 +486,8 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     bar = Progress(len(shards), len(plan.todo), enabled=progress)
     config.model.save(store)  # before any part: every reader of faces/ builds the same FaceModel
     done, failed = _execute(shards, out, config, bar, model_class) if shards else ([], [])
+    if shards:
+        bar.close()   # the last line, also when shards failed short of the total
     t_run = time.perf_counter()
 
     stage_s: Counter[str] = Counter()

@@ -71,7 +71,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     params = api.saved_label_params(args.out)  # a threshold given once stays, for `reduce` too
     if args.threshold is not None:
         params = replace(params, threshold=args.threshold)
-    s = api.label(args.out, args.labels, params, replace=args.replace, min_quality=args.min_quality)
+    s = api.label(args.out, args.labels, params, replace=args.replace, min_quality=args.min_quality,
+                  corrections=args.corrections)
     print(f"learned {s.people} people from {s.labelled} labelled faces (+{s.background} background faces); "
           f"named {s.named} of {s.faces} faces, {s.unknown} unknown; {s.left_out} below quality "
           f"{args.min_quality} left out")
@@ -100,7 +101,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 def cmd_reduce(args: argparse.Namespace) -> int:
     from . import api
 
-    r = api.reduce(args.out, rebuild_index=args.rebuild_index, min_quality=args.min_quality)
+    r = api.reduce(args.out, rebuild_index=args.rebuild_index, min_quality=args.min_quality,
+                   corrections=args.corrections, progress=not args.quiet)
     print(f"index: {r.faces} faces ({r.index_s:.1f} s)")
     c = r.cluster
     print(f"cluster: {c.clusters} clusters, largest {c.largest}; {c.merges} merges, {c.splits} splits recorded; "
@@ -112,6 +114,10 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     d = r.dedup
     print(f"dedup: {d.groups} groups of copies, {d.duplicates} extra copies")
     return 0
+
+
+CORRECTIONS_HELP = ("corrections.json downloaded from the report page: added to OUT/labels/corrections.json, "
+                    "which every later run applies (names, same person, not this person)")
 
 
 def _quality_option(p: argparse.ArgumentParser) -> None:
@@ -153,6 +159,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("out", metavar="OUT")
     p.add_argument("--labels", metavar="LABELS", help="labels CSV or folder (default: the labels stored in OUT)")
     p.add_argument("--replace", action="store_true", help="forget the labels stored in OUT first")
+    p.add_argument("--corrections", metavar="FILE", help=CORRECTIONS_HELP)
     p.add_argument("--threshold", type=float, default=None,
                    help="lowest probability that names a face, else `unknown`; saved with the models and "
                         f"used by later runs (default: the saved one, else {LabelParams().threshold})")
@@ -167,6 +174,8 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("reduce", help="index + cluster + label + dedup (after `facejob index`)")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--rebuild-index", action="store_true", help="build the face index from scratch")
+    p.add_argument("--corrections", metavar="FILE", help=CORRECTIONS_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     _quality_option(p)
     p.set_defaults(func=cmd_reduce)
 
