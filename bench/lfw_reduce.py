@@ -284,7 +284,7 @@ def run_dedup(lfw_out: str, n: int = 100, seed: int = 0) -> None:
                 refs.append(ImageRef(str(path), path.stat().st_size, mtime=path.stat().st_mtime))
                 results.append(pipe.process_bytes(buf.getvalue()))
                 copies_of.setdefault(uri, []).append(str(path))
-        imgs, faces = shard_tables(refs, results, "copies", "hog", cfg.embedder)
+        imgs, faces = shard_tables(refs, results, "copies", pipe.detector.name, pipe.embedder.name)
         write_parquet(images, "faces/part-copies.parquet", faces)
         write_parquet(images, "images/part-copies.parquet", imgs)
         t_embed = time.perf_counter() - t0
