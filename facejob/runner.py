@@ -451,8 +451,8 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
     (plan.RetireRefused, nothing retired) a listing that would retire too much (see
     plan.check_retirement).
     """
-    config = config or IndexConfig()
     store = open_store(out)
+    config = config or IndexConfig(saved_model(store) or ModelConfig(), RunConfig())
     with lock.hold(store, "index"):
         return _index(sources, store, config, progress, model_class)
 
@@ -525,6 +525,17 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     }
     _write_run_json(store, summary.report)
     return summary
+
+
+def saved_model(store: Store) -> ModelConfig | None:
+    """The model settings an output already holds faces of (None for a new or empty output).
+    Reruns start from them, so an output indexed before a default changed keeps its detector."""
+    if not store.list(layout.IMAGES_DIR):
+        return None
+    try:
+        return ModelConfig.load(store)
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
 
 
 def _check_same_models(store: Store, config: IndexConfig) -> None:

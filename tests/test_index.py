@@ -135,9 +135,15 @@ def test_cli_bad_arguments_one_line(args, message, tmp_path):
 
 
 def test_cli_index_and_verify(data_dir, tmp_path):
-    r = run_cli("index", str(data_dir / "labelled/faceapi_bbt/raj"), "--out", str(tmp_path / "o"), "--workers", "1")
+    raj, out = str(data_dir / "labelled/faceapi_bbt/raj"), str(tmp_path / "o")
+    r = run_cli("index", raj, "--out", out, "--workers", "1", "--detector", "hog")
     assert r.returncode == 0, r.stderr
     assert "indexed 5 photos" in r.stdout and "5 with faces" in r.stdout
+    # A rerun without model flags keeps the output's own detector (not today's default).
+    again = run_cli("index", raj, "--out", out, "--workers", "1")
+    assert again.returncode == 0, again.stderr
+    assert "Unchanged 5" in again.stdout and "detector=hog" in again.stderr
+    assert json.loads((tmp_path / "o" / "model.json").read_text())["detector"] == "hog"
     bbt = data_dir / "labelled/faceapi_bbt"
     same = run_cli("verify", str(bbt / "raj/raj1.png"), str(bbt / "raj/raj2.png"))
     other = run_cli("verify", str(bbt / "raj/raj1.png"), str(bbt / "howard/howard1.png"))
