@@ -41,6 +41,12 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
                         "~40 px (default: %(default)s)")
     g.add_argument("--min-face-size", type=int, default=d.min_face_size, metavar="PX",
                    help="drop faces whose shorter side is below PX pixels (default: %(default)s = keep all)")
+    g.add_argument("--work-size", type=int, default=d.work_size, metavar="PX",
+                   help="detect on a working copy with this long side; photos up to twice as large are "
+                        "used as they are; 0 = always full size (default: %(default)s)")
+    g.add_argument("--smallest-face", type=int, default=d.smallest_face, metavar="PX",
+                   help="make the working copy large enough to find faces down to PX original pixels "
+                        "(default: %(default)s = set by --work-size)")
     g.add_argument("--landmarks", type=int, choices=[5, 68], default=d.landmarks,
                    help="landmark model used to align faces (default: %(default)s)")
     g.add_argument("--embedder", choices=["dlib", "torch"], default=d.embedder,
@@ -69,7 +75,7 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> IndexConfig:
     return IndexConfig(detector=args.detector, upsample=args.upsample, min_face_size=args.min_face_size,
-                       landmarks=args.landmarks, embedder=args.embedder, device=args.device,
+                       work_size=args.work_size, smallest_face=args.smallest_face, landmarks=args.landmarks, embedder=args.embedder, device=args.device,
                        batch_size=args.batch_size, tta=args.tta, max_pixels=args.max_pixels,
                        workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                        gpus_per_worker=args.gpus_per_worker, shard_size=args.shard_size, address=args.address,

@@ -14,6 +14,12 @@ TTA = ("none", "flip")
 # 100 MP covers every phone and most DSLR photos; panoramas above it get a `too_large` reason.
 DEFAULT_MAX_PIXELS = 100_000_000
 
+# Detection runs on a working copy with this long side (bench/camera.py's sweep: recall vs photos/s).
+DEFAULT_WORK_SIZE = 1600
+
+RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".rw2",
+                  ".orf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mef", ".mos", ".mrw", ".rwl")
+
 
 class ConfigError(ValueError):
     """A setting has a value facejob cannot use; the message says which and why."""
@@ -24,7 +30,16 @@ class IndexConfig:
     """How `facejob index` detects, aligns and embeds faces, and how it runs.
 
     detector: "hog" (dlib HOG + linear SVM, CPU) or "cnn" (dlib's MMOD CNN; slow on CPU).
-    upsample: times the image is doubled before detection (finds faces down to ~40 px at 1).
+    upsample: times the working copy is doubled before detection (finds faces down to ~40
+        working-copy px at 1).
+    work_size: detection runs on a working copy of the photo whose long side is this many pixels
+        (JPEG: decoded straight at a reduced scale); photos smaller than that are used as they
+        are. Landmarks and chips come from pixels where the face is at least 100 px (full
+        resolution only for faces small in the working copy). Boxes and landmarks are always in
+        original-photo pixels. 0 = detect on the full photo.
+    smallest_face: make the working copy large enough to find faces down to this many pixels of
+        the original photo (0 = no floor: the smallest face found is about
+        80 / 2**upsample / (work_size / long side) original px; 150 px on a 6000 px photo).
     min_face_size: drop detections whose shorter side is below this many pixels (0 keeps all).
     landmarks: 5 or 68 point shape predictor used to align the 150x150 chip.
     embedder: "dlib" (reference, one face at a time) or "torch" (batched port of the same net).
@@ -49,6 +64,8 @@ class IndexConfig:
     device: str = "auto"
     batch_size: int = 0
     tta: Literal["none", "flip"] = "none"
+    work_size: int = DEFAULT_WORK_SIZE
+    smallest_face: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 0
     cpus_per_worker: float = 1.0
@@ -57,7 +74,8 @@ class IndexConfig:
     address: str | None = None
     force: bool = False
     extensions: tuple[str, ...] = field(
-        default=(".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif")
+        default=(".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif",
+                 ".jxl") + RAW_EXTENSIONS
     )
 
     def __post_init__(self) -> None:
@@ -73,6 +91,10 @@ class IndexConfig:
              f"upsample must be an integer 0..4, got {self.upsample!r}")
         need(isinstance(self.min_face_size, int) and self.min_face_size >= 0,
              f"min_face_size must be >= 0 pixels, got {self.min_face_size!r}")
+        need(isinstance(self.work_size, int) and self.work_size >= 0,
+             f"work_size must be >= 0 pixels (0 = full size), got {self.work_size!r}")
+        need(isinstance(self.smallest_face, int) and self.smallest_face >= 0,
+             f"smallest_face must be >= 0 pixels (0 = set by work_size), got {self.smallest_face!r}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 0,
              f"batch_size must be >= 0, got {self.batch_size!r}")
         need(isinstance(self.max_pixels, int) and self.max_pixels > 0,
@@ -104,4 +126,5 @@ class IndexConfig:
         """The settings that change which faces and descriptors come out. (The embedder is not
         one of them: the torch port reproduces dlib's descriptors to 1e-6, so both can share
         an output.)"""
-        return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "tta")}
+        return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "tta",
+                                                   "work_size", "smallest_face")}

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from facejob import decode, schema
-from facejob.align import Aligner, shape_points
+from facejob import decode, phash, schema
+from facejob.align import CHIP_FACE_PX, Aligner, shape_points
 from facejob.config import IndexConfig
 from facejob.detect import Detection, make_detector
 from facejob.embed import make_embedder
@@ -54,7 +54,52 @@ class ImageResult:
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
+    phash: int | None = None
     faces: list[FaceRecord] = field(default_factory=list)
+
+
+# The smallest face dlib's detectors find without upsampling (their 80x80 px window), in pixels of
+# the image they run on.
+DETECTOR_WINDOW = 80
+
+
+@dataclass
+class Decoded:
+    """A photo ready for detection: its working copy, and the photo to decode finer levels from
+    (None for pixels handed in already decoded: those are all there is)."""
+
+    work: decode.Level
+    photo: decode.Photo | None = None
+
+
+def working_scale(config: IndexConfig, width: int, height: int) -> float:
+    """Scale of the working copy detection runs on (1.0 = the photo as it is).
+
+    Photos up to twice `work_size` keep their full resolution: reducing them would save less
+    than 4x detector time (and no JPEG decode time) while losing their smallest faces. Larger
+    ones are reduced to `work_size`, unless `smallest_face` asks for more.
+    """
+    long_side = max(width, height)
+    if config.work_size <= 0 or long_side <= 2 * config.work_size:
+        return 1.0
+    floor = DETECTOR_WINDOW / 2 ** config.upsample / config.smallest_face if config.smallest_face else 0.0
+    return min(1.0, max(config.work_size / long_side, floor))
+
+
+def to_original(box: Detection, level: decode.Level) -> Detection:
+    """A box found in `level` in original-photo pixels (dlib convention: right/bottom inclusive)."""
+    if level.sx == 1.0 and level.sy == 1.0:
+        return box
+    return Detection(round(box.left / level.sx), round(box.top / level.sy), round((box.right + 1) / level.sx) - 1,
+                     round((box.bottom + 1) / level.sy) - 1, box.score)
+
+
+def to_level(box: Detection, level: decode.Level) -> Detection:
+    """An original-pixel box in `level`'s pixels."""
+    if level.sx == 1.0 and level.sy == 1.0:
+        return box
+    return Detection(round(box.left * level.sx), round(box.top * level.sy), round((box.right + 1) * level.sx) - 1,
+                     round((box.bottom + 1) * level.sy) - 1, box.score)
 
 
 def face_id(sha256: str, uri: str, box: Detection) -> str:
@@ -72,29 +117,59 @@ class Pipeline:
         self.aligner = Aligner(config.landmarks)
         self.embedder = make_embedder(config)
         self.timings: Counter[str] = Counter()
+        self.megapixels = 0.0   # original megapixels decoded since the last reset (for progress)
 
     def _timed(self, stage: str, t0: float) -> float:
         t1 = time.perf_counter()
         self.timings[stage] += t1 - t0
         return t1
 
-    def _find_faces(self, images: list[np.ndarray]) -> list[tuple[list[FaceRecord], np.ndarray]]:
-        """Detect (in one call for all images), landmark and cut chips. The records' embeddings
-        are filled in later, in batches."""
+    def _find_faces(self, images: list[Decoded]) -> list[tuple[list[FaceRecord], np.ndarray]]:
+        """Detect on the working copies (in one call for all images), then landmark and cut chips
+        from pixels where each face is large enough. The records' boxes and landmarks are in
+        original pixels; their embeddings are filled in later, in batches."""
         cfg = self.config
         t = time.perf_counter()
-        found = self.detector.detect(images, cfg.upsample)
+        found = self.detector.detect([d.work.pixels for d in images], cfg.upsample)
         t = self._timed("detect", t)
         out = []
-        for image, boxes in zip(images, found):
+        for d, boxes in zip(images, found):
+            boxes = [to_original(b, d.work) for b in boxes]
             if cfg.min_face_size:
                 boxes = [b for b in boxes if b.shorter_side >= cfg.min_face_size]
-            shapes = self.aligner.landmarks(image, boxes)
-            chips = self.aligner.chips(image, shapes)
-            out.append(([FaceRecord(i, b, shape_points(s), None) for i, (b, s) in enumerate(zip(boxes, shapes))],
-                        chips))
+            out.append(self._align(d, boxes))
         self._timed("landmarks", t)
         return out
+
+    def _align(self, d: Decoded, boxes: list[Detection]) -> tuple[list[FaceRecord], np.ndarray]:
+        """Landmarks and chips of each face (original-pixel boxes), each from the coarsest level
+        where the face is at least CHIP_FACE_PX: the working copy, else a finer decode (one per
+        scale needed, so a face's chip never depends on the other faces in the photo)."""
+        levels = {d.work.scale: d.work}
+        finest = d.photo.max_scale if d.photo is not None else d.work.scale
+        records: list[FaceRecord | None] = [None] * len(boxes)
+        chips: list[np.ndarray | None] = [None] * len(boxes)
+        by_level: dict[float, list[int]] = {}
+        for i, b in enumerate(boxes):
+            need = min(finest, CHIP_FACE_PX / b.shorter_side)
+            key = d.work.scale if need <= d.work.scale else _draft_step(need, finest)
+            by_level.setdefault(key, []).append(i)
+        for key, idx in sorted(by_level.items()):
+            if key not in levels:
+                t = time.perf_counter()
+                levels[key] = d.photo.level(key)
+                self._timed("decode_fine", t)
+            level = levels[key]
+            shapes = self.aligner.landmarks(level.pixels, [to_level(boxes[i], level) for i in idx])
+            for i, s, chip in zip(idx, shapes, self.aligner.chips(level.pixels, shapes)):
+                pts = shape_points(s)
+                if level.sx != 1.0 or level.sy != 1.0:
+                    pts = np.rint(pts / np.array([level.sx, level.sy])).astype(np.int32)
+                records[i] = FaceRecord(i, boxes[i], pts, None)
+                chips[i] = chip
+        if not boxes:
+            return [], self.aligner.chips(d.work.pixels, [])
+        return records, np.stack(chips)
 
     def _embed(self, chips: np.ndarray) -> np.ndarray:
         t = time.perf_counter()
@@ -102,20 +177,23 @@ class Pipeline:
         self._timed("embed", t)
         return out
 
-    def _decode(self, data: bytes) -> tuple[ImageResult, np.ndarray | None]:
-        """Status so far (error, or ok with size) and the pixels, if they could be decoded."""
+    def _decode(self, data: bytes) -> tuple[ImageResult, Decoded | None]:
+        """Status so far (error, or ok with size and perceptual hash) and the working copy, if
+        the photo could be decoded."""
         sha = hashlib.sha256(data).hexdigest()
         t = time.perf_counter()
         try:
-            image = decode.decode_image(data, self.config.max_pixels)
+            photo = decode.open_photo(data, self.config.max_pixels)
+            work = photo.level(working_scale(self.config, photo.width, photo.height))
         except decode.DecodeError as e:
             return ImageResult(schema.STATUS_ERROR, str(e), sha), None
         finally:
             self._timed("decode", t)
-        h, w = image.shape[:2]
-        return ImageResult(schema.STATUS_OK, None, sha, w, h), image
+        result = ImageResult(schema.STATUS_OK, None, sha, photo.width, photo.height, phash.phash(work.pixels))
+        self.megapixels += photo.width * photo.height / 1e6
+        return result, Decoded(work, photo)
 
-    def _load(self, ref: ImageRef) -> tuple[ImageResult, np.ndarray | None]:
+    def _load(self, ref: ImageRef) -> tuple[ImageResult, Decoded | None]:
         if ref.list_error:
             return ImageResult(schema.STATUS_ERROR, ref.list_error), None
         _crash_hook(ref.uri)
@@ -131,7 +209,7 @@ class Pipeline:
         self._timed("read", t)
         return self._decode(data)
 
-    def _process_one(self, loaded: tuple[ImageResult, np.ndarray | None]) -> ImageResult:
+    def _process_one(self, loaded: tuple[ImageResult, Decoded | None]) -> ImageResult:
         result, image = loaded
         if image is not None:
             (result.faces, chips), = self._find_faces([image])
@@ -143,8 +221,8 @@ class Pipeline:
         return result
 
     def process_image(self, image: np.ndarray) -> list[FaceRecord]:
-        """Faces of one decoded RGB image, embedded together in one batch."""
-        return self._process_one((ImageResult(schema.STATUS_OK), image)).faces
+        """Faces of one decoded RGB image (used as it is: no working copy), embedded together."""
+        return self._process_one((ImageResult(schema.STATUS_OK), Decoded(decode.Level(image, 1.0, 1.0)))).faces
 
     def process_bytes(self, data: bytes) -> ImageResult:
         """One photo's bytes → status and faces. Bad input becomes an error status, not an exception."""
@@ -165,7 +243,7 @@ class Pipeline:
         detect_batch = 32 if device is not None and device.type == "cuda" else 1
         embed_batch = max(getattr(self.embedder, "batch_size", 0), 16)
         results: list[ImageResult] = []
-        decoded: list[tuple[ImageResult, np.ndarray]] = []
+        decoded: list[tuple[ImageResult, Decoded]] = []
         waiting: list[tuple[ImageResult, np.ndarray]] = []
 
         def detect() -> None:
@@ -198,6 +276,15 @@ class Pipeline:
         return shard_tables(refs, results, shard, self.detector.name, self.embedder.name)
 
 
+def _draft_step(need: float, finest: float) -> float:
+    """The scale to decode a face's finer level at: `need` rounded up to finest / 2**k, the
+    steps JPEG decodes at directly (no resize), so the level depends only on the face itself."""
+    step = finest
+    while step / 2 >= need:
+        step /= 2
+    return step
+
+
 def _prefetch(fn, items: list, depth: int):
     """Yield fn(item) for each item in order, computing up to `depth` ahead on one background thread."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="facejob-prepare") as pool:
@@ -220,6 +307,7 @@ def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, d
         "sha256": [x.sha256 for x in results],
         "width": [x.width for x in results],
         "height": [x.height for x in results],
+        "phash": [x.phash for x in results],
         "status": [x.status for x in results],
         "error": [x.error for x in results],
         "n_faces": [len(x.faces) for x in results],

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import socket
 import sys
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from facejob import decode, plan as planning, schema
@@ -62,10 +64,20 @@ def _write_shard(store: Store, shard: str, images: pa.Table, faces: pa.Table) ->
     write_parquet(store, planning.IMAGES_DIR + planning.part_name(shard), images)
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+
+
 def _stats(images: pa.Table, faces: pa.Table, timings: Counter, node: str) -> dict[str, Any]:
     statuses = Counter(images.column("status").to_pylist())
+    w = images.column("width").to_numpy(zero_copy_only=False)
+    h = images.column("height").to_numpy(zero_copy_only=False)
+    megapixels = float(np.nansum(w.astype(np.float64) * h.astype(np.float64))) / 1e6
     return {"images": images.num_rows, "faces": faces.num_rows, "status": dict(statuses),
-            "timings": dict(timings), "node": node, "pid": os.getpid()}
+            "megapixels": megapixels, "timings": dict(timings), "node": node, "pid": os.getpid(),
+            "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
 def run_shard(shard: planning.Shard, out: str, config: IndexConfig) -> dict[str, Any]:
@@ -106,6 +118,7 @@ class Progress:
     def __init__(self, total_shards: int, total_images: int, stream=sys.stderr, enabled: bool = True):
         self.total_shards, self.total_images = total_shards, total_images
         self.shards = self.images = self.faces = self.errors = 0
+        self.megapixels = 0.0
         self.t0 = time.perf_counter()
         self.stream, self.enabled = stream, enabled
         self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
@@ -116,13 +129,15 @@ class Progress:
         self.images += stats["images"]
         self.faces += stats["faces"]
         self.errors += stats["status"].get(schema.STATUS_ERROR, 0)
+        self.megapixels += stats.get("megapixels", 0.0)
         now = time.perf_counter()
         if not self.enabled or (not self.tty and now - self._last < 10 and self.shards < self.total_shards):
             return
         self._last = now
-        rate = self.images / max(now - self.t0, 1e-9)
+        elapsed = max(now - self.t0, 1e-9)
         line = (f"shards {self.shards}/{self.total_shards}  images {self.images}/{self.total_images}  "
-                f"faces {self.faces}  errors {self.errors}  {rate:.1f} images/s")
+                f"faces {self.faces}  errors {self.errors}  {self.images / elapsed:.1f} photos/s  "
+                f"{self.megapixels / elapsed:.1f} MP/s")
         if self.tty:
             self.stream.write("\r" + line + ("\n" if self.shards == self.total_shards else ""))
         else:
@@ -292,6 +307,7 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
         status.update(s["status"])
         nodes[s["node"]] += 1
     processed = sum(s["images"] for s in done)
+    megapixels = sum(s.get("megapixels", 0.0) for s in done)
     summary = RunSummary(out=store.root, failed_shards=failed)
     summary.counts = {
         "listed": plan.listed, "skipped_by_extension": len(skipped), "new": plan.new, "changed": plan.changed,
@@ -308,6 +324,10 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
         "sources": list(sources), "out": store.root, "config": config.to_dict(), "versions": _versions(),
         "counts": summary.counts, "totals": totals(store), "timings": summary.timings,
         "images_per_s": processed / max(t_run - t_plan, 1e-9) if processed else 0.0,
+        "megapixels": round(megapixels, 1),
+        "megapixels_per_s": megapixels / max(t_run - t_plan, 1e-9) if processed else 0.0,
+        # the worst worker's peak resident memory (the bound to size machines by)
+        "worker_peak_rss_mb": max((s.get("peak_rss_mb", 0.0) for s in done if s["node"] != "driver"), default=0.0),
         "nodes": dict(nodes), "failed_shards": failed, "skipped_examples": skipped[:20],
     }
     _write_run_json(store, summary.report)
