@@ -341,13 +341,13 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
 
 
 def _faceless_candidates(images: pa.Table) -> list[tuple[str, str]]:
-    """Content pairs of photos without faces whose perceptual hashes are close (outputs indexed
+    """Content pairs with a photo without faces whose perceptual hashes are close (outputs indexed
     before the phash column have none: their faceless photos are only matched by bytes)."""
-    no_face = pc.and_(pc.equal(images.column("status"), "no_face"), pc.is_valid(images.column("phash")))
-    rows = images.filter(no_face)
+    rows = images.filter(pc.is_valid(images.column("phash")))
     sha = rows.column("sha256").to_pylist()
     hashes = rows.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
-    return dd.phash_candidates(sha, hashes)
+    faceless = np.asarray(pc.equal(rows.column("status"), "no_face").to_numpy(zero_copy_only=False), bool)
+    return dd.phash_candidates(sha, hashes, faceless)
 
 
 def _near_candidates(fi: FaceIndex, faces: Faces, k: int = 8) -> list[tuple[str, str]]:

@@ -200,16 +200,20 @@ def near_pairs(faces_of: dict[str, PhotoFaces], cand: list[tuple[str, str]], loa
     return out
 
 
-def phash_candidates(sha: list[str], hashes: np.ndarray, max_bits: int = PHASH_MAX) -> list[tuple[str, str]]:
-    """Content pairs (sha_a < sha_b) whose hashes differ in at most `max_bits` bits. All pairs,
-    in blocks: n^2/2 popcounts, seconds for tens of thousands of faceless photos."""
+def phash_candidates(sha: list[str], hashes: np.ndarray, faceless: np.ndarray, max_bits: int = PHASH_MAX
+                     ) -> list[tuple[str, str]]:
+    """Content pairs (sha_a < sha_b), at least one of them without faces (`faceless` mask), whose
+    hashes differ in at most `max_bits` bits. (A copy may have a false-positive face the other
+    lacks, so a faceless photo is compared with every photo.) Blocks of faceless rows against
+    all rows: popcounts only, seconds for tens of thousands of faceless photos."""
     out: set[tuple[str, str]] = set()
-    block = 2048
-    for lo in range(0, len(hashes), block):
-        d = hamming(hashes[lo:lo + block, None], hashes[None, :])
+    rows = np.flatnonzero(faceless)
+    for lo in range(0, len(rows), 1024):
+        block = rows[lo:lo + 1024]
+        d = hamming(hashes[block, None], hashes[None, :])
         for i, j in zip(*np.nonzero(d <= max_bits)):
-            a, b = sha[lo + i], sha[j]
-            if lo + i < j and a != b:
+            a, b = sha[block[i]], sha[j]
+            if a != b:
                 out.add((a, b) if a < b else (b, a))
     return sorted(out)
 
