@@ -12,8 +12,9 @@ Formats: everything Pillow reads, plus HEIC/HEIF (pillow-heif; a motion photo gi
 AVIF (Pillow's own plugin), JPEG XL (pillow-jxl-plugin) and camera raw files through LibRaw
 (rawpy): the embedded preview when it is large enough (RAW_PREVIEW_MIN), else a half-size
 demosaic. Every mode ends as 8-bit sRGB: high bit depths are scaled (not clipped),
-transparency is composited on white, and an embedded ICC profile (CMYK, Display P3, Adobe RGB...)
-is converted to sRGB by LittleCMS. Failures raise `DecodeError` whose `reason` is one of the codes
+transparency is composited on white, an embedded ICC profile (CMYK, Display P3, Adobe RGB...)
+is converted to sRGB by LittleCMS, and HDR photos (PQ or HLG, as HEIC's nclx box declares) are
+tone-mapped to sRGB. Failures raise `DecodeError` whose `reason` is one of the codes
 below; the pipeline turns it into the image's status row instead of failing the run.
 """
 from __future__ import annotations
@@ -236,11 +237,14 @@ def _pillow_level(im: ImageFile.ImageFile, width: int, height: int, scale: float
         # DCT scaling: libjpeg decodes straight to >= target at 1/2, 1/4 or 1/8 of the size.
         im.draft(im.mode if im.mode in ("CMYK", "L") else "RGB", target)
     icc = im.info.get("icc_profile")
+    nclx = im.info.get("nclx_profile") or {}
     im.load()
     if im.size != target:
         im = _resize(im, target)
     im = ImageOps.exif_transpose(im)
     pixels = _to_srgb(im, icc)
+    if nclx.get("transfer_characteristics") in (_PQ, _HLG):
+        pixels = hdr_to_sdr(pixels, nclx["transfer_characteristics"], nclx.get("color_primaries", 1))
     return Level(pixels, pixels.shape[1] / width, pixels.shape[0] / height)
 
 
@@ -288,6 +292,40 @@ def _icc_to_srgb(img: Image.Image, icc: bytes) -> Image.Image:
                                          outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError):
         return img
+
+
+# HDR photos (HEIC from current phones, 10-bit): code points of the nclx/CICP transfer functions.
+_PQ, _HLG = 16, 18
+_BT2020 = 9
+REFERENCE_WHITE_NITS = 203.0   # ITU-R BT.2408: HDR graphics white = SDR white
+# BT.2020 -> BT.709/sRGB primaries, in linear light.
+_BT2020_TO_709 = np.array([[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]],
+                          np.float32)
+
+
+def hdr_to_sdr(pixels: np.ndarray, transfer: int, primaries: int) -> np.ndarray:
+    """PQ or HLG coded 8-bit RGB → sRGB: to light (nits), BT.2020 primaries to sRGB's, reference
+    white (203 nits) to SDR white, highlights above 80 % of it rolled off smoothly (not clipped),
+    then the sRGB curve. Decoders hand over the code values as they are; shown as sRGB they look
+    washed out and grey, which is not the photo a person sees."""
+    v = np.arange(256, dtype=np.float64) / 255
+    if transfer == _PQ:
+        m1, m2, c1, c2, c3 = 0.1593017578125, 78.84375, 0.8359375, 18.8515625, 18.6875
+        e = v ** (1 / m2)
+        nits = 10000 * (np.maximum(e - c1, 0) / (c2 - c3 * e)) ** (1 / m1)
+    else:  # HLG inverse OETF, then the reference display's OOTF (1000 nits, gamma 1.2; per channel)
+        a, b, c = 0.17883277, 0.28466892, 0.55991073
+        scene = np.where(v <= 0.5, v * v / 3, (np.exp((v - c) / a) + b) / 12)
+        nits = 1000 * scene ** 1.2
+    lut = (nits / REFERENCE_WHITE_NITS).astype(np.float32)
+    x = lut[pixels]
+    if primaries == _BT2020:
+        x = x @ _BT2020_TO_709.T
+    knee = 0.8
+    x = np.clip(x, 0, None)
+    x = np.where(x <= knee, x, knee + (1 - knee) * (1 - np.exp(-(x - knee) / (1 - knee))))
+    srgb = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+    return (np.clip(srgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _looks_raw(data: bytes) -> bool:

@@ -1,7 +1,8 @@
 """Photos in every camera format, made at test time from one real face photo (tests/photos.py):
 AVIF and JPEG XL through the Pillow plugins' encoders, DNG raw files through pidng (a Bayer
 mosaic of the photo; with or without an embedded JPEG preview), 10-bit HEIC, a motion photo
-(a still with its video appended), 16-bit RGB, and a Display P3 JPEG with its ICC profile."""
+(a still with its video appended), an HDR (PQ) HEIC, 16-bit RGB, and a Display P3 JPEG with its
+ICC profile."""
 from __future__ import annotations
 
 import io
@@ -111,6 +112,23 @@ def heic_10bit(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def heic_pq(img: Image.Image) -> bytes:
+    """An HDR HEIC as phones write it: 10-bit, BT.2020 primaries, PQ transfer (nclx), the photo's
+    white at the reference 203 nits."""
+    import pillow_heif
+
+    lin = _linear(np.asarray(img.convert("RGB")))
+    m709_to_2020 = np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]])
+    y = np.clip(lin @ m709_to_2020.T * 203 / 10000, 0, 1)
+    m1, m2, c1, c2, c3 = 0.1593017578125, 78.84375, 0.8359375, 18.8515625, 18.6875
+    pq = ((c1 + c2 * y ** m1) / (1 + c3 * y ** m1)) ** m2
+    a16 = np.ascontiguousarray((pq * 65535 + 0.5).astype(np.uint16))
+    heif = pillow_heif.from_bytes(mode="RGB;16", size=img.size, data=a16.tobytes())
+    buf = io.BytesIO()
+    heif.save(buf, quality=95, color_primaries=9, transfer_characteristics=16, matrix_coefficients=9)
+    return buf.getvalue()
+
+
 def png_16bit_rgb(img: Image.Image) -> bytes:
     """A 48-bit RGB PNG (16 bits per channel), written by hand: Pillow has no 16-bit RGB mode."""
     import zlib
@@ -158,6 +176,7 @@ def write_all(data_dir: Path, dest: Path, face: Image.Image) -> dict[str, Path]:
         "face_thumb_only.dng": dng_bytes(face, preview=face.resize((face.width // 4, face.height // 4))),
         "face_raw.dng": dng_bytes(face),
         "face_10bit.heic": heic_10bit(face),
+        "face_hdr_pq.heic": heic_pq(face),
         "motion.jpg": motion_photo(encode(face, "JPEG", quality=90)),
         "motion.heic": motion_photo(encode(face, "HEIF", quality=90)),
         "face_48bit.png": png_16bit_rgb(face),

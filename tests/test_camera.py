@@ -157,7 +157,7 @@ def test_each_format_gives_one_ok_row_with_its_face(formats, formats_indexed):
 
 
 @pytest.mark.parametrize("name", ["face.avif", "face.jxl", "face_10bit.heic", "motion.jpg", "motion.heic",
-                                  "face_48bit.png", "face_p3.jpg"])
+                                  "face_48bit.png", "face_p3.jpg", "face_hdr_pq.heic"])
 def test_formats_decode_to_the_same_srgb_pixels(formats, name):
     face, files = formats
     rgb = decode.decode_image(files[name].read_bytes(), IndexConfig().max_pixels)
@@ -173,6 +173,14 @@ def test_display_p3_is_converted_not_shown_as_is(formats):
     ours = decode.decode_image(files["face_p3.jpg"].read_bytes(), IndexConfig().max_pixels).astype(float)
     red = lambda a: float((a - np.asarray(face, float))[..., 0].mean())  # noqa: E731
     assert red(as_stored) < -2 and abs(red(ours)) < 0.5, (red(as_stored), red(ours))
+
+
+def test_hdr_is_tone_mapped_not_shown_as_code_values(formats):
+    """PQ code values shown as they are make a washed-out grey picture; mapped to sRGB (reference
+    white to SDR white) they are the photo again (test_formats_decode_to_the_same_srgb_pixels)."""
+    face, files = formats
+    as_coded = np.asarray(Image.open(files["face_hdr_pq.heic"]).convert("RGB"), float)
+    assert np.abs(as_coded - np.asarray(face, float)).mean() > 20
 
 
 def test_raw_preview_used_when_large_enough_else_half_size_demosaic(formats):
