@@ -136,7 +136,7 @@ class RawPhoto(Photo):
         scale = min(max(scale, 1e-6), self.max_scale)
         try:
             if self._preview:
-                im = Image.open(io.BytesIO(self._preview))
+                im = _open_pillow(self._preview)
                 pw, ph = self._preview_size
                 level = _pillow_level(im, pw, ph, scale / self.max_scale)
                 pixels = _upright_like(level.pixels, self.width, self.height, self._flip)
@@ -362,7 +362,7 @@ def _raw_preview(raw, width: int, height: int) -> tuple[bytes | None, tuple[int,
         thumb = raw.extract_thumb()
         if thumb.format != rawpy.ThumbFormat.JPEG:
             return none
-        im = Image.open(io.BytesIO(thumb.data))
+        im = _open_pillow(thumb.data)
         pw, ph = im.size
         if _orientation(im) in _TRANSPOSED:
             pw, ph = ph, pw
