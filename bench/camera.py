@@ -89,7 +89,8 @@ def build(data: Path, sources: list[str], formats: list[str], dest: Path) -> dic
             boxes = [(l * s + ox, t * s + oy, r * s + ox, b * s + oy) for l, t, r, b in truth[rel]]
             for fmt in formats:
                 name = f"{Path(rel).stem}_{w}x{h}.{fmt}"
-                canvas.save(dest / name, "JPEG" if fmt == "jpg" else "HEIF", quality=90)
+                if not (dest / name).exists():   # HEIC encoding is slow: --photos reuses a folder
+                    canvas.save(dest / name, "JPEG" if fmt == "jpg" else "HEIF", quality=90)
                 out[name] = boxes
     return out
 
@@ -111,28 +112,31 @@ def _loop_init() -> None:
                dlib.face_recognition_model_v1(str(model_path("resnet"))))
 
 
-def _loop_one(path: str) -> tuple[str, list[tuple[int, int, int, int]], float]:
+def _loop_one(path: str) -> tuple[str, list[tuple[int, int, int, int]], float, float]:
     detector, predictor, net = _models
+    t = time.perf_counter()
     img = np.asarray(Image.open(path).convert("RGB"))         # face_recognition.load_image_file
     rects = detector(img, 1)                                  # face_locations(img, 1, "hog")
     for r in rects:                                           # face_encodings(img, locations)
         net.compute_face_descriptor(img, predictor(img, r))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return Path(path).name, [(r.left(), r.top(), r.right(), r.bottom()) for r in rects], rss
+    return Path(path).name, [(r.left(), r.top(), r.right(), r.bottom()) for r in rects], rss, time.perf_counter() - t
 
 
-def run_loop(paths: list[Path], workers: int) -> tuple[dict[str, list], float, float]:
+def run_loop(paths: list[Path], workers: int) -> tuple[dict[str, list], float, float, dict[str, float]]:
+    """Boxes per photo, photos/s, peak RSS of a worker, and seconds per photo (in a worker)."""
     t = time.perf_counter()
     with mp.get_context("spawn").Pool(workers, initializer=_loop_init) as pool:
         res = pool.map(_loop_one, [str(p) for p in paths], chunksize=1)
     dt = time.perf_counter() - t
-    return {n: b for n, b, _ in res}, len(paths) / dt, max(r for _, _, r in res)
+    return {n: b for n, b, _, _ in res}, len(paths) / dt, max(r for _, _, r, _ in res), {n: s for n, _, _, s in res}
 
 
 # ---------------------------------------------------------------------------- facejob
 
-def run_facejob(folder: Path, out: Path, config: IndexConfig) -> tuple[dict[str, list], float, dict]:
-    s = facejob.index([str(folder)], str(out), config, progress=False)
+def run_facejob(folder: Path | list[Path], out: Path, config: IndexConfig) -> tuple[dict[str, list], float, dict]:
+    srcs = [str(p) for p in folder] if isinstance(folder, list) else [str(folder)]
+    s = facejob.index(srcs, str(out), config, progress=False)
     boxes: dict[str, list] = {Path(r["uri"]).name: [] for r in ds.dataset(out / "images").to_table().to_pylist()}
     for f in ds.dataset(out / "faces").to_table(columns=["uri", "left", "top", "right", "bottom"]).to_pylist():
         boxes[Path(f["uri"]).name].append((f["left"], f["top"], f["right"], f["bottom"]))
@@ -179,6 +183,7 @@ def main() -> int:
     ap.add_argument("--formats", default="jpg,heic")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--sweep", default="800,1024,1200,1600,2400", help="working sizes to rerun facejob at")
+    ap.add_argument("--photos", type=Path, help="folder for the camera photos (kept; reused when rerun)")
     ap.add_argument("--no-loop", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     args = ap.parse_args()
@@ -187,8 +192,8 @@ def main() -> int:
     import ray
 
     tmp = Path(tempfile.mkdtemp(prefix="camera_"))
-    folder = tmp / "photos"
-    folder.mkdir()
+    folder = args.photos or tmp / "photos"
+    folder.mkdir(parents=True, exist_ok=True)
     sources = GROUPS[:max(args.sources - 1, 1)] + [PORTRAIT]
     t = time.perf_counter()
     truth = build(args.data, sources, args.formats.split(","), folder)
@@ -199,15 +204,24 @@ def main() -> int:
     t = time.perf_counter()
     ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="WARNING")
     print(f"Ray started in {time.perf_counter() - t:.1f} s (not counted)")
-    default = IndexConfig(workers=args.workers)
+    # facejob's defaults; only the shard size is set, to the auto rule's ~4 shards per worker
+    # without its 10-photo minimum (meant for archives, it would give 12 photos one 10-photo shard).
+    shard = max(1, len(paths) // (4 * args.workers))
+    default = IndexConfig(workers=args.workers, shard_size=shard)
     runs = {}
     fj_rates = []
     fj_boxes, rate, report = run_facejob(folder, tmp / "out_default_1", default)
     fj_rates.append(rate)
     if not args.no_loop:
-        loop_boxes, loop_rate, loop_rss = run_loop(paths, args.workers)
+        loop_boxes, loop_rate, loop_rss, loop_secs = run_loop(paths, args.workers)
     _, rate, report2 = run_facejob(folder, tmp / "out_default_2", default)   # after the loop: same load
     fj_rates.append(rate)
+    fmts = args.formats.split(",")
+    per_format = {}
+    for fmt in fmts:   # each format alone, with the same shard size as above
+        subset = [p for p in paths if p.suffix == "." + fmt]
+        _, r, _ = run_facejob(subset, tmp / f"out_{fmt}", default)
+        per_format[fmt] = r
     fj_rate = statistics.median(fj_rates)
     known = sum(map(len, truth.values()))
 
@@ -221,7 +235,13 @@ def main() -> int:
     if not args.no_loop:
         loop_truth = {n: b for n, b in loop_boxes.items()}
         print(f"face_recognition-style loop (HOG upsample 1 on the full photo), {args.workers} processes:")
-        print(f"  {loop_rate:.4f} photos/s; peak RSS per worker {loop_rss:.0f} MiB")
+        print(f"  {loop_rate:.4f} photos/s; peak RSS per worker {loop_rss:.0f} MiB; seconds per photo in a worker: "
+              + ", ".join(f"{n} {s:.0f}" for n, s in sorted(loop_secs.items())))
+        for fmt, r in per_format.items():
+            secs = [s for n, s in loop_secs.items() if n.endswith("." + fmt)]
+            loop_fmt = args.workers / statistics.mean(secs)   # the loop's photos/s on this format alone
+            print(f"  {fmt}: facejob {r:.3f} photos/s, loop {loop_fmt:.4f} (from its seconds per photo): "
+                  f"{r / loop_fmt:.1f}x")
         print(f"  faces {sum(map(len, loop_boxes.values()))}; known faces found {found(truth, loop_boxes)}/{known}")
         print(f"\nspeed-up: {fj_rate / loop_rate:.1f}x photos/s (target >= 10x); of the loop's "
               f"{sum(map(len, loop_boxes.values()))} faces facejob finds {found(loop_truth, fj_boxes)} "
@@ -236,7 +256,8 @@ def main() -> int:
         print("\nsweep (recall vs speed); loop faces = those the loop found" + (" (no loop run)" if args.no_loop else ""))
         print(f"  {'work_size':>9} {'photos/s':>9} {'MP/s':>7} {'known':>7} {'loop faces':>10} {'faces':>6} {'peak MiB':>8}")
         for ws in sweep:
-            boxes, r, rep = run_facejob(folder, tmp / f"out_{ws}", IndexConfig(workers=args.workers, work_size=ws))
+            boxes, r, rep = run_facejob(folder, tmp / f"out_{ws}", IndexConfig(workers=args.workers, shard_size=shard,
+                                                                                   work_size=ws))
             lf = f"{found(loop_truth, boxes)}/{sum(map(len, loop_boxes.values()))}" if not args.no_loop else "-"
             print(f"  {ws:>9} {r:>9.3f} {rep['megapixels_per_s']:>7.1f} {found(truth, boxes):>3}/{known:<3} {lf:>10} "
                   f"{sum(map(len, boxes.values())):>6} {rep['worker_peak_rss_mb']:>8.0f}")

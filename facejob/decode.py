@@ -5,7 +5,7 @@ pixel guard (`max_pixels`, checked per call before anything is decoded; Pillow's
 `Image.MAX_IMAGE_PIXELS` is never touched). `Photo.level(scale)` then decodes at the smallest
 scale the format offers that is at least `scale`: JPEG through libjpeg's DCT scaling
 (`Image.draft`, 1/2, 1/4, 1/8), then a fast resize to the exact size; other formats decode in full
-and are resized. So a 50 MP camera JPEG becomes a 1600 px working copy without ever holding 150 MB
+and are resized. So a 50 MP camera JPEG becomes a 1200 px working copy without ever holding 150 MB
 of pixels.
 
 Formats: everything Pillow reads, plus HEIC/HEIF (pillow-heif; a motion photo gives its still),
@@ -34,7 +34,7 @@ EMPTY, UNSUPPORTED, CORRUPT, TOO_LARGE, UNREADABLE, UNAVAILABLE, CRASH = (
 # default working size: detection then sees as much as it would in a JPEG), or is at least as
 # large as the half-size demosaic; smaller previews (thumbnails) are ignored and the raw data is
 # demosaiced at half size.
-RAW_PREVIEW_MIN = 1600
+RAW_PREVIEW_MIN = 1200
 
 # File starts that LibRaw reads rather than Pillow (TIFF-based raws are tried by LibRaw first,
 # and fall back to Pillow when LibRaw finds no raw data in them, i.e. for plain TIFFs).

@@ -117,7 +117,6 @@ class Pipeline:
         self.aligner = Aligner(config.landmarks)
         self.embedder = make_embedder(config)
         self.timings: Counter[str] = Counter()
-        self.megapixels = 0.0   # original megapixels decoded since the last reset (for progress)
 
     def _timed(self, stage: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -190,7 +189,6 @@ class Pipeline:
         finally:
             self._timed("decode", t)
         result = ImageResult(schema.STATUS_OK, None, sha, photo.width, photo.height, phash.phash(work.pixels))
-        self.megapixels += photo.width * photo.height / 1e6
         return result, Decoded(work, photo)
 
     def _load(self, ref: ImageRef) -> tuple[ImageResult, Decoded | None]:

@@ -51,8 +51,8 @@ def test_24mp_jpeg_decoded_at_reduced_scale(canvas_jpeg):
     assert (photo.width, photo.height) == CANVAS
     scale = working_scale(IndexConfig(), photo.width, photo.height)
     work = photo.level(scale)
-    assert work.pixels.shape == (1067, 1600, 3) and abs(work.sx - 1600 / 6000) < 1e-9
-    # libjpeg's DCT scaling decoded it at 1/2 (3000x2000, 18 MB), never at full size (72 MB):
+    assert work.pixels.shape == (800, 1200, 3) and abs(work.sx - 1200 / 6000) < 1e-9
+    # libjpeg's DCT scaling decoded it at 1/4 (1500x1000, 4.5 MB), never at full size (72 MB):
     # a fresh process's peak memory grows by far less than one full-size copy.
     code = ("import resource, sys; from facejob import decode; data = open(sys.argv[1], 'rb').read(); "
             "p = decode.open_photo(data, 10**9); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
