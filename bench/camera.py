@@ -216,6 +216,8 @@ def main() -> int:
         loop_boxes, loop_rate, loop_rss, loop_secs = run_loop(paths, args.workers)
     _, rate, report2 = run_facejob(folder, tmp / "out_default_2", default)   # after the loop: same load
     fj_rates.append(rate)
+    torch_boxes, torch_rate, torch_report = run_facejob(folder, tmp / "out_torch",
+                                                        IndexConfig(workers=args.workers, shard_size=shard, embedder="torch"))
     fmts = args.formats.split(",")
     per_format = {}
     for fmt in fmts:   # each format alone, with the same shard size as above
@@ -243,6 +245,8 @@ def main() -> int:
             print(f"  {fmt}: facejob {r:.3f} photos/s, loop {loop_fmt:.4f} (from its seconds per photo): "
                   f"{r / loop_fmt:.1f}x")
         print(f"  faces {sum(map(len, loop_boxes.values()))}; known faces found {found(truth, loop_boxes)}/{known}")
+        print(f"facejob --embedder torch (the same descriptors, batched): {torch_rate:.3f} photos/s, "
+              f"{torch_rate / loop_rate:.1f}x the loop; known faces found {found(truth, torch_boxes)}/{known}")
         print(f"\nspeed-up: {fj_rate / loop_rate:.1f}x photos/s (target >= 10x); of the loop's "
               f"{sum(map(len, loop_boxes.values()))} faces facejob finds {found(loop_truth, fj_boxes)} "
               f"(IoU >= 0.5); known faces: facejob {found(truth, fj_boxes)}, loop {found(truth, loop_boxes)}")

@@ -93,6 +93,9 @@ class Photo:
 
     def __init__(self, data: bytes, width: int, height: int, fmt: str):
         self.data, self.width, self.height, self.format = data, width, height, fmt
+        # Formats without reduced decoding (all but JPEG) are decoded in full once; the decode is
+        # kept while the photo is processed, so a finer level is a resize, not a second decode.
+        self._full: Image.Image | None = None
 
     @property
     def max_scale(self) -> float:
@@ -104,7 +107,11 @@ class Photo:
         (clamped to (0, max_scale])."""
         scale = min(max(scale, 1e-6), self.max_scale)
         try:
-            im = _open_pillow(self.data)
+            im = self._full or _open_pillow(self.data)
+            if self._full is None and im.format != "JPEG":
+                im.seek(0)
+                im.load()
+                self._full = im
             return _pillow_level(im, self.width, self.height, scale)
         except DecodeError:
             raise

@@ -261,7 +261,10 @@ class Pipeline:
                         face.embedding = next(embeddings)
             waiting.clear()
 
-        for result, image in _prefetch(self._load, refs, depth=max(8, 2 * detect_batch)):
+        # Two photos ahead on a CPU (the next decode overlaps this detection; a photo decoded in
+        # full is held until aligned, so depth bounds memory: 3 x 300 MB at the 100 MP guard).
+        depth = 2 * detect_batch if detect_batch > 1 else 2
+        for result, image in _prefetch(self._load, refs, depth=depth):
             results.append(result)
             if image is not None:
                 decoded.append((result, image))

@@ -35,7 +35,7 @@ def _jpeg(img: Image.Image, **kw) -> bytes:
 
 @pytest.fixture(scope="module")
 def face(data_dir) -> Image.Image:
-    return face_image(data_dir, 480)
+    return face_image(data_dir, 960)   # a face of ~260 px: ~50 px in the 1200 px working copy
 
 
 @pytest.fixture(scope="module")
