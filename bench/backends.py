@@ -42,17 +42,18 @@ def bench_embedder(chips: np.ndarray, batch_sizes: list[int], threads: list[int]
     import torch
 
     from facejob.dlibport.resnet import TorchEmbedder
+    from facejob.embed import embed_chips
     from facejob.models import model_path
 
     n = len(chips)
     rec = dlib.face_recognition_model_v1(str(model_path("resnet")))
     chip_list = list(chips)
-    embedders = {bs: TorchEmbedder(device=device, batch_size=bs, tta=tta) for bs in batch_sizes}
+    embedders = {bs: TorchEmbedder(device=device, batch_size=bs) for bs in batch_sizes}
 
     def torch_run(e: TorchEmbedder, t: int):
         def run():
             torch.set_num_threads(t)
-            e.embed(chips)
+            embed_chips(e, chips, tta)  # the FaceModel's TTA path
         return run
 
     # dlib's CPU DNN runs on one thread whatever the settings.

@@ -2,7 +2,7 @@
 
     python bench/backends_table.py [--folders labelled groups] [--upsample 0]
 
-Runs the real per-shard function (facejob.pipeline.Pipeline.process_shard) over every photo
+Runs the real per-shard function (facejob.pipeline.FaceModel.process_shard) over every photo
 twice: with `--detector cnn --embedder torch` (facejob's PyTorch ports) and with dlib's own
 CNN detector and compute_face_descriptor swapped in. Then matches faces photo by photo and
 prints: photos whose face count differs, the worst box IoU, the worst detection-score
@@ -20,10 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from facejob.config import IndexConfig  # noqa: E402
-from facejob.detect import DlibCnnDetector  # noqa: E402
-from facejob.embed import DlibEmbedder  # noqa: E402
-from facejob.pipeline import Pipeline  # noqa: E402
+from facejob.config import EXTENSIONS, ModelConfig  # noqa: E402
+from facejob.pipeline import FaceModel  # noqa: E402
 from facejob.sources import list_images  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -51,12 +49,11 @@ def main() -> int:
     ap.add_argument("--folders", nargs="+", default=["labelled", "groups"])
     ap.add_argument("--upsample", type=int, default=0)
     args = ap.parse_args()
-    cfg = IndexConfig(detector="cnn", embedder="torch", upsample=args.upsample, device="cpu")
-    refs = list(list_images([str(args.data / f) for f in args.folders], cfg.extensions))
+    cfg = ModelConfig(detector="cnn", embedder="torch", upsample=args.upsample, device="cpu")
+    refs = list(list_images([str(args.data / f) for f in args.folders], EXTENSIONS))
 
-    torch_pipe = Pipeline(cfg)
-    dlib_pipe = Pipeline(cfg)
-    dlib_pipe.detector, dlib_pipe.embedder = DlibCnnDetector(), DlibEmbedder()
+    torch_pipe = FaceModel(cfg)
+    dlib_pipe = FaceModel(ModelConfig(detector="cnn-dlib", embedder="dlib", upsample=args.upsample))
 
     t = time.perf_counter()
     _, ours = torch_pipe.process_shard(refs, "torch")

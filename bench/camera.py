@@ -19,7 +19,7 @@ boxes of the group photos, and the portrait's face as dlib finds it in the origi
 photo, scaled with the photo; facejob must find at least as many of them as the loop. "loop
 faces": every box the loop found (false positives included), for reference.
 Peak RSS per worker: run.json's worker_peak_rss_mb, and ru_maxrss of the loop's processes.
-Memory: one 50 MP JPEG and one 50 MP PNG (decoded in full, like HEIC) through the Pipeline in a
+Memory: one 50 MP JPEG and one 50 MP PNG (decoded in full, like HEIC) through the FaceModel in a
 fresh process each, and its peak RSS (the documented bound: 1.5 GB per worker); --no-memory skips.
 The machine is shared: absolute speeds are low; the ratio is measured side by side.
 """
@@ -46,7 +46,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import facejob  # noqa: E402
-from facejob.config import IndexConfig  # noqa: E402
+from facejob.config import IndexConfig, ModelConfig, RunConfig  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 SIZES = ((4032, 3024), (6000, 4000))
@@ -157,13 +157,13 @@ def found(truth: dict[str, list], got: dict[str, list]) -> int:
 
 
 def memory(tmp: Path, data: Path) -> None:
-    """Peak RSS of a fresh process that runs one 50 MP photo through the Pipeline."""
+    """Peak RSS of a fresh process that runs one 50 MP photo through the FaceModel."""
     import pillow_heif
 
     pillow_heif.register_heif_opener()
     big = Image.open(data / "groups/dlib_faces/2008_002470.jpg").convert("RGB").resize((8660, 5773), Image.BILINEAR)
-    code = ("import resource, sys, time; from facejob.config import IndexConfig; from facejob.pipeline import Pipeline; "
-            "p = Pipeline(IndexConfig()); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+    code = ("import resource, sys, time; from facejob.config import ModelConfig; from facejob.pipeline import FaceModel; "
+            "p = FaceModel(ModelConfig()); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
             "t = time.perf_counter(); r = p.process_bytes(open(sys.argv[1], 'rb').read()); "
             "print(r.status, len(r.faces), round(time.perf_counter() - t, 2), base // 1024, "
             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
@@ -207,7 +207,8 @@ def main() -> int:
     # facejob's defaults; only the shard size is set, to the auto rule's ~4 shards per worker
     # without its 10-photo minimum (meant for archives, it would give 12 photos one 10-photo shard).
     shard = max(1, len(paths) // (4 * args.workers))
-    default = IndexConfig(workers=args.workers, shard_size=shard)
+    run = RunConfig(workers=args.workers, shard_size=shard)
+    default = IndexConfig(ModelConfig(), run)
     runs = {}
     fj_rates = []
     fj_boxes, rate, report = run_facejob(folder, tmp / "out_default_1", default)
@@ -217,7 +218,7 @@ def main() -> int:
     _, rate, report2 = run_facejob(folder, tmp / "out_default_2", default)   # after the loop: same load
     fj_rates.append(rate)
     torch_boxes, torch_rate, torch_report = run_facejob(folder, tmp / "out_torch",
-                                                        IndexConfig(workers=args.workers, shard_size=shard, embedder="torch"))
+                                                        IndexConfig(ModelConfig(embedder="torch"), run))
     fmts = args.formats.split(",")
     per_format = {}
     for fmt in fmts:   # each format alone, with the same shard size as above
@@ -227,7 +228,8 @@ def main() -> int:
     fj_rate = statistics.median(fj_rates)
     known = sum(map(len, truth.values()))
 
-    print(f"\nfacejob defaults (work_size {default.work_size}, upsample {default.upsample}), {args.workers} workers:")
+    print(f"\nfacejob defaults (work_size {default.model.work_size}, upsample {default.model.upsample}), "
+          f"{args.workers} workers:")
     print(f"  {fj_rate:.3f} photos/s (runs: {', '.join(f'{r:.3f}' for r in fj_rates)}), "
           f"{report['megapixels_per_s']:.1f} MP/s; peak RSS per worker {report['worker_peak_rss_mb']:.0f} / "
           f"{report2['worker_peak_rss_mb']:.0f} MiB")
@@ -260,8 +262,7 @@ def main() -> int:
         print("\nsweep (recall vs speed); loop faces = those the loop found" + (" (no loop run)" if args.no_loop else ""))
         print(f"  {'work_size':>9} {'photos/s':>9} {'MP/s':>7} {'known':>7} {'loop faces':>10} {'faces':>6} {'peak MiB':>8}")
         for ws in sweep:
-            boxes, r, rep = run_facejob(folder, tmp / f"out_{ws}", IndexConfig(workers=args.workers, shard_size=shard,
-                                                                                   work_size=ws))
+            boxes, r, rep = run_facejob(folder, tmp / f"out_{ws}", IndexConfig(ModelConfig(work_size=ws), run))
             lf = f"{found(loop_truth, boxes)}/{sum(map(len, loop_boxes.values()))}" if not args.no_loop else "-"
             print(f"  {ws:>9} {r:>9.3f} {rep['megapixels_per_s']:>7.1f} {found(truth, boxes):>3}/{known:<3} {lf:>10} "
                   f"{sum(map(len, boxes.values())):>6} {rep['worker_peak_rss_mb']:>8.0f}")

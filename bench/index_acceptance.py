@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import facejob  # noqa: E402
-from facejob.config import IndexConfig  # noqa: E402
+from facejob.config import IndexConfig, ModelConfig  # noqa: E402
 from facejob.sources import list_images  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -61,7 +61,7 @@ def main() -> int:
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="facejob_acceptance_"))
     sources = [str(args.data / f) for f in FOLDERS]
-    cfg = IndexConfig(embedder=args.embedder)
+    cfg = IndexConfig(ModelConfig(embedder=args.embedder))
 
     t = time.perf_counter()
     summary = facejob.index(sources, str(out), cfg, progress=False)

@@ -28,7 +28,7 @@ import pyarrow.dataset as ds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import facejob  # noqa: E402
-from facejob.config import IndexConfig  # noqa: E402
+from facejob.config import IndexConfig, ModelConfig, RunConfig  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -133,7 +133,7 @@ def main() -> int:
 
     def config_of(contender: str) -> IndexConfig:
         embedder, _, tta = contender.split()[-1].partition(":")
-        return IndexConfig(embedder=embedder, tta=tta or "none", workers=args.workers)
+        return IndexConfig(ModelConfig(embedder=embedder, tta=tta or "none"), RunConfig(workers=args.workers))
 
     contenders = [f"facejob --embedder {e}" for e in args.embedders.split(",")]
     if not args.no_loop:

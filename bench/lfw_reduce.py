@@ -16,7 +16,7 @@ Reports pairwise precision / recall / F and BCubed F.
 
 Duplicates (--dedup): `facejob dedup` on the whole LFW archive plus, for 100 random LFW
 photos, three copies each (JPEG quality 60, resized to 70 %, cropped 8 % on every side),
-embedded by the same Pipeline: recall = copies grouped with their original; the groups found
+embedded by the same FaceModel: recall = copies grouped with their original; the groups found
 among the original 13,233 photos are listed (LFW holds real copies: one press photo cropped
 around each person in it, and two byte-identical files filed under different names).
 
@@ -245,8 +245,8 @@ def run_dedup(lfw_out: str, n: int = 100, seed: int = 0) -> None:
 
     from PIL import Image
 
-    from facejob.config import IndexConfig
-    from facejob.pipeline import Pipeline, shard_tables
+    from facejob.config import ModelConfig
+    from facejob.pipeline import FaceModel, shard_tables
     from facejob.reduce import dedup
     from facejob.sources import ImageRef
     from facejob.storage import write_parquet
@@ -257,8 +257,7 @@ def run_dedup(lfw_out: str, n: int = 100, seed: int = 0) -> None:
         for sub in ("faces", "images"):
             shutil.copytree(Path(lfw_out) / sub, out / sub)
         shutil.copy(Path(lfw_out) / "run.json", out / "run.json")
-        cfg = IndexConfig.from_dict(json.loads((out / "run.json").read_text())["config"])
-        pipe = Pipeline(cfg)
+        pipe = FaceModel(ModelConfig.load(LocalStore(out)))
         rng = random.Random(seed)
         images = LocalStore(out)
         from facejob.reduce.embeddings import read_images

@@ -111,10 +111,10 @@ def main() -> int:
     import facejob
     from facejob import reduce as fr
     from facejob import s3 as fs3
-    from facejob.config import IndexConfig
+    from facejob.config import IndexConfig, ModelConfig, RunConfig
 
-    config = IndexConfig(detector=args.detector, embedder=args.embedder, workers=args.workers,
-                         shard_size=args.shard_size)
+    config = IndexConfig(ModelConfig(detector=args.detector, embedder=args.embedder),
+                         RunConfig(workers=args.workers, shard_size=args.shard_size))
     chosen = pick_photos(Path(args.data), args.photos + args.add + args.change + 8)
     warmup, chosen = chosen[-8:], chosen[:-8]
     first, added = chosen[:args.photos], chosen[args.photos:args.photos + args.add]

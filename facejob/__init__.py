@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from facejob.config import ConfigError, IndexConfig
+from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig
 
 __version__ = "0.1.0"
-__all__ = ["IndexConfig", "ConfigError", "index", "verify"]
+__all__ = ["IndexConfig", "ModelConfig", "RunConfig", "ConfigError", "index", "verify"]
 
 if TYPE_CHECKING:
     from facejob.runner import RunSummary

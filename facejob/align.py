@@ -1,9 +1,11 @@
-"""Step 2: landmarks and aligned 150×150 chips (dlib's shape predictor and get_face_chips)."""
+"""Step 2: landmarks (dlib's shape predictor) and aligned 150×150 chips (facejob.dlibport.chips,
+the bit-exact port of dlib.get_face_chip)."""
 from __future__ import annotations
 
 import numpy as np
 
 from facejob.detect import Detection
+from facejob.dlibport.chips import extract_chips
 from facejob.models import model_path
 
 CHIP_SIZE = 150
@@ -20,29 +22,22 @@ class Aligner:
     def __init__(self, n_landmarks: int = 5) -> None:
         import dlib
 
-        self._dlib = dlib
+        self._rect = dlib.rectangle
         self.n_landmarks = n_landmarks
-        name = "landmarks5" if n_landmarks == 5 else "landmarks68"
-        self._predictor = dlib.shape_predictor(str(model_path(name)))
+        self._predictor = dlib.shape_predictor(str(model_path(f"landmarks{n_landmarks}")))
 
-    def landmarks(self, image: np.ndarray, faces: list[Detection]) -> list:
-        """dlib full_object_detections, one per face box."""
-        rect = self._dlib.rectangle
-        return [self._predictor(image, rect(f.left, f.top, f.right, f.bottom)) for f in faces]
+    def landmarks(self, image: np.ndarray, faces: list[Detection]) -> list[np.ndarray]:
+        """One (n_landmarks, 2) int32 array of (x, y) points per face box."""
+        return [np.array([(p.x, p.y) for p in self._predictor(image, self._rect(f.left, f.top, f.right, f.bottom)).parts()],
+                         dtype=np.int32) for f in faces]
 
-    def chips(self, image: np.ndarray, shapes: list) -> np.ndarray:
+    def chips(self, image: np.ndarray, points: list[np.ndarray]) -> np.ndarray:
         """(n, 150, 150, 3) uint8 chips, exactly as dlib.get_face_chip cuts each face.
 
         One face at a time on purpose: dlib.get_face_chips on several faces builds one shared
         pyramid for large faces, so a chip (and its descriptor, by up to 0.004) would depend on
         which other faces share the photo. Per face it equals compute_face_descriptor(img, shape).
         """
-        if not shapes:
+        if not points:
             return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-        return np.stack([np.asarray(self._dlib.get_face_chip(image, s, CHIP_SIZE, CHIP_PADDING), np.uint8)
-                         for s in shapes])
-
-
-def shape_points(shape) -> np.ndarray:
-    """(n, 2) int32 array of a dlib full_object_detection's (x, y) points."""
-    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.int32)
+        return np.concatenate([extract_chips(image, [p], CHIP_SIZE, CHIP_PADDING) for p in points])

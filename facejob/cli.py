@@ -1,13 +1,16 @@
-"""The `facejob` command. Flags mirror facejob.config.IndexConfig one to one."""
+"""The `facejob` command. `index` and `verify` flags are generated from facejob.config's dataclass
+fields (name, type, choices, help); a flag not given takes the field's default."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import time
+from typing import Any
 
-from facejob.config import DEFAULT_MAX_PIXELS, ConfigError, IndexConfig
+from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig, options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,56 +33,34 @@ def setup_logging(fmt: str = "text", verbose: bool = False) -> None:
     root.propagate = False
 
 
-def add_index_options(p: argparse.ArgumentParser) -> None:
-    d = IndexConfig()
-    g = p.add_argument_group("detection and embedding")
-    g.add_argument("--detector", choices=["hog", "cnn"], default=d.detector,
-                   help="hog: dlib's HOG detector, fast on CPU; cnn: dlib's MMOD CNN, finds more "
-                        "(rotated, small) faces, needs a GPU to be fast (default: %(default)s)")
-    g.add_argument("--upsample", type=int, default=d.upsample,
-                   help="double the image this many times before detecting; 1 finds faces down to "
-                        "~40 px (default: %(default)s)")
-    g.add_argument("--min-face-size", type=int, default=d.min_face_size, metavar="PX",
-                   help="drop faces whose shorter side is below PX pixels (default: %(default)s = keep all)")
-    g.add_argument("--work-size", type=int, default=d.work_size, metavar="PX",
-                   help="detect on a working copy with this long side; photos up to twice as large are "
-                        "used as they are; 0 = always full size (default: %(default)s)")
-    g.add_argument("--smallest-face", type=int, default=d.smallest_face, metavar="PX",
-                   help="make the working copy large enough to find faces down to PX original pixels "
-                        "(default: %(default)s = set by --work-size)")
-    g.add_argument("--landmarks", type=int, choices=[5, 68], default=d.landmarks,
-                   help="landmark model used to align faces (default: %(default)s)")
-    g.add_argument("--embedder", choices=["dlib", "torch"], default=d.embedder,
-                   help="dlib: the reference implementation; torch: batched port of the same network, "
-                        "same numbers, much faster (default: %(default)s)")
-    g.add_argument("--device", default=d.device, help="torch device: auto, cpu, cuda (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="faces per torch batch, 0 = tuned per device (default: %(default)s)")
-    g.add_argument("--tta", choices=["none", "flip"], default=d.tta,
-                   help="flip: average each face's descriptor with its mirror image's (default: %(default)s)")
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse images larger than this many pixels (default: %(default)s)")
-    r = p.add_argument_group("execution")
-    r.add_argument("--workers", type=int, default=d.workers,
-                   help="parallel workers, each loading the models once (default: one per CPU)")
-    r.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker,
-                   help="Ray CPUs each worker task asks for (default: %(default)s)")
-    r.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker,
-                   help="Ray GPUs each worker task asks for; 1 on GPU clusters (default: %(default)s)")
-    r.add_argument("--shard-size", type=int, default=d.shard_size,
-                   help="images per task and per output part (default: 0 = about 4 shards per worker, 10-500 images each)")
-    r.add_argument("--address", default=d.address,
-                   help="join this Ray cluster (auto or host:port); default: start a local Ray")
-    r.add_argument("--force", action="store_true", help="redo photos already in the output")
+def _flag_type(f: dataclasses.Field):
+    t = str(f.type)
+    return int if t == "int" else float if t == "float" else str
 
 
-def config_from_args(args: argparse.Namespace) -> IndexConfig:
-    return IndexConfig(detector=args.detector, upsample=args.upsample, min_face_size=args.min_face_size,
-                       work_size=args.work_size, smallest_face=args.smallest_face, landmarks=args.landmarks, embedder=args.embedder, device=args.device,
-                       batch_size=args.batch_size, tta=args.tta, max_pixels=args.max_pixels,
-                       workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                       gpus_per_worker=args.gpus_per_worker, shard_size=args.shard_size, address=args.address,
-                       force=args.force)
+def add_config_options(p: argparse.ArgumentParser, cls, title: str) -> None:
+    """One flag per field of a config dataclass (facejob.config), with the field's help text."""
+    g = p.add_argument_group(title)
+    defaults = cls()
+    for f in options(cls):
+        flag, default, meta = "--" + f.name.replace("_", "-"), getattr(defaults, f.name), f.metadata
+        if str(f.type) == "bool":
+            g.add_argument(flag, action="store_true", default=None, help=meta["help"])
+            continue
+        kind = _flag_type(f)
+        g.add_argument(flag, type=kind, default=None, metavar=meta["metavar"],
+                       choices=[kind(c) for c in meta["choices"]] if meta["choices"] else None,
+                       help=f"{meta['help']} (default: {default})")
+
+
+def config_from_args(cls, args: argparse.Namespace, base: Any = None):
+    """The config dataclass from the flags given (the others from `base`, else the defaults)."""
+    given = {f.name: getattr(args, f.name) for f in options(cls) if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(base if base is not None else cls(), **given)
+
+
+def index_config_from_args(args: argparse.Namespace) -> IndexConfig:
+    return IndexConfig(config_from_args(ModelConfig, args), config_from_args(RunConfig, args))
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -89,7 +70,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         from facejob import s3
 
         s3.configure(endpoint_url=args.endpoint_url)
-    summary = index(args.sources, args.out, config_from_args(args), progress=not args.quiet)
+    summary = index(args.sources, args.out, index_config_from_args(args), progress=not args.quiet)
     c, t = summary.counts, summary.report["totals"]
     print(f"indexed {c['processed']} photos in {summary.timings['total_s']:.1f} s "
           f"({summary.report['images_per_s']:.1f} images/s): {c['ok']} with faces, {c['no_face']} without, "
@@ -106,7 +87,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from facejob.verify import verify
 
-    v = verify(args.photo_a, args.photo_b, args.threshold)
+    base = None
+    if args.like:  # the archive's own model settings, overridden by any flag given
+        from facejob.storage import open_store
+
+        base = ModelConfig.load(open_store(args.like))
+    v = verify(args.photo_a, args.photo_b, args.threshold, config_from_args(ModelConfig, args, base))
     print(f"{'same person' if v.same_person else 'different people'}: distance {v.distance:.4f} "
           f"(threshold {v.threshold})")
     return 0
@@ -129,22 +115,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", default=None,
                    help="S3-compatible endpoint (MinIO, Ceph); default: AWS_ENDPOINT_URL or AWS itself")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
-    add_index_options(p)
+    add_config_options(p, ModelConfig, "the face model (saved in OUT/model.json; search, verify and label reuse it)")
+    add_config_options(p, RunConfig, "execution")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("verify", help="are the faces in two photos the same person?")
     p.add_argument("photo_a")
     p.add_argument("photo_b")
     p.add_argument("--threshold", type=float, default=0.6, help="distance below which faces match (default: %(default)s)")
+    p.add_argument("--like", metavar="OUT", help="use the model settings an index output was made with")
+    add_config_options(p, ModelConfig, "the face model")
     p.set_defaults(func=cmd_verify)
 
     try:
         from facejob.reduce.cli import add_commands
-    except ImportError:
-        pass
+    except Exception as e:  # an optional part that cannot load must not hide the other commands
+        _unavailable(sub, REDUCE_COMMANDS, e)
     else:
         add_commands(sub)
     return parser
+
+
+REDUCE_COMMANDS = ("search", "cluster", "label", "dedup", "reduce")
+
+
+def _unavailable(sub, names: tuple[str, ...], error: Exception) -> None:
+    """Commands whose module failed to import: listed in --help, and an error saying why when run."""
+    why = f"{type(error).__name__}: {error}"
+    for name in names:
+        p = sub.add_parser(name, help=f"(unavailable: {why})", add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda args, why=why: _fail_unavailable(args.command, why))
+
+
+def _fail_unavailable(command: str, why: str) -> int:
+    print(f"facejob {command}: error: this command could not be loaded ({why})", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

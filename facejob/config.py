@@ -1,18 +1,37 @@
-"""All settings of a facejob run, in one typed place. The CLI flags and jobs/*.yaml mirror these."""
+"""Every setting of `facejob index`, typed and validated, in two places by concern.
+
+- `ModelConfig`: what a face row *is* (detector, upsample, min face size, landmarks, embedder,
+  flip TTA) and how the model runs (device, batch size). Saved in OUT/model.json by `index`;
+  `search`, `verify`, `label --folder` and jobs/nightly.py build their `FaceModel` from it.
+- `RunConfig`: how a run goes (workers and their resources, shard size, Ray address, --force,
+  input limits and extensions). Recorded in run.json, never needed to read an output.
+
+`facejob index`'s flags are generated from these fields (their `help` metadata; see
+`options()`), and jobs/nightly.yaml's `index:` section takes the same names. Everything is
+checked when the object is built, before Ray starts.
+"""
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-DETECTORS = ("hog", "cnn")
-EMBEDDERS = ("dlib", "torch")
+from facejob.backends import DETECTORS, EMBEDDERS
+from facejob.layout import MODEL_JSON, RUN_JSON
+
 LANDMARKS = (5, 68)
 TTA = ("none", "flip")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # Images above this many pixels are refused before decoding (decompression-bomb guard).
 # 100 MP covers every phone and most DSLR photos; panoramas above it get a `too_large` reason.
 DEFAULT_MAX_PIXELS = 100_000_000
+RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".rw2",
+                  ".orf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mef", ".mos", ".mrw", ".rwl")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif",
+              ".jxl") + RAW_EXTENSIONS
 
 # Detection runs on a working copy with this long side. bench/camera.py's sweep (12 camera photos,
 # 56 labelled faces): 800, 1024 and 1200 px all find the 56 faces the full-size loop finds (1600
@@ -20,114 +39,196 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # test suite's 2280 px group photo) at full resolution.
 DEFAULT_WORK_SIZE = 1200
 
-RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".rw2",
-                  ".orf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mef", ".mos", ".mrw", ".rwl")
-
 
 class ConfigError(ValueError):
     """A setting has a value facejob cannot use; the message says which and why."""
 
 
-@dataclass(frozen=True)
-class IndexConfig:
-    """How `facejob index` detects, aligns and embeds faces, and how it runs.
+def setting(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
+            cli: bool = True) -> Any:
+    """A dataclass field with what its command-line flag needs (`help`, `choices`, `metavar`)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar, "cli": cli})
 
-    detector: "hog" (dlib HOG + linear SVM, CPU) or "cnn" (dlib's MMOD CNN; slow on CPU).
-    upsample: times the working copy is doubled before detection (finds faces down to ~40
-        working-copy px at 1).
-    work_size: detection runs on a working copy of the photo whose long side is this many pixels
-        (JPEG: decoded straight at a reduced scale); photos smaller than that are used as they
-        are. Landmarks and chips come from pixels where the face is at least 100 px (full
-        resolution only for faces small in the working copy). Boxes and landmarks are always in
-        original-photo pixels. 0 = detect on the full photo.
-    smallest_face: make the working copy large enough to find faces down to this many pixels of
-        the original photo (0 = no floor: the smallest face found is about
-        80 / 2**upsample / (work_size / long side) original px: 200 px on a 6000 px photo).
-    min_face_size: drop detections whose shorter side is below this many pixels (0 keeps all).
-    landmarks: 5 or 68 point shape predictor used to align the 150x150 chip.
-    embedder: "dlib" (reference, one face at a time) or "torch" (batched port of the same net).
-    device: "auto" picks cuda when available for the torch backends, else cpu.
-    batch_size: faces per torch forward pass (0 = pick per device).
-    tta: "flip" averages the descriptor of the chip and of its mirror image.
-    max_pixels: refuse images with more pixels than this (decompression-bomb guard).
-    workers: parallel Ray tasks, each in a worker process that loads the models once
-        (0 = one per CPU Ray sees, or one per GPU with gpus_per_worker).
-    cpus_per_worker, gpus_per_worker: Ray resources each task asks for (GPU clusters: 1 GPU each).
-    shard_size: images per Ray task and per output Parquet part (0 = about 4 shards per worker,
-        10 to 500 images each).
-    address: join this Ray cluster ("auto" or host:port); None starts a local Ray.
-    force: redo images already in the output.
-    """
 
-    detector: Literal["hog", "cnn"] = "hog"
-    upsample: int = 1
-    min_face_size: int = 0
-    landmarks: Literal[5, 68] = 5
-    embedder: Literal["dlib", "torch"] = "dlib"
-    device: str = "auto"
-    batch_size: int = 0
-    tta: Literal["none", "flip"] = "none"
-    work_size: int = DEFAULT_WORK_SIZE
-    smallest_face: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    workers: int = 0
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    shard_size: int = 0
-    address: str | None = None
-    force: bool = False
-    extensions: tuple[str, ...] = field(
-        default=(".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif",
-                 ".jxl") + RAW_EXTENSIONS
-    )
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
 
-    def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
 
-        need(self.detector in DETECTORS, f"detector must be one of {DETECTORS}, got {self.detector!r}")
-        need(self.embedder in EMBEDDERS, f"embedder must be one of {EMBEDDERS}, got {self.embedder!r}")
-        need(self.landmarks in LANDMARKS, f"landmarks must be 5 or 68, got {self.landmarks!r}")
-        need(self.tta in TTA, f"tta must be one of {TTA}, got {self.tta!r}")
-        need(isinstance(self.upsample, int) and 0 <= self.upsample <= 4,
-             f"upsample must be an integer 0..4, got {self.upsample!r}")
-        need(isinstance(self.min_face_size, int) and self.min_face_size >= 0,
-             f"min_face_size must be >= 0 pixels, got {self.min_face_size!r}")
-        need(isinstance(self.work_size, int) and self.work_size >= 0,
-             f"work_size must be >= 0 pixels (0 = full size), got {self.work_size!r}")
-        need(isinstance(self.smallest_face, int) and self.smallest_face >= 0,
-             f"smallest_face must be >= 0 pixels (0 = set by work_size), got {self.smallest_face!r}")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 0,
-             f"batch_size must be >= 0, got {self.batch_size!r}")
-        need(isinstance(self.max_pixels, int) and self.max_pixels > 0,
-             f"max_pixels must be > 0, got {self.max_pixels!r}")
-        need(isinstance(self.workers, int) and self.workers >= 0,
-             f"workers must be >= 0, got {self.workers!r}")
-        need(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
-        need(self.gpus_per_worker >= 0, f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
-        need(isinstance(self.shard_size, int) and self.shard_size >= 0,
-             f"shard_size must be >= 0 (0 = auto), got {self.shard_size!r}")
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class _Settings:
+    """to_dict / from_dict shared by the config dataclasses (unknown keys are errors)."""
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["extensions"] = list(self.extensions)
-        return d
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        if not isinstance(d, dict):
+            raise ConfigError(f"{cls.__name__} settings must be a mapping, got {type(d).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(map(str, unknown))} (allowed: {', '.join(known)})")
+        return cls(**{k: tuple(v) if isinstance(known[k].default, tuple) and isinstance(v, list) else v
+                      for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Settings):
+    """How faces are found and described: everything that decides what a faces row contains."""
+
+    detector: str = setting("hog", "face detector: hog (dlib HOG, fast on CPU), cnn (dlib's MMOD CNN, "
+                                   "PyTorch port: finds more faces, wants a GPU), cnn-dlib (the same CNN "
+                                   "computed by dlib, the reference)", choices=tuple(DETECTORS))
+    upsample: int = setting(1, "double the working copy this many times before detecting; 1 finds faces "
+                               "down to ~40 of its px", metavar="N")
+    work_size: int = setting(DEFAULT_WORK_SIZE, "detect on a working copy with this long side (JPEG: decoded "
+                                                "straight at 1/2, 1/4, 1/8); photos up to twice as large are "
+                                                "used as they are; landmarks and chips come from pixels where "
+                                                "the face is >= 100 px; boxes stay in original pixels "
+                                                "(0 = always full size)", metavar="PX")
+    smallest_face: int = setting(0, "make the working copy large enough to find faces down to PX original "
+                                    "pixels (0 = set by --work-size: about 80 / 2**upsample / (work_size / "
+                                    "long side), 200 px on a 6000 px photo)", metavar="PX")
+    min_face_size: int = setting(0, "drop faces whose shorter side is below PX pixels (0 keeps all)", metavar="PX")
+    landmarks: int = setting(5, "landmark model used to align faces", choices=LANDMARKS)
+    embedder: str = setting("dlib", "dlib: the reference implementation; torch: the batched PyTorch port of "
+                                    "the same network (same descriptors to 1e-6, much faster)",
+                            choices=tuple(EMBEDDERS))
+    tta: str = setting("none", "flip: average each face's descriptor with its mirror image's", choices=TTA)
+    device: str = setting("auto", "torch device for the PyTorch backends: auto (cuda when the worker "
+                                  "has a GPU, else cpu), cpu, cuda, cuda:N, mps")
+    batch_size: int = setting(0, "faces per torch forward pass (0 = tuned per device)", metavar="N")
+
+    def __post_init__(self) -> None:
+        _need(self.detector in DETECTORS, f"detector must be one of {tuple(DETECTORS)}, got {self.detector!r}")
+        _need(self.embedder in EMBEDDERS, f"embedder must be one of {tuple(EMBEDDERS)}, got {self.embedder!r}")
+        _need(self.landmarks in LANDMARKS, f"landmarks must be 5 or 68, got {self.landmarks!r}")
+        _need(self.tta in TTA, f"tta must be one of {TTA}, got {self.tta!r}")
+        _need(isinstance(self.device, str) and DEVICE.fullmatch(self.device) is not None,
+              f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        _need(_is_int(self.upsample) and 0 <= self.upsample <= 4,
+              f"upsample must be an integer 0..4, got {self.upsample!r}")
+        _need(_is_int(self.min_face_size) and self.min_face_size >= 0,
+              f"min_face_size must be >= 0 pixels, got {self.min_face_size!r}")
+        _need(_is_int(self.work_size) and self.work_size >= 0,
+              f"work_size must be >= 0 pixels (0 = full size), got {self.work_size!r}")
+        _need(_is_int(self.smallest_face) and self.smallest_face >= 0,
+              f"smallest_face must be >= 0 pixels (0 = set by work_size), got {self.smallest_face!r}")
+        _need(_is_int(self.batch_size) and self.batch_size >= 0, f"batch_size must be >= 0, got {self.batch_size!r}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that change which faces and descriptors come out. (Not the embedder: the
+        torch port reproduces dlib's descriptors to 1e-6, so both can share an output; nor
+        device or batch size.)"""
+        return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "tta",
+                                              "work_size", "smallest_face")}
+
+    def save(self, store) -> None:
+        """OUT/model.json: how this output's faces were made, for every later reader."""
+        store.write_bytes(MODEL_JSON, json.dumps(self.to_dict(), indent=2).encode())
+
+    @classmethod
+    def load(cls, store) -> "ModelConfig":
+        """The model config an output was indexed with: OUT/model.json, or for outputs written
+        before it existed, the model fields of run.json's flat `config`."""
+        if store.exists(MODEL_JSON):
+            return cls.from_dict(json.loads(store.read_bytes(MODEL_JSON)))
+        flat = _run_record(store).get("config")
+        if not isinstance(flat, dict):
+            raise ConfigError(f"{store.root}/{RUN_JSON} holds no model config")
+        return IndexConfig.from_dict(flat).model
+
+
+@dataclass(frozen=True)
+class RunConfig(_Settings):
+    """How one `facejob index` run is executed; changing these never changes a row."""
+
+    workers: int = setting(0, "Ray actors, each builds the face model once and takes shard after shard "
+                              "(0 = one per CPU the cluster has, or one per GPU with --gpus-per-worker)",
+                           metavar="N")
+    cpus_per_worker: float = setting(1.0, "Ray CPUs each worker asks for (also its torch thread count)",
+                                     metavar="N")
+    gpus_per_worker: float = setting(0.0, "Ray GPUs each worker asks for; 1 on GPU clusters", metavar="N")
+    shard_size: int = setting(0, "images per shard and per output part (0 = about 4 shards per worker, "
+                                 "10-500 images each)", metavar="N")
+    address: str | None = setting(None, "join this Ray cluster (auto or host:port); default: start a local Ray")
+    force: bool = setting(False, "redo photos already in the output (and allow other model settings)")
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse images with more pixels than this, before "
+                                                  "decoding them (decompression-bomb guard)", metavar="N")
+    extensions: tuple[str, ...] = setting(EXTENSIONS, "file extensions listed in folders", cli=False)
+
+    def __post_init__(self) -> None:
+        _need(_is_int(self.workers) and self.workers >= 0, f"workers must be >= 0, got {self.workers!r}")
+        _need(isinstance(self.cpus_per_worker, (int, float)) and self.cpus_per_worker > 0,
+              f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
+        _need(isinstance(self.gpus_per_worker, (int, float)) and self.gpus_per_worker >= 0,
+              f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
+        _need(_is_int(self.shard_size) and self.shard_size >= 0,
+              f"shard_size must be >= 0 (0 = auto), got {self.shard_size!r}")
+        _need(_is_int(self.max_pixels) and self.max_pixels > 0, f"max_pixels must be > 0, got {self.max_pixels!r}")
+        _need(self.address is None or (isinstance(self.address, str) and self.address != ""),
+              f"address must be auto or host:port, got {self.address!r}")
+        _need(isinstance(self.extensions, tuple) and all(isinstance(e, str) and e.startswith(".")
+                                                         for e in self.extensions),
+              f"extensions must be a list like [.jpg, .png], got {self.extensions!r}")
+
+
+def _run_record(store) -> dict[str, Any]:
+    if not store.exists(RUN_JSON):
+        raise FileNotFoundError(f"{store.root}/{RUN_JSON} not found; run `facejob index` first")
+    doc = json.loads(store.read_bytes(RUN_JSON))
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{store.root}/{RUN_JSON} is not a facejob run record")
+    return doc
+
+
+def load_run_config(store) -> RunConfig:
+    """The run config of an output's last run (run.json `run`, or older versions' flat `config`)."""
+    doc = _run_record(store)
+    if isinstance(doc.get("run"), dict):
+        return RunConfig.from_dict(doc["run"])
+    if isinstance(doc.get("config"), dict):
+        return IndexConfig.from_dict(doc["config"]).run
+    raise ConfigError(f"{store.root}/{RUN_JSON} holds no run config")
+
+
+def split_flat(d: dict[str, Any]) -> tuple[ModelConfig, RunConfig]:
+    """A flat mapping of both configs' names (old run.json `config`, jobs/*.yaml `index:`) split in two."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"settings must be a mapping, got {type(d).__name__}")
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(d) - model_keys - run_keys)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(map(str, unknown))}")
+    return (ModelConfig.from_dict({k: v for k, v in d.items() if k in model_keys}),
+            RunConfig.from_dict({k: v for k, v in d.items() if k in run_keys}))
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """A whole `facejob index` configuration: the model and the run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "run": self.run.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IndexConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-        d = dict(d)
-        if "extensions" in d:
-            d["extensions"] = tuple(d["extensions"])
-        return cls(**d)
+        """{"model": {...}, "run": {...}}, or the flat form of both (older run.json, YAML)."""
+        if isinstance(d, dict) and set(d) <= {"model", "run"} and d:
+            return cls(ModelConfig.from_dict(d.get("model") or {}), RunConfig.from_dict(d.get("run") or {}))
+        return cls(*split_flat(d))
 
-    def model_fingerprint(self) -> dict[str, Any]:
-        """The settings that change which faces and descriptors come out. (The embedder is not
-        one of them: the torch port reproduces dlib's descriptors to 1e-6, so both can share
-        an output.)"""
-        return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "tta",
-                                                   "work_size", "smallest_face")}
+
+def options(cls) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that are command-line flags, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", False)]

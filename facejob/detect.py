@@ -1,4 +1,6 @@
-"""Step 1: find faces. dlib's HOG detector (CPU) or its MMOD CNN (dlib, or the batched torch port)."""
+"""Step 1: find faces. dlib's HOG detector (CPU) or its MMOD CNN (dlib, or the batched torch port).
+
+Backends are picked by name in facejob.backends.DETECTORS."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,8 +58,9 @@ class HogDetector:
 
 
 class DlibCnnDetector:
-    """dlib's MMOD CNN face detector, computed by dlib itself (CPU only in the pip wheel: slow).
-    The reference for facejob.dlibport.mmod.TorchCnnDetector, which `--detector cnn` uses."""
+    """dlib's MMOD CNN face detector, computed by dlib itself (`--detector cnn-dlib`; CPU only in
+    the pip wheel: slow). The reference that facejob.dlibport.mmod.TorchCnnDetector (`cnn`) is
+    tested against."""
 
     name = "dlib-cnn"
 
@@ -73,14 +76,3 @@ class DlibCnnDetector:
             out.append(_sorted([Detection(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(),
                                           float(d.confidence)) for d in found]))
         return out
-
-
-def make_detector(config) -> Detector:
-    """The detector an IndexConfig asks for. "cnn" runs the PyTorch port of dlib's MMOD network
-    (same boxes and scores as dlib to 4e-6, 12x faster on CPU, batched on a GPU);
-    DlibCnnDetector stays as the reference it is tested against."""
-    if config.detector == "hog":
-        return HogDetector()
-    from facejob.dlibport.mmod import TorchCnnDetector
-
-    return TorchCnnDetector(device=config.device)

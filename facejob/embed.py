@@ -1,12 +1,16 @@
-"""Step 3: 128-d face descriptors from aligned chips (dlib's ResNet, or its batched torch port)."""
+"""Step 3: 128-d face descriptors from aligned chips (dlib's ResNet, or its batched torch port).
+
+Backends are picked by name in facejob.backends.EMBEDDERS; flip TTA is `embed_chips`, the same
+for every backend.
+"""
 from __future__ import annotations
 
 from typing import Protocol
 
 import numpy as np
 
-from facejob.config import IndexConfig
 from facejob.models import model_path
+from facejob.schema import EMBEDDING_DIM
 
 
 class Embedder(Protocol):
@@ -22,28 +26,22 @@ class DlibEmbedder:
 
     name = "dlib-resnet"
 
-    def __init__(self, tta: str = "none") -> None:
+    def __init__(self) -> None:
         import dlib
 
         self._net = dlib.face_recognition_model_v1(str(model_path("resnet")))
-        self.tta = tta
-
-    def _descriptors(self, chips: np.ndarray) -> np.ndarray:
-        out = self._net.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
-        return np.array([np.asarray(d) for d in out], dtype=np.float32).reshape(len(chips), 128)
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         if len(chips) == 0:
-            return np.zeros((0, 128), np.float32)
-        desc = self._descriptors(chips)
-        if self.tta == "flip":
-            desc = (desc + self._descriptors(chips[:, :, ::-1])) / 2
-        return desc
+            return np.zeros((0, EMBEDDING_DIM), np.float32)
+        out = self._net.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
+        return np.array([np.asarray(d) for d in out], dtype=np.float32).reshape(len(chips), EMBEDDING_DIM)
 
 
-def make_embedder(config: IndexConfig) -> Embedder:
-    if config.embedder == "torch":
-        from facejob.dlibport.resnet import TorchEmbedder
-
-        return TorchEmbedder(device=config.device, batch_size=config.batch_size, tta=config.tta)
-    return DlibEmbedder(tta=config.tta)
+def embed_chips(embedder: Embedder, chips: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Descriptors of `chips`; with tta="flip" each is the mean of the chip's and its mirror's
+    (the two halves go through the network in one batch)."""
+    if tta != "flip" or len(chips) == 0:
+        return embedder.embed(chips)
+    both = embedder.embed(np.concatenate([chips, np.ascontiguousarray(chips[:, :, ::-1])]))
+    return (both[:len(chips)] + both[len(chips):]) / 2

@@ -1,27 +1,34 @@
 """The per-image work, pure and Ray-free: bytes → decode → detect → landmarks → chips → embed → rows.
 
-`Pipeline` owns the loaded models (load once, reuse for every image). `process_shard` turns a list
-of `ImageRef`s into the two Arrow tables of one output part; it never raises for a bad image:
-every input comes back as exactly one images row, with status ok, no_face or error.
+`FaceModel` is the one object that decides how a face is found and described: built once per
+process from a `ModelConfig` (index workers, `search`, `verify`, `label --folder`), it turns
+photos into `ImageResult`s and a shard of `ImageRef`s into the two Arrow tables of one output
+part. It never raises for a bad image: every input comes back as exactly one images row, with
+status ok, no_face or error.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import sys
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from facejob import decode, phash, schema
-from facejob.align import CHIP_FACE_PX, Aligner, shape_points
-from facejob.config import IndexConfig
-from facejob.detect import Detection, make_detector
-from facejob.embed import make_embedder
+from facejob import backends, decode, phash, schema
+from facejob.align import CHIP_FACE_PX, Aligner
+from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
+from facejob.detect import Detection
+from facejob.embed import embed_chips
+from facejob.schema import Reason, Status
 from facejob.sources import ImageRef, SourceUnavailable, read_bytes
+
 
 @dataclass
 class FaceRecord:
@@ -46,16 +53,47 @@ class FaceRecord:
     def bottom(self) -> int:
         return self.box.bottom
 
+    @property
+    def area(self) -> int:
+        return (self.right - self.left) * (self.bottom - self.top)
+
 
 @dataclass
 class ImageResult:
-    status: str
+    status: Status
     error: str | None = None
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
     phash: int | None = None
     faces: list[FaceRecord] = field(default_factory=list)
+
+
+def main_face(areas: Sequence[float]) -> int | None:
+    """The one face a photo is "of" (a portrait, a labelled example, a verify query): the
+    largest, if it is alone or at least twice the area of the next; else None (ambiguous)."""
+    if not len(areas):
+        return None
+    order = sorted(range(len(areas)), key=lambda i: -areas[i])
+    if len(order) > 1 and areas[order[0]] < 2 * areas[order[1]]:
+        return None
+    return order[0]
+
+
+def setup_process(threads: int) -> None:
+    """Per-process settings for a worker that runs a FaceModel; call before building it.
+
+    OpenMP's default active spin-wait made a 2-thread torch on a busy machine (Ray workers,
+    dlib, other jobs on the same cores) run 2-15x slower than 1 thread: a thread spins while
+    its partner is descheduled. OpenMP reads OMP_WAIT_POLICY when torch loads, so this must run
+    before any backend imports torch; an explicit setting wins. The torch thread count follows
+    the CPUs the worker was given (one worker per core by default).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "torch" not in sys.modules:  # torch reads it when a backend loads it
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 # The smallest face dlib's detectors find without upsampling (their 80x80 px window), in pixels of
@@ -72,7 +110,7 @@ class Decoded:
     photo: decode.Photo | None = None
 
 
-def working_scale(config: IndexConfig, width: int, height: int) -> float:
+def working_scale(config: ModelConfig, width: int, height: int) -> float:
     """Scale of the working copy detection runs on (1.0 = the photo as it is).
 
     Photos up to twice `work_size` keep their full resolution: reducing them would save less
@@ -108,25 +146,39 @@ def face_id(sha256: str, uri: str, box: Detection) -> str:
     return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
 
 
-class Pipeline:
-    """Models for one IndexConfig, loaded once; call `process_bytes` or `process_shard`."""
+class FaceModel:
+    """Detector, landmarks, chips and embedder for one ModelConfig, loaded once per process.
 
-    def __init__(self, config: IndexConfig) -> None:
+    `process_bytes` / `process_ref` do one photo, `process_shard` a list of them. `load` (read
+    and decode one listed photo) is the seam tests override to make a worker die on a photo.
+    """
+
+    builds = 0  # FaceModels built in this process: an index worker builds exactly one
+
+    def __init__(self, config: ModelConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.config = config
-        self.detector = make_detector(config)
+        self.max_pixels = max_pixels
+        self.detector = backends.build(backends.DETECTORS, config.detector, config)
         self.aligner = Aligner(config.landmarks)
-        self.embedder = make_embedder(config)
+        self.embedder = backends.build(backends.EMBEDDERS, config.embedder, config)
         self.timings: Counter[str] = Counter()
+        FaceModel.builds += 1
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1)
+    def shared(config: ModelConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> "FaceModel":
+        """This process's FaceModel for `config`, built on first use (search, verify, labels)."""
+        return FaceModel(config, max_pixels)
 
     def _timed(self, stage: str, t0: float) -> float:
         t1 = time.perf_counter()
         self.timings[stage] += t1 - t0
         return t1
 
-    def _find_faces(self, images: list[Decoded]) -> list[tuple[list[FaceRecord], np.ndarray]]:
-        """Detect on the working copies (in one call for all images), then landmark and cut chips
-        from pixels where each face is large enough. The records' boxes and landmarks are in
-        original pixels; their embeddings are filled in later, in batches."""
+    def find_faces(self, images: list[Decoded]) -> list[tuple[list[FaceRecord], np.ndarray]]:
+        """Per image: its faces (detected on the working copies in one call for all images, then
+        landmarked) and their chips, from pixels where each face is large enough. Boxes and
+        landmarks are in original pixels; the embeddings are filled in later, in batches."""
         cfg = self.config
         t = time.perf_counter()
         found = self.detector.detect([d.work.pixels for d in images], cfg.upsample)
@@ -144,6 +196,8 @@ class Pipeline:
         """Landmarks and chips of each face (original-pixel boxes), each from the coarsest level
         where the face is at least CHIP_FACE_PX: the working copy, else a finer decode (one per
         scale needed, so a face's chip never depends on the other faces in the photo)."""
+        if not boxes:
+            return [], self.aligner.chips(d.work.pixels, [])
         levels = {d.work.scale: d.work}
         finest = d.photo.max_scale if d.photo is not None else d.work.scale
         records: list[FaceRecord | None] = [None] * len(boxes)
@@ -159,76 +213,69 @@ class Pipeline:
                 levels[key] = d.photo.level(key)
                 self._timed("decode_fine", t)
             level = levels[key]
-            shapes = self.aligner.landmarks(level.pixels, [to_level(boxes[i], level) for i in idx])
-            for i, s, chip in zip(idx, shapes, self.aligner.chips(level.pixels, shapes)):
-                pts = shape_points(s)
+            points = self.aligner.landmarks(level.pixels, [to_level(boxes[i], level) for i in idx])
+            for i, p, chip in zip(idx, points, self.aligner.chips(level.pixels, points)):
                 if level.sx != 1.0 or level.sy != 1.0:
-                    pts = np.rint(pts / np.array([level.sx, level.sy])).astype(np.int32)
-                records[i] = FaceRecord(i, boxes[i], pts, None)
+                    p = np.rint(p / np.array([level.sx, level.sy])).astype(np.int32)
+                records[i] = FaceRecord(i, boxes[i], p, None)
                 chips[i] = chip
-        if not boxes:
-            return [], self.aligner.chips(d.work.pixels, [])
         return records, np.stack(chips)
 
-    def _embed(self, chips: np.ndarray) -> np.ndarray:
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """(n, 128) descriptors of (n, 150, 150, 3) chips, with the configured TTA."""
         t = time.perf_counter()
-        out = self.embedder.embed(chips)
+        out = embed_chips(self.embedder, chips, self.config.tta)
         self._timed("embed", t)
         return out
 
-    def _decode(self, data: bytes) -> tuple[ImageResult, Decoded | None]:
+    def decode(self, data: bytes) -> tuple[ImageResult, Decoded | None]:
         """Status so far (error, or ok with size and perceptual hash) and the working copy, if
         the photo could be decoded."""
         sha = hashlib.sha256(data).hexdigest()
         t = time.perf_counter()
         try:
-            photo = decode.open_photo(data, self.config.max_pixels)
+            photo = decode.open_photo(data, self.max_pixels)
             work = photo.level(working_scale(self.config, photo.width, photo.height))
         except decode.DecodeError as e:
-            return ImageResult(schema.STATUS_ERROR, str(e), sha), None
+            return ImageResult(Status.ERROR, str(e), sha), None
         finally:
             self._timed("decode", t)
-        result = ImageResult(schema.STATUS_OK, None, sha, photo.width, photo.height, phash.phash(work.pixels))
-        return result, Decoded(work, photo)
+        return ImageResult(Status.OK, None, sha, photo.width, photo.height, phash.phash(work.pixels)), Decoded(work, photo)
 
-    def _load(self, ref: ImageRef) -> tuple[ImageResult, Decoded | None]:
+    def load(self, ref: ImageRef) -> tuple[ImageResult, Decoded | None]:
+        """Read and decode one listed photo; unreadable input becomes an error status."""
         if ref.list_error:
-            return ImageResult(schema.STATUS_ERROR, ref.list_error), None
-        _crash_hook(ref.uri)
+            return ImageResult(Status.ERROR, ref.list_error), None
         t = time.perf_counter()
         try:
             data = read_bytes(ref.uri)
         except IsADirectoryError:
-            return ImageResult(schema.STATUS_ERROR, f"{decode.UNSUPPORTED}: is a directory"), None
+            return ImageResult(Status.ERROR, Reason.UNSUPPORTED.error("is a directory")), None
         except SourceUnavailable as e:
-            return ImageResult(schema.STATUS_ERROR, f"{decode.UNAVAILABLE}: {e}"), None
+            return ImageResult(Status.ERROR, Reason.UNAVAILABLE.error(str(e))), None
         except Exception as e:  # this image fails, not the run
-            return ImageResult(schema.STATUS_ERROR, f"{decode.UNREADABLE}: {e}"), None
+            return ImageResult(Status.ERROR, Reason.UNREADABLE.error(str(e))), None
         self._timed("read", t)
-        return self._decode(data)
+        return self.decode(data)
 
-    def _process_one(self, loaded: tuple[ImageResult, Decoded | None]) -> ImageResult:
+    def _finish(self, loaded: tuple[ImageResult, Decoded | None]) -> ImageResult:
         result, image = loaded
         if image is not None:
-            (result.faces, chips), = self._find_faces([image])
+            (result.faces, chips), = self.find_faces([image])
             if result.faces:
-                for face, emb in zip(result.faces, self._embed(chips)):
+                for face, emb in zip(result.faces, self.embed(chips)):
                     face.embedding = emb
             else:
-                result.status = schema.STATUS_NO_FACE
+                result.status = Status.NO_FACE
         return result
-
-    def process_image(self, image: np.ndarray) -> list[FaceRecord]:
-        """Faces of one decoded RGB image (used as it is: no working copy), embedded together."""
-        return self._process_one((ImageResult(schema.STATUS_OK), Decoded(decode.Level(image, 1.0, 1.0)))).faces
 
     def process_bytes(self, data: bytes) -> ImageResult:
         """One photo's bytes → status and faces. Bad input becomes an error status, not an exception."""
-        return self._process_one(self._decode(data))
+        return self._finish(self.decode(data))
 
     def process_ref(self, ref: ImageRef) -> ImageResult:
         """One listed photo → status and faces; unreadable files become an error status too."""
-        return self._process_one(self._load(ref))
+        return self._finish(self.load(ref))
 
     def process_shard(self, refs: list[ImageRef], shard: str) -> tuple[pa.Table, pa.Table]:
         """The images and faces tables of one output part.
@@ -245,17 +292,17 @@ class Pipeline:
         waiting: list[tuple[ImageResult, np.ndarray]] = []
 
         def detect() -> None:
-            for (result, _), (faces, chips) in zip(decoded, self._find_faces([im for _, im in decoded])):
+            for (result, _), (faces, chips) in zip(decoded, self.find_faces([im for _, im in decoded])):
                 result.faces = faces
                 if faces:
                     waiting.append((result, chips))
                 else:
-                    result.status = schema.STATUS_NO_FACE
+                    result.status = Status.NO_FACE
             decoded.clear()
 
         def embed() -> None:
             if waiting:
-                embeddings = iter(self._embed(np.concatenate([c for _, c in waiting])))
+                embeddings = iter(self.embed(np.concatenate([c for _, c in waiting])))
                 for result, _ in waiting:
                     for face in result.faces:
                         face.embedding = next(embeddings)
@@ -264,7 +311,7 @@ class Pipeline:
         # Two photos ahead on a CPU (the next decode overlaps this detection; a photo decoded in
         # full is held until aligned, so depth bounds memory: 3 x 300 MB at the 100 MP guard).
         depth = 2 * detect_batch if detect_batch > 1 else 2
-        for result, image in _prefetch(self._load, refs, depth=depth):
+        for result, image in _prefetch(self.load, refs, depth=depth):
             results.append(result)
             if image is not None:
                 decoded.append((result, image))
@@ -309,7 +356,7 @@ def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, d
         "width": [x.width for x in results],
         "height": [x.height for x in results],
         "phash": [x.phash for x in results],
-        "status": [x.status for x in results],
+        "status": [Status(x.status).value for x in results],
         "error": [x.error for x in results],
         "n_faces": [len(x.faces) for x in results],
         "shard": [shard] * len(refs),
@@ -337,11 +384,3 @@ def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, d
     arrays = [emb_array if n == "embedding" else pa.array(faces[n], schema.FACES.field(n).type)
               for n in schema.FACES.names]
     return (pa.table(images, schema=schema.IMAGES), pa.Table.from_arrays(arrays, schema=schema.FACES))
-
-
-def _crash_hook(uri: str) -> None:
-    """Test hook: FACEJOB_TEST_CRASH_ON=<substring> kills this worker process on matching images,
-    to simulate a decoder that segfaults on a poisoned file."""
-    needle = os.environ.get("FACEJOB_TEST_CRASH_ON")
-    if needle and needle in uri:
-        os._exit(139)

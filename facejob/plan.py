@@ -16,21 +16,12 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from facejob.layout import FACES_DIR, IMAGES_DIR, part_name, shard_of
+from facejob.schema import Reason
 from facejob.sources import ImageRef, is_s3, local_path
 from facejob.storage import Store, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
-
-IMAGES_DIR, FACES_DIR = "images/", "faces/"
-
-
-def part_name(shard: str) -> str:
-    return f"part-{shard}.parquet"
-
-
-def shard_of(rel: str) -> str:
-    return rel.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet")
-
 
 @dataclass
 class Shard:
@@ -58,10 +49,6 @@ def shard_id(refs: list[ImageRef]) -> str:
     return h.hexdigest()
 
 
-# Errors that may be transient (storage outage, a worker killed by the OS): retried next run.
-RETRYABLE_REASONS = ("unavailable", "crash")
-
-
 @dataclass
 class CatalogEntry:
     version: tuple
@@ -78,7 +65,8 @@ def read_catalog(store: Store) -> dict[str, CatalogEntry]:
         t = read_parquet(store, rel, ["uri", "size", "mtime", "etag", "error"]).to_pydict()
         shard = shard_of(rel)
         for uri, size, mtime, etag, error in zip(t["uri"], t["size"], t["mtime"], t["etag"], t["error"]):
-            retry = bool(error) and error.startswith(RETRYABLE_REASONS)
+            reason = Reason.of(error)
+            retry = reason is not None and reason.retryable  # transient: retried next run
             catalog[uri] = CatalogEntry(ImageRef(uri, size, mtime, etag).version(), shard, retry)
     return catalog
 

@@ -1,9 +1,15 @@
-"""Running an index job on Ray: one task per shard, models loaded once per worker process.
+"""Running an index job on Ray: a pool of actors, each building the FaceModel once.
 
-Driver: list → plan → retire → submit shards (at most `workers` in flight) → progress → run.json.
-Worker: `Pipeline.process_shard` → faces part, then images part (the commit marker), each written
-atomically. Tasks are retried when a worker dies; a shard that keeps killing its worker is split
-into one task per image, so a single poisoned photo fails alone with an `error: crash` row.
+Driver: list → plan → retire → save OUT/model.json → feed shards to the actor pool → progress →
+run.json. Actor (`ShardWorker`): per-process setup and `FaceModel` in its constructor, then
+shard after shard: `FaceModel.process_shard` → faces part, then images part (the commit
+marker), each written atomically.
+
+Failures: an exception in a shard retries it (TASK_RETRIES), then the shard is reported
+failed. A dead actor (the process died: OOM, a segfault in a decoder, a killed node) is
+replaced and its shard retried; a shard that kills its worker TASK_RETRIES + 1 times is split
+into one job per image, so a single poisoned photo fails alone with an `error: crash` row, and
+an image whose processing raises gets a `failed` reason with the exception.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import resource
 import socket
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -23,31 +29,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from facejob import decode, plan as planning, schema
-from facejob.config import ConfigError, IndexConfig
-from facejob.pipeline import Pipeline, shard_tables, ImageResult
+from facejob import layout, plan as planning
+from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig
+from facejob.pipeline import FaceModel, ImageResult, setup_process, shard_tables
+from facejob.schema import Reason, Status
 from facejob.sources import ImageRef, list_images
 from facejob.storage import Store, open_store, write_parquet
 
 log = logging.getLogger("facejob")
 
-TASK_RETRIES = 3          # a dead worker process is retried this many times per shard
-IMAGE_RETRIES = 1         # ...and, after a shard keeps crashing, each image alone this many times
-
-_pipelines: dict[str, Pipeline] = {}
-
-
-def _pipeline(config: IndexConfig) -> Pipeline:
-    """The worker process's Pipeline for this config; models load on first use only."""
-    key = json.dumps(config.to_dict(), sort_keys=True)
-    if key not in _pipelines:
-        _pipelines.clear()
-        if config.embedder == "torch" or config.detector == "cnn":
-            import torch
-
-            torch.set_num_threads(max(1, int(config.cpus_per_worker)))  # one worker per core
-        _pipelines[key] = Pipeline(config)
-    return _pipelines[key]
+TASK_RETRIES = 3          # a shard is retried this many times (after an exception or a dead worker)
+IMAGE_RETRIES = 1         # ...and, after a shard keeps killing its worker, each image alone this many times
+START_GRACE_S = 60.0      # a worker not started by then loses its shard to a free one, once nothing else is left
 
 
 def _node_id() -> str:
@@ -60,8 +53,8 @@ def _node_id() -> str:
 
 
 def _write_shard(store: Store, shard: str, images: pa.Table, faces: pa.Table) -> None:
-    write_parquet(store, planning.FACES_DIR + planning.part_name(shard), faces)
-    write_parquet(store, planning.IMAGES_DIR + planning.part_name(shard), images)
+    write_parquet(store, layout.faces_part(shard), faces)
+    write_parquet(store, layout.images_part(shard), images)
 
 
 def _peak_rss_mb() -> float:
@@ -80,21 +73,43 @@ def _stats(images: pa.Table, faces: pa.Table, timings: Counter, node: str) -> di
             "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
-def run_shard(shard: planning.Shard, out: str, config: IndexConfig) -> dict[str, Any]:
-    """Process one shard and commit its parts. Pure apart from the two writes; Ray wraps it."""
-    pipe = _pipeline(config)
-    pipe.timings.clear()
-    images, faces = pipe.process_shard(shard.refs, shard.id)
+def run_shard(model: FaceModel, shard: planning.Shard, out: str, node: str = "local") -> dict[str, Any]:
+    """Process one shard with `model` and commit its parts (faces, then images)."""
+    model.timings.clear()
+    images, faces = model.process_shard(shard.refs, shard.id)
     t = time.perf_counter()
     _write_shard(open_store(out), shard.id, images, faces)
-    pipe.timings["write"] += time.perf_counter() - t
-    return _stats(images, faces, pipe.timings, _node_id())
+    model.timings["write"] += time.perf_counter() - t
+    return _stats(images, faces, model.timings, node)
 
 
-def run_image(ref: ImageRef, shard: str, config: IndexConfig) -> tuple[pa.Table, pa.Table]:
-    """One image alone (the fallback for a shard that kills its worker): its images and faces rows."""
-    pipe = _pipeline(config)
-    return shard_tables([ref], [pipe.process_ref(ref)], shard, pipe.detector.name, pipe.embedder.name)
+class ShardWorker:
+    """A Ray actor's state: one FaceModel, built in the constructor, used for every shard.
+
+    `model_class` lets tests run a FaceModel subclass (e.g. one that kills its process on a
+    poisoned photo) through the real pool.
+    """
+
+    def __init__(self, model: dict[str, Any], max_pixels: int, threads: int,
+                 model_class: type[FaceModel] = FaceModel) -> None:
+        setup_process(threads)
+        self.model = model_class(ModelConfig.from_dict(model), max_pixels)
+        setup_process(threads)  # a backend may have loaded torch just now
+        self.node = _node_id()
+        self.shards = 0
+
+    def ready(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "node": self.node}
+
+    def run_shard(self, shard: planning.Shard, out: str) -> dict[str, Any]:
+        stats = run_shard(self.model, shard, out, self.node)
+        self.shards += 1
+        return {**stats, "model_builds": FaceModel.builds, "worker_shards": self.shards}
+
+    def run_image(self, ref: ImageRef, shard: str) -> tuple[pa.Table, pa.Table]:
+        """One image alone (the fallback for a shard that kills its worker): its two tables."""
+        m = self.model
+        return shard_tables([ref], [m.process_ref(ref)], shard, m.detector.name, m.embedder.name)
 
 
 @dataclass
@@ -128,7 +143,7 @@ class Progress:
         self.shards += 1
         self.images += stats["images"]
         self.faces += stats["faces"]
-        self.errors += stats["status"].get(schema.STATUS_ERROR, 0)
+        self.errors += stats["status"].get(Status.ERROR.value, 0)
         self.megapixels += stats.get("megapixels", 0.0)
         now = time.perf_counter()
         if not self.enabled or (not self.tty and now - self._last < 10 and self.shards < self.total_shards):
@@ -163,8 +178,6 @@ def _worker_env() -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if k.startswith("FACEJOB_")}
     env.update(s3.worker_env())
-    # OpenMP's default busy-waiting makes multi-threaded torch crawl when cores are shared.
-    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     # Under `ray job submit --runtime-env-json`, Ray refuses to merge a key the job already sets.
     try:
         job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
@@ -174,145 +187,340 @@ def _worker_env() -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in taken}
 
 
-def _start_ray(config: IndexConfig):
+def _start_ray(run: RunConfig):
     import ray
 
     if ray.is_initialized():
         return ray
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
                                   runtime_env={"env_vars": _worker_env()})
-    address = config.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+    address = run.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address:
         ray.init(address=address, **kwargs)
     else:
         # Ray starts workers at niceness 15 by default; on our own local Ray the workers *are*
         # the job, and at 15 any other busy process on the machine starves them.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(num_cpus=config.workers or os.cpu_count(), **kwargs)
+        ray.init(num_cpus=run.workers or os.cpu_count(), **kwargs)
     return ray
 
 
-def _worker_count(config: IndexConfig) -> int:
-    if config.workers:
-        return config.workers
-    resources = _start_ray(config).cluster_resources()
-    if config.gpus_per_worker:
-        return max(1, int(resources.get("GPU", 0) / config.gpus_per_worker))
-    return max(1, int(resources.get("CPU", 1) / config.cpus_per_worker))
+def _cluster_max(ray) -> dict[str, float]:
+    """The most resources the cluster may ever have: the autoscaler's node groups × max counts
+    when it publishes them (Ray's own, private, accessor; unbounded counts are ignored), else
+    what the cluster has now."""
+    now = ray.cluster_resources()
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # older/newer Ray, or no autoscaler: what is there now
+        most = {}
+    return {k: max(now.get(k, 0), most.get(k, 0) if most.get(k, 0) < sys.maxsize else 0)
+            for k in set(now) | set(most)}
 
 
-def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progress: Progress
-             ) -> tuple[list[dict], list[str]]:
-    ray = _start_ray(config)
-    from ray.exceptions import RayTaskError
+def _worker_count(run: RunConfig) -> int:
+    """--workers, else as many workers as the cluster's CPUs (or GPUs) can ever hold."""
+    if run.workers:
+        return run.workers
+    most = _cluster_max(_start_ray(run))
+    if run.gpus_per_worker:
+        return max(1, int(most.get("GPU", 0) / run.gpus_per_worker))
+    return max(1, int(most.get("CPU", 1) / run.cpus_per_worker))
 
-    resources = dict(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker)
-    shard_task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=True, **resources)(run_shard)
-    workers = _worker_count(config)
-    pending = list(reversed(shards))
-    running: dict[Any, planning.Shard] = {}
-    done: list[dict] = []
-    crashed: list[planning.Shard] = []
-    failed: list[str] = []
-    while pending or running:
-        while pending and len(running) < workers:
-            shard = pending.pop()
-            running[shard_task.remote(shard, out, config)] = shard
-        ready, _ = ray.wait(list(running), num_returns=1)
-        shard = running.pop(ready[0])
+
+@dataclass
+class _Job:
+    shard: planning.Shard
+    ref: ImageRef | None = None    # set: one image of a shard that kept killing its worker
+    attempt: int = 0
+
+
+class _Isolated:
+    """A shard processed image by image; written by the driver once every image is done."""
+
+    def __init__(self, shard: planning.Shard) -> None:
+        self.shard = shard
+        self.tables: list[tuple[pa.Table, pa.Table] | None] = [None] * len(shard.refs)
+
+    def done(self) -> bool:
+        return all(t is not None for t in self.tables)
+
+
+def _error_tables(ref: ImageRef, shard: str, reason: Reason, message: str) -> tuple[pa.Table, pa.Table]:
+    return shard_tables([ref], [ImageResult(Status.ERROR, reason.error(message))], shard, "", "")
+
+
+class _Pool:
+    """ShardWorker actors, each holding one FaceModel, and the job each one has.
+
+    Every actor gets a job as soon as it exists: Ray runs it once the actor is constructed, as
+    it would a queued task. A job whose actor is still not constructed after START_GRACE_S,
+    when nothing else is left to do and another actor is free, moves to that actor (the first
+    one's node may never come: an autoscaler at its limit), so a run never waits on it.
+    """
+
+    def __init__(self, ray, actor_cls, args: tuple, size: int, out: str) -> None:
+        self.ray, self.actor_cls, self.args, self.out = ray, actor_cls, args, out
+        self.born: dict[Any, float] = {}                  # live actor → when it was asked for
+        self.starting: dict[Any, Any] = {}                # its ready() call → actor, until constructed
+        self.free: list[Any] = []
+        self.running: dict[Any, tuple[Any, _Job]] = {}    # call → (actor, job)
+        for _ in range(size):
+            self.start()
+
+    def start(self) -> None:
+        actor = self.actor_cls.remote(*self.args)
+        self.born[actor] = time.monotonic()
+        self.starting[actor.ready.remote()] = actor
+        self.free.append(actor)
+
+    def is_starting(self, actor) -> bool:
+        return actor in self.starting.values()
+
+    def constructed(self, actor) -> bool:
+        """Did this (now dead) actor get through its constructor? Its ready() call says, even if
+        the death was reported first."""
+        ref = next((r for r, a in self.starting.items() if a == actor), None)
+        if ref is None:
+            return True
         try:
-            stats = ray.get(ready[0])
-        except RayTaskError as e:  # the code raised, on every retry
-            log.error("shard %s failed: %s", shard.id, e.cause if hasattr(e, "cause") else e)
-            failed.append(shard.id)
-            continue
-        except Exception as e:  # the worker process died on every retry
-            log.warning("shard %s killed its worker %d times (%s); retrying image by image",
-                        shard.id, TASK_RETRIES + 1, type(e).__name__)
-            crashed.append(shard)
-            continue
-        done.append(stats)
-        progress.update(stats)
-    for shard in crashed:
-        stats = _execute_image_by_image(ray, shard, out, config, resources)
-        done.append(stats)
-        progress.update(stats)
+            self.ray.get(ref)
+            del self.starting[ref]
+            return True
+        except Exception:
+            return False
+
+    def drop(self, actor) -> list[_Job]:
+        """Kill an actor; the jobs it had, to be run again elsewhere."""
+        self.ray.kill(actor, no_restart=True)
+        self.born.pop(actor, None)
+        self.starting = {r: a for r, a in self.starting.items() if a != actor}
+        self.free = [a for a in self.free if a != actor]
+        lost = [ref for ref, (a, _) in self.running.items() if a == actor]
+        return [self.running.pop(ref)[1] for ref in lost]
+
+    def submit(self, job: _Job, actor=None) -> None:
+        """Give `job` to `actor`, else to a free one (constructed ones first)."""
+        if actor is None:
+            ready = [a for a in self.free if not self.is_starting(a)]
+            actor = (ready or self.free)[-1]
+        self.free.remove(actor)
+        call = (actor.run_image.remote(job.ref, job.shard.id) if job.ref
+                else actor.run_shard.remote(job.shard, self.out))
+        self.running[call] = (actor, job)
+
+    def next(self) -> tuple[Any, Any, _Job | None] | None:
+        """The next call to finish: (ref, actor, job; None for an actor's ready()), or None
+        after a few seconds without one."""
+        done, _ = self.ray.wait([*self.starting, *self.running], num_returns=1, timeout=5)
+        if not done:
+            return None
+        ref = done[0]
+        if ref in self.starting:
+            return ref, self.starting.pop(ref), None
+        actor, job = self.running.pop(ref)
+        return ref, actor, job
+
+    def reassign_stuck(self) -> None:
+        """Move jobs off actors not constructed within START_GRACE_S to free, constructed ones."""
+        now = time.monotonic()
+        for actor, job in list(self.running.values()):
+            targets = [a for a in self.free if not self.is_starting(a)]
+            if targets and self.is_starting(actor) and now - self.born[actor] > START_GRACE_S:
+                log.info("a worker has not started in %.0f s; its shard moves to another", now - self.born[actor])
+                self.drop(actor)
+                self.submit(job, targets[-1])
+
+    def close(self) -> None:
+        for actor in list(self.born):
+            self.drop(actor)
+
+
+def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progress: Progress,
+             model_class: type[FaceModel] = FaceModel) -> tuple[list[dict], list[str]]:
+    """Run every shard on a pool of ShardWorker actors; returns (stats per shard, failed shard ids)."""
+    run = config.run
+    ray = _start_ray(run)
+    from ray.exceptions import RayError, RayTaskError
+
+    # SPREAD: one worker per node first, as plain tasks were placed
+    actor_cls = ray.remote(ShardWorker).options(
+        num_cpus=run.cpus_per_worker, num_gpus=run.gpus_per_worker, max_restarts=0, max_task_retries=0,
+        scheduling_strategy="SPREAD")
+    args = (config.model.to_dict(), run.max_pixels, max(1, int(run.cpus_per_worker)), model_class)
+    size = min(_worker_count(run), len(shards))
+    pool = _Pool(ray, actor_cls, args, size, out)
+    queue = deque(_Job(s) for s in shards)
+    isolated: dict[str, _Isolated] = {}
+    done: list[dict] = []
+    failed: list[str] = []
+    start_failures, ever_started = 0, False
+
+    def start_failed(actor, error: Exception) -> None:
+        """A worker whose constructor failed (no model): its jobs go back, unharmed, to the queue."""
+        nonlocal start_failures
+        start_failures += 1
+        why = str(error).strip().splitlines()[-1]  # Ray's message ends with the constructor's error
+        queue.extendleft(pool.drop(actor))
+        if start_failures > (TASK_RETRIES + 1) * (1 if not ever_started else size):
+            raise RuntimeError(f"index workers cannot start (the last said: {why})") from error
+        log.warning("an index worker failed to start (%s); starting another", why)
+        pool.start()
+
+    try:
+        while queue or pool.running:
+            while queue and pool.free:
+                pool.submit(queue.popleft())
+            event = pool.next()
+            if event is None:
+                if not queue:
+                    pool.reassign_stuck()
+                continue
+            ref, actor, job = event
+            if job is None:  # an actor finished its constructor, or failed in it
+                try:
+                    ray.get(ref)
+                    ever_started = True
+                except Exception as e:
+                    start_failed(actor, e)
+                continue
+            try:
+                result = ray.get(ref)
+            except RayTaskError as e:  # the code raised; the worker is fine
+                pool.free.append(actor)
+                cause = getattr(e, "cause", None) or e
+                job.attempt += 1
+                if job.ref is not None:  # keeps its own reason if it has one, else `failed`
+                    reason = Reason.of(str(cause))
+                    msg = str(cause).split(": ", 1)[-1] if reason else f"{type(cause).__name__}: {cause}"
+                    log.error("%s: %s", job.ref.uri, msg)
+                    _image_done(isolated, job, _error_tables(job.ref, job.shard.id, reason or Reason.FAILED, msg),
+                                out, done, progress)
+                elif job.attempt > TASK_RETRIES:
+                    log.error("shard %s failed: %s", job.shard.id, cause)
+                    failed.append(job.shard.id)
+                else:
+                    log.warning("shard %s raised (%s); retrying", job.shard.id, cause)
+                    queue.append(job)
+                continue
+            except RayError as e:  # the worker process died (or was lost)
+                if not pool.constructed(actor):  # ...in its constructor: not the job's fault
+                    queue.appendleft(job)
+                    start_failed(actor, e)
+                    continue
+                pool.drop(actor)
+                pool.start()
+                job.attempt += 1
+                if job.ref is None and job.attempt > TASK_RETRIES:
+                    log.warning("shard %s killed its worker %d times; retrying it image by image",
+                                job.shard.id, job.attempt)
+                    isolated[job.shard.id] = _Isolated(job.shard)
+                    queue.extend(_Job(job.shard, r) for r in job.shard.refs)
+                elif job.ref is not None and job.attempt > IMAGE_RETRIES:
+                    msg = (f"the worker process died while processing this image ({job.attempt} attempts "
+                           f"alone, after {TASK_RETRIES + 1} with its shard)")
+                    log.error("%s: %s", job.ref.uri, msg)
+                    _image_done(isolated, job, _error_tables(job.ref, job.shard.id, Reason.CRASH, msg),
+                                out, done, progress)
+                else:
+                    log.info("a worker died (%s); retrying %s", type(e).__name__,
+                             job.ref.uri if job.ref else f"shard {job.shard.id}")
+                    queue.appendleft(job)
+                continue
+            pool.free.append(actor)
+            if job.ref is not None:
+                _image_done(isolated, job, result, out, done, progress)
+            else:
+                done.append(result)
+                progress.update(result)
+    finally:
+        pool.close()
     return done, failed
 
 
-def _execute_image_by_image(ray, shard: planning.Shard, out: str, config: IndexConfig, resources: dict) -> dict:
-    image_task = ray.remote(max_retries=IMAGE_RETRIES, retry_exceptions=False, **resources)(run_image)
-    tasks = [image_task.remote(ref, shard.id, config) for ref in shard.refs]
-    results = []
-    for ref, task in zip(shard.refs, tasks):
-        try:
-            results.append(ray.get(task))
-        except Exception:
-            msg = (f"{decode.CRASH}: the worker process died while processing this image "
-                   f"({IMAGE_RETRIES + 1} attempts alone, after {TASK_RETRIES + 1} with its shard)")
-            log.error("%s: %s", ref.uri, msg)
-            results.append(shard_tables([ref], [ImageResult(schema.STATUS_ERROR, msg)], shard.id, "", ""))
-    images = pa.concat_tables([r[0] for r in results])
-    faces = pa.concat_tables([r[1] for r in results])
-    _write_shard(open_store(out), shard.id, images, faces)
-    return _stats(images, faces, Counter(), "driver")
+def _image_done(isolated: dict[str, _Isolated], job: _Job, tables: tuple[pa.Table, pa.Table], out: str,
+                done: list[dict], progress: Progress) -> None:
+    """Record one image of an isolated shard; commit the shard when it was the last one."""
+    iso = isolated[job.shard.id]
+    iso.tables[job.shard.refs.index(job.ref)] = tables
+    if not iso.done():
+        return
+    images = pa.concat_tables([t[0] for t in iso.tables])
+    faces = pa.concat_tables([t[1] for t in iso.tables])
+    _write_shard(open_store(out), job.shard.id, images, faces)
+    stats = _stats(images, faces, Counter(), "driver")
+    done.append(stats)
+    progress.update(stats)
+    del isolated[job.shard.id]
 
 
 def totals(store: Store) -> dict[str, int]:
     """Counts over everything the output holds now (all runs)."""
     from facejob.storage import read_parts
 
-    images = read_parts(store, planning.IMAGES_DIR, schema.IMAGES, ["status", "n_faces"])
+    from facejob.schema import IMAGES
+
+    images = read_parts(store, layout.IMAGES_DIR, IMAGES, ["status", "n_faces"])
     statuses = Counter(images.column("status").to_pylist())
-    return {"images": images.num_rows, "ok": statuses.get("ok", 0), "no_face": statuses.get("no_face", 0),
-            "error": statuses.get("error", 0), "faces": int(sum(images.column("n_faces").to_pylist()))}
+    return {"images": images.num_rows, **{s.value: statuses.get(s.value, 0) for s in Status},
+            "faces": int(sum(images.column("n_faces").to_pylist()))}
 
 
-def index(sources: list[str], out: str, config: IndexConfig | None = None, progress: bool = True
-          ) -> RunSummary:
+def index(sources: list[str], out: str, config: IndexConfig | None = None, progress: bool = True,
+          model_class: type[FaceModel] = FaceModel) -> RunSummary:
     """Index every photo under `sources` into the output folder or s3:// prefix `out`.
 
     Returns the run summary (also written to OUT/run.json). Photos already indexed in `out` with
-    the same size and mtime/etag are not processed again unless `config.force`.
+    the same size and mtime/etag are not processed again unless `config.run.force`.
+    `model_class` is the FaceModel the workers build (tests pass a subclass).
     """
     config = config or IndexConfig()
+    run = config.run
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     store = open_store(out)
     _check_same_models(store, config)
     skipped: list[str] = []
-    refs = list(list_images(sources, config.extensions, skipped))
+    refs = list(list_images(sources, run.extensions, skipped))
     t_list = time.perf_counter()
     orphans = planning.remove_orphans(store)
     catalog = planning.read_catalog(store)
-    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), config.force)
+    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), run.force)
     planning.retire(store, plan.retire)
     shards: list[planning.Shard] = []
     if plan.todo:
-        size = config.shard_size or planning.auto_shard_size(len(plan.todo), _worker_count(config))
+        size = run.shard_size or planning.auto_shard_size(len(plan.todo), _worker_count(run))
         shards = planning.cut_shards(plan.todo, size)
     t_plan = time.perf_counter()
     log.info("listed %d photos (%d other files skipped by extension): %d new, %d changed, %d unchanged, "
              "%d deleted → %d shards", plan.listed, len(skipped), plan.new, plan.changed, plan.unchanged,
              plan.deleted, len(shards))
     bar = Progress(len(shards), len(plan.todo), enabled=progress)
-    done, failed = _execute(shards, out, config, bar) if shards else ([], [])
+    config.model.save(store)  # before any part: every reader of faces/ builds the same FaceModel
+    done, failed = _execute(shards, out, config, bar, model_class) if shards else ([], [])
     t_run = time.perf_counter()
 
     stage_s: Counter[str] = Counter()
     status: Counter[str] = Counter()
     nodes: Counter[str] = Counter()
+    workers: dict[int, dict[str, Any]] = {}
     for s in done:
         stage_s.update(s["timings"])
         status.update(s["status"])
         nodes[s["node"]] += 1
+        if "model_builds" in s:  # shards a worker process took, and how often it built its model
+            w = workers.setdefault(s["pid"], {"node": s["node"], "pid": s["pid"], "shards": 0})
+            w["shards"] += 1
+            w["model_builds"] = s["model_builds"]
     processed = sum(s["images"] for s in done)
     megapixels = sum(s.get("megapixels", 0.0) for s in done)
     summary = RunSummary(out=store.root, failed_shards=failed)
     summary.counts = {
         "listed": plan.listed, "skipped_by_extension": len(skipped), "new": plan.new, "changed": plan.changed,
         "unchanged": plan.unchanged, "retried": plan.retried, "deleted": plan.deleted, "processed": processed,
-        "ok": status.get("ok", 0), "no_face": status.get("no_face", 0), "error": status.get("error", 0),
+        **{st.value: status.get(st.value, 0) for st in Status},
         "faces": sum(s["faces"] for s in done), "shards": len(shards), "failed_shards": len(failed),
         "orphan_parts_removed": orphans,
     }
@@ -321,14 +529,14 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
                        **{f"{k}_worker_s": round(v, 3) for k, v in sorted(stage_s.items())}}
     summary.report = {
         "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-        "sources": list(sources), "out": store.root, "config": config.to_dict(), "versions": _versions(),
+        "sources": list(sources), "out": store.root, **config.to_dict(), "versions": _versions(),
         "counts": summary.counts, "totals": totals(store), "timings": summary.timings,
         "images_per_s": processed / max(t_run - t_plan, 1e-9) if processed else 0.0,
         "megapixels": round(megapixels, 1),
         "megapixels_per_s": megapixels / max(t_run - t_plan, 1e-9) if processed else 0.0,
         # the worst worker's peak resident memory (the bound to size machines by)
         "worker_peak_rss_mb": max((s.get("peak_rss_mb", 0.0) for s in done if s["node"] != "driver"), default=0.0),
-        "nodes": dict(nodes), "failed_shards": failed, "skipped_examples": skipped[:20],
+        "nodes": dict(nodes), "workers": list(workers.values()), "failed_shards": failed, "skipped_examples": skipped[:20],
     }
     _write_run_json(store, summary.report)
     return summary
@@ -336,13 +544,13 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
 
 def _check_same_models(store: Store, config: IndexConfig) -> None:
     """Refuse to mix faces found or embedded differently into one output (unless redoing all)."""
-    if config.force or not store.exists("run.json") or not store.list(planning.IMAGES_DIR):
+    if config.run.force or not store.list(layout.IMAGES_DIR):
         return
     try:
-        old = IndexConfig.from_dict(json.loads(store.read_bytes("run.json"))["config"]).model_fingerprint()
-    except (ValueError, KeyError, TypeError):
+        old = ModelConfig.load(store).fingerprint()
+    except (FileNotFoundError, ValueError, TypeError):  # no or unreadable record: nothing to compare
         return
-    new = config.model_fingerprint()
+    new = config.model.fingerprint()
     diff = {k: (old[k], new[k]) for k in new if old.get(k) != new[k]}
     if diff:
         what = ", ".join(f"{k}={b!r} (output has {a!r})" for k, (a, b) in diff.items())
@@ -353,12 +561,12 @@ def _check_same_models(store: Store, config: IndexConfig) -> None:
 def _write_run_json(store: Store, report: dict[str, Any]) -> None:
     """run.json holds the last run in full and a short history of earlier ones."""
     history: list[dict] = []
-    if store.exists("run.json"):
+    if store.exists(layout.RUN_JSON):
         try:
-            old = json.loads(store.read_bytes("run.json"))
+            old = json.loads(store.read_bytes(layout.RUN_JSON))
             history = old.get("history", [])
             history.append({k: old[k] for k in ("started", "counts", "timings") if k in old})
         except (ValueError, KeyError):
             pass
     doc = {**report, "history": history[-50:]}
-    store.write_bytes("run.json", json.dumps(doc, indent=2, default=str).encode())
+    store.write_bytes(layout.RUN_JSON, json.dumps(doc, indent=2, default=str).encode())

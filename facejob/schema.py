@@ -1,6 +1,8 @@
 """Arrow schemas of the tables facejob writes. Readable by anything that reads Parquet."""
 from __future__ import annotations
 
+from enum import Enum
+
 import pyarrow as pa
 
 EMBEDDING_DIM = 128
@@ -15,13 +17,52 @@ IMAGES = pa.schema([
     ("width", pa.int32()),           # after EXIF orientation; null when not decoded
     ("height", pa.int32()),
     ("phash", pa.int64()),           # 64-bit perceptual hash of the pixels (facejob.phash); null when not decoded
-    ("status", pa.string()),         # ok | no_face | error
-    ("error", pa.string()),          # reason code and message when status == error, else null
+    ("status", pa.string()),         # Status: ok | no_face | error
+    ("error", pa.string()),          # "<Reason>: message" when status == error, else null
     ("n_faces", pa.int32()),
     ("shard", pa.string()),          # part this row was written in
 ])
 
-STATUS_OK, STATUS_NO_FACE, STATUS_ERROR = "ok", "no_face", "error"
+
+
+class Status(str, Enum):
+    """The `status` column of images/: what became of one photo."""
+
+    OK = "ok"              # faces found; they are in faces/
+    NO_FACE = "no_face"    # decoded and searched, no face
+    ERROR = "error"        # not processed; `error` says why (a Reason and a message)
+
+
+class Reason(str, Enum):
+    """Why a photo is an error; written as `"<reason>: <message>"` in the `error` column."""
+
+    EMPTY = "empty"               # zero-byte file
+    UNSUPPORTED = "unsupported"   # not an image format facejob reads (or a directory)
+    CORRUPT = "corrupt"           # the header or the data is damaged
+    TOO_LARGE = "too_large"       # more pixels than max_pixels (decompression-bomb guard)
+    UNREADABLE = "unreadable"     # the bytes could not be read (missing, forbidden, archived)
+    UNAVAILABLE = "unavailable"   # the storage did not answer in time (an outage)
+    CRASH = "crash"               # the worker process died on this photo, alone, every time
+    FAILED = "failed"             # facejob's own code raised on this photo (a bug: see the message)
+
+    @property
+    def retryable(self) -> bool:
+        """May the next run succeed without the photo changing? (transient causes only)"""
+        return self in (Reason.UNAVAILABLE, Reason.CRASH)
+
+    def error(self, message: str) -> str:
+        """The `error` column's text for this reason."""
+        return f"{self.value}: {message}"
+
+    @classmethod
+    def of(cls, error: str | None) -> "Reason | None":
+        """The reason of an `error` column value (any facejob version's), None if there is none."""
+        if not error:
+            return None
+        try:
+            return cls(error.split(":", 1)[0].strip())
+        except ValueError:
+            return None
 
 # One row per detected face.
 FACES = pa.schema([

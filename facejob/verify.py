@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facejob.config import IndexConfig
-from facejob.pipeline import FaceRecord, Pipeline
+from facejob.config import ModelConfig
+from facejob.pipeline import FaceModel, FaceRecord, main_face
 from facejob.sources import read_bytes
 
 # dlib's ResNet was trained so that two photos of one person are closer than this (Euclidean).
@@ -24,20 +24,22 @@ class Verdict:
     threshold: float
 
 
-def largest_face(pipe: Pipeline, uri: str) -> FaceRecord:
-    """The biggest face in the photo at `uri` (the subject, in a portrait)."""
-    result = pipe.process_bytes(read_bytes(uri))
+def subject(model: FaceModel, uri: str) -> FaceRecord:
+    """The main face of the photo at `uri` (see pipeline.main_face)."""
+    result = model.process_bytes(read_bytes(uri))
     if result.error:
         raise NoFaceError(f"{uri}: {result.error}")
-    if not result.faces:
-        raise NoFaceError(f"{uri}: no face found")
-    return max(result.faces, key=lambda f: (f.right - f.left) * (f.bottom - f.top))
+    i = main_face([f.area for f in result.faces])
+    if i is None:
+        what = "no face found" if not result.faces else f"{len(result.faces)} faces, none clearly the main one"
+        raise NoFaceError(f"{uri}: {what}")
+    return result.faces[i]
 
 
 def verify(photo_a: str, photo_b: str, threshold: float = DEFAULT_THRESHOLD,
-           config: IndexConfig | None = None) -> Verdict:
-    """Distance between the largest faces of two photos, and whether it is below `threshold`."""
-    pipe = Pipeline(config or IndexConfig())
-    a, b = largest_face(pipe, photo_a), largest_face(pipe, photo_b)
+           config: ModelConfig | None = None) -> Verdict:
+    """Distance between the main faces of two photos, and whether it is below `threshold`."""
+    model = FaceModel.shared(config or ModelConfig())
+    a, b = subject(model, photo_a), subject(model, photo_b)
     distance = float(np.linalg.norm(a.embedding - b.embedding))
     return Verdict(distance, distance < threshold, threshold)

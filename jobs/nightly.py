@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from facejob.config import ConfigError, IndexConfig  # noqa: E402
+from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig, split_flat  # noqa: E402
 
 log = logging.getLogger("facejob.nightly")
+
+INDEX_KEYS = {f.name for c in (ModelConfig, RunConfig) for f in fields(c)}  # `index:` = `facejob index` flags
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -52,7 +54,7 @@ class NightlyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sources": self.sources, "output": self.output, "endpoint_url": self.endpoint_url,
-                "index": self.index.to_dict(),
+                "index": {**self.index.model.to_dict(), **self.index.run.to_dict()},
                 "reduce": {"enabled": self.reduce, "labels": self.labels, "cluster_threshold": self.cluster_threshold,
                            "cluster_k": self.cluster_k, "rebuild_index": self.rebuild_index},
                 "log_format": self.log_format}
@@ -105,9 +107,9 @@ def parse_config(doc: Any, env: dict[str, str] | None = None) -> NightlyConfig:
     output = top.get("output")
     if not isinstance(output, str) or not output:
         raise ConfigError("output must be a folder or an s3://bucket/prefix")
-    try:
-        index = IndexConfig.from_dict(_only(top.get("index"), "index", set(IndexConfig.__dataclass_fields__)))
-    except TypeError as e:  # e.g. index: [..] instead of a mapping
+    try:  # the `facejob index` settings: ModelConfig and RunConfig fields, flat
+        index = IndexConfig(*split_flat(_only(top.get("index"), "index", INDEX_KEYS)))
+    except (ConfigError, TypeError) as e:  # e.g. index: [..] instead of a mapping
         raise ConfigError(f"index: {e}") from e
     red = _only(top.get("reduce"), "reduce", {"enabled", "labels", "cluster_threshold", "cluster_k", "rebuild_index"})
     enabled, rebuild = red.get("enabled", True), red.get("rebuild_index", False)
@@ -137,8 +139,8 @@ def load_config(path: str | Path) -> NightlyConfig:
 
 def _ray_address(cfg: IndexConfig) -> IndexConfig:
     """Inside `ray job submit` the cluster is given by RAY_ADDRESS: join it, never start another."""
-    if cfg.address is None and os.environ.get("RAY_ADDRESS"):
-        return IndexConfig.from_dict({**cfg.to_dict(), "address": os.environ["RAY_ADDRESS"]})
+    if cfg.run.address is None and os.environ.get("RAY_ADDRESS"):
+        return replace(cfg, run=replace(cfg.run, address=os.environ["RAY_ADDRESS"]))
     return cfg
 
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 import facejob
 from facejob import decode
-from facejob.config import IndexConfig
-from facejob.pipeline import Pipeline, working_scale
+from facejob.config import DEFAULT_MAX_PIXELS, EXTENSIONS, IndexConfig, ModelConfig, RunConfig
+from facejob.pipeline import FaceModel, working_scale
 from tests.formats import write_all
 from tests.photos import face_image
 
@@ -47,9 +47,9 @@ def canvas_jpeg(data_dir, face) -> bytes:
 
 
 def test_24mp_jpeg_decoded_at_reduced_scale(canvas_jpeg):
-    photo = decode.open_photo(canvas_jpeg, IndexConfig().max_pixels)
+    photo = decode.open_photo(canvas_jpeg, DEFAULT_MAX_PIXELS)
     assert (photo.width, photo.height) == CANVAS
-    scale = working_scale(IndexConfig(), photo.width, photo.height)
+    scale = working_scale(ModelConfig(), photo.width, photo.height)
     work = photo.level(scale)
     assert work.pixels.shape == (800, 1200, 3) and abs(work.sx - 1200 / 6000) < 1e-9
     # libjpeg's DCT scaling decoded it at 1/4 (1500x1000, 4.5 MB), never at full size (72 MB):
@@ -69,9 +69,12 @@ def test_24mp_jpeg_decoded_at_reduced_scale(canvas_jpeg):
 def test_boxes_and_landmarks_map_back_to_original_pixels(canvas_jpeg, face):
     """The face is found where it was pasted, in original pixels, as dlib finds it in the face
     photo alone (full resolution, upsample 1) shifted by the paste offset."""
-    alone = Pipeline(IndexConfig()).process_image(np.asarray(face))
+    buf = io.BytesIO()
+    face.save(buf, "PNG")
+    model = FaceModel(ModelConfig())
+    alone = model.process_bytes(buf.getvalue()).faces
     assert len(alone) == 1
-    result = Pipeline(IndexConfig()).process_bytes(canvas_jpeg)
+    result = model.process_bytes(canvas_jpeg)
     assert (result.width, result.height) == CANVAS and len(result.faces) == 1
     got, want = result.faces[0], alone[0]
     size = want.right - want.left
@@ -87,11 +90,11 @@ def test_boxes_and_landmarks_map_back_to_original_pixels(canvas_jpeg, face):
 
 
 def test_lfw_size_photos_keep_full_resolution():
-    cfg = IndexConfig()
+    cfg = ModelConfig()
     assert working_scale(cfg, 250, 250) == 1.0 == working_scale(cfg, 2 * cfg.work_size, 1000)
     assert working_scale(cfg, 4 * cfg.work_size, 100) == 0.25
-    assert working_scale(IndexConfig(smallest_face=80), 4 * cfg.work_size, 100) == 0.5   # 40 px at upsample 1
-    assert working_scale(IndexConfig(work_size=0), 10_000, 10_000) == 1.0
+    assert working_scale(ModelConfig(smallest_face=80), 4 * cfg.work_size, 100) == 0.5   # 40 px at upsample 1
+    assert working_scale(ModelConfig(work_size=0), 10_000, 10_000) == 1.0
 
 
 def test_peak_memory_of_a_50mp_photo_is_bounded(tmp_path, data_dir, face):
@@ -102,8 +105,8 @@ def test_peak_memory_of_a_50mp_photo_is_bounded(tmp_path, data_dir, face):
     path = tmp_path / "50mp.jpg"
     big.save(path, quality=90)
     del big
-    code = ("import resource, sys; from facejob.config import IndexConfig; from facejob.pipeline import Pipeline; "
-            "r = Pipeline(IndexConfig()).process_bytes(open(sys.argv[1], 'rb').read()); "
+    code = ("import resource, sys; from facejob.config import ModelConfig; from facejob.pipeline import FaceModel; "
+            "r = FaceModel(ModelConfig()).process_bytes(open(sys.argv[1], 'rb').read()); "
             "print(r.status, len(r.faces), r.width * r.height, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
                          cwd=REPO).stdout.split()
@@ -128,7 +131,7 @@ def formats_indexed(formats, tmp_path_factory):
     out = tmp_path_factory.mktemp("formats_out")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
-        summary = facejob.index([str(next(iter(files.values())).parent)], str(out), IndexConfig(workers=1),
+        summary = facejob.index([str(next(iter(files.values())).parent)], str(out), IndexConfig(run=RunConfig(workers=1)),
                                 progress=False)
     finally:
         ray.shutdown()
@@ -160,7 +163,7 @@ def test_each_format_gives_one_ok_row_with_its_face(formats, formats_indexed):
                                   "face_48bit.png", "face_p3.jpg", "face_hdr_pq.heic"])
 def test_formats_decode_to_the_same_srgb_pixels(formats, name):
     face, files = formats
-    rgb = decode.decode_image(files[name].read_bytes(), IndexConfig().max_pixels)
+    rgb = decode.decode_image(files[name].read_bytes(), DEFAULT_MAX_PIXELS)
     assert rgb.shape == (400, 320, 3)
     assert np.abs(rgb.astype(float) - np.asarray(face, float)).mean() < 3.5, "colours or levels are off"
 
@@ -170,7 +173,7 @@ def test_display_p3_is_converted_not_shown_as_is(formats):
     sRGB's; converted through the ICC profile they match the sRGB photo again."""
     face, files = formats
     as_stored = np.asarray(Image.open(files["face_p3.jpg"]).convert("RGB"), float)
-    ours = decode.decode_image(files["face_p3.jpg"].read_bytes(), IndexConfig().max_pixels).astype(float)
+    ours = decode.decode_image(files["face_p3.jpg"].read_bytes(), DEFAULT_MAX_PIXELS).astype(float)
     red = lambda a: float((a - np.asarray(face, float))[..., 0].mean())  # noqa: E731
     assert red(as_stored) < -2 and abs(red(ours)) < 0.5, (red(as_stored), red(ours))
 
@@ -185,7 +188,7 @@ def test_hdr_is_tone_mapped_not_shown_as_code_values(formats):
 
 def test_raw_preview_used_when_large_enough_else_half_size_demosaic(formats):
     face, files = formats
-    read = lambda n: decode.open_photo(files[n].read_bytes(), IndexConfig().max_pixels)  # noqa: E731
+    read = lambda n: decode.open_photo(files[n].read_bytes(), DEFAULT_MAX_PIXELS)  # noqa: E731
     with_preview, thumb_only, bare = read("face_preview.dng"), read("face_thumb_only.dng"), read("face_raw.dng")
     for p in (with_preview, thumb_only, bare):
         assert (p.format, p.width, p.height) == ("RAW", 320, 400)
@@ -199,7 +202,7 @@ def test_raw_preview_used_when_large_enough_else_half_size_demosaic(formats):
 
 
 def test_new_extensions_are_listed_by_default():
-    ext = IndexConfig().extensions
+    ext = EXTENSIONS
     for e in (".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".rw2", ".orf", ".heic"):
         assert e in ext
 
@@ -208,7 +211,7 @@ def test_damaged_raw_is_a_corrupt_status(formats):
     _, files = formats
     data = files["face_raw.dng"].read_bytes()
     with pytest.raises(decode.DecodeError) as e:
-        decode.open_photo(data[:2000], IndexConfig().max_pixels).level(0.5)
+        decode.open_photo(data[:2000], DEFAULT_MAX_PIXELS).level(0.5)
     assert e.value.reason in (decode.CORRUPT, decode.UNSUPPORTED)
 
 

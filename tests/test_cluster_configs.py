@@ -151,13 +151,13 @@ def nightly_module():
 def test_nightly_yaml_spells_out_every_index_setting():
     import dataclasses
 
-    from facejob.config import IndexConfig
+    from facejob.config import ModelConfig, RunConfig
 
     doc = yaml.safe_load(NIGHTLY.read_text())
-    assert set(doc["index"]) == {f.name for f in dataclasses.fields(IndexConfig)}, \
-        "jobs/nightly.yaml must mirror facejob.config.IndexConfig"
+    assert set(doc["index"]) == {f.name for c in (ModelConfig, RunConfig) for f in dataclasses.fields(c)}, \
+        "jobs/nightly.yaml must mirror facejob.config.ModelConfig and RunConfig"
     cfg = nightly_module().parse_config(doc, env={})
-    assert cfg.index.detector == "cnn" and cfg.index.workers == 0 and cfg.index.gpus_per_worker == 0
+    assert cfg.index.model.detector == "cnn" and cfg.index.run.workers == 0 and cfg.index.run.gpus_per_worker == 0
     assert cfg.endpoint_url is None and cfg.labels is None and cfg.reduce is True
 
 
@@ -166,7 +166,7 @@ def test_nightly_env_values_are_typed():
     doc = yaml.safe_load(NIGHTLY.read_text())
     cfg = nightly.parse_config(doc, env={"FACEJOB_WORKERS": "8", "FACEJOB_GPUS_PER_WORKER": "1",
                                          "FACEJOB_ARCHIVE": "s3://a/p/", "FACEJOB_S3_ENDPOINT": "http://minio:9000"})
-    assert cfg.index.workers == 8 and cfg.index.gpus_per_worker == 1 and cfg.sources == ["s3://a/p/"]
+    assert cfg.index.run.workers == 8 and cfg.index.run.gpus_per_worker == 1 and cfg.sources == ["s3://a/p/"]
     assert cfg.endpoint_url == "http://minio:9000"
     assert nightly.expand("s3://${B:-x}/p", {"B": "bkt"}) == "s3://bkt/p"
     with pytest.raises(nightly.ConfigError, match=r"\$\{NOPE\}"):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from facejob import decode
-from facejob.config import IndexConfig
+from facejob.config import DEFAULT_MAX_PIXELS
 from tests.photos import EXPECTED, make_awkward_folder, png_header_only
 
-MAX = IndexConfig().max_pixels
+MAX = DEFAULT_MAX_PIXELS
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@
 - the driver (a `facejob index --address` process on this module's cluster) killed mid-run:
   the same command again finishes only the missing shards;
 - the S3 endpoint down and back mid-run: retried; an archived (Glacier) object: that image's error;
-- a photo that kills the worker process whenever it is decoded: only that photo fails.
+- a photo that kills the worker process whenever it is decoded: only that photo fails;
+- a model no worker can build: the run fails, no photo is marked.
 
 Each result is compared row by row (statuses, boxes, embeddings bit for bit) with an
 uninterrupted run over the same photos.
@@ -23,7 +24,10 @@ from pathlib import Path
 import pytest
 
 import facejob
-from facejob.config import IndexConfig
+from facejob.config import IndexConfig, RunConfig
+from facejob.runner import index
+from tests import crash_model
+from tests.crash_model import POISON, BrokenFaceModel, CrashingFaceModel
 from tests.s3_server import (
     Killer, MotoServer, TcpProxy, assert_same_results, aws_env, cmdline, descendants,
     lfw_photos, make_client, rows_by_name,
@@ -31,14 +35,13 @@ from tests.s3_server import (
 
 REPO = Path(__file__).resolve().parents[1]
 N_PHOTOS = 12
-CONFIG = IndexConfig(workers=2, shard_size=3)
-POISON = "POISONED"  # FACEJOB_TEST_CRASH_ON: the worker process dies on photos with this in their uri
+CONFIG = IndexConfig(run=RunConfig(workers=2, shard_size=3))
 
 
 @pytest.fixture(scope="module")
 def env(s3_endpoint: MotoServer):
     """One local Ray for the module, started with the environment its workers must inherit:
-    S3 through a proxy the tests can take down, and the pipeline's crash hook armed."""
+    S3 through a proxy the tests can take down."""
     import ray
 
     from facejob import s3 as fs3
@@ -48,12 +51,13 @@ def env(s3_endpoint: MotoServer):
     with pytest.MonkeyPatch.context() as mp:
         for k, v in aws_env(proxy.endpoint).items():
             mp.setenv(k, v)
-        mp.setenv("FACEJOB_TEST_CRASH_ON", POISON)
         # botocore's backoff is fully jittered, so the default 12 attempts can, rarely, all fall
         # inside the 3 s outage below; 20 make that practically impossible (same code path).
         mp.setenv("FACEJOB_S3_MAX_ATTEMPTS", "20")
         fs3.configure()
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        # The workers get the test's FaceModel subclass by value: tests/ need not be importable there.
+        ray.cloudpickle.register_pickle_by_value(crash_model)
         try:
             yield proxy
         finally:
@@ -80,7 +84,7 @@ def reference(env, photos, tmp_path_factory) -> Path:
 
 def test_worker_killed_mid_shard_is_retried(env, photos, reference, tmp_path):
     out = tmp_path / "out"
-    killer = Killer(os.getpid(), "ray::run_shard", times=1, after=0.3)
+    killer = Killer(os.getpid(), "ray::ShardWorker.run_shard", times=1, after=0.3)
     killer.start()
     try:
         summary = facejob.index([str(photos)], str(out), CONFIG, progress=False)
@@ -98,7 +102,7 @@ def _part_count(out: Path) -> int:
 
 
 def _running_shards() -> list[int]:
-    return [pid for pid in descendants(os.getpid()) if cmdline(pid).startswith("ray::run_shard")]
+    return [pid for pid in descendants(os.getpid()) if cmdline(pid).startswith("ray::ShardWorker")]
 
 
 def test_driver_killed_mid_run_then_rerun_finishes_only_missing_shards(env, photos, reference, tmp_path):
@@ -192,7 +196,7 @@ def test_poisoned_photo_fails_alone_after_bounded_retries(env, photos, reference
         (src / n).write_bytes((photos / n).read_bytes())
     (src / f"{POISON}.jpg").write_bytes((photos / names[0]).read_bytes())
     out = tmp_path / "out"
-    summary = facejob.index([str(src)], str(out), CONFIG, progress=False)
+    summary = index([str(src)], str(out), CONFIG, progress=False, model_class=CrashingFaceModel)
     assert summary.ok, summary.failed_shards
     images, _ = rows_by_name(out)
     bad = images[f"{POISON}.jpg"]
@@ -200,3 +204,10 @@ def test_poisoned_photo_fails_alone_after_bounded_retries(env, photos, reference
     assert summary.counts["error"] == 1 and summary.counts["processed"] == 6
     keep = set(p.name for p in photos.iterdir()) - set(names)
     assert_same_results(out, reference, same_uris=False, skip=keep | {f"{POISON}.jpg"})
+
+
+def test_workers_that_cannot_build_the_model_fail_the_run_not_the_photos(env, photos, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="index workers cannot start .*model files missing"):
+        index([str(photos)], str(out), CONFIG, progress=False, model_class=BrokenFaceModel)
+    assert not (out / "images").exists(), "no photo may be recorded as failed for a worker's fault"

@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 import pytest
 
 import facejob
-from facejob.config import IndexConfig
+from facejob.config import IndexConfig, ModelConfig, RunConfig
 from tests.photos import EXPECTED, NON_IMAGES, make_awkward_folder
 
 FACEJOB = [sys.executable, "-m", "facejob.cli"]
@@ -58,7 +58,7 @@ def test_every_input_accounted_for(awkward_run):
     assert len({f["face_id"] for f in faces}) == len(faces)
     run = json.loads((out / "run.json").read_text())
     assert run["counts"]["listed"] == len(EXPECTED) and run["totals"]["images"] == len(EXPECTED)
-    assert run["config"]["detector"] == "hog" and "dlib-bin" in run["versions"]
+    assert run["model"]["detector"] == "hog" and "dlib-bin" in run["versions"]
     assert run["timings"]["embed_worker_s"] > 0
 
 
@@ -98,9 +98,9 @@ def test_incremental_add_change_delete(ray_local, data_dir, tmp_path):
 def test_force_redoes_and_keeps_ids(ray_local, data_dir, tmp_path):
     src = data_dir / "labelled/faceapi_bbt/sheldon"
     out = tmp_path / "out"
-    facejob.index([str(src)], str(out), IndexConfig(shard_size=2), progress=False)
+    facejob.index([str(src)], str(out), IndexConfig(run=RunConfig(shard_size=2)), progress=False)
     before = sorted((f["face_id"], f["uri"]) for f in table(out, "faces"))
-    s = facejob.index([str(src)], str(out), IndexConfig(shard_size=3, force=True), progress=False)
+    s = facejob.index([str(src)], str(out), IndexConfig(run=RunConfig(shard_size=3, force=True)), progress=False)
     assert s.counts["processed"] == 5
     assert sorted((f["face_id"], f["uri"]) for f in table(out, "faces")) == before
     assert len(table(out, "images")) == 5
@@ -109,7 +109,7 @@ def test_force_redoes_and_keeps_ids(ray_local, data_dir, tmp_path):
 def test_refuses_to_mix_detection_settings(awkward_run):
     src, out, _ = awkward_run
     with pytest.raises(facejob.ConfigError, match="upsample=2 \\(output has 1\\)"):
-        facejob.index([str(src)], str(out), IndexConfig(upsample=2), progress=False)
+        facejob.index([str(src)], str(out), IndexConfig(ModelConfig(upsample=2)), progress=False)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -140,7 +140,7 @@ def test_cli_index_and_verify(data_dir, tmp_path):
 
 def test_torch_backends_through_ray(ray_local, data_dir, tmp_path):
     src = data_dir / "labelled/faceapi_bbt/raj"
-    s = facejob.index([str(src)], str(tmp_path / "o"), IndexConfig(detector="cnn", embedder="torch"),
+    s = facejob.index([str(src)], str(tmp_path / "o"), IndexConfig(ModelConfig(detector="cnn", embedder="torch")),
                       progress=False)
     assert s.counts["ok"] == 5 and s.counts["faces"] >= 5
     faces = table(tmp_path / "o", "faces")

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facejob.config import IndexConfig
+from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
 from facejob.decode import decode_image
 from facejob.models import model_path
-from facejob.pipeline import Pipeline, face_id
+from facejob.pipeline import FaceModel, face_id
 from facejob.sources import ImageRef
 from tests.photos import face_image, rotated_with_exif
 
 
 @pytest.fixture(scope="module")
-def pipe() -> Pipeline:
-    return Pipeline(IndexConfig())
+def pipe() -> FaceModel:
+    return FaceModel(ModelConfig())
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ PHOTOS = ["labelled/fr_knn/test/obama_and_biden.jpg", "groups/dlib_faces/2008_00
 def test_descriptors_equal_direct_dlib_calls(pipe, direct, data_dir, rel):
     data = (data_dir / rel).read_bytes()
     result = pipe.process_bytes(data)
-    rgb = decode_image(data, IndexConfig().max_pixels)
+    rgb = decode_image(data, DEFAULT_MAX_PIXELS)
     expected = {(r.left(), r.top(), r.right(), r.bottom()): d for r, d in _direct_faces(direct, rgb)}
     got = {(f.left, f.top, f.right, f.bottom): f.embedding for f in result.faces}
     assert got.keys() == expected.keys() and got
@@ -73,8 +73,8 @@ def test_face_ids_stable_and_distinct(pipe, data_dir):
 
 
 def test_faces_in_one_image_embedded_in_one_batch(data_dir):
-    cfg = IndexConfig()
-    pipe = Pipeline(cfg)
+    cfg = ModelConfig()
+    pipe = FaceModel(cfg)
     calls = []
     original = pipe.embedder.embed
     pipe.embedder.embed = lambda chips: calls.append(len(chips)) or original(chips)
@@ -84,8 +84,8 @@ def test_faces_in_one_image_embedded_in_one_batch(data_dir):
 
 def test_min_face_size_drops_small_faces(data_dir):
     data = (data_dir / "groups/dlib_faces/2008_002470.jpg").read_bytes()
-    all_faces = Pipeline(IndexConfig()).process_bytes(data).faces
-    big = Pipeline(IndexConfig(min_face_size=60)).process_bytes(data).faces
+    all_faces = FaceModel(ModelConfig()).process_bytes(data).faces
+    big = FaceModel(ModelConfig(min_face_size=60)).process_bytes(data).faces
     assert len(big) < len(all_faces)
     assert all(f.box.shorter_side >= 60 for f in big)
 
@@ -120,7 +120,7 @@ def test_groups_recall_at_least_dlib_direct(pipe, direct, data_dir):
     for name, boxes in truth.items():
         data = (folder / name).read_bytes()
         found = [(f.left, f.top, f.right, f.bottom) for f in pipe.process_bytes(data).faces]
-        rgb = decode_image(data, IndexConfig().max_pixels)
+        rgb = decode_image(data, DEFAULT_MAX_PIXELS)
         direct_found = [(r.left(), r.top(), r.right(), r.bottom()) for r in direct[0](rgb, 1)]
         ours += matched_truth(boxes, found)
         theirs += matched_truth(boxes, direct_found)

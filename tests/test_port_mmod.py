@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from facejob.detect import Detection, DlibCnnDetector
+from facejob.dlibport.geometry import round_half_away, round_rect
 from facejob.dlibport.mmod import (
-    TorchCnnDetector, _round, nms, pyramid_up_size, rect_down, resize_like_dlib,
+    TorchCnnDetector, nms, pyramid_up_size, rect_down, resize_like_dlib,
     tiled_pyramid_layout,
 )
 
@@ -41,7 +42,10 @@ def test_rounding_matches_dlib_drectangle():
     rng = np.random.default_rng(0)
     values = np.concatenate([np.arange(-20, 20, 0.5), rng.uniform(-500, 500, 2000)])
     for v in values.tolist():
-        assert _round(v) == dlib.rectangle(dlib.drectangle(v, 0, 1000, 1000)).left(), v
+        assert round_half_away(v) == dlib.rectangle(dlib.drectangle(v, 0, 1000, 1000)).left(), v
+    for v in (-4.5, -0.5, 0.5, 2.5):  # the chip port rounds with the same rule (it used floor(v + .5))
+        r = dlib.rectangle(dlib.drectangle(v, v - 1, v + 10, v + 11))
+        assert round_rect(v, v - 1, v + 10, v + 11) == (r.left(), r.top(), r.right(), r.bottom())
 
 
 def test_tiled_layout_levels_fit_and_do_not_overlap():

@@ -166,13 +166,16 @@ def test_batch_size_does_not_change_results(chips, embedder):
     np.testing.assert_allclose(single, embedder.embed(chips)[3:4], atol=1e-5)
 
 
-def test_flip_tta_is_mean_of_chip_and_mirror(chips, embedder):
-    flip = TorchEmbedder(device="cpu", batch_size=10, tta="flip")
-    got = flip.embed(chips)
+def test_flip_tta_is_mean_of_chip_and_mirror_for_every_backend(chips, embedder):
+    from facejob.embed import DlibEmbedder, embed_chips
+
+    got = embed_chips(TorchEmbedder(device="cpu", batch_size=10), chips, "flip")
     want = (embedder.embed(chips) + embedder.embed(np.ascontiguousarray(chips[:, :, ::-1]))) / 2
     np.testing.assert_allclose(got, want, atol=1e-5)
     # and it is a real change, not the plain descriptor
     assert np.abs(got - embedder.embed(chips)).max() > 1e-3
+    # dlib's backend goes through the same TTA path and agrees with the port
+    np.testing.assert_allclose(embed_chips(DlibEmbedder(), chips, "flip"), got, atol=1e-4)
 
 
 def test_embed_empty_and_bad_input(embedder):
@@ -181,5 +184,7 @@ def test_embed_empty_and_bad_input(embedder):
         embedder.embed(np.zeros((2, 150, 150, 3), np.float32))
     with pytest.raises(ValueError):
         embedder.embed(np.zeros((2, 100, 100, 3), np.uint8))
-    with pytest.raises(ValueError):
-        TorchEmbedder(device="cpu", tta="jitter")
+    from facejob.config import ConfigError, ModelConfig
+
+    with pytest.raises(ConfigError, match="tta"):
+        ModelConfig(tta="jitter")

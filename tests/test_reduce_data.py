@@ -1,7 +1,7 @@
 """Reducer tests, part 1: a real index output built from the labelled photo sets, and the
 streaming reader of faces/. The other test_reduce_* files build on `make_out` from here.
 
-The archive is made with the real Pipeline (dlib HOG, 5-point landmarks, ResNet) and written
+The archive is made with the real FaceModel (dlib HOG, 5-point landmarks, ResNet) and written
 the way `facejob index` writes it (faces/ and images/ parts, run.json), without starting Ray.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from facejob.config import IndexConfig
-from facejob.pipeline import ImageResult, Pipeline, shard_tables
+from facejob.config import IndexConfig, ModelConfig
+from facejob.pipeline import FaceModel, ImageResult, shard_tables
 from facejob.sources import ImageRef
 from facejob.storage import LocalStore, write_parquet
 
@@ -23,8 +23,8 @@ SETS = ("labelled/dlib_johns", "labelled/faceapi_bbt")
 
 
 @functools.cache
-def pipeline() -> Pipeline:
-    return Pipeline(IndexConfig())
+def pipeline() -> FaceModel:
+    return FaceModel(ModelConfig())
 
 
 @functools.cache
@@ -49,7 +49,8 @@ def make_out(out: Path, paths: list[Path], shard_size: int = 40, first_shard: in
         images, faces = shard_tables(refs, results, shard, "hog", "dlib")
         write_parquet(store, f"faces/part-{shard}.parquet", faces)
         write_parquet(store, f"images/part-{shard}.parquet", images)
-    store.write_bytes("run.json", json.dumps({"config": config.to_dict()}).encode())
+    config.model.save(store)
+    store.write_bytes("run.json", json.dumps(config.to_dict()).encode())
     return store
 
 

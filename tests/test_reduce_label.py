@@ -87,6 +87,29 @@ def test_stored_labels_are_reused_and_reduce_relabels(archive, tmp_path):
     assert s.people == 1
 
 
+def test_label_threshold_is_saved_and_used_by_the_next_reduce(archive, tmp_path):
+    """`facejob label --threshold` is stored with the models; a later `facejob reduce` (which
+    relabels with the stored labels) applies it instead of the default."""
+    from facejob.cli import main
+
+    out, ids = _copy_out(archive, tmp_path)
+    rows = [r for r in ids if "dlib_johns" in r["uri"]]
+    labels = _write(tmp_path, "face_id,name\n" + "".join(f"{r['face_id']},{person(r['uri'])}\n" for r in rows[::4]))
+    assert main(["label", str(out), "--labels", labels]) == 0
+    default = pq.read_table(out / "predictions.parquet").to_pylist()
+    # Pick a threshold that the default run's named faces straddle, so the test can fail.
+    probs = sorted(p["probability"] for p in default if not p["labelled"] and p["label"] != "unknown")
+    high = round(float(probs[len(probs) // 2]), 4)
+    assert main(["label", str(out), "--threshold", str(high)]) == 0
+    (out / "predictions.parquet").unlink()
+    assert main(["reduce", str(out)]) == 0
+    assert json.loads((out / "labels/model.json").read_text())["params"]["threshold"] == high
+    after = pq.read_table(out / "predictions.parquet").to_pylist()
+    named = [p for p in after if not p["labelled"] and p["label"] != "unknown"]
+    assert named and all(p["probability"] >= high for p in named)
+    assert len(named) < len(probs)
+
+
 @pytest.mark.parametrize("case, body, message", [
     ("unknown face_id", "face_id,name\n{a},Amy\n{b},Amy\nnot-a-face,Amy\n", "line 4: face_id 'not-a-face' is not in the archive"),
     ("empty name", "face_id,name\n{a},Amy\n{b},  \n{c},Amy\n", "line 3: empty name"),

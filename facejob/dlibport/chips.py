@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facejob.dlibport.geometry import round_rect
+
 # dlib's 5-point template in the order the 5-point predictor returns its parts.
 TEMPLATE5 = np.array([
     [0.8595674595992, 0.2134981538014],
@@ -97,11 +99,6 @@ def _rotate(cx: float, cy: float, x: float, y: float, sin_a: float, cos_a: float
     # dlib rotate_point: rot(p - center) + center
     dx, dy = x - cx, y - cy
     return (cos_a * dx - sin_a * dy + cx, sin_a * dx + cos_a * dy + cy)
-
-
-def _round_rect(l: float, t: float, r: float, b: float) -> tuple[int, int, int, int]:
-    # drectangle -> rectangle conversion
-    return (math.floor(l + 0.5), math.floor(t + 0.5), math.floor(r + 0.5), math.floor(b + 0.5))
 
 
 def _svd4(a: list[list[float]]) -> tuple[list[list[float]], list[float], list[list[float]]]:
@@ -557,7 +554,7 @@ def extract_image_chips(image: np.ndarray, dets: Sequence[ChipDetails]) -> np.nd
         corners = _rotated_corners(d.rect, d.angle)
         xs = [p[0] for p in corners]
         ys = [p[1] for p in corners]
-        r = _round_rect(max(min(xs) - grow, 0.0), max(min(ys) - grow, 0.0),
+        r = round_rect(max(min(xs) - grow, 0.0), max(min(ys) - grow, 0.0),
                         min(max(xs) + grow, nc - 1.0), min(max(ys) + grow, nr - 1.0))
         if not (r[1] > r[3] or r[0] > r[2]):
             bbox = r if bbox is None else (min(bbox[0], r[0]), min(bbox[1], r[1]),
@@ -576,7 +573,7 @@ def extract_image_chips(image: np.ndarray, dets: Sequence[ChipDetails]) -> np.nd
     sample = _BilinearSampler(rows, cols)
     for i, d in enumerate(dets):
         if d.angle == 0 and d.bottom - d.top + 1 == rows and d.right - d.left + 1 == cols:
-            chips[i] = _copy_rect(image, _round_rect(*d.rect), rows, cols)
+            chips[i] = _copy_rect(image, round_rect(*d.rect), rows, cols)
             continue
         level = -1
         rect = (d.left - x0, d.top - y0, d.right - x0, d.bottom - y0)

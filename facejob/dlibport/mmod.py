@@ -37,7 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from facejob.backends import torch_device
 from facejob.detect import Detection
+from facejob.dlibport.geometry import round_half_away, round_rect
 from facejob.models import model_path
 
 __all__ = [
@@ -133,8 +135,8 @@ def pyramid_up_size(nr: int, nc: int) -> tuple[int, int]:
     rect_up maps (0,0)-(nc−1,nr−1) to (2.5,1.5)-(2nc+0.5, 2nr−0.5); rounding gives right 2nc+1
     and bottom 2nr, so the result is (2nr+1) × (2nc+2), not simply twice the size.
     """
-    right = _round((nc - 1 + 1.25) * 2)
-    bottom = _round((nr - 1 + 0.75) * 2)
+    right = round_half_away((nc - 1 + 1.25) * 2)
+    bottom = round_half_away((nr - 1 + 0.75) * 2)
     return bottom + 1, right + 1
 
 
@@ -409,16 +411,6 @@ def _nearest_rect(rects: list[Rect], x: int, y: int) -> int:
     return best
 
 
-def _round(v: float) -> int:
-    """drectangle → rectangle conversion in dlib 20: std::round, halves away from zero
-    (−4.5 → −5; checked with ``dlib.rectangle(dlib.drectangle(...))``)."""
-    a = abs(v)
-    r = math.floor(a)
-    if a - r >= 0.5:
-        r += 1
-    return int(math.copysign(r, v)) if r else 0
-
-
 def decode_detections(scores: np.ndarray, rects: list[Rect], window: tuple[int, int],
                       cell: tuple[int, int], threshold: float = 0.0,
                       ) -> list[tuple[Rect, float]]:
@@ -439,7 +431,7 @@ def decode_detections(scores: np.ndarray, rects: list[Rect], window: tuple[int, 
         box = [px - half_w - ox, py - half_h - oy, px + half_w - ox, py + half_h - oy]
         for _ in range(level):
             box = [v * ratio + 0.3 for v in box]
-        out.append(((_round(box[0]), _round(box[1]), _round(box[2]), _round(box[3])),
+        out.append((round_rect(*box[:4]),
                     float(scores[r, c])))
     out.sort(key=lambda d: -d[1])
     return out
@@ -472,7 +464,7 @@ def rect_down(rect: Rect, times: int) -> Rect:
     l, t, r, b = (float(v) for v in rect)
     for _ in range(times):
         l, t, r, b = l / 2.0 - 1.25, t / 2.0 - 0.75, r / 2.0 - 1.25, b / 2.0 - 0.75
-    return _round(l), _round(t), _round(r), _round(b)
+    return round_rect(l, t, r, b)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,12 +477,6 @@ class _Job:
     image: np.ndarray  # RGB uint8 (H, W, 3)
     rects: list[Rect]  # pyramid levels in the tiled tensor
     tensor: tuple[int, int]  # tiled tensor rows, cols
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class TorchCnnDetector:
@@ -506,7 +492,7 @@ class TorchCnnDetector:
     name = "torch-cnn"
 
     def __init__(self, device: str = "auto", batch_size: int = 0) -> None:
-        self.device = _resolve_device(device)
+        self.device = torch_device(device)
         net, self.options = load_mmod()
         # channels-last convolutions are ~1.4x faster on CPU (oneDNN) and suit cuDNN too
         self.net = net.to(self.device, memory_format=torch.channels_last)

@@ -25,22 +25,15 @@ folded into the convolution before it: same function, one op fewer.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-# With OpenMP's default active spin-wait, a 2-thread torch on a busy machine (Ray workers,
-# dlib, other jobs on the same cores) ran 2-15x slower than 1 thread here: a thread spins while
-# its partner is descheduled. Passive waiting costs ~nothing when the cores are free. OpenMP
-# reads this once, when torch loads, so it only helps if torch is not imported yet; an
-# explicit setting (env or Ray runtime_env) wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from facejob.dlibport.dat import TAG_OR_SKIP, DatNetwork, LayerRecord, read_dat  # noqa: E402
+from facejob.backends import torch_device
+from facejob.dlibport.dat import TAG_OR_SKIP, DatNetwork, LayerRecord, read_dat
 
 CHIP_SIZE = 150
 DESCRIPTOR_DIM = 128
@@ -171,30 +164,20 @@ def load_resnet(path: str | Path | None = None) -> DlibResNet:
     return DlibResNet(read_dat(path)).eval()
 
 
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class TorchEmbedder:
     """Batched 128-d dlib face descriptors computed by the PyTorch port.
 
     ``embed`` takes (n, 150, 150, 3) uint8 RGB chips (dlib's ``get_face_chips`` size 150,
     padding 0.25) and returns (n, 128) float32, equal to dlib's
-    ``compute_face_descriptor`` to ~1e-6. ``tta="flip"`` averages each chip's descriptor
-    with its mirror's (more robust; no longer identical to dlib).
+    ``compute_face_descriptor`` to ~1e-6. (Flip TTA is the FaceModel's, for every embedder.)
     """
 
     name = "torch-resnet"
 
-    def __init__(self, device: str = "auto", batch_size: int = 0, tta: str = "none") -> None:
-        if tta not in ("none", "flip"):
-            raise ValueError(f"tta must be 'none' or 'flip', not {tta!r}")
-        self.device = _pick_device(device)
+    def __init__(self, device: str = "auto", batch_size: int = 0) -> None:
+        self.device = torch_device(device)
         # CPU throughput is flat from ~16 chips on; a GPU wants big batches to fill it.
         self.batch_size = batch_size or (512 if self.device.type == "cuda" else 32)
-        self.tta = tta
         # NHWC: oneDNN (CPU, ~20% faster than NCHW here) and cuDNN run it without reordering.
         self.model = load_resnet().to(self.device, memory_format=torch.channels_last)
 
@@ -206,8 +189,7 @@ class TorchEmbedder:
         if chips.dtype != np.uint8:
             raise ValueError(f"chips must be uint8, got {chips.dtype}")
         out = np.empty((len(chips), DESCRIPTOR_DIM), np.float32)
-        step = self.batch_size // 2 if self.tta == "flip" else self.batch_size
-        step = max(step, 1)
+        step = max(self.batch_size, 1)
         # TF32 convolutions (the CUDA default) would cost ~1e-3 of accuracy: keep true fp32.
         with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             for start in range(0, len(chips), step):
@@ -217,11 +199,6 @@ class TorchEmbedder:
     def _embed_batch(self, chips: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(chips)).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()  # NHWC uint8 -> a channels_last NCHW view
-        if self.tta == "flip":
-            x = torch.cat([x, x.flip(3)])
         d = self.model(x.contiguous(memory_format=torch.channels_last))
-        if self.tta == "flip":
-            n = len(chips)
-            d = (d[:n] + d[n:]) / 2
         return d.float().cpu().numpy()
 

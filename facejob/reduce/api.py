@@ -17,34 +17,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from facejob.config import ModelConfig
+from facejob.layout import (
+    CLUSTERS, CLUSTERS_JSON, DUPLICATES, EVENTS, LABEL_MODEL_JSON, LABELS_STORED, PREDICTIONS, RUN_JSON,
+)
 from facejob.schema import EMBEDDING_DIM
 from facejob.storage import Store, open_store, read_parquet, write_parquet
 
 from . import duplicates as dd
 from . import svm as lb
-from .embeddings import META_COLUMNS, Faces, read_faces, read_images, read_run_config
+from .embeddings import META_COLUMNS, Faces, read_faces, read_images
 from .errors import LabelsError, NotIndexedError, ReduceError
 from .graph import knn_graph
 from .hnsw import FaceIndex, IndexParams, update_index
 from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
+from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, LabelParams
 from .linkage import agglomerate, representatives
 from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
 
 ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks")   # what `reduce` reads once for every step
-CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_events.parquet"
-PREDICTIONS, LABELS_STORED, DUPLICATES = "predictions.parquet", "labels/labels.parquet", "duplicates.parquet"
-
-# Clustering defaults: two clusters join when the RMS distance between their faces is at most
-# CLUSTER_THRESHOLD, looking only at clusters linked by one of each face's CLUSTER_K nearest
-# neighbours. On all of LFW (dlib descriptors) both pairwise F >= 0.94 and BCubed F >= 0.92
-# hold for thresholds 0.505-0.525; the default is the middle (bench/lfw_reduce.py --sweep).
-# It is below dlib's 0.6 pair threshold because it bounds the RMS over all pairs of two groups.
-CLUSTER_THRESHOLD = 0.515
-CLUSTER_K = 10
-CLUSTER_MAX_EDGE = 0.9   # longer kNN edges never lead to a merge at this threshold; dropped early
 
 CLUSTERS_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("cluster_id", pa.int64()), ("cluster_size", pa.int64()),
@@ -192,10 +186,9 @@ def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None
     faces = faces if faces is not None else read_faces(store, ["face_id", "uri", "face_idx", "left", "top", "right", "bottom"])
     path = Path(labels)
     if path.is_dir():
-        cfg = read_run_config(store)
+        model, run = _face_model(store)
         shas = read_faces(store, ["face_id", "sha256"], embeddings=False).meta.column("sha256")
-        return read_folder(path, faces, shas, _photo_embedder(json.dumps(cfg, sort_keys=True)),
-                           tuple(cfg.get("extensions") or (".jpg", ".jpeg", ".png")))
+        return read_folder(path, faces, shas, _photo_embedder(model), run.extensions)
     if not path.is_file():
         raise LabelsError(f"labels file not found: {labels}")
     return read_csv(path.read_text(encoding="utf-8-sig"), faces, source=path.name)
@@ -219,14 +212,24 @@ def _combine(stored: pa.Table, new: Labelled, faces: Faces) -> pa.Table:
     return t
 
 
-def label(out: str | Store, labels: str | Path | None = None, params: lb.LabelParams = lb.LabelParams(),
+def saved_label_params(out: str | Store) -> LabelParams:
+    """The label settings saved with the last models (labels/model.json), else the defaults."""
+    store = _store(out)
+    if not store.exists(LABEL_MODEL_JSON):
+        return LabelParams()
+    return lb.load_model(store).params
+
+
+def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
           replace: bool = False, faces: Faces | None = None) -> LabelSummary:
     """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
 
     `labels` (CSV or folder tree) is added to the labels stored in OUT/labels/ (or replaces them
     with `replace`); without it the stored labels are used again (after new photos came in).
+    `params` default to the ones saved with the last models (e.g. an earlier `--threshold`).
     """
     store = _store(out)
+    params = params if params is not None else saved_label_params(store)
     faces = faces if faces is not None else read_faces(store)
     stored = LABELS_SCHEMA.empty_table() if replace else _stored_labels(store)
     if labels is not None:
@@ -281,19 +284,24 @@ def _cluster_rows(store: Store, faces: Faces) -> np.ndarray | None:
     return np.where(pos >= 0, cid[np.maximum(pos, 0)] if len(cid) else 0, -1 - np.arange(len(faces)))
 
 
-@functools.lru_cache(maxsize=2)
-def _pipeline(config_json: str):
-    from facejob.config import IndexConfig
-    from facejob.pipeline import Pipeline
+def _face_model(store: Store):
+    """The FaceModel the output was indexed with (from OUT/model.json), and its last run config."""
+    from facejob.config import load_run_config
+    from facejob.pipeline import FaceModel
 
-    return Pipeline(IndexConfig.from_dict(json.loads(config_json)))
+    try:
+        model, run = ModelConfig.load(store), load_run_config(store)
+    except FileNotFoundError as e:
+        raise NotIndexedError(str(e)) from None
+    except ValueError as e:
+        raise ReduceError(f"{store.root}: {e}") from None
+    return FaceModel.shared(model, run.max_pixels), run
 
 
-def _photo_embedder(config_json: str):
-    """path -> [(face area, embedding)] using the archive's own detector and embedder settings."""
+def _photo_embedder(model):
+    """path -> [(face area, embedding)] with the archive's own FaceModel."""
     def embed(path: Path) -> list[tuple[float, np.ndarray]]:
-        res = _pipeline(config_json).process_bytes(Path(path).read_bytes())
-        return [((f.right - f.left) * (f.bottom - f.top), f.embedding) for f in res.faces]
+        return [(f.area, f.embedding) for f in model.process_bytes(Path(path).read_bytes()).faces]
     return embed
 
 
@@ -322,8 +330,10 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     first = {}
     for u, sh, w, h in zip(*(images.column(c).to_pylist() for c in ("uri", "sha256", "width", "height"))):
         first.setdefault(sh, (u, (w or 0, h or 0)))
-    cfg = read_run_config(store) if store.exists("run.json") else {}
-    load = _picture_loader(first, int(cfg.get("max_pixels") or 100_000_000))
+    from facejob.config import DEFAULT_MAX_PIXELS, load_run_config
+
+    max_pixels = load_run_config(store).max_pixels if store.exists(RUN_JSON) else DEFAULT_MAX_PIXELS
+    load = _picture_loader(first, max_pixels)
     near = dd.near_pairs(by_sha, cand, load, lambda sha: first[sha][1])
     faceless = _faceless_candidates(images)
     near += dd.faceless_pairs(faceless, load, lambda sha: first[sha][1])
@@ -439,9 +449,9 @@ def search(out: str | Store, photo: str | bytes, k: int = 10) -> list[QueryFace]
 
     store = _store(out)
     fi = load_index(store)
-    cfg = read_run_config(store)
+    model, _ = _face_model(store)
     data = photo if isinstance(photo, bytes) else read_bytes(str(photo))
-    res = _pipeline(json.dumps(cfg, sort_keys=True)).process_bytes(data)
+    res = model.process_bytes(data)
     if res.error:
         raise ReduceError(f"cannot read the query photo: {res.error}")
     if not res.faces:

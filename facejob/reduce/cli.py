@@ -63,10 +63,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 @_errors
 def cmd_label(args: argparse.Namespace) -> int:
-    from . import api
-    from .svm import LabelParams
+    from dataclasses import replace
 
-    s = api.label(args.out, args.labels, LabelParams(threshold=args.threshold), replace=args.replace)
+    from . import api
+
+    params = api.saved_label_params(args.out)  # a threshold given once stays, for `reduce` too
+    if args.threshold is not None:
+        params = replace(params, threshold=args.threshold)
+    s = api.label(args.out, args.labels, params, replace=args.replace)
     print(f"learned {s.people} people from {s.labelled} labelled faces (+{s.background} background faces); "
           f"named {s.named} of {s.faces} faces, {s.unknown} unknown")
     print(f"output: {args.out}/predictions.parquet, models in {args.out}/labels/")
@@ -102,8 +106,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    from .api import CLUSTER_K, CLUSTER_THRESHOLD
-    from .svm import LabelParams
+    from .params import CLUSTER_K, CLUSTER_THRESHOLD, LabelParams
 
     p = subparsers.add_parser("search", help="find the faces in OUT nearest to the faces of a photo",
                               description="Embed the faces of PHOTO like the archive was embedded and list "
@@ -132,8 +135,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("out", metavar="OUT")
     p.add_argument("--labels", metavar="LABELS", help="labels CSV or folder (default: the labels stored in OUT)")
     p.add_argument("--replace", action="store_true", help="forget the labels stored in OUT first")
-    p.add_argument("--threshold", type=float, default=LabelParams().threshold,
-                   help="lowest probability that names a face, else `unknown` (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="lowest probability that names a face, else `unknown`; saved with the models and "
+                        f"used by later runs (default: the saved one, else {LabelParams().threshold})")
     p.set_defaults(func=cmd_label)
 
     p = subparsers.add_parser("dedup", help="find byte-identical and near-duplicate photos",

@@ -8,17 +8,16 @@ stores are fetched one at a time.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from facejob.layout import FACES_DIR, IMAGES_DIR
 from facejob.schema import EMBEDDING_DIM, FACES, IMAGES
 from facejob.storage import Store
 
@@ -81,7 +80,7 @@ def batch_embeddings(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def require_indexed(store: Store) -> None:
-    if not parts(store, "faces/") and not parts(store, "images/"):
+    if not parts(store, FACES_DIR) and not parts(store, IMAGES_DIR):
         raise NotIndexedError(f"no index output under {store.root} (no faces/ or images/ parts); run `facejob index` first")
 
 
@@ -92,14 +91,14 @@ def read_faces(store: Store, columns: Sequence[str] = META_COLUMNS, embeddings: 
     """
     require_indexed(store)
     cols = list(dict.fromkeys(["face_id", *columns]))
-    rels = parts(store, "faces/")
+    rels = parts(store, FACES_DIR)
     n_total = _row_count(store, rels) if embeddings else None
     emb = np.empty((n_total, EMBEDDING_DIM), np.float32) if n_total is not None else None
     emb_chunks: list[np.ndarray] = []
     metas: list[pa.RecordBatch] = []
     row = 0
     read_cols = cols + (["embedding"] if embeddings else [])
-    for batch in iter_batches(store, "faces/", read_cols):
+    for batch in iter_batches(store, FACES_DIR, read_cols):
         if embeddings:
             e = batch_embeddings(batch.column("embedding"))
             if emb is not None:
@@ -137,7 +136,7 @@ def read_images(store: Store, columns: Sequence[str], optional: Sequence[str] = 
     """The requested columns of OUT/images/ (one row per input photo). `optional` columns that
     older outputs lack (e.g. phash) come back as nulls for their parts."""
     tables = []
-    for rel in parts(store, "images/"):
+    for rel in parts(store, IMAGES_DIR):
         f = _open(store, rel)
         missing = [c for c in columns if c not in f.schema_arrow.names]
         if missing:
@@ -151,13 +150,3 @@ def read_images(store: Store, columns: Sequence[str], optional: Sequence[str] = 
     if not tables:
         return pa.schema([IMAGES.field(c) for c in [*columns, *optional]]).empty_table()
     return pa.concat_tables(tables).combine_chunks()
-
-
-def read_run_config(store: Store) -> dict[str, Any]:
-    """The "config" dict of OUT/run.json (how the archive was indexed)."""
-    if not store.exists("run.json"):
-        raise NotIndexedError(f"{store.root}/run.json not found; run `facejob index` first")
-    try:
-        return dict(json.loads(store.read_bytes("run.json"))["config"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ReduceError(f"{store.root}/run.json is not a facejob run record: {e}") from None

@@ -26,13 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from facejob.layout import IDS_FILE, INDEX_FILE, PARAMS_FILE
 from facejob.schema import EMBEDDING_DIM
 from facejob.storage import Store, read_parquet, write_parquet
 
 from .embeddings import Faces
 from .errors import NotIndexedError, ReduceError
 
-INDEX_FILE, IDS_FILE, PARAMS_FILE = "index/faces.hnsw", "index/ids.parquet", "index/params.json"
 FORMAT = 1
 
 

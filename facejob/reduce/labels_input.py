@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from facejob.pipeline import main_face
+
 from .embeddings import Faces
 from .errors import LabelsError
 
@@ -144,7 +146,8 @@ def read_folder(root: Path, faces: Faces, sha256: pa.Array, embed_photo, extensi
                 found = [(float(areas[r]), r) for r in cand]
             else:
                 found = [(a, e) for a, e in embed_photo(photo)]
-            main = _main_face(found)
+            i = main_face([a for a, _ in found])
+            main = None if i is None else found[i][1]
             if main is None:
                 skipped.append(f"{photo} ({'no face' if not found else f'{len(found)} faces, none clearly the main one'})")
                 continue
@@ -165,12 +168,3 @@ def _areas(faces: Faces) -> np.ndarray:
     w = pc.subtract(m.column("right"), m.column("left")).to_numpy().astype(np.float64)
     h = pc.subtract(m.column("bottom"), m.column("top")).to_numpy().astype(np.float64)
     return w * h
-
-
-def _main_face(found: list[tuple[float, object]]):
-    if not found:
-        return None
-    found = sorted(found, key=lambda f: -f[0])
-    if len(found) > 1 and found[0][0] < 2 * found[1][0]:
-        return None
-    return found[0][1]

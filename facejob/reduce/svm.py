@@ -27,22 +27,13 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
+from facejob.layout import LABEL_MODEL_JSON as MODEL_JSON, LABEL_MODEL_NPZ as MODEL_NPZ
+
 from .errors import LabelsError
+from .params import LabelParams
 
 UNKNOWN = "unknown"
-MODEL_NPZ, MODEL_JSON = "labels/model.npz", "labels/model.json"
 FORMAT = 1
-
-
-@dataclass(frozen=True)
-class LabelParams:
-    threshold: float = 0.5        # lowest probability at which a face gets a name
-    C: float = 1.0                # SVM regularisation
-    pool_size: int = 20_000       # background faces sampled from the archive
-    pool_exclude: float = 0.4     # pool skips faces this close (Euclidean) to any labelled face
-    extra_per_person: int = 200   # cluster-mates of a person's labelled faces used as positives
-    holdout: float = 0.2          # share of the faces held out to fit the sigmoid
-    seed: int = 0
 
 
 @dataclass

@@ -1,0 +1,38 @@
+"""Every file name facejob writes under OUT, in one place (paths relative to the output root).
+
+    model.json                       the ModelConfig the faces were made with (search/verify/label use it)
+    run.json                         last run: model and run config, versions, counts, timings
+    images/part-<shard>.parquet      one row per input photo (written last: the shard's commit)
+    faces/part-<shard>.parquet       one row per face
+    index/faces.hnsw, ids.parquet, params.json     the reducer's search index
+    clusters.parquet, clusters.json, cluster_events.parquet
+    labels/labels.parquet, labels/model.npz, labels/model.json
+    predictions.parquet, duplicates.parquet
+"""
+from __future__ import annotations
+
+RUN_JSON, MODEL_JSON = "run.json", "model.json"
+IMAGES_DIR, FACES_DIR = "images/", "faces/"
+
+INDEX_FILE, IDS_FILE, PARAMS_FILE = "index/faces.hnsw", "index/ids.parquet", "index/params.json"
+CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_events.parquet"
+LABELS_STORED, LABEL_MODEL_NPZ, LABEL_MODEL_JSON = "labels/labels.parquet", "labels/model.npz", "labels/model.json"
+PREDICTIONS, DUPLICATES = "predictions.parquet", "duplicates.parquet"
+
+
+def part_name(shard: str) -> str:
+    """File name of one shard's part, the same under images/ and faces/."""
+    return f"part-{shard}.parquet"
+
+
+def images_part(shard: str) -> str:
+    return IMAGES_DIR + part_name(shard)
+
+
+def faces_part(shard: str) -> str:
+    return FACES_DIR + part_name(shard)
+
+
+def shard_of(rel: str) -> str:
+    """The shard id of a part's path (inverse of part_name)."""
+    return rel.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet")
