@@ -165,7 +165,7 @@ def memory(tmp: Path, data: Path) -> None:
     code = ("import resource, sys, time; from facejob.config import ModelConfig; from facejob.pipeline import FaceModel; "
             "p = FaceModel(ModelConfig()); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
             "t = time.perf_counter(); r = p.process_bytes(open(sys.argv[1], 'rb').read()); "
-            "print(r.status, len(r.faces), round(time.perf_counter() - t, 2), base // 1024, "
+            "print(r.status.value, len(r.faces), round(time.perf_counter() - t, 2), base // 1024, "
             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
     for fmt in ("JPEG", "PNG"):   # PNG: no reduced decode, the whole 50 MP are decoded, then resized
         path = tmp / f"50mp.{fmt.lower()}"

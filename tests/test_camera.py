@@ -107,7 +107,7 @@ def test_peak_memory_of_a_50mp_photo_is_bounded(tmp_path, data_dir, face):
     del big
     code = ("import resource, sys; from facejob.config import ModelConfig; from facejob.pipeline import FaceModel; "
             "r = FaceModel(ModelConfig()).process_bytes(open(sys.argv[1], 'rb').read()); "
-            "print(r.status, len(r.faces), r.width * r.height, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(r.status.value, len(r.faces), r.width * r.height, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
                          cwd=REPO).stdout.split()
     status, n, pixels, rss_kib = out[0], int(out[1]), int(out[2]), int(out[3])
