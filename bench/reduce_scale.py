@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from facejob.config import IndexConfig
-from facejob.schema import EMBEDDING_DIM, FACES
+from facejob.schema import EMBEDDING_DIM, FACES, IMAGES
 from facejob.storage import LocalStore, write_parquet
 
 INTRA, INTER = 0.434, 0.824    # mean same-person / different-person distance on LFW (dlib)
@@ -66,7 +66,7 @@ def calibrate(c: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
 
 
 def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0) -> np.ndarray:
-    """Write the synthetic faces/ parts; returns the true person of each face (in row order)."""
+    """Write the synthetic faces/ and images/ parts; returns the true person of each face (in row order)."""
     rng = np.random.default_rng(seed)
     sizes = person_sizes(n_faces, n_people, rng)
     c = centres(n_people, rng)
@@ -93,6 +93,12 @@ def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0) -> np.n
             "shard": pa.array([f"{part:04d}"] * n),
         }
         write_parquet(store, f"faces/part-{part:04d}.parquet", pa.table(cols, schema=FACES))
+        # The images part is the commit marker: the reducer reads only faces parts that have one.
+        write_parquet(store, f"images/part-{part:04d}.parquet", pa.table({
+            "uri": pa.array(uris), "size": pa.array(np.zeros(n, np.int64)), "mtime": pa.nulls(n, pa.float64()),
+            "etag": pa.array(ids), "sha256": pa.array(ids), "width": zeros, "height": zeros,
+            "status": pa.array(["ok"] * n), "error": pa.nulls(n, pa.string()), "n_faces": pa.array(np.ones(n, np.int32)),
+            "shard": pa.array([f"{part:04d}"] * n)}, schema=IMAGES))
     store.write_bytes("run.json", json.dumps({"config": IndexConfig().to_dict()}).encode())
     return people
 

@@ -157,11 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.verbose)
+    from facejob.lock import EXIT_LOCKED, LockHeld, LockLost
+
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"facejob {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except LockHeld as e:
+        print(f"facejob {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_LOCKED
+    except (OSError, LockLost) as e:  # the output cannot be written (disk full, permissions, S3 down)
+        print(f"facejob {args.command}: error: {e}; nothing half-written is trusted, rerun to finish",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

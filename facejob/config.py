@@ -4,7 +4,8 @@
   flip TTA) and how the model runs (device, batch size). Saved in OUT/model.json by `index`;
   `search`, `verify`, `label --folder` and jobs/nightly.py build their `FaceModel` from it.
 - `RunConfig`: how a run goes (workers and their resources, shard size, Ray address, --force,
-  input limits and extensions). Recorded in run.json, never needed to read an output.
+  input limits and extensions, how much a run may retire). Recorded in run.json, never needed
+  to read an output.
 
 `facejob index`'s flags are generated from these fields (their `help` metadata; see
 `options()`), and jobs/nightly.yaml's `index:` section takes the same names. Everything is
@@ -28,6 +29,11 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # Images above this many pixels are refused before decoding (decompression-bomb guard).
 # 100 MP covers every phone and most DSLR photos; panoramas above it get a `too_large` reason.
 DEFAULT_MAX_PIXELS = 100_000_000
+# A run may retire (as deleted) up to max(RETIRE_FLOOR, max_retire_share x the photos indexed
+# under a source) of that source's photos; more looks like an unmounted share or a failed
+# listing, not like deletions, and is refused unless allow_retire is set.
+DEFAULT_MAX_RETIRE_SHARE = 0.10
+RETIRE_FLOOR = 10
 RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".rw2",
                   ".orf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mef", ".mos", ".mrw", ".rwl")
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif",
@@ -161,6 +167,12 @@ class RunConfig(_Settings):
     force: bool = setting(False, "redo photos already in the output (and allow other model settings)")
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse images with more pixels than this, before "
                                                   "decoding them (decompression-bomb guard)", metavar="N")
+    max_retire_share: float = setting(DEFAULT_MAX_RETIRE_SHARE,
+                                      "refuse a run that would retire more than this share of a source's "
+                                      f"indexed photos as deleted (at least {RETIRE_FLOOR} may always go)",
+                                      metavar="SHARE")
+    allow_retire: bool = setting(False, "retire whatever the listing says is gone, even a whole source "
+                                        "(after real mass deletions; a missing source is still refused)")
     extensions: tuple[str, ...] = setting(EXTENSIONS, "file extensions listed in folders", cli=False)
 
     def __post_init__(self) -> None:
@@ -172,6 +184,10 @@ class RunConfig(_Settings):
         _need(_is_int(self.shard_size) and self.shard_size >= 0,
               f"shard_size must be >= 0 (0 = auto), got {self.shard_size!r}")
         _need(_is_int(self.max_pixels) and self.max_pixels > 0, f"max_pixels must be > 0, got {self.max_pixels!r}")
+        _need(isinstance(self.max_retire_share, (int, float)) and not isinstance(self.max_retire_share, bool)
+              and 0 <= self.max_retire_share <= 1,
+              f"max_retire_share must be a share between 0 and 1, got {self.max_retire_share!r}")
+        _need(isinstance(self.allow_retire, bool), f"allow_retire must be true or false, got {self.allow_retire!r}")
         _need(self.address is None or (isinstance(self.address, str) and self.address != ""),
               f"address must be auto or host:port, got {self.address!r}")
         _need(isinstance(self.extensions, tuple) and all(isinstance(e, str) and e.startswith(".")

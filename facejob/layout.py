@@ -8,11 +8,14 @@
     clusters.parquet, clusters.json, cluster_events.parquet
     labels/labels.parquet, labels/model.npz, labels/model.json
     predictions.parquet, duplicates.parquet
+    quarantine/<time>/images|faces/  damaged parts moved aside (facejob.plan.quarantine)
+    .facejob.lock                    the writer lock or S3 lease (facejob.lock)
 """
 from __future__ import annotations
 
 RUN_JSON, MODEL_JSON = "run.json", "model.json"
-IMAGES_DIR, FACES_DIR = "images/", "faces/"
+IMAGES_DIR, FACES_DIR, QUARANTINE_DIR = "images/", "faces/", "quarantine/"
+LOCK = ".facejob.lock"   # a dot name: store listings and Parquet datasets skip it
 
 INDEX_FILE, IDS_FILE, PARAMS_FILE = "index/faces.hnsw", "index/ids.parquet", "index/params.json"
 CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_events.parquet"

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from facejob import layout, plan as planning
+from facejob import layout, lock, plan as planning
 from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig
 from facejob.pipeline import FaceModel, ImageResult, setup_process, shard_tables
 from facejob.schema import Reason, Status
-from facejob.sources import ImageRef, list_images
+from facejob.sources import ImageRef, Listing, list_images
 from facejob.storage import Store, open_store, write_parquet
 
 log = logging.getLogger("facejob")
@@ -373,10 +373,10 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
         while queue or pool.running:
             while queue and pool.free:
                 pool.submit(queue.popleft())
+            if not queue:
+                pool.reassign_stuck()
             event = pool.next()
             if event is None:
-                if not queue:
-                    pool.reassign_stuck()
                 continue
             ref, actor, job = event
             if job is None:  # an actor finished its constructor, or failed in it
@@ -474,20 +474,31 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
 
     Returns the run summary (also written to OUT/run.json). Photos already indexed in `out` with
     the same size and mtime/etag are not processed again unless `config.run.force`.
-    `model_class` is the FaceModel the workers build (tests pass a subclass).
+    `model_class` is the FaceModel the workers build (tests pass a subclass). Holds the output's
+    writer lock throughout (facejob.lock.LockHeld if another run has it); refuses
+    (plan.RetireRefused, nothing retired) a listing that would retire too much (see
+    plan.check_retirement).
     """
     config = config or IndexConfig()
-    run = config.run
+    store = open_store(out)
+    with lock.hold(store, "index"):
+        return _index(sources, store, config, progress, model_class)
+
+
+def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool,
+           model_class: type[FaceModel]) -> RunSummary:
+    out, run = store.root, config.run
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    store = open_store(out)
     _check_same_models(store, config)
-    skipped: list[str] = []
-    refs = list(list_images(sources, run.extensions, skipped))
+    listing = Listing()
+    refs = list(list_images(sources, run.extensions, listing))
+    skipped = listing.skipped
     t_list = time.perf_counter()
     orphans = planning.remove_orphans(store)
     catalog = planning.read_catalog(store)
-    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), run.force)
+    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), run.force, listing.unlisted)
+    planning.check_retirement(plan, run.max_retire_share, run.allow_retire)
     planning.retire(store, plan.retire)
     shards: list[planning.Shard] = []
     if plan.todo:
@@ -497,6 +508,9 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
     log.info("listed %d photos (%d other files skipped by extension): %d new, %d changed, %d unchanged, "
              "%d deleted → %d shards", plan.listed, len(skipped), plan.new, plan.changed, plan.unchanged,
              plan.deleted, len(shards))
+    if listing.unlisted:
+        log.warning("%d folder(s) could not be listed; their %d indexed photos are kept: %s",
+                    len(listing.unlisted), plan.unlisted, ", ".join(listing.unlisted[:5]))
     bar = Progress(len(shards), len(plan.todo), enabled=progress)
     config.model.save(store)  # before any part: every reader of faces/ builds the same FaceModel
     done, failed = _execute(shards, out, config, bar, model_class) if shards else ([], [])
@@ -522,7 +536,8 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
         "unchanged": plan.unchanged, "retried": plan.retried, "deleted": plan.deleted, "processed": processed,
         **{st.value: status.get(st.value, 0) for st in Status},
         "faces": sum(s["faces"] for s in done), "shards": len(shards), "failed_shards": len(failed),
-        "orphan_parts_removed": orphans,
+        "orphan_parts_removed": orphans, "unlisted": plan.unlisted, "unlisted_folders": len(listing.unlisted),
+        "quarantined_parts": len(catalog.quarantined), "duplicate_rows_removed": plan.duplicates,
     }
     summary.timings = {"list_s": t_list - t0, "plan_s": t_plan - t_list, "process_s": t_run - t_plan,
                        "total_s": time.perf_counter() - t0,
@@ -537,6 +552,7 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
         # the worst worker's peak resident memory (the bound to size machines by)
         "worker_peak_rss_mb": max((s.get("peak_rss_mb", 0.0) for s in done if s["node"] != "driver"), default=0.0),
         "nodes": dict(nodes), "workers": list(workers.values()), "failed_shards": failed, "skipped_examples": skipped[:20],
+        "unlisted_folders": listing.unlisted[:20], "quarantined": catalog.quarantined,
     }
     _write_run_json(store, summary.report)
     return summary

@@ -226,6 +226,66 @@ def read_bytes(uri: str) -> bytes:
     return _get(*split_uri(uri))
 
 
+def _precondition_failed(e: ClientError) -> bool:
+    # 412: the condition did not hold; 409: AWS's answer to a concurrent conditional write.
+    return _status(e) in (409, 412) or _code(e) in ("PreconditionFailed", "ConditionalRequestConflict")
+
+
+def put_conditional(uri: str, data: bytes, if_match: str | None = None) -> str | None:
+    """PUT `data` only if the object does not exist (if_match None) or still has ETag `if_match`.
+
+    Returns the new ETag, or None when the condition did not hold (S3 decides atomically, so
+    of two writers racing for one key exactly one wins).
+    """
+    bucket, key = split_uri(uri)
+    cond = {"IfMatch": f'"{if_match}"'} if if_match else {"IfNoneMatch": "*"}
+    try:
+        return client().put_object(Bucket=bucket, Key=key, Body=data, **cond)["ETag"].strip('"')
+    except ClientError as e:
+        if _precondition_failed(e) or (if_match and _status(e) == 404):
+            return None
+        _raise_for(e, uri)
+    except BotoCoreError as e:
+        _raise_for(e, uri)
+    return None  # unreachable: _raise_for always raises
+
+
+def get_versioned(uri: str) -> tuple[bytes, str, float, float] | None:
+    """(body, ETag, last-modified, the server's clock now) of a small object, or None if missing.
+
+    Both times come from the S3 server, so comparing them needs no trust in local clocks.
+    """
+    from email.utils import parsedate_to_datetime
+
+    bucket, key = split_uri(uri)
+    try:
+        resp = client().get_object(Bucket=bucket, Key=key)
+    except ClientError as e:
+        if _status(e) == 404:
+            return None
+        _raise_for(e, uri)
+    except BotoCoreError as e:
+        _raise_for(e, uri)
+    date = resp["ResponseMetadata"]["HTTPHeaders"].get("date")
+    now = parsedate_to_datetime(date).timestamp() if date else resp["LastModified"].timestamp()
+    return resp["Body"].read(), resp["ETag"].strip('"'), resp["LastModified"].timestamp(), now
+
+
+def delete_conditional(uri: str, if_match: str) -> bool:
+    """Delete the object only if it still has ETag `if_match`; False if it changed or is gone."""
+    bucket, key = split_uri(uri)
+    try:
+        client().delete_object(Bucket=bucket, Key=key, IfMatch=f'"{if_match}"')
+        return True
+    except ClientError as e:
+        if _precondition_failed(e) or _status(e) == 404:
+            return False
+        _raise_for(e, uri)
+    except BotoCoreError as e:
+        _raise_for(e, uri)
+    return False  # unreachable
+
+
 class S3Store:
     """The `Store` of facejob.storage for an output under s3://bucket/prefix.
 
@@ -255,6 +315,14 @@ class S3Store:
 
     def read_bytes(self, rel: str) -> bytes:
         return _get(self.bucket, self._key(rel))
+
+    def read_tail(self, rel: str, n: int) -> bytes:
+        """The last `n` bytes (fewer if the object is smaller), in one ranged GET."""
+        try:
+            return client().get_object(Bucket=self.bucket, Key=self._key(rel), Range=f"bytes=-{n}")["Body"].read()
+        except (ClientError, BotoCoreError) as e:
+            _raise_for(e, f"{self.root}/{rel}")
+        return b""  # unreachable: _raise_for always raises
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         key = self._key(rel)

@@ -23,6 +23,7 @@ class Store(Protocol):
 
     def exists(self, rel: str) -> bool: ...
     def read_bytes(self, rel: str) -> bytes: ...
+    def read_tail(self, rel: str, n: int) -> bytes: ...
     def write_bytes(self, rel: str, data: bytes) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
     def delete(self, rel: str) -> None: ...
@@ -50,6 +51,11 @@ class LocalStore:
     def read_bytes(self, rel: str) -> bytes:
         return self._p(rel).read_bytes()
 
+    def read_tail(self, rel: str, n: int) -> bytes:
+        with open(self._p(rel), "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - n))
+            return f.read()
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         dest = self._p(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +67,9 @@ class LocalStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
+        except OSError as e:  # disk full, permissions: say which file
+            Path(tmp).unlink(missing_ok=True)
+            raise type(e)(e.errno, e.strerror, str(dest)) from e
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -95,7 +104,39 @@ def write_parquet(store: Store, rel: str, table: pa.Table) -> None:
 
 
 def read_parquet(store: Store, rel: str, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(store.read_bytes(rel)), columns=columns)
+    return parse_parquet(rel, store.read_bytes(rel), columns)
+
+
+class DamagedPart(ValueError):
+    """A file in the output is not whole Parquet (a cut copy, a disk that filled up)."""
+
+
+def parse_parquet(rel: str, data: bytes, columns: list[str] | None = None) -> pa.Table:
+    """`data` as a table; DamagedPart (never a storage error) when the bytes are not whole Parquet."""
+    try:
+        return pq.read_table(io.BytesIO(data), columns=columns)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError or others for broken files
+        raise DamagedPart(f"{rel}: {e}") from e
+
+
+def check_parquet(store: Store, rel: str) -> None:
+    """Raise DamagedPart unless `rel` ends in a whole Parquet footer.
+
+    Catches what damage does to a part (a cut copy, a disk that filled up) by reading only the
+    file's end, so it is cheap on S3 too. Storage errors propagate as they are.
+    """
+    tail = store.read_tail(rel, 64 * 1024)
+    if len(tail) < 12 or tail[-4:] != b"PAR1":
+        raise DamagedPart(f"{rel}: no Parquet footer (the file is cut short or is not Parquet)")
+    need = int.from_bytes(tail[-8:-4], "little") + 8
+    if need > len(tail):
+        tail = store.read_tail(rel, need)
+        if len(tail) < need:
+            raise DamagedPart(f"{rel}: the Parquet footer claims more bytes than the file has")
+    try:  # read_metadata wants a file: the magic number, then the footer
+        pq.read_metadata(io.BytesIO(b"PAR1" + tail[-need:]))
+    except Exception as e:
+        raise DamagedPart(f"{rel}: unreadable Parquet footer: {e}") from e
 
 
 def read_parts(store: Store, prefix: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:

@@ -7,7 +7,7 @@ import numpy as np
 
 from facejob.config import ModelConfig
 from facejob.pipeline import FaceModel, FaceRecord, main_face
-from facejob.sources import read_bytes
+from facejob.sources import read_bytes, source_uri
 
 # dlib's ResNet was trained so that two photos of one person are closer than this (Euclidean).
 DEFAULT_THRESHOLD = 0.6
@@ -26,7 +26,7 @@ class Verdict:
 
 def subject(model: FaceModel, uri: str) -> FaceRecord:
     """The main face of the photo at `uri` (see pipeline.main_face)."""
-    result = model.process_bytes(read_bytes(uri))
+    result = model.process_bytes(read_bytes(source_uri(uri)))
     if result.error:
         raise NoFaceError(f"{uri}: {result.error}")
     i = main_face([f.area for f in result.faces])

@@ -6,8 +6,10 @@
 
 Every setting lives in the YAML file (see jobs/nightly.yaml); a misspelt key is an error, never
 a silent default. String values may use ${VAR} or ${VAR:-default}, so one file serves every
-environment. Exit status: 0 done, 1 some shards failed permanently (rerun to retry them) or the
-reducer failed, 2 the configuration is wrong.
+environment. Exit status: 0 done, 1 some shards failed permanently (rerun to retry them), the
+reducer failed or the output could not be written, 2 the configuration is wrong or a source
+looks unmounted (nothing was retired; see index.allow_retire), 75 another run holds the
+output (the job holds its writer lock from the first listing to the last reducer write).
 """
 from __future__ import annotations
 
@@ -145,12 +147,19 @@ def _ray_address(cfg: IndexConfig) -> IndexConfig:
 
 
 def run(cfg: NightlyConfig) -> tuple[int, dict[str, Any]]:
-    """Index, then reduce. Returns (exit status, summary for the operator)."""
-    import facejob
-    from facejob import s3
+    """Index, then reduce, holding the output's writer lock throughout. Returns (exit status,
+    summary for the operator)."""
+    from facejob import lock, s3
 
     if cfg.endpoint_url:
         s3.configure(endpoint_url=cfg.endpoint_url)  # before Ray starts, so workers inherit it
+    with lock.hold(cfg.output, "nightly"):
+        return _run(cfg)
+
+
+def _run(cfg: NightlyConfig) -> tuple[int, dict[str, Any]]:
+    import facejob
+
     t0 = time.perf_counter()
     summary = facejob.index(cfg.sources, cfg.output, _ray_address(cfg.index), progress=False)
     out: dict[str, Any] = {
@@ -217,11 +226,20 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(cfg.log_format)
     log.info("nightly run: %s -> %s", ", ".join(cfg.sources), cfg.output)
+    from facejob.lock import EXIT_LOCKED, LockHeld, LockLost
+    from facejob.sources import SourceError
+
     try:
         status, summary = run(cfg)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, SourceError) as e:
         log.error("%s", e)
         return 2
+    except LockHeld as e:
+        log.error("%s", e)
+        return EXIT_LOCKED
+    except (OSError, LockLost) as e:  # the output cannot be written: disk full, permissions
+        log.error("cannot write the output: %s; rerun to finish", e)
+        return 1
     # One JSON line on stdout: what a scheduler or a log pipeline picks up.
     print(json.dumps({"status": "ok" if status == 0 else "failed", **summary}, default=str))
     return status

@@ -40,9 +40,20 @@ CLEARED_AWS_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "F
 
 
 def free_port() -> int:
+    """A port that was free a moment ago. Only for programs that need a port number up front and
+    cannot bind port 0 themselves (`ray start`): whoever uses it must retry if it is taken."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def reserve_port(port: int = 0) -> socket.socket:
+    """A socket bound to 127.0.0.1:`port` (0: any) that does not listen: the port stays ours and
+    connections to it are refused (an endpoint that is down)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    return s
 
 
 def aws_env(endpoint: str) -> dict[str, str]:
@@ -58,31 +69,41 @@ def child_env(endpoint: str, base: dict[str, str] | None = None) -> dict[str, st
 
 
 class MotoServer:
-    """`python -m moto.server` on 127.0.0.1:<port>, started and stopped as a real process."""
+    """`python -m moto.server` on 127.0.0.1, started and stopped as a real process. It binds
+    port 0 itself and the port is read from its log, so no other process can take it first."""
 
-    def __init__(self, port: int | None = None):
-        self.port = port or free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+    def __init__(self) -> None:
+        self.port = 0
+        self.endpoint = ""
         self.proc: subprocess.Popen | None = None
         self.log = Path(tempfile.mkstemp(prefix="moto-", suffix=".log")[1])
 
     def start(self, timeout: float = 30.0) -> "MotoServer":
+        import re
+
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env=child_env(self.endpoint),
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+                stdout=log, stderr=subprocess.STDOUT, env=child_env("http://127.0.0.1"),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"moto server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.1)
+            if not self.port:
+                m = re.search(r"Running on http://127\.0\.0\.1:(\d+)", self.log.read_text(errors="replace"))
+                if m:
+                    self.port = int(m.group(1))
+                    self.endpoint = f"http://127.0.0.1:{self.port}"
+            if self.port:
+                try:
+                    with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
+                        return self
+                except OSError:
+                    pass
+            time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"moto server did not answer on {self.endpoint} within {timeout}s")
+        raise RuntimeError(f"moto server did not answer within {timeout}s: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -105,14 +126,17 @@ class MotoServer:
 class TcpProxy:
     """127.0.0.1:<port> → target, byte for byte, with faults on demand.
 
-    stop() closes the listening socket and resets every open connection (the endpoint is down:
-    new connections are refused); start() listens again on the same port. cut_responses(n, times)
-    closes the next `times` connections after `n` bytes of response, mid-body.
+    The port is bound when the proxy is made and stays bound until close(): while the proxy is
+    stopped, a bound socket that does not listen holds it, so connections are refused and no
+    other process can take the port. stop() resets every open connection (the endpoint is
+    down); start() listens again on the same port. cut_responses(n, times) closes the next
+    `times` connections after `n` bytes of response, mid-body.
     """
 
-    def __init__(self, target_port: int, port: int | None = None):
+    def __init__(self, target_port: int):
         self.target_port = target_port
-        self.port = port or free_port()
+        self._idle: socket.socket | None = reserve_port()
+        self.port = self._idle.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
@@ -121,9 +145,7 @@ class TcpProxy:
         self.connections = 0
 
     def start(self) -> "TcpProxy":
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
+        s, self._idle = self._idle or reserve_port(self.port), None
         s.listen(128)
         self._listener = s
         threading.Thread(target=self._accept, args=(s,), daemon=True).start()
@@ -134,9 +156,17 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             conns, self._conns = self._conns, set()
         if listener:
-            listener.close()
+            _hang_up(listener)  # shutdown() first: it wakes the accept() and ends LISTEN at once
         for c in conns:
             _hang_up(c)
+        if listener:
+            self._idle = reserve_port(self.port)
+
+    def close(self) -> None:
+        self.stop()
+        if self._idle:
+            self._idle.close()
+            self._idle = None
 
     def cut_responses(self, nbytes: int, times: int = 1) -> None:
         with self._lock:
@@ -191,7 +221,7 @@ class TcpProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.close()
 
 
 def _hang_up(sock: socket.socket) -> None:

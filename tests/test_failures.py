@@ -62,7 +62,7 @@ def env(s3_endpoint: MotoServer):
             yield proxy
         finally:
             ray.shutdown()
-            proxy.stop()
+            proxy.close()
             fs3.configure()
 
 

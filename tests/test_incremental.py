@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.s3_server import (
-    MotoServer, assert_same_results, aws_env, child_env, free_port, lfw_photos, make_client, rows_by_name,
+    MotoServer, assert_same_results, aws_env, child_env, lfw_photos, make_client, reserve_port, rows_by_name,
     use_endpoint,
 )
 
@@ -32,8 +32,9 @@ def cluster(s3_endpoint: MotoServer):
     import ray
 
     assert not ray.is_initialized()
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in aws_env(f"http://127.0.0.1:{free_port()}").items():
+    dead = reserve_port()  # held, not listening: connections to it are refused
+    with dead, pytest.MonkeyPatch.context() as mp:
+        for k, v in aws_env(f"http://127.0.0.1:{dead.getsockname()[1]}").items():
             mp.setenv(k, v)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
         try:

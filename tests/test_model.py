@@ -113,6 +113,19 @@ def test_a_worker_builds_its_model_once_for_many_shards(ray_local, data_dir, tmp
     assert worker["shards"] == 3 and worker["model_builds"] == 1, s.report["workers"]
 
 
+def test_a_shard_moves_off_a_worker_that_never_starts(ray_local, data_dir, tmp_path, monkeypatch):
+    """Three workers on two CPUs: the third is never placed while the other two live. Its
+    shard must move to a free worker once nothing else is left (else the run would hang)."""
+    from facejob import runner
+
+    monkeypatch.setattr(runner, "START_GRACE_S", 1.0)
+    src = data_dir / "labelled/faceapi_bbt/raj"
+    s = facejob.index([str(src)], str(tmp_path / "out"), IndexConfig(run=RunConfig(workers=3, shard_size=2)),
+                      progress=False)
+    assert s.ok and s.counts["shards"] == 3 and s.counts["processed"] == 5
+    assert len(s.report["workers"]) == 2 and sum(w["shards"] for w in s.report["workers"]) == 3
+
+
 # -------------------------------------------------------------------- outputs of earlier versions
 
 def _as_previous_version(out: Path) -> None:

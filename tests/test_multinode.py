@@ -68,35 +68,63 @@ def cluster_nodes(address: str, env: dict[str, str]) -> list[dict]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def two_nodes():
-    temp_dir = tempfile.mkdtemp(prefix="fj-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    port, dashboard = free_port(), free_port()
-    address = f"127.0.0.1:{port}"
-    env = cluster_env(secrets.token_hex(32))
-    nodes = [RayNode(temp_dir, env, "--head", f"--port={port}", "--include-dashboard=true",
-                     f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=1",
-                     '--resources={"facejob_head": 1}', "--labels=facejob-role=head")]
-    try:
+PORT_TRIES = 3  # `ray start` needs port numbers up front; one taken in between is retried
+
+
+def start_head(temp_dir: str, env: dict[str, str]) -> tuple[RayNode, str, str]:
+    """The head node, healthy (GCS and job server answer); (node, address, dashboard url)."""
+    for attempt in range(PORT_TRIES):
+        port, dashboard = free_port(), free_port()
+        head = RayNode(temp_dir, env, "--head", f"--port={port}", "--include-dashboard=true",
+                       f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=1",
+                       '--resources={"facejob_head": 1}', "--labels=facejob-role=head")
+        address = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 120
-        while True:
-            assert nodes[0].proc.poll() is None, nodes[0].output()
+        while head.proc.poll() is None:
             try:  # the GCS answers, and the job server (`ray job submit` talks to it) too
                 subprocess.run([RAY, "health-check", f"--address={address}"], check=True,
                                capture_output=True, timeout=30, env=env)
                 subprocess.run([RAY, "job", "list", f"--address=http://127.0.0.1:{dashboard}"], check=True,
                                capture_output=True, timeout=30, env=env)
-                break
+                return head, address, f"http://127.0.0.1:{dashboard}"
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-                assert time.monotonic() < deadline, nodes[0].output()
+                assert time.monotonic() < deadline, head.output()
                 time.sleep(0.5)
-        nodes.append(RayNode(temp_dir, env, f"--address={address}", "--num-cpus=1",
-                             '--resources={"facejob_worker": 1}', "--labels=facejob-role=worker"))
-        while len(cluster_nodes(address, env)) < 2:
-            assert nodes[1].proc.poll() is None, nodes[1].output()
-            assert time.monotonic() < deadline, nodes[1].output()
+        output = head.output()
+        head.stop()
+        if attempt == PORT_TRIES - 1:
+            raise AssertionError(output)
+    raise AssertionError("unreachable")
+
+
+def start_worker(temp_dir: str, env: dict[str, str], address: str) -> RayNode:
+    """A second node joined to `address`, seen alive by the cluster."""
+    for attempt in range(PORT_TRIES):
+        node = RayNode(temp_dir, env, f"--address={address}", "--num-cpus=1",
+                       '--resources={"facejob_worker": 1}', "--labels=facejob-role=worker")
+        deadline = time.monotonic() + 120
+        while node.proc.poll() is None:
+            if len(cluster_nodes(address, env)) >= 2:
+                return node
+            assert time.monotonic() < deadline, node.output()
             time.sleep(0.5)
-        yield address, env, f"http://127.0.0.1:{dashboard}"
+        output = node.output()
+        node.stop()
+        if attempt == PORT_TRIES - 1:
+            raise AssertionError(output)
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    temp_dir = tempfile.mkdtemp(prefix="fj-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = cluster_env(secrets.token_hex(32))
+    nodes: list[RayNode] = []
+    try:
+        head, address, dashboard = start_head(temp_dir, env)
+        nodes.append(head)
+        nodes.append(start_worker(temp_dir, env, address))
+        yield address, env, dashboard
     finally:
         for node in reversed(nodes):
             node.stop()

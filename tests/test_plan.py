@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 
 from facejob import plan as planning, schema
 from facejob.sources import ImageRef
@@ -82,3 +83,58 @@ def test_uncommitted_leftovers_are_not_trusted(tmp_path):
     assert planning.remove_orphans(store) == 1
     assert store.list("faces/") == ["faces/part-a.parquet"]
     assert set(planning.read_catalog(store)) == {r.uri for r in refs(2)}  # temp file ignored
+
+
+def test_a_photo_in_two_parts_keeps_one_row(tmp_path):
+    store = LocalStore(tmp_path)
+    rs = refs(3)
+    _commit(store, "a", rs)
+    _commit(store, "b", rs[1:])   # a dead driver's last task committed after the rerun did
+    catalog = planning.read_catalog(store)
+    p = planning.make_plan(rs, catalog, ["/p"])
+    assert p.todo == [] and p.duplicates == 2 and p.retire == {"b": {rs[1].uri, rs[2].uri}}
+    planning.retire(store, p.retire)
+    left = read_parts(store, planning.IMAGES_DIR, schema.IMAGES, ["uri"]).column("uri").to_pylist()
+    assert sorted(left) == [r.uri for r in rs] and store.list("faces/") == ["faces/part-a.parquet"]
+
+
+def test_retirement_guard(tmp_path):
+    store = LocalStore(tmp_path)
+    (tmp_path / "p").mkdir()
+    root = str(tmp_path / "p")
+    rs = refs(30, prefix=root)
+    _commit(store, "a", rs)
+    catalog = planning.read_catalog(store)
+
+    def check(listing, allow=False, unlisted=()):
+        p = planning.make_plan(listing, catalog, [root], unlisted=unlisted)
+        planning.check_retirement(p, 0.1, allow)
+        return p
+
+    assert check(rs[:20]).deleted == 10                 # the floor: 10 may always go
+    with pytest.raises(planning.RetireRefused, match="11 of its 30 indexed photos are gone"):
+        check(rs[:19])
+    assert check(rs[:19], allow=True).deleted == 11
+    with pytest.raises(planning.RetireRefused, match="lists no photos"):
+        check([])
+    p = check(rs[:5], unlisted=[root])                  # the listing could not read the folder
+    assert (p.deleted, p.unlisted, p.retire) == (0, 25, {})
+    (tmp_path / "p").rmdir()
+    (tmp_path / "p").write_bytes(b"")                   # no longer a folder: refused even if allowed
+    with pytest.raises(planning.RetireRefused, match="is not a folder"):
+        check([], allow=True)
+
+
+def test_damaged_parts_on_s3_are_quarantined(s3):
+    from facejob.s3 import S3Store
+
+    store = S3Store(s3.uri("out"))
+    _commit(store, "a", refs(2))
+    _commit(store, "b", refs(2, prefix="/q"))
+    good = store.read_bytes("faces/part-b.parquet")
+    store.write_bytes("faces/part-b.parquet", good[: len(good) // 2])
+    catalog = planning.read_catalog(store)
+    assert set(catalog) == {r.uri for r in refs(2)}
+    assert sorted(k.split("/", 2)[-1] for k in catalog.quarantined) == ["faces/part-b.parquet", "images/part-b.parquet"]
+    assert store.list("images/") == ["images/part-a.parquet"]
+    assert len(store.list("quarantine/")) == 2

@@ -198,8 +198,15 @@ def test_endpoint_outage_is_retried(s3, s3_endpoint, monkeypatch):
 
 def test_endpoint_down_past_retries_is_transient_not_oserror(s3, s3_endpoint, monkeypatch):
     s3.put("a.jpg", b"x")
-    proxy = TcpProxy(s3_endpoint.port)  # never started: connections are refused
+    proxy = TcpProxy(s3_endpoint.port)  # never started: its port is held, connections are refused
     use_endpoint(monkeypatch, proxy.endpoint)
+    try:
+        _endpoint_down_checks(s3)
+    finally:
+        proxy.close()
+
+
+def _endpoint_down_checks(s3) -> None:
     fs3.configure(max_attempts=2)
     with pytest.raises(fs3.S3TransientError) as err:
         fs3.read_bytes(s3.uri("a.jpg"))

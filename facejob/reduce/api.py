@@ -21,12 +21,14 @@ from facejob.config import ModelConfig
 from facejob.layout import (
     CLUSTERS, CLUSTERS_JSON, DUPLICATES, EVENTS, LABEL_MODEL_JSON, LABELS_STORED, PREDICTIONS, RUN_JSON,
 )
+from facejob.lock import writes_output
 from facejob.schema import EMBEDDING_DIM
 from facejob.storage import Store, open_store, read_parquet, write_parquet
 
 from . import duplicates as dd
 from . import svm as lb
 from .embeddings import META_COLUMNS, Faces, read_faces, read_images
+from .follow import follow
 from .errors import LabelsError, NotIndexedError, ReduceError
 from .graph import knn_graph
 from .hnsw import FaceIndex, IndexParams, update_index
@@ -57,6 +59,10 @@ PREDICTIONS_SCHEMA = pa.schema([
 LABELS_SCHEMA = pa.schema([
     ("name", pa.string()), ("face_id", pa.string()), ("source", pa.string()),
     ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+    # Where the face was when labelled: lets the label follow a moved or re-encoded photo
+    # (facejob.reduce.follow). Null for faces of label photos that are not in the archive.
+    ("uri", pa.string()), ("sha256", pa.string()),
+    ("left", pa.int32()), ("top", pa.int32()), ("right", pa.int32()), ("bottom", pa.int32()),
 ])
 
 
@@ -70,6 +76,7 @@ def _store(out: str | Store) -> Store:
 
 # ---------------------------------------------------------------------------------- index
 
+@writes_output("reduce")
 def index(out: str | Store, params: IndexParams = IndexParams(), rebuild: bool = False,
           faces: Faces | None = None) -> FaceIndex:
     """Build or extend OUT/index/ so it holds exactly the faces of OUT/faces/."""
@@ -105,6 +112,7 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
     return roots, {"edges": len(eu), "rounds": rounds, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
 
 
+@writes_output("cluster")
 def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
             faces: Faces | None = None, fi: FaceIndex | None = None) -> ClusterSummary:
     """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
@@ -178,6 +186,8 @@ class LabelSummary:
     named: int
     unknown: int
     per_person: dict[str, int] = field(default_factory=dict)
+    followed: int = 0        # labels moved to the new face id of a moved or re-encoded photo
+    gone: list[dict] = field(default_factory=list)   # labels on deleted photos: still training examples
 
 
 def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None) -> Labelled:
@@ -195,15 +205,34 @@ def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None
 
 
 def _stored_labels(store: Store) -> pa.Table:
-    return read_parquet(store, LABELS_STORED) if store.exists(LABELS_STORED) else LABELS_SCHEMA.empty_table()
+    if not store.exists(LABELS_STORED):
+        return LABELS_SCHEMA.empty_table()
+    t = read_parquet(store, LABELS_STORED)
+    # Labels stored before the location columns existed: they get nulls (and cannot follow).
+    return pa.table({f.name: t.column(f.name) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+                     for f in LABELS_SCHEMA}, schema=LABELS_SCHEMA)
 
 
-def _combine(stored: pa.Table, new: Labelled, faces: Faces) -> pa.Table:
+def _shas(store: Store, faces: Faces) -> pa.Array:
+    if "sha256" in faces.meta.column_names:
+        return faces.meta.column("sha256").combine_chunks()
+    return read_faces(store, ["face_id", "sha256"], embeddings=False).meta.column("sha256").combine_chunks()
+
+
+def _combine(stored: pa.Table, new: Labelled, faces: Faces, shas: pa.Array) -> pa.Table:
     """Stored labels updated with the new ones (a face named again takes its new name)."""
     ids = faces.face_ids
-    new_ids = [ids[r].as_py() if r >= 0 else None for r in new.row.tolist()]
+    rows = new.row.tolist()
+    new_ids = [ids[r].as_py() if r >= 0 else None for r in rows]
+
+    def at(col: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> pa.Array:
+        return pa.array([col[r].as_py() if r >= 0 else None for r in rows], typ)
+
+    m = faces.meta
     t = pa.table({"name": new.name, "face_id": pa.array(new_ids, pa.string()), "source": new.source,
-                  "embedding": pa.FixedSizeListArray.from_arrays(pa.array(new.embedding.reshape(-1)), EMBEDDING_DIM)},
+                  "embedding": pa.FixedSizeListArray.from_arrays(pa.array(new.embedding.reshape(-1)), EMBEDDING_DIM),
+                  "uri": at(m.column("uri"), pa.string()), "sha256": at(shas, pa.string()),
+                  **{c: at(m.column(c), pa.int32()) for c in ("left", "top", "right", "bottom")}},
                  schema=LABELS_SCHEMA)
     if stored.num_rows:
         renamed = pc.is_in(stored.column("face_id"), value_set=pa.array([i for i in new_ids if i]))
@@ -220,6 +249,7 @@ def saved_label_params(out: str | Store) -> LabelParams:
     return lb.load_model(store).params
 
 
+@writes_output("label")
 def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
           replace: bool = False, faces: Faces | None = None) -> LabelSummary:
     """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
@@ -231,9 +261,10 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     store = _store(out)
     params = params if params is not None else saved_label_params(store)
     faces = faces if faces is not None else read_faces(store)
-    stored = LABELS_SCHEMA.empty_table() if replace else _stored_labels(store)
+    shas = _shas(store, faces)
+    stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), faces, shas)
     if labels is not None:
-        table = _combine(stored, read_labels(store, labels, faces), faces)
+        table = _combine(stored, read_labels(store, labels, faces), faces, shas)
     elif stored.num_rows:
         table = stored
     else:
@@ -261,7 +292,12 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     named = pred != lb.UNKNOWN
     per = dict(zip(*np.unique(pred[named].astype(str), return_counts=True))) if named.any() else {}
     s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(faces),
-                     named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()})
+                     named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()},
+                     followed=followed.moved + followed.reencoded,
+                     gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone])
+    if s.followed or s.gone:
+        log.info("label: %d labels followed their photo (%d moved, %d re-encoded); %d on photos no longer in "
+                 "the archive, kept as training examples", s.followed, followed.moved, followed.reencoded, len(s.gone))
     log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named",
              s.people, s.labelled, s.background, s.named, s.faces)
     return s
@@ -318,6 +354,7 @@ class DedupSummary:
     faceless_candidates: int = 0  # photo pairs without faces (similar perceptual hash) compared
 
 
+@writes_output("dedup")
 def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = None) -> DedupSummary:
     """Find byte-identical and near-duplicate photos → OUT/duplicates.parquet."""
     store = _store(out)
@@ -445,12 +482,12 @@ class QueryFace:
 
 def search(out: str | Store, photo: str | bytes, k: int = 10) -> list[QueryFace]:
     """The k nearest archive faces of every face in `photo` (a path, s3:// uri, or bytes)."""
-    from facejob.sources import read_bytes
+    from facejob.sources import read_bytes, source_uri
 
     store = _store(out)
     fi = load_index(store)
     model, _ = _face_model(store)
-    data = photo if isinstance(photo, bytes) else read_bytes(str(photo))
+    data = photo if isinstance(photo, bytes) else read_bytes(source_uri(str(photo)))
     res = model.process_bytes(data)
     if res.error:
         raise ReduceError(f"cannot read the query photo: {res.error}")
@@ -509,6 +546,7 @@ class ReduceSummary:
     dedup: DedupSummary | None
 
 
+@writes_output("reduce")
 def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLUSTER_THRESHOLD,
            k: int = CLUSTER_K) -> ReduceSummary:
     """Everything after indexing: index, cluster, label (when labels are stored), dedup."""

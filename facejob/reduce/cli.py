@@ -73,6 +73,12 @@ def cmd_label(args: argparse.Namespace) -> int:
     s = api.label(args.out, args.labels, params, replace=args.replace)
     print(f"learned {s.people} people from {s.labelled} labelled faces (+{s.background} background faces); "
           f"named {s.named} of {s.faces} faces, {s.unknown} unknown")
+    if s.followed:
+        print(f"{s.followed} labels followed their face to a moved or re-encoded photo")
+    if s.gone:
+        print(f"{len(s.gone)} labels are on photos no longer in the archive; kept as training examples:")
+        for g in s.gone:
+            print(f"  {g['name']}: face {g['face_id']} of {g['uri'] or '(a labels photo)'} ({g['source']})")
     print(f"output: {args.out}/predictions.parquet, models in {args.out}/labels/")
     return 0
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facejob.layout import FACES_DIR, IMAGES_DIR
+from facejob.layout import FACES_DIR, IMAGES_DIR, shard_of
 from facejob.schema import EMBEDDING_DIM, FACES, IMAGES
 from facejob.storage import Store
 
@@ -43,7 +43,13 @@ class Faces:
 
 
 def parts(store: Store, prefix: str) -> list[str]:
-    return [rel for rel in store.list(prefix) if rel.endswith(".parquet")]
+    """The committed parts under `prefix`: a faces part counts only once its images part (the
+    commit marker, written last) exists; a faces part without one is a crashed or running shard."""
+    rels = [rel for rel in store.list(prefix) if rel.endswith(".parquet")]
+    if prefix == FACES_DIR:
+        committed = {shard_of(rel) for rel in store.list(IMAGES_DIR)}
+        rels = [rel for rel in rels if shard_of(rel) in committed]
+    return rels
 
 
 def _open(store: Store, rel: str) -> pq.ParquetFile:

@@ -1,0 +1,93 @@
+"""Labels survive photo changes: a moved photo's and a re-encoded photo's labels follow their
+faces to the new face ids; a deleted photo's label stays a training example and is listed."""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import facejob
+from facejob.config import IndexConfig, RunConfig
+from facejob.reduce import api
+from facejob.storage import LocalStore, write_parquet
+
+REPO = Path(__file__).resolve().parents[1]
+PEOPLE = ("John_Salley", "John_Shimkus")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def faces_by_file(out: Path) -> dict[str, list[dict]]:
+    by: dict[str, list[dict]] = {}
+    for r in pq.read_table(out / "faces", columns=["face_id", "uri", "face_idx"]).to_pylist():
+        by.setdefault(Path(r["uri"]).name, []).append(r)
+    return by
+
+
+def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    for person in PEOPLE:
+        shutil.copytree(data_dir / "labelled/dlib_johns" / person, src / person)
+    cfg = IndexConfig(run=RunConfig(workers=2))
+    facejob.index([str(src)], str(out), cfg, progress=False)
+    before = faces_by_file(out)
+    salley = sorted(p.name for p in (src / "John_Salley").glob("*.jpg") if len(before[p.name]) == 1)[:3]
+    shimkus = sorted(p.name for p in (src / "John_Shimkus").glob("*.jpg") if len(before[p.name]) == 1)[:3]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("name,face_id\n" + "".join(f"{person},{before[n][0]['face_id']}\n"
+                                                 for person, names in zip(PEOPLE, (salley, shimkus)) for n in names))
+    first = api.label(str(out), str(labels))
+    assert first.labelled == 6 and first.followed == 0 and not first.gone
+
+    moved, reencoded, deleted = salley[0], shimkus[0], shimkus[1]
+    (src / "John_Salley" / moved).rename(src / "John_Salley" / f"renamed-{moved}")
+    img = Image.open(src / "John_Shimkus" / reencoded)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=70)                 # new bytes, same picture, same path
+    (src / "John_Shimkus" / reencoded).write_bytes(buf.getvalue())
+    (src / "John_Shimkus" / deleted).unlink()
+    s = facejob.index([str(src)], str(out), cfg, progress=False)
+    assert (s.counts["new"], s.counts["changed"], s.counts["deleted"]) == (1, 1, 2)  # the move: 1 new + 1 gone
+    after = faces_by_file(out)
+    new_moved, new_reencoded = after[f"renamed-{moved}"][0]["face_id"], after[reencoded][0]["face_id"]
+    assert new_moved != before[moved][0]["face_id"] and new_reencoded != before[reencoded][0]["face_id"]
+
+    r = subprocess.run([sys.executable, "-m", "facejob.cli", "label", str(out)], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "2 labels followed their face" in r.stdout, r.stdout
+    assert "1 labels are on photos no longer in the archive; kept as training examples" in r.stdout, r.stdout
+    assert f"John_Shimkus: face {before[deleted][0]['face_id']} of {src / 'John_Shimkus' / deleted}" in r.stdout
+
+    stored = {row["face_id"]: row for row in pq.read_table(out / "labels/labels.parquet").to_pylist()}
+    assert len(stored) == 6
+    assert stored[new_moved]["name"] == "John_Salley" and stored[new_moved]["uri"].endswith(f"renamed-{moved}")
+    assert stored[new_reencoded]["name"] == "John_Shimkus"
+    gone = stored[before[deleted][0]["face_id"]]
+    assert gone["name"] == "John_Shimkus" and len(gone["embedding"]) == 128  # still a training example
+    pred = {p["face_id"]: p for p in pq.read_table(out / "predictions.parquet").to_pylist()}
+    assert pred[new_moved]["labelled"] and pred[new_moved]["label"] == "John_Salley"
+    assert pred[new_reencoded]["labelled"] and pred[new_reencoded]["label"] == "John_Shimkus"
+
+
+def test_labels_stored_before_the_location_columns_still_load(tmp_path):
+    store = LocalStore(tmp_path)
+    old = pa.table({"name": ["a"], "face_id": ["f1"], "source": ["labels.csv:2"],
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 128, pa.float32()), 128)})
+    write_parquet(store, api.LABELS_STORED, old)
+    t = api._stored_labels(store)
+    assert t.schema == api.LABELS_SCHEMA and t.column("uri").to_pylist() == [None]
