@@ -18,7 +18,7 @@ Recall: a face counts as found when a box has IoU >= 0.5 with it. "known": the h
 boxes of the group photos, and the portrait's face as dlib finds it in the original (small)
 photo, scaled with the photo; facejob must find at least as many of them as the loop. "loop
 faces": every box the loop found (false positives included), for reference.
-Peak RSS per worker: run.json's worker_peak_rss_mb, and ru_maxrss of the loop's processes.
+Peak RSS per worker: run.json's worker_peak_rss_mb, and VmHWM of the loop's processes.
 Memory: one 50 MP JPEG and one 50 MP PNG (decoded in full, like HEIC) through the FaceModel in a
 fresh process each, and its peak RSS (the documented bound: 1.5 GB per worker); --no-memory skips.
 The machine is shared: absolute speeds are low; the ratio is measured side by side.
@@ -119,8 +119,17 @@ def _loop_one(path: str) -> tuple[str, list[tuple[int, int, int, int]], float, f
     rects = detector(img, 1)                                  # face_locations(img, 1, "hog")
     for r in rects:                                           # face_encodings(img, locations)
         net.compute_face_descriptor(img, predictor(img, r))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_mib()
     return Path(path).name, [(r.left(), r.top(), r.right(), r.bottom()) for r in rects], rss, time.perf_counter() - t
+
+
+def peak_mib() -> float:
+    """This process image's peak resident memory (VmHWM; ru_maxrss would include the parent's
+    at fork time)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_loop(paths: list[Path], workers: int) -> tuple[dict[str, list], float, float, dict[str, float]]:
@@ -163,10 +172,10 @@ def memory(tmp: Path, data: Path) -> None:
     pillow_heif.register_heif_opener()
     big = Image.open(data / "groups/dlib_faces/2008_002470.jpg").convert("RGB").resize((8660, 5773), Image.BILINEAR)
     code = ("import resource, sys, time; from facejob.config import ModelConfig; from facejob.pipeline import FaceModel; "
-            "p = FaceModel(ModelConfig()); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            "hwm = lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]); p = FaceModel(ModelConfig()); base = hwm(); "
             "t = time.perf_counter(); r = p.process_bytes(open(sys.argv[1], 'rb').read()); "
             "print(r.status.value, len(r.faces), round(time.perf_counter() - t, 2), base // 1024, "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+            "hwm() // 1024)")
     for fmt in ("JPEG", "PNG"):   # PNG: no reduced decode, the whole 50 MP are decoded, then resized
         path = tmp / f"50mp.{fmt.lower()}"
         big.save(path, fmt, quality=90, compress_level=1)

@@ -58,9 +58,14 @@ def _write_shard(store: Store, shard: str, images: pa.Table, faces: pa.Table) ->
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+    """This process's peak resident memory: Linux's VmHWM (of this process image; ru_maxrss would
+    start at the parent's at fork), else ru_maxrss (macOS reports bytes)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
 
 
 def _stats(images: pa.Table, faces: pa.Table, timings: Counter, node: str) -> dict[str, Any]:
