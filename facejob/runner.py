@@ -9,7 +9,8 @@ Failures: an exception in a shard retries it (TASK_RETRIES), then the shard is r
 failed. A dead actor (the process died: OOM, a segfault in a decoder, a killed node) is
 replaced and its shard retried; a shard that kills its worker TASK_RETRIES + 1 times is split
 into one job per image, so a single poisoned photo fails alone with an `error: crash` row, and
-an image whose processing raises gets a `failed` reason with the exception.
+an image whose processing raises gets a `failed` reason with the exception. Workers whose
+constructor keeps failing (no model can be built) fail the run; no photo is marked.
 """
 from __future__ import annotations
 
