@@ -10,6 +10,10 @@ from facejob.models import model_path
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
+# A face box this many pixels wide fills the chip's face area (CHIP_SIZE without its padding) at
+# 1:1; smaller faces are upsampled into the chip, so landmarks and chips are taken from pixels where
+# the face is at least this large whenever the photo has them.
+CHIP_FACE_PX = round(CHIP_SIZE / (1 + 2 * CHIP_PADDING))
 
 
 class Aligner:

@@ -2,6 +2,7 @@
 
     bar = Progress("report", total=len(photos), unit="photos")
     for ... : bar.advance(1, faces=n)      # extra counters are summed and shown
+                                           # (those named in `rates` as a rate: "MP/s")
     bar.close()
 
 On a terminal the line is rewritten in place at most 10 times a second; in a log (not a
@@ -29,10 +30,11 @@ class Progress:
     """Counts work done towards `total` and shows it (see the module docstring)."""
 
     def __init__(self, label: str, total: int, unit: str = "items", stream: TextIO | None = None,
-                 enabled: bool = True, interval: float = 10.0):
+                 enabled: bool = True, interval: float = 10.0, rates: tuple[str, ...] = ()):
         self.label, self.total, self.unit = label, max(int(total), 0), unit
         self.done = 0
-        self.extra: dict[str, int] = {}
+        self.extra: dict[str, float] = {}
+        self.rates = rates
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -54,19 +56,20 @@ class Progress:
             fill = int(BAR_WIDTH * min(self.done / self.total, 1.0))
             parts.append("[" + "#" * fill + "-" * (BAR_WIDTH - fill) + "]")
         parts.append(f"{self.done}/{self.total} {self.unit}" if self.total else f"{self.done} {self.unit}")
-        parts += [f"{k} {v}" for k, v in self.extra.items()]
+        parts += [f"{k} {v:g}" for k, v in self.extra.items() if k not in self.rates]
         parts.append(f"{rate:.1f} {self.unit}/s")
+        parts += [f"{self.extra.get(k, 0) / max(elapsed, 1e-9):.1f} {k}/s" for k in self.rates]
         if self.done >= self.total:
             parts.append(f"in {_duration(elapsed)}")
         elif self.done and rate > 0:
             parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
         return "  ".join(parts)
 
-    def advance(self, n: int = 1, **extra: int) -> None:
+    def advance(self, n: int = 1, **extra: float) -> None:
         """Add `n` units of work done, and to the named extra counters."""
         self.done += n
         for k, v in extra.items():
-            self.extra[k] = self.extra.get(k, 0) + int(v)
+            self.extra[k] = self.extra.get(k, 0) + v
         if not self.enabled or self._closed:
             return
         now = time.perf_counter()

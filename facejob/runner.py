@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import socket
 import sys
 import time
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from facejob import layout, lock, plan as planning
@@ -57,10 +59,25 @@ def _write_shard(store: Store, shard: str, images: pa.Table, faces: pa.Table) ->
     write_parquet(store, layout.images_part(shard), images)
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: Linux's VmHWM (of this process image; ru_maxrss would
+    start at the parent's at fork), else ru_maxrss (macOS reports bytes)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+
+
 def _stats(images: pa.Table, faces: pa.Table, timings: Counter, node: str) -> dict[str, Any]:
     statuses = Counter(images.column("status").to_pylist())
+    w = images.column("width").to_numpy(zero_copy_only=False)
+    h = images.column("height").to_numpy(zero_copy_only=False)
+    megapixels = float(np.nansum(w.astype(np.float64) * h.astype(np.float64))) / 1e6
     return {"images": images.num_rows, "faces": faces.num_rows, "status": dict(statuses),
-            "timings": dict(timings), "node": node, "pid": os.getpid()}
+            "megapixels": megapixels, "timings": dict(timings), "node": node, "pid": os.getpid(),
+            "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
 def run_shard(model: FaceModel, shard: planning.Shard, out: str, node: str = "local") -> dict[str, Any]:
@@ -118,15 +135,15 @@ class RunSummary:
 
 
 class Progress:
-    """Index progress in images (with shards, faces and errors alongside), via facejob.progress."""
+    """Index progress in photos (with shards, faces, errors and megapixels/s alongside), via facejob.progress."""
 
     def __init__(self, total_shards: int, total_images: int, stream=None, enabled: bool = True):
         self.total_shards = total_shards
-        self.bar = ProgressBar("index", total_images, "images", stream=stream, enabled=enabled)
+        self.bar = ProgressBar("index", total_images, "photos", stream=stream, enabled=enabled, rates=("MP",))
 
     def update(self, stats: dict[str, Any]) -> None:
         self.bar.advance(stats["images"], shards=1, faces=stats["faces"],
-                         errors=stats["status"].get(Status.ERROR.value, 0))
+                         errors=stats["status"].get(Status.ERROR.value, 0), MP=stats.get("megapixels", 0.0))
 
     def close(self) -> None:
         self.bar.close()
@@ -503,6 +520,7 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
             w["shards"] += 1
             w["model_builds"] = s["model_builds"]
     processed = sum(s["images"] for s in done)
+    megapixels = sum(s.get("megapixels", 0.0) for s in done)
     summary = RunSummary(out=store.root, failed_shards=failed)
     summary.counts = {
         "listed": plan.listed, "skipped_by_extension": len(skipped), "new": plan.new, "changed": plan.changed,
@@ -520,6 +538,10 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
         "sources": list(sources), "out": store.root, **config.to_dict(), "versions": _versions(),
         "counts": summary.counts, "totals": totals(store), "timings": summary.timings,
         "images_per_s": processed / max(t_run - t_plan, 1e-9) if processed else 0.0,
+        "megapixels": round(megapixels, 1),
+        "megapixels_per_s": megapixels / max(t_run - t_plan, 1e-9) if processed else 0.0,
+        # the worst worker's peak resident memory (the bound to size machines by)
+        "worker_peak_rss_mb": max((s.get("peak_rss_mb", 0.0) for s in done if s["node"] != "driver"), default=0.0),
         "nodes": dict(nodes), "workers": list(workers.values()), "failed_shards": failed, "skipped_examples": skipped[:20],
         "unlisted_folders": listing.unlisted[:20], "quarantined": catalog.quarantined,
     }

@@ -16,6 +16,7 @@ IMAGES = pa.schema([
     ("sha256", pa.string()),         # of the bytes read; null when they could not be read
     ("width", pa.int32()),           # after EXIF orientation; null when not decoded
     ("height", pa.int32()),
+    ("phash", pa.int64()),           # 64-bit perceptual hash of the pixels (facejob.phash); null when not decoded
     ("status", pa.string()),         # Status: ok | no_face | error
     ("error", pa.string()),          # "<Reason>: message" when status == error, else null
     ("n_faces", pa.int32()),

@@ -418,14 +418,15 @@ class DedupSummary:
     identical_groups: int
     near_groups: int
     duplicates: int          # photos that are not the kept copy
-    candidates: int          # photo pairs whose pixels were compared
+    candidates: int          # photo pairs with faces whose pixels were compared
+    faceless_candidates: int = 0  # photo pairs without faces (similar perceptual hash) compared
 
 
 @writes_output("dedup")
 def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = None) -> DedupSummary:
     """Find byte-identical and near-duplicate photos → OUT/duplicates.parquet."""
     store = _store(out)
-    images = read_images(store, ["uri", "sha256", "size", "width", "height", "status"])
+    images = read_images(store, ["uri", "sha256", "size", "width", "height", "status"], optional=["phash"])
     if faces is None or any(c not in faces.meta.column_names for c in ALL_COLUMNS):
         faces = read_faces(store, ALL_COLUMNS)
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
@@ -437,17 +438,31 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     from facejob.config import DEFAULT_MAX_PIXELS, load_run_config
 
     max_pixels = load_run_config(store).max_pixels if store.exists(RUN_JSON) else DEFAULT_MAX_PIXELS
-    near = dd.near_pairs(by_sha, cand, _picture_loader(first, max_pixels),
-                         lambda sha: first[sha][1])
+    load = _picture_loader(first, max_pixels)
+    near = dd.near_pairs(by_sha, cand, load, lambda sha: first[sha][1])
+    faceless = _faceless_candidates(images)
+    near += dd.faceless_pairs(faceless, load, lambda sha: first[sha][1])
     table = dd.groups_table(images, near)
     write_parquet(store, DUPLICATES, table)
     groups = pc.count_distinct(table.column("group")).as_py() if table.num_rows else 0
     ident_groups = len(set(table.filter(pc.equal(table.column("kind"), "identical")).column("group").to_pylist()))
     s = DedupSummary(photos=images.num_rows, groups=groups, identical_groups=ident_groups,
-                     near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=len(cand))
-    log.info("dedup: %d groups (%d identical, %d near), %d duplicate photos; %d pairs compared",
-             s.groups, s.identical_groups, s.near_groups, s.duplicates, s.candidates)
+                     near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=len(cand),
+                     faceless_candidates=len(faceless))
+    log.info("dedup: %d groups (%d identical, %d near), %d duplicate photos; %d pairs with faces and %d "
+             "without compared", s.groups, s.identical_groups, s.near_groups, s.duplicates, s.candidates,
+             s.faceless_candidates)
     return s
+
+
+def _faceless_candidates(images: pa.Table) -> list[tuple[str, str]]:
+    """Content pairs with a photo without faces whose perceptual hashes are close (outputs indexed
+    before the phash column have none: their faceless photos are only matched by bytes)."""
+    rows = images.filter(pc.is_valid(images.column("phash")))
+    sha = rows.column("sha256").to_pylist()
+    hashes = rows.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
+    faceless = np.asarray(pc.equal(rows.column("status"), "no_face").to_numpy(zero_copy_only=False), bool)
+    return dd.phash_candidates(sha, hashes, faceless)
 
 
 def _near_candidates(fi: FaceIndex, faces: Faces, k: int = 8) -> list[tuple[str, str]]:

@@ -147,9 +147,21 @@ def _drop_repeated(faces: Faces) -> Faces:
     return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx] if len(faces.embeddings) else faces.embeddings)
 
 
-def read_images(store: Store, columns: Sequence[str]) -> pa.Table:
-    """The requested columns of OUT/images/ (one row per input photo)."""
-    batches = list(iter_batches(store, IMAGES_DIR, columns))
-    if not batches:
-        return pa.schema([IMAGES.field(c) for c in columns]).empty_table()
-    return pa.Table.from_batches(batches).combine_chunks()
+def read_images(store: Store, columns: Sequence[str], optional: Sequence[str] = ()) -> pa.Table:
+    """The requested columns of OUT/images/ (one row per input photo). `optional` columns that
+    older outputs lack (e.g. phash) come back as nulls for their parts."""
+    tables = []
+    for rel in parts(store, IMAGES_DIR):
+        f = _open(store, rel)
+        missing = [c for c in columns if c not in f.schema_arrow.names]
+        if missing:
+            raise ReduceError(f"{store.root}/{rel} lacks column(s) {missing}; was it written by facejob index?")
+        have = [c for c in optional if c in f.schema_arrow.names]
+        t = f.read(columns=[*columns, *have])
+        for c in optional:
+            if c not in have:
+                t = t.append_column(IMAGES.field(c), pa.nulls(t.num_rows, IMAGES.field(c).type))
+        tables.append(t)
+    if not tables:
+        return pa.schema([IMAGES.field(c) for c in [*columns, *optional]]).empty_table()
+    return pa.concat_tables(tables).combine_chunks()
