@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import facejob  # noqa: E402
 from facejob.config import IndexConfig, ModelConfig, RunConfig  # noqa: E402
+from boxes import iou, truth_boxes  # noqa: E402  (bench/boxes.py)
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 SIZES = ((4032, 3024), (6000, 4000))
@@ -56,14 +56,7 @@ PORTRAIT = "labelled/fr_knn/train/obama/obama.jpg"
 
 
 def known_boxes(data: Path) -> dict[str, list[tuple[int, int, int, int]]]:
-    out: dict[str, list] = {}
-    for xml in ("training.xml", "testing.xml"):
-        for image in ET.parse(data / "groups/dlib_faces" / xml).getroot().iter("image"):
-            out["groups/dlib_faces/" + image.get("file")] = [
-                (int(b.get("left")), int(b.get("top")), int(b.get("left")) + int(b.get("width")),
-                 int(b.get("top")) + int(b.get("height")))
-                for b in image.iter("box") if b.get("ignore") != "1"]
-    return out
+    return {"groups/dlib_faces/" + Path(k).name: v for k, v in truth_boxes(data / "groups/dlib_faces").items()}
 
 
 def build(data: Path, sources: list[str], formats: list[str], dest: Path) -> dict[str, list]:
@@ -151,14 +144,6 @@ def run_facejob(folder: Path | list[Path], out: Path, config: IndexConfig) -> tu
         boxes[Path(f["uri"]).name].append((f["left"], f["top"], f["right"], f["bottom"]))
     return boxes, s.report["images_per_s"], s.report
 
-
-def iou(a, b) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def found(truth: dict[str, list], got: dict[str, list]) -> int:

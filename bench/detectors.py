@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 # Before torch loads (the CNN port imports it first): OpenMP's busy-waiting makes 2-thread torch
@@ -32,29 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from facejob.decode import decode_image  # noqa: E402
 from facejob.detect import Detection, HogDetector  # noqa: E402
 from facejob.sources import list_images  # noqa: E402
+from boxes import iou, truth_boxes  # noqa: E402  (bench/boxes.py)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def truth_boxes(folder: Path) -> dict[str, list[tuple[int, int, int, int]]]:
-    """Per photo path: hand-drawn boxes (left, top, right, bottom; exclusive), ignore='1' dropped."""
-    out: dict[str, list] = {}
-    for xml in sorted(folder.glob("*.xml")):
-        for image in ET.parse(xml).getroot().iter("image"):
-            out[str(folder / image.get("file"))] = [
-                (int(b.get("left")), int(b.get("top")), int(b.get("left")) + int(b.get("width")),
-                 int(b.get("top")) + int(b.get("height")))
-                for b in image.iter("box") if b.get("ignore") != "1"]
-    return out
-
-
-def iou(a, b) -> float:
-    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def matched(truth: list, boxes: list) -> int:

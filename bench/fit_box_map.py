@@ -25,18 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facejob.align import Aligner  # noqa: E402
 from facejob.decode import decode_image  # noqa: E402
-from facejob.detect import Detection, HogDetector  # noqa: E402
+from facejob.detect import Detection, box_iou, HogDetector  # noqa: E402
 from facejob.retinaface import RetinaFaceDetector, hog_box  # noqa: E402
 
-
-def iou(a: Detection, b: Detection) -> float:
-    iw = min(a.right, b.right) - max(a.left, b.left) + 1
-    ih = min(a.bottom, b.bottom) - max(a.top, b.top) + 1
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    area = lambda d: (d.right - d.left + 1) * (d.bottom - d.top + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
 
 
 def photos(data: Path, n_lfw: int, seed: int = 0) -> list[Path]:
@@ -58,8 +49,8 @@ def main() -> None:
         img = decode_image(p.read_bytes(), 100_000_000)
         (h,), (r,) = hog.detect([img], 1), rf.detect([img], 1)
         for d in h:
-            best = max(r, key=lambda x: iou(d, x), default=None)
-            if best is not None and iou(d, best) >= 0.3:
+            best = max(r, key=lambda x: box_iou(d.edges, x.edges), default=None)
+            if best is not None and box_iou(d.edges, best.edges) >= 0.3:
                 pairs.append((img, d, best))
     print(f"{len(pairs)} faces found by both detectors")
     R = np.array([[b.left, b.top, b.right + 1, b.bottom + 1] for _, _, b in pairs], float)

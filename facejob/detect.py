@@ -30,6 +30,10 @@ class Detection:
     predictor_box: tuple[int, int, int, int] | None = None
 
     @property
+    def edges(self) -> tuple[int, int, int, int]:
+        return self.left, self.top, self.right, self.bottom
+
+    @property
     def shorter_side(self) -> int:
         return min(self.right - self.left, self.bottom - self.top) + 1
 
@@ -40,6 +44,16 @@ class Detector(Protocol):
     def detect(self, images: list[np.ndarray], upsample: int) -> list[list[Detection]]:
         """Faces in each RGB uint8 image (H, W, 3), highest score first."""
         ...
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes, inclusive corners (dlib's)."""
+    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if w <= 0 or h <= 0:
+        return 0.0
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    return w * h / (area(a) + area(b) - w * h)
 
 
 def _sorted(dets: list[Detection]) -> list[Detection]:
