@@ -74,10 +74,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from facejob.runner import saved_model
     from facejob.storage import open_store
 
-    saved = saved_model(open_store(args.out))
-    if saved is not None:
-        logging.getLogger("facejob").info("model settings not given as flags are the output's own: %s",
-                                          ", ".join(f"{k}={v}" for k, v in saved.fingerprint().items()))
+    saved = saved_model(open_store(args.out))  # run.json's `model` shows what was used
     summary = index(args.sources, args.out, index_config_from_args(args, saved), progress=not args.quiet)
     c, t = summary.counts, summary.report["totals"]
     print(f"indexed {c['processed']} photos in {summary.timings['total_s']:.1f} s "
