@@ -21,19 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from facejob.config import EXTENSIONS, ModelConfig  # noqa: E402
+from facejob.detect import box_iou as iou  # noqa: E402
 from facejob.pipeline import FaceModel  # noqa: E402
 from facejob.sources import list_images  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-
-def iou(a, b) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
-    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
-    if w <= 0 or h <= 0:
-        return 0.0
-    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
-    return w * h / (area(a) + area(b) - w * h)
 
 
 def faces_by_uri(faces) -> dict[str, list[dict]]:

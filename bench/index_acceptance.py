@@ -13,7 +13,6 @@ import os
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import dlib
@@ -25,28 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import facejob  # noqa: E402
 from facejob.config import IndexConfig, ModelConfig  # noqa: E402
 from facejob.sources import list_images  # noqa: E402
+from boxes import iou, truth_boxes  # noqa: E402  (bench/boxes.py)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOLDERS = ["labelled", "groups", "no_face", "edge"]
 
 
-def truth_boxes(folder: Path) -> dict[str, list[tuple[int, int, int, int]]]:
-    out: dict[str, list] = {}
-    for xml in ("training.xml", "testing.xml"):
-        for image in ET.parse(folder / xml).getroot().iter("image"):
-            out[str(folder / image.get("file"))] = [
-                (int(b.get("left")), int(b.get("top")), int(b.get("left")) + int(b.get("width")),
-                 int(b.get("top")) + int(b.get("height")))
-                for b in image.iter("box") if b.get("ignore") != "1"]
-    return out
-
-
-def iou(a, b) -> float:
-    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def found(truth, boxes) -> int:

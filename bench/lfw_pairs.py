@@ -2,12 +2,15 @@
 
     python bench/lfw_pairs.py                      # dlib backend vs the loop, all 4,992 images
     python bench/lfw_pairs.py --embedders dlib,torch --limit 400
+    python bench/lfw_pairs.py --detectors hog,retinaface --embedders torch --no-loop
 
 The loop is how face_recognition users index a folder: for each image, HOG upsample 1,
 5-point landmarks, compute_face_descriptor(img, shape), no jitter, one process. Both sides use
 the face nearest the image centre (LFW photos are centred on their subject); a pair with a
 missing face counts as "different people". The threshold is the one that maximises accuracy
-on pairsDevTrain and is then applied to pairsDevTest.
+on pairsDevTrain and is then applied to pairsDevTest. With several --detectors, every
+detector x embedder combination indexes the same chunks (accuracy on the same pairs; "no face"
+counts the photos where it found none).
 
 To compare speed fairly on a busy machine the images are cut into chunks and each chunk is
 indexed by every contender in turn, so all of them see the same background load. Printed
@@ -100,6 +103,8 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("FACEJOB_DATA", DEFAULT_DATA)))
     ap.add_argument("--embedders", default="dlib",
                     help="comma-separated facejob embedders to run: dlib, torch, torch:flip (flip TTA)")
+    ap.add_argument("--detectors", default="hog",
+                    help="comma-separated facejob detectors to run (upsample 1): hog, retinaface, cnn")
     ap.add_argument("--chunks", type=int, default=4, help="interleaving chunks (see module doc)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N pairs of each file (quick check)")
     ap.add_argument("--workers", type=int, default=0, help="facejob workers (0 = one per core)")
@@ -123,9 +128,14 @@ def main() -> int:
 
     def config_of(contender: str) -> IndexConfig:
         embedder, _, tta = contender.split()[-1].partition(":")
-        return IndexConfig(ModelConfig(embedder=embedder, tta=tta or "none"), RunConfig(workers=args.workers))
+        return IndexConfig(ModelConfig(detector=contender.split()[2], embedder=embedder, tta=tta or "none"),
+                           RunConfig(workers=args.workers))
 
-    contenders = [f"facejob --embedder {e}" for e in args.embedders.split(",")]
+    def folder(contender: str) -> Path:
+        return tmp / f"{contender.split()[2]}-{contender.split()[-1]}"
+
+    contenders = [f"facejob --detector {d} --embedder {e}"
+                  for d in args.detectors.split(",") for e in args.embedders.split(",")]
     if not args.no_loop:
         contenders.append("plain dlib loop")
     tmp = Path(tempfile.mkdtemp(prefix="lfw_pairs_"))
@@ -140,7 +150,7 @@ def main() -> int:
             if c == "plain dlib loop":
                 emb[c].update(loop.run(chunk))
             else:
-                facejob.index([str(p) for p in chunk], str(tmp / c.split()[-1] / f"chunk{i}"), config_of(c),
+                facejob.index([str(p) for p in chunk], str(folder(c) / f"chunk{i}"), config_of(c),
                               progress=False)
             dt = time.perf_counter() - t
             seconds[c].append(dt)
@@ -148,11 +158,11 @@ def main() -> int:
             print(f"  chunk {i + 1}/{len(chunks)} {c}: {len(chunk) / dt:.1f} images/s", flush=True)
     for c in contenders:
         if c.startswith("facejob"):
-            for part in (tmp / c.split()[-1]).iterdir():
+            for part in folder(c).iterdir():
                 emb[c].update(facejob_embeddings(part))
 
     print()
-    print(f"{'':28s} {'test acc':>9s} {'thresh':>7s} {'train acc':>9s} {'no face':>8s} {'images/s':>9s} {'median/chunk':>13s}")
+    print(f"{'':48s} {'test acc':>9s} {'thresh':>7s} {'train acc':>9s} {'no face':>8s} {'images/s':>9s} {'median/chunk':>13s}")
     base_rate = sum(len(ch) for ch in chunks) / sum(seconds[contenders[-1]])
     for c in contenders:
         d_train, s_train = distances(train, emb[c], root)
@@ -160,8 +170,14 @@ def main() -> int:
         thr = best_threshold(d_train, s_train)
         no_face = sum(v is None for v in emb[c].values())
         rate = len(paths) / sum(seconds[c])
-        print(f"{c:28s} {np.mean((d_test < thr) == s_test):9.2%} {thr:7.3f} {np.mean((d_train < thr) == s_train):9.2%} "
+        print(f"{c:48s} {np.mean((d_test < thr) == s_test):9.2%} {thr:7.3f} {np.mean((d_train < thr) == s_train):9.2%} "
               f"{no_face:8d} {rate:9.2f} {statistics.median(rates[c]):13.2f}")
+    detectors = args.detectors.split(",")
+    for d in detectors[1:]:
+        for e in args.embedders.split(","):
+            a, b = f"facejob --detector {d} --embedder {e}", f"facejob --detector {detectors[0]} --embedder {e}"
+            print(f"speed ratio {d} / {detectors[0]} (--embedder {e}, same chunks): "
+                  f"{sum(seconds[b]) / sum(seconds[a]):.2f}x")
     if not args.no_loop:
         for c in contenders[:-1]:
             ratio = (len(paths) / sum(seconds[c])) / base_rate

@@ -69,7 +69,7 @@ def load_lfw(out: str) -> dict:
     ident = [Path(uri[i]).parent.name for i in order]
     row = np.array([best[i][1] if i in best else -1 for i in order])
     return {"uri": [uri[i] for i in order], "identity": np.array(ident), "row": row,
-            "emb": faces.embeddings, "n_faces_total": len(faces)}
+            "emb": faces.embeddings, "n_faces_total": len(faces), "face_uri": fu}
 
 
 # ------------------------------------------------------------------------- metrics
@@ -99,7 +99,10 @@ def with_missing(labels_detected: np.ndarray, detected: np.ndarray) -> np.ndarra
 
 # ---------------------------------------------------------------------- clusterers
 
-def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | None = None) -> tuple[np.ndarray, dict]:
+def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | None = None,
+                     uris: list[str] | None = None) -> tuple[np.ndarray, dict]:
+    """facejob's clustering of the rows of x; `uris` (the photo of each row) makes faces of one
+    photo cannot-link, as in `facejob cluster`; without them every row is its own photo."""
     import pyarrow as pa
 
     from facejob.reduce import api
@@ -110,7 +113,8 @@ def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | Non
     t0 = time.perf_counter()
     fi = FaceIndex(build(x, params), pa.table({"face_id": [str(i) for i in range(len(x))],
                                                "deleted": np.zeros(len(x), bool)}), params)
-    faces = Faces(pa.table({"face_id": [str(i) for i in range(len(x))]}), x)
+    faces = Faces(pa.table({"face_id": [str(i) for i in range(len(x))],
+                            "uri": uris if uris is not None else [str(i) for i in range(len(x))]}), x)
     t1 = time.perf_counter()
     roots, stats = api.cluster_faces(fi, faces, threshold or api.CLUSTER_THRESHOLD, k or api.CLUSTER_K)
     stats["index_s"] = round(t1 - t0, 2)
@@ -280,7 +284,7 @@ def run_dedup(lfw_out: str, n: int = 100, seed: int = 0) -> None:
                 refs.append(ImageRef(str(path), path.stat().st_size, mtime=path.stat().st_mtime))
                 results.append(pipe.process_bytes(buf.getvalue()))
                 copies_of.setdefault(uri, []).append(str(path))
-        imgs, faces = shard_tables(refs, results, "copies", "hog", cfg.embedder)
+        imgs, faces = shard_tables(refs, results, "copies", pipe.detector.name, pipe.embedder.name)
         write_parquet(images, "faces/part-copies.parquet", faces)
         write_parquet(images, "images/part-copies.parquet", imgs)
         t_embed = time.perf_counter() - t0
@@ -354,6 +358,17 @@ def main() -> None:
     ours, st = facejob_clusters(x)
     add("facejob (avg linkage on kNN graph)", ours, time.perf_counter() - t0)
     print(f"  facejob: {st}")
+    # What `facejob cluster` does: every face of the archive (also the bystanders of an LFW
+    # photo), faces of one photo cannot-link; scored on each image's subject face.
+    t0 = time.perf_counter()
+    every, st_all = facejob_clusters(d["emb"], uris=d["face_uri"])
+    add("facejob, all faces, same-photo cannot-link", every[d["row"][det]], time.perf_counter() - t0)
+    every_free, _ = facejob_clusters(d["emb"])
+    add("facejob, all faces, no same-photo rule", every_free[d["row"][det]], 0.0)
+    print(f"  facejob on all {len(d['emb'])} faces: {st_all}")
+    for name, lab in (("with", every), ("without", every_free)):
+        pairs = collections.Counter(zip(d["face_uri"], lab.tolist()))
+        print(f"  {name} the same-photo rule: {sum(c > 1 for c in pairs.values())} clusters hold two faces of one photo")
     t0 = time.perf_counter()
     add("chinese whispers 0.5 (dlib)", chinese_whispers(x, 0.5), time.perf_counter() - t0)
     for eps in (0.5, 0.55, 0.6):

@@ -22,21 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from facejob.decode import decode_image  # noqa: E402
-from facejob.detect import Detection, DlibCnnDetector  # noqa: E402
+from facejob.detect import Detection, box_iou, DlibCnnDetector  # noqa: E402
 from facejob.dlibport.mmod import TorchCnnDetector  # noqa: E402
 
 CACHE = Path("/tmp/facejob_mmod_ref")
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
-
-def iou(a: Detection, b: Detection) -> float:
-    iw = min(a.right, b.right) - max(a.left, b.left) + 1
-    ih = min(a.bottom, b.bottom) - max(a.top, b.top) + 1
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    area = lambda d: (d.right - d.left + 1) * (d.bottom - d.top + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
 
 
 def dlib_reference(dlib_det: DlibCnnDetector | None, path: Path, img: np.ndarray, upsample: int,
@@ -61,9 +52,9 @@ def compare(ref: list[Detection], got: list[Detection]) -> tuple[bool, float, fl
     free = list(got)
     min_iou, max_ds, same = 1.0, 0.0, 0
     for r in ref:
-        best = max(free, key=lambda g: iou(r, g))
+        best = max(free, key=lambda g: box_iou(r.edges, g.edges))
         free.remove(best)
-        min_iou = min(min_iou, iou(r, best))
+        min_iou = min(min_iou, box_iou(r.edges, best.edges))
         max_ds = max(max_ds, abs(r.score - best.score))
         same += (r.left, r.top, r.right, r.bottom) == (best.left, best.top, best.right, best.bottom)
     return min_iou >= 0.95 and max_ds <= 1e-3, min_iou, max_ds, same

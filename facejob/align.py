@@ -10,6 +10,10 @@ from facejob.models import model_path
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
+# A face box this many pixels wide fills the chip's face area (CHIP_SIZE without its padding) at
+# 1:1; smaller faces are upsampled into the chip, so landmarks and chips are taken from pixels where
+# the face is at least this large whenever the photo has them.
+CHIP_FACE_PX = round(CHIP_SIZE / (1 + 2 * CHIP_PADDING))
 
 
 class Aligner:
@@ -23,8 +27,10 @@ class Aligner:
         self._predictor = dlib.shape_predictor(str(model_path(f"landmarks{n_landmarks}")))
 
     def landmarks(self, image: np.ndarray, faces: list[Detection]) -> list[np.ndarray]:
-        """One (n_landmarks, 2) int32 array of (x, y) points per face box."""
-        return [np.array([(p.x, p.y) for p in self._predictor(image, self._rect(f.left, f.top, f.right, f.bottom)).parts()],
+        """One (n_landmarks, 2) int32 array of (x, y) points per face box (its predictor_box
+        when it has one)."""
+        return [np.array([(p.x, p.y) for p in self._predictor(
+                    image, self._rect(*(f.predictor_box or (f.left, f.top, f.right, f.bottom)))).parts()],
                          dtype=np.int32) for f in faces]
 
     def chips(self, image: np.ndarray, points: list[np.ndarray]) -> np.ndarray:

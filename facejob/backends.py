@@ -16,6 +16,7 @@ import inspect
 from typing import Any
 
 DETECTORS = {
+    "retinaface": "facejob.retinaface:RetinaFaceDetector",
     "hog": "facejob.detect:HogDetector",
     "cnn": "facejob.dlibport.mmod:TorchCnnDetector",
     "cnn-dlib": "facejob.detect:DlibCnnDetector",

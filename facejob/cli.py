@@ -59,8 +59,9 @@ def config_from_args(cls, args: argparse.Namespace, base: Any = None):
     return dataclasses.replace(base if base is not None else cls(), **given)
 
 
-def index_config_from_args(args: argparse.Namespace) -> IndexConfig:
-    return IndexConfig(config_from_args(ModelConfig, args), config_from_args(RunConfig, args))
+def index_config_from_args(args: argparse.Namespace, saved: ModelConfig | None = None) -> IndexConfig:
+    """Flags given win; model settings not given come from `saved` (the output's own), else defaults."""
+    return IndexConfig(config_from_args(ModelConfig, args, saved), config_from_args(RunConfig, args))
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -70,7 +71,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         from facejob import s3
 
         s3.configure(endpoint_url=args.endpoint_url)
-    summary = index(args.sources, args.out, index_config_from_args(args), progress=not args.quiet)
+    from facejob.runner import saved_model
+    from facejob.storage import open_store
+
+    saved = saved_model(open_store(args.out))
+    if saved is not None:
+        logging.getLogger("facejob").info("model settings not given as flags are the output's own: %s",
+                                          ", ".join(f"{k}={v}" for k, v in saved.fingerprint().items()))
+    summary = index(args.sources, args.out, index_config_from_args(args, saved), progress=not args.quiet)
     c, t = summary.counts, summary.report["totals"]
     print(f"indexed {c['processed']} photos in {summary.timings['total_s']:.1f} s "
           f"({summary.report['images_per_s']:.1f} images/s): {c['ok']} with faces, {c['no_face']} without, "
@@ -133,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         _unavailable(sub, REDUCE_COMMANDS, e)
     else:
         add_commands(sub)
+    from facejob.report.cli import add_commands as add_report
+    add_report(sub)
 
     from facejob.audit.cli import add_command as add_audit
 

@@ -34,7 +34,16 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # listing, not like deletions, and is refused unless allow_retire is set.
 DEFAULT_MAX_RETIRE_SHARE = 0.10
 RETIRE_FLOOR = 10
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif")
+RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".rw2",
+                  ".orf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mef", ".mos", ".mrw", ".rwl")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif",
+              ".jxl") + RAW_EXTENSIONS
+
+# Detection runs on a working copy with this long side. bench/camera.py's sweep (12 camera photos,
+# 56 labelled faces): 800, 1024 and 1200 px all find the 56 faces the full-size loop finds (1600
+# missed 2); 1200 is the smallest that keeps every photo up to 2400 px (2 x 1200: web images, the
+# test suite's 2280 px group photo) at full resolution.
+DEFAULT_WORK_SIZE = 1200
 
 
 class ConfigError(ValueError):
@@ -79,11 +88,22 @@ class _Settings:
 class ModelConfig(_Settings):
     """How faces are found and described: everything that decides what a faces row contains."""
 
-    detector: str = setting("hog", "face detector: hog (dlib HOG, fast on CPU), cnn (dlib's MMOD CNN, "
-                                   "PyTorch port: finds more faces, wants a GPU), cnn-dlib (the same CNN "
-                                   "computed by dlib, the reference)", choices=tuple(DETECTORS))
-    upsample: int = setting(1, "double the image this many times before detecting; 1 finds faces down to ~40 px",
-                            metavar="N")
+    detector: str = setting("retinaface", "face detector: retinaface (RetinaFace-MobileNet0.25 in PyTorch: "
+                                          "finds profiles, turned and small faces; the default), hog (dlib HOG, "
+                                          "frontal faces, CPU), cnn (dlib's MMOD CNN, PyTorch port: wants a GPU), "
+                                          "cnn-dlib (the same CNN computed by dlib, the reference)",
+                            choices=tuple(DETECTORS))
+    upsample: int = setting(1, "double the working copy this many times before detecting; 1 finds faces down to "
+                               "~40 of its px (retinaface: works at 2^(N-1) x the working copy's size, so 1 = its "
+                               "own size, faces down to ~24 px; 2: ~12 px)", metavar="N")
+    work_size: int = setting(DEFAULT_WORK_SIZE, "detect on a working copy with this long side (JPEG: decoded "
+                                                "straight at 1/2, 1/4, 1/8); photos up to twice as large are "
+                                                "used as they are; landmarks and chips come from pixels where "
+                                                "the face is >= 100 px; boxes stay in original pixels "
+                                                "(0 = always full size)", metavar="PX")
+    smallest_face: int = setting(0, "make the working copy large enough to find faces down to PX original "
+                                    "pixels (0 = set by --work-size: about 80 / 2**upsample / (work_size / "
+                                    "long side), 200 px on a 6000 px photo)", metavar="PX")
     min_face_size: int = setting(0, "drop faces whose shorter side is below PX pixels (0 keeps all)", metavar="PX")
     landmarks: int = setting(5, "landmark model used to align faces", choices=LANDMARKS)
     embedder: str = setting("dlib", "dlib: the reference implementation; torch: the batched PyTorch port of "
@@ -105,13 +125,18 @@ class ModelConfig(_Settings):
               f"upsample must be an integer 0..4, got {self.upsample!r}")
         _need(_is_int(self.min_face_size) and self.min_face_size >= 0,
               f"min_face_size must be >= 0 pixels, got {self.min_face_size!r}")
+        _need(_is_int(self.work_size) and self.work_size >= 0,
+              f"work_size must be >= 0 pixels (0 = full size), got {self.work_size!r}")
+        _need(_is_int(self.smallest_face) and self.smallest_face >= 0,
+              f"smallest_face must be >= 0 pixels (0 = set by work_size), got {self.smallest_face!r}")
         _need(_is_int(self.batch_size) and self.batch_size >= 0, f"batch_size must be >= 0, got {self.batch_size!r}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change which faces and descriptors come out. (Not the embedder: the
         torch port reproduces dlib's descriptors to 1e-6, so both can share an output; nor
         device or batch size.)"""
-        return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "tta")}
+        return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "tta",
+                                              "work_size", "smallest_face")}
 
     def save(self, store) -> None:
         """OUT/model.json: how this output's faces were made, for every later reader."""

@@ -1,4 +1,5 @@
-"""Step 1: find faces. dlib's HOG detector (CPU) or its MMOD CNN (dlib, or the batched torch port).
+"""Step 1: find faces. dlib's HOG detector (CPU) or its MMOD CNN (dlib, or the batched torch port);
+RetinaFace lives in facejob/retinaface.py.
 
 Backends are picked by name in facejob.backends.DETECTORS."""
 from __future__ import annotations
@@ -13,13 +14,24 @@ from facejob.models import model_path
 
 @dataclass(frozen=True)
 class Detection:
-    """A face box in image pixels (dlib rectangle convention: right/bottom inclusive)."""
+    """A face box in image pixels (dlib rectangle convention: right/bottom inclusive).
+
+    landmarks: the detector's own 5 points (x0, y0, ..., x4, y4; RetinaFace only, else None).
+    predictor_box: (left, top, right, bottom) handed to dlib's shape predictor when it differs
+        from the face box (RetinaFace: mapped to the dlib HOG box convention), else None.
+    """
 
     left: int
     top: int
     right: int
     bottom: int
     score: float
+    landmarks: tuple[float, ...] | None = None
+    predictor_box: tuple[int, int, int, int] | None = None
+
+    @property
+    def edges(self) -> tuple[int, int, int, int]:
+        return self.left, self.top, self.right, self.bottom
 
     @property
     def shorter_side(self) -> int:
@@ -32,6 +44,16 @@ class Detector(Protocol):
     def detect(self, images: list[np.ndarray], upsample: int) -> list[list[Detection]]:
         """Faces in each RGB uint8 image (H, W, 3), highest score first."""
         ...
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes, inclusive corners (dlib's)."""
+    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if w <= 0 or h <= 0:
+        return 0.0
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    return w * h / (area(a) + area(b) - w * h)
 
 
 def _sorted(dets: list[Detection]) -> list[Detection]:

@@ -7,7 +7,9 @@
     index/faces.hnsw, ids.parquet, params.json     the reducer's search index
     clusters.parquet, clusters.json, cluster_events.parquet
     labels/labels.parquet, labels/model.npz, labels/model.json
+    labels/corrections.json          the curator's corrections from the report page
     predictions.parquet, duplicates.parquet
+    report/                          `facejob report`: the review site (index.html, b/BUILD/, photos/)
     quarantine/<time>/images|faces/  damaged parts moved aside (facejob.plan.quarantine)
     .facejob.lock                    the writer lock or S3 lease (facejob.lock)
 """
@@ -21,6 +23,7 @@ INDEX_FILE, IDS_FILE, PARAMS_FILE = "index/faces.hnsw", "index/ids.parquet", "in
 CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_events.parquet"
 LABELS_STORED, LABEL_MODEL_NPZ, LABEL_MODEL_JSON = "labels/labels.parquet", "labels/model.npz", "labels/model.json"
 PREDICTIONS, DUPLICATES = "predictions.parquet", "duplicates.parquet"
+CORRECTIONS, REPORT_DIR = "labels/corrections.json", "report"
 
 
 def part_name(shard: str) -> str:

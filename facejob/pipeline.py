@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from facejob import backends, decode, schema
-from facejob.align import Aligner
+from facejob import backends, decode, phash, quality, schema
+from facejob.align import CHIP_FACE_PX, Aligner
 from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
 from facejob.detect import Detection
 from facejob.embed import embed_chips
@@ -36,6 +36,8 @@ class FaceRecord:
     box: Detection
     landmarks: np.ndarray  # (n, 2) int32
     embedding: np.ndarray | None  # (128,) float32; None until embedded
+    sharpness: float = float("nan")
+    quality: float = float("nan")
 
     @property
     def left(self) -> int:
@@ -65,6 +67,7 @@ class ImageResult:
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
+    phash: int | None = None
     faces: list[FaceRecord] = field(default_factory=list)
 
 
@@ -93,6 +96,60 @@ def setup_process(threads: int) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     else:
         sys.modules["torch"].set_num_threads(threads)
+
+
+# The smallest face dlib's detectors find without upsampling (their 80x80 px window), in pixels of
+# the image they run on.
+DETECTOR_WINDOW = 80
+
+
+@dataclass
+class Decoded:
+    """A photo ready for detection: its working copy, and the photo to decode finer levels from
+    (None for pixels handed in already decoded: those are all there is)."""
+
+    work: decode.Level
+    photo: decode.Photo | None = None
+
+
+def working_scale(config: ModelConfig, width: int, height: int) -> float:
+    """Scale of the working copy detection runs on (1.0 = the photo as it is).
+
+    Photos up to twice `work_size` keep their full resolution: reducing them would save less
+    than 4x detector time (and no JPEG decode time) while losing their smallest faces. Larger
+    ones are reduced to `work_size`, unless `smallest_face` asks for more.
+    """
+    long_side = max(width, height)
+    if config.work_size <= 0 or long_side <= 2 * config.work_size:
+        return 1.0
+    floor = DETECTOR_WINDOW / 2 ** config.upsample / config.smallest_face if config.smallest_face else 0.0
+    return min(1.0, max(config.work_size / long_side, floor))
+
+
+def _rescaled(box: Detection, fx, fy) -> Detection:
+    """`box` with every x through `fx` and y through `fy`: its edges (dlib convention: right/bottom
+    inclusive), and the detector's own predictor box and landmarks when it has them."""
+    def edges(left, top, right, bottom):
+        return round(fx(left)), round(fy(top)), round(fx(right + 1)) - 1, round(fy(bottom + 1)) - 1
+
+    points = (tuple((fx if i % 2 == 0 else fy)(v) for i, v in enumerate(box.landmarks))
+              if box.landmarks is not None else None)
+    predictor_box = edges(*box.predictor_box) if box.predictor_box is not None else None
+    return Detection(*edges(box.left, box.top, box.right, box.bottom), box.score, points, predictor_box)
+
+
+def to_original(box: Detection, level: decode.Level) -> Detection:
+    """A box found in `level` in original-photo pixels."""
+    if level.sx == 1.0 and level.sy == 1.0:
+        return box
+    return _rescaled(box, lambda x: x / level.sx, lambda y: y / level.sy)
+
+
+def to_level(box: Detection, level: decode.Level) -> Detection:
+    """An original-pixel box in `level`'s pixels."""
+    if level.sx == 1.0 and level.sy == 1.0:
+        return box
+    return _rescaled(box, lambda x: x * level.sx, lambda y: y * level.sy)
 
 
 def face_id(sha256: str, uri: str, box: Detection) -> str:
@@ -130,22 +187,55 @@ class FaceModel:
         self.timings[stage] += t1 - t0
         return t1
 
-    def find_faces(self, images: list[np.ndarray]) -> list[tuple[list[FaceRecord], np.ndarray]]:
-        """Per image: its faces (detected in one call for all images, landmarked) and their
-        chips. The records' embeddings are filled in later, in batches across photos."""
+    def find_faces(self, images: list[Decoded]) -> list[tuple[list[FaceRecord], np.ndarray]]:
+        """Per image: its faces (detected on the working copies in one call for all images, then
+        landmarked) and their chips, from pixels where each face is large enough. Boxes and
+        landmarks are in original pixels; the embeddings are filled in later, in batches."""
         cfg = self.config
         t = time.perf_counter()
-        found = self.detector.detect(images, cfg.upsample)
+        found = self.detector.detect([d.work.pixels for d in images], cfg.upsample)
         t = self._timed("detect", t)
         out = []
-        for image, boxes in zip(images, found):
+        for d, boxes in zip(images, found):
+            boxes = [to_original(b, d.work) for b in boxes]
             if cfg.min_face_size:
                 boxes = [b for b in boxes if b.shorter_side >= cfg.min_face_size]
-            points = self.aligner.landmarks(image, boxes)
-            out.append(([FaceRecord(i, b, p, None) for i, (b, p) in enumerate(zip(boxes, points))],
-                        self.aligner.chips(image, points)))
+            out.append(self._align(d, boxes))
         self._timed("landmarks", t)
         return out
+
+    def _align(self, d: Decoded, boxes: list[Detection]) -> tuple[list[FaceRecord], np.ndarray]:
+        """Landmarks and chips of each face (original-pixel boxes), each from the coarsest level
+        where the face is at least CHIP_FACE_PX: the working copy, else a finer decode (one per
+        scale needed, so a face's chip never depends on the other faces in the photo)."""
+        if not boxes:
+            return [], self.aligner.chips(d.work.pixels, [])
+        levels = {d.work.scale: d.work}
+        finest = d.photo.max_scale if d.photo is not None else d.work.scale
+        records: list[FaceRecord | None] = [None] * len(boxes)
+        chips: list[np.ndarray | None] = [None] * len(boxes)
+        by_level: dict[float, list[int]] = {}
+        for i, b in enumerate(boxes):
+            need = min(finest, CHIP_FACE_PX / b.shorter_side)
+            key = d.work.scale if need <= d.work.scale else _draft_step(need, finest)
+            by_level.setdefault(key, []).append(i)
+        for key, idx in sorted(by_level.items()):
+            if key not in levels:
+                t = time.perf_counter()
+                levels[key] = d.photo.level(key)
+                self._timed("decode_fine", t)
+            level = levels[key]
+            points = self.aligner.landmarks(level.pixels, [to_level(boxes[i], level) for i in idx])
+            for i, p, chip in zip(idx, points, self.aligner.chips(level.pixels, points)):
+                if level.sx != 1.0 or level.sy != 1.0:
+                    p = np.rint(p / np.array([level.sx, level.sy])).astype(np.int32)
+                records[i] = FaceRecord(i, boxes[i], p, None)
+                chips[i] = chip
+        stacked = np.stack(chips)
+        sharp = quality.sharpness(stacked)
+        for record, sh, q in zip(records, sharp, quality.quality([b.shorter_side for b in boxes], sharp)):
+            record.sharpness, record.quality = float(sh), float(q)
+        return records, stacked
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """(n, 128) descriptors of (n, 150, 150, 3) chips, with the configured TTA."""
@@ -154,20 +244,21 @@ class FaceModel:
         self._timed("embed", t)
         return out
 
-    def decode(self, data: bytes) -> tuple[ImageResult, np.ndarray | None]:
-        """Status so far (error, or ok with size) and the pixels, if they could be decoded."""
+    def decode(self, data: bytes) -> tuple[ImageResult, Decoded | None]:
+        """Status so far (error, or ok with size and perceptual hash) and the working copy, if
+        the photo could be decoded."""
         sha = hashlib.sha256(data).hexdigest()
         t = time.perf_counter()
         try:
-            image = decode.decode_image(data, self.max_pixels)
+            photo = decode.open_photo(data, self.max_pixels)
+            work = photo.level(working_scale(self.config, photo.width, photo.height))
         except decode.DecodeError as e:
             return ImageResult(Status.ERROR, str(e), sha), None
         finally:
             self._timed("decode", t)
-        h, w = image.shape[:2]
-        return ImageResult(Status.OK, None, sha, w, h), image
+        return ImageResult(Status.OK, None, sha, photo.width, photo.height, phash.phash(work.pixels)), Decoded(work, photo)
 
-    def load(self, ref: ImageRef) -> tuple[ImageResult, np.ndarray | None]:
+    def load(self, ref: ImageRef) -> tuple[ImageResult, Decoded | None]:
         """Read and decode one listed photo; unreadable input becomes an error status."""
         if ref.list_error:
             return ImageResult(Status.ERROR, ref.list_error), None
@@ -183,7 +274,7 @@ class FaceModel:
         self._timed("read", t)
         return self.decode(data)
 
-    def _finish(self, loaded: tuple[ImageResult, np.ndarray | None]) -> ImageResult:
+    def _finish(self, loaded: tuple[ImageResult, Decoded | None]) -> ImageResult:
         result, image = loaded
         if image is not None:
             (result.faces, chips), = self.find_faces([image])
@@ -213,7 +304,7 @@ class FaceModel:
         detect_batch = 32 if device is not None and device.type == "cuda" else 1
         embed_batch = max(getattr(self.embedder, "batch_size", 0), 16)
         results: list[ImageResult] = []
-        decoded: list[tuple[ImageResult, np.ndarray]] = []
+        decoded: list[tuple[ImageResult, Decoded]] = []
         waiting: list[tuple[ImageResult, np.ndarray]] = []
 
         def detect() -> None:
@@ -233,7 +324,10 @@ class FaceModel:
                         face.embedding = next(embeddings)
             waiting.clear()
 
-        for result, image in _prefetch(self.load, refs, depth=max(8, 2 * detect_batch)):
+        # Two photos ahead on a CPU (the next decode overlaps this detection; a photo decoded in
+        # full is held until aligned, so depth bounds memory: 3 x 300 MB at the 100 MP guard).
+        depth = 2 * detect_batch if detect_batch > 1 else 2
+        for result, image in _prefetch(self.load, refs, depth=depth):
             results.append(result)
             if image is not None:
                 decoded.append((result, image))
@@ -244,6 +338,15 @@ class FaceModel:
         detect()
         embed()
         return shard_tables(refs, results, shard, self.detector.name, self.embedder.name)
+
+
+def _draft_step(need: float, finest: float) -> float:
+    """The scale to decode a face's finer level at: `need` rounded up to finest / 2**k, the
+    steps JPEG decodes at directly (no resize), so the level depends only on the face itself."""
+    step = finest
+    while step / 2 >= need:
+        step /= 2
+    return step
 
 
 def _prefetch(fn, items: list, depth: int):
@@ -268,6 +371,7 @@ def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, d
         "sha256": [x.sha256 for x in results],
         "width": [x.width for x in results],
         "height": [x.height for x in results],
+        "phash": [x.phash for x in results],
         "status": [Status(x.status).value for x in results],
         "error": [x.error for x in results],
         "n_faces": [len(x.faces) for x in results],
@@ -287,6 +391,8 @@ def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, d
             faces["det_score"].append(f.box.score)
             faces["landmarks"].append(f.landmarks.reshape(-1).tolist())
             faces["embedding"].append(f.embedding)
+            faces["sharpness"].append(f.sharpness)
+            faces["quality"].append(f.quality)
             faces["detector"].append(detector)
             faces["embedder"].append(embedder)
             faces["shard"].append(shard)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import socket
 import sys
 import time
@@ -26,11 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from facejob import layout, lock, plan as planning
 from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig
 from facejob.pipeline import FaceModel, ImageResult, setup_process, shard_tables
+from facejob.progress import Progress as ProgressBar
 from facejob.schema import Reason, Status
 from facejob.sources import ImageRef, Listing, list_images
 from facejob.storage import Store, open_store, write_parquet
@@ -56,10 +59,25 @@ def _write_shard(store: Store, shard: str, images: pa.Table, faces: pa.Table) ->
     write_parquet(store, layout.images_part(shard), images)
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: Linux's VmHWM (of this process image; ru_maxrss would
+    start at the parent's at fork), else ru_maxrss (macOS reports bytes)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+
+
 def _stats(images: pa.Table, faces: pa.Table, timings: Counter, node: str) -> dict[str, Any]:
     statuses = Counter(images.column("status").to_pylist())
+    w = images.column("width").to_numpy(zero_copy_only=False)
+    h = images.column("height").to_numpy(zero_copy_only=False)
+    megapixels = float(np.nansum(w.astype(np.float64) * h.astype(np.float64))) / 1e6
     return {"images": images.num_rows, "faces": faces.num_rows, "status": dict(statuses),
-            "timings": dict(timings), "node": node, "pid": os.getpid()}
+            "megapixels": megapixels, "timings": dict(timings), "node": node, "pid": os.getpid(),
+            "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
 def run_shard(model: FaceModel, shard: planning.Shard, out: str, node: str = "local") -> dict[str, Any]:
@@ -117,33 +135,18 @@ class RunSummary:
 
 
 class Progress:
-    """One status line on a terminal (rewritten in place), a log line every 10 s otherwise."""
+    """Index progress in photos (with shards, faces, errors and megapixels/s alongside), via facejob.progress."""
 
-    def __init__(self, total_shards: int, total_images: int, stream=sys.stderr, enabled: bool = True):
-        self.total_shards, self.total_images = total_shards, total_images
-        self.shards = self.images = self.faces = self.errors = 0
-        self.t0 = time.perf_counter()
-        self.stream, self.enabled = stream, enabled
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-        self._last = 0.0
+    def __init__(self, total_shards: int, total_images: int, stream=None, enabled: bool = True):
+        self.total_shards = total_shards
+        self.bar = ProgressBar("index", total_images, "photos", stream=stream, enabled=enabled, rates=("MP",))
 
     def update(self, stats: dict[str, Any]) -> None:
-        self.shards += 1
-        self.images += stats["images"]
-        self.faces += stats["faces"]
-        self.errors += stats["status"].get(Status.ERROR.value, 0)
-        now = time.perf_counter()
-        if not self.enabled or (not self.tty and now - self._last < 10 and self.shards < self.total_shards):
-            return
-        self._last = now
-        rate = self.images / max(now - self.t0, 1e-9)
-        line = (f"shards {self.shards}/{self.total_shards}  images {self.images}/{self.total_images}  "
-                f"faces {self.faces}  errors {self.errors}  {rate:.1f} images/s")
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if self.shards == self.total_shards else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        self.bar.advance(stats["images"], shards=1, faces=stats["faces"],
+                         errors=stats["status"].get(Status.ERROR.value, 0), MP=stats.get("megapixels", 0.0))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _versions() -> dict[str, str]:
@@ -465,8 +468,8 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
     (plan.RetireRefused, nothing retired) a listing that would retire too much (see
     plan.check_retirement).
     """
-    config = config or IndexConfig()
     store = open_store(out)
+    config = config or IndexConfig(saved_model(store) or ModelConfig(), RunConfig())
     with lock.hold(store, "index"):
         return _index(sources, store, config, progress, model_class)
 
@@ -500,6 +503,8 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     bar = Progress(len(shards), len(plan.todo), enabled=progress)
     config.model.save(store)  # before any part: every reader of faces/ builds the same FaceModel
     done, failed = _execute(shards, out, config, bar, model_class) if shards else ([], [])
+    if shards:
+        bar.close()   # the last line, also when shards failed short of the total
     t_run = time.perf_counter()
 
     stage_s: Counter[str] = Counter()
@@ -515,6 +520,7 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
             w["shards"] += 1
             w["model_builds"] = s["model_builds"]
     processed = sum(s["images"] for s in done)
+    megapixels = sum(s.get("megapixels", 0.0) for s in done)
     summary = RunSummary(out=store.root, failed_shards=failed)
     summary.counts = {
         "listed": plan.listed, "skipped_by_extension": len(skipped), "new": plan.new, "changed": plan.changed,
@@ -532,11 +538,26 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
         "sources": list(sources), "out": store.root, **config.to_dict(), "versions": _versions(),
         "counts": summary.counts, "totals": totals(store), "timings": summary.timings,
         "images_per_s": processed / max(t_run - t_plan, 1e-9) if processed else 0.0,
+        "megapixels": round(megapixels, 1),
+        "megapixels_per_s": megapixels / max(t_run - t_plan, 1e-9) if processed else 0.0,
+        # the worst worker's peak resident memory (the bound to size machines by)
+        "worker_peak_rss_mb": max((s.get("peak_rss_mb", 0.0) for s in done if s["node"] != "driver"), default=0.0),
         "nodes": dict(nodes), "workers": list(workers.values()), "failed_shards": failed, "skipped_examples": skipped[:20],
         "unlisted_folders": listing.unlisted[:20], "quarantined": catalog.quarantined,
     }
     _write_run_json(store, summary.report)
     return summary
+
+
+def saved_model(store: Store) -> ModelConfig | None:
+    """The model settings an output already holds faces of (None for a new or empty output).
+    Reruns start from them, so an output indexed before a default changed keeps its detector."""
+    if not store.list(layout.IMAGES_DIR):
+        return None
+    try:
+        return ModelConfig.load(store)
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
 
 
 def _check_same_models(store: Store, config: IndexConfig) -> None:

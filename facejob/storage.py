@@ -156,9 +156,10 @@ def check_parquet(store: Store, rel: str) -> None:
 
 
 def read_parts(store: Store, prefix: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    """All parts under `prefix` (e.g. "faces/") as one table; empty table with `schema` if none."""
+    """All parts under `prefix` (e.g. "faces/") as one table; empty table with `schema` if none.
+    Parts written before a column was added (e.g. images.phash) get nulls in it."""
     parts = [read_parquet(store, rel, columns) for rel in store.list(prefix) if rel.endswith(".parquet")]
     if not parts:
         names = columns or schema.names
         return pa.schema([schema.field(n) for n in names]).empty_table()
-    return pa.concat_tables(parts)
+    return pa.concat_tables(parts, promote_options="default")

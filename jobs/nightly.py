@@ -49,6 +49,7 @@ class NightlyConfig:
     endpoint_url: str | None = None
     reduce: bool = True                    # index, cluster, label (if labels are stored), dedup
     labels: str | None = None              # new curator labels to add (CSV/folder, or an s3:// CSV)
+    corrections: str | None = None         # corrections.json from the report page (or s3://), added to OUT's
     cluster_threshold: float | None = None  # None: the reducer's defaults
     cluster_k: int | None = None
     rebuild_index: bool = False
@@ -57,7 +58,8 @@ class NightlyConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"sources": self.sources, "output": self.output, "endpoint_url": self.endpoint_url,
                 "index": {**self.index.model.to_dict(), **self.index.run.to_dict()},
-                "reduce": {"enabled": self.reduce, "labels": self.labels, "cluster_threshold": self.cluster_threshold,
+                "reduce": {"enabled": self.reduce, "labels": self.labels, "corrections": self.corrections,
+                           "cluster_threshold": self.cluster_threshold,
                            "cluster_k": self.cluster_k, "rebuild_index": self.rebuild_index},
                 "log_format": self.log_format}
 
@@ -113,7 +115,8 @@ def parse_config(doc: Any, env: dict[str, str] | None = None) -> NightlyConfig:
         index = IndexConfig(*split_flat(_only(top.get("index"), "index", INDEX_KEYS)))
     except (ConfigError, TypeError) as e:  # e.g. index: [..] instead of a mapping
         raise ConfigError(f"index: {e}") from e
-    red = _only(top.get("reduce"), "reduce", {"enabled", "labels", "cluster_threshold", "cluster_k", "rebuild_index"})
+    red = _only(top.get("reduce"), "reduce", {"enabled", "labels", "corrections", "cluster_threshold", "cluster_k",
+                                              "rebuild_index"})
     enabled, rebuild = red.get("enabled", True), red.get("rebuild_index", False)
     if not isinstance(enabled, bool) or not isinstance(rebuild, bool):
         raise ConfigError("reduce.enabled and reduce.rebuild_index must be true or false")
@@ -127,7 +130,8 @@ def parse_config(doc: Any, env: dict[str, str] | None = None) -> NightlyConfig:
         raise ConfigError(f"log_format must be text or json, got {log_format!r}")
     return NightlyConfig(sources=list(sources), output=output, index=index,
                          endpoint_url=top.get("endpoint_url") or None, reduce=enabled,
-                         labels=red.get("labels") or None, cluster_threshold=threshold, cluster_k=k,
+                         labels=red.get("labels") or None, corrections=red.get("corrections") or None,
+                         cluster_threshold=threshold, cluster_k=k,
                          rebuild_index=rebuild, log_format=log_format)
 
 
@@ -196,17 +200,25 @@ def _reduce(cfg: NightlyConfig) -> dict[str, Any]:
         kwargs["threshold"] = cfg.cluster_threshold
     if cfg.cluster_k is not None:
         kwargs["k"] = cfg.cluster_k
-    result: dict[str, Any] = {"summary": asdict(fr.reduce(cfg.output, **kwargs))}
-    if cfg.labels:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = cfg.labels
-            if path.startswith("s3://"):  # the reducer reads labels from a local file
-                from facejob import s3
-
-                path = str(Path(tmp) / Path(s3.split_uri(cfg.labels)[1]).name)
-                Path(path).write_bytes(s3.read_bytes(cfg.labels))
-            result["labels"] = asdict(fr.label(cfg.output, path))
+    with tempfile.TemporaryDirectory() as tmp:
+        # Corrections stored in the output apply on every run; new ones are added first.
+        if cfg.corrections:
+            kwargs["corrections"] = _local(cfg.corrections, tmp)
+        result: dict[str, Any] = {"summary": asdict(fr.reduce(cfg.output, **kwargs))}
+        if cfg.labels:
+            result["labels"] = asdict(fr.label(cfg.output, _local(cfg.labels, tmp)))
     return result
+
+
+def _local(uri: str, tmp: str) -> str:
+    """A local path for a labels or corrections file (the reducer reads local files)."""
+    if not uri.startswith("s3://"):
+        return uri
+    from facejob import s3
+
+    path = Path(tmp) / Path(s3.split_uri(uri)[1]).name
+    path.write_bytes(s3.read_bytes(uri))
+    return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:

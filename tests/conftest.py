@@ -32,3 +32,17 @@ def data_dir() -> Path:
             pytest.fail(msg + "; under CI this is a failure, not a skip")
         pytest.skip(msg)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _facejob_logging():
+    """`facejob.cli.main` points the facejob logger at the sys.stderr of the moment (a test's
+    capture, closed afterwards); put it back after each test."""
+    import logging
+
+    logger = logging.getLogger("facejob")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]

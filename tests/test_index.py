@@ -58,7 +58,9 @@ def test_every_input_accounted_for(awkward_run):
     assert len({f["face_id"] for f in faces}) == len(faces)
     run = json.loads((out / "run.json").read_text())
     assert run["counts"]["listed"] == len(EXPECTED) and run["totals"]["images"] == len(EXPECTED)
-    assert run["model"]["detector"] == "hog" and "dlib-bin" in run["versions"]
+    assert run["model"]["detector"] == "retinaface" and "dlib-bin" in run["versions"]
+    assert {f["detector"] for f in faces} == {"retinaface-mnet025"}
+    assert all(0 < f["quality"] <= 1 and f["sharpness"] > 0 for f in faces)
     assert run["timings"]["embed_worker_s"] > 0
 
 
@@ -106,10 +108,14 @@ def test_force_redoes_and_keeps_ids(ray_local, data_dir, tmp_path):
     assert len(table(out, "images")) == 5
 
 
-def test_refuses_to_mix_detection_settings(awkward_run):
+@pytest.mark.parametrize("change, message", [
+    ({"upsample": 2}, "upsample=2 \\(output has 1\\)"),
+    ({"detector": "hog"}, "detector='hog' \\(output has 'retinaface'\\)"),
+])
+def test_refuses_to_mix_detection_settings(awkward_run, change, message):
     src, out, _ = awkward_run
-    with pytest.raises(facejob.ConfigError, match="upsample=2 \\(output has 1\\)"):
-        facejob.index([str(src)], str(out), IndexConfig(ModelConfig(upsample=2)), progress=False)
+    with pytest.raises(facejob.ConfigError, match=message):
+        facejob.index([str(src)], str(out), IndexConfig(ModelConfig(**change)), progress=False)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -129,9 +135,15 @@ def test_cli_bad_arguments_one_line(args, message, tmp_path):
 
 
 def test_cli_index_and_verify(data_dir, tmp_path):
-    r = run_cli("index", str(data_dir / "labelled/faceapi_bbt/raj"), "--out", str(tmp_path / "o"), "--workers", "1")
+    raj, out = str(data_dir / "labelled/faceapi_bbt/raj"), str(tmp_path / "o")
+    r = run_cli("index", raj, "--out", out, "--workers", "1", "--detector", "hog")
     assert r.returncode == 0, r.stderr
     assert "indexed 5 photos" in r.stdout and "5 with faces" in r.stdout
+    # A rerun without model flags keeps the output's own detector (not today's default).
+    again = run_cli("index", raj, "--out", out, "--workers", "1")
+    assert again.returncode == 0, again.stderr
+    assert "Unchanged 5" in again.stdout and "detector=hog" in again.stderr
+    assert json.loads((tmp_path / "o" / "model.json").read_text())["detector"] == "hog"
     bbt = data_dir / "labelled/faceapi_bbt"
     same = run_cli("verify", str(bbt / "raj/raj1.png"), str(bbt / "raj/raj2.png"))
     other = run_cli("verify", str(bbt / "raj/raj1.png"), str(bbt / "howard/howard1.png"))

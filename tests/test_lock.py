@@ -68,7 +68,7 @@ def test_local_lock_one_writer_and_released_by_death(tmp_path):
         src = tmp_path / "src"
         src.mkdir()
         commands = (["index", str(src), "--out", str(out)], ["cluster", str(out)], ["reduce", str(out)],
-                    ["dedup", str(out)], ["label", str(out)])
+                    ["dedup", str(out)], ["label", str(out)], ["report", str(out)])
         runs = [subprocess.Popen(FACEJOB + argv, cwd=REPO, env=env(), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for argv in commands]
         for argv, run in zip(commands, runs):

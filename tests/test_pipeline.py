@@ -20,7 +20,7 @@ from tests.photos import face_image, rotated_with_exif
 
 @pytest.fixture(scope="module")
 def pipe() -> FaceModel:
-    return FaceModel(ModelConfig())
+    return FaceModel(ModelConfig(detector="hog"))   # compared with face_recognition's HOG calls
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def test_auto_shard_size():
 def _commit(store, shard, rs):
     images = pa.table({"uri": [r.uri for r in rs], "size": [r.size for r in rs], "mtime": [r.mtime for r in rs],
                        "etag": [None] * len(rs), "sha256": ["x"] * len(rs), "width": [1] * len(rs),
-                       "height": [1] * len(rs), "status": ["no_face"] * len(rs), "error": [None] * len(rs),
+                       "height": [1] * len(rs), "phash": [None] * len(rs), "status": ["no_face"] * len(rs), "error": [None] * len(rs),
                        "n_faces": [0] * len(rs), "shard": [shard] * len(rs)}, schema=schema.IMAGES)
     write_parquet(store, planning.FACES_DIR + planning.part_name(shard), schema.FACES.empty_table())
     write_parquet(store, planning.IMAGES_DIR + planning.part_name(shard), images)

@@ -24,7 +24,7 @@ SETS = ("labelled/dlib_johns", "labelled/faceapi_bbt")
 
 @functools.cache
 def pipeline() -> FaceModel:
-    return FaceModel(ModelConfig())
+    return FaceModel(ModelConfig(detector="hog"))
 
 
 @functools.cache
@@ -40,7 +40,7 @@ def photos(data_dir: Path, sets=SETS) -> list[Path]:
 def make_out(out: Path, paths: list[Path], shard_size: int = 40, first_shard: int = 0) -> LocalStore:
     """Write OUT/faces, OUT/images and OUT/run.json for `paths`, like `facejob index` does."""
     store = LocalStore(out)
-    config = IndexConfig()
+    config = IndexConfig(ModelConfig(detector="hog"))
     for n, lo in enumerate(range(0, len(paths), shard_size)):
         chunk = paths[lo:lo + shard_size]
         refs = [ImageRef(str(p), p.stat().st_size, mtime=p.stat().st_mtime) for p in chunk]

@@ -94,3 +94,63 @@ def test_cli_dedup(deduped, capsys):
     assert main(["dedup", str(out)]) == 0
     line = capsys.readouterr().out.splitlines()[0]
     assert f"{s.groups} groups of copies ({s.identical_groups} byte-identical" in line
+
+
+# Photos without faces: matched by perceptual hash, confirmed by pixels.
+FACELESS = ["no_face/park.jpg", "no_face/dogs.jpg"]
+
+
+@pytest.fixture(scope="module")
+def deduped_faceless(tmp_path_factory, data_dir):
+    """Every no_face photo (animals, cars, a park, 5 Caltech-101 classes of look-alike objects
+    on white) plus, for two of them, a copy re-encoded at q60, one resized to 60 % and one
+    cropped by 3 % on every side."""
+    tmp = tmp_path_factory.mktemp("dedup_faceless")
+    copies = {}
+    for n, rel in enumerate(FACELESS):
+        img = Image.open(data_dir / rel).convert("RGB")
+        w, h = img.size
+        d = tmp / f"copies{n}"
+        d.mkdir()
+        img.save(d / "q60.jpg", quality=60)
+        img.resize((int(w * 0.6), int(h * 0.6)), Image.LANCZOS).save(d / "small.jpg", quality=90)
+        img.crop((w * 3 // 100, h * 3 // 100, w - w * 3 // 100, h - h * 3 // 100)).save(d / "crop.jpg", quality=90)
+        copies[data_dir / rel] = sorted(d.iterdir())
+    originals = sorted(p for p in (data_dir / "no_face").rglob("*") if p.is_file())
+    out = tmp / "out"
+    make_out(out, originals + [c for cs in copies.values() for c in cs])
+    from facejob.reduce import dedup
+
+    return out, dedup(str(out)), copies
+
+
+def test_faceless_copies_grouped_and_no_false_merges(deduped_faceless):
+    out, summary, copies = deduped_faceless
+    groups = list(_groups(out).values())
+    for src, cs in copies.items():
+        g = [g for g in groups if any(r["uri"] == str(src) for r in g)]
+        assert len(g) == 1 and {r["uri"] for r in g[0]} == {str(src), *map(str, cs)}, src.name
+        assert [r["uri"] for r in g[0] if r["keep"]] == [str(src)]
+        assert all("no faces, similar perceptual hash" in r["reason"] for r in g[0] if not r["keep"])
+    # Apart from those, only the byte-identical Caltech cup pair is a group: no two different
+    # photos were merged, although the Caltech look-alikes are within the hash threshold.
+    others = [g for g in groups if not any(r["uri"] in map(str, copies) for r in g)]
+    assert len(others) == 1 and others[0][0]["kind"] == "identical"
+    assert summary.faceless_candidates > 2 * len(copies) * 6   # look-alikes were compared, and refused
+
+
+def test_old_outputs_without_phash_still_dedup(deduped_faceless, tmp_path):
+    """An output indexed before images.phash existed reads as before: no faceless near groups."""
+    import shutil
+
+    import pyarrow.parquet as pq_
+
+    out, _, _ = deduped_faceless
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    for part in (old / "images").glob("*.parquet"):
+        pq_.write_table(pq_.read_table(part).drop_columns(["phash"]), part)
+    from facejob.reduce import dedup
+
+    s = dedup(str(old))
+    assert s.faceless_candidates == 0 and s.groups == s.identical_groups == 1

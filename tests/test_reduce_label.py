@@ -199,3 +199,30 @@ def test_model_files_load_without_running_code(archive, tmp_path):
     with pytest.raises(LabelsError, match="cannot load the label models"):
         load_model(store)
     assert not marker.exists()
+
+
+def test_corrections_name_people_and_take_faces_out(archive, tmp_path):
+    """Names from the report page are labels (a one-face cluster too); "not this person" drops a
+    CSV label of that name and keeps the face from getting it back."""
+    from facejob.reduce import label
+
+    out, ids = _copy_out(archive, tmp_path)
+    bbt = [r for r in ids if "faceapi_bbt" in r["uri"]]
+    amy = [r["face_id"] for r in bbt if person(r["uri"]) == "amy"]
+    raj = [r["face_id"] for r in bbt if person(r["uri"]) == "raj"]
+    howard = [r["face_id"] for r in bbt if person(r["uri"]) == "howard"][:1]
+    label(str(out), _write(tmp_path, "face_id,name\n" + "".join(f"{f},Amy\n" for f in amy[:3])
+                                     + "".join(f"{f},Raj\n" for f in raj[:2])))
+    corr = tmp_path / "corrections.json"
+    corr.write_text(json.dumps({"facejob": "corrections", "version": 1, "corrections": [
+        {"kind": "name", "name": "Howard", "cluster_id": 99, "face_ids": howard},
+        {"kind": "not_person", "face_id": amy[0], "cluster_id": 1, "others": amy[1:], "name": "Amy"}]}))
+    s = label(str(out), corrections=corr)
+    assert s.people == 3 and s.labelled == 2 + 2 + 1
+    pred = {r["face_id"]: r for r in pq.read_table(out / "predictions.parquet").to_pylist()}
+    assert pred[howard[0]]["label"] == "Howard" and pred[howard[0]]["labelled"]
+    assert pred[amy[0]]["label"] != "Amy" and not pred[amy[0]]["labelled"]
+    assert all(pred[f]["label"] == "Amy" for f in amy[1:3])
+    # The CSV labels stay stored as given; the corrections apply on top on every run.
+    assert pq.read_table(out / "labels" / "labels.parquet").num_rows == 5
+    assert label(str(out)).labelled == 5

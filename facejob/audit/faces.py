@@ -12,7 +12,7 @@ import numpy as np
 
 from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
 from facejob.decode import decode_image
-from facejob.detect import Detection
+from facejob.detect import Detection, box_iou
 from facejob.dlibport.chips import extract_chips
 from facejob.pipeline import FaceModel, FaceRecord
 from facejob.sources import read_bytes
@@ -43,15 +43,6 @@ class AuditFace:
     embedding: np.ndarray    # (128,) float32, the pipeline's descriptor
 
 
-def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """Intersection over union of two (left, top, right, bottom) boxes, inclusive corners."""
-    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
-    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
-    if w <= 0 or h <= 0:
-        return 0.0
-    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
-    return w * h / (area(a) + area(b) - w * h)
-
 
 def box_of(face: FaceRecord | Detection) -> tuple[int, int, int, int]:
     return (face.left, face.top, face.right, face.bottom)
@@ -66,8 +57,8 @@ def pick(faces: list[FaceRecord], box: tuple[int, int, int, int] | None, shape: 
     if box is None:
         cy, cx = shape[0] / 2, shape[1] / 2
         return min(faces, key=lambda f: ((f.left + f.right) / 2 - cx) ** 2 + ((f.top + f.bottom) / 2 - cy) ** 2)
-    best = max(faces, key=lambda f: iou(box_of(f), box))
-    return best if iou(box_of(best), box) >= min_iou else None
+    best = max(faces, key=lambda f: box_iou(box_of(f), box))
+    return best if box_iou(box_of(best), box) >= min_iou else None
 
 
 def load_face(model: FaceModel, ref: FaceRef) -> AuditFace | None:

@@ -23,6 +23,7 @@ from facejob.lock import writes_output
 from facejob.schema import EMBEDDING_DIM
 from facejob.storage import Store, open_store, read_parquet, write_parquet
 
+from . import corrections as corr
 from . import duplicates as dd
 from . import svm as lb
 from .embeddings import META_COLUMNS, Faces, read_faces, read_images
@@ -32,13 +33,13 @@ from .graph import knn_graph
 from .hnsw import FaceIndex, IndexParams, update_index
 from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
-from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, LabelParams
+from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
 from .linkage import agglomerate, representatives
 from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
 
-ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks")   # what `reduce` reads once for every step
+ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks", "quality")   # what `reduce` reads once for every step
 
 CLUSTERS_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("cluster_id", pa.int64()), ("cluster_size", pa.int64()),
@@ -97,32 +98,59 @@ class ClusterSummary:
     rounds: int
     edges: int
     timings: dict[str, float] = field(default_factory=dict)
+    left_out: int = 0          # faces below the quality floor, not clustered
+
+
+def quality_floor(faces: Faces, min_quality: float) -> tuple[Faces, int]:
+    """The faces with quality >= min_quality (unknown quality passes), and how many were left out."""
+    if min_quality <= 0 or "quality" not in faces.meta.column_names:
+        return faces, 0
+    q = faces.meta.column("quality").to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
+    keep = ~(q < min_quality)
+    if keep.all():
+        return faces, 0
+    idx = np.flatnonzero(keep)
+    return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx]), int(len(q) - len(idx))
 
 
 def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
-                  threads: int = -1) -> tuple[np.ndarray, dict[str, Any]]:
-    """Cluster label (root row) per face of `faces`, and stats: the kNN graph then agglomeration."""
+                  threads: int = -1, applied: corr.Applied | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cluster label (root row) per face of `faces`, and stats: the kNN graph then agglomeration.
+
+    Faces of one photo (same uri) are cannot-link; `applied` corrections add must-link ("same
+    person") and cannot-link ("not this person") pairs.
+    """
     t0 = time.perf_counter()
     eu, ev, _ = knn_graph(fi, faces.embeddings, fi.rows_for(faces), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
     t1 = time.perf_counter()
-    roots, rounds = agglomerate(faces.embeddings, eu, ev, threshold)
+    cannot = corr.photo_pairs(faces.meta.column("uri"))
+    must = np.empty((0, 2), np.int64)
+    if applied is not None:
+        must = corr.rows_of(faces.face_ids, applied.must)
+        cannot = np.concatenate([cannot, corr.rows_of(faces.face_ids, applied.cannot)])
+    roots, rounds = agglomerate(faces.embeddings, eu, ev, threshold, must_link=must, cannot_link=cannot)
     t2 = time.perf_counter()
-    return roots, {"edges": len(eu), "rounds": rounds, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
+    return roots, {"edges": len(eu), "rounds": rounds, "must_link": len(must), "cannot_link": len(cannot),
+                   "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
 
 
 @writes_output("cluster")
 def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
-            faces: Faces | None = None, fi: FaceIndex | None = None) -> ClusterSummary:
-    """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
+            faces: Faces | None = None, fi: FaceIndex | None = None,
+            min_quality: float = MIN_QUALITY) -> ClusterSummary:
+    """Cluster the faces of OUT at or above the quality floor into identities →
+    OUT/clusters.parquet, keeping earlier ids.
 
     Reuses the saved index (extending it first if faces were added). Merges and splits of
-    earlier clusters are appended to OUT/cluster_events.parquet.
+    earlier clusters are appended to OUT/cluster_events.parquet. The corrections stored in
+    OUT/labels/corrections.json are kept (see facejob.reduce.corrections).
     """
     store = _store(out)
-    faces = faces if faces is not None else read_faces(store)
+    faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
+    faces, left_out = quality_floor(faces, min_quality)
     t0 = time.perf_counter()
-    roots, stats = cluster_faces(fi, faces, threshold, k)
+    roots, stats = cluster_faces(fi, faces, threshold, k, applied=corr.resolve(corr.load(store)))
     prev_id, next_id, old_ids = _previous_clusters(store, faces)
     a = assign_ids(roots, prev_id, next_id)
     gone = np.setdiff1d(old_ids, np.concatenate([prev_id[prev_id >= 0], [-1]]))
@@ -151,11 +179,13 @@ def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLU
         largest=int(size.max()) if len(size) else 0, merges=sum(e["event"] == "merge" for e in events),
         splits=sum(e["event"] == "split" for e in events), gone=len(gone), rounds=stats["rounds"],
         edges=stats["edges"], timings={"knn_s": stats["knn_s"], "merge_s": stats["merge_s"],
-                                       "total_s": round(time.perf_counter() - t0, 2)})
+                                       "total_s": round(time.perf_counter() - t0, 2)}, left_out=left_out)
     store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
                                                  "updated_at": now, **asdict(summary)}, indent=2).encode())
-    log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded",
-             summary.faces, summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits)
+    log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded; "
+             "%d faces below quality %.2f left out; %d must-link, %d cannot-link pairs", summary.faces,
+             summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits, left_out,
+             min_quality, stats["must_link"], stats["cannot_link"])
     return summary
 
 
@@ -186,6 +216,7 @@ class LabelSummary:
     per_person: dict[str, int] = field(default_factory=dict)
     followed: int = 0        # labels moved to the new face id of a moved or re-encoded photo
     gone: list[dict] = field(default_factory=list)   # labels on deleted photos: still training examples
+    left_out: int = 0        # faces below the quality floor, not named
 
 
 def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None) -> Labelled:
@@ -249,36 +280,54 @@ def saved_label_params(out: str | Store) -> LabelParams:
 
 @writes_output("label")
 def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
-          replace: bool = False, faces: Faces | None = None) -> LabelSummary:
-    """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
+          replace: bool = False, faces: Faces | None = None, min_quality: float = MIN_QUALITY,
+          corrections: str | Path | None = None) -> LabelSummary:
+    """Train per-person SVMs from the curator's labels and name every face at or above the
+    quality floor → OUT/predictions.parquet (a labelled face below it still teaches its person).
 
     `labels` (CSV or folder tree) is added to the labels stored in OUT/labels/ (or replaces them
     with `replace`); without it the stored labels are used again (after new photos came in).
     `params` default to the ones saved with the last models (e.g. an earlier `--threshold`).
+    `corrections` (a file the report page downloaded) is added to OUT/labels/corrections.json;
+    the names stored there are labels too, and a face marked "not this person" is a negative
+    for that person and never gets that name.
     """
     store = _store(out)
     params = params if params is not None else saved_label_params(store)
-    faces = faces if faces is not None else read_faces(store)
-    shas = _shas(store, faces)
-    stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), faces, shas)
+    every = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
+    shas = _shas(store, every)
+    if corrections is not None:
+        corr.add(store, corrections)
+    applied = corr.resolve(corr.load(store))
+    stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), every, shas)
     if labels is not None:
-        table = _combine(stored, read_labels(store, labels, faces), faces, shas)
-    elif stored.num_rows:
-        table = stored
-    else:
-        raise LabelsError(f"no labels stored in {store.root}/labels/; give some with --labels LABELS.csv")
-    few = too_few(table.column("name").to_pylist(), table.column("source").to_pylist())
+        stored = _combine(stored, read_labels(store, labels, every), every, shas)
+    table = _with_corrections(stored, applied, every, shas)
+    if not table.num_rows:
+        raise LabelsError(f"no labels stored in {store.root}/labels/; give some with --labels LABELS.csv "
+                          f"or name people on the report page (--corrections)")
+    # A whole cluster named on the page is a deliberate choice, even when it holds one face.
+    src = table.column("source").to_pylist()
+    given = [(n, w) for n, w in zip(table.column("name").to_pylist(), src) if w != corr.SOURCE]
+    few = too_few([n for n, _ in given], [w for _, w in given])
     if few:
         raise LabelsError("labels: " + "; ".join(few))
-    write_parquet(store, LABELS_STORED, table)
+    write_parquet(store, LABELS_STORED, stored)
 
+    faces, left_out = quality_floor(every, min_quality)
     names = table.column("name").to_pylist()
     xl = _emb(table.column("embedding"))
     rows = pc.index_in(table.column("face_id"), faces.face_ids).fill_null(-1).to_numpy().astype(np.int64)
     clusters = _cluster_rows(store, faces)
-    model, fit = lb.fit_archive(faces.embeddings, rows, xl, names, clusters, params)
+    negatives = pc.index_in(pa.array(sorted(applied.not_faces), pa.string()), faces.face_ids)
+    negatives = np.setdiff1d(negatives.drop_null().to_numpy().astype(np.int64), rows)
+    model, fit = lb.fit_archive(faces.embeddings, rows, xl, names, clusters, params, negatives=negatives)
     lb.save_model(store, model)
     pred, prob = model.predict(faces.embeddings)
+    ids = faces.face_ids.to_pylist()
+    for r in negatives.tolist():
+        if pred[r] in applied.not_names.get(ids[r], ()):
+            pred[r] = lb.UNKNOWN
     labelled = np.zeros(len(faces), bool)
     labelled[rows[rows >= 0]] = True
     pred[rows[rows >= 0]] = np.array(names, object)[rows >= 0]
@@ -292,13 +341,32 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(faces),
                      named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()},
                      followed=followed.moved + followed.reencoded,
-                     gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone])
+                     gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone],
+                     left_out=left_out)
     if s.followed or s.gone:
         log.info("label: %d labels followed their photo (%d moved, %d re-encoded); %d on photos no longer in "
                  "the archive, kept as training examples", s.followed, followed.moved, followed.reencoded, len(s.gone))
-    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named",
-             s.people, s.labelled, s.background, s.named, s.faces)
+    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named; "
+             "%d below quality %.2f left out", s.people, s.labelled, s.background, s.named, s.faces,
+             left_out, min_quality)
     return s
+
+
+def _with_corrections(stored: pa.Table, applied: corr.Applied, faces: Faces, shas: pa.Array) -> pa.Table:
+    """Stored labels plus the names from corrections (which win for the faces they name); a
+    label a face was later said not to be ("not this person") is dropped."""
+    if applied.not_names and stored.num_rows:
+        keep_stored = [name not in applied.not_names.get(f, ()) for f, name in
+                       zip(stored.column("face_id").to_pylist(), stored.column("name").to_pylist())]
+        stored = stored.filter(pa.array(keep_stored))
+    rows = pc.index_in(pa.array(list(applied.names), pa.string()), faces.face_ids).fill_null(-1).to_numpy()
+    keep = rows >= 0
+    if not keep.any():
+        return stored
+    r = rows[keep].astype(np.int64)
+    named = Labelled(list(np.array(list(applied.names.values()), object)[keep]), r, faces.embeddings[r],
+                     [corr.SOURCE] * len(r))
+    return _combine(stored, named, faces, shas)
 
 
 def _emb(col: pa.ChunkedArray) -> np.ndarray:
@@ -348,14 +416,15 @@ class DedupSummary:
     identical_groups: int
     near_groups: int
     duplicates: int          # photos that are not the kept copy
-    candidates: int          # photo pairs whose pixels were compared
+    candidates: int          # photo pairs with faces whose pixels were compared
+    faceless_candidates: int = 0  # photo pairs without faces (similar perceptual hash) compared
 
 
 @writes_output("dedup")
 def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = None) -> DedupSummary:
     """Find byte-identical and near-duplicate photos → OUT/duplicates.parquet."""
     store = _store(out)
-    images = read_images(store, ["uri", "sha256", "size", "width", "height", "status"])
+    images = read_images(store, ["uri", "sha256", "size", "width", "height", "status"], optional=["phash"])
     if faces is None or any(c not in faces.meta.column_names for c in ALL_COLUMNS):
         faces = read_faces(store, ALL_COLUMNS)
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
@@ -367,17 +436,31 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     from facejob.config import DEFAULT_MAX_PIXELS, load_run_config
 
     max_pixels = load_run_config(store).max_pixels if store.exists(RUN_JSON) else DEFAULT_MAX_PIXELS
-    near = dd.near_pairs(by_sha, cand, _picture_loader(first, max_pixels),
-                         lambda sha: first[sha][1])
+    load = _picture_loader(first, max_pixels)
+    near = dd.near_pairs(by_sha, cand, load, lambda sha: first[sha][1])
+    faceless = _faceless_candidates(images)
+    near += dd.faceless_pairs(faceless, load, lambda sha: first[sha][1])
     table = dd.groups_table(images, near)
     write_parquet(store, DUPLICATES, table)
     groups = pc.count_distinct(table.column("group")).as_py() if table.num_rows else 0
     ident_groups = len(set(table.filter(pc.equal(table.column("kind"), "identical")).column("group").to_pylist()))
     s = DedupSummary(photos=images.num_rows, groups=groups, identical_groups=ident_groups,
-                     near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=len(cand))
-    log.info("dedup: %d groups (%d identical, %d near), %d duplicate photos; %d pairs compared",
-             s.groups, s.identical_groups, s.near_groups, s.duplicates, s.candidates)
+                     near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=len(cand),
+                     faceless_candidates=len(faceless))
+    log.info("dedup: %d groups (%d identical, %d near), %d duplicate photos; %d pairs with faces and %d "
+             "without compared", s.groups, s.identical_groups, s.near_groups, s.duplicates, s.candidates,
+             s.faceless_candidates)
     return s
+
+
+def _faceless_candidates(images: pa.Table) -> list[tuple[str, str]]:
+    """Content pairs with a photo without faces whose perceptual hashes are close (outputs indexed
+    before the phash column have none: their faceless photos are only matched by bytes)."""
+    rows = images.filter(pc.is_valid(images.column("phash")))
+    sha = rows.column("sha256").to_pylist()
+    hashes = rows.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
+    faceless = np.asarray(pc.equal(rows.column("status"), "no_face").to_numpy(zero_copy_only=False), bool)
+    return dd.phash_candidates(sha, hashes, faceless)
 
 
 def _near_candidates(fi: FaceIndex, faces: Faces, k: int = 8) -> list[tuple[str, str]]:
@@ -531,16 +614,32 @@ class ReduceSummary:
 
 @writes_output("reduce")
 def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLUSTER_THRESHOLD,
-           k: int = CLUSTER_K) -> ReduceSummary:
-    """Everything after indexing: index, cluster, label (when labels are stored), dedup."""
+           k: int = CLUSTER_K, min_quality: float = MIN_QUALITY, corrections: str | Path | None = None,
+           progress: bool = False) -> ReduceSummary:
+    """Everything after indexing: index, cluster, label (when labels are stored), dedup.
+    Clustering and labelling see only faces at or above `min_quality`.
+
+    `corrections` (a file from the report page) is first added to the ones stored in OUT; all
+    stored corrections apply to the clustering and the labels. `progress` shows the steps done.
+    """
+    from facejob.progress import Progress
+
     store = _store(out)
     faces = read_faces(store, ALL_COLUMNS)
+    if corrections is not None:
+        corr.add(store, corrections)
+    bar = Progress("reduce", 4, "steps", enabled=progress)
     t0 = time.perf_counter()
     fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
     t_index = time.perf_counter() - t0
-    cs = cluster(store, threshold, k, faces=faces, fi=fi)
-    ls = label(store, faces=faces) if store.exists(LABELS_STORED) else None
+    bar.advance(1, faces=len(faces))
+    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality)
+    bar.advance(1, clusters=cs.clusters)
+    named = store.exists(LABELS_STORED) or bool(corr.resolve(corr.load(store)).names)
+    ls = label(store, faces=faces, min_quality=min_quality) if named else None
+    bar.advance(1)
     ds = dedup(store, faces=faces, fi=fi)
+    bar.advance(1, duplicates=ds.duplicates)
     return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds)
 
 

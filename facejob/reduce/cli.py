@@ -54,9 +54,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from . import api
 
-    s = api.cluster(args.out, threshold=args.threshold, k=args.k)
+    s = api.cluster(args.out, threshold=args.threshold, k=args.k, min_quality=args.min_quality)
     print(f"{s.faces} faces -> {s.clusters} clusters ({s.singletons} single faces, largest {s.largest}); "
           f"{s.merges} merges, {s.splits} splits, {s.gone} gone since the last run; {s.timings['total_s']:.1f} s")
+    print(f"left out: {s.left_out} faces below quality {args.min_quality}")
     print(f"output: {args.out}/clusters.parquet")
     return 0
 
@@ -70,9 +71,11 @@ def cmd_label(args: argparse.Namespace) -> int:
     params = api.saved_label_params(args.out)  # a threshold given once stays, for `reduce` too
     if args.threshold is not None:
         params = replace(params, threshold=args.threshold)
-    s = api.label(args.out, args.labels, params, replace=args.replace)
+    s = api.label(args.out, args.labels, params, replace=args.replace, min_quality=args.min_quality,
+                  corrections=args.corrections)
     print(f"learned {s.people} people from {s.labelled} labelled faces (+{s.background} background faces); "
-          f"named {s.named} of {s.faces} faces, {s.unknown} unknown")
+          f"named {s.named} of {s.faces} faces, {s.unknown} unknown; {s.left_out} below quality "
+          f"{args.min_quality} left out")
     if s.followed:
         print(f"{s.followed} labels followed their face to a moved or re-encoded photo")
     if s.gone:
@@ -98,10 +101,12 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 def cmd_reduce(args: argparse.Namespace) -> int:
     from . import api
 
-    r = api.reduce(args.out, rebuild_index=args.rebuild_index)
+    r = api.reduce(args.out, rebuild_index=args.rebuild_index, min_quality=args.min_quality,
+                   corrections=args.corrections, progress=not args.quiet)
     print(f"index: {r.faces} faces ({r.index_s:.1f} s)")
     c = r.cluster
-    print(f"cluster: {c.clusters} clusters, largest {c.largest}; {c.merges} merges, {c.splits} splits recorded")
+    print(f"cluster: {c.clusters} clusters, largest {c.largest}; {c.merges} merges, {c.splits} splits recorded; "
+          f"{c.left_out} faces below quality {args.min_quality} left out (still searchable)")
     if r.label:
         print(f"label: {r.label.people} people; named {r.label.named} of {r.label.faces} faces")
     else:
@@ -109,6 +114,18 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     d = r.dedup
     print(f"dedup: {d.groups} groups of copies, {d.duplicates} extra copies")
     return 0
+
+
+CORRECTIONS_HELP = ("corrections.json downloaded from the report page: added to OUT/labels/corrections.json, "
+                    "which every later run applies (names, same person, not this person)")
+
+
+def _quality_option(p: argparse.ArgumentParser) -> None:
+    from .params import MIN_QUALITY
+
+    p.add_argument("--min-quality", type=float, default=MIN_QUALITY, metavar="Q",
+                   help="cluster and label only faces of quality >= Q (0..1, from face size and chip "
+                        "sharpness; 0 = all; default: %(default)s)")
 
 
 def add_commands(subparsers) -> None:
@@ -132,6 +149,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--threshold", type=float, default=CLUSTER_THRESHOLD,
                    help="largest RMS face distance inside a cluster (default: %(default)s)")
     p.add_argument("--k", type=int, default=CLUSTER_K, help="neighbours per face in the graph (default: %(default)s)")
+    _quality_option(p)
     p.set_defaults(func=cmd_cluster)
 
     p = subparsers.add_parser("label", help="learn named people from labelled faces; name every face",
@@ -141,9 +159,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("out", metavar="OUT")
     p.add_argument("--labels", metavar="LABELS", help="labels CSV or folder (default: the labels stored in OUT)")
     p.add_argument("--replace", action="store_true", help="forget the labels stored in OUT first")
+    p.add_argument("--corrections", metavar="FILE", help=CORRECTIONS_HELP)
     p.add_argument("--threshold", type=float, default=None,
                    help="lowest probability that names a face, else `unknown`; saved with the models and "
                         f"used by later runs (default: the saved one, else {LabelParams().threshold})")
+    _quality_option(p)
     p.set_defaults(func=cmd_label)
 
     p = subparsers.add_parser("dedup", help="find byte-identical and near-duplicate photos",
@@ -154,6 +174,9 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("reduce", help="index + cluster + label + dedup (after `facejob index`)")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--rebuild-index", action="store_true", help="build the face index from scratch")
+    p.add_argument("--corrections", metavar="FILE", help=CORRECTIONS_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    _quality_option(p)
     p.set_defaults(func=cmd_reduce)
 
 

@@ -15,19 +15,25 @@ moves by 0.10 (median) and up to 0.39 when halved in size, as far as two differe
 of one person, so steps 1-2 only pick candidates and step 3 looks at the photos (decoded at
 reduced size: JPEG draft mode).
 
+Photos without faces have no descriptors: their candidates are pairs whose perceptual hashes
+(`images.phash`, 64-bit DCT pHash of the working copy) differ in at most PHASH_MAX bits, and the
+pixel check (3) then searches the scale + shift itself: a few scales around the size ratio
+(crops up to MAX_CROP per side), the shift at each by FFT cross-correlation of the detail images.
+
 Of each group, the copy with the most pixels (then most bytes, then first path) is kept.
 """
 from __future__ import annotations
 
-import io
 import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
+
+from facejob import decode
+from facejob.phash import hamming
 
 log = logging.getLogger("facejob.reduce")
 
@@ -37,6 +43,13 @@ ARRANGE_TOL = 0.15       # landmark residual after scale + shift, in face-box si
 MIN_CORR = 0.80          # detail agreement over the overlap (LFW: copies >= 0.85, other shots <= 0.77)
 MIN_OVERLAP = 0.6        # overlap must cover this share of the smaller photo ("lightly" cropped)
 WORK_PX = 192            # the pixel check compares photos scaled to about this size
+# Photos without faces. Measured (bench/dedup_phash.py) on no_face/, groups/, 200 labelled and
+# 300 LFW photos: copies re-encoded at q60 differ by <= 4 bits, resized to 70 % / 40 % by <= 8,
+# cropped 3 % per side by median 6, p95 12, max 16; distinct photos by >= 10 (white-background
+# Caltech laptops), 0.1 % of distinct pairs by <= 18. So candidates are pairs within 16 bits, and
+# the pixel check (which rejects the Caltech look-alikes) decides.
+PHASH_MAX = 16
+MAX_CROP = 0.05          # the pixel search for faceless pairs allows this much crop per side
 
 SCHEMA = pa.schema([
     ("group", pa.int64()),            # one id per set of copies
@@ -128,21 +141,13 @@ def arrangement(a: PhotoFaces, b: PhotoFaces, pairs: list[tuple[int, int, float]
 
 
 def load_picture(data: bytes, full_size: tuple[int, int] | None, max_pixels: int) -> Picture:
-    """Grey image, upright per EXIF, decoded at reduced size where the format allows (JPEG draft).
+    """Grey image, upright per EXIF, decoded at reduced size (facejob.decode: JPEG DCT scaling).
 
     `full_size` is the (width, height) the indexer saw; the ratio maps face coordinates to it.
     """
-    from facejob import decode
-
-    decode._register_heif()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(io.BytesIO(data))
-        if im.width * im.height > max_pixels:
-            raise ValueError(f"{im.width}x{im.height} exceeds max_pixels")
-        im.draft("RGB", (2 * WORK_PX, 2 * WORK_PX))
-        im = ImageOps.exif_transpose(im).convert("L")
-    full_w = full_size[0] if full_size and full_size[0] else im.width
+    photo, level = decode.decode_reduced(data, max_pixels, 2 * WORK_PX)
+    im = Image.fromarray(level.pixels).convert("L")
+    full_w = full_size[0] if full_size and full_size[0] else photo.width
     return Picture(im, im.width / full_w)
 
 
@@ -192,6 +197,59 @@ def near_pairs(faces_of: dict[str, PhotoFaces], cand: list[tuple[str, str]], loa
         corr, overlap = pixel_agreement(pic_a, pic_b, *st, size_of(x))
         if corr >= MIN_CORR and overlap >= MIN_OVERLAP:
             out.append((x, y, max(d for _, _, d in pairs), corr))
+    return out
+
+
+def phash_candidates(sha: list[str], hashes: np.ndarray, faceless: np.ndarray, max_bits: int = PHASH_MAX
+                     ) -> list[tuple[str, str]]:
+    """Content pairs (sha_a < sha_b), at least one of them without faces (`faceless` mask), whose
+    hashes differ in at most `max_bits` bits. (A copy may have a false-positive face the other
+    lacks, so a faceless photo is compared with every photo.) Blocks of faceless rows against
+    all rows: popcounts only, seconds for tens of thousands of faceless photos."""
+    out: set[tuple[str, str]] = set()
+    rows = np.flatnonzero(faceless)
+    for lo in range(0, len(rows), 1024):
+        block = rows[lo:lo + 1024]
+        d = hamming(hashes[block, None], hashes[None, :])
+        for i, j in zip(*np.nonzero(d <= max_bits)):
+            a, b = sha[block[i]], sha[j]
+            if a != b:
+                out.add((a, b) if a < b else (b, a))
+    return sorted(out)
+
+
+def search_alignment(a: Picture, b: Picture, size_a: tuple[int, int], size_b: tuple[int, int]
+                     ) -> tuple[float, float]:
+    """Best (detail correlation, overlap) of b placed on a by some scale + shift, for photos
+    without faces to align them by: scales from the size ratio down/up to a MAX_CROP crop per
+    side, the shift at each scale from the peak of the FFT cross-correlation."""
+    f = WORK_PX / max(size_a)
+    ga = _detail(a.grey, f / a.ratio)
+    ratio = size_a[0] / max(size_b[0], 1)
+    best = (0.0, 0.0)
+    for s in ratio * np.geomspace(1 - 2 * MAX_CROP, 1 / (1 - 2 * MAX_CROP), 9):
+        gb = _detail(b.grey, f * s / b.ratio)
+        h, w = ga.shape[0] + gb.shape[0], ga.shape[1] + gb.shape[1]
+        xc = np.fft.irfft2(np.fft.rfft2(ga, (h, w)) * np.conj(np.fft.rfft2(gb, (h, w))), (h, w))
+        oy, ox = np.unravel_index(int(np.argmax(xc)), xc.shape)
+        oy, ox = (oy - h if oy >= ga.shape[0] else oy), (ox - w if ox >= ga.shape[1] else ox)
+        corr, overlap = pixel_agreement(a, b, float(s), np.array([ox / f, oy / f]), size_a)
+        if overlap >= MIN_OVERLAP and corr > best[0]:
+            best = (corr, overlap)
+    return best
+
+
+def faceless_pairs(cand: list[tuple[str, str]], load: Callable[[str], Picture | None],
+                   size_of: Callable[[str], tuple[int, int]]) -> list[tuple[str, str, float, float]]:
+    """Candidate pairs of faceless photos whose pixels agree: (sha_a, sha_b, 0.0, corr)."""
+    out = []
+    for x, y in cand:
+        pic_a, pic_b = load(x), load(y)
+        if pic_a is None or pic_b is None:
+            continue
+        corr, overlap = search_alignment(pic_a, pic_b, size_of(x), size_of(y))
+        if corr >= MIN_CORR and overlap >= MIN_OVERLAP:
+            out.append((x, y, 0.0, corr))
     return out
 
 
@@ -245,8 +303,10 @@ def groups_table(images: pa.Table, near: list[tuple[str, str, float, float]]) ->
                 why = f"identical bytes to {uri[best]}"
             else:
                 d, c = _path_evidence(sha[r], sha[best], link, adj)
-                why = (f"near-duplicate of {uri[best]}: same faces (distance <= {d:.3f}) in the same "
-                       f"arrangement, pixels agree (corr {c:.3f}); {width[r]}x{height[r]} vs {width[best]}x{height[best]}")
+                what = (f"same faces (distance <= {d:.3f}) in the same arrangement" if d > 0
+                        else "no faces, similar perceptual hash")
+                why = (f"near-duplicate of {uri[best]}: {what}, pixels agree (corr {c:.3f}); "
+                       f"{width[r]}x{height[r]} vs {width[best]}x{height[best]}")
             rows.append({"group": gid, "kind": kind, "uri": uri[r], "sha256": sha[r], "width": width[r],
                          "height": height[r], "size": size[r], "keep": r == best, "reason": why,
                          "face_distance": d, "pixel_corr": c})

@@ -23,6 +23,8 @@ from facejob.storage import Store, parquet_file
 from .errors import NotIndexedError, ReduceError
 
 META_COLUMNS = ("face_id", "uri", "face_idx", "left", "top", "right", "bottom")
+# Columns added to faces/ later: parts written before them read as nulls (unknown).
+OPTIONAL_COLUMNS = {"sharpness": pa.float32(), "quality": pa.float32()}
 BATCH_ROWS = 65_536
 
 
@@ -62,10 +64,17 @@ def iter_batches(store: Store, prefix: str, columns: Sequence[str]) -> Iterator[
     """Record batches of `columns` over every part under `prefix`, one part open at a time."""
     for rel in parts(store, prefix):
         f = _open(store, rel)
-        missing = [c for c in columns if c not in f.schema_arrow.names]
+        names = f.schema_arrow.names
+        missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ReduceError(f"{store.root}/{rel} lacks column(s) {missing}; was it written by facejob index?")
-        yield from f.iter_batches(batch_size=BATCH_ROWS, columns=list(columns))
+        present = [c for c in columns if c in names]
+        for b in f.iter_batches(batch_size=BATCH_ROWS, columns=present):
+            if len(present) < len(columns):
+                b = pa.RecordBatch.from_arrays(
+                    [b.column(c) if c in names else pa.nulls(b.num_rows, OPTIONAL_COLUMNS[c]) for c in columns],
+                    names=list(columns))
+            yield b
 
 
 def _row_count(store: Store, rels: list[str]) -> int | None:
@@ -137,9 +146,21 @@ def _drop_repeated(faces: Faces) -> Faces:
     return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx] if len(faces.embeddings) else faces.embeddings)
 
 
-def read_images(store: Store, columns: Sequence[str]) -> pa.Table:
-    """The requested columns of OUT/images/ (one row per input photo)."""
-    batches = list(iter_batches(store, IMAGES_DIR, columns))
-    if not batches:
-        return pa.schema([IMAGES.field(c) for c in columns]).empty_table()
-    return pa.Table.from_batches(batches).combine_chunks()
+def read_images(store: Store, columns: Sequence[str], optional: Sequence[str] = ()) -> pa.Table:
+    """The requested columns of OUT/images/ (one row per input photo). `optional` columns that
+    older outputs lack (e.g. phash) come back as nulls for their parts."""
+    tables = []
+    for rel in parts(store, IMAGES_DIR):
+        f = _open(store, rel)
+        missing = [c for c in columns if c not in f.schema_arrow.names]
+        if missing:
+            raise ReduceError(f"{store.root}/{rel} lacks column(s) {missing}; was it written by facejob index?")
+        have = [c for c in optional if c in f.schema_arrow.names]
+        t = f.read(columns=[*columns, *have])
+        for c in optional:
+            if c not in have:
+                t = t.append_column(IMAGES.field(c), pa.nulls(t.num_rows, IMAGES.field(c).type))
+        tables.append(t)
+    if not tables:
+        return pa.schema([IMAGES.field(c) for c in [*columns, *optional]]).empty_table()
+    return pa.concat_tables(tables).combine_chunks()

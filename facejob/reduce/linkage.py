@@ -48,18 +48,38 @@ class _Clusters:
 
 
 def agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float,
-                max_rounds: int = 100_000) -> tuple[np.ndarray, int]:
+                max_rounds: int = 100_000, must_link: np.ndarray | None = None,
+                cannot_link: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Cluster rows of `x` by average linkage (RMS distance) over the graph edges (eu, ev).
 
     Two clusters merge when they are each other's closest graph neighbour and their RMS
-    distance is <= threshold. Returns (label per row = its cluster's smallest row, rounds).
+    distance is <= threshold. `must_link` ((m, 2) row pairs) are joined before anything else,
+    whatever their distance; two clusters holding a `cannot_link` pair never merge (a
+    cannot-link pair that must-links put together anyway is ignored: the curator's word wins).
+    Returns (label per row = its cluster's smallest row, rounds).
     """
     n = len(x)
     parent = np.arange(n)
-    if n == 0 or len(eu) == 0:
+    if n == 0:
         return parent, 0
     cl = _Clusters(x)
     eu, ev = eu.astype(np.int64), ev.astype(np.int64)
+    if must_link is not None and len(must_link):
+        parent = _components(np.asarray(must_link, np.int64), n)
+        rows = np.flatnonzero(parent != np.arange(n))
+        np.add.at(cl.n, parent[rows], cl.n[rows])
+        np.add.at(cl.s, parent[rows], cl.s[rows])
+        np.add.at(cl.q, parent[rows], cl.q[rows])
+        eu, ev = _unique_pairs(parent[eu], parent[ev], n)
+    cannot = np.empty(0, np.int64)
+    if cannot_link is not None and len(cannot_link):
+        c = np.asarray(cannot_link, np.int64)
+        cannot = _keys(parent[c[:, 0]], parent[c[:, 1]], n)
+        cannot = np.unique(cannot[cannot >= 0])
+        ok = ~np.isin(_keys(eu, ev, n), cannot)
+        eu, ev = eu[ok], ev[ok]
+    if len(eu) == 0:
+        return parent, 0
     el = cl.linkage(eu, ev)
     rounds = 0
     while rounds < max_rounds:
@@ -75,18 +95,46 @@ def agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float,
         changed = np.zeros(n, bool)
         changed[mu] = changed[mv] = True
         touched = changed[eu] | changed[ev]
-        tu, tv = eu[touched], ev[touched]
         # v was folded into u this round: one step up the parent array finds the new root.
-        tu, tv = parent[tu], parent[tv]
-        a, b = np.minimum(tu, tv), np.maximum(tu, tv)
-        keep = a != b
-        key = np.unique(a[keep] * n + b[keep])
-        nu, nv = key // n, key % n
+        nu, nv = _unique_pairs(parent[eu[touched]], parent[ev[touched]], n)
+        if len(cannot):
+            # Constraints follow their clusters; an edge between constrained clusters is dropped for good.
+            cannot = np.unique(_keys(parent[cannot // n], parent[cannot % n], n))
+            ok = ~np.isin(nu * n + nv, cannot)
+            nu, nv = nu[ok], nv[ok]
         rest = ~touched
         eu = np.concatenate([eu[rest], nu])
         ev = np.concatenate([ev[rest], nv])
         el = np.concatenate([el[rest], cl.linkage(nu, nv)])
     return _roots(parent), rounds
+
+
+def _keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """One int64 per unordered pair (min * n + max); a pair of equal rows gets -1 (never an edge)."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    return np.where(lo != hi, lo * n + hi, -1)
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct unordered pairs (min, max) of (a, b), self-pairs dropped."""
+    key = np.unique(_keys(a, b, n))
+    key = key[key >= 0]
+    return key // n, key % n
+
+
+def _components(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Per row, the smallest row it is linked to through `pairs` (connected components)."""
+    label = np.arange(n)
+    a, b = pairs[:, 0], pairs[:, 1]
+    while True:
+        m = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, a, m)
+        np.minimum.at(new, b, m)
+        new = _roots(new)
+        if np.array_equal(new, label):
+            return label
+        label = new
 
 
 def _reciprocal_best(u: np.ndarray, v: np.ndarray, link: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

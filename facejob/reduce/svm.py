@@ -104,6 +104,8 @@ def cluster_positives(clusters: np.ndarray | None, labelled_rows: np.ndarray, na
     member = np.isin(clusters, ids)
     member[labelled_rows[known]] = False
     rows = np.flatnonzero(member)
+    if len(rows) == 0:     # every member of those clusters is labelled already
+        return np.empty(0, np.int64), []
     who = np.array([owner_of[int(c)] for c in clusters[rows]], object)
     rng = np.random.default_rng(params.seed)
     keep = []
@@ -115,14 +117,21 @@ def cluster_positives(clusters: np.ndarray | None, labelled_rows: np.ndarray, na
 
 
 def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarray, names: list[str],
-                clusters: np.ndarray | None, params: LabelParams = LabelParams()) -> tuple[Model, dict]:
+                clusters: np.ndarray | None, params: LabelParams = LabelParams(),
+                negatives: np.ndarray | None = None) -> tuple[Model, dict]:
     """Train on an archive: labelled faces (rows of x, or -1 with their embedding given), their
-    cluster-mates as extra positives, and a background pool of the rest."""
+    cluster-mates as extra positives, and a background pool of the rest. `negatives` (rows the
+    curator took out of a person's group) are never extra positives and always in the pool."""
+    neg = np.asarray(negatives if negatives is not None else [], np.int64)
     extra, extra_names = cluster_positives(clusters, labelled_rows, names, params)
+    if len(neg) and len(extra):
+        ok = ~np.isin(extra, neg)
+        extra, extra_names = extra[ok], [n for n, k in zip(extra_names, ok) if k]
     pool = background_pool(x, np.concatenate([labelled_rows, extra]), labelled_emb, clusters, params)
+    pool = np.union1d(pool, neg)
     xp = np.concatenate([labelled_emb, x[extra]]) if len(extra) else labelled_emb
     model = train(xp, list(names) + extra_names, x[pool], params)
-    model.info.update({"extra_positives": len(extra)})
+    model.info.update({"extra_positives": len(extra), "curator_negatives": len(neg)})
     return model, {"pool": pool, "extra": extra}
 
 

@@ -1,0 +1,97 @@
+"""Progress of a long command: a bar with rate and ETA on a terminal, plain periodic lines otherwise.
+
+    bar = Progress("report", total=len(photos), unit="photos")
+    for ... : bar.advance(1, faces=n)      # extra counters are summed and shown
+                                           # (those named in `rates` as a rate: "MP/s")
+    bar.close()
+
+On a terminal the line is rewritten in place at most 10 times a second; in a log (not a
+terminal) one line is written every `interval` seconds and one at the end, so nightly logs
+stay short.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+BAR_WIDTH = 24
+TTY_REFRESH_S = 0.1
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    h, m = divmod(s, 3600)
+    m, s = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """Counts work done towards `total` and shows it (see the module docstring)."""
+
+    def __init__(self, label: str, total: int, unit: str = "items", stream: TextIO | None = None,
+                 enabled: bool = True, interval: float = 10.0, rates: tuple[str, ...] = ()):
+        self.label, self.total, self.unit = label, max(int(total), 0), unit
+        self.done = 0
+        self.extra: dict[str, float] = {}
+        self.rates = rates
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = interval
+        self.t0 = time.perf_counter()
+        self._last = self.t0
+        self._closed = False
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.perf_counter() - self.t0, 1e-9)
+
+    def line(self) -> str:
+        """The status text: label, bar (terminal), counts, extra counters, rate, ETA."""
+        elapsed = time.perf_counter() - self.t0
+        rate = self.done / max(elapsed, 1e-9)
+        parts = [self.label]
+        if self.tty and self.total:
+            fill = int(BAR_WIDTH * min(self.done / self.total, 1.0))
+            parts.append("[" + "#" * fill + "-" * (BAR_WIDTH - fill) + "]")
+        parts.append(f"{self.done}/{self.total} {self.unit}" if self.total else f"{self.done} {self.unit}")
+        parts += [f"{k} {v:g}" for k, v in self.extra.items() if k not in self.rates]
+        parts.append(f"{rate:.1f} {self.unit}/s")
+        parts += [f"{self.extra.get(k, 0) / max(elapsed, 1e-9):.1f} {k}/s" for k in self.rates]
+        if self.done >= self.total:
+            parts.append(f"in {_duration(elapsed)}")
+        elif self.done and rate > 0:
+            parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
+        return "  ".join(parts)
+
+    def advance(self, n: int = 1, **extra: float) -> None:
+        """Add `n` units of work done, and to the named extra counters."""
+        self.done += n
+        for k, v in extra.items():
+            self.extra[k] = self.extra.get(k, 0) + v
+        if not self.enabled or self._closed:
+            return
+        now = time.perf_counter()
+        finished = self.total and self.done >= self.total
+        if self.tty:
+            if now - self._last >= TTY_REFRESH_S or finished:
+                self._last = now
+                self.stream.write("\r\033[K" + self.line())
+                self.stream.flush()
+        elif now - self._last >= self.interval and not finished:
+            self._last = now
+            self.stream.write(self.line() + "\n")
+            self.stream.flush()
+        if finished:
+            self.close()
+
+    def close(self) -> None:
+        """Write the final line (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.enabled:
+            return
+        self.stream.write(("\r\033[K" if self.tty else "") + self.line() + "\n")
+        self.stream.flush()

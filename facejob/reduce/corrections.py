@@ -1,0 +1,197 @@
+"""The curator's corrections from the report page, kept in OUT and applied on every run.
+
+A corrections file (what the page downloads, `corrections.json`) is a list of entries, oldest first:
+
+    {"facejob": "corrections", "version": 1, "corrections": [
+      {"kind": "name", "name": "Amy", "cluster_id": 3, "face_ids": ["…", …]},
+      {"kind": "not_person", "face_id": "…", "cluster_id": 3, "others": ["…", …], "name": "Amy"},
+      {"kind": "same_person", "cluster_ids": [3, 7], "face_ids": [["…", …], ["…", …]]}]}
+
+Entries name faces by `face_id` (the members a cluster had on the page), never by cluster id
+alone: cluster ids are only kept for the log, so a correction still means the same faces after
+later runs re-cluster. `facejob reduce/label --corrections FILE` appends the file's new entries
+to OUT/labels/corrections.json; every later run reads that file and turns it into:
+
+- names → labels for the SVMs (a later name for a face replaces an earlier one);
+- "same person" → must-link pairs for clustering (the two groups always end in one cluster);
+- "not this person" → cannot-link pairs between the face and the group it was shown in, the
+  face as a negative for that group's name, and never that name in predictions.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from facejob.layout import CORRECTIONS
+from facejob.storage import Store
+
+from .errors import LabelsError
+
+log = logging.getLogger("facejob.reduce")
+
+STORED = CORRECTIONS
+FORMAT, VERSION = "corrections", 1
+KINDS = ("name", "not_person", "same_person")
+SOURCE = "corrections"          # the labels' `source` for names that came from corrections
+
+
+class CorrectionsError(LabelsError):
+    """A corrections file that cannot be read; nothing is merged."""
+
+
+def _ids(v) -> bool:
+    return isinstance(v, list) and all(isinstance(i, str) and i for i in v)
+
+
+def _check(e, i: int) -> str | None:
+    """A problem with entry i, or None."""
+    if not isinstance(e, dict):
+        return f"entry {i}: not an object"
+    kind = e.get("kind")
+    if kind == "name":
+        if not isinstance(e.get("name"), str) or not e["name"].strip():
+            return f"entry {i}: name is empty"
+        if not _ids(e.get("face_ids")) or not e["face_ids"]:
+            return f"entry {i}: name needs a non-empty face_ids list"
+    elif kind == "not_person":
+        if not isinstance(e.get("face_id"), str) or not e["face_id"]:
+            return f"entry {i}: not_person needs a face_id"
+        if not _ids(e.get("others")):
+            return f"entry {i}: not_person needs an `others` list of face ids"
+    elif kind == "same_person":
+        groups = e.get("face_ids")
+        if not (isinstance(groups, list) and len(groups) >= 2 and all(_ids(g) and g for g in groups)):
+            return f"entry {i}: same_person needs face_ids: two or more non-empty lists"
+    else:
+        return f"entry {i}: unknown kind {kind!r} (expected one of {', '.join(KINDS)})"
+    return None
+
+
+def parse(data: bytes | str, source: str = "corrections.json") -> list[dict]:
+    """The entries of a corrections file, validated (every problem reported at once)."""
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise CorrectionsError(f"{source}: not JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("facejob") != FORMAT or not isinstance(doc.get("corrections"), list):
+        raise CorrectionsError(f'{source}: not a facejob corrections file (expected {{"facejob": "{FORMAT}", '
+                               f'"version": {VERSION}, "corrections": [...]}})')
+    if doc.get("version") != VERSION:
+        raise CorrectionsError(f"{source}: unsupported version {doc.get('version')!r} (this facejob reads {VERSION})")
+    entries = doc["corrections"]
+    problems = [p for i, e in enumerate(entries) if (p := _check(e, i)) is not None]
+    if problems:
+        raise CorrectionsError(f"{source}: {len(problems)} problem(s): " + "; ".join(problems[:20]))
+    if entries:
+        # Names are stripped once here, so "Amy " and "Amy" are one person.
+        entries = [{**e, "name": e["name"].strip()} if isinstance(e.get("name"), str) else e for e in entries]
+    return entries
+
+
+def dump(entries: list[dict]) -> bytes:
+    return json.dumps({"facejob": FORMAT, "version": VERSION, "corrections": entries}, indent=1,
+                      ensure_ascii=False).encode()
+
+
+def load(store: Store) -> list[dict]:
+    """The corrections stored in OUT (empty when there are none)."""
+    return parse(store.read_bytes(STORED), f"{store.root}/{STORED}") if store.exists(STORED) else []
+
+
+def _key(e: dict) -> str:
+    return json.dumps({k: v for k, v in e.items() if k != "at"}, sort_keys=True)
+
+
+def add(store: Store, path: str | Path) -> int:
+    """Append the new entries of the corrections file `path` to OUT's; returns how many were new.
+
+    Entries already stored (the page downloads everything it holds each time) are skipped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CorrectionsError(f"corrections file not found: {path}")
+    new = parse(p.read_bytes(), p.name)
+    old = load(store)
+    seen = {_key(e) for e in old}
+    added = []
+    for e in new:
+        k = _key(e)
+        if k not in seen:
+            seen.add(k)
+            added.append({**e, "at": e.get("at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    if added:
+        store.write_bytes(STORED, dump(old + added))
+    log.info("corrections: %d new of %d in %s; %d stored in %s/%s", len(added), len(new), p.name,
+             len(old) + len(added), store.root, STORED)
+    return len(added)
+
+
+@dataclass
+class Applied:
+    """Corrections resolved against the current faces (rows of a Faces table)."""
+
+    names: dict[str, str] = field(default_factory=dict)          # face_id -> name
+    not_names: dict[str, set[str]] = field(default_factory=dict)  # face_id -> names it must not get
+    must: list[tuple[str, str]] = field(default_factory=list)    # face_id pairs
+    cannot: list[tuple[str, str]] = field(default_factory=list)
+    not_faces: set[str] = field(default_factory=set)             # faces marked "not this person"
+
+
+def resolve(entries: list[dict]) -> Applied:
+    """What the entries mean now, applied in order (a later entry wins over an earlier one)."""
+    a = Applied()
+    for e in entries:
+        kind = e["kind"]
+        if kind == "name":
+            for f in e["face_ids"]:
+                if e["name"] in a.not_names.get(f, ()):
+                    continue   # marked "not this person" for this name earlier
+                a.names[f] = e["name"]
+        elif kind == "not_person":
+            f = e["face_id"]
+            a.not_faces.add(f)
+            group = [o for o in e["others"] if o != f]
+            a.cannot += [(f, o) for o in group]
+            shown = {e["name"]} if e.get("name") else set()
+            shown |= {a.names[o] for o in group if o in a.names}
+            a.not_names.setdefault(f, set()).update(shown)
+            if a.names.get(f) in shown:
+                del a.names[f]
+        else:
+            faces = [f for g in e["face_ids"] for f in g]
+            a.must += [(faces[0], f) for f in faces[1:] if f != faces[0]]
+    # A face taken out of a group is not pulled back into it by a "same person" of that group.
+    a.must = [(x, y) for x, y in a.must if x not in a.not_faces and y not in a.not_faces]
+    return a
+
+
+def rows_of(face_ids: pa.Array, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """face_id pairs → (m, 2) row pairs; pairs with a face no longer in the archive are dropped."""
+    if not pairs:
+        return np.empty((0, 2), np.int64)
+    flat = pa.array([f for p in pairs for f in p], pa.string())
+    r = pc.index_in(flat, face_ids).fill_null(-1).to_numpy().astype(np.int64).reshape(-1, 2)
+    return r[(r >= 0).all(1)]
+
+
+def photo_pairs(uris: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """(m, 2) row pairs of faces found in the same photo: they are never one person."""
+    if isinstance(uris, pa.ChunkedArray):
+        uris = uris.combine_chunks()
+    codes = uris.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    sizes = np.diff(np.r_[starts, len(order)])
+    pairs = []
+    for lo, k in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist()):
+        g = order[lo:lo + k]
+        i, j = np.triu_indices(k, 1)
+        pairs.append(np.stack([g[i], g[j]], 1))
+    return np.concatenate(pairs) if pairs else np.empty((0, 2), np.int64)

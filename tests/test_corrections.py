@@ -1,0 +1,111 @@
+"""Corrections file format, constraints in the clustering, and the report's data escaping."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from facejob.reduce import corrections as corr
+from facejob.reduce.graph import canonical_edges
+from facejob.reduce.linkage import agglomerate
+from facejob.storage import LocalStore
+
+
+def _doc(*entries) -> str:
+    return json.dumps({"facejob": "corrections", "version": 1, "corrections": list(entries)})
+
+
+def test_parse_reports_every_problem_at_once():
+    with pytest.raises(corr.CorrectionsError, match="not a facejob corrections file"):
+        corr.parse('{"corrections": []}')
+    with pytest.raises(corr.CorrectionsError, match="not JSON"):
+        corr.parse("name,face_id\n")
+    with pytest.raises(corr.CorrectionsError, match="3 problem") as e:
+        corr.parse(_doc({"kind": "name", "name": " ", "face_ids": ["a"]},
+                        {"kind": "not_person", "face_id": "a"},
+                        {"kind": "merge", "face_ids": []}))
+    assert "entry 0: name is empty" in str(e.value) and "unknown kind 'merge'" in str(e.value)
+    assert corr.parse(_doc({"kind": "name", "name": " Amy ", "face_ids": ["a", "b"]}))[0]["name"] == "Amy"
+
+
+def test_resolve_applies_entries_in_order():
+    a = corr.resolve(corr.parse(_doc(
+        {"kind": "name", "name": "Amy", "cluster_id": 1, "face_ids": ["a", "b", "c"]},
+        {"kind": "not_person", "face_id": "c", "cluster_id": 1, "others": ["a", "b"], "name": "Amy"},
+        {"kind": "name", "name": "Amy", "cluster_id": 1, "face_ids": ["a", "b", "c"]},   # c stays out
+        {"kind": "same_person", "cluster_ids": [1, 2], "face_ids": [["a", "b", "c"], ["d"]]},
+        {"kind": "name", "name": "Raj", "cluster_id": 3, "face_ids": ["e"]},
+        {"kind": "name", "name": "Rajesh", "cluster_id": 3, "face_ids": ["e"]})))
+    assert a.names == {"a": "Amy", "b": "Amy", "e": "Rajesh"}
+    assert a.not_names == {"c": {"Amy"}} and a.not_faces == {"c"}
+    assert sorted(a.cannot) == [("c", "a"), ("c", "b")]
+    assert sorted(a.must) == [("a", "b"), ("a", "d")]    # c was taken out of that group
+
+
+def test_add_keeps_new_entries_once(tmp_path):
+    store = LocalStore(tmp_path / "out")
+    f = tmp_path / "corrections.json"
+    e1 = {"kind": "name", "name": "Amy", "cluster_id": 1, "face_ids": ["a", "b"], "at": "2026-01-01T00:00:00Z"}
+    f.write_text(_doc(e1))
+    assert corr.add(store, f) == 1
+    e2 = {"kind": "not_person", "face_id": "b", "cluster_id": 1, "others": ["a"]}
+    f.write_text(_doc({**e1, "at": "2026-02-02T00:00:00Z"}, e2))    # the page downloads everything again
+    assert corr.add(store, f) == 1
+    assert [e["kind"] for e in corr.load(store)] == ["name", "not_person"]
+    with pytest.raises(corr.CorrectionsError, match="not found"):
+        corr.add(store, tmp_path / "missing.json")
+    f.write_text("{broken")
+    with pytest.raises(corr.CorrectionsError):
+        corr.add(store, f)
+    assert len(corr.load(store)) == 2      # a bad file changes nothing
+
+
+def _blobs():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.05, (6, 8)), rng.normal(1, 0.05, (6, 8))]).astype(np.float32)
+    i, j = np.triu_indices(len(x), 1)
+    eu, ev, _ = canonical_edges(i, j, np.zeros(len(i), np.float32), len(x))
+    return x, eu, ev
+
+
+def test_cannot_link_keeps_faces_apart_and_must_link_joins():
+    x, eu, ev = _blobs()
+    free, _ = agglomerate(x, eu, ev, 0.5)
+    assert len(set(free[:6])) == 1 and len(set(free[6:])) == 1 and free[0] != free[6]
+    # Face 0 and face 1 are "one photo": never together; the rest of the blob still joins up.
+    apart, _ = agglomerate(x, eu, ev, 0.5, cannot_link=np.array([[0, 1]]))
+    assert apart[0] != apart[1] and len(set(apart[2:6]) | {apart[0], apart[1]}) == 2
+    # Must-link joins the two blobs' faces 0 and 7 whatever the distance; cannot-link between
+    # them is overruled (the curator's "same person" wins).
+    joined, _ = agglomerate(x, eu, ev, 0.5, must_link=np.array([[0, 7]]), cannot_link=np.array([[0, 7]]))
+    assert joined[0] == joined[7]
+    # Without graph edges must-links still apply.
+    alone, _ = agglomerate(x, eu[:0], ev[:0], 0.5, must_link=np.array([[2, 3], [3, 9]]))
+    assert alone[2] == alone[3] == alone[9] and len(set(alone)) == len(x) - 2
+
+
+def test_photo_pairs_are_all_pairs_within_a_photo():
+    import pyarrow as pa
+
+    pairs = corr.photo_pairs(pa.array(["a", "b", "a", "c", "a", "b"]))
+    assert sorted(map(tuple, pairs.tolist())) == [(0, 2), (0, 4), (1, 5), (2, 4)]
+    assert corr.photo_pairs(pa.array(["a", "b"])).shape == (0, 2)
+
+
+def test_js_payload_escapes_script_end_and_comments():
+    from facejob.report.builder import js_payload
+
+    obj = {"uri": "</script><!--<img src=x onerror=alert(1)>&\u2028", "n": [1, 2.5, None]}
+    text = js_payload("k", obj).decode()
+    for bad in ("</script", "<!--", "<img", "\u2028"):
+        assert bad not in text
+    assert text.startswith('FJ.put("k",') and text.endswith(");\n")
+    assert json.loads(text[len('FJ.put("k",'):-3]) == obj
+
+
+def test_a_fully_named_cluster_lends_no_extra_positives():
+    from facejob.reduce.svm import LabelParams, cluster_positives
+
+    rows, names = cluster_positives(np.array([0, 0, 1]), np.array([0, 1]), ["Amy", "Amy"], LabelParams())
+    assert len(rows) == 0 and names == []
