@@ -114,9 +114,25 @@ class DamagedPart(ValueError):
 def parse_parquet(rel: str, data: bytes, columns: list[str] | None = None) -> pa.Table:
     """`data` as a table; DamagedPart (never a storage error) when the bytes are not whole Parquet."""
     try:
-        return pq.read_table(io.BytesIO(data), columns=columns)
+        return parquet_file(data).read(columns=columns)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError or others for broken files
         raise DamagedPart(f"{rel}: {e}") from e
+
+
+def parquet_file(data: bytes) -> pq.ParquetFile:
+    """A Parquet file held in memory, read only by the calling thread's synchronous reader.
+
+    Not `pq.read_table(io.BytesIO(data))`: that goes through Arrow's dataset scanner, which
+    finishes its clean-up on Arrow's thread pool after returning (apache/arrow#33975, #34314).
+    When that clean-up drops the last reference to a buffer owned by Python (what a Python
+    file object or `bytes` hands Arrow) while the interpreter is exiting, the pool thread
+    dies taking the GIL and the process aborts ("terminate called without an active
+    exception", exit 134) after the command has printed its result. So: the synchronous
+    ParquetFile reader, over a copy of the bytes in Arrow's own memory.
+    """
+    copy = pa.BufferOutputStream()
+    copy.write(data)
+    return pq.ParquetFile(pa.BufferReader(copy.getvalue()))
 
 
 def check_parquet(store: Store, rel: str) -> None:

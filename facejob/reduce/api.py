@@ -4,7 +4,6 @@ label, dedup, search. Each reads what it needs from OUT and writes its result ba
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import time
@@ -15,7 +14,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from facejob.config import ModelConfig
 from facejob.layout import (
@@ -598,8 +596,8 @@ def _matches(store: Store, fi: FaceIndex, labels: np.ndarray, dist: np.ndarray) 
 def _lookup(store: Store, rel: str, face_ids: list[str], columns: list[str]) -> dict[str, dict]:
     if not store.exists(rel) or not face_ids:
         return {}
-    t = pq.read_table(io.BytesIO(store.read_bytes(rel)), columns=["face_id", *columns],
-                      filters=[("face_id", "in", face_ids)])
+    t = read_parquet(store, rel, ["face_id", *columns])
+    t = t.filter(pc.is_in(t.column("face_id"), pa.array(face_ids, pa.string())))
     return {r["face_id"]: r for r in t.to_pylist()}
 
 

@@ -7,7 +7,6 @@ stores are fetched one at a time.
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 
 from facejob.layout import FACES_DIR, IMAGES_DIR, shard_of
 from facejob.schema import EMBEDDING_DIM, FACES, IMAGES
-from facejob.storage import Store
+from facejob.storage import Store, parquet_file
 
 from .errors import NotIndexedError, ReduceError
 
@@ -58,7 +57,7 @@ def _open(store: Store, rel: str) -> pq.ParquetFile:
     local = getattr(store, "path", None)
     if isinstance(local, Path):
         return pq.ParquetFile(local / rel)
-    return pq.ParquetFile(io.BytesIO(store.read_bytes(rel)))
+    return parquet_file(store.read_bytes(rel))
 
 
 def iter_batches(store: Store, prefix: str, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
