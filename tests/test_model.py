@@ -123,7 +123,9 @@ def test_a_shard_moves_off_a_worker_that_never_starts(ray_local, data_dir, tmp_p
     s = facejob.index([str(src)], str(tmp_path / "out"), IndexConfig(run=RunConfig(workers=3, shard_size=2)),
                       progress=False)
     assert s.ok and s.counts["shards"] == 3 and s.counts["processed"] == 5
-    assert len(s.report["workers"]) == 2 and sum(w["shards"] for w in s.report["workers"]) == 3
+    # The third worker never ran; which of the other two took the moved shard (or whether one
+    # took all three while the other was still loading) depends on timing.
+    assert 1 <= len(s.report["workers"]) <= 2 and sum(w["shards"] for w in s.report["workers"]) == 3
 
 
 # -------------------------------------------------------------------- outputs of earlier versions
