@@ -34,6 +34,16 @@ def data_dir() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for one test module (test_guards has its own, with S3 settings for workers)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _facejob_logging():
     """`facejob.cli.main` points the facejob logger at the sys.stderr of the moment (a test's

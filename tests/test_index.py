@@ -17,15 +17,6 @@ from tests.photos import EXPECTED, NON_IMAGES, make_awkward_folder
 FACEJOB = [sys.executable, "-m", "facejob.cli"]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def table(out: Path, name: str) -> list[dict]:
     return ds.dataset(out / name, format="parquet").to_table().to_pylist()
 

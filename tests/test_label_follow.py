@@ -22,15 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 PEOPLE = ("John_Salley", "John_Shimkus")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def faces_by_file(out: Path) -> dict[str, list[dict]]:
     by: dict[str, list[dict]] = {}
     for r in pq.read_table(out / "faces", columns=["face_id", "uri", "face_idx"]).to_pylist():

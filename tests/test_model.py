@@ -22,15 +22,6 @@ from facejob.storage import LocalStore
 FACEJOB = [sys.executable, "-m", "facejob.cli"]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def rows(out: Path, name: str) -> list[dict]:
     return ds.dataset(out / name, format="parquet").to_table().to_pylist()
 

@@ -45,15 +45,6 @@ def test_uri_encoding_is_lossless_and_plain_for_ordinary_names():
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def odd_folder(data_dir, tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("odd")
     (src / "sub").mkdir()
