@@ -25,7 +25,7 @@ from facejob.storage import LocalStore, read_parquet
 from tests.s3_server import assert_same_results, cmdline, descendants, lfw_photos
 
 REPO = Path(__file__).resolve().parents[1]
-N_PHOTOS = 12
+N_PHOTOS = 40  # enough that a quiet machine cannot finish a run before the kill test's random moment
 CONFIG = IndexConfig(run=RunConfig(workers=2, shard_size=3))
 
 
@@ -51,7 +51,7 @@ def photos(data_dir) -> Path:
 def reference(ray_address, photos, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "out"
     summary = facejob.index([str(photos)], str(out), CONFIG, progress=False)
-    assert summary.ok and summary.counts["processed"] == N_PHOTOS and summary.counts["shards"] == 4
+    assert summary.ok and summary.counts["processed"] == N_PHOTOS and summary.counts["shards"] == -(-N_PHOTOS // 3)
     return out
 
 
@@ -139,7 +139,7 @@ def test_full_disk_fails_the_run_and_leaves_nothing_untrustworthy(ray_address, p
 
 
 def _running_shards() -> list[int]:
-    return [pid for pid in descendants(os.getpid()) if cmdline(pid).startswith("ray::run_shard")]
+    return [pid for pid in descendants(os.getpid()) if cmdline(pid).startswith("ray::ShardWorker")]
 
 
 def test_driver_killed_three_times_then_finished(ray_address, photos, reference, tmp_path):
@@ -151,8 +151,8 @@ def test_driver_killed_three_times_then_finished(ray_address, photos, reference,
     moments = []
     for _ in range(3):
         # A random moment: after 0-2 more committed shards (0: while connecting or listing),
-        # plus up to half a second.
-        target, extra = len(parts(out, "images")) + rng.randint(0, 2), rng.uniform(0, 0.5)
+        # plus up to a fifth of a second.
+        target, extra = len(parts(out, "images")) + rng.randint(0, 2), rng.uniform(0, 0.2)
         driver = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
         try:
