@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from typing import Any
 
 DETECTORS = {
@@ -30,6 +31,9 @@ EMBEDDERS = {
 def build(registry: dict[str, str], name: str, config: Any) -> Any:
     """Import the backend `name` of `registry` and construct it from `config`'s fields."""
     module, attr = registry[name].split(":")
+    # OpenMP reads its wait policy when torch loads: passive, so a torch thread does not spin
+    # while dlib or another worker has the core (see pipeline.setup_process); a setting given wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cls = getattr(importlib.import_module(module), attr)
     wanted = inspect.signature(cls).parameters
     return cls(**{k: getattr(config, k) for k in wanted if hasattr(config, k)})

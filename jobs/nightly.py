@@ -54,6 +54,7 @@ class NightlyConfig:
     cluster_k: int | None = None
     rebuild_index: bool = False
     log_format: str = "text"
+    model_given: frozenset[str] = frozenset()  # ModelConfig fields `index:` names; the rest: OUT's own
 
     def to_dict(self) -> dict[str, Any]:
         return {"sources": self.sources, "output": self.output, "endpoint_url": self.endpoint_url,
@@ -112,7 +113,8 @@ def parse_config(doc: Any, env: dict[str, str] | None = None) -> NightlyConfig:
     if not isinstance(output, str) or not output:
         raise ConfigError("output must be a folder or an s3://bucket/prefix")
     try:  # the `facejob index` settings: ModelConfig and RunConfig fields, flat
-        index = IndexConfig(*split_flat(_only(top.get("index"), "index", INDEX_KEYS)))
+        index_doc = _only(top.get("index"), "index", INDEX_KEYS)
+        index = IndexConfig(*split_flat(index_doc))
     except (ConfigError, TypeError) as e:  # e.g. index: [..] instead of a mapping
         raise ConfigError(f"index: {e}") from e
     red = _only(top.get("reduce"), "reduce", {"enabled", "labels", "corrections", "cluster_threshold", "cluster_k",
@@ -132,7 +134,8 @@ def parse_config(doc: Any, env: dict[str, str] | None = None) -> NightlyConfig:
                          endpoint_url=top.get("endpoint_url") or None, reduce=enabled,
                          labels=red.get("labels") or None, corrections=red.get("corrections") or None,
                          cluster_threshold=threshold, cluster_k=k,
-                         rebuild_index=rebuild, log_format=log_format)
+                         rebuild_index=rebuild, log_format=log_format,
+                         model_given=frozenset(index_doc) & {f.name for f in fields(ModelConfig)})
 
 
 def load_config(path: str | Path) -> NightlyConfig:
@@ -150,6 +153,19 @@ def _ray_address(cfg: IndexConfig) -> IndexConfig:
     return cfg
 
 
+def _with_saved_model(cfg: NightlyConfig) -> IndexConfig:
+    """Model settings the config does not name are the output's own (as for `facejob index`), so
+    an output indexed before a default changed keeps its detector."""
+    from facejob.runner import saved_model
+    from facejob.storage import open_store
+
+    saved = saved_model(open_store(cfg.output))
+    if saved is None:
+        return cfg.index
+    given = {k: getattr(cfg.index.model, k) for k in cfg.model_given}
+    return replace(cfg.index, model=replace(saved, **given))
+
+
 def run(cfg: NightlyConfig) -> tuple[int, dict[str, Any]]:
     """Index, then reduce, holding the output's writer lock throughout. Returns (exit status,
     summary for the operator)."""
@@ -165,7 +181,7 @@ def _run(cfg: NightlyConfig) -> tuple[int, dict[str, Any]]:
     import facejob
 
     t0 = time.perf_counter()
-    summary = facejob.index(cfg.sources, cfg.output, _ray_address(cfg.index), progress=False)
+    summary = facejob.index(cfg.sources, cfg.output, _ray_address(_with_saved_model(cfg)), progress=False)
     out: dict[str, Any] = {
         "output": summary.out, "counts": summary.counts, "failed_shards": summary.failed_shards,
         "images_per_s": round(summary.report.get("images_per_s", 0.0), 2),

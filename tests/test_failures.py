@@ -7,7 +7,7 @@
 - a photo that kills the worker process whenever it is decoded: only that photo fails;
 - a model no worker can build: the run fails, no photo is marked.
 
-Each result is compared row by row (statuses, boxes, embeddings bit for bit) with an
+Each result is compared row by row (statuses, boxes, embeddings) with an
 uninterrupted run over the same photos.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import facejob
 from facejob.config import IndexConfig, RunConfig
 from facejob.runner import index
 from tests import crash_model
-from tests.crash_model import POISON, BrokenFaceModel, CrashingFaceModel
+from tests.crash_model import POISON, BrokenFaceModel, CrashingFaceModel, SlowFaceModel
 from tests.s3_server import (
     Killer, MotoServer, TcpProxy, assert_same_results, aws_env, cmdline, descendants,
     lfw_photos, make_client, rows_by_name,
@@ -87,7 +87,7 @@ def test_worker_killed_mid_shard_is_retried(env, photos, reference, tmp_path):
     killer = Killer(os.getpid(), "ray::ShardWorker.run_shard", times=1, after=0.3)
     killer.start()
     try:
-        summary = facejob.index([str(photos)], str(out), CONFIG, progress=False)
+        summary = index([str(photos)], str(out), CONFIG, progress=False, model_class=SlowFaceModel)
     finally:
         killer.stop.set()
         killer.join()

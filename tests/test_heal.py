@@ -1,6 +1,6 @@
 """Damaged output heals, a full disk fails cleanly, a driver killed three times loses nothing.
 
-Every result is compared row by row (statuses, boxes, embeddings bit for bit) with an
+Every result is compared row by row (statuses, boxes, embeddings) with an
 undamaged, uninterrupted run over the same photos.
 """
 from __future__ import annotations
@@ -77,12 +77,13 @@ def test_truncated_part_is_quarantined_and_redone(ray_address, photos, reference
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     victim = parts(out, kind)[1]
+    in_shard = read_parquet(LocalStore(out), f"images/{victim.name}").num_rows   # 3, or 1 in the last shard
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])   # a copy cut short, with its normal name
 
     summary = facejob.index([str(photos)], str(out), CONFIG, progress=False)
     assert summary.ok and summary.counts["quarantined_parts"] == 2  # the shard's images and faces parts
-    assert summary.counts["processed"] == 3 and summary.counts["unchanged"] == N_PHOTOS - 3
+    assert summary.counts["processed"] == in_shard and summary.counts["unchanged"] == N_PHOTOS - in_shard
     quarantined = sorted(p.relative_to(out).parts[-2:] for p in (out / "quarantine").rglob("*.parquet"))
     assert quarantined == [("faces", victim.name), ("images", victim.name)]
     assert (out / "quarantine").rglob(f"{kind}/{victim.name}").__next__().read_bytes() == data[: len(data) // 2]

@@ -44,12 +44,15 @@ def cluster(s3_endpoint: MotoServer):
 
 
 def nightly(tmp_path: Path, address: str, endpoint: str, output: str, reduce: bool = True, labels: str | None = None,
-            status: int = 0, **extra) -> dict:
-    """Run jobs/nightly.py on a config like jobs/nightly.yaml; return its summary line."""
+            status: int = 0, unnamed: tuple[str, ...] = (), **extra) -> dict:
+    """Run jobs/nightly.py on a config like jobs/nightly.yaml (without the `index:` keys in
+    `unnamed`); return its summary line."""
     doc = yaml.safe_load((REPO / "jobs" / "nightly.yaml").read_text())
     doc.update(sources=[f"s3://{BUCKET}/photos/"], output=output, endpoint_url=endpoint,
                reduce={"enabled": reduce, "labels": labels}, log_format="json")
     doc["index"].update(detector="hog", embedder="dlib", workers=2, shard_size=3, address=address, **extra)
+    for key in unnamed:
+        del doc["index"][key]
     cfg = tmp_path / f"nightly-{abs(hash(output))}.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     env = child_env(endpoint)
@@ -125,11 +128,15 @@ def test_nightly_over_s3_processes_only_what_changed(cluster, s3_endpoint, data_
     nightly(tmp_path, cluster, s3_endpoint.endpoint, scratch, reduce=False)
     assert_same_results(out, scratch)
 
-    # A night with nothing new, with curator labels from an s3:// CSV: the index part finishes in
-    # seconds; the labels reach the reducer, and a bad one fails the job (exit 1) with its reason.
+    # A night with nothing new, with curator labels from an s3:// CSV, and a config that names no
+    # detector (the default is not this output's HOG): the output's own model is used; the index
+    # part finishes in seconds; the labels reach the reducer, and a bad one fails the job (exit 1).
     some_face = next(iter(faces2.values()))["face_id"]
     client.put_object(Bucket=BUCKET, Key="labels.csv", Body=f"name,face_id\nAlice,{some_face}\n".encode())
-    run3 = nightly(tmp_path, cluster, s3_endpoint.endpoint, out, labels=f"s3://{BUCKET}/labels.csv", status=1)
+    run3 = nightly(tmp_path, cluster, s3_endpoint.endpoint, out, labels=f"s3://{BUCKET}/labels.csv", status=1,
+                   unnamed=("detector", "embedder", "work_size"))
+    model = json.loads(client.get_object(Bucket=BUCKET, Key="out/model.json")["Body"].read())
+    assert model["detector"] == "hog" and model["embedder"] == "dlib"
     assert run3["counts"]["processed"] == 0 and run3["counts"]["unchanged"] == 9
     assert run3["index_s"] < 5, "a night with nothing new must finish in seconds"
     assert "'Alice' has only 1 labelled face" in run3["reduce_error"]
