@@ -3,16 +3,19 @@
     python bench/camera.py --photos /tmp/camphotos  # 10 photos x 2 sizes x JPEG/HEIC, sweep, memory
     python bench/camera.py --sources 3 --sweep 1200,1600 --no-memory
 
-Builds camera originals from ../shared/data: group photos with hand-labelled boxes
+Builds camera originals from ../shared/data: the 9 group photos with hand-labelled boxes
 (groups/dlib_faces) and a portrait, each scaled to fit 4032x3024 and 6000x4000 (padded with
-grey, so the known boxes scale with them) and saved as JPEG (q90) and HEIC (q90), in a temp dir.
+grey, so the known boxes scale with them) and saved as JPEG (q90) and HEIC (q90): 40 photos, in a
+temp dir or --photos (HEIC encoding takes minutes; a kept folder is reused).
 
 Contenders, each over the same photos with 2 worker processes:
 - loop: what a face_recognition user writes: PIL decode of the full photo, dlib HOG with
   upsample 1 on it, 5-point landmarks and one compute_face_descriptor per face.
 - facejob: `facejob.index` with its defaults (working copy of `work_size` px), on a local Ray
   started beforehand; photos/s from run.json's processing time (Ray's start-up excluded, model
-  loading included). The sweep reruns it at other working sizes: recall vs photos/s.
+  loading included); twice (before and after the loop), the median reported. Also with
+  `--embedder dlib` (the same descriptors from dlib's own code), and per format. The sweep reruns
+  it at other working sizes: recall vs photos/s.
 
 Recall: a face counts as found when a box has IoU >= 0.5 with it. "known": the hand-labelled
 boxes of the group photos, and the portrait's face as dlib finds it in the original (small)
