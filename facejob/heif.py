@@ -22,6 +22,7 @@ import numpy as np
 # H.273 matrix_coefficients -> swscale colourspace (2 = unspecified: BT.601, as libheif assumes).
 _MATRIX = {1: "ITU709", 2: "ITU601", 4: "FCC", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020"}
 _HEVC_ALPHA = b"urn:mpeg:hevc:2015:auxid:1\0"
+CODING_BLOCK = 64   # an HEVC picture is coded in whole blocks of up to 64 px
 _EIGHT_BIT = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "gray"}
 
 
@@ -186,11 +187,15 @@ def _colour(item: _Item) -> tuple[str | None, str | None, bytes | None]:
     return matrix, color_range, icc
 
 
-def _decode_tiles(streams: list[bytes], matrix: str | None, color_range: str | None) -> list[np.ndarray]:
+def _decode_tiles(streams: list[bytes], size: tuple[int, int], matrix: str | None,
+                  color_range: str | None) -> list[np.ndarray]:
+    """Decode HEVC pictures of `size` (w, h) each: FFmpeg refuses larger ones (a file whose
+    stream promises more pixels than its header is left to libheif's own limits)."""
     import av
 
     codec = av.CodecContext.create("hevc", "r")
     codec.thread_count = 1   # one core per worker; the prefetch thread overlaps decode and detection
+    codec.options = {"max_pixels": str((size[0] + CODING_BLOCK) * (size[1] + CODING_BLOCK))}
     frames = []
     for stream in streams:
         frames += codec.decode(av.Packet(stream))
@@ -272,29 +277,32 @@ def _decode(data: bytes) -> tuple[np.ndarray, bytes | None]:
         tiles, layout = [items[i] for i in ids], (rows, cols, out_w, out_h)
     else:
         raise Unsupported(f"item type {item.type}")
-    streams = []
+    streams, sizes = [], set()
     for t in tiles:
-        hvcc = _prop(t, "hvcC")
-        if hvcc is None:
-            raise Unsupported("a tile without hvcC")
+        hvcc, ispe = _prop(t, "hvcC"), _prop(t, "ispe")
+        if hvcc is None or ispe is None:
+            raise Unsupported("a picture without hvcC or ispe")
+        sizes.add(struct.unpack_from(">II", ispe, 4))
         streams.append(_annex_b(hvcc, _item_data(data, idat, t)))
-    pictures = _decode_tiles(streams, matrix, color_range)
+    if len(sizes) != 1:
+        raise Unsupported("grid tiles of different sizes")
+    (w, h), = sizes
+    if layout is not None:   # tiles cover the grid, overhanging by less than one tile
+        rows, cols, out_w, out_h = layout
+        if not ((cols - 1) * w < out_w <= cols * w and (rows - 1) * h < out_h <= rows * h):
+            raise Unsupported("grid tiles do not match the grid")
+    pictures = _decode_tiles(streams, (w, h), matrix, color_range)
+    if any(p.shape[0] < h or p.shape[1] < w for p in pictures):
+        raise Unsupported("pictures smaller than their header")
+    pictures = [p[:h, :w] for p in pictures]   # the coded picture may be padded to whole blocks
 
     if layout is None:
         pixels = pictures[0]
-        ispe = _prop(item, "ispe")
-        if ispe is not None:   # the coded picture may be padded to whole coding blocks
-            w, h = struct.unpack_from(">II", ispe, 4)
-            pixels = pixels[:h, :w]
     else:
-        rows, cols, out_w, out_h = layout
-        th, tw = pictures[0].shape[:2]
-        if any(p.shape[:2] != (th, tw) for p in pictures) or rows * th < out_h or cols * tw < out_w:
-            raise Unsupported("grid tiles of different sizes")
-        pixels = np.empty((rows * th, cols * tw, 3), np.uint8)
+        pixels = np.empty((rows * h, cols * w, 3), np.uint8)
         for k, p in enumerate(pictures):
             r, c = divmod(k, cols)
-            pixels[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = p
+            pixels[r * h:(r + 1) * h, c * w:(c + 1) * w] = p
         pixels = pixels[:out_h, :out_w]
 
     for kind, p in item.props:   # transformations, in the order the item lists them

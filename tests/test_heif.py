@@ -4,6 +4,7 @@ pillow-heif unchanged. Files are written at run time by pillow-heif's own encode
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -102,6 +103,11 @@ def test_everything_else_goes_to_libheif(photo):
         assert decode.open_photo(data, 10**8).level(1.0).pixels.shape == (photo.height, photo.width, 3)
     for damaged in (good[:len(good) // 2], good[:200], b"\0\0\0\x08meta" + bytes(40)):
         assert heif.decode(damaged) is None
+    # A header that promises fewer pixels than the stream holds (a decompression bomb's trick):
+    # FFmpeg refuses to decode more than the header's size.
+    small_header = bytearray(good)
+    struct.pack_into(">II", small_header, small_header.find(b"ispe") + 8, 64, 64)
+    assert heif.decode(bytes(small_header)) is None
     with pytest.raises(decode.DecodeError) as e:
         decode.open_photo(good[:len(good) // 2], 10**8).level(0.5)
     assert e.value.reason == decode.CORRUPT
