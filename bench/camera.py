@@ -29,7 +29,6 @@ The machine is shared: absolute speeds are low; the ratio is measured side by si
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing as mp
 import os

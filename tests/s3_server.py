@@ -412,6 +412,15 @@ def kill_pids(pids: list[int], sig: int = 9) -> None:
             pass
 
 
+def wait_for_dead_driver_tasks(root: int, timeout: float = 60.0) -> None:
+    """Ray ends a killed driver's shard workers; wait for that (below `root`), so no stray shard
+    commits under the next run."""
+    deadline = time.monotonic() + timeout
+    while any(cmdline(pid).startswith("ray::ShardWorker") for pid in descendants(root)):
+        assert time.monotonic() < deadline, "the dead driver's tasks kept running"
+        time.sleep(0.1)
+
+
 class Killer(threading.Thread):
     """Kills (SIGKILL) processes below `root` whose title starts with `title` once they have been
     running a task for `after` seconds, `times` times. Ray titles a worker `ray::<function>`

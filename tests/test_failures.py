@@ -29,8 +29,8 @@ from facejob.runner import index
 from tests import crash_model
 from tests.crash_model import POISON, BrokenFaceModel, CrashingFaceModel, SlowFaceModel
 from tests.s3_server import (
-    Killer, MotoServer, TcpProxy, assert_same_results, aws_env, cmdline, descendants,
-    lfw_photos, make_client, rows_by_name,
+    Killer, MotoServer, TcpProxy, assert_same_results, aws_env, lfw_photos, make_client, rows_by_name,
+    wait_for_dead_driver_tasks,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,10 +101,6 @@ def _part_count(out: Path) -> int:
     return len(list((out / "images").glob("part-*.parquet"))) if (out / "images").is_dir() else 0
 
 
-def _running_shards() -> list[int]:
-    return [pid for pid in descendants(os.getpid()) if cmdline(pid).startswith("ray::ShardWorker")]
-
-
 def test_driver_killed_mid_run_then_rerun_finishes_only_missing_shards(env, photos, reference, tmp_path):
     import ray
 
@@ -127,11 +123,7 @@ def test_driver_killed_mid_run_then_rerun_finishes_only_missing_shards(env, phot
             driver.kill()
             driver.wait()
         driver.stderr.close()
-    # Ray kills a dead driver's tasks; wait for that, so no stray shard commits under the rerun.
-    deadline = time.monotonic() + 60
-    while _running_shards():
-        assert time.monotonic() < deadline, "the dead driver's tasks kept running"
-        time.sleep(0.1)
+    wait_for_dead_driver_tasks(os.getpid())
     done = _part_count(out)
     assert 1 <= done < N_PHOTOS // 2, "the driver must die with shards left to do"
     rows_done = len(rows_by_name(out)[0])

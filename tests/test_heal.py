@@ -22,7 +22,7 @@ import facejob
 from facejob import plan as planning
 from facejob.config import IndexConfig, RunConfig
 from facejob.storage import LocalStore, read_parquet
-from tests.s3_server import assert_same_results, cmdline, descendants, lfw_photos
+from tests.s3_server import assert_same_results, lfw_photos, wait_for_dead_driver_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 N_PHOTOS = 40  # enough that a quiet machine cannot finish a run before the kill test's random moment
@@ -139,10 +139,6 @@ def test_full_disk_fails_the_run_and_leaves_nothing_untrustworthy(ray_address, p
     assert_same_results(kept, reference)
 
 
-def _running_shards() -> list[int]:
-    return [pid for pid in descendants(os.getpid()) if cmdline(pid).startswith("ray::ShardWorker")]
-
-
 def test_driver_killed_three_times_then_finished(ray_address, photos, reference, tmp_path):
     seed = int(os.environ.get("FACEJOB_TEST_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
@@ -171,11 +167,7 @@ def test_driver_killed_three_times_then_finished(ray_address, photos, reference,
                 driver.wait()
             driver.stderr.close()
         moments.append((target, round(extra, 2)))
-        # Ray ends a dead driver's tasks; wait for that, so no stray shard commits under the next run.
-        deadline = time.monotonic() + 60
-        while _running_shards():
-            assert time.monotonic() < deadline, "the dead driver's tasks kept running"
-            time.sleep(0.1)
+        wait_for_dead_driver_tasks(os.getpid())
         assert_trustworthy(out)
     done = len(parts(out, "images"))
     assert done < N_PHOTOS, f"seed {seed}: kills at {moments} left nothing to finish"
