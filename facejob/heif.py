@@ -52,7 +52,11 @@ def _boxes(buf: bytes, start: int, end: int):
         start += size
 
 
-def _uint(buf: bytes, pos: int, size: int) -> tuple[int, int]:
+def _uint(buf: bytes, pos: int, size: int, end: int) -> tuple[int, int]:
+    """The big-endian unsigned field of `size` bytes at `pos` (inside a box ending at `end`), and
+    the position after it. Counts in a damaged file cannot make a loop read past its box."""
+    if pos + size > end:
+        raise Unsupported("a field runs past its box")
     return (int.from_bytes(buf[pos:pos + size], "big") if size else 0), pos + size
 
 
@@ -86,20 +90,22 @@ def _parse(data: bytes) -> tuple[int, dict[int, _Item], dict[str, dict[int, list
     version, pos = data[s], s + 4
     offset_size, length_size = data[pos] >> 4, data[pos] & 15
     base_size, index_size = data[pos + 1] >> 4, (data[pos + 1] & 15) if version in (1, 2) else 0
-    count, pos = _uint(data, pos + 2, 2 if version < 2 else 4)
+    count, pos = _uint(data, pos + 2, 2 if version < 2 else 4, e)
     for _ in range(count):
-        item_id, pos = _uint(data, pos, 2 if version < 2 else 4)
+        item_id, pos = _uint(data, pos, 2 if version < 2 else 4, e)
         method = 0
         if version in (1, 2):
-            method, pos = _uint(data, pos, 2)
+            method, pos = _uint(data, pos, 2, e)
             method &= 15
-        _, pos = _uint(data, pos, 2)   # data reference index: 0 = this file
-        base, pos = _uint(data, pos, base_size)
-        n, pos = _uint(data, pos, 2)
+        _, pos = _uint(data, pos, 2, e)   # data reference index: 0 = this file
+        base, pos = _uint(data, pos, base_size, e)
+        n, pos = _uint(data, pos, 2, e)
+        if n > 1 and offset_size + length_size + index_size == 0:
+            raise Unsupported("empty extents")   # fields of no bytes: the loop would not advance
         for _ in range(n):
-            _, pos = _uint(data, pos, index_size)
-            off, pos = _uint(data, pos, offset_size)
-            length, pos = _uint(data, pos, length_size)
+            _, pos = _uint(data, pos, index_size, e)
+            off, pos = _uint(data, pos, offset_size, e)
+            length, pos = _uint(data, pos, length_size, e)
             if item_id in items:
                 items[item_id].extents.append((method, base + off, length))
 
@@ -107,14 +113,14 @@ def _parse(data: bytes) -> tuple[int, dict[int, _Item], dict[str, dict[int, list
     if "ipco" not in iprp or "ipma" not in iprp:
         raise Unsupported("no item properties")
     props = [(k, data[a:b]) for k, a, b in _boxes(data, *iprp["ipco"])]
-    s, _ = iprp["ipma"]
+    s, e = iprp["ipma"]
     version, flags = data[s], int.from_bytes(data[s + 1:s + 4], "big")
-    count, pos = _uint(data, s + 4, 4)
+    count, pos = _uint(data, s + 4, 4, e)
     for _ in range(count):
-        item_id, pos = _uint(data, pos, 2 if version < 1 else 4)
-        n, pos = _uint(data, pos, 1)
+        item_id, pos = _uint(data, pos, 2 if version < 1 else 4, e)
+        n, pos = _uint(data, pos, 1, e)
         for _ in range(n):
-            index, pos = _uint(data, pos, 2 if flags & 1 else 1)
+            index, pos = _uint(data, pos, 2 if flags & 1 else 1, e)
             index &= 0x7FFF if flags & 1 else 0x7F
             if index and item_id in items:
                 if index > len(props):
@@ -126,9 +132,9 @@ def _parse(data: bytes) -> tuple[int, dict[int, _Item], dict[str, dict[int, list
         s, e = meta["iref"]
         id_size = 2 if data[s] == 0 else 4
         for kind, bs, be in _boxes(data, s + 4, e):
-            src, pos = _uint(data, bs, id_size)
-            n, pos = _uint(data, pos, 2)
-            refs.setdefault(kind, {})[src] = [_uint(data, pos + i * id_size, id_size)[0] for i in range(n)]
+            src, pos = _uint(data, bs, id_size, be)
+            n, pos = _uint(data, pos, 2, be)
+            refs.setdefault(kind, {})[src] = [_uint(data, pos + i * id_size, id_size, be)[0] for i in range(n)]
     idat = data[meta["idat"][0]:meta["idat"][1]] if "idat" in meta else b""
     return primary, items, refs, idat
 

@@ -111,3 +111,23 @@ def test_everything_else_goes_to_libheif(photo):
     with pytest.raises(decode.DecodeError) as e:
         decode.open_photo(good[:len(good) // 2], 10**8).level(0.5)
     assert e.value.reason == decode.CORRUPT
+
+
+def test_damaged_headers_never_raise(photo):
+    """Random bytes changed in the container boxes (before the picture data): `decode` returns
+    pixels or None (then pillow-heif reports the file), never raises, never runs away."""
+    import random
+
+    good = heic(photo.resize((160, 106)), grid=64)
+    meta_end = good.find(b"mdat")
+    rng = random.Random(0)
+    outcomes = {"pixels": 0, "none": 0}
+    for _ in range(300):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(8, meta_end)] = rng.randrange(256)
+        result = heif.decode(bytes(data))
+        outcomes["none" if result is None else "pixels"] += 1
+        if result is not None:
+            assert result[0].dtype == np.uint8 and result[0].ndim == 3
+    assert outcomes["none"] > 0, outcomes
