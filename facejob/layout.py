@@ -8,6 +8,7 @@
     clusters.parquet, clusters.json, cluster_events.parquet
     labels/labels.parquet, labels/model.npz, labels/model.json
     labels/corrections.json          the curator's corrections from the report page
+    labels/corrections_faces.parquet where each face a correction names was last seen (to follow it)
     predictions.parquet, duplicates.parquet
     report/                          `facejob report`: the review site (index.html, b/BUILD/, photos/)
     quarantine/<time>/images|faces/  damaged parts moved aside (facejob.plan.quarantine)
@@ -23,7 +24,8 @@ INDEX_FILE, IDS_FILE, PARAMS_FILE = "index/faces.hnsw", "index/ids.parquet", "in
 CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_events.parquet"
 LABELS_STORED, LABEL_MODEL_NPZ, LABEL_MODEL_JSON = "labels/labels.parquet", "labels/model.npz", "labels/model.json"
 PREDICTIONS, DUPLICATES = "predictions.parquet", "duplicates.parquet"
-CORRECTIONS, REPORT_DIR = "labels/corrections.json", "report"
+CORRECTIONS, CORRECTION_FACES = "labels/corrections.json", "labels/corrections_faces.parquet"
+REPORT_DIR = "report"
 
 
 def part_name(shard: str) -> str:

@@ -1,11 +1,15 @@
-"""Labels survive photo changes: a moved photo's and a re-encoded photo's labels follow their
-faces to the new face ids; a deleted photo's label stays a training example and is listed."""
+"""Labels and corrections survive photo changes: a moved photo's and a re-encoded photo's labels
+and report-page corrections follow their faces to the new face ids; a deleted photo's label
+stays a training example and is listed."""
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -73,6 +77,51 @@ def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path)
     pred = {p["face_id"]: p for p in pq.read_table(out / "predictions.parquet").to_pylist()}
     assert pred[new_moved]["labelled"] and pred[new_moved]["label"] == "John_Salley"
     assert pred[new_reencoded]["labelled"] and pred[new_reencoded]["label"] == "John_Shimkus"
+
+
+def test_corrections_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    for person in PEOPLE:
+        shutil.copytree(data_dir / "labelled/dlib_johns" / person, src / person)
+    cfg = IndexConfig(run=RunConfig(workers=2))
+    facejob.index([str(src)], str(out), cfg, progress=False)
+    before = faces_by_file(out)
+    # Photos with one face, and no identical copy (a correction would follow a face to its copy).
+    copies = Counter(hashlib.sha256(f.read_bytes()).digest() for f in src.rglob("*.jpg"))
+    single = {p: sorted(f.name for f in (src / p).glob("*.jpg")
+                        if len(before[f.name]) == 1 and copies[hashlib.sha256(f.read_bytes()).digest()] == 1)
+              for p in PEOPLE}
+    salley, shimkus = single["John_Salley"][:3], single["John_Shimkus"][:4]
+    fid = {n: before[n][0]["face_id"] for n in salley + shimkus}
+    moved, reencoded = salley[0], shimkus[3]
+    # What the report page downloads: two people named, and one face "not this person".
+    page = tmp_path / "corrections.json"
+    page.write_text(json.dumps({"facejob": "corrections", "version": 1, "corrections": [
+        {"kind": "name", "name": "Salley", "face_ids": [fid[n] for n in salley]},
+        {"kind": "name", "name": "Shimkus", "face_ids": [fid[n] for n in shimkus[:3]]},
+        {"kind": "not_person", "face_id": fid[reencoded], "others": [fid[n] for n in shimkus[:3]],
+         "name": "Shimkus"}]}))
+    api.reduce(str(out), corrections=page)
+
+    (src / "John_Salley" / moved).rename(src / "John_Salley" / f"renamed-{moved}")
+    buf = io.BytesIO()
+    Image.open(src / "John_Shimkus" / reencoded).save(buf, "JPEG", quality=70)
+    (src / "John_Shimkus" / reencoded).write_bytes(buf.getvalue())   # new bytes, same path
+    facejob.index([str(src)], str(out), cfg, progress=False)
+    after = faces_by_file(out)
+    new_moved, new_reencoded = after[f"renamed-{moved}"][0]["face_id"], after[reencoded][0]["face_id"]
+    assert new_moved != fid[moved] and new_reencoded != fid[reencoded]
+
+    api.reduce(str(out))   # no new corrections: the stored ones follow their faces
+    stored = json.loads((out / "labels/corrections.json").read_text())["corrections"]
+    assert new_moved in stored[0]["face_ids"] and fid[moved] not in stored[0]["face_ids"]
+    assert stored[2]["face_id"] == new_reencoded
+    pred = {p["face_id"]: p for p in pq.read_table(out / "predictions.parquet").to_pylist()}
+    assert pred[new_moved]["labelled"] and pred[new_moved]["label"] == "Salley"
+    assert pred[new_reencoded]["label"] != "Shimkus"
+    clusters = {r["face_id"]: r["cluster_id"]
+                for r in pq.read_table(out / "clusters.parquet", columns=["face_id", "cluster_id"]).to_pylist()}
+    assert all(clusters[new_reencoded] != clusters[fid[n]] for n in shimkus[:3])
 
 
 def test_labels_stored_before_the_location_columns_still_load(tmp_path):

@@ -148,9 +148,10 @@ def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLU
     store = _store(out)
     faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
+    applied = corr.resolve(_corrections(store, faces))
     faces, left_out = quality_floor(faces, min_quality)
     t0 = time.perf_counter()
-    roots, stats = cluster_faces(fi, faces, threshold, k, applied=corr.resolve(corr.load(store)))
+    roots, stats = cluster_faces(fi, faces, threshold, k, applied=applied)
     prev_id, next_id, old_ids = _previous_clusters(store, faces)
     a = assign_ids(roots, prev_id, next_id)
     gone = np.setdiff1d(old_ids, np.concatenate([prev_id[prev_id >= 0], [-1]]))
@@ -242,6 +243,12 @@ def _stored_labels(store: Store) -> pa.Table:
                      for f in LABELS_SCHEMA}, schema=LABELS_SCHEMA)
 
 
+def _corrections(store: Store, faces: Faces, shas: pa.Array | None = None) -> list[dict]:
+    """The stored corrections, their faces followed to moved or re-encoded photos."""
+    entries = corr.load(store)
+    return corr.follow_faces(store, entries, faces, shas if shas is not None else _shas(store, faces)) if entries else []
+
+
 def _shas(store: Store, faces: Faces) -> pa.Array:
     if "sha256" in faces.meta.column_names:
         return faces.meta.column("sha256").combine_chunks()
@@ -298,7 +305,7 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     shas = _shas(store, every)
     if corrections is not None:
         corr.add(store, corrections)
-    applied = corr.resolve(corr.load(store))
+    applied = corr.resolve(_corrections(store, every, shas))
     stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), every, shas)
     if labels is not None:
         stored = _combine(stored, read_labels(store, labels, every), every, shas)

@@ -16,6 +16,11 @@ to OUT/labels/corrections.json; every later run reads that file and turns it int
 - "same person" → must-link pairs for clustering (the two groups always end in one cluster);
 - "not this person" → cannot-link pairs between the face and the group it was shown in, the
   face as a negative for that group's name, and never that name in predictions.
+
+Corrections follow their faces as labels do (facejob.reduce.follow): a face id depends on the
+photo's uri and bytes, so a moved or re-encoded photo's faces get new ids. Every run remembers
+where each face a correction names was last seen (OUT/labels/corrections_faces.parquet), and
+rewrites the entries of faces that moved to their new ids.
 """
 from __future__ import annotations
 
@@ -29,10 +34,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.layout import CORRECTIONS
-from facejob.storage import Store
+from facejob.layout import CORRECTION_FACES, CORRECTIONS
+from facejob.schema import EMBEDDING_DIM
+from facejob.storage import Store, read_parquet, write_parquet
 
+from .embeddings import Faces
 from .errors import LabelsError
+from .follow import BOX, follow
 
 log = logging.getLogger("facejob.reduce")
 
@@ -131,6 +139,68 @@ def add(store: Store, path: str | Path) -> int:
     log.info("corrections: %d new of %d in %s; %d stored in %s/%s", len(added), len(new), p.name,
              len(old) + len(added), store.root, STORED)
     return len(added)
+
+
+# Where a corrected face was last seen: what facejob.reduce.follow needs to find it again.
+FACES_SCHEMA = pa.schema([
+    ("face_id", pa.string()), ("uri", pa.string()), ("sha256", pa.string()),
+    *[(c, pa.int32()) for c in BOX], ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+])
+
+
+def _named(entries: list[dict]) -> set[str]:
+    """Every face id the entries name."""
+    out: set[str] = set()
+    for e in entries:
+        if e["kind"] == "name":
+            out.update(e["face_ids"])
+        elif e["kind"] == "not_person":
+            out.add(e["face_id"])
+            out.update(e["others"])
+        else:
+            out.update(f for g in e["face_ids"] for f in g)
+    return out
+
+
+def _renamed(e: dict, new: dict[str, str]) -> dict:
+    def ids(v):
+        return [ids(x) for x in v] if isinstance(v, list) else new.get(v, v)
+    return {k: ids(v) if k in ("face_ids", "face_id", "others") else v for k, v in e.items()}
+
+
+def follow_faces(store: Store, entries: list[dict], faces: Faces, shas: pa.Array) -> list[dict]:
+    """`entries` with each face id that is no longer in `faces` replaced by its face's new id,
+    where the face is found again (moved: same bytes and box; re-encoded: nearest descriptor in
+    the same photo). Stores the updated entries, and where every named face is now."""
+    if not entries:
+        return entries
+    named = pa.array(sorted(_named(entries)), pa.string())
+    seen = read_parquet(store, CORRECTION_FACES) if store.exists(CORRECTION_FACES) else FACES_SCHEMA.empty_table()
+    lost = seen.filter(pc.invert(pc.is_in(seen.column("face_id"), value_set=faces.face_ids)))
+    lost = lost.filter(pc.is_in(lost.column("face_id"), value_set=named))
+    new: dict[str, str] = {}
+    if lost.num_rows:
+        found, report = follow(lost, faces, shas)
+        new = {a: b for a, b in zip(lost.column("face_id").to_pylist(), found.column("face_id").to_pylist()) if a != b}
+        if new:
+            entries = [_renamed(e, new) for e in entries]
+            store.write_bytes(STORED, dump(entries))
+        log.info("corrections: %d faces followed their photo (%d moved, %d re-encoded); %d not found in the "
+                 "archive now", len(new), report.moved, report.reencoded, len(report.gone))
+    # Where each named face is now; faces not in the archive keep their last place.
+    named = pa.array(sorted(_named(entries)), pa.string())
+    rows = pc.index_in(named, value_set=faces.face_ids).drop_null() if len(faces) else pa.array([], pa.int32())
+    here = pa.table({
+        "face_id": pc.take(faces.face_ids, rows), "uri": pc.take(faces.meta.column("uri"), rows),
+        "sha256": pc.take(shas, rows), **{c: pc.take(faces.meta.column(c), rows).cast(pa.int32()) for c in BOX},
+        "embedding": pa.array(list(faces.embeddings[rows.to_numpy()]), FACES_SCHEMA.field("embedding").type),
+    }, schema=FACES_SCHEMA)
+    kept = seen.filter(pc.invert(pc.is_in(seen.column("face_id"), value_set=here.column("face_id"))))
+    kept = kept.filter(pc.is_in(kept.column("face_id"), value_set=named))
+    table = pa.concat_tables([kept, here]).sort_by("face_id")
+    if not table.equals(seen.sort_by("face_id")):
+        write_parquet(store, CORRECTION_FACES, table)
+    return entries
 
 
 @dataclass
