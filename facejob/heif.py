@@ -267,9 +267,6 @@ def _decode(data: bytes) -> tuple[np.ndarray, bytes | None]:
 
     if item.type == "hvc1":
         tiles, layout = [item], None
-        hvcc = _prop(item, "hvcC")
-        if hvcc is None:
-            raise Unsupported("no hvcC")
     elif item.type == "grid":
         grid = _item_data(data, idat, item)
         if len(grid) < 8 or grid[0] != 0:

@@ -13,6 +13,7 @@ comparison, and finding or killing the processes a test started (by pid, from /p
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -410,6 +411,26 @@ def kill_pids(pids: list[int], sig: int = 9) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def kill_driver_when(driver: subprocess.Popen, ready, timeout: float, after: float = 0.0, what: str = "") -> None:
+    """SIGKILL a `facejob index` driver (started with stderr=PIPE) once `ready()` is true, `after`
+    seconds later; it must still be running then. The driver is reaped and its stderr closed."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert driver.poll() is None, f"{what}the run ended first: {driver.stderr.read().decode()[-3000:]}"
+            assert time.monotonic() < deadline, f"{what}no progress in time"
+            time.sleep(0.02)
+        time.sleep(after)
+        assert driver.poll() is None, f"{what}the run ended before it could be killed"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        driver.stderr.close()
 
 
 def wait_for_dead_driver_tasks(root: int, timeout: float = 60.0) -> None:

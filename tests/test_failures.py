@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from tests import crash_model
 from tests.crash_model import POISON, BrokenFaceModel, CrashingFaceModel, SlowFaceModel
 from tests.s3_server import (
     Killer, MotoServer, TcpProxy, assert_same_results, aws_env, lfw_photos, make_client, rows_by_name,
-    wait_for_dead_driver_tasks,
+    kill_driver_when, wait_for_dead_driver_tasks,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,19 +109,7 @@ def test_driver_killed_mid_run_then_rerun_finishes_only_missing_shards(env, phot
            "--workers", "2", "--shard-size", "2", "-q", "--address", ray.get_runtime_context().gcs_address]
     driver = subprocess.Popen(cmd, cwd=REPO, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while _part_count(out) == 0:
-            assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no shard committed in time"
-            time.sleep(0.05)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-        driver.stderr.close()
+    kill_driver_when(driver, lambda: _part_count(out) > 0, 240, what="no shard committed: ")
     wait_for_dead_driver_tasks(os.getpid())
     done = _part_count(out)
     assert 1 <= done < N_PHOTOS // 2, "the driver must die with shards left to do"

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import facejob
 from facejob import plan as planning
 from facejob.config import IndexConfig, RunConfig
 from facejob.storage import LocalStore, read_parquet
-from tests.s3_server import assert_same_results, lfw_photos, wait_for_dead_driver_tasks
+from tests.s3_server import assert_same_results, kill_driver_when, lfw_photos, wait_for_dead_driver_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 N_PHOTOS = 40  # enough that a quiet machine cannot finish a run before the kill test's random moment
@@ -152,20 +151,7 @@ def test_driver_killed_three_times_then_finished(ray_address, photos, reference,
         target, extra = len(parts(out, "images")) + rng.randint(0, 2), rng.uniform(0, 0.2)
         driver = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
-        try:
-            deadline = time.monotonic() + 300
-            while len(parts(out, "images")) < target and driver.poll() is None:
-                assert time.monotonic() < deadline, f"seed {seed}: no progress"
-                time.sleep(0.02)
-            time.sleep(extra)
-            assert driver.poll() is None, f"seed {seed}: the run ended before it could be killed"
-            driver.send_signal(signal.SIGKILL)
-            driver.wait()
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
-            driver.stderr.close()
+        kill_driver_when(driver, lambda: len(parts(out, "images")) >= target, 300, extra, f"seed {seed}: ")
         moments.append((target, round(extra, 2)))
         wait_for_dead_driver_tasks(os.getpid())
         assert_trustworthy(out)

@@ -24,6 +24,7 @@ from facejob.storage import LocalStore, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 PEOPLE = ("John_Salley", "John_Shimkus")
+CONFIG = IndexConfig(run=RunConfig(workers=2))
 
 
 def faces_by_file(out: Path) -> dict[str, list[dict]]:
@@ -33,13 +34,24 @@ def faces_by_file(out: Path) -> dict[str, list[dict]]:
     return by
 
 
-def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path):
+def indexed_archive(data_dir: Path, tmp_path: Path) -> tuple[Path, Path, dict[str, list[dict]]]:
+    """Two people's photos copied to src/ and indexed to out/; their faces by file name."""
     src, out = tmp_path / "src", tmp_path / "out"
     for person in PEOPLE:
         shutil.copytree(data_dir / "labelled/dlib_johns" / person, src / person)
-    cfg = IndexConfig(run=RunConfig(workers=2))
-    facejob.index([str(src)], str(out), cfg, progress=False)
-    before = faces_by_file(out)
+    facejob.index([str(src)], str(out), CONFIG, progress=False)
+    return src, out, faces_by_file(out)
+
+
+def reencode(path: Path) -> None:
+    """New bytes, same picture, same path."""
+    buf = io.BytesIO()
+    Image.open(path).save(buf, "JPEG", quality=70)
+    path.write_bytes(buf.getvalue())
+
+
+def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path):
+    src, out, before = indexed_archive(data_dir, tmp_path)
     salley = sorted(p.name for p in (src / "John_Salley").glob("*.jpg") if len(before[p.name]) == 1)[:3]
     shimkus = sorted(p.name for p in (src / "John_Shimkus").glob("*.jpg") if len(before[p.name]) == 1)[:3]
     labels = tmp_path / "labels.csv"
@@ -50,12 +62,9 @@ def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path)
 
     moved, reencoded, deleted = salley[0], shimkus[0], shimkus[1]
     (src / "John_Salley" / moved).rename(src / "John_Salley" / f"renamed-{moved}")
-    img = Image.open(src / "John_Shimkus" / reencoded)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=70)                 # new bytes, same picture, same path
-    (src / "John_Shimkus" / reencoded).write_bytes(buf.getvalue())
+    reencode(src / "John_Shimkus" / reencoded)
     (src / "John_Shimkus" / deleted).unlink()
-    s = facejob.index([str(src)], str(out), cfg, progress=False)
+    s = facejob.index([str(src)], str(out), CONFIG, progress=False)
     assert (s.counts["new"], s.counts["changed"], s.counts["deleted"]) == (1, 1, 2)  # the move: 1 new + 1 gone
     after = faces_by_file(out)
     new_moved, new_reencoded = after[f"renamed-{moved}"][0]["face_id"], after[reencoded][0]["face_id"]
@@ -80,16 +89,11 @@ def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path)
 
 
 def test_corrections_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path):
-    src, out = tmp_path / "src", tmp_path / "out"
-    for person in PEOPLE:
-        shutil.copytree(data_dir / "labelled/dlib_johns" / person, src / person)
-    cfg = IndexConfig(run=RunConfig(workers=2))
-    facejob.index([str(src)], str(out), cfg, progress=False)
-    before = faces_by_file(out)
+    src, out, before = indexed_archive(data_dir, tmp_path)
     # Photos with one face, and no identical copy (a correction would follow a face to its copy).
-    copies = Counter(hashlib.sha256(f.read_bytes()).digest() for f in src.rglob("*.jpg"))
-    single = {p: sorted(f.name for f in (src / p).glob("*.jpg")
-                        if len(before[f.name]) == 1 and copies[hashlib.sha256(f.read_bytes()).digest()] == 1)
+    digest = {f: hashlib.sha256(f.read_bytes()).digest() for f in src.rglob("*.jpg")}
+    copies = Counter(digest.values())
+    single = {p: sorted(f.name for f in (src / p).glob("*.jpg") if len(before[f.name]) == 1 and copies[digest[f]] == 1)
               for p in PEOPLE}
     salley, shimkus = single["John_Salley"][:3], single["John_Shimkus"][:4]
     fid = {n: before[n][0]["face_id"] for n in salley + shimkus}
@@ -104,10 +108,8 @@ def test_corrections_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_
     api.reduce(str(out), corrections=page)
 
     (src / "John_Salley" / moved).rename(src / "John_Salley" / f"renamed-{moved}")
-    buf = io.BytesIO()
-    Image.open(src / "John_Shimkus" / reencoded).save(buf, "JPEG", quality=70)
-    (src / "John_Shimkus" / reencoded).write_bytes(buf.getvalue())   # new bytes, same path
-    facejob.index([str(src)], str(out), cfg, progress=False)
+    reencode(src / "John_Shimkus" / reencoded)
+    facejob.index([str(src)], str(out), CONFIG, progress=False)
     after = faces_by_file(out)
     new_moved, new_reencoded = after[f"renamed-{moved}"][0]["face_id"], after[reencoded][0]["face_id"]
     assert new_moved != fid[moved] and new_reencoded != fid[reencoded]
