@@ -289,9 +289,25 @@ def _combine(stored: pa.Table, new: Labelled, faces: Faces, shas: pa.Array) -> p
                  schema=LABELS_SCHEMA)
     if stored.num_rows:
         renamed = pc.is_in(stored.column("face_id"), value_set=pa.array([i for i in new_ids if i], pa.string()))
-        stored = stored.filter(pc.invert(pc.fill_null(renamed, False)))
-        t = pa.concat_tables([stored, t])
+        keep = ~pc.fill_null(renamed, False).to_numpy(zero_copy_only=False) & ~_given_again(stored, new)
+        t = pa.concat_tables([stored.filter(pa.array(keep)), t])
     return t
+
+
+def _given_again(stored: pa.Table, new: Labelled) -> np.ndarray:
+    """Per stored label: is it a photo outside the archive (no face id) that `new` gives again
+    (the same descriptor, to float noise)? The nightly job passes the same labels folder every
+    night; without this its reference photos would pile up as copies of themselves."""
+    outside = stored.column("face_id").is_null().to_numpy(zero_copy_only=False)
+    again = np.zeros(stored.num_rows, bool)
+    mine = new.row < 0
+    if not outside.any() or not mine.any():
+        return again
+    emb = _emb(stored.column("embedding"))
+    for i in np.flatnonzero(outside):
+        d = np.linalg.norm(new.embedding[mine] - emb[i], axis=1)
+        again[i] = bool((d < 1e-3).any())
+    return again
 
 
 def saved_label_params(out: str | Store) -> LabelParams:
