@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.config import ModelConfig, ReduceConfig
+from facejob.config import EXTENSIONS, ModelConfig, ReduceConfig
 from facejob.layout import (
     CLUSTERS, CLUSTERS_JSON, DUPLICATES, EVENTS, LABEL_MODEL_JSON, LABELS_STORED, PREDICTIONS, RUN_JSON,
 )
@@ -243,9 +243,11 @@ def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None
     faces = faces if faces is not None else read_faces(store, ["face_id", "uri", "face_idx", "left", "top", "right", "bottom"])
     path = Path(labels)
     if path.is_dir():
-        model, run = _face_model(store)
+        model, _ = _face_model(store)
         shas = read_faces(store, ["face_id", "sha256"], embeddings=False).meta.column("sha256")
-        return read_folder(path, faces, shas, _photo_embedder(model), run.extensions)
+        # Every format facejob reads, not the last run's list (an older or narrower one would
+        # silently skip the curator's AVIF or raw reference photos).
+        return read_folder(path, faces, shas, _photo_embedder(model), EXTENSIONS)
     if not path.is_file():
         raise LabelsError(f"labels file not found: {labels}")
     return read_csv(path.read_text(encoding="utf-8-sig"), faces, source=path.name)
