@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import time
-from typing import Any
 
 from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig, add_options, from_args
 

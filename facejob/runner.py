@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from facejob import layout, lock, plan as planning
-from facejob.config import ConfigError, IndexConfig, ModelConfig, ModelMismatch, RunConfig, model_differences
+from facejob.config import IndexConfig, ModelConfig, ModelMismatch, RunConfig, model_differences
 from facejob.pipeline import FaceModel, ImageResult, setup_process, shard_tables
 from facejob.progress import Progress as ProgressBar
 from facejob.schema import Reason, Status

@@ -136,7 +136,7 @@ def test_shipped_nightly_job_on_an_output_facejob_index_made(folders, address):
     r = run(["jobs/nightly.py", "--config", "jobs/nightly.yaml"], env)
     summary = json.loads(r.stdout.splitlines()[-1])
     assert summary["status"] == "ok" and summary["counts"]["deleted"] == 0 and summary["counts"]["unchanged"] == 8
-    assert summary["reduce"]["summary"]["label"] is None and (out / "report" / "index.html").is_file()
+    assert summary["reduce"]["summary"]["label"]["people"] == 2 and (out / "report" / "index.html").is_file()
     assert rows(out) == indexed
 
     # The same folder again, now that labels are stored: no crash, and no copies of its photos.
@@ -156,3 +156,21 @@ def test_shipped_nightly_job_on_an_output_facejob_index_made(folders, address):
     private = [str(p.relative_to(out)) for p in paths
                if stat.S_IMODE(p.stat().st_mode) & (0o055 if p.is_dir() else 0o044) != (0o055 if p.is_dir() else 0o044)]
     assert not private, f"not readable by others under umask 022: {private[:10]}"
+
+
+def test_reduce_flags_are_the_reduce_config_fields(tmp_path, capsys):
+    """`facejob reduce`'s flags are generated from facejob.config.ReduceConfig (the nightly job's
+    `reduce:` keys); a bad value is one line and exit 2 before the output is touched."""
+    import dataclasses
+
+    from facejob.cli import build_parser, main
+    from facejob.config import ReduceConfig
+
+    reduce_help = build_parser()._subparsers._group_actions[0].choices["reduce"]
+    assert reduce_help.description and "clusters.parquet" in reduce_help.description
+    flags = {s for a in reduce_help._actions for s in a.option_strings}
+    assert {"--" + f.name.replace("_", "-") for f in dataclasses.fields(ReduceConfig)} <= flags
+    out = tmp_path / "out"
+    assert main(["reduce", str(out), "--cluster-threshold", "3"]) == 2
+    assert capsys.readouterr().err == "facejob reduce: error: cluster_threshold must be a distance in (0, 2), got 3.0\n"
+    assert not out.exists()
