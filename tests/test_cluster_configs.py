@@ -167,6 +167,23 @@ def test_nightly_yaml_follows_the_cli_defaults():
     assert cfg.endpoint_url is None and cfg.report is True
 
 
+def test_nightly_configs_of_the_earlier_format_still_load():
+    """Every key the earlier jobs/nightly.yaml spelled out (all index settings, the reduce
+    section's six) is still accepted and means what it meant."""
+    doc = {"sources": ["/photos"], "output": "/out", "endpoint_url": None, "log_format": "json",
+           "index": {"detector": "cnn", "upsample": 1, "min_face_size": 0, "work_size": 1200, "smallest_face": 0,
+                     "landmarks": 5, "embedder": "torch", "device": "auto", "batch_size": 0, "tta": "none",
+                     "max_pixels": 100000000, "workers": 0, "cpus_per_worker": 1, "gpus_per_worker": 0,
+                     "shard_size": 0, "address": None, "force": False, "max_retire_share": 0.1,
+                     "allow_retire": False, "extensions": [".jpg", ".jpeg", ".png"]},
+           "reduce": {"enabled": True, "labels": None, "corrections": None, "cluster_threshold": 0.5,
+                      "cluster_k": 12, "rebuild_index": False}}
+    cfg = nightly_module().parse_config(doc, env={})
+    assert cfg.index.model.detector == "cnn" and "detector" in cfg.model_given
+    assert cfg.index.run.extensions == (".jpg", ".jpeg", ".png")
+    assert (cfg.reduce.cluster_threshold, cfg.reduce.cluster_k, cfg.reduce.enabled) == (0.5, 12, True)
+
+
 def test_nightly_env_values_are_typed():
     nightly = nightly_module()
     doc = yaml.safe_load(NIGHTLY.read_text())
