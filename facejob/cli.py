@@ -3,14 +3,12 @@ fields (name, type, choices, help); a flag not given takes the field's default."
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 import time
-from typing import Any
 
-from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig, options
+from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig, add_options, from_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,30 +31,8 @@ def setup_logging(fmt: str = "text", verbose: bool = False) -> None:
     root.propagate = False
 
 
-def _flag_type(f: dataclasses.Field):
-    t = str(f.type)
-    return int if t == "int" else float if t == "float" else str
-
-
-def add_config_options(p: argparse.ArgumentParser, cls, title: str) -> None:
-    """One flag per field of a config dataclass (facejob.config), with the field's help text."""
-    g = p.add_argument_group(title)
-    defaults = cls()
-    for f in options(cls):
-        flag, default, meta = "--" + f.name.replace("_", "-"), getattr(defaults, f.name), f.metadata
-        if str(f.type) == "bool":
-            g.add_argument(flag, action="store_true", default=None, help=meta["help"])
-            continue
-        kind = _flag_type(f)
-        g.add_argument(flag, type=kind, default=None, metavar=meta["metavar"],
-                       choices=[kind(c) for c in meta["choices"]] if meta["choices"] else None,
-                       help=f"{meta['help']} (default: {default})")
-
-
-def config_from_args(cls, args: argparse.Namespace, base: Any = None):
-    """The config dataclass from the flags given (the others from `base`, else the defaults)."""
-    given = {f.name: getattr(args, f.name) for f in options(cls) if getattr(args, f.name, None) is not None}
-    return dataclasses.replace(base if base is not None else cls(), **given)
+# The flags of a config dataclass and the config from them: facejob.config generates both.
+add_config_options, config_from_args = add_options, from_args
 
 
 def index_config_from_args(args: argparse.Namespace, saved: ModelConfig | None = None) -> IndexConfig:
@@ -144,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     from facejob.audit.cli import add_command as add_audit
 
     add_audit(sub)
+    from facejob.nightly import add_command as add_nightly
+
+    add_nightly(sub)
     return parser
 
 

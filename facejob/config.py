@@ -7,9 +7,13 @@
   input limits and extensions, how much a run may retire). Recorded in run.json, never needed
   to read an output.
 
-`facejob index`'s flags are generated from these fields (their `help` metadata; see
-`options()`), and jobs/nightly.yaml's `index:` section takes the same names. Everything is
-checked when the object is built, before Ray starts.
+- `ReduceConfig`: how `facejob reduce` (and the nightly job's `reduce:` section) turns faces
+  into clusters and names. The cluster threshold and k are kept in OUT/clusters.json, the
+  label threshold with the label models, so a value given once holds for later runs.
+
+Command-line flags are generated from these fields (their `help` metadata; see `add_options()`),
+and jobs/nightly.yaml (facejob/nightly.py) takes the same names as keys. Everything is checked
+when the object is built, before Ray starts.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import Any
 
 from facejob.backends import DETECTORS, EMBEDDERS
 from facejob.layout import MODEL_JSON, RUN_JSON
+from facejob.reduce.params import CLUSTER_K, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
 
 LANDMARKS = (5, 68)
 TTA = ("none", "flip")
@@ -177,7 +182,9 @@ class RunConfig(_Settings):
                                       metavar="SHARE")
     allow_retire: bool = setting(False, "retire whatever the listing says is gone, even a whole source "
                                         "(after real mass deletions; a missing source is still refused)")
-    extensions: tuple[str, ...] = setting(EXTENSIONS, "file extensions listed in folders", cli=False)
+    extensions: tuple[str, ...] = setting(EXTENSIONS, "file extensions listed in folders, comma-separated; "
+                                                      "photos indexed before and still there are kept whatever "
+                                                      "this says (unless --allow-retire)", metavar=".EXT,...")
 
     def __post_init__(self) -> None:
         _need(_is_int(self.workers) and self.workers >= 0, f"workers must be >= 0, got {self.workers!r}")
@@ -249,6 +256,99 @@ class IndexConfig:
         return cls(*split_flat(d))
 
 
+class ModelMismatch(ConfigError):
+    """The output holds faces made with other model settings (`diff`: name → (output's, given))."""
+
+    def __init__(self, root: str, diff: dict[str, tuple[Any, Any]], advice: str):
+        self.root, self.diff = root, diff
+        what = ", ".join(f"{k}={b!r} (output has {a!r})" for k, (a, b) in diff.items())
+        super().__init__(f"{root} was indexed with other settings: {what}; {advice}")
+
+
+def model_differences(store, model: ModelConfig) -> dict[str, tuple[Any, Any]]:
+    """The fingerprint settings in which `model` differs from the faces already in `store`
+    (empty for a new output, or one without a readable model record)."""
+    from facejob.layout import IMAGES_DIR
+
+    if not store.list(IMAGES_DIR):
+        return {}
+    try:
+        old = ModelConfig.load(store).fingerprint()
+    except (FileNotFoundError, ValueError, TypeError):  # no or unreadable record: nothing to compare
+        return {}
+    new = model.fingerprint()
+    return {k: (old[k], new[k]) for k in new if old.get(k) != new[k]}
+
+
+@dataclass(frozen=True)
+class ReduceConfig(_Settings):
+    """What `facejob reduce` does after indexing: search index, clusters, labels, duplicates."""
+
+    cluster_threshold: float | None = setting(None, "largest RMS face distance inside a cluster; kept in "
+                                                    "OUT/clusters.json for later runs (default: the kept one, "
+                                                    f"else {CLUSTER_THRESHOLD})", metavar="D")
+    cluster_k: int | None = setting(None, "neighbours per face in the clustering graph; kept like the "
+                                          f"threshold (default: the kept one, else {CLUSTER_K})", metavar="N")
+    label_threshold: float | None = setting(None, "lowest probability that names a face, else `unknown`; saved "
+                                                  "with the label models (default: the saved one, else "
+                                                  f"{LabelParams().threshold})", metavar="P")
+    min_quality: float = setting(MIN_QUALITY, "cluster and label only faces of quality >= Q (0..1, from face "
+                                              "size and chip sharpness; 0 = all)", metavar="Q")
+    rebuild_index: bool = setting(False, "build the face search index from scratch instead of extending it")
+    labels: str | None = setting(None, "new labels (CSV, folder per person, or an s3:// CSV) added to the ones "
+                                       "stored in OUT; none: the stored ones", metavar="LABELS")
+    corrections: str | None = setting(None, "corrections.json downloaded from the report page (or an s3:// "
+                                            "key): added to OUT/labels/corrections.json, which every later "
+                                            "run applies", metavar="FILE")
+
+    def __post_init__(self) -> None:
+        _need(self.cluster_threshold is None or (_is_num(self.cluster_threshold) and 0 < self.cluster_threshold < 2),
+              f"cluster_threshold must be a distance in (0, 2), got {self.cluster_threshold!r}")
+        _need(self.cluster_k is None or (_is_int(self.cluster_k) and self.cluster_k >= 1),
+              f"cluster_k must be an integer >= 1, got {self.cluster_k!r}")
+        _need(self.label_threshold is None or (_is_num(self.label_threshold) and 0 <= self.label_threshold <= 1),
+              f"label_threshold must be a probability in [0, 1], got {self.label_threshold!r}")
+        _need(_is_num(self.min_quality) and 0 <= self.min_quality <= 1,
+              f"min_quality must be in [0, 1], got {self.min_quality!r}")
+        _need(isinstance(self.rebuild_index, bool), f"rebuild_index must be true or false, got {self.rebuild_index!r}")
+        for k in ("labels", "corrections"):
+            _need(getattr(self, k) is None or isinstance(getattr(self, k), str),
+                  f"{k} must be a path or an s3:// uri, got {getattr(self, k)!r}")
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def options(cls) -> list[dataclasses.Field]:
     """The fields of a config dataclass that are command-line flags, in declaration order."""
     return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", False)]
+
+
+def _flag_type(f: dataclasses.Field):
+    t = str(f.type).removesuffix(" | None")
+    if t.startswith("tuple["):
+        return lambda s: tuple(x.strip() for x in s.split(",") if x.strip())
+    return {"int": int, "float": float}.get(t, str)
+
+
+def add_options(p, cls, title: str) -> None:
+    """One flag per field of a config dataclass (an argparse parser), with the field's help text."""
+    g = p.add_argument_group(title)
+    defaults = cls()
+    for f in options(cls):
+        flag, default, meta = "--" + f.name.replace("_", "-"), getattr(defaults, f.name), f.metadata
+        if str(f.type) == "bool":
+            g.add_argument(flag, action="store_true", default=None, help=meta["help"])
+            continue
+        kind = _flag_type(f)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        g.add_argument(flag, type=kind, default=None, metavar=meta["metavar"],
+                       choices=[kind(c) for c in meta["choices"]] if meta["choices"] else None,
+                       help=meta["help"] if default is None else f"{meta['help']} (default: {shown})")
+
+
+def from_args(cls, args, base: Any = None):
+    """The config dataclass from the flags given (the others from `base`, else the defaults)."""
+    given = {f.name: getattr(args, f.name) for f in options(cls) if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(base if base is not None else cls(), **given)

@@ -67,7 +67,7 @@ class _FileLock:
     def __init__(self, folder: Path, holder: dict[str, Any]):
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / LOCK
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, like every output file
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -47,6 +47,7 @@ class Plan:
     retried: int = 0
     deleted: int = 0
     unlisted: int = 0        # catalogued photos in folders that could not be listed: kept
+    excluded: int = 0        # catalogued photos still there, left out by this run's extensions: kept
     duplicates: int = 0      # extra rows of a photo found in two parts: removed
     retire: dict[str, set[str]] = field(default_factory=dict)  # shard → uris to remove from its parts
     roots: dict[str, "RootCounts"] = field(default_factory=dict)
@@ -144,7 +145,8 @@ def _under(uri: str, roots: list[str]) -> bool:
 
 
 def make_plan(refs: Iterable[ImageRef], catalog: dict[str, CatalogEntry], source_roots: list[str],
-              force: bool = False, unlisted: Iterable[str] = ()) -> Plan:
+              force: bool = False, unlisted: Iterable[str] = (), excluded: Iterable[str] = (),
+              retire_excluded: bool = False) -> Plan:
     """The photos that are new or changed (all of them with `force`), plus what to retire.
 
     Photos whose last attempt failed for a possibly transient reason (unavailable, crash) are
@@ -152,6 +154,9 @@ def make_plan(refs: Iterable[ImageRef], catalog: dict[str, CatalogEntry], source
     A catalogued photo under one of `source_roots` that the listing no longer has counts as
     deleted, unless it is under an `unlisted` folder (one the listing could not read: kept);
     photos outside those roots (another folder indexed into the same output) are left alone.
+    A catalogued photo in `excluded` (still there, but its extension is not among this run's)
+    is kept too unless `retire_excluded`: a narrower extension list (an old config) must not
+    erase what a run with the full list indexed.
     """
     seen: set[str] = set()
     plan = Plan(todo=[], listed=0)
@@ -178,6 +183,7 @@ def make_plan(refs: Iterable[ImageRef], catalog: dict[str, CatalogEntry], source
             plan.retire.setdefault(old.shard, set()).add(ref.uri)
         plan.todo.append(ref)
     unlisted = [u.rstrip("/") for u in unlisted]
+    excluded = set() if retire_excluded else set(excluded)
     for uri, entry in catalog.items():
         roots = [r for r in source_roots if _under(uri, [r])]
         for root in roots:
@@ -186,6 +192,9 @@ def make_plan(refs: Iterable[ImageRef], catalog: dict[str, CatalogEntry], source
             continue
         if _under(uri, unlisted):
             plan.unlisted += 1
+            continue
+        if uri in excluded:
+            plan.excluded += 1
             continue
         plan.deleted += 1
         for root in roots:

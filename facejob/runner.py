@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from facejob import layout, lock, plan as planning
-from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig
+from facejob.config import IndexConfig, ModelConfig, ModelMismatch, RunConfig, model_differences
 from facejob.pipeline import FaceModel, ImageResult, setup_process, shard_tables
 from facejob.progress import Progress as ProgressBar
 from facejob.schema import Reason, Status
@@ -486,7 +486,8 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     t_list = time.perf_counter()
     orphans = planning.remove_orphans(store)
     catalog = planning.read_catalog(store)
-    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), run.force, listing.unlisted)
+    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), run.force, listing.unlisted,
+                              skipped, retire_excluded=run.allow_retire)
     planning.check_retirement(plan, run.max_retire_share, run.allow_retire)
     planning.retire(store, plan.retire)
     shards: list[planning.Shard] = []
@@ -500,6 +501,9 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     if listing.unlisted:
         log.warning("%d folder(s) could not be listed; their %d indexed photos are kept: %s",
                     len(listing.unlisted), plan.unlisted, ", ".join(listing.unlisted[:5]))
+    if plan.excluded:
+        log.warning("kept %d indexed photos whose extension this run does not list (extensions: %s); "
+                    "--allow-retire (allow_retire: true) retires them", plan.excluded, " ".join(run.extensions))
     bar = Progress(len(shards), len(plan.todo), enabled=progress)
     config.model.save(store)  # before any part: every reader of faces/ builds the same FaceModel
     done, failed = _execute(shards, out, config, bar, model_class) if shards else ([], [])
@@ -528,6 +532,7 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
         **{st.value: status.get(st.value, 0) for st in Status},
         "faces": sum(s["faces"] for s in done), "shards": len(shards), "failed_shards": len(failed),
         "orphan_parts_removed": orphans, "unlisted": plan.unlisted, "unlisted_folders": len(listing.unlisted),
+        "kept_other_extension": plan.excluded,
         "quarantined_parts": len(catalog.quarantined), "duplicate_rows_removed": plan.duplicates,
     }
     summary.timings = {"list_s": t_list - t0, "plan_s": t_plan - t_list, "process_s": t_run - t_plan,
@@ -562,18 +567,9 @@ def saved_model(store: Store) -> ModelConfig | None:
 
 def _check_same_models(store: Store, config: IndexConfig) -> None:
     """Refuse to mix faces found or embedded differently into one output (unless redoing all)."""
-    if config.run.force or not store.list(layout.IMAGES_DIR):
-        return
-    try:
-        old = ModelConfig.load(store).fingerprint()
-    except (FileNotFoundError, ValueError, TypeError):  # no or unreadable record: nothing to compare
-        return
-    new = config.model.fingerprint()
-    diff = {k: (old[k], new[k]) for k in new if old.get(k) != new[k]}
+    diff = {} if config.run.force else model_differences(store, config.model)
     if diff:
-        what = ", ".join(f"{k}={b!r} (output has {a!r})" for k, (a, b) in diff.items())
-        raise ConfigError(f"{store.root} was indexed with other settings: {what}; "
-                          f"use --force to redo every photo, or another --out")
+        raise ModelMismatch(store.root, diff, "use --force to redo every photo, or another --out")
 
 
 def _write_run_json(store: Store, report: dict[str, Any]) -> None:

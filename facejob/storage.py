@@ -37,6 +37,29 @@ def safe_rel(rel: str) -> str:
     return str(p)
 
 
+def umask() -> int:
+    """This process's umask (read without changing it where Linux shows it, as the umask call
+    itself sets it and so is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename a finished temp file onto `dest` with the mode a plain `open` would have given it
+    (0666 less the umask): mkstemp makes files 0600, which would hide the output from a web
+    server or a colleague."""
+    os.chmod(tmp, 0o666 & ~umask())
+    os.replace(tmp, dest)
+
+
 class LocalStore:
     def __init__(self, root: str | os.PathLike):
         self.path = Path(os.path.normpath(Path(root).expanduser().absolute()))
@@ -66,7 +89,7 @@ class LocalStore:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, dest)
+            publish(tmp, dest)
         except OSError as e:  # disk full, permissions: say which file
             Path(tmp).unlink(missing_ok=True)
             raise type(e)(e.errno, e.strerror, str(dest)) from e

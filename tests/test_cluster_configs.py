@@ -139,26 +139,49 @@ NIGHTLY = REPO / "jobs" / "nightly.yaml"
 
 
 def nightly_module():
-    import importlib.util
+    from facejob import nightly
 
-    spec = importlib.util.spec_from_file_location("nightly", REPO / "jobs" / "nightly.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["nightly"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return nightly
 
 
-def test_nightly_yaml_spells_out_every_index_setting():
+def test_nightly_yaml_follows_the_cli_defaults():
+    """Every index and reduce setting is named in jobs/nightly.yaml (a comment at least), but no
+    model key is set and no extension list: left out, they are the output's own or the CLI's
+    defaults, so the shipped job can neither retire photos `facejob index` indexed nor clash
+    with an output made with the default detector."""
     import dataclasses
 
-    from facejob.config import ModelConfig, RunConfig
+    from facejob.config import ModelConfig, ReduceConfig, RunConfig
 
-    doc = yaml.safe_load(NIGHTLY.read_text())
-    assert set(doc["index"]) == {f.name for c in (ModelConfig, RunConfig) for f in dataclasses.fields(c)}, \
-        "jobs/nightly.yaml must mirror facejob.config.ModelConfig and RunConfig"
+    text = NIGHTLY.read_text()
+    for c in (ModelConfig, RunConfig, ReduceConfig):
+        for f in dataclasses.fields(c):
+            assert re.search(rf"^ *#? *{f.name}:", text, re.M), f"jobs/nightly.yaml does not mention {f.name}"
+    doc = yaml.safe_load(text)
+    assert not set(doc["index"]) & {f.name for f in dataclasses.fields(ModelConfig)} and "extensions" not in doc["index"]
     cfg = nightly_module().parse_config(doc, env={})
-    assert cfg.index.model.detector == "cnn" and cfg.index.run.workers == 0 and cfg.index.run.gpus_per_worker == 0
-    assert cfg.endpoint_url is None and cfg.labels is None and cfg.reduce is True
+    assert cfg.index.model == ModelConfig() and cfg.model_given == frozenset()
+    assert cfg.index.run == RunConfig(), "with no env vars set, the shipped index: settings are the CLI's"
+    assert cfg.reduce.enabled and ReduceConfig(**{k: v for k, v in cfg.reduce.to_dict().items() if k != "enabled"}) \
+        == ReduceConfig()
+    assert cfg.endpoint_url is None and cfg.report is True
+
+
+def test_nightly_configs_of_the_earlier_format_still_load():
+    """Every key the earlier jobs/nightly.yaml spelled out (all index settings, the reduce
+    section's six) is still accepted and means what it meant."""
+    doc = {"sources": ["/photos"], "output": "/out", "endpoint_url": None, "log_format": "json",
+           "index": {"detector": "cnn", "upsample": 1, "min_face_size": 0, "work_size": 1200, "smallest_face": 0,
+                     "landmarks": 5, "embedder": "torch", "device": "auto", "batch_size": 0, "tta": "none",
+                     "max_pixels": 100000000, "workers": 0, "cpus_per_worker": 1, "gpus_per_worker": 0,
+                     "shard_size": 0, "address": None, "force": False, "max_retire_share": 0.1,
+                     "allow_retire": False, "extensions": [".jpg", ".jpeg", ".png"]},
+           "reduce": {"enabled": True, "labels": None, "corrections": None, "cluster_threshold": 0.5,
+                      "cluster_k": 12, "rebuild_index": False}}
+    cfg = nightly_module().parse_config(doc, env={})
+    assert cfg.index.model.detector == "cnn" and "detector" in cfg.model_given
+    assert cfg.index.run.extensions == (".jpg", ".jpeg", ".png")
+    assert (cfg.reduce.cluster_threshold, cfg.reduce.cluster_k, cfg.reduce.enabled) == (0.5, 12, True)
 
 
 def test_nightly_env_values_are_typed():
@@ -166,7 +189,7 @@ def test_nightly_env_values_are_typed():
     doc = yaml.safe_load(NIGHTLY.read_text())
     cfg = nightly.parse_config(doc, env={"FACEJOB_WORKERS": "8", "FACEJOB_GPUS_PER_WORKER": "1",
                                          "FACEJOB_ARCHIVE": "s3://a/p/", "FACEJOB_S3_ENDPOINT": "http://minio:9000"})
-    assert cfg.index.run.workers == 8 and cfg.index.run.gpus_per_worker == 1 and cfg.sources == ["s3://a/p/"]
+    assert cfg.index.run.workers == 8 and cfg.index.run.gpus_per_worker == 1 and cfg.sources == ("s3://a/p/",)
     assert cfg.endpoint_url == "http://minio:9000"
     assert nightly.expand("s3://${B:-x}/p", {"B": "bkt"}) == "s3://bkt/p"
     with pytest.raises(nightly.ConfigError, match=r"\$\{NOPE\}"):
@@ -178,6 +201,10 @@ def test_nightly_env_values_are_typed():
     (lambda d: d["index"].update(detecter="hog"), "unknown key"),
     (lambda d: d["reduce"].update(steps=["index"]), "unknown key"),
     (lambda d: d["index"].update(detector="yolo"), "detector"),
+    (lambda d: d["index"].update(extensions=".jpg"), "extensions"),
+    (lambda d: d["reduce"].update(cluster_threshold=3), "cluster_threshold"),
+    (lambda d: d["reduce"].update(min_quality="high"), "min_quality"),
+    (lambda d: d.update(report="yes"), "report"),
     (lambda d: d.update(sources=[]), "sources"),
     (lambda d: d.pop("output"), "output"),
     (lambda d: d["reduce"].update(cluster_k=0), "cluster_k"),

@@ -44,15 +44,15 @@ def cluster(s3_endpoint: MotoServer):
 
 
 def nightly(tmp_path: Path, address: str, endpoint: str, output: str, reduce: bool = True, labels: str | None = None,
-            status: int = 0, unnamed: tuple[str, ...] = (), **extra) -> dict:
+            status: int = 0, unnamed: tuple[str, ...] = (), report: bool = False, **extra) -> dict:
     """Run jobs/nightly.py on a config like jobs/nightly.yaml (without the `index:` keys in
     `unnamed`); return its summary line."""
     doc = yaml.safe_load((REPO / "jobs" / "nightly.yaml").read_text())
     doc.update(sources=[f"s3://{BUCKET}/photos/"], output=output, endpoint_url=endpoint,
-               reduce={"enabled": reduce, "labels": labels}, log_format="json")
+               reduce={"enabled": reduce, "labels": labels}, report=report, log_format="json")
     doc["index"].update(detector="hog", embedder="dlib", workers=2, shard_size=3, address=address, **extra)
     for key in unnamed:
-        del doc["index"][key]
+        doc["index"].pop(key, None)
     cfg = tmp_path / f"nightly-{abs(hash(output))}.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     env = child_env(endpoint)
@@ -63,6 +63,7 @@ def nightly(tmp_path: Path, address: str, endpoint: str, output: str, reduce: bo
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["status"] == ("ok" if status == 0 else "failed")
     assert ("reduce" in summary) == (reduce and status == 0)
+    assert ("report" in summary) == (report and reduce and status == 0)
     return summary
 
 
@@ -91,10 +92,12 @@ def test_nightly_over_s3_processes_only_what_changed(cluster, s3_endpoint, data_
         put(p.name, p)
     out = f"s3://{BUCKET}/out"
 
-    run1 = nightly(tmp_path, cluster, s3_endpoint.endpoint, out)
+    run1 = nightly(tmp_path, cluster, s3_endpoint.endpoint, out, report=True)
     assert run1["counts"]["new"] == 8 and run1["counts"]["processed"] == 8 and run1["counts"]["error"] == 0
     images1, faces1 = rows_by_name(out)
     clusters1 = cluster_ids(client, "out")
+    assert run1["report"]["path"].startswith(f"{out}/report/") and run1["report"]["photos"] == 8
+    client.head_object(Bucket=BUCKET, Key="out/report/index.html")
     assert set(clusters1) == {f["face_id"] for f in faces1.values()}
 
     changed, deleted = first[0].name, first[1].name

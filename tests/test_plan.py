@@ -54,6 +54,21 @@ def test_catalog_diff_new_changed_deleted_and_retire(tmp_path):
     assert sorted(left) == sorted([old[0].uri, *[r.uri for r in old[3:]], "/elsewhere/x.jpg"])
 
 
+def test_photos_left_out_by_extension_are_kept_unless_retiring_is_allowed(tmp_path):
+    """A listing with a narrower extension list skips photos that are still there: they are not
+    deleted (a shipped config lacking .avif once retired every AVIF photo); a photo of the same
+    extension that is really gone still is."""
+    store = LocalStore(tmp_path)
+    old = refs(3) + [ImageRef("/p/a.avif", 5, 1.0), ImageRef("/p/gone.avif", 6, 1.0)]
+    _commit(store, "a", old)
+    catalog = planning.read_catalog(store)
+    skipped = ["/p/a.avif", "/p/notes.txt"]   # what the listing saw and left out by extension
+    p = planning.make_plan(old[:3], catalog, ["/p"], excluded=skipped)
+    assert (p.unchanged, p.excluded, p.deleted) == (3, 1, 1) and p.retire == {"a": {"/p/gone.avif"}}
+    p = planning.make_plan(old[:3], catalog, ["/p"], excluded=skipped, retire_excluded=True)
+    assert (p.excluded, p.deleted) == (0, 2) and p.retire == {"a": {"/p/a.avif", "/p/gone.avif"}}
+
+
 def test_transient_errors_retried_next_run(tmp_path):
     store = LocalStore(tmp_path)
     rs = refs(3)

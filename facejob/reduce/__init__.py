@@ -13,7 +13,7 @@ from .errors import LabelsError, NotIndexedError, ReduceError
 __all__ = [
     "ClusterSummary", "DedupSummary", "LabelSummary", "LabelsError", "Match", "NotIndexedError",
     "QueryFace", "ReduceError", "ReduceSummary", "cluster", "dedup", "index", "label", "read_labels",
-    "reduce", "search", "search_face",
+    "reduce", "reduce_with", "search", "search_face",
 ]
 
 

@@ -3,6 +3,7 @@ label, dedup, search. Each reads what it needs from OUT and writes its result ba
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.config import ModelConfig
+from facejob.config import EXTENSIONS, ModelConfig, ReduceConfig
 from facejob.layout import (
     CLUSTERS, CLUSTERS_JSON, DUPLICATES, EVENTS, LABEL_MODEL_JSON, LABELS_STORED, PREDICTIONS, RUN_JSON,
 )
@@ -135,17 +136,23 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
 
 
 @writes_output("cluster")
-def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
+def cluster(out: str | Store, threshold: float | None = None, k: int | None = None,
             faces: Faces | None = None, fi: FaceIndex | None = None,
             min_quality: float = MIN_QUALITY) -> ClusterSummary:
     """Cluster the faces of OUT at or above the quality floor into identities →
     OUT/clusters.parquet, keeping earlier ids.
+
+    `threshold` and `k` are kept in OUT/clusters.json; left out (None), the kept ones are used
+    (else CLUSTER_THRESHOLD and CLUSTER_K), so a threshold given once holds for later runs.
 
     Reuses the saved index (extending it first if faces were added). Merges and splits of
     earlier clusters are appended to OUT/cluster_events.parquet. The corrections stored in
     OUT/labels/corrections.json are kept (see facejob.reduce.corrections).
     """
     store = _store(out)
+    kept = saved_cluster_params(store)
+    threshold = kept[0] if threshold is None else threshold
+    k = kept[1] if k is None else k
     faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
     applied = corr.resolve(_corrections(store, faces))
@@ -190,6 +197,16 @@ def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLU
     return summary
 
 
+def saved_cluster_params(out: str | Store) -> tuple[float, int]:
+    """(threshold, k) of the last clustering (OUT/clusters.json), else the defaults."""
+    store = _store(out)
+    try:
+        doc = json.loads(store.read_bytes(CLUSTERS_JSON)) if store.exists(CLUSTERS_JSON) else {}
+    except ValueError:  # unreadable: the defaults (the file is rewritten by the next clustering)
+        doc = {}
+    return float(doc.get("threshold", CLUSTER_THRESHOLD)), int(doc.get("k", CLUSTER_K))
+
+
 def _previous_clusters(store: Store, faces: Faces) -> tuple[np.ndarray, int, np.ndarray]:
     """Per current face its earlier cluster id (-1 if new), the next unused id, all earlier ids."""
     if not store.exists(CLUSTERS):
@@ -226,9 +243,11 @@ def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None
     faces = faces if faces is not None else read_faces(store, ["face_id", "uri", "face_idx", "left", "top", "right", "bottom"])
     path = Path(labels)
     if path.is_dir():
-        model, run = _face_model(store)
+        model, _ = _face_model(store)
         shas = read_faces(store, ["face_id", "sha256"], embeddings=False).meta.column("sha256")
-        return read_folder(path, faces, shas, _photo_embedder(model), run.extensions)
+        # Every format facejob reads, not the last run's list (an older or narrower one would
+        # silently skip the curator's AVIF or raw reference photos).
+        return read_folder(path, faces, shas, _photo_embedder(model), EXTENSIONS)
     if not path.is_file():
         raise LabelsError(f"labels file not found: {labels}")
     return read_csv(path.read_text(encoding="utf-8-sig"), faces, source=path.name)
@@ -271,10 +290,26 @@ def _combine(stored: pa.Table, new: Labelled, faces: Faces, shas: pa.Array) -> p
                   **{c: at(m.column(c), pa.int32()) for c in ("left", "top", "right", "bottom")}},
                  schema=LABELS_SCHEMA)
     if stored.num_rows:
-        renamed = pc.is_in(stored.column("face_id"), value_set=pa.array([i for i in new_ids if i]))
-        stored = stored.filter(pc.invert(pc.fill_null(renamed, False)))
-        t = pa.concat_tables([stored, t])
+        renamed = pc.is_in(stored.column("face_id"), value_set=pa.array([i for i in new_ids if i], pa.string()))
+        keep = ~pc.fill_null(renamed, False).to_numpy(zero_copy_only=False) & ~_given_again(stored, new)
+        t = pa.concat_tables([stored.filter(pa.array(keep)), t])
     return t
+
+
+def _given_again(stored: pa.Table, new: Labelled) -> np.ndarray:
+    """Per stored label: is it a photo outside the archive (no face id) that `new` gives again
+    (the same descriptor, to float noise)? The nightly job passes the same labels folder every
+    night; without this its reference photos would pile up as copies of themselves."""
+    outside = stored.column("face_id").is_null().to_numpy(zero_copy_only=False)
+    again = np.zeros(stored.num_rows, bool)
+    mine = new.row < 0
+    if not outside.any() or not mine.any():
+        return again
+    emb = _emb(stored.column("embedding"))
+    for i in np.flatnonzero(outside):
+        d = np.linalg.norm(new.embedding[mine] - emb[i], axis=1)
+        again[i] = bool((d < 1e-3).any())
+    return again
 
 
 def saved_label_params(out: str | Store) -> LabelParams:
@@ -620,14 +655,17 @@ class ReduceSummary:
 
 
 @writes_output("reduce")
-def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLUSTER_THRESHOLD,
-           k: int = CLUSTER_K, min_quality: float = MIN_QUALITY, corrections: str | Path | None = None,
-           progress: bool = False) -> ReduceSummary:
-    """Everything after indexing: index, cluster, label (when labels are stored), dedup.
-    Clustering and labelling see only faces at or above `min_quality`.
+def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | None = None,
+           k: int | None = None, min_quality: float = MIN_QUALITY, corrections: str | Path | None = None,
+           progress: bool = False, labels: str | Path | None = None,
+           label_threshold: float | None = None) -> ReduceSummary:
+    """Everything after indexing: index, cluster, label (when labels are stored or given), dedup.
+    Clustering and labelling see only faces at or above `min_quality`; `threshold` and `k` left
+    out are the kept ones (see cluster), `label_threshold` left out the saved one.
 
     `corrections` (a file from the report page) is first added to the ones stored in OUT; all
-    stored corrections apply to the clustering and the labels. `progress` shows the steps done.
+    stored corrections apply to the clustering and the labels. `labels` (CSV or folder) are
+    added to the stored labels. `progress` shows the steps done.
     """
     from facejob.progress import Progress
 
@@ -642,12 +680,37 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLU
     bar.advance(1, faces=len(faces))
     cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality)
     bar.advance(1, clusters=cs.clusters)
-    named = store.exists(LABELS_STORED) or bool(corr.resolve(corr.load(store)).names)
-    ls = label(store, faces=faces, min_quality=min_quality) if named else None
+    named = labels is not None or store.exists(LABELS_STORED) or bool(corr.resolve(corr.load(store)).names)
+    params = saved_label_params(store)
+    if label_threshold is not None:
+        params = dataclasses.replace(params, threshold=label_threshold)
+    ls = label(store, labels, params, faces=faces, min_quality=min_quality) if named else None
     bar.advance(1)
     ds = dedup(store, faces=faces, fi=fi)
     bar.advance(1, duplicates=ds.duplicates)
     return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds)
+
+
+def reduce_with(out: str | Store, cfg: ReduceConfig, progress: bool = False) -> ReduceSummary:
+    """`reduce` with the settings of a facejob.config.ReduceConfig (the `facejob reduce` flags,
+    the nightly job's `reduce:` keys); labels and corrections may be s3:// keys."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return reduce(out, rebuild_index=cfg.rebuild_index, threshold=cfg.cluster_threshold, k=cfg.cluster_k,
+                      min_quality=cfg.min_quality, corrections=_local(cfg.corrections, tmp), progress=progress,
+                      labels=_local(cfg.labels, tmp), label_threshold=cfg.label_threshold)
+
+
+def _local(uri: str | None, tmp: str) -> str | None:
+    """A local path for a labels or corrections file given as an s3:// key (read locally)."""
+    if uri is None or not uri.startswith("s3://"):
+        return uri
+    from facejob import s3
+
+    path = Path(tmp) / Path(s3.split_uri(uri)[1]).name
+    path.write_bytes(s3.read_bytes(uri))
+    return str(path)
 
 
 __all__ = [
@@ -667,6 +730,7 @@ __all__ = [
     "label",
     "read_labels",
     "reduce",
+    "reduce_with",
     "search",
     "search_face",
 ]

@@ -99,14 +99,16 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 @_errors
 def cmd_reduce(args: argparse.Namespace) -> int:
+    from facejob.config import ReduceConfig, from_args
+
     from . import api
 
-    r = api.reduce(args.out, rebuild_index=args.rebuild_index, min_quality=args.min_quality,
-                   corrections=args.corrections, progress=not args.quiet)
+    cfg = from_args(ReduceConfig, args)
+    r = api.reduce_with(args.out, cfg, progress=not args.quiet)
     print(f"index: {r.faces} faces ({r.index_s:.1f} s)")
     c = r.cluster
     print(f"cluster: {c.clusters} clusters, largest {c.largest}; {c.merges} merges, {c.splits} splits recorded; "
-          f"{c.left_out} faces below quality {args.min_quality} left out (still searchable)")
+          f"{c.left_out} faces below quality {cfg.min_quality} left out (still searchable)")
     if r.label:
         print(f"label: {r.label.people} people; named {r.label.named} of {r.label.faces} faces")
     else:
@@ -129,6 +131,8 @@ def _quality_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(subparsers) -> None:
+    from facejob.config import ReduceConfig, add_options
+
     from .params import CLUSTER_K, CLUSTER_THRESHOLD, LabelParams
 
     p = subparsers.add_parser("search", help="find the faces in OUT nearest to the faces of a photo",
@@ -146,9 +150,12 @@ def add_commands(subparsers) -> None:
                                           "all faces. Earlier cluster ids are kept; merges and splits are "
                                           "recorded in OUT/cluster_events.parquet.")
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--threshold", type=float, default=CLUSTER_THRESHOLD,
-                   help="largest RMS face distance inside a cluster (default: %(default)s)")
-    p.add_argument("--k", type=int, default=CLUSTER_K, help="neighbours per face in the graph (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="largest RMS face distance inside a cluster; kept in OUT/clusters.json and used by later "
+                        f"`cluster`, `reduce` and nightly runs (default: the kept one, else {CLUSTER_THRESHOLD})")
+    p.add_argument("--k", type=int, default=None,
+                   help=f"neighbours per face in the graph; kept like the threshold (default: the kept one, else "
+                        f"{CLUSTER_K})")
     _quality_option(p)
     p.set_defaults(func=cmd_cluster)
 
@@ -171,12 +178,17 @@ def add_commands(subparsers) -> None:
     p.add_argument("out", metavar="OUT")
     p.set_defaults(func=cmd_dedup)
 
-    p = subparsers.add_parser("reduce", help="index + cluster + label + dedup (after `facejob index`)")
+    p = subparsers.add_parser("reduce", help="index + cluster + label + dedup (after `facejob index`)",
+                              description="Everything after `facejob index`, in one command: extend the face "
+                                          "search index (OUT/index/), cluster the faces by identity keeping "
+                                          "earlier cluster ids (OUT/clusters.parquet), name them from the "
+                                          "stored labels and corrections (OUT/predictions.parquet; skipped "
+                                          "while there are none) and find duplicate photos "
+                                          "(OUT/duplicates.parquet). Settings given once (cluster threshold "
+                                          "and k, label threshold) are kept in OUT for later runs.")
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--rebuild-index", action="store_true", help="build the face index from scratch")
-    p.add_argument("--corrections", metavar="FILE", help=CORRECTIONS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
-    _quality_option(p)
+    add_options(p, ReduceConfig, "settings (the same names are the nightly job's `reduce:` keys)")
     p.set_defaults(func=cmd_reduce)
 
 

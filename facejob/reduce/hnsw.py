@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from facejob.layout import IDS_FILE, INDEX_FILE, PARAMS_FILE
 from facejob.schema import EMBEDDING_DIM
-from facejob.storage import Store, read_parquet, write_parquet
+from facejob.storage import Store, publish, read_parquet, write_parquet
 
 from .embeddings import Faces
 from .errors import NotIndexedError, ReduceError
@@ -161,7 +161,7 @@ def _save_hnsw(store: Store, index: hnswlib.Index) -> None:
         os.close(fd)
         try:
             index.save_index(tmp)
-            os.replace(tmp, dest)
+            publish(tmp, dest)
         finally:
             Path(tmp).unlink(missing_ok=True)
         return
