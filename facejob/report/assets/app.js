@@ -488,7 +488,8 @@
                                                        Math.round((p[3] || 0) / 1024) + " KB"}),
                 breakable(el("span", {class: "small reason"}), shortReason(p[2], g.photos)))));
           });
-          frag.append(el("div", {class: "dup"}, el("div", {class: "small", text: "group " + g.group + " · " + g.kind}), row));
+          var kind = g.kind === "identical" ? "identical files" : g.kind === "near" ? "near-duplicates (re-encoded, resized or cropped)" : g.kind;
+          frag.append(el("div", {class: "dup"}, el("div", {class: "small", text: "Group " + (g.group + 1) + " · " + kind}), row));
         });
         shown += 100;
         view.insertBefore(frag, sentinel);
@@ -545,6 +546,7 @@
     for (var v = 0; v <= x1 + 1e-9; v += 0.2) {
       s.append(svg("text", {x: X(v), y: h - b + 16, "text-anchor": "middle"}, v.toFixed(1)));
     }
+    s.append(svg("text", {x: w - r, y: h - 2, "text-anchor": "end"}, "distance →"));
     s.append(svg("text", {x: l - 6, y: t + 10, "text-anchor": "end"}, String(maxc)));
     s.append(svg("text", {x: l - 6, y: h - b, "text-anchor": "end"}, "0"));
     if (hg.threshold) {
