@@ -70,8 +70,8 @@ def split(archive, tmp_path_factory):
     new_id = max(cid) + 1
     for i in rows[1::2]:
         cid[i] = new_id
-    pq.write_table(t.set_column(t.schema.get_field_index("cluster_id"), "cluster_id", pa.array(cid, t.schema.field("cluster_id").type)),
-                   out / "clusters.parquet")
+    i = t.schema.get_field_index("cluster_id")
+    pq.write_table(t.set_column(i, "cluster_id", pa.array(cid, t.schema.field(i).type)), out / "clusters.parquet")
     face_ids = t.column("face_id").to_pylist()
     named = {face_ids[i] for i in rows}
     pq.write_table(pa.table({"face_id": face_ids, "label": [SPLIT if f in named else "unknown" for f in face_ids],
@@ -326,7 +326,7 @@ def test_model_groups_a_split_person_and_flags_only_against_others(split):
     np.fill_diagonal(d, np.inf)
     mine = np.isin(people.faces.face_ids.to_numpy(zero_copy_only=False), list(named))
     rows = np.flatnonzero(mine)
-    own, sib = (people.cluster_of[rows][:, None] == people.cluster_of[rows][None]), None
+    own = people.cluster_of[rows][:, None] == people.cluster_of[rows][None]
     d_own = np.where(own, d[np.ix_(rows, rows)], np.inf).min(1)
     d_sib = np.where(~own, d[np.ix_(rows, rows)], np.inf).min(1)
     d_out = d[np.ix_(rows, np.flatnonzero(~mine))].min(1)

@@ -8,10 +8,11 @@ A corrections file (what the page downloads, `corrections.json`) is a list of en
       {"id": "…", "kind": "same_person", "cluster_ids": [3, 7], "face_ids": [["…", …], ["…", …]]}]}
 
 `id` (optional) is unique per entry, made by the page; the report lists the stored ids so the
-page knows which of its corrections a build already contains. Entries name faces by `face_id` (the members a cluster had on the page), never by cluster id
-alone: cluster ids are only kept for the log, so a correction still means the same faces after
-later runs re-cluster. `facejob reduce/label --corrections FILE` appends the file's new entries
-to OUT/labels/corrections.json; every later run reads that file and turns it into:
+page knows which of its corrections a build already contains. Entries name faces by `face_id`
+(the members a cluster had on the page), never by cluster id alone: cluster ids are only kept
+for the log, so a correction still means the same faces after later runs re-cluster.
+`facejob reduce/label --corrections FILE` appends the file's new entries to
+OUT/labels/corrections.json; every later run reads that file and turns it into:
 
 - names → labels for the SVMs (a later name for a face replaces an earlier one);
 - "same person" → must-link pairs for clustering (the two groups always end in one cluster);

@@ -232,10 +232,11 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
     cards, index = [], []
     for p in range(n_persons):
         cs = list(people.clusters_of(p))
-        rows = np.concatenate([rows_of(c) for c in cs])
+        per = [rows_of(c) for c in cs]
+        rows = np.concatenate(per)
         # Card thumbnails: the most central faces of the largest cluster (page order is most
         # doubtful first), then of the next ones.
-        central = np.concatenate([rows_of(c)[np.argsort(people.doubt[rows_of(c)], kind="stable")] for c in cs])
+        central = np.concatenate([r[np.argsort(people.doubt[r], kind="stable")] for r in per])
         c0, n_photos, flagged = cs[0], len({uri[r] for r in rows.tolist()}), int(people.flagged[rows].sum())
         name = people.names[c0]
         cards.append([p, [int(people.cluster_ids[c]) for c in cs], len(rows), n_photos, name,

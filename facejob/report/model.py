@@ -101,7 +101,8 @@ def read_people(store: Store) -> People:
     names, conf, given = _cluster_names(inv, len(uroots), label, prob, labelled)
     # Persons: clusters sharing a name are one; an unnamed cluster is one alone.
     key = {}
-    person = np.array([key.setdefault(nm if nm is not None else (c,), len(key)) for c, nm in enumerate(names)], np.int64)
+    person = np.array([key.setdefault(nm if nm is not None else (c,), len(key)) for c, nm in enumerate(names)],
+                      np.int64)
     psize = np.bincount(person, weights=size, minlength=len(key)).astype(np.int64)
     near_same, near_other = _nearest(store, faces, person[inv])
 
