@@ -61,6 +61,22 @@ def test_add_keeps_new_entries_once(tmp_path):
     assert len(corr.load(store)) == 2      # a bad file changes nothing
 
 
+def test_add_skips_entries_by_id(tmp_path):
+    """The page gives each entry an id: one already stored is skipped even when its faces were
+    renamed since (followed to a moved photo); another id with the same content is kept, so the
+    report can list every id it contains."""
+    store = LocalStore(tmp_path / "out")
+    f = tmp_path / "corrections.json"
+    e1 = {"id": "k1", "kind": "name", "name": "Amy", "cluster_id": 1, "face_ids": ["a", "b"]}
+    f.write_text(_doc(e1))
+    assert corr.add(store, f) == 1
+    f.write_text(_doc({**e1, "face_ids": ["a2", "b"]}, {**e1, "id": "k2"}))
+    assert corr.add(store, f) == 1
+    assert [(e["id"], e["face_ids"]) for e in corr.load(store)] == [("k1", ["a", "b"]), ("k2", ["a", "b"])]
+    with pytest.raises(corr.CorrectionsError, match="entry 0: id must be a non-empty string"):
+        corr.parse(_doc({**e1, "id": 7}))
+
+
 def _blobs():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 0.05, (6, 8)), rng.normal(1, 0.05, (6, 8))]).astype(np.float32)

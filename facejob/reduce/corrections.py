@@ -3,14 +3,16 @@
 A corrections file (what the page downloads, `corrections.json`) is a list of entries, oldest first:
 
     {"facejob": "corrections", "version": 1, "corrections": [
-      {"kind": "name", "name": "Amy", "cluster_id": 3, "face_ids": ["…", …]},
-      {"kind": "not_person", "face_id": "…", "cluster_id": 3, "others": ["…", …], "name": "Amy"},
-      {"kind": "same_person", "cluster_ids": [3, 7], "face_ids": [["…", …], ["…", …]]}]}
+      {"id": "…", "kind": "name", "name": "Amy", "cluster_id": 3, "face_ids": ["…", …]},
+      {"id": "…", "kind": "not_person", "face_id": "…", "cluster_id": 3, "others": ["…", …], "name": "Amy"},
+      {"id": "…", "kind": "same_person", "cluster_ids": [3, 7], "face_ids": [["…", …], ["…", …]]}]}
 
-Entries name faces by `face_id` (the members a cluster had on the page), never by cluster id
-alone: cluster ids are only kept for the log, so a correction still means the same faces after
-later runs re-cluster. `facejob reduce/label --corrections FILE` appends the file's new entries
-to OUT/labels/corrections.json; every later run reads that file and turns it into:
+`id` (optional) is unique per entry, made by the page; the report lists the stored ids so the
+page knows which of its corrections a build already contains. Entries name faces by `face_id`
+(the members a cluster had on the page), never by cluster id alone: cluster ids are only kept
+for the log, so a correction still means the same faces after later runs re-cluster.
+`facejob reduce/label --corrections FILE` appends the file's new entries to
+OUT/labels/corrections.json; every later run reads that file and turns it into:
 
 - names → labels for the SVMs (a later name for a face replaces an earlier one);
 - "same person" → must-link pairs for clustering (the two groups always end in one cluster);
@@ -62,6 +64,8 @@ def _check(e, i: int) -> str | None:
     """A problem with entry i, or None."""
     if not isinstance(e, dict):
         return f"entry {i}: not an object"
+    if "id" in e and not (isinstance(e["id"], str) and e["id"]):
+        return f"entry {i}: id must be a non-empty string"
     kind = e.get("kind")
     if kind == "name":
         if not isinstance(e.get("name"), str) or not e["name"].strip():
@@ -120,17 +124,19 @@ def _key(e: dict) -> str:
 def add(store: Store, path: str | Path) -> int:
     """Append the new entries of the corrections file `path` to OUT's; returns how many were new.
 
-    Entries already stored (the page downloads everything it holds each time) are skipped.
+    Entries already stored (the page downloads everything it holds each time) are skipped: by
+    their `id` (the page gives each one; a stored entry keeps it, so the next report build can
+    tell the page which of its corrections are applied), or by content for entries without one.
     """
     p = Path(path)
     if not p.is_file():
         raise CorrectionsError(f"corrections file not found: {path}")
     new = parse(p.read_bytes(), p.name)
     old = load(store)
-    seen = {_key(e) for e in old}
+    seen = {e.get("id") or _key(e) for e in old}
     added = []
     for e in new:
-        k = _key(e)
+        k = e.get("id") or _key(e)
         if k not in seen:
             seen.add(k)
             added.append({**e, "at": e.get("at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

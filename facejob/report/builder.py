@@ -6,8 +6,10 @@ page only reaches it through index.html, which is written last; older builds are
     report/index.html                 loads b/BUILD/app.js, style.css and data/meta.js
     report/b/BUILD/data/*.js          the data, as scripts calling FJ.put(key, {...}) (file:// forbids fetch)
         meta.js                       run summary, histogram, counts, chunk sizes
-        people/K.js                   cards of clusters K*PEOPLE_CHUNK ... (page order)
-        faces/K.js                    the faces of a run of clusters (<= FACES_CHUNK faces) + their photos
+        people/K.js                   cards of persons K*PEOPLE_CHUNK ... (page order; a person is the
+                                      clusters of one name, see facejob/report/model.py)
+        index.js                      per person: faces, name, doubtful faces (to filter and sort)
+        faces/K.js                    the faces of a run of persons (<= FACES_CHUNK faces) + their photos
         search.js, dups.js            loaded on first use
     report/b/BUILD/thumbs/K.jpg       sprite sheets of face thumbnails (page order)
     report/photos/SH/SHA256.jpg       small previews of the photos, by content: kept across builds
@@ -47,7 +49,7 @@ log = logging.getLogger("facejob.report")
 
 REPORT = REPORT_DIR
 PEOPLE_CHUNK = 400       # cards per people/K.js
-FACES_CHUNK = 2000       # faces per faces/K.js (a bigger cluster gets a file of its own)
+FACES_CHUNK = 2000       # faces per faces/K.js (a bigger person gets a file of its own)
 ASSETS = ("app.js", "style.css")
 
 
@@ -191,7 +193,6 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
     t_images = time.perf_counter()
 
     chips = _chips(lm)
-    names = [m.file_name(u) for u in uri]
 
     def photo_record(u: str) -> list:
         no = photo_no[u]
@@ -203,52 +204,68 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
         lab = people.label[r]
         return [fid[r], photo_no[uri[r]], fidx[r], int(cell[r]), _r(people.doubt[r]), int(people.flagged[r]),
                 lab, _r(people.prob[r]) if lab is not None else None, int(people.labelled[r]), chips[r],
-                _r(people.near_same[r]), _r(people.near_other[r])]
+                _r(people.near_same[r]), _r(people.near_other[r]), int(people.cluster_ids[people.cluster_of[r]])]
 
-    # faces/K.js: whole clusters, in page order, up to FACES_CHUNK faces per file.
-    n_clusters = len(people.sizes)
-    face_chunk = np.zeros(n_clusters, np.int64)
+    def rows_of(c: int) -> np.ndarray:
+        return people.order[people.starts[c]:people.starts[c] + people.sizes[c]]
+
+    # faces/K.js: whole persons, in page order, up to FACES_CHUNK faces per file.
+    n_clusters, n_persons = len(people.sizes), len(people.person_starts)
+    person_faces = [int(people.sizes[list(people.clusters_of(p))].sum()) for p in range(n_persons)]
+    face_chunk = np.zeros(n_persons, np.int64)
     k, filled = 0, 0
-    for c in range(n_clusters):
-        if filled and filled + people.sizes[c] > FACES_CHUNK:
+    for p in range(n_persons):
+        if filled and filled + person_faces[p] > FACES_CHUNK:
             k, filled = k + 1, 0
-        face_chunk[c] = k
-        filled += int(people.sizes[c])
-    for k in range(int(face_chunk.max()) + 1 if n_clusters else 0):
-        cs = np.flatnonzero(face_chunk == k)
-        clusters, photos = {}, {}
-        for c in cs.tolist():
-            rows = people.order[people.starts[c]:people.starts[c] + people.sizes[c]].tolist()
-            clusters[c] = [face_record(r) for r in rows]
+        face_chunk[p] = k
+        filled += person_faces[p]
+    for k in range(int(face_chunk.max()) + 1 if n_persons else 0):
+        persons, photos = {}, {}
+        for p in np.flatnonzero(face_chunk == k).tolist():
+            rows = np.concatenate([rows_of(c) for c in people.clusters_of(p)]).tolist()
+            persons[p] = [face_record(r) for r in rows]
             for r in rows:
                 photos.setdefault(photo_no[uri[r]], photo_record(uri[r]))
-        write(f"data/faces/{k}.js", js_payload(f"faces/{k}", {"clusters": clusters, "photos": photos}))
+        write(f"data/faces/{k}.js", js_payload(f"faces/{k}", {"persons": persons, "photos": photos}))
 
-    # people/K.js: the cards.
-    order = people.order
-    for k, lo in enumerate(range(0, n_clusters, PEOPLE_CHUNK)):
-        cards = []
-        for c in range(lo, min(lo + PEOPLE_CHUNK, n_clusters)):
-            rows = order[people.starts[c]:people.starts[c] + people.sizes[c]]
-            # Card thumbnails: the most central faces (page order is most doubtful first).
-            central = rows[np.argsort(people.doubt[rows], kind="stable")[:m.CARD_THUMBS]]
-            cards.append([c, int(people.cluster_ids[c]), int(people.sizes[c]), len({uri[r] for r in rows.tolist()}),
-                          people.names[c], people.name_conf[c], int(people.name_given[c]),
-                          int(people.flagged[rows].sum()), [int(cell[r]) for r in central.tolist()], int(face_chunk[c])])
-        write(f"data/people/{k}.js", js_payload(f"people/{k}", cards))
+    # people/K.js: the cards, one per person; index.js: what the page filters and sorts by.
+    cards, index = [], []
+    for p in range(n_persons):
+        cs = list(people.clusters_of(p))
+        per = [rows_of(c) for c in cs]
+        rows = np.concatenate(per)
+        # Card thumbnails: the most central faces of the largest cluster (page order is most
+        # doubtful first), then of the next ones.
+        central = np.concatenate([r[np.argsort(people.doubt[r], kind="stable")] for r in per])
+        c0, n_photos, flagged = cs[0], len({uri[r] for r in rows.tolist()}), int(people.flagged[rows].sum())
+        name = people.names[c0]
+        cards.append([p, [int(people.cluster_ids[c]) for c in cs], len(rows), n_photos, name,
+                      people.name_conf[c0], int(any(people.name_given[c] for c in cs)), flagged,
+                      [int(cell[r]) for r in central[:m.CARD_THUMBS].tolist()], int(face_chunk[p])])
+        index.append([len(rows), name, flagged])
+    for k, lo in enumerate(range(0, n_persons, PEOPLE_CHUNK)):
+        write(f"data/people/{k}.js", js_payload(f"people/{k}", cards[lo:lo + PEOPLE_CHUNK]))
+    write("data/index.js", js_payload("index", index))
 
-    # search.js: names and file names -> cluster positions.
-    cl_of = people.cluster_of
-    files = sorted({(names[r], int(cl_of[r])) for r in range(n)})
+    # search.js: names -> persons; photos (once each, however many faces) -> their persons.
+    person_of_row = people.person_of[people.cluster_of]
+    persons_of_photo: dict[int, list[int]] = {}
+    for r in people.order.tolist():
+        ps = persons_of_photo.setdefault(photo_no[uri[r]], [])
+        if int(person_of_row[r]) not in ps:
+            ps.append(int(person_of_row[r]))
+    by_no = {no: u for u, no in photo_no.items()}
     write("data/search.js", js_payload("search", {
-        "names": [[c, people.names[c]] for c in range(n_clusters) if people.names[c]],
-        "files": [[f, c] for f, c in files]}))
+        "names": [[p, people.names[int(people.person_starts[p])]] for p in range(n_persons)
+                  if people.names[int(people.person_starts[p])]],
+        "photos": sorted([m.file_name(by_no[no]), ps] for no, ps in persons_of_photo.items())}))
     write("data/dups.js", js_payload("dups", [
         {"group": g["group"], "kind": g["kind"],
          "photos": [[p["uri"], bool(p["keep"]), p["reason"], p["size"], p["width"], p["height"],
                      keys[p["uri"]] if p["uri"] in previewed else None] for p in g["photos"]]} for g in dups]))
     t_data = time.perf_counter()
 
+    stored = corr.load(store)
     threshold = None
     if store.exists(CLUSTERS_JSON):
         threshold = json.loads(store.read_bytes(CLUSTERS_JSON)).get("threshold")
@@ -256,10 +273,12 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
                "data_s": round(t_data - t_images, 2)}
     meta = {
         "build": build_id, "out": store.root, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "people": n_clusters, "faces": n, "photos": len(photo_no), "people_chunk": PEOPLE_CHUNK,
-        "people_files": -(-n_clusters // PEOPLE_CHUNK), "thumb": THUMB, "sprite_cols": SPRITE_COLS,
+        "people": n_persons, "clusters": n_clusters, "faces": n, "photos": len(photo_no),
+        "people_chunk": PEOPLE_CHUNK, "thumb": THUMB, "sprite_cols": SPRITE_COLS,
         "sprite_cells": SPRITE_CELLS, "duplicate_groups": len(dups), "unreadable": unreadable,
-        "corrections_stored": len(corr.load(store)), "summary": m.run_summary(store),
+        "corrections_stored": len(stored),
+        # The page drops the corrections it holds that this build already contains.
+        "corrections_applied": [e["id"] for e in stored if e.get("id")], "summary": m.run_summary(store),
         "histogram": m.histogram(people, threshold), "report_timings": timings,
     }
     write("data/meta.js", js_payload("meta", meta))
@@ -275,7 +294,7 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
         store.delete(rel)
     timings.update(finish_s=round(t_write - t_data, 2), remove_old_s=round(time.perf_counter() - t_write, 2),
                    total_s=round(time.perf_counter() - t0, 2))
-    s = ReportSummary(path=f"{store.root}/{REPORT}/index.html", people=n_clusters, faces=n, photos=len(photo_no),
+    s = ReportSummary(path=f"{store.root}/{REPORT}/index.html", people=n_persons, faces=n, photos=len(photo_no),
                       previews=len(previewed), sprites=sprites.written, unreadable=unreadable,
                       duplicate_groups=len(dups), files=write.files + write_shared.files + 1, timings=timings)
     log.info("report: %d people, %d faces, %d photos (%d unreadable) -> %s (%d files written, %.1f MB; %d previews "

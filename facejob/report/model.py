@@ -32,7 +32,12 @@ HIST_BINS = np.round(np.arange(0.0, 1.2001, 0.025), 3)
 
 @dataclass
 class People:
-    """Faces in page order: cluster by cluster (largest first), each cluster most doubtful first."""
+    """Faces in page order: person by person (largest first), each person cluster by cluster
+    (largest first), each cluster most doubtful first.
+
+    A person is the clusters that carry one name (the curator's or the predicted one): the
+    clusterer may split someone, the page shows them once. An unnamed cluster is a person alone.
+    """
 
     faces: Faces                   # rows = faces of OUT (read order)
     order: np.ndarray              # page position -> face row
@@ -42,14 +47,21 @@ class People:
     sizes: np.ndarray              # per cluster position: faces
     doubt: np.ndarray              # per face row: distance to its cluster's mean face
     flagged: np.ndarray            # per face row: bool, least certain members
-    near_same: np.ndarray          # per face row: distance to the nearest face of its cluster (nan: none found)
-    near_other: np.ndarray         # per face row: ... of another cluster
+    near_same: np.ndarray          # per face row: distance to the nearest face of its person (nan: none found)
+    near_other: np.ndarray         # per face row: ... of another person (clusters of its name are not others)
     label: list[str | None]        # per face row: predicted name or None
     prob: np.ndarray               # per face row: probability of that name (nan: none)
     labelled: np.ndarray           # per face row: named by the curator
     names: list[str | None] = field(default_factory=list)   # per cluster position
     name_conf: list[float | None] = field(default_factory=list)
     name_given: list[bool] = field(default_factory=list)     # the curator named (some of) it
+    person_of: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # per cluster position: person
+    person_starts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # per person: first cluster pos
+
+    def clusters_of(self, person: int) -> range:
+        """The cluster positions of a person (contiguous, largest first)."""
+        end = self.person_starts[person + 1] if person + 1 < len(self.person_starts) else len(self.sizes)
+        return range(int(self.person_starts[person]), int(end))
 
 
 def read_people(store: Store) -> People:
@@ -86,26 +98,42 @@ def read_people(store: Store) -> People:
     mean = np.add.reduceat(faces.embeddings[by].astype(np.float64), np.r_[0, np.cumsum(size)[:-1]]) / size[:, None] \
         if n else np.zeros((0, faces.embeddings.shape[1]))
     doubt = np.linalg.norm(faces.embeddings - mean[inv].astype(np.float32), axis=1) if n else np.empty(0, np.float32)
-    near_same, near_other = _nearest(store, faces, inv)
+    names, conf, given = _cluster_names(inv, len(uroots), label, prob, labelled)
+    # Persons: clusters sharing a name are one; an unnamed cluster is one alone.
+    key = {}
+    person = np.array([key.setdefault(nm if nm is not None else (c,), len(key)) for c, nm in enumerate(names)],
+                      np.int64)
+    psize = np.bincount(person, weights=size, minlength=len(key)).astype(np.int64)
+    near_same, near_other = _nearest(store, faces, person[inv])
 
-    # Cluster order: largest first, then by cluster id (stable from run to run).
-    corder = np.lexsort((uroots, -size))
+    # Order: persons largest first, then their clusters largest first; ties by cluster id (stable
+    # from run to run).
+    first_id = np.full(len(key), np.iinfo(np.int64).max)
+    np.minimum.at(first_id, person, uroots)
+    pord = np.lexsort((first_id, -psize))
+    prank = np.empty(len(key), np.int64)
+    prank[pord] = np.arange(len(key))
+    corder = np.lexsort((uroots, -size, prank[person]))
     cpos = np.empty(len(uroots), np.int64)
     cpos[corder] = np.arange(len(uroots))
     cluster_of = cpos[inv]
-    names, conf, given = _cluster_names(cluster_of, len(uroots), label, prob, labelled)
-    flagged = (size[inv] > 1) & (near_other < near_same)
+    person_of = prank[person[corder]]
+    person_starts = np.flatnonzero(np.r_[True, np.diff(person_of) != 0]) if len(corder) else np.empty(0, np.int64)
+    # Doubtful: a face of another person is nearer than any of its own person's (none of its
+    # own among the neighbours counts as farther).
+    flagged = (psize[person[inv]] > 1) & np.isfinite(near_other) & ~(near_same <= near_other)
     # A face whose name differs from its cluster's is doubtful too.
-    cname = np.array(names, object)[cluster_of] if n else np.empty(0, object)
+    cname = np.array(names, object)[inv] if n else np.empty(0, object)
     flagged |= np.array([lab is not None and cn is not None and lab != cn for lab, cn in zip(label, cname)], bool)
     # Page order: cluster position, flagged first, then farthest from the cluster's mean first.
     order = np.lexsort((-doubt, ~flagged, cluster_of))
     sizes = size[corder]
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    names, conf, given = [names[c] for c in corder], [conf[c] for c in corder], [given[c] for c in corder]
     return People(faces=faces, order=order, cluster_of=cluster_of, cluster_ids=uroots[corder], starts=starts,
                   sizes=sizes, doubt=doubt.astype(np.float32), flagged=flagged, near_same=near_same,
                   near_other=near_other, label=label, prob=prob, labelled=labelled, names=names,
-                  name_conf=conf, name_given=given)
+                  name_conf=conf, name_given=given, person_of=person_of, person_starts=person_starts)
 
 
 def _cluster_names(cluster_of: np.ndarray, n_clusters: int, label: list[str | None], prob: np.ndarray,
@@ -136,8 +164,9 @@ def _cluster_names(cluster_of: np.ndarray, n_clusters: int, label: list[str | No
 
 
 def _nearest(store: Store, faces: Faces, cluster: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per face: distance to its nearest face in the same cluster, and in another one (nan if
-    none among its NEIGHBOURS nearest), from OUT's search index (or a throwaway one)."""
+    """Per face: distance to its nearest face in the same group (`cluster`: per face), and in
+    another one (nan if none among its NEIGHBOURS nearest), from OUT's search index (or a
+    throwaway one)."""
     n = len(faces)
     same = np.full(n, np.nan, np.float32)
     other = np.full(n, np.nan, np.float32)
@@ -170,7 +199,7 @@ def _nearest(store: Store, faces: Faces, cluster: np.ndarray) -> tuple[np.ndarra
 
 
 def histogram(people: People, threshold: float | None) -> dict[str, Any]:
-    """Counts of nearest same-cluster and nearest other-cluster distances per bin."""
+    """Counts of nearest same-person and nearest other-person distances per bin."""
     s = people.near_same[np.isfinite(people.near_same)]
     o = people.near_other[np.isfinite(people.near_other)]
     return {"edges": HIST_BINS.tolist(), "same": np.histogram(s, HIST_BINS)[0].tolist(),
@@ -178,8 +207,10 @@ def histogram(people: People, threshold: float | None) -> dict[str, Any]:
 
 
 def file_name(uri: str) -> str:
-    """The last part of a path or S3 key (what the page shows as a face's file name)."""
-    return PurePosixPath(uri.replace("\\", "/")).name or uri
+    """A photo's folder and file name, the last two parts of its path or S3 key (what the page
+    shows and searches; the whole path is in the tooltip)."""
+    p = PurePosixPath(uri.replace("\\", "/"))
+    return f"{p.parent.name}/{p.name}" if p.parent.name else (p.name or uri)
 
 
 # ---------------------------------------------------------------------------- run summary

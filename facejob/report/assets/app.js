@@ -59,7 +59,25 @@
 
   function $(id) { return document.getElementById(id); }
   function fmt(x, nd) { return x === null || x === undefined ? "–" : Number(x).toFixed(nd === undefined ? 2 : nd); }
+  // A photo's folder and file name. Text with paths breaks only at spaces and after / _ - and a
+  // dot that ends a word (never inside a word or a number).
+  function shortPath(uri) { var p = uri.split("/"); return p.length > 1 ? p[p.length - 2] + "/" + p[p.length - 1] : uri; }
+  function breakable(span, text) {
+    text.split(/(?<=[\/_\-]|\.(?!\d))/).forEach(function (part, i) {
+      if (i) span.append(el("wbr"));
+      span.append(part);
+    });
+    return span;
+  }
+  function pathText(uri) { return breakable(el("span", {class: "path", title: uri}), shortPath(uri)); }
   function fileName(uri) { var p = uri.split("/"); return p[p.length - 1] || uri; }
+  // One timestamp format everywhere: "2026-12-05 07:49 UTC" (ISO strings with any zone, or epoch seconds).
+  function when(x) {
+    if (x === null || x === undefined || x === "") return "–";
+    var d = new Date(typeof x === "number" ? x * 1000 : x);
+    if (isNaN(d)) return String(x);
+    return d.toISOString().slice(0, 16).replace("T", " ") + " UTC";
+  }
   function plural(n, one, many) { return n.toLocaleString() + " " + (n === 1 ? one : many); }
 
   function thumb(cell, title) {
@@ -71,15 +89,16 @@
   }
 
   // ------------------------------------------------------------------ data access
-  // Card: [pos, cluster_id, faces, photos, name, conf, given, flagged, thumb cells, faces file]
+  // Card (one per person: the clusters of one name): [pos, cluster ids (largest first), faces,
+  // photos, name, conf, given, flagged, thumb cells, faces file]
   function card(pos) {
     return load("people/" + Math.floor(pos / meta.people_chunk)).then(function (cards) {
       return cards[pos % meta.people_chunk];
     });
   }
-  // Face: [face_id, photo, face_idx, cell, doubt, flagged, label, prob, labelled, chip, near_same, near_other]
+  // Face: [face_id, photo, face_idx, cell, doubt, flagged, label, prob, labelled, chip, near_same, near_other, cluster_id]
   function members(c) {
-    return load("faces/" + c[9]).then(function (chunk) { return {faces: chunk.clusters[c[0]], photos: chunk.photos}; });
+    return load("faces/" + c[9]).then(function (chunk) { return {faces: chunk.persons[c[0]], photos: chunk.photos}; });
   }
 
   // ------------------------------------------------------------------ corrections
@@ -89,43 +108,57 @@
     KEY = "facejob-corrections:" + meta.out;
     try { corrections = JSON.parse(localStorage.getItem(KEY) || "[]"); } catch (e) { corrections = []; }
     if (!Array.isArray(corrections)) corrections = [];
+    // Corrections this build already contains (applied by `facejob reduce`) are no longer pending.
+    var applied = {};
+    (meta.corrections_applied || []).forEach(function (id) { applied[id] = true; });
+    var pending = corrections.filter(function (c) { return !(c && c.id && applied[c.id]); });
+    if (pending.length !== corrections.length) { corrections = pending; save(); }
   }
   function save() {
     try { localStorage.setItem(KEY, JSON.stringify(corrections)); } catch (e) { /* private mode: memory only */ }
     bar();
   }
   function now() { return new Date().toISOString().replace(/\.\d+Z$/, "Z"); }
-  function removedFrom(clusterId) {
+  // Each correction gets an id: the build lists the ids it contains (see restore()).
+  function newId() { return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10); }
+  function has(ids, id) { return ids.indexOf(id) >= 0; }
+  // Faces taken out of a person (any of its clusters) on this page.
+  function removedFrom(c) {
     var out = {};
-    corrections.forEach(function (c) { if (c.kind === "not_person" && c.cluster_id === clusterId) out[c.face_id] = true; });
+    corrections.forEach(function (x) { if (x.kind === "not_person" && has(c[1], x.cluster_id)) out[x.face_id] = true; });
     return out;
   }
-  function pendingName(clusterId) {
+  function pendingName(c) {
     var name = null;
-    corrections.forEach(function (c) { if (c.kind === "name" && c.cluster_id === clusterId) name = c.name; });
+    corrections.forEach(function (x) { if (x.kind === "name" && x.cluster_id === c[1][0]) name = x.name; });
     return name;
   }
-  function shownName(c) { var p = pendingName(c[1]); return p !== null ? p : c[4]; }
+  function shownName(c) { var p = pendingName(c); return p !== null ? p : c[4]; }
+  // Joined to other cards by a "Same person" not yet applied.
+  function joined(c) {
+    return corrections.some(function (x) { return x.kind === "same_person" && c[1].some(function (id) { return has(x.cluster_ids, id); }); });
+  }
+  function faceIds(fs, gone) { return fs.map(function (f) { return f[0]; }).filter(function (f) { return !gone[f]; }); }
 
   function setName(c, name) {
     name = name.trim();
     if (!name || name === shownName(c)) return Promise.resolve();
     return members(c).then(function (m) {
-      var gone = removedFrom(c[1]);
-      corrections = corrections.filter(function (x) { return !(x.kind === "name" && x.cluster_id === c[1]); });
-      corrections.push({kind: "name", name: name, cluster_id: c[1],
-                        face_ids: m.faces.map(function (f) { return f[0]; }).filter(function (f) { return !gone[f]; }),
-                        at: now()});
+      var gone = removedFrom(c);
+      corrections = corrections.filter(function (x) { return !(x.kind === "name" && x.cluster_id === c[1][0]); });
+      var entry = {id: newId(), kind: "name", name: name, cluster_id: c[1][0], face_ids: faceIds(m.faces, gone), at: now()};
+      if (c[1].length > 1) entry.cluster_ids = c[1];
+      corrections.push(entry);
       save();
     });
   }
   function toggleNotPerson(c, face, m) {
-    var i = corrections.findIndex(function (x) { return x.kind === "not_person" && x.face_id === face[0] && x.cluster_id === c[1]; });
+    var i = corrections.findIndex(function (x) { return x.kind === "not_person" && x.face_id === face[0] && x.cluster_id === face[12]; });
     if (i >= 0) { corrections.splice(i, 1); save(); return false; }
-    var gone = removedFrom(c[1]);
-    var entry = {kind: "not_person", face_id: face[0], cluster_id: c[1],
-                 others: m.faces.map(function (f) { return f[0]; }).filter(function (f) { return f !== face[0] && !gone[f]; }),
-                 at: now()};
+    // Kept apart from every face of the person, whichever of its clusters they are in.
+    var gone = removedFrom(c);
+    var entry = {id: newId(), kind: "not_person", face_id: face[0], cluster_id: face[12],
+                 others: faceIds(m.faces, gone).filter(function (f) { return f !== face[0]; }), at: now()};
     var name = shownName(c);
     if (name) entry.name = name;
     corrections.push(entry);
@@ -137,11 +170,15 @@
     if (ps.length < 2) return;
     Promise.all(ps.map(function (p) { return card(p).then(function (c) { return members(c).then(function (m) { return [c, m]; }); }); }))
       .then(function (cms) {
-        corrections.push({kind: "same_person", cluster_ids: cms.map(function (x) { return x[0][1]; }),
-                          face_ids: cms.map(function (x) {
-                            var gone = removedFrom(x[0][1]);
-                            return x[1].faces.map(function (f) { return f[0]; }).filter(function (f) { return !gone[f]; });
-                          }), at: now()});
+        var ids = [], groups = [];
+        cms.forEach(function (x) {
+          var gone = removedFrom(x[0]);
+          x[0][1].forEach(function (cid) {
+            var g = faceIds(x[1].faces.filter(function (f) { return f[12] === cid; }), gone);
+            if (g.length) { ids.push(cid); groups.push(g); }
+          });
+        });
+        corrections.push({id: newId(), kind: "same_person", cluster_ids: ids, face_ids: groups, at: now()});
         picked = {};
         save();
         route();
@@ -168,9 +205,9 @@
   var observer = null;
 
   function nameBox(c) {
-    var pending = pendingName(c[1]);
+    var pending = pendingName(c);
     var input = el("input", {class: "name" + (pending !== null ? " pending" : c[6] ? " given" : c[4] ? " predicted" : ""),
-                             placeholder: "Name this person", "aria-label": "Name", "data-cluster": String(c[1])});
+                             placeholder: "Name this person", "aria-label": "Name", "data-cluster": String(c[1][0])});
     input.value = shownName(c) || "";
     input.addEventListener("change", function () {
       setName(c, input.value).then(function () { input.className = "name pending"; });
@@ -179,7 +216,7 @@
     return input;
   }
   function confText(c) {
-    if (pendingName(c[1]) !== null) return "named here (download to apply)";
+    if (pendingName(c) !== null) return "named here (download to apply)";
     if (c[6]) return "named by you";
     if (c[4]) return "predicted, " + Math.round(c[5] * 100) + "% sure";
     return "";
@@ -190,49 +227,123 @@
     c[8].forEach(function (cell) { thumbs.append(thumb(cell)); });
     var box = el("input", {type: "checkbox"});
     box.checked = !!picked[c[0]];
-    var node = el("div", {class: "card" + (picked[c[0]] ? " picked" : ""), "data-pos": String(c[0])});
+    var node = el("div", {"data-pos": String(c[0])});
+    function mark() { node.className = "card" + (picked[c[0]] ? " picked" : "") + (joined(c) ? " joined" : ""); }
+    mark();
     box.addEventListener("change", function () {
       if (box.checked) picked[c[0]] = true; else delete picked[c[0]];
-      node.className = "card" + (box.checked ? " picked" : "");
+      mark();
       bar();
     });
     node.append(thumbs,
       el("div", {class: "row"}, nameBox(c), el("span", {class: "conf", text: confText(c)})),
       el("div", {class: "row"},
-        el("span", {class: "count", text: plural(c[2], "face", "faces") + " · " + plural(c[3], "photo", "photos")}),
+        el("span", {class: "count", text: plural(c[2], "face", "faces") + " · " + plural(c[3], "photo", "photos") +
+                                          (c[1].length > 1 ? " · " + plural(c[1].length, "cluster", "clusters") : "")}),
         c[7] ? el("span", {class: "badge", text: c[7] + " doubtful"}) : null,
+        joined(c) ? el("span", {class: "badge joined", text: "same person: not yet applied"}) : null,
         el("label", {class: "pick"}, box, "select"),
         el("a", {class: "open", href: "#person/" + c[0], text: "open →"})));
     return node;
   }
 
-  function peopleView(view) {
-    view.append(el("h1", {text: plural(meta.people, "person", "people") + " · " + plural(meta.faces, "face", "faces") +
-                                  " · " + plural(meta.photos, "photo", "photos")}),
-                el("p", {class: "note", text: "Largest first. Type a name and press Enter to name a person; tick two or more " +
-                                              "cards and press “Same person” to join them; open a person to take faces out. " +
-                                              "Download the corrections and run: facejob reduce OUT --corrections corrections.json"}));
-    var grid = el("div", {class: "grid", id: "people"});
-    var sentinel = el("div", {class: "sentinel"});
-    view.append(grid, sentinel);
-    var next = 0, busy = false;
-    function more() {
-      if (busy || next >= meta.people_files) return Promise.resolve();
-      busy = true;
-      return load("people/" + next).then(function (cards) {
-        var frag = document.createDocumentFragment();
-        cards.forEach(function (c) { frag.append(cardView(c)); });
-        grid.append(frag);
-        next += 1;
-        busy = false;
-        if (next >= meta.people_files) sentinel.remove();
+  // Filters and sort live in the address (#people?sort=name&unnamed=1&doubtful=1&singles=1).
+  function options(h) {
+    var o = {sort: "size", unnamed: false, doubtful: false, singles: false};
+    (h.split("?")[1] || "").split("&").forEach(function (kv) {
+      var p = kv.split("=");
+      if (p[0] === "sort" && (p[1] === "name" || p[1] === "doubtful")) o.sort = p[1];
+      else if (p[0] in o && p[0] !== "sort") o[p[0]] = p[1] === "1";
+    });
+    return o;
+  }
+  function optionsHash(o) {
+    var q = [];
+    if (o.sort !== "size") q.push("sort=" + o.sort);
+    ["unnamed", "doubtful", "singles"].forEach(function (k) { if (o[k]) q.push(k + "=1"); });
+    return "#people" + (q.length ? "?" + q.join("&") : "");
+  }
+  // Index: per person [faces, name, doubtful faces] -> the page positions to show, in order.
+  function selection(ix, o) {
+    var keep = [], singles = 0;
+    ix.forEach(function (r, pos) {
+      if (o.unnamed && r[1] !== null) return;
+      if (o.doubtful && !r[2]) return;
+      if (r[0] === 1 && !o.singles) { singles++; return; }
+      keep.push(pos);
+    });
+    if (o.sort === "name") {
+      keep.sort(function (a, b) {
+        var x = ix[a][1], y = ix[b][1];
+        if (x === null || y === null) return (x === null) - (y === null) || a - b;
+        return x.localeCompare(y) || a - b;
       });
+    } else if (o.sort === "doubtful") {
+      keep.sort(function (a, b) { return ix[b][2] - ix[a][2] || a - b; });
     }
-    observer = new IntersectionObserver(function (es) {
-      if (es.some(function (e) { return e.isIntersecting; })) more().then(function () { observer && observer.takeRecords(); });
-    }, {rootMargin: "800px"});
-    observer.observe(sentinel);
-    return more().then(function () {
+    return {positions: keep, singles: singles};
+  }
+
+  function toolbar(o) {
+    function set(k, v) { var n = Object.assign({}, o); n[k] = v; location.hash = optionsHash(n); }
+    var sort = el("select", {id: "sort", "aria-label": "Sort"},
+      el("option", {value: "size", text: "Largest first"}), el("option", {value: "name", text: "By name"}),
+      el("option", {value: "doubtful", text: "Most doubtful first"}));
+    sort.value = o.sort;
+    sort.addEventListener("change", function () { set("sort", sort.value); });
+    function check(k, text) {
+      var b = el("input", {type: "checkbox", id: "f-" + k});
+      b.checked = o[k];
+      b.addEventListener("change", function () { set(k, b.checked); });
+      return el("label", {class: "filter"}, b, text);
+    }
+    return el("div", {class: "toolbar"}, el("label", {class: "filter"}, "Sort ", sort),
+              check("unnamed", "Unnamed only"), check("doubtful", "With doubtful faces only"),
+              check("singles", "Show single-face clusters"));
+  }
+
+  function peopleView(view, h) {
+    var o = options(h);
+    return load("index").then(function (ix) {
+      var sel = selection(ix, o), list = sel.positions;
+      var clusters = meta.clusters > meta.people ? " (" + plural(meta.clusters, "cluster", "clusters") + ")" : "";
+      view.append(el("h1", {text: plural(meta.people, "person", "people") + clusters + " · " +
+                                    plural(meta.faces, "face", "faces") + " · " + plural(meta.photos, "photo", "photos")}),
+                  el("p", {class: "note", text: "Type a name and press Enter to name a person; tick two or more " +
+                                                "cards and press “Same person” to join them; open a person to take faces out. " +
+                                                "Download the corrections and run: facejob reduce OUT --corrections corrections.json"}),
+                  toolbar(o));
+      var shown = el("p", {class: "note", id: "shown"}, "Showing " + plural(list.length, "person", "people") + " of " +
+                     meta.people.toLocaleString() + ".");
+      if (sel.singles) {
+        var show = el("a", {href: optionsHash(Object.assign({}, o, {singles: true})), id: "show-singles", text: "show"});
+        shown.append(" " + plural(sel.singles, "single-face cluster", "single-face clusters") + " hidden — ", show);
+      }
+      view.append(shown);
+      var grid = el("div", {class: "grid", id: "people"});
+      var sentinel = el("div", {class: "sentinel"});
+      view.append(grid, sentinel);
+      var next = 0, busy = false, BATCH = 120;
+      function more() {
+        if (busy || next >= list.length) return Promise.resolve();
+        busy = true;
+        var batch = list.slice(next, next + BATCH);
+        return Promise.all(batch.map(card)).then(function (cards) {
+          var frag = document.createDocumentFragment();
+          cards.forEach(function (c) { frag.append(cardView(c)); });
+          grid.append(frag);
+          next += batch.length;
+          busy = false;
+          if (next >= list.length) sentinel.remove();
+        });
+      }
+      observer = new IntersectionObserver(function (es) {
+        if (es.some(function (e) { return e.isIntersecting; })) more().then(function () { observer && observer.takeRecords(); });
+      }, {rootMargin: "800px"});
+      observer.observe(sentinel);
+      if (!list.length) view.append(el("p", {class: "note", text: "Nobody matches these filters."}));
+      return more();
+    }).then(function () {
       if (FJ.ready === null) FJ.ready = performance.now();
       document.body.setAttribute("data-ready", "1");
     });
@@ -243,24 +354,31 @@
     return card(pos).then(function (c) {
       if (!c) { view.append(el("p", {class: "note", text: "No such person."})); return; }
       return members(c).then(function (m) {
-        var gone = removedFrom(c[1]);
+        var gone = removedFrom(c);
         view.append(el("div", {class: "person-head"},
           el("a", {href: "#people", text: "← People"}),
           nameBox(c),
           el("span", {class: "conf", text: confText(c)}),
           el("span", {class: "count", text: plural(c[2], "face", "faces") + " · " + plural(c[3], "photo", "photos") +
-                                             " · cluster " + c[1]}),
+                                             (c[1].length > 1 ? " · clusters " + c[1].join(", ") : " · cluster " + c[1][0])}),
           c[7] ? el("span", {class: "badge", text: c[7] + " doubtful"}) : null));
-        view.append(el("p", {class: "note", text: "Most doubtful first (farthest from this person's average face; " +
-                                                  "flagged when a face of another person is nearer than any of this one). " +
-                                                  "Click a face to see the photo."}));
+        view.append(el("p", {class: "note", text: "Cluster by cluster, most doubtful first (farthest from the cluster's " +
+                                                  "average face; flagged when a face of another person is nearer than any " +
+                                                  "of this person's). Click a face to see the photo."}));
         var grid = el("div", {class: "faces", id: "faces"});
         view.append(grid);
         var shown = 0, sentinel = el("div", {class: "sentinel"});
         view.append(sentinel);
         function more() {
           var frag = document.createDocumentFragment();
-          m.faces.slice(shown, shown + 300).forEach(function (f) { frag.append(faceView(c, f, m, gone)); });
+          m.faces.slice(shown, shown + 300).forEach(function (f, i) {
+            var prev = shown + i ? m.faces[shown + i - 1][12] : null;
+            if (c[1].length > 1 && f[12] !== prev) {
+              var n = m.faces.filter(function (g) { return g[12] === f[12]; }).length;
+              frag.append(el("h2", {class: "cluster-head", text: "Cluster " + f[12] + " · " + plural(n, "face", "faces")}));
+            }
+            frag.append(faceView(c, f, m, gone));
+          });
           shown += 300;
           grid.append(frag);
           if (shown >= m.faces.length) sentinel.remove();
@@ -286,7 +404,7 @@
       btn.textContent = out ? "Undo" : "Not this person";
     });
     var who = f[6] ? (f[8] ? "named " : "") + f[6] + (f[8] ? "" : " (" + Math.round(f[7] * 100) + "%)") : "unknown";
-    [t, el("span", {class: "fname", title: photo[0], text: fileName(photo[0])}),
+    [t, el("span", {class: "fname"}, pathText(photo[0])),
      el("span", {class: "small", text: "distance " + fmt(f[4]) + " · " + who}),
      f[5] ? el("span", {class: "badge", text: "doubtful"}) : null, btn].forEach(function (x) { if (x) node.append(x); });
     return node;
@@ -345,6 +463,11 @@
   function closeViewer() { $("viewer").hidden = true; }
 
   // ------------------------------------------------------------------ duplicates
+  // A reason names the other copy by its full path: the folder and file name say enough here.
+  function shortReason(text, photos) {
+    photos.forEach(function (q) { text = text.split(q[0]).join(shortPath(q[0])); });
+    return text;
+  }
   function dupsView(view) {
     view.append(el("h1", {text: plural(meta.duplicate_groups, "group", "groups") + " of copies"}),
                 el("p", {class: "note", text: "Side by side; the kept copy has a green frame."}));
@@ -359,12 +482,14 @@
             var img = el("img", {loading: "lazy", alt: fileName(p[0])});
             if (p[6] !== null) img.src = "photos/" + p[6] + ".jpg";
             row.append(el("figure", {class: p[1] ? "keep" : ""}, img,
-              el("figcaption", {title: p[0]},
-                el("strong", {text: p[1] ? "kept: " : "copy: "}), fileName(p[0]),
-                el("br"), el("span", {class: "small", text: (p[4] || "?") + "×" + (p[5] || "?") + " · " +
-                                                             Math.round((p[3] || 0) / 1024) + " KB · " + p[2]}))));
+              el("figcaption", null,
+                el("strong", {text: p[1] ? "kept: " : "copy: "}), pathText(p[0]),
+                el("span", {class: "small dims", text: (p[4] || "?") + "×" + (p[5] || "?") + " · " +
+                                                       Math.round((p[3] || 0) / 1024) + " KB"}),
+                breakable(el("span", {class: "small reason"}), shortReason(p[2], g.photos)))));
           });
-          frag.append(el("div", {class: "dup"}, el("div", {class: "small", text: "group " + g.group + " · " + g.kind}), row));
+          var kind = g.kind === "identical" ? "identical files" : g.kind === "near" ? "near-duplicates (re-encoded, resized or cropped)" : g.kind;
+          frag.append(el("div", {class: "dup"}, el("div", {class: "small", text: "Group " + (g.group + 1) + " · " + kind}), row));
         });
         shown += 100;
         view.insertBefore(frag, sentinel);
@@ -421,6 +546,7 @@
     for (var v = 0; v <= x1 + 1e-9; v += 0.2) {
       s.append(svg("text", {x: X(v), y: h - b + 16, "text-anchor": "middle"}, v.toFixed(1)));
     }
+    s.append(svg("text", {x: w - r, y: h - 2, "text-anchor": "end"}, "distance →"));
     s.append(svg("text", {x: l - 6, y: t + 10, "text-anchor": "end"}, String(maxc)));
     s.append(svg("text", {x: l - 6, y: h - b, "text-anchor": "end"}, "0"));
     if (hg.threshold) {
@@ -439,21 +565,63 @@
     });
     return tb;
   }
+  // Plain words for run.json's counts and timings; an unknown key is shown with spaces.
+  var COUNTS = {
+    listed: "photos found in the sources", skipped_by_extension: "files skipped (not a photo type)",
+    new: "new photos", changed: "changed photos (read again)", unchanged: "unchanged photos (not read again)",
+    retried: "photos retried after an earlier error", deleted: "photos gone from the sources", processed: "photos read",
+    ok: "photos with faces", no_face: "photos without faces", error: "photos that could not be read",
+    faces: "faces found", shards: "work units (shards)", failed_shards: "work units that failed",
+    orphan_parts_removed: "leftovers of a crashed run removed", unlisted: "photos no longer listed",
+    unlisted_folders: "folders no longer listed", quarantined_parts: "damaged files set aside",
+    duplicate_rows_removed: "rows written twice, removed"
+  };
+  var STEPS = {
+    list_s: "listing the sources", plan_s: "planning the work", process_s: "reading photos and finding faces",
+    total_s: "total", read_worker_s: "reading files (all workers)", decode_worker_s: "decoding photos (all workers)",
+    detect_worker_s: "finding faces (all workers)", landmarks_worker_s: "finding landmarks (all workers)",
+    embed_worker_s: "describing faces (all workers)", write_worker_s: "writing results (all workers)",
+    knn_s: "finding near neighbours", merge_s: "joining clusters", read_s: "reading the output",
+    images_s: "cutting thumbnails and previews", data_s: "writing the page data", finish_s: "writing the page",
+    remove_old_s: "removing older builds"
+  };
+  function words(map, k) { return map[k] || k.replace(/_s$/, "").replace(/_/g, " "); }
+
   function summaryView(view) {
     var s = meta.summary, lr = s.last_run || {}, c = s.cluster || {};
     view.append(el("h1", {text: "Run summary"}),
-      el("p", {class: "note", text: "Output " + meta.out + " · report built " + meta.created +
-                                    (lr.finished ? " · last index run finished " + lr.finished : "")}));
-    view.append(el("h2", {text: "Counts"}), table(["what", "count"], [
-      ["photos", s.images], ["with faces", s.status.ok || 0], ["without faces", s.status.no_face || 0],
-      ["errors", s.status.error || 0], ["faces", s.faces], ["people (clusters)", meta.people],
-      ["single-face clusters", c.singletons === undefined || c.singletons === null ? "–" : c.singletons],
-      ["groups of duplicates", meta.duplicate_groups], ["photos unreadable for this report", meta.unreadable],
-      ["corrections stored in the output", meta.corrections_stored]]));
-    if (lr.counts) {
-      view.append(el("h2", {text: "Last index run"}), table(["what", "count"],
-        Object.keys(lr.counts).map(function (k) { return [k, lr.counts[k]]; })));
+      el("p", {class: "note", text: "Report built " + when(meta.created) +
+                                    (lr.finished ? " · last index run finished " + when(lr.finished) : "") +
+                                    (c.updated_at ? " · people last clustered " + when(c.updated_at) : "") +
+                                    " · output " + meta.out}));
+    // The plots first: they answer "did it work?" at a glance.
+    var plots = el("div", {class: "plots"});
+    plots.append(el("div", {class: "plot"},
+      el("div", {class: "legend", text: "Distance to the nearest face of the same person (blue) and of anyone else " +
+                                        "(orange); faces closer than the threshold are joined"}),
+      histogramChart(meta.histogram)));
+    if (s.throughput.length) {
+      plots.append(el("div", {class: "plot"}, el("div", {class: "legend", text: "Speed of each step (photos per second of one worker)"}),
+                      barChart(s.throughput.map(function (r) { return [r[0], r[1]]; }), "photos/s")));
     }
+    view.append(plots);
+    var tables = el("div", {class: "tables"});
+    tables.append(el("section", null, el("h2", {text: "The archive"}), table(["", "count"], [
+      ["photos", s.images], ["photos with faces", s.status.ok || 0], ["photos without faces", s.status.no_face || 0],
+      ["photos that could not be read", s.status.error || 0], ["faces", s.faces], ["people", meta.people],
+      ["clusters of faces", meta.clusters],
+      ["clusters of a single face", c.singletons === undefined || c.singletons === null ? "–" : c.singletons],
+      ["groups of duplicate photos", meta.duplicate_groups], ["photos this report could not read", meta.unreadable],
+      ["corrections applied (stored in the output)", meta.corrections_stored]])));
+    if (lr.counts) {
+      tables.append(el("section", null, el("h2", {text: "Last index run" + (lr.started ? ", started " + when(lr.started) : "")}),
+        table(["", "count"], Object.keys(lr.counts).map(function (k) { return [words(COUNTS, k), lr.counts[k]]; }))));
+    }
+    var tm = Object.keys(s.timings).map(function (k) { return ["index: " + words(STEPS, k), s.timings[k]]; });
+    if (c.timings) Object.keys(c.timings).forEach(function (k) { tm.push(["clustering: " + words(STEPS, k), c.timings[k]]); });
+    Object.keys(meta.report_timings).forEach(function (k) { tm.push(["this report: " + words(STEPS, k), meta.report_timings[k]]); });
+    tables.append(el("section", null, el("h2", {text: "Time taken (seconds)"}), table(["step", "seconds"], tm)));
+    view.append(tables);
     view.append(el("h2", {text: "Errors by reason"}));
     if (!s.errors_total) view.append(el("p", {class: "note", text: "No errors."}));
     else {
@@ -461,23 +629,9 @@
       view.append(el("h2", {text: "Photos with errors" + (s.errors_total > s.errors.length ? " (first " + s.errors.length + " of " + s.errors_total + ")" : "")}),
                   table(["photo", "error"], s.errors));
     }
-    view.append(el("h2", {text: "Plots"}));
-    var plots = el("div", {class: "plots"});
-    if (s.throughput.length) {
-      plots.append(el("div", {class: "plot"}, el("div", {class: "legend", text: "Throughput per stage (photos per worker-second)"}),
-                      barChart(s.throughput.map(function (r) { return [r[0], r[1]]; }), "photos/s")));
-    }
-    plots.append(el("div", {class: "plot"},
-      el("div", {class: "legend", text: "Distance to the nearest face: same person (blue) vs nearest other person (orange)"}),
-      histogramChart(meta.histogram)));
-    view.append(plots);
-    var tm = Object.keys(s.timings).map(function (k) { return ["index " + k, s.timings[k]]; });
-    if (c.timings) Object.keys(c.timings).forEach(function (k) { tm.push(["cluster " + k, c.timings[k]]); });
-    Object.keys(meta.report_timings).forEach(function (k) { tm.push(["report " + k, meta.report_timings[k]]); });
-    view.append(el("h2", {text: "Timings (seconds)"}), table(["step", "s"], tm));
     if (s.history.length) {
-      view.append(el("h2", {text: "Earlier runs"}), table(["started", "photos processed", "total s"],
-        s.history.map(function (h) { return [h.started || "–", h.processed === null ? "–" : h.processed, h.total_s === null ? "–" : fmt(h.total_s, 1)]; })));
+      view.append(el("h2", {text: "Earlier runs"}), table(["started", "photos read", "seconds"],
+        s.history.map(function (h) { return [when(h.started), h.processed === null ? "–" : h.processed, h.total_s === null ? "–" : fmt(h.total_s, 1)]; })));
     }
   }
 
@@ -492,8 +646,12 @@
       for (var i = 0; i < ix.names.length && hits.length < 20; i++) {
         if (ix.names[i][1].toLowerCase().indexOf(q) >= 0) hits.push(["person", ix.names[i][1], ix.names[i][0]]);
       }
-      for (var j = 0; j < ix.files.length && hits.length < 50; j++) {
-        if (ix.files[j][0].toLowerCase().indexOf(q) >= 0) hits.push(["file", ix.files[j][0], ix.files[j][1]]);
+      // A photo is one hit however many faces it holds; it opens the person of its first face.
+      for (var j = 0; j < ix.photos.length && hits.length < 50; j++) {
+        var ph = ix.photos[j];
+        if (ph[0].toLowerCase().indexOf(q) >= 0) {
+          hits.push([ph[1].length > 1 ? "photo · " + ph[1].length + " people" : "photo", ph[0], ph[1][0]]);
+        }
       }
       list.replaceChildren();
       if (!hits.length) list.append(el("li", {class: "none", text: "Nothing found"}));
@@ -514,7 +672,7 @@
     var view = $("view");
     view.replaceChildren();
     var h = location.hash.replace(/^#/, "") || "people";
-    var name = h.split("/")[0];
+    var name = h.split(/[\/?]/)[0];
     document.querySelectorAll("nav a").forEach(function (a) {
       a.className = a.getAttribute("data-view") === (name === "person" ? "people" : name) ? "active" : "";
     });
@@ -523,7 +681,7 @@
     if (name === "person") done = personView(view, parseInt(h.split("/")[1], 10) || 0);
     else if (name === "dups") done = dupsView(view);
     else if (name === "summary") done = Promise.resolve(summaryView(view));
-    else done = peopleView(view);
+    else done = peopleView(view, h);
     done.catch(function (e) { view.append(el("p", {class: "note", text: "Could not load this page: " + e.message})); });
   }
 
