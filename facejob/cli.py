@@ -208,9 +208,9 @@ def run_command(name: str, command) -> int:
         print(f"{name}: error: {e}; S3 did not answer through all retries, rerun when it does", file=sys.stderr)
         return 1
     except (OSError, LockLost) as e:
-        from facejob.s3 import S3CredentialsError
+        from facejob.s3 import S3AccessError
 
-        if isinstance(e, S3CredentialsError):  # no retry fixes these
+        if isinstance(e, S3AccessError):  # no retry fixes these
             print(f"{name}: error: {e}", file=sys.stderr)
             return 2
         # the output cannot be written (disk full, permissions)

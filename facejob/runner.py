@@ -25,6 +25,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -437,7 +438,10 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
                 progress.update(result)
     except KeyboardInterrupt:  # committed shards stay; the next run does the rest
         progress.close()
-        raise Interrupted(f"{len(done)} of {len(shards)} shards done") from None
+        pool.close()  # first: a worker may commit the shard it had until it is killed
+        parts = set(open_store(out).list(layout.IMAGES_DIR))
+        committed = sum(layout.images_part(s.id) in parts for s in shards)
+        raise Interrupted(f"{committed} of {len(shards)} shards done") from None
     finally:
         pool.close()
     return done, failed
@@ -495,7 +499,7 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
             raise
 
 
-def _remove_if_empty(folder) -> None:
+def _remove_if_empty(folder: Path) -> None:
     """Remove an output folder this run created if it holds nothing but the lock file (the
     run failed before writing anything: a missing source, a wrong setting, Ctrl-C)."""
     if {p.name for p in folder.iterdir()} <= {layout.LOCK}:

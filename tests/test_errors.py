@@ -58,25 +58,38 @@ def test_s3_credentials_error_is_raised_at_once(s3, monkeypatch):
     fs3.configure()
     sent: list[str] = []
     fs3.client().meta.events.register("before-send.s3", lambda request, **kw: sent.append(request.url))
-    with pytest.raises(fs3.S3CredentialsError, match="no S3 credentials found"):
+    with pytest.raises(fs3.S3AccessError, match="no S3 credentials found"):
         list(fs3.list_images(s3.uri("photos"), (".jpg",), []))
     assert sent == []
 
 
 @pytest.fixture(scope="module")
 def s3_with_auth():
-    """A moto server that checks credentials like AWS does (an unknown key id is refused)."""
-    with MotoServer(env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as server:
-        yield server
+    """A moto server that checks credentials like AWS does, and an IAM user's key that may do
+    nothing: (endpoint, access key id, secret). The user and key are its first two requests, the
+    ones moto lets through unchecked."""
+    import boto3
+
+    with MotoServer(env={"INITIAL_NO_AUTH_ACTION_COUNT": "2"}) as server:
+        iam = boto3.client("iam", endpoint_url=server.endpoint, region_name="us-east-1",
+                           aws_access_key_id="x", aws_secret_access_key="x")
+        iam.create_user(UserName="nobody")
+        key = iam.create_access_key(UserName="nobody")["AccessKey"]
+        yield server.endpoint, key["AccessKeyId"], key["SecretAccessKey"]
 
 
-def test_s3_refused_credentials_are_one_line(s3_with_auth, tmp_path):
-    env = child_env(s3_with_auth.endpoint)
-    env.update(AWS_ACCESS_KEY_ID="AKIANOSUCHKEY0000000", AWS_SECRET_ACCESS_KEY="wrong")
+@pytest.mark.parametrize("known_key, message", [
+    (False, "S3 refused the credentials (InvalidAccessKeyId"),
+    (True, "S3 denied these credentials access: use ones allowed to do this"),
+])
+def test_s3_refused_credentials_and_denied_access_are_one_line(s3_with_auth, known_key, message):
+    endpoint, key_id, secret = s3_with_auth
+    env = child_env(endpoint)
+    env.update(AWS_ACCESS_KEY_ID=key_id if known_key else "AKIANOSUCHKEY0000000", AWS_SECRET_ACCESS_KEY=secret)
     r = run("index", "s3://bucket/photos", "--out", "s3://bucket/out", "-q", env=env)
     assert r.returncode == 2
     line = one_line(r)
-    assert "S3 refused the credentials (InvalidAccessKeyId" in line and "AWS_PROFILE" in line, line
+    assert message in line and "AWS_PROFILE" in line, line
 
 
 def test_s3_missing_bucket_is_one_line(s3, tmp_path):
