@@ -15,8 +15,18 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The whole first morning: index, then cluster/label/dedup, then the review page.
 demo: $(BIN)/.installed
 	$(BIN)/facejob index $(PHOTOS) --out $(OUT)
+	$(BIN)/facejob reduce $(OUT)
+	$(BIN)/facejob report $(OUT)
+	@echo
+	@echo "Open the review page: $(abspath $(OUT))/report/index.html"
+	@echo "Next (facejob is $(BIN)/facejob; or run 'source $(BIN)/activate' once):"
+	@echo "  $(BIN)/facejob search $(OUT) PHOTO          # who in the archive looks like the faces in PHOTO"
+	@echo "  $(BIN)/facejob label $(OUT) --labels FOLDER # name people: one subfolder of photos per person"
+	@echo "  $(BIN)/facejob reduce $(OUT) --corrections corrections.json && $(BIN)/facejob report $(OUT)"
+	@echo "  $(BIN)/facejob index $(PHOTOS) --out $(OUT) # again after new photos: only new ones are done"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -ra

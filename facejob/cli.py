@@ -53,12 +53,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     saved = saved_model(open_store(args.out))  # run.json's `model` shows what was used
     summary = index(args.sources, args.out, index_config_from_args(args, saved), progress=not args.quiet)
     c, t = summary.counts, summary.report["totals"]
-    print(f"indexed {c['processed']} photos in {summary.timings['total_s']:.1f} s "
-          f"({summary.report['images_per_s']:.1f} images/s): {c['ok']} with faces, {c['no_face']} without, "
+    # process_s is the progress line's clock; listing, planning and starting Ray come on top
+    print(f"indexed {c['processed']} photos in {summary.timings['process_s']:.1f} s "
+          f"({summary.report['images_per_s']:.1f} photos/s; {summary.timings['total_s']:.1f} s with listing "
+          f"and start-up): {c['ok']} with faces, {c['no_face']} without, "
           f"{c['error']} errors; {c['faces']} faces. Unchanged {c['unchanged']}, deleted {c['deleted']}, "
           f"skipped by extension {c['skipped_by_extension']}.")
-    print(f"output: {summary.out} now holds {t['images']} photos and {t['faces']} faces "
-          f"(images/, faces/, run.json)")
+    if not t["images"]:  # the same words as `facejob reduce` and `report` say then
+        print(f"output: {summary.out} holds no photos yet: `facejob index` found none under "
+              f"{' '.join(args.sources)}; index a folder with photos first")
+    else:
+        print(f"output: {summary.out} now holds {t['images']} photos and {t['faces']} faces "
+              f"(images/, faces/, run.json)")
     if summary.failed_shards:
         print(f"FAILED shards (rerun to retry): {', '.join(summary.failed_shards)}", file=sys.stderr)
         return 1
@@ -73,7 +79,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         from facejob.storage import open_store
 
         base = ModelConfig.load(open_store(args.like))
-    v = verify(args.photo_a, args.photo_b, args.threshold, config_from_args(ModelConfig, args, base))
+    v = verify(args.photo_a, args.photo_b, args.threshold, config_from_args(ModelConfig, args, base),
+               args.face_a, args.face_b)
     print(f"{'same person' if v.same_person else 'different people'}: distance {v.distance:.4f} "
           f"(threshold {v.threshold})")
     return 0
@@ -105,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photo_b")
     p.add_argument("--threshold", type=float, default=0.6, help="distance below which faces match (default: %(default)s)")
     p.add_argument("--like", metavar="OUT", help="use the model settings an index output was made with")
+    for which, photo in (("a", "PHOTO_A"), ("b", "PHOTO_B")):
+        p.add_argument(f"--face-{which}", type=int, metavar="N",
+                       help=f"compare face N of {photo} (0, 1, ... in the order `index` numbers them, "
+                            f"listed when a photo has no clear main face; default: its main face)")
     add_config_options(p, ModelConfig, "the face model")
     p.set_defaults(func=cmd_verify)
 
@@ -143,23 +154,46 @@ def _fail_unavailable(command: str, why: str) -> int:
     return 2
 
 
+EXIT_INTERRUPTED = 130      # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.verbose)
+    return run_command(f"facejob {args.command}", lambda: args.func(args))
+
+
+def run_command(name: str, command) -> int:
+    """Run `command()` and turn what it raises into one line on stderr and an exit status:
+    2 for input to fix (and S3 credentials), 75 for a held lock, 1 for an output that could not
+    be written, 130 for Ctrl-C (nothing half-written is trusted: rerunning finishes the work)."""
     from facejob.lock import EXIT_LOCKED, LockHeld, LockLost
+    from facejob.sources import SourceUnavailable
 
     try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"facejob {args.command}: error: {e}", file=sys.stderr)
+        return command()
+    except KeyboardInterrupt as e:  # the index says how far it got: runner.Interrupted
+        print(f"{name}: interrupted{': ' + str(e) if str(e) else ''}; rerun the same command to finish",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     except LockHeld as e:
-        print(f"facejob {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return EXIT_LOCKED
-    except (OSError, LockLost) as e:  # the output cannot be written (disk full, permissions, S3 down)
-        print(f"facejob {args.command}: error: {e}; nothing half-written is trusted, rerun to finish",
-              file=sys.stderr)
+    except SourceUnavailable as e:  # S3 kept failing (endpoint down, 5xx) through every retry
+        print(f"{name}: error: {e}; S3 did not answer through all retries, rerun when it does", file=sys.stderr)
+        return 1
+    except (OSError, LockLost) as e:
+        from facejob.s3 import S3AccessError
+
+        if isinstance(e, S3AccessError):  # no retry fixes these
+            print(f"{name}: error: {e}", file=sys.stderr)
+            return 2
+        # the output cannot be written (disk full, permissions)
+        print(f"{name}: error: {e}; nothing half-written is trusted, rerun to finish", file=sys.stderr)
         return 1
 
 

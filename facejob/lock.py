@@ -65,6 +65,8 @@ def _describe(root: str, raw: bytes) -> str:
 
 class _FileLock:
     def __init__(self, folder: Path, holder: dict[str, Any]):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file, not an output folder; give a new folder or an earlier output")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / LOCK
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, like every output file

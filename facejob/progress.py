@@ -7,7 +7,8 @@
 
 On a terminal the line is rewritten in place at most 10 times a second; in a log (not a
 terminal) one line is written every `interval` seconds and one at the end, so nightly logs
-stay short.
+stay short. The bar is the run's clock: `elapsed` (frozen by `close`) is what a command's summary
+reports, so the last progress line and the summary show one measurement.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class Progress:
     """Counts work done towards `total` and shows it (see the module docstring)."""
 
     def __init__(self, label: str, total: int, unit: str = "items", stream: TextIO | None = None,
-                 enabled: bool = True, interval: float = 10.0, rates: tuple[str, ...] = ()):
+                 enabled: bool = True, interval: float = 10.0, rates: tuple[str, ...] = (),
+                 start: float | None = None):
         self.label, self.total, self.unit = label, max(int(total), 0), unit
         self.done = 0
         self.extra: dict[str, float] = {}
@@ -39,17 +41,23 @@ class Progress:
         self.enabled = enabled
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.interval = interval
-        self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter() if start is None else start  # a perf_counter() reading
         self._last = self.t0
+        self._end: float | None = None
         self._closed = False
 
     @property
+    def elapsed(self) -> float:
+        """Seconds from the start to now, or to `close`."""
+        return (self._end if self._end is not None else time.perf_counter()) - self.t0
+
+    @property
     def rate(self) -> float:
-        return self.done / max(time.perf_counter() - self.t0, 1e-9)
+        return self.done / max(self.elapsed, 1e-9)
 
     def line(self) -> str:
         """The status text: label, bar (terminal), counts, extra counters, rate, ETA."""
-        elapsed = time.perf_counter() - self.t0
+        elapsed = self.elapsed
         rate = self.done / max(elapsed, 1e-9)
         parts = [self.label]
         if self.tty and self.total:
@@ -60,7 +68,7 @@ class Progress:
         parts.append(f"{rate:.1f} {self.unit}/s")
         parts += [f"{self.extra.get(k, 0) / max(elapsed, 1e-9):.1f} {k}/s" for k in self.rates]
         if self.done >= self.total:
-            parts.append(f"in {_duration(elapsed)}")
+            parts.append(f"in {elapsed:.1f} s")
         elif self.done and rate > 0:
             parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
         return "  ".join(parts)
@@ -87,10 +95,11 @@ class Progress:
             self.close()
 
     def close(self) -> None:
-        """Write the final line (once)."""
+        """Stop the clock and write the final line (once)."""
         if self._closed:
             return
         self._closed = True
+        self._end = time.perf_counter()
         if not self.enabled:
             return
         self.stream.write(("\r\033[K" if self.tty else "") + self.line() + "\n")

@@ -25,6 +25,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,10 @@ class ShardWorker:
         return shard_tables([ref], [m.process_ref(ref)], shard, m.detector.name, m.embedder.name)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during the run; says how many shards were committed before it."""
+
+
 @dataclass
 class RunSummary:
     """What `index` did; also written to OUT/run.json."""
@@ -137,9 +142,11 @@ class RunSummary:
 class Progress:
     """Index progress in photos (with shards, faces, errors and megapixels/s alongside), via facejob.progress."""
 
-    def __init__(self, total_shards: int, total_images: int, stream=None, enabled: bool = True):
+    def __init__(self, total_shards: int, total_images: int, stream=None, enabled: bool = True,
+                 start: float | None = None):
         self.total_shards = total_shards
-        self.bar = ProgressBar("index", total_images, "photos", stream=stream, enabled=enabled, rates=("MP",))
+        self.bar = ProgressBar("index", total_images, "photos", stream=stream, enabled=enabled, rates=("MP",),
+                               start=start)
 
     def update(self, stats: dict[str, Any]) -> None:
         self.bar.advance(stats["images"], shards=1, faces=stats["faces"],
@@ -181,7 +188,11 @@ def _start_ray(run: RunConfig):
 
     if ray.is_initialized():
         return ray
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+    # Ray says nothing (not even its token-authentication notice) unless asked with --verbose:
+    # our own log holds what a user needs, and a --log-format json stream must stay JSON.
+    verbose = log.isEnabledFor(logging.DEBUG)
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose,
+                                  logging_level=logging.INFO if verbose else logging.ERROR,
                                   runtime_env={"env_vars": _worker_env()})
     address = run.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address:
@@ -191,6 +202,7 @@ def _start_ray(run: RunConfig):
         # the job, and at 15 any other busy process on the machine starves them.
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=run.workers or os.cpu_count(), **kwargs)
+    logging.getLogger("ray").handlers[:] = log.handlers  # what Ray still says, in our format
     return ray
 
 
@@ -424,6 +436,12 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
             else:
                 done.append(result)
                 progress.update(result)
+    except KeyboardInterrupt:  # committed shards stay; the next run does the rest
+        progress.close()
+        pool.close()  # first: a worker may commit the shard it had until it is killed
+        parts = set(open_store(out).list(layout.IMAGES_DIR))
+        committed = sum(layout.images_part(s.id) in parts for s in shards)
+        raise Interrupted(f"{committed} of {len(shards)} shards done") from None
     finally:
         pool.close()
     return done, failed
@@ -470,8 +488,23 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
     """
     store = open_store(out)
     config = config or IndexConfig(saved_model(store) or ModelConfig(), RunConfig())
+    new_folder = getattr(store, "path", None)
+    new_folder = new_folder if new_folder is not None and not new_folder.exists() else None
     with lock.hold(store, "index"):
-        return _index(sources, store, config, progress, model_class)
+        try:
+            return _index(sources, store, config, progress, model_class)
+        except BaseException:
+            if new_folder is not None:
+                _remove_if_empty(new_folder)
+            raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove an output folder this run created if it holds nothing but the lock file (the
+    run failed before writing anything: a missing source, a wrong setting, Ctrl-C)."""
+    if {p.name for p in folder.iterdir()} <= {layout.LOCK}:
+        (folder / layout.LOCK).unlink(missing_ok=True)
+        folder.rmdir()
 
 
 def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool,
@@ -504,12 +537,12 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     if plan.excluded:
         log.warning("kept %d indexed photos whose extension this run does not list (extensions: %s); "
                     "--allow-retire (allow_retire: true) retires them", plan.excluded, " ".join(run.extensions))
-    bar = Progress(len(shards), len(plan.todo), enabled=progress)
+    bar = Progress(len(shards), len(plan.todo), enabled=progress, start=t_plan)
     config.model.save(store)  # before any part: every reader of faces/ builds the same FaceModel
     done, failed = _execute(shards, out, config, bar, model_class) if shards else ([], [])
     if shards:
-        bar.close()   # the last line, also when shards failed short of the total
-    t_run = time.perf_counter()
+        bar.close()   # the last line, also when shards failed short of the total; stops the clock
+    t_run = t_plan + bar.bar.elapsed  # the progress line's clock: it and the summary show one time
 
     stage_s: Counter[str] = Counter()
     status: Counter[str] = Counter()

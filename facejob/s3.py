@@ -10,7 +10,9 @@ Errors are split the way the pipeline needs them: a permanent failure on one obj
 forbidden, archived) raises an `OSError` subclass, like a local file would (the image gets an
 `unreadable` error); a transient failure that outlived botocore's retries raises
 `S3TransientError`, a `SourceUnavailable` and not an OSError (the image gets `unavailable` and
-is tried again by the next run; a failed write fails the shard, which Ray retries).
+is tried again by the next run; a failed write fails the shard, which Ray retries). Missing or
+refused credentials and denied access raise `S3AccessError` (a PermissionError) at once,
+saying how to give credentials: no retry can fix them.
 
 URIs are `s3://bucket/key` with the key verbatim: spaces, unicode, `..` segments and a leading
 `/` are part of the key and are never normalised, so every listed key reads back as itself.
@@ -27,7 +29,7 @@ import boto3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from facejob.sources import ImageRef, SourceUnavailable
 from facejob.storage import safe_rel
@@ -55,6 +57,18 @@ PART_SIZE = 16 * 1024 * 1024
 
 class S3TransientError(SourceUnavailable):
     """S3 kept failing after all retries (endpoint down, 5xx, throttling): worth trying again later."""
+
+
+class S3AccessError(PermissionError):
+    """No S3 credentials, credentials S3 does not know, or access they do not grant: no retry
+    fixes it, so it is not retried (the command says what to give instead)."""
+
+
+HOW_TO_GIVE_CREDENTIALS = ("give them with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE "
+                           "(~/.aws/credentials), or an instance or pod role; for MinIO or Ceph also "
+                           "--endpoint-url (or AWS_ENDPOINT_URL)")
+# S3's answers to a key id it does not know or a secret that does not match it.
+_BAD_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId")
 
 
 _lock = threading.Lock()
@@ -123,14 +137,22 @@ def _is_transient(e: ClientError) -> bool:
 
 
 def _raise_for(e: Exception, what: str) -> None:
-    """Re-raise a boto error as OSError (permanent, per object) or S3TransientError."""
+    """Re-raise a boto error as S3AccessError, OSError (permanent, per object) or S3TransientError."""
+    if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
+        raise S3AccessError(f"{what}: no S3 credentials found ({e}); {HOW_TO_GIVE_CREDENTIALS}") from None
+    if isinstance(e, ClientError) and _code(e) in _BAD_CREDENTIALS:
+        raise S3AccessError(f"{what}: S3 refused the credentials ({_code(e)}: "
+                                 f"{e.response.get('Error', {}).get('Message', '')}); check them: "
+                                 f"{HOW_TO_GIVE_CREDENTIALS}") from None
     if isinstance(e, ClientError) and not _is_transient(e):
         code, status = _code(e), _status(e)
         msg = f"{what}: {code or status} {e.response.get('Error', {}).get('Message', '')}".strip()
         if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound") or status == 404:
             raise FileNotFoundError(msg) from e
         if code in ("AccessDenied", "403", "Forbidden") or status == 403:
-            raise PermissionError(msg) from e
+            raise S3AccessError(f"{msg}; S3 denied these credentials access: use ones allowed to do this "
+                                f"(AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or ask for "
+                                f"access to the bucket") from e
         raise OSError(msg) from e
     raise S3TransientError(f"{what}: {e}") from e
 

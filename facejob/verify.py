@@ -24,22 +24,36 @@ class Verdict:
     threshold: float
 
 
-def subject(model: FaceModel, uri: str) -> FaceRecord:
-    """The main face of the photo at `uri` (see pipeline.main_face)."""
+def subject(model: FaceModel, uri: str, face: int | None = None, flag: str = "--face") -> FaceRecord:
+    """The face of the photo at `uri` numbered `face` (face_idx order, as `index` stores them),
+    else its main face (see pipeline.main_face). NoFaceError lists the faces to pick from."""
     result = model.process_bytes(read_bytes(source_uri(uri)))
     if result.error:
         raise NoFaceError(f"{uri}: {result.error}")
+    if face is not None:
+        if not 0 <= face < len(result.faces):
+            raise NoFaceError(f"{uri}: {flag} {face} is not a face of it ({_faces(result.faces)})")
+        return result.faces[face]
     i = main_face([f.area for f in result.faces])
     if i is None:
-        what = "no face found" if not result.faces else f"{len(result.faces)} faces, none clearly the main one"
-        raise NoFaceError(f"{uri}: {what}")
+        if not result.faces:
+            raise NoFaceError(f"{uri}: no face found")
+        raise NoFaceError(f"{uri}: {len(result.faces)} faces, none clearly the main one; pick one with "
+                          f"{flag} N ({_faces(result.faces)})")
     return result.faces[i]
 
 
+def _faces(faces: list[FaceRecord]) -> str:
+    """'0 at (l, t, r, b), 1 at ...': the faces a user may pick, in face_idx order."""
+    return ", ".join(f"{f.face_idx} at ({f.left}, {f.top}, {f.right}, {f.bottom})" for f in faces) or "it has none"
+
+
 def verify(photo_a: str, photo_b: str, threshold: float = DEFAULT_THRESHOLD,
-           config: ModelConfig | None = None) -> Verdict:
-    """Distance between the main faces of two photos, and whether it is below `threshold`."""
+           config: ModelConfig | None = None, face_a: int | None = None, face_b: int | None = None) -> Verdict:
+    """Distance between a face of each photo (face_a/face_b: its face_idx; None: the main face),
+    and whether it is below `threshold`."""
     model = FaceModel.shared(config or ModelConfig())
-    a, b = subject(model, photo_a), subject(model, photo_b)
+    a = subject(model, photo_a, face_a, "--face-a")
+    b = subject(model, photo_b, face_b, "--face-b")
     distance = float(np.linalg.norm(a.embedding - b.embedding))
     return Verdict(distance, distance < threshold, threshold)

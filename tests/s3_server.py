@@ -73,7 +73,8 @@ class MotoServer:
     """`python -m moto.server` on 127.0.0.1, started and stopped as a real process. It binds
     port 0 itself and the port is read from its log, so no other process can take it first."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = env or {}   # moto settings, e.g. INITIAL_NO_AUTH_ACTION_COUNT=0: check credentials
         self.port = 0
         self.endpoint = ""
         self.proc: subprocess.Popen | None = None
@@ -85,7 +86,7 @@ class MotoServer:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-                stdout=log, stderr=subprocess.STDOUT, env=child_env("http://127.0.0.1"),
+                stdout=log, stderr=subprocess.STDOUT, env={**child_env("http://127.0.0.1"), **self.env},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

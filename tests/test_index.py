@@ -130,6 +130,12 @@ def test_cli_index_and_verify(data_dir, tmp_path):
     r = run_cli("index", raj, "--out", out, "--workers", "1", "--detector", "hog")
     assert r.returncode == 0, r.stderr
     assert "indexed 5 photos" in r.stdout and "5 with faces" in r.stdout
+    # Nothing from Ray (no token-authentication notice): only facejob's log and progress lines.
+    assert all(x.startswith(("INFO ", "index ")) for x in r.stderr.splitlines()), r.stderr
+    # One clock: the summary's time and rate are the last progress line's.
+    last = r.stderr.splitlines()[-1]
+    took, rate = last.split("  in ")[1], last.split(" photos/s")[0].rsplit(" ", 1)[1]
+    assert f"indexed 5 photos in {took} ({rate} photos/s;" in r.stdout, (last, r.stdout)
     # A rerun without model flags keeps the output's own detector (not today's default).
     again = run_cli("index", raj, "--out", out, "--workers", "1")
     assert again.returncode == 0, again.stderr

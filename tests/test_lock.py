@@ -179,7 +179,7 @@ def test_two_index_runs_on_one_output(ray_address, data_dir, tmp_path):
         r = subprocess.run(FACEJOB + ["search", str(out), "--face-id", some_face, "--json"], cwd=REPO, env=env(),
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-3000:]
-        matches = json.loads(r.stdout)[0]
+        matches = json.loads(r.stdout)[0]["matches"]
         assert len(matches) == min(10, len(faces) - 1) and some_face not in {m["face_id"] for m in matches}
     finally:
         kill(holder)

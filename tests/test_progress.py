@@ -52,3 +52,19 @@ def test_disabled_writes_nothing():
     bar.advance(2)
     bar.close()
     assert s.getvalue() == ""
+
+
+def test_one_clock_from_a_given_start_frozen_at_close(monkeypatch):
+    """`start` makes the bar the run's clock (runner.index passes the end of planning); close
+    stops it, and the final line shows exactly `elapsed`, the figure a summary reports."""
+    import facejob.progress as p
+
+    t = [100.0]
+    monkeypatch.setattr(p.time, "perf_counter", lambda: t[0])
+    s = io.StringIO()
+    bar = Progress("index", 4, "photos", stream=s, start=97.5)
+    t[0] = 102.5
+    bar.advance(4)                  # done: the bar closes itself
+    t[0] = 110.0                    # later reads see the frozen clock
+    assert bar.elapsed == 5.0 and bar.rate == 0.8
+    assert s.getvalue().splitlines()[-1].endswith("0.8 photos/s  in 5.0 s")

@@ -103,9 +103,33 @@ def test_cli_search_json(held_out, capsys):
     out, queries = held_out
     assert main(["search", str(out), str(queries[1]), "--k", "2", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert len(doc) == 1 and len(doc[0]) == 2
-    assert set(doc[0][0]) >= {"uri", "face_idx", "box", "distance", "cluster_id", "label"}
-    assert person(doc[0][0]["uri"]) == queries[1].parent.name
+    assert len(doc) == 1 and doc[0]["face_idx"] == 0 and len(doc[0]["matches"]) == 2
+    left, top, right, bottom = doc[0]["box"]                    # the query face, in the query photo
+    assert 0 <= left < right and 0 <= top < bottom
+    assert set(doc[0]["matches"][0]) >= {"face_id", "uri", "face_idx", "box", "distance", "cluster_id", "label"}
+    assert person(doc[0]["matches"][0]["uri"]) == queries[1].parent.name
+
+
+def test_cli_search_text_shows_face_ids_for_face_id(held_out, capsys):
+    from facejob.reduce.cli import main
+
+    out, queries = held_out
+    assert main(["search", str(out), str(queries[0]), "--k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    face_id = lines[1].split()[1]                               # distance, face id, photo#face
+    assert main(["search", str(out), "--face-id", face_id, "--k", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"face {face_id}: 1 nearest")
+
+
+def test_cli_search_photo_without_face_exits_1_in_both_forms(held_out, data_dir, capsys):
+    from facejob.reduce.cli import main
+
+    out, _ = held_out
+    photo = sorted((data_dir / "no_face/caltech_cup").iterdir())[0]
+    assert main(["search", str(out), str(photo)]) == 1
+    assert capsys.readouterr().out == f"no face found in {photo}\n"
+    assert main(["search", str(out), str(photo), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == []
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys, data_dir):

@@ -34,20 +34,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ReduceError("--k must be at least 1")
     queries = [api.search_face(args.out, args.face_id, args.k)] if args.face_id else api.search(args.out, args.photo, args.k)
-    if args.json:
-        print(json.dumps([[{**asdict(m), "box": list(m.box)} for m in q.matches] for q in queries], indent=1))
-        return 0
-    if not queries:
+    if args.json:  # one object per query face: its index and box in PHOTO, and its matches
+        print(json.dumps([{"face_idx": q.face_idx, "box": list(q.box),
+                           "matches": [{**asdict(m), "box": list(m.box)} for m in q.matches]} for q in queries],
+                         indent=1))
+    elif not queries:
         print(f"no face found in {args.photo}")
-        return 1
-    for q in queries:
-        head = f"face {q.face_idx} at {q.box}" if q.face_idx >= 0 else f"face {args.face_id}"
-        print(f"{head}: {len(q.matches)} nearest")
-        for m in q.matches:
-            who = "" if m.label in (None, "unknown") else f"  {m.label} ({m.probability:.2f})"
-            cl = "" if m.cluster_id is None else f"  cluster {m.cluster_id}"
-            print(f"  {m.distance:.3f}  {m.uri}#{m.face_idx}{cl}{who}")
-    return 0
+    else:
+        for q in queries:
+            head = f"face {q.face_idx} at {q.box}" if q.face_idx >= 0 else f"face {args.face_id}"
+            print(f"{head}: {len(q.matches)} nearest (distance, face id for --face-id, photo#face)")
+            for m in q.matches:
+                who = "" if m.label in (None, "unknown") else f"  {m.label} ({m.probability:.2f})"
+                cl = "" if m.cluster_id is None else f"  cluster {m.cluster_id}"
+                print(f"  {m.distance:.3f}  {m.face_id}  {m.uri}#{m.face_idx}{cl}{who}")
+    return 0 if queries else 1  # no face in PHOTO: 1, with --json too (it prints [])
 
 
 @_errors

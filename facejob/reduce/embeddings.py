@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facejob.layout import FACES_DIR, IMAGES_DIR, shard_of
+from facejob.layout import FACES_DIR, IMAGES_DIR, RUN_JSON, shard_of
 from facejob.schema import EMBEDDING_DIM, FACES, IMAGES
 from facejob.storage import Store, parquet_file
 
@@ -95,6 +95,9 @@ def batch_embeddings(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def require_indexed(store: Store) -> None:
     if not parts(store, FACES_DIR) and not parts(store, IMAGES_DIR):
+        if store.exists(RUN_JSON):  # indexed, but its sources held no photos
+            raise NotIndexedError(f"{store.root} holds no photos yet: `facejob index` found none under its "
+                                  f"sources; index a folder with photos first")
         raise NotIndexedError(f"no index output under {store.root} (no faces/ or images/ parts); run `facejob index` first")
 
 

@@ -10,6 +10,7 @@ import io
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -103,9 +104,18 @@ def render_photos(jobs: list[PhotoJob], max_pixels: int, workers: int) -> Iterat
     batch = max(8, min(64, len(jobs) // (workers * 8)))
     batches = [jobs[i:i + batch] for i in range(0, len(jobs), batch)]
     # spawn, not fork: the parent may hold threads (Arrow, hnswlib) that fork would copy mid-work.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
+    try:
         for results in pool.map(_render_all, batches, [max_pixels] * len(batches)):
             yield from results
+    finally:  # on Ctrl-C the batches not started are dropped, not rendered first
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_sigint() -> None:
+    """Ctrl-C reaches every process of the terminal's group: the parent handles it (one line,
+    exit 130); a worker would print its own traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class SpriteWriter:
