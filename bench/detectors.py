@@ -22,15 +22,15 @@ import time
 from pathlib import Path
 
 # Before torch loads (the CNN port imports it first): OpenMP's busy-waiting makes 2-thread torch
-# crawl on a loaded machine (see facejob/dlibport/resnet.py).
+# crawl on a loaded machine (see facejob/face/dlibport/resnet.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from facejob.decode import decode_image  # noqa: E402
-from facejob.detect import Detection, HogDetector  # noqa: E402
-from facejob.sources import list_images  # noqa: E402
+from facejob.image.decode import decode_image  # noqa: E402
+from facejob.face.detect import Detection, HogDetector  # noqa: E402
+from facejob.io.sources import list_images  # noqa: E402
 from boxes import iou, truth_boxes  # noqa: E402  (bench/boxes.py)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -60,10 +60,10 @@ def make(spec: str):
     if name == "hog":
         return HogDetector(), int(up)
     if name == "cnn":
-        from facejob.dlibport.mmod import TorchCnnDetector
+        from facejob.face.dlibport.mmod import TorchCnnDetector
         return TorchCnnDetector(device="cpu"), int(up)
     if name == "retinaface":
-        from facejob.retinaface import RetinaFaceDetector
+        from facejob.face.retinaface import RetinaFaceDetector
         return RetinaFaceDetector(device="cpu"), int(up)
     raise SystemExit(f"unknown detector {name!r}")
 

@@ -52,7 +52,7 @@ class DlibLoop:
     def __init__(self) -> None:
         import dlib
 
-        from facejob.models import model_path
+        from facejob.face.model_files import model_path
 
         self.det = dlib.get_frontal_face_detector()
         self.sp = dlib.shape_predictor(str(model_path("landmarks5")))

@@ -65,14 +65,14 @@ def index_config_from_args(args: argparse.Namespace, saved: ModelConfig | None =
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from facejob.runner import index
+    from facejob.indexing.runner import index
 
     if args.endpoint_url:
-        from facejob import s3
+        from facejob.io import s3
 
         s3.configure(endpoint_url=args.endpoint_url)
-    from facejob.runner import saved_model
-    from facejob.storage import open_store
+    from facejob.indexing.runner import saved_model
+    from facejob.io.storage import open_store
 
     saved = saved_model(open_store(args.out))  # run.json's `model` shows what was used
     summary = index(args.sources, args.out, index_config_from_args(args, saved), progress=not args.quiet)
@@ -90,11 +90,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from facejob.verify import verify
+    from facejob.indexing.verify import verify
 
     base = None
     if args.like:  # the archive's own model settings, overridden by any flag given
-        from facejob.storage import open_store
+        from facejob.io.storage import open_store
 
         base = ModelConfig.load(open_store(args.like))
     v = verify(args.photo_a, args.photo_b, args.threshold, config_from_args(ModelConfig, args, base))
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.verbose)
-    from facejob.lock import EXIT_LOCKED, LockHeld, LockLost
+    from facejob.io.lock import EXIT_LOCKED, LockHeld, LockLost
 
     try:
         return args.func(args)

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from facejob.backends import DETECTORS, EMBEDDERS
-from facejob.layout import MODEL_JSON, RUN_JSON
+from facejob.face.backends import DETECTORS, EMBEDDERS
+from facejob.contract.layout import MODEL_JSON, RUN_JSON
 
 LANDMARKS = (5, 68)
 TTA = ("none", "flip")

@@ -156,8 +156,8 @@ def _ray_address(cfg: IndexConfig) -> IndexConfig:
 def _with_saved_model(cfg: NightlyConfig) -> IndexConfig:
     """Model settings the config does not name are the output's own (as for `facejob index`), so
     an output indexed before a default changed keeps its detector."""
-    from facejob.runner import saved_model
-    from facejob.storage import open_store
+    from facejob.indexing.runner import saved_model
+    from facejob.io.storage import open_store
 
     saved = saved_model(open_store(cfg.output))
     if saved is None:
@@ -169,7 +169,7 @@ def _with_saved_model(cfg: NightlyConfig) -> IndexConfig:
 def run(cfg: NightlyConfig) -> tuple[int, dict[str, Any]]:
     """Index, then reduce, holding the output's writer lock throughout. Returns (exit status,
     summary for the operator)."""
-    from facejob import lock, s3
+    from facejob.io import lock, s3
 
     if cfg.endpoint_url:
         s3.configure(endpoint_url=cfg.endpoint_url)  # before Ray starts, so workers inherit it
@@ -230,7 +230,7 @@ def _local(uri: str, tmp: str) -> str:
     """A local path for a labels or corrections file (the reducer reads local files)."""
     if not uri.startswith("s3://"):
         return uri
-    from facejob import s3
+    from facejob.io import s3
 
     path = Path(tmp) / Path(s3.split_uri(uri)[1]).name
     path.write_bytes(s3.read_bytes(uri))
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(cfg.log_format)
     log.info("nightly run: %s -> %s", ", ".join(cfg.sources), cfg.output)
-    from facejob.lock import EXIT_LOCKED, LockHeld, LockLost
-    from facejob.sources import SourceError
+    from facejob.io.lock import EXIT_LOCKED, LockHeld, LockLost
+    from facejob.io.sources import SourceError
 
     try:
         status, summary = run(cfg)

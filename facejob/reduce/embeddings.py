@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facejob.layout import FACES_DIR, IMAGES_DIR, shard_of
-from facejob.schema import EMBEDDING_DIM, FACES, IMAGES
-from facejob.storage import Store, parquet_file
+from facejob.contract.layout import FACES_DIR, IMAGES_DIR, shard_of
+from facejob.contract.schema import EMBEDDING_DIM, FACES, IMAGES
+from facejob.io.storage import Store, parquet_file
 
 from .errors import NotIndexedError, ReduceError
 

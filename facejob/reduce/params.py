@@ -13,7 +13,7 @@ CLUSTER_THRESHOLD = 0.515
 CLUSTER_K = 10
 CLUSTER_MAX_EDGE = 0.9   # longer kNN edges never lead to a merge at this threshold; dropped early
 
-# Quality floor (facejob/quality.py): cluster and label only faces with quality >= MIN_QUALITY,
+# Quality floor (facejob/face/quality.py): cluster and label only faces with quality >= MIN_QUALITY,
 # so tiny or blurred faces (which a strong detector finds) do not pollute identities. 0.5
 # leaves out faces under 20 px and chips with Laplacian variance under 10 (on LFW View 1's
 # photos, RetinaFace: 58 of 4,992 main faces). Faces of outputs written before the quality

@@ -27,7 +27,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
-from facejob.layout import LABEL_MODEL_JSON as MODEL_JSON, LABEL_MODEL_NPZ as MODEL_NPZ
+from facejob.contract.layout import LABEL_MODEL_JSON as MODEL_JSON, LABEL_MODEL_NPZ as MODEL_NPZ
 
 from .errors import LabelsError
 from .params import LabelParams

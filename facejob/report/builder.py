@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from facejob.dlibport.chips import chip_details
+from facejob.face.dlibport.chips import chip_details
 from facejob.progress import Progress
 from facejob.config import DEFAULT_MAX_PIXELS, ConfigError, load_run_config
-from facejob.layout import CLUSTERS_JSON, REPORT_DIR
-from facejob.lock import writes_output
+from facejob.contract.layout import CLUSTERS_JSON, REPORT_DIR
+from facejob.io.lock import writes_output
 from facejob.reduce import api
 from facejob.reduce import corrections as corr
-from facejob.storage import LocalStore, Store, open_store
+from facejob.io.storage import LocalStore, Store, open_store
 
 from . import model as m
 from .thumbs import SPRITE_CELLS, SPRITE_COLS, THUMB, PhotoJob, SpriteWriter, default_workers, render_photos

@@ -1,4 +1,4 @@
-"""Listing and reading input photos. Local folders here; s3:// URIs go through facejob.s3.
+"""Listing and reading input photos. Local folders here; s3:// URIs go through facejob.io.s3.
 
 A listing streams `ImageRef`s (never the whole tree in one response) in a deterministic order,
 so shard ids come out the same on every run over the same files.
@@ -164,7 +164,7 @@ def list_images(
     for src in sources:
         skipped_here: list[str] = []
         if is_s3(src):
-            from facejob import s3
+            from facejob.io import s3
 
             refs: Iterable[ImageRef] = s3.list_images(src, exts, skipped_here)
         else:
@@ -195,7 +195,7 @@ def read_bytes(uri: str) -> bytes:
     OSError (or another error) when the photo cannot be read, SourceUnavailable when the
     failure may be transient."""
     if is_s3(uri):
-        from facejob import s3
+        from facejob.io import s3
 
         return s3.read_bytes(uri)
     with open(uri_to_path(uri), "rb") as f:

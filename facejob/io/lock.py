@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from facejob.layout import LOCK
-from facejob.storage import Store, open_store
+from facejob.contract.layout import LOCK
+from facejob.io.storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class _FileLock:
 
 class _Lease:
     def __init__(self, root: str, holder: dict[str, Any], ttl_s: float):
-        from facejob import s3
+        from facejob.io import s3
 
         self.s3, self.uri, self.ttl = s3, f"{root}/{LOCK}", ttl_s
         self.holder = {**holder, "ttl_s": ttl_s}

@@ -29,8 +29,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from facejob.sources import ImageRef, SourceUnavailable
-from facejob.storage import safe_rel
+from facejob.io.sources import ImageRef, SourceUnavailable
+from facejob.io.storage import safe_rel
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
 # Environment that decides where and how workers talk to S3. Credentials are deliberately not
@@ -287,7 +287,7 @@ def delete_conditional(uri: str, if_match: str) -> bool:
 
 
 class S3Store:
-    """The `Store` of facejob.storage for an output under s3://bucket/prefix.
+    """The `Store` of facejob.io.storage for an output under s3://bucket/prefix.
 
     Relative paths pass `safe_rel`, so nothing is ever written outside the prefix.
     """

@@ -91,7 +91,7 @@ class LocalStore:
 def open_store(uri: str) -> Store:
     """A Store for a local folder or an s3://bucket/prefix."""
     if uri.startswith("s3://"):
-        from facejob import s3
+        from facejob.io import s3
 
         return s3.S3Store(uri)
     return LocalStore(uri)

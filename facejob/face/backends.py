@@ -17,14 +17,14 @@ import os
 from typing import Any
 
 DETECTORS = {
-    "retinaface": "facejob.retinaface:RetinaFaceDetector",
-    "hog": "facejob.detect:HogDetector",
-    "cnn": "facejob.dlibport.mmod:TorchCnnDetector",
-    "cnn-dlib": "facejob.detect:DlibCnnDetector",
+    "retinaface": "facejob.face.retinaface:RetinaFaceDetector",
+    "hog": "facejob.face.detect:HogDetector",
+    "cnn": "facejob.face.dlibport.mmod:TorchCnnDetector",
+    "cnn-dlib": "facejob.face.detect:DlibCnnDetector",
 }
 EMBEDDERS = {
-    "dlib": "facejob.embed:DlibEmbedder",
-    "torch": "facejob.dlibport.resnet:TorchEmbedder",
+    "dlib": "facejob.face.embed:DlibEmbedder",
+    "torch": "facejob.face.dlibport.resnet:TorchEmbedder",
 }
 
 
