@@ -29,8 +29,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from facejob.io.sources import ImageRef, SourceUnavailable
-from facejob.io.storage import safe_rel
+from facejob.io.base import ImageRef, SourceUnavailable, safe_rel
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
 # Environment that decides where and how workers talk to S3. Credentials are deliberately not

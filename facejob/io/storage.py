@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from facejob.io.base import safe_rel
 
 
 class Store(Protocol):
@@ -27,14 +29,6 @@ class Store(Protocol):
     def write_bytes(self, rel: str, data: bytes) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
     def delete(self, rel: str) -> None: ...
-
-
-def safe_rel(rel: str) -> str:
-    """Refuse relative paths that would escape the store root."""
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise ValueError(f"refusing output path outside the output root: {rel!r}")
-    return str(p)
 
 
 class LocalStore:
