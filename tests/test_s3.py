@@ -159,6 +159,19 @@ def test_store_roundtrip_and_atomic_parts(s3):
         store.read_bytes("images/part-b.parquet")
 
 
+def test_callers_ask_a_store_where_it_is(s3, tmp_path):
+    """`local_path` tells readers whether a store is a folder on this machine (hnswlib, report
+    builds use the path); `open_store` takes a uri, a path or a Store."""
+    remote = storage.open_store(s3.uri("out"))
+    assert remote.local_path() is None and remote.local_path("index/faces.hnsw") is None
+    local = storage.open_store(tmp_path / "out")
+    assert local.local_path() == tmp_path / "out"
+    assert local.local_path("index/faces.hnsw") == tmp_path / "out" / "index" / "faces.hnsw"
+    with pytest.raises(ValueError, match="outside the output root"):
+        local.local_path("../x")
+    assert storage.open_store(local) is local and storage.open_store(remote) is remote
+
+
 @pytest.mark.parametrize("rel", ["../escape.parquet", "/abs.parquet", "faces/../../x", "", "a/../../b"])
 def test_store_never_writes_outside_its_prefix(s3, rel):
     store = fs3.S3Store(s3.uri("out"))

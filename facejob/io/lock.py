@@ -152,9 +152,9 @@ def hold(out: str | Store, command: str, ttl_s: float = LEASE_TTL_S, create: boo
     With create=False a local output folder that does not exist is not created (and there is
     nothing to lock: the command will find nothing to work on).
     """
-    store = open_store(out) if isinstance(out, (str, Path)) else out
-    path = getattr(store, "path", None)
-    if not create and isinstance(path, Path) and not path.is_dir():
+    store = open_store(out)
+    path = store.local_path()
+    if not create and path is not None and not path.is_dir():
         yield
         return
     key = (os.getpid(), store.root)
@@ -162,7 +162,7 @@ def hold(out: str | Store, command: str, ttl_s: float = LEASE_TTL_S, create: boo
         entry = _held.get(key)
         if entry is None:
             holder = _holder(command)
-            handle = _FileLock(path, holder) if isinstance(path, Path) else _Lease(store.root, holder, ttl_s)
+            handle = _FileLock(path, holder) if path is not None else _Lease(store.root, holder, ttl_s)
             entry = _held[key] = [handle, 0]
         entry[1] += 1
     try:

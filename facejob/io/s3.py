@@ -352,6 +352,9 @@ class S3Store:
                 rels.append(rel)
         return sorted(rels)
 
+    def local_path(self, rel: str = "") -> None:
+        return None
+
     def delete(self, rel: str) -> None:
         try:
             client().delete_object(Bucket=self.bucket, Key=self._key(rel))

@@ -30,6 +30,10 @@ class Store(Protocol):
     def list(self, prefix: str) -> list[str]: ...
     def delete(self, rel: str) -> None: ...
 
+    def local_path(self, rel: str = "") -> Path | None:
+        """`rel` (the root for "") as a path on this machine, for readers that want a file
+        (hnswlib, memory-mapped Parquet, whole folders); None when the store is not a local folder."""
+
 
 class LocalStore:
     def __init__(self, root: str | os.PathLike):
@@ -81,14 +85,19 @@ class LocalStore:
     def delete(self, rel: str) -> None:
         self._p(rel).unlink(missing_ok=True)
 
+    def local_path(self, rel: str = "") -> Path:
+        return self._p(rel) if rel else self.path
 
-def open_store(uri: str) -> Store:
-    """A Store for a local folder or an s3://bucket/prefix."""
-    if uri.startswith("s3://"):
+
+def open_store(out: str | os.PathLike | Store) -> Store:
+    """A Store for a local folder or an s3://bucket/prefix; a Store is returned as it is."""
+    if not isinstance(out, (str, os.PathLike)):
+        return out
+    if os.fspath(out).startswith("s3://"):
         from facejob.io import s3
 
-        return s3.S3Store(uri)
-    return LocalStore(uri)
+        return s3.S3Store(os.fspath(out))
+    return LocalStore(out)
 
 
 def write_parquet(store: Store, rel: str, table: pa.Table) -> None:

@@ -70,7 +70,7 @@ def _now() -> str:
 
 
 def _store(out: str | Store) -> Store:
-    return open_store(out) if isinstance(out, (str, Path)) else out
+    return open_store(out)
 
 
 # ---------------------------------------------------------------------------------- index
