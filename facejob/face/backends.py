@@ -16,6 +16,10 @@ import inspect
 import os
 from typing import Any
 
+# The names here are the only detector and embedder names of settings, flags, YAML and model.json.
+# Faces rows record the backend class's own `name` instead (retinaface → retinaface-mnet025,
+# hog → dlib-hog, cnn → torch-cnn, cnn-dlib → dlib-cnn; dlib → dlib-resnet, torch → torch-resnet):
+# those are in every output written so far and stay as they are.
 DETECTORS = {
     "retinaface": "facejob.face.retinaface:RetinaFaceDetector",
     "hog": "facejob.face.detect:HogDetector",
