@@ -29,6 +29,7 @@ demo: $(BIN)/.installed
 	@echo "  $(BIN)/facejob index $(PHOTOS) --out $(OUT) # again after new photos: only new ones are done"
 
 test: $(BIN)/.installed
+	$(BIN)/lint-imports  # the package layers (pyproject.toml [tool.importlinter]): a wrong-way import fails
 	$(BIN)/python -m pytest -q -ra
 
 clean:

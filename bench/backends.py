@@ -41,9 +41,9 @@ def bench_embedder(chips: np.ndarray, batch_sizes: list[int], threads: list[int]
     import dlib
     import torch
 
-    from facejob.dlibport.resnet import TorchEmbedder
-    from facejob.embed import embed_chips
-    from facejob.models import model_path
+    from facejob.face.dlibport.resnet import TorchEmbedder
+    from facejob.face.embed import embed_chips
+    from facejob.face.model_files import model_path
 
     n = len(chips)
     rec = dlib.face_recognition_model_v1(str(model_path("resnet")))
@@ -92,8 +92,8 @@ def bench_detector(images: list[np.ndarray], upsample: int, threads: list[int], 
     Also checks, on the first repeat, that both find the same boxes."""
     import torch
 
-    from facejob.detect import DlibCnnDetector
-    from facejob.dlibport.mmod import TorchCnnDetector
+    from facejob.face.detect import DlibCnnDetector
+    from facejob.face.dlibport.mmod import TorchCnnDetector
 
     n = len(images)
     dlib_det = DlibCnnDetector()
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         threads = [int(t) for t in args.threads.split(",")]
         results["embedder"] = bench_embedder(chips, sizes, threads, args.repeats, args.device, args.tta)
     if "detector" in args.parts:
-        from facejob.decode import decode_image
+        from facejob.image.decode import decode_image
 
         paths = sorted(p for p in (args.data / args.photos).rglob("*")
                        if p.suffix.lower() in {".jpg", ".jpeg", ".png"})

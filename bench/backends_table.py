@@ -2,7 +2,7 @@
 
     python bench/backends_table.py [--folders labelled groups] [--upsample 0]
 
-Runs the real per-shard function (facejob.pipeline.FaceModel.process_shard) over every photo
+Runs the real per-shard function (facejob.indexing.pipeline.FaceModel.process_shard) over every photo
 twice: with `--detector cnn --embedder torch` (facejob's PyTorch ports) and with dlib's own
 CNN detector and compute_face_descriptor swapped in. Then matches faces photo by photo and
 prints: photos whose face count differs, the worst box IoU, the worst detection-score
@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from facejob.config import EXTENSIONS, ModelConfig  # noqa: E402
-from facejob.detect import box_iou as iou  # noqa: E402
-from facejob.pipeline import FaceModel  # noqa: E402
-from facejob.sources import list_images  # noqa: E402
+from facejob.face.detect import box_iou as iou  # noqa: E402
+from facejob.indexing.pipeline import FaceModel  # noqa: E402
+from facejob.io.sources import list_images  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

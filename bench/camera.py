@@ -102,7 +102,7 @@ def _loop_init() -> None:
     import dlib
     import pillow_heif
 
-    from facejob.models import model_path
+    from facejob.face.model_files import model_path
 
     pillow_heif.register_heif_opener()
     _models = (dlib.get_frontal_face_detector(), dlib.shape_predictor(str(model_path("landmarks5"))),
@@ -160,7 +160,7 @@ def memory(tmp: Path, data: Path) -> None:
 
     pillow_heif.register_heif_opener()
     big = Image.open(data / "groups/dlib_faces/2008_002470.jpg").convert("RGB").resize((8660, 5773), Image.BILINEAR)
-    code = ("import resource, sys, time; from facejob.config import ModelConfig; from facejob.pipeline import FaceModel; "
+    code = ("import resource, sys, time; from facejob.config import ModelConfig; from facejob.indexing.pipeline import FaceModel; "
             "hwm = lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]); p = FaceModel(ModelConfig()); base = hwm(); "
             "t = time.perf_counter(); r = p.process_bytes(open(sys.argv[1], 'rb').read()); "
             "print(r.status.value, len(r.faces), round(time.perf_counter() - t, 2), base // 1024, "

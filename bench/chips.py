@@ -25,8 +25,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facejob.dlibport.chips import chip_details, extract_chips  # noqa: E402
-from facejob.models import model_path  # noqa: E402
+from facejob.face.dlibport.chips import chip_details, extract_chips  # noqa: E402
+from facejob.face.model_files import model_path  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

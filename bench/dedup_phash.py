@@ -2,7 +2,7 @@
 
     python bench/dedup_phash.py [--lfw 300]
 
-Hashes (facejob.phash on facejob's working copy) of every no_face/, groups/ and 200 labelled
+Hashes (facejob.image.phash on facejob's working copy) of every no_face/, groups/ and 200 labelled
 photo, each re-encoded at q60, resized to 70 % and 40 %, and cropped by 3 %, 5 % and 8 % per
 side; and of `--lfw` random LFW photos. Prints the Hamming distances of copies to their
 originals, of distinct photos to each other, and what the pixel check (reduce/duplicates.py
@@ -23,7 +23,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from facejob import decode, phash  # noqa: E402
+from facejob.image import decode, phash  # noqa: E402
 from facejob.reduce import duplicates as dd  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"

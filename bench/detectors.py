@@ -22,15 +22,17 @@ import time
 from pathlib import Path
 
 # Before torch loads (the CNN port imports it first): OpenMP's busy-waiting makes 2-thread torch
-# crawl on a loaded machine (see facejob/dlibport/resnet.py).
+# crawl on a loaded machine (see facejob/face/dlibport/resnet.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from facejob.decode import decode_image  # noqa: E402
-from facejob.detect import Detection, HogDetector  # noqa: E402
-from facejob.sources import list_images  # noqa: E402
+from facejob.image.decode import decode_image  # noqa: E402
+from facejob.config import ModelConfig  # noqa: E402
+from facejob.face.backends import DETECTORS, build  # noqa: E402
+from facejob.face.detect import Detection  # noqa: E402
+from facejob.io.sources import list_images  # noqa: E402
 from boxes import iou, truth_boxes  # noqa: E402  (bench/boxes.py)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -56,23 +58,18 @@ def exclusive(d: Detection) -> tuple[int, int, int, int]:
 
 
 def make(spec: str):
+    """A detector by facejob's name (`--detector`), built as `facejob index` builds it, on the CPU."""
     name, up = spec.split(":")
-    if name == "hog":
-        return HogDetector(), int(up)
-    if name == "cnn":
-        from facejob.dlibport.mmod import TorchCnnDetector
-        return TorchCnnDetector(device="cpu"), int(up)
-    if name == "retinaface":
-        from facejob.retinaface import RetinaFaceDetector
-        return RetinaFaceDetector(device="cpu"), int(up)
-    raise SystemExit(f"unknown detector {name!r}")
+    if name not in DETECTORS:
+        raise SystemExit(f"unknown detector {name!r} (facejob's: {', '.join(DETECTORS)})")
+    return build(DETECTORS, name, ModelConfig(detector=name, device="cpu")), int(up)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("FACEJOB_DATA", DEFAULT_DATA)))
     ap.add_argument("--detectors", default="hog:0,hog:1,cnn:1,retinaface:1",
-                    help="name:upsample list (names: hog, cnn, retinaface)")
+                    help=f"name:upsample list (names: {', '.join(DETECTORS)})")
     args = ap.parse_args()
     specs = args.detectors.split(",")
     dets = {s: make(s) for s in specs}

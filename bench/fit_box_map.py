@@ -8,7 +8,7 @@ RetinaFace box (width w, height h, centre cx, cy; HOG boxes are square of side s
 
 Then, for those faces, dlib's 5 landmarks from the HOG box vs from the mapped RetinaFace box
 (and from the raw RetinaFace box), as a fraction of the eye distance. The printed A..D are
-the constants in facejob/retinaface.py (HOG_MAP).
+the constants in facejob/face/retinaface.py (HOG_MAP).
 
     python bench/fit_box_map.py [--lfw 400] [--data ../shared/data]
 """
@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facejob.align import Aligner  # noqa: E402
-from facejob.decode import decode_image  # noqa: E402
-from facejob.detect import Detection, box_iou, HogDetector  # noqa: E402
-from facejob.retinaface import RetinaFaceDetector, hog_box  # noqa: E402
+from facejob.face.align import Aligner  # noqa: E402
+from facejob.image.decode import decode_image  # noqa: E402
+from facejob.face.detect import Detection, box_iou, HogDetector  # noqa: E402
+from facejob.face.retinaface import RetinaFaceDetector, hog_box  # noqa: E402
 
 
 

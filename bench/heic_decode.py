@@ -1,4 +1,4 @@
-"""HEIC decoding: pillow-heif (libheif + libde265) against facejob/heif.py (FFmpeg's HEVC decoder
+"""HEIC decoding: pillow-heif (libheif + libde265) against facejob/image/heif.py (FFmpeg's HEVC decoder
 through PyAV), side by side on the same files, one core.
 
     python bench/heic_decode.py                    # 12 and 24 MP, one picture and 512 px tiles
@@ -24,7 +24,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from facejob import heif  # noqa: E402
+from facejob.image import heif  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
@@ -69,7 +69,7 @@ def main() -> int:
             ours = heif.decode(data)
             times["ffmpeg"].append(time.perf_counter() - t)
         if ours is None:
-            print(f"{name:<28} not decoded by facejob/heif.py")
+            print(f"{name:<28} not decoded by facejob/image/heif.py")
             continue
         a, b = (statistics.median(times[k]) for k in ("libheif", "ffmpeg"))
         diff = np.abs(ours[0].astype(np.int16) - ref.astype(np.int16)).mean()

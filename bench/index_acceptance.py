@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import facejob  # noqa: E402
 from facejob.config import IndexConfig, ModelConfig  # noqa: E402
-from facejob.sources import list_images  # noqa: E402
+from facejob.io.sources import list_images  # noqa: E402
 from boxes import iou, truth_boxes  # noqa: E402  (bench/boxes.py)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

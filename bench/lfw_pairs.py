@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import facejob  # noqa: E402
 from facejob.audit.pairs import read_lfw_pairs as read_pairs  # noqa: E402
 from facejob.config import IndexConfig, ModelConfig, RunConfig  # noqa: E402
+from facejob.face.backends import DETECTORS  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -52,7 +53,7 @@ class DlibLoop:
     def __init__(self) -> None:
         import dlib
 
-        from facejob.models import model_path
+        from facejob.face.model_files import model_path
 
         self.det = dlib.get_frontal_face_detector()
         self.sp = dlib.shape_predictor(str(model_path("landmarks5")))
@@ -104,7 +105,7 @@ def main() -> int:
     ap.add_argument("--embedders", default="dlib",
                     help="comma-separated facejob embedders to run: dlib, torch, torch:flip (flip TTA)")
     ap.add_argument("--detectors", default="hog",
-                    help="comma-separated facejob detectors to run (upsample 1): hog, retinaface, cnn")
+                    help=f"comma-separated facejob detectors to run (upsample 1): {', '.join(DETECTORS)}")
     ap.add_argument("--chunks", type=int, default=4, help="interleaving chunks (see module doc)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N pairs of each file (quick check)")
     ap.add_argument("--workers", type=int, default=0, help="facejob workers (0 = one per core)")

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from facejob.storage import LocalStore
+from facejob.io.storage import LocalStore
 
 # ---------------------------------------------------------------------------- data
 
@@ -250,10 +250,10 @@ def run_dedup(lfw_out: str, n: int = 100, seed: int = 0) -> None:
     from PIL import Image
 
     from facejob.config import ModelConfig
-    from facejob.pipeline import FaceModel, shard_tables
+    from facejob.indexing.pipeline import FaceModel, shard_tables
     from facejob.reduce import dedup
-    from facejob.sources import ImageRef
-    from facejob.storage import write_parquet
+    from facejob.io.sources import ImageRef
+    from facejob.io.storage import write_parquet
 
     tmp = Path(tempfile.mkdtemp(prefix="lfw_dedup_"))
     try:

@@ -21,9 +21,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facejob.decode import decode_image  # noqa: E402
-from facejob.detect import Detection, box_iou, DlibCnnDetector  # noqa: E402
-from facejob.dlibport.mmod import TorchCnnDetector  # noqa: E402
+from facejob.image.decode import decode_image  # noqa: E402
+from facejob.face.detect import Detection, box_iou, DlibCnnDetector  # noqa: E402
+from facejob.face.dlibport.mmod import TorchCnnDetector  # noqa: E402
 
 CACHE = Path("/tmp/facejob_mmod_ref")
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}

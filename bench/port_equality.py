@@ -19,7 +19,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facejob.models import model_path  # noqa: E402
+from facejob.face.model_files import model_path  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -83,7 +83,7 @@ def main() -> None:
 
     import torch
 
-    from facejob.dlibport.resnet import TorchEmbedder
+    from facejob.face.dlibport.resnet import TorchEmbedder
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 
 from facejob.config import IndexConfig
-from facejob.schema import EMBEDDING_DIM, FACES, IMAGES
-from facejob.storage import LocalStore, write_parquet
+from facejob.contract.schema import EMBEDDING_DIM, FACES, IMAGES
+from facejob.io.storage import LocalStore, write_parquet
 
 INTRA, INTER = 0.434, 0.824    # mean same-person / different-person distance on LFW (dlib)
 PHOTO_SPREAD = 0.25            # log-normal sigma of the per-photo noise size

@@ -20,8 +20,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from facejob.decode import decode_image  # noqa: E402
-from facejob.retinaface import LARGE_FACE_PX, LARGE_FACE_THRESHOLD, SCORE_THRESHOLD, RetinaFaceDetector  # noqa: E402
+from facejob.image.decode import decode_image  # noqa: E402
+from facejob.face.retinaface import LARGE_FACE_PX, LARGE_FACE_THRESHOLD, SCORE_THRESHOLD, RetinaFaceDetector  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 BANDS = (0, 40, 80, 110, LARGE_FACE_PX, 200, 10_000)

@@ -67,7 +67,7 @@ def _total(rows: list[dict]) -> dict:
 
 
 def cluster_ids(out: str) -> dict[str, int]:
-    from facejob.storage import open_store, read_parquet
+    from facejob.io.storage import open_store, read_parquet
 
     t = read_parquet(open_store(out), "clusters.parquet", ["face_id", "cluster_id"]).to_pydict()
     return dict(zip(t["face_id"], t["cluster_id"]))
@@ -76,7 +76,7 @@ def cluster_ids(out: str) -> dict[str, int]:
 def last_events(out: str) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
     """The reducer's merge and split events of its latest run: kept id → absorbed ids, and
     split id → ids that took some of its faces."""
-    from facejob.storage import open_store, read_parquet
+    from facejob.io.storage import open_store, read_parquet
 
     store = open_store(out)
     if not store.exists("cluster_events.parquet"):
@@ -110,7 +110,7 @@ def main() -> int:
 
     import facejob
     from facejob import reduce as fr
-    from facejob import s3 as fs3
+    from facejob.io import s3 as fs3
     from facejob.config import IndexConfig, ModelConfig, RunConfig
 
     config = IndexConfig(ModelConfig(detector=args.detector, embedder=args.embedder),

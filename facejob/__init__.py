@@ -16,19 +16,19 @@ __version__ = "0.1.0"
 __all__ = ["IndexConfig", "ModelConfig", "RunConfig", "ConfigError", "index", "verify"]
 
 if TYPE_CHECKING:
-    from facejob.runner import RunSummary
-    from facejob.verify import Verdict
+    from facejob.indexing.runner import RunSummary
+    from facejob.indexing.verify import Verdict
 
 
 def index(sources: list[str], out: str, config: IndexConfig | None = None, progress: bool = True) -> "RunSummary":
-    """Index every photo under `sources` into `out` (see facejob.runner.index)."""
-    from facejob.runner import index as _index
+    """Index every photo under `sources` into `out` (see facejob.indexing.runner.index)."""
+    from facejob.indexing.runner import index as _index
 
     return _index(sources, out, config, progress)
 
 
 def verify(photo_a: str, photo_b: str, threshold: float = 0.6) -> "Verdict":
     """Distance between the largest faces of two photos and whether they match (see facejob.verify)."""
-    from facejob.verify import verify as _verify
+    from facejob.indexing.verify import verify as _verify
 
     return _verify(photo_a, photo_b, threshold)

@@ -3,32 +3,15 @@ fields (name, type, choices, help); a flag not given takes the field's default."
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-import time
 
 from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig, add_options, from_args
+from facejob.progress import setup_logging
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not a usage dump
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
-                           "level": record.levelname, "logger": record.name, "message": record.getMessage()})
-
-
-def setup_logging(fmt: str = "text", verbose: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(message)s"))
-    root = logging.getLogger("facejob")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
 
 
 # The flags of a config dataclass and the config from them: facejob.config generates both.
@@ -41,14 +24,14 @@ def index_config_from_args(args: argparse.Namespace, saved: ModelConfig | None =
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from facejob.runner import index
+    from facejob.indexing.runner import index
 
     if args.endpoint_url:
-        from facejob import s3
+        from facejob.io import s3
 
         s3.configure(endpoint_url=args.endpoint_url)
-    from facejob.runner import saved_model
-    from facejob.storage import open_store
+    from facejob.indexing.runner import saved_model
+    from facejob.io.storage import open_store
 
     saved = saved_model(open_store(args.out))  # run.json's `model` shows what was used
     summary = index(args.sources, args.out, index_config_from_args(args, saved), progress=not args.quiet)
@@ -72,11 +55,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from facejob.verify import verify
+    from facejob.indexing.verify import verify
 
     base = None
     if args.like:  # the archive's own model settings, overridden by any flag given
-        from facejob.storage import open_store
+        from facejob.io.storage import open_store
 
         base = ModelConfig.load(open_store(args.like))
     v = verify(args.photo_a, args.photo_b, args.threshold, config_from_args(ModelConfig, args, base),
@@ -168,8 +151,8 @@ def run_command(name: str, command) -> int:
     """Run `command()` and turn what it raises into one line on stderr and an exit status:
     2 for input to fix (and S3 credentials), 75 for a held lock, 1 for an output that could not
     be written, 130 for Ctrl-C (nothing half-written is trusted: rerunning finishes the work)."""
-    from facejob.lock import EXIT_LOCKED, LockHeld, LockLost
-    from facejob.sources import SourceUnavailable
+    from facejob.io.lock import EXIT_LOCKED, LockHeld, LockLost
+    from facejob.io.sources import SourceUnavailable
 
     try:
         return command()
@@ -187,7 +170,7 @@ def run_command(name: str, command) -> int:
         print(f"{name}: error: {e}; S3 did not answer through all retries, rerun when it does", file=sys.stderr)
         return 1
     except (OSError, LockLost) as e:
-        from facejob.s3 import S3AccessError
+        from facejob.io.s3 import S3AccessError
 
         if isinstance(e, S3AccessError):  # no retry fixes these
             print(f"{name}: error: {e}", file=sys.stderr)

@@ -8,7 +8,7 @@
   to read an output.
 
 - `ReduceConfig`: how `facejob reduce` (and the nightly job's `reduce:` section) turns faces
-  into clusters and names. The cluster threshold and k are kept in OUT/clusters.json, the
+  into clusters and names (defaults: CLUSTER_THRESHOLD, CLUSTER_K, MIN_QUALITY, LabelParams). The cluster threshold and k are kept in OUT/clusters.json, the
   label threshold with the label models, so a value given once holds for later runs.
 
 Command-line flags are generated from these fields (their `help` metadata; see `add_options()`),
@@ -23,9 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from facejob.backends import DETECTORS, EMBEDDERS
-from facejob.layout import MODEL_JSON, RUN_JSON
-from facejob.reduce.params import CLUSTER_K, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
+from facejob.face.backends import DETECTORS, EMBEDDERS
+from facejob.contract.layout import MODEL_JSON, RUN_JSON
 
 LANDMARKS = (5, 68)
 TTA = ("none", "flip")
@@ -268,7 +267,7 @@ class ModelMismatch(ConfigError):
 def model_differences(store, model: ModelConfig) -> dict[str, tuple[Any, Any]]:
     """The fingerprint settings in which `model` differs from the faces already in `store`
     (empty for a new output, or one without a readable model record)."""
-    from facejob.layout import IMAGES_DIR
+    from facejob.contract.layout import IMAGES_DIR
 
     if not store.list(IMAGES_DIR):
         return {}
@@ -278,6 +277,38 @@ def model_differences(store, model: ModelConfig) -> dict[str, tuple[Any, Any]]:
         return {}
     new = model.fingerprint()
     return {k: (old[k], new[k]) for k in new if old.get(k) != new[k]}
+
+
+# ------------------------------------------------------------------ the reducer's defaults
+# Clustering defaults: two clusters join when the RMS distance between their faces is at most
+# CLUSTER_THRESHOLD, looking only at clusters linked by one of each face's CLUSTER_K nearest
+# neighbours. On all of LFW (dlib descriptors) both pairwise F >= 0.94 and BCubed F >= 0.92
+# hold for thresholds 0.505-0.525; the default is the middle (bench/lfw_reduce.py --sweep).
+# It is below dlib's 0.6 pair threshold because it bounds the RMS over all pairs of two groups.
+CLUSTER_THRESHOLD = 0.515
+CLUSTER_K = 10
+CLUSTER_MAX_EDGE = 0.9   # longer kNN edges never lead to a merge at this threshold; dropped early
+
+# Quality floor (facejob/face/quality.py): cluster and label only faces with quality >= MIN_QUALITY,
+# so tiny or blurred faces (which a strong detector finds) do not pollute identities. 0.5
+# leaves out faces under 20 px and chips with Laplacian variance under 10 (on LFW View 1's
+# photos, RetinaFace: 58 of 4,992 main faces). Faces of outputs written before the quality
+# column have unknown quality and are kept. Every face stays searchable.
+MIN_QUALITY = 0.5
+
+
+@dataclass(frozen=True)
+class LabelParams:
+    """Labelling settings; saved with the models (labels/model.json) and used again by the next
+    `facejob label` / `facejob reduce` unless given anew."""
+
+    threshold: float = 0.5        # lowest probability at which a face gets a name
+    C: float = 1.0                # SVM regularisation
+    pool_size: int = 20_000       # background faces sampled from the archive
+    pool_exclude: float = 0.4     # pool skips faces this close (Euclidean) to any labelled face
+    extra_per_person: int = 200   # cluster-mates of a person's labelled faces used as positives
+    holdout: float = 0.2          # share of the faces held out to fit the sigmoid
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,8 @@ def _index_config(cfg: NightlyConfig) -> IndexConfig:
     """The run's IndexConfig: model settings the config does not name are the output's own (as
     for `facejob index`), so an output indexed before a default changed keeps its detector; a
     named one that differs from the output's faces is refused (ModelMismatch, yaml advice)."""
-    from facejob.runner import saved_model
-    from facejob.storage import open_store
+    from facejob.indexing.runner import saved_model
+    from facejob.io.storage import open_store
 
     store = open_store(cfg.output)
     index = cfg.index
@@ -185,7 +185,7 @@ def _index_config(cfg: NightlyConfig) -> IndexConfig:
 def run(cfg: NightlyConfig) -> tuple[int, dict[str, Any]]:
     """Index, then reduce and rebuild the report, holding the output's writer lock throughout.
     Returns (exit status, summary for the operator)."""
-    from facejob import lock, s3
+    from facejob.io import lock, s3
 
     if cfg.endpoint_url:
         s3.configure(endpoint_url=cfg.endpoint_url)  # before Ray starts, so workers inherit it
@@ -239,7 +239,7 @@ def _report(cfg: NightlyConfig) -> dict[str, Any]:
 def check(cfg: NightlyConfig) -> NightlyConfig:
     """--check: the config against the output it names (ModelMismatch when its model keys
     conflict with the faces already there); returns it with the model settings a run would use."""
-    from facejob import s3
+    from facejob.io import s3
 
     if cfg.endpoint_url:
         s3.configure(endpoint_url=cfg.endpoint_url)
@@ -275,12 +275,12 @@ def cmd_nightly(args: argparse.Namespace, prog: str = "facejob nightly") -> int:
     if args.check:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from facejob.cli import setup_logging
+    from facejob.progress import setup_logging
 
     setup_logging(cfg.log_format)
     log.info("nightly run: %s -> %s", ", ".join(cfg.sources), cfg.output)
-    from facejob.lock import EXIT_LOCKED, LockHeld, LockLost
-    from facejob.sources import SourceError
+    from facejob.io.lock import EXIT_LOCKED, LockHeld, LockLost
+    from facejob.io.sources import SourceError
 
     try:
         status, summary = run(cfg)

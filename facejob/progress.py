@@ -1,4 +1,5 @@
-"""Progress of a long command: a bar with rate and ETA on a terminal, plain periodic lines otherwise.
+"""What a user sees while a command runs: its log lines (text or JSON, `setup_logging`) and its
+progress: a bar with rate and ETA on a terminal, plain periodic lines otherwise.
 
     bar = Progress("report", total=len(photos), unit="photos")
     for ... : bar.advance(1, faces=n)      # extra counters are summed and shown
@@ -12,6 +13,8 @@ reports, so the last progress line and the summary show one measurement.
 """
 from __future__ import annotations
 
+import json
+import logging
 import sys
 import time
 from typing import TextIO
@@ -104,3 +107,18 @@ class Progress:
             return
         self.stream.write(("\r\033[K" if self.tty else "") + self.line() + "\n")
         self.stream.flush()
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+                           "level": record.levelname, "logger": record.name, "message": record.getMessage()})
+
+
+def setup_logging(fmt: str = "text", verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger("facejob")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from facejob.pipeline import FaceModel
+from facejob.indexing.pipeline import FaceModel
 
 POISON = "POISONED"
 

@@ -274,7 +274,7 @@ def s3_endpoint():
 
 def use_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     """Point this process (and Ray workers it starts) at `endpoint`, with fake credentials."""
-    from facejob import s3 as fs3
+    from facejob.io import s3 as fs3
 
     for k in CLEARED_AWS_ENV:
         # setenv first, so monkeypatch restores these even when facejob sets them later.
@@ -288,7 +288,7 @@ def use_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
 @pytest.fixture
 def s3(s3_endpoint, monkeypatch) -> S3Env:
     """A fresh bucket on the session's moto server, with this test's env pointing at it."""
-    from facejob import s3 as fs3
+    from facejob.io import s3 as fs3
 
     use_endpoint(monkeypatch, s3_endpoint.endpoint)
     client = make_client(s3_endpoint.endpoint)
@@ -315,8 +315,8 @@ def lfw_photos(data_dir: Path, n: int, dest: Path, start: int = 0) -> list[Path]
 
 def read_tables(out: str | Path):
     """(images, faces) of an index output, local or s3://, as pyarrow tables."""
-    from facejob import schema
-    from facejob.storage import open_store, read_parts
+    from facejob.contract import schema
+    from facejob.io.storage import open_store, read_parts
 
     store = open_store(str(out))
     return read_parts(store, "images/", schema.IMAGES), read_parts(store, "faces/", schema.FACES)

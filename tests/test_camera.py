@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 import facejob
-from facejob import decode
+from facejob.image import decode
 from facejob.config import DEFAULT_MAX_PIXELS, EXTENSIONS, IndexConfig, ModelConfig, RunConfig
-from facejob.pipeline import FaceModel, working_scale
+from facejob.indexing.pipeline import FaceModel, working_scale
 from tests.formats import write_all
 from tests.photos import face_image
 
@@ -64,7 +64,7 @@ def test_24mp_jpeg_decoded_at_reduced_scale(canvas_jpeg):
     path = REPO / ".pytest_cache" / "canvas.jpg"
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(canvas_jpeg)
-    grew = {s: int(subprocess.run([sys.executable, "-c", code, str(path), str(s), str(REPO / "facejob/decode.py")],
+    grew = {s: int(subprocess.run([sys.executable, "-c", code, str(path), str(s), str(REPO / "facejob/image/decode.py")],
                                   capture_output=True, text=True, check=True, cwd=REPO).stdout) / 1024
             for s in (scale, 1.0)}
     path.unlink()
@@ -110,7 +110,7 @@ def test_peak_memory_of_a_50mp_photo_is_bounded(tmp_path, data_dir, face):
     path = tmp_path / "50mp.jpg"
     big.save(path, quality=90)
     del big
-    code = ("import resource, sys; from facejob.config import ModelConfig; from facejob.pipeline import FaceModel; "
+    code = ("import resource, sys; from facejob.config import ModelConfig; from facejob.indexing.pipeline import FaceModel; "
             "r = FaceModel(ModelConfig()).process_bytes(open(sys.argv[1], 'rb').read()); "
             "print(r.status.value, len(r.faces), r.width * r.height, int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]))")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,

@@ -9,7 +9,7 @@ import pytest
 from facejob.reduce import corrections as corr
 from facejob.reduce.graph import canonical_edges
 from facejob.reduce.linkage import agglomerate
-from facejob.storage import LocalStore
+from facejob.io.storage import LocalStore
 
 
 def _doc(*entries) -> str:

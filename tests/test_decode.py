@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facejob import decode
+from facejob.image import decode
 from facejob.config import DEFAULT_MAX_PIXELS
 from tests.photos import EXPECTED, make_awkward_folder, png_header_only
 

@@ -51,7 +51,7 @@ def test_s3_without_credentials_is_one_line_not_transient(s3, tmp_path):
 
 def test_s3_credentials_error_is_raised_at_once(s3, monkeypatch):
     """No request is retried: botocore never gets to send one without credentials."""
-    from facejob import s3 as fs3
+    from facejob.io import s3 as fs3
 
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(k)

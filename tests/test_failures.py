@@ -24,7 +24,7 @@ import pytest
 
 import facejob
 from facejob.config import IndexConfig, RunConfig
-from facejob.runner import index
+from facejob.indexing.runner import index
 from tests import crash_model
 from tests.crash_model import POISON, BrokenFaceModel, CrashingFaceModel, SlowFaceModel
 from tests.s3_server import (
@@ -43,7 +43,7 @@ def env(s3_endpoint: MotoServer):
     S3 through a proxy the tests can take down."""
     import ray
 
-    from facejob import s3 as fs3
+    from facejob.io import s3 as fs3
 
     assert not ray.is_initialized()
     proxy = TcpProxy(s3_endpoint.port).start()

@@ -18,7 +18,7 @@ from PIL import Image
 
 import facejob
 from facejob.config import IndexConfig, RunConfig
-from facejob.plan import RetireRefused
+from facejob.indexing.plan import RetireRefused
 from tests.s3_server import aws_env, child_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def ray_local(s3_endpoint):
     """A local Ray whose workers reach the moto server (the env is set before Ray starts)."""
     import ray
 
-    from facejob import s3 as fs3
+    from facejob.io import s3 as fs3
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in aws_env(s3_endpoint.endpoint).items():

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import facejob
-from facejob import plan as planning
+from facejob.indexing import plan as planning
 from facejob.config import IndexConfig, RunConfig
-from facejob.storage import LocalStore, read_parquet
+from facejob.io.storage import LocalStore, read_parquet
 from tests.s3_server import assert_same_results, kill_driver_when, lfw_photos, wait_for_dead_driver_tasks
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""facejob/heif.py: HEIC decoded by FFmpeg equals pillow-heif's (libde265) decode within a
+"""facejob/image/heif.py: HEIC decoded by FFmpeg equals pillow-heif's (libde265) decode within a
 rounding step, for the layouts phones and encoders write, and every other HEIC goes to
 pillow-heif unchanged. Files are written at run time by pillow-heif's own encoder."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facejob import decode, heif
+from facejob.image import decode, heif
 
 pillow_heif = pytest.importorskip("pillow_heif")
 pillow_heif.register_heif_opener()

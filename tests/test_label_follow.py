@@ -20,7 +20,7 @@ from PIL import Image
 import facejob
 from facejob.config import IndexConfig, RunConfig
 from facejob.reduce import api
-from facejob.storage import LocalStore, write_parquet
+from facejob.io.storage import LocalStore, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 PEOPLE = ("John_Salley", "John_Shimkus")

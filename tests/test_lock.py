@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from facejob import lock
-from facejob.layout import LOCK
-from facejob.lock import LockHeld, hold
+from facejob.io import lock
+from facejob.contract.layout import LOCK
+from facejob.io.lock import LockHeld, hold
 from tests.s3_server import child_env, lfw_photos, rows_by_name
 
 REPO = Path(__file__).resolve().parents[1]
 FACEJOB = [sys.executable, "-m", "facejob.cli"]
 HOLDER = """
 import sys
-from facejob.lock import hold
+from facejob.io.lock import hold
 with hold(sys.argv[1], sys.argv[2], ttl_s=float(sys.argv[3])):
     print("held", flush=True)
     sys.stdin.read()      # until the test closes stdin (or kills us)
@@ -94,7 +94,7 @@ def test_s3_lease_is_renewed_refused_and_taken_over_when_expired(s3, caplog):
     out = s3.uri("out")
     ttl = 2.0
     holder = spawn_holder(out, ttl_s=ttl, environ=env(child_env(s3.endpoint)))
-    from facejob import s3 as fs3
+    from facejob.io import s3 as fs3
 
     lease = f"{out}/{LOCK}"
     try:
@@ -117,7 +117,7 @@ def test_s3_lease_is_renewed_refused_and_taken_over_when_expired(s3, caplog):
         kill(holder)
     # A dead holder's lease stays until it expires, then the next writer takes it over.
     assert fs3.get_versioned(lease) is not None
-    caplog.set_level(logging.WARNING, logger="facejob.lock")
+    caplog.set_level(logging.WARNING, logger="facejob.io.lock")
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -186,7 +186,7 @@ def test_two_index_runs_on_one_output(ray_address, data_dir, tmp_path):
 
 
 def test_s3_lease_taken_over_under_a_stalled_run_is_reported(s3):
-    from facejob import s3 as fs3
+    from facejob.io import s3 as fs3
 
     out = s3.uri("out")
     lease = f"{out}/{LOCK}"

@@ -15,9 +15,9 @@ import pytest
 
 import facejob
 from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig, load_run_config, options
-from facejob.layout import MODEL_JSON, RUN_JSON
-from facejob.schema import Reason, Status
-from facejob.storage import LocalStore
+from facejob.contract.layout import MODEL_JSON, RUN_JSON
+from facejob.contract.schema import Reason, Status
+from facejob.io.storage import LocalStore
 
 FACEJOB = [sys.executable, "-m", "facejob.cli"]
 
@@ -107,7 +107,7 @@ def test_a_worker_builds_its_model_once_for_many_shards(ray_local, data_dir, tmp
 def test_a_shard_moves_off_a_worker_that_never_starts(ray_local, data_dir, tmp_path, monkeypatch):
     """Three workers on two CPUs: the third is never placed while the other two live. Its
     shard must move to a free worker once nothing else is left (else the run would hang)."""
-    from facejob import runner
+    from facejob.indexing import runner
 
     monkeypatch.setattr(runner, "START_GRACE_S", 1.0)
     src = data_dir / "labelled/faceapi_bbt/raj"
@@ -163,7 +163,7 @@ def test_search_and_verify_build_the_outputs_model(ray_local, data_dir, tmp_path
     fr.index(str(out))
     (q,) = fr.search(str(out), str(bbt / "raj/raj1.png"), k=1)
     assert q.matches[0].uri.endswith("raj1.png") and q.matches[0].distance < 1e-3
-    from facejob.pipeline import FaceModel
+    from facejob.indexing.pipeline import FaceModel
 
     assert FaceModel.shared.cache_info().currsize == 1
     model = FaceModel.shared(ModelConfig(embedder="torch", device="cpu"))

@@ -12,9 +12,9 @@ import pyarrow.dataset as ds
 import pytest
 
 import facejob
-from facejob import plan as planning
+from facejob.indexing import plan as planning
 from facejob.config import IndexConfig, RunConfig
-from facejob.sources import ImageRef, list_images, path_to_uri, read_bytes, uri_to_path
+from facejob.io.sources import ImageRef, list_images, path_to_uri, read_bytes, uri_to_path
 from tests.photos import face_image
 
 CONFIG = IndexConfig(run=RunConfig(workers=2))

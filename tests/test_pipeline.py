@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
-from facejob.decode import decode_image
-from facejob.models import model_path
-from facejob.pipeline import FaceModel, face_id
-from facejob.sources import ImageRef
+from facejob.image.decode import decode_image
+from facejob.face.model_files import model_path
+from facejob.indexing.pipeline import FaceModel, face_id
+from facejob.io.sources import ImageRef
 from tests.photos import face_image, rotated_with_exif
 
 

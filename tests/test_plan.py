@@ -4,9 +4,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from facejob import plan as planning, schema
-from facejob.sources import ImageRef
-from facejob.storage import LocalStore, read_parts, write_parquet
+from facejob.indexing import plan as planning
+from facejob.contract import schema
+from facejob.io.sources import ImageRef
+from facejob.io.storage import LocalStore, read_parts, write_parquet
 
 
 def refs(n, mtime=1.0, prefix="/p"):
@@ -141,7 +142,7 @@ def test_retirement_guard(tmp_path):
 
 
 def test_damaged_parts_on_s3_are_quarantined(s3):
-    from facejob.s3 import S3Store
+    from facejob.io.s3 import S3Store
 
     store = S3Store(s3.uri("out"))
     _commit(store, "a", refs(2))

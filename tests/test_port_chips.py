@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facejob.dlibport.chips import (
+from facejob.face.dlibport.chips import (
     PARTS68,
     chip_details,
     extract_chips,
     pyramid_down2,
 )
-from facejob.models import model_path
+from facejob.face.model_files import model_path
 
 dlib = pytest.importorskip("dlib")
 

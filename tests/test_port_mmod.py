@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from facejob.detect import Detection, DlibCnnDetector
-from facejob.dlibport.geometry import round_half_away, round_rect
-from facejob.dlibport.mmod import (
+from facejob.face.detect import Detection, DlibCnnDetector
+from facejob.face.dlibport.geometry import round_half_away, round_rect
+from facejob.face.dlibport.mmod import (
     TorchCnnDetector, nms, pyramid_up_size, rect_down, resize_like_dlib,
     tiled_pyramid_layout,
 )

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 # resnet before torch: it sets OMP_WAIT_POLICY=PASSIVE, read once when torch loads.
-from facejob.dlibport.dat import TAG_OR_SKIP, DatFormatError, read_dat
-from facejob.dlibport.resnet import TorchEmbedder, dlib_add
-from facejob.models import model_path
+from facejob.face.dlibport.dat import TAG_OR_SKIP, DatFormatError, read_dat
+from facejob.face.dlibport.resnet import TorchEmbedder, dlib_add
+from facejob.face.model_files import model_path
 
 # ---------------------------------------------------------------------------- reader
 
@@ -167,7 +167,7 @@ def test_batch_size_does_not_change_results(chips, embedder):
 
 
 def test_flip_tta_is_mean_of_chip_and_mirror_for_every_backend(chips, embedder):
-    from facejob.embed import DlibEmbedder, embed_chips
+    from facejob.face.embed import DlibEmbedder, embed_chips
 
     got = embed_chips(TorchEmbedder(device="cpu", batch_size=10), chips, "flip")
     want = (embedder.embed(chips) + embedder.embed(np.ascontiguousarray(chips[:, :, ::-1]))) / 2

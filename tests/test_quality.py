@@ -1,4 +1,4 @@
-"""Per-face quality (facejob/quality.py) in the index output, and the reducer's quality floor."""
+"""Per-face quality (facejob/face/quality.py) in the index output, and the reducer's quality floor."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageFilter
 
-from facejob import quality
+from facejob.face import quality
 from tests.test_reduce_data import make_out, photos, pipeline
 
 
@@ -66,7 +66,7 @@ def test_reduce_leaves_out_faces_below_the_floor(data_dir, tmp_path):
 def test_outputs_without_quality_are_read_as_unknown_and_kept(data_dir, tmp_path):
     from facejob.reduce import api
     from facejob.reduce.embeddings import read_faces
-    from facejob.storage import LocalStore
+    from facejob.io.storage import LocalStore
 
     out = tmp_path / "out"
     make_out(out, photos(data_dir)[:25])

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from facejob.config import IndexConfig, ModelConfig
-from facejob.pipeline import FaceModel, ImageResult, shard_tables
-from facejob.sources import ImageRef
-from facejob.storage import LocalStore, write_parquet
+from facejob.indexing.pipeline import FaceModel, ImageResult, shard_tables
+from facejob.io.sources import ImageRef
+from facejob.io.storage import LocalStore, write_parquet
 
 SETS = ("labelled/dlib_johns", "labelled/faceapi_bbt")
 

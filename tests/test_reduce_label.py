@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from facejob.storage import LocalStore
+from facejob.io.storage import LocalStore
 from tests.test_reduce_data import make_out, person, photos
 
 

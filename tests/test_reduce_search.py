@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from facejob.storage import LocalStore
+from facejob.io.storage import LocalStore
 from tests.test_reduce_data import make_out, person, photos
 
 

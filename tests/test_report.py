@@ -311,7 +311,7 @@ def test_report_on_s3(s3, tmp_path, data_dir):
 
 def test_model_groups_a_split_person_and_flags_only_against_others(split):
     from facejob.report import model as m
-    from facejob.storage import LocalStore
+    from facejob.io.storage import LocalStore
 
     out, a, b, named = split
     people = m.read_people(LocalStore(out))

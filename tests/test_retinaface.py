@@ -1,4 +1,4 @@
-"""RetinaFace (facejob/retinaface.py): the PyTorch port against the package's own onnxruntime
+"""RetinaFace (facejob/face/retinaface.py): the PyTorch port against the package's own onnxruntime
 model, batching, and what it finds that dlib's HOG detector misses, on real photos."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from facejob.decode import decode_image
-from facejob.detect import HogDetector, box_iou
-from facejob.retinaface import (LARGE_FACE_PX, MEAN_BGR, RetinaFaceDetector, faces_from_outputs, load_retinaface, onnx_bytes,
+from facejob.image.decode import decode_image
+from facejob.face.detect import HogDetector, box_iou
+from facejob.face.retinaface import (LARGE_FACE_PX, MEAN_BGR, RetinaFaceDetector, faces_from_outputs, load_retinaface, onnx_bytes,
                                 onnx_state_dict)
-from facejob.sources import list_images
+from facejob.io.sources import list_images
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Raw network outputs, torch vs onnxruntime on the same input (float32, different kernels).

@@ -1,4 +1,4 @@
-"""facejob.s3 against a real S3 HTTP endpoint (moto's server on 127.0.0.1), no in-process patching."""
+"""facejob.io.s3 against a real S3 HTTP endpoint (moto's server on 127.0.0.1), no in-process patching."""
 from __future__ import annotations
 
 import threading
@@ -7,8 +7,9 @@ import time
 import pyarrow as pa
 import pytest
 
-from facejob import s3 as fs3
-from facejob import schema, sources, storage
+from facejob.io import s3 as fs3
+from facejob.contract import schema
+from facejob.io import sources, storage
 from tests.s3_server import TcpProxy, use_endpoint
 
 EXTS = (".jpg", ".jpeg", ".png")
@@ -93,7 +94,7 @@ def test_listing_is_paginated_streamed_filtered_and_ordered(s3, monkeypatch):
     head = s3.client.head_object(Bucket=s3.bucket, Key=keys[0])
     ref = by_uri[s3.uri(keys[0])]
     assert ref.etag == head["ETag"].strip('"') and ref.size == len(keys[0]) and ref.mtime is None
-    # Same order on a second listing, and through facejob.sources for a mixed source list.
+    # Same order on a second listing, and through facejob.io.sources for a mixed source list.
     assert [r.uri for r in sources.list_images([s3.uri("photos/")], EXTS)] == [r.uri for r in refs]
 
 
@@ -156,6 +157,19 @@ def test_store_roundtrip_and_atomic_parts(s3):
     assert store.list("images") == ["images/part-a.parquet"]
     with pytest.raises(FileNotFoundError):
         store.read_bytes("images/part-b.parquet")
+
+
+def test_callers_ask_a_store_where_it_is(s3, tmp_path):
+    """`local_path` tells readers whether a store is a folder on this machine (hnswlib, report
+    builds use the path); `open_store` takes a uri, a path or a Store."""
+    remote = storage.open_store(s3.uri("out"))
+    assert remote.local_path() is None and remote.local_path("index/faces.hnsw") is None
+    local = storage.open_store(tmp_path / "out")
+    assert local.local_path() == tmp_path / "out"
+    assert local.local_path("index/faces.hnsw") == tmp_path / "out" / "index" / "faces.hnsw"
+    with pytest.raises(ValueError, match="outside the output root"):
+        local.local_path("../x")
+    assert storage.open_store(local) is local and storage.open_store(remote) is remote
 
 
 @pytest.mark.parametrize("rel", ["../escape.parquet", "/abs.parquet", "faces/../../x", "", "a/../../b"])

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facejob.dlibport.chips import ChipDetails, chip_corners, chip_details, chip_sampling
+from facejob.face.dlibport.chips import ChipDetails, chip_corners, chip_details, chip_sampling
 
 from .config import ATTACKS, GOALS
 

@@ -40,7 +40,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             pairs = lfw_pairs(args.pairs, args.images, args.limit)
             model, max_pixels = ModelConfig(embedder="torch", device=args.device), DEFAULT_MAX_PIXELS
         else:
-            from facejob.storage import open_store
+            from facejob.io.storage import open_store
 
             pairs = index_pairs(args.out, args.limit, args.seed)
             # the transfer case re-indexes photos the way this archive was indexed (the torch

@@ -13,8 +13,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from facejob.dlibport.resnet import TorchEmbedder
-from facejob.embed import embed_chips
+from facejob.face.dlibport.resnet import TorchEmbedder
+from facejob.face.embed import embed_chips
 
 from .config import CHIP_DEFENCES
 

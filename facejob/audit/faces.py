@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
-from facejob.decode import decode_image
-from facejob.detect import Detection, box_iou
-from facejob.dlibport.chips import extract_chips
-from facejob.pipeline import FaceModel, FaceRecord
-from facejob.sources import read_bytes
+from facejob.image.decode import decode_image
+from facejob.face.detect import Detection, box_iou
+from facejob.face.dlibport.chips import extract_chips
+from facejob.indexing.pipeline import FaceModel, FaceRecord
+from facejob.io.sources import read_bytes
 
 from .pairs import FaceRef
 

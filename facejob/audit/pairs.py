@@ -72,7 +72,7 @@ def index_pairs(out: str, limit: int, seed: int = 0) -> list[Pair]:
     from facejob.reduce.api import CLUSTERS, LABELS_STORED
     from facejob.reduce.embeddings import read_faces
     from facejob.reduce.errors import ReduceError
-    from facejob.storage import open_store, read_parquet
+    from facejob.io.storage import open_store, read_parquet
 
     store = open_store(out)
     faces = read_faces(store, ["face_id", "uri", "left", "top", "right", "bottom"], embeddings=False).meta

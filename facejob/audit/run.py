@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
-from facejob.dlibport.resnet import TorchEmbedder
+from facejob.face.dlibport.resnet import TorchEmbedder
 
 from . import attacks as atk
 from .config import ATTACKS, CHIP_DEFENCES, GOALS, AuditConfig

@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facejob.config import EXTENSIONS, ModelConfig, ReduceConfig
-from facejob.layout import (
+from facejob.contract.layout import (
     CLUSTERS, CLUSTERS_JSON, DUPLICATES, EVENTS, LABEL_MODEL_JSON, LABELS_STORED, PREDICTIONS, RUN_JSON,
 )
-from facejob.lock import writes_output
-from facejob.schema import EMBEDDING_DIM
-from facejob.storage import Store, open_store, read_parquet, write_parquet
+from facejob.io.lock import writes_output
+from facejob.contract.schema import EMBEDDING_DIM
+from facejob.io.storage import Store, open_store, read_parquet, write_parquet
 
 from . import corrections as corr
 from . import duplicates as dd
@@ -34,7 +34,7 @@ from .graph import knn_graph
 from .hnsw import FaceIndex, IndexParams, update_index
 from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
-from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
+from facejob.config import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
 from .linkage import agglomerate, representatives
 from .stable import assign_ids
 
@@ -71,7 +71,7 @@ def _now() -> str:
 
 
 def _store(out: str | Store) -> Store:
-    return open_store(out) if isinstance(out, (str, Path)) else out
+    return open_store(out)
 
 
 # ---------------------------------------------------------------------------------- index
@@ -431,7 +431,7 @@ def _cluster_rows(store: Store, faces: Faces) -> np.ndarray | None:
 def _face_model(store: Store):
     """The FaceModel the output was indexed with (from OUT/model.json), and its last run config."""
     from facejob.config import load_run_config
-    from facejob.pipeline import FaceModel
+    from facejob.indexing.pipeline import FaceModel
 
     try:
         model, run = ModelConfig.load(store), load_run_config(store)
@@ -554,7 +554,7 @@ def _faces_by_sha(faces: Faces, wanted: set[str]) -> dict[str, dd.PhotoFaces]:
 
 def _picture_loader(first: dict[str, tuple[str, tuple[int, int]]], max_pixels: int):
     """sha256 -> its photo (one path holding those bytes) as a reduced grey Picture, cached."""
-    from facejob.sources import read_bytes
+    from facejob.io.sources import read_bytes
 
     @functools.lru_cache(maxsize=64)
     def load(sha: str) -> dd.Picture | None:
@@ -590,7 +590,7 @@ class QueryFace:
 
 def search(out: str | Store, photo: str | bytes, k: int = 10) -> list[QueryFace]:
     """The k nearest archive faces of every face in `photo` (a path, s3:// uri, or bytes)."""
-    from facejob.sources import read_bytes, source_uri
+    from facejob.io.sources import read_bytes, source_uri
 
     store = _store(out)
     fi = load_index(store)
@@ -706,7 +706,7 @@ def _local(uri: str | None, tmp: str) -> str | None:
     """A local path for a labels or corrections file given as an s3:// key (read locally)."""
     if uri is None or not uri.startswith("s3://"):
         return uri
-    from facejob import s3
+    from facejob.io import s3
 
     path = Path(tmp) / Path(s3.split_uri(uri)[1]).name
     path.write_bytes(s3.read_bytes(uri))

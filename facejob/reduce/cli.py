@@ -124,7 +124,7 @@ CORRECTIONS_HELP = ("corrections.json downloaded from the report page: added to 
 
 
 def _quality_option(p: argparse.ArgumentParser) -> None:
-    from .params import MIN_QUALITY
+    from facejob.config import MIN_QUALITY
 
     p.add_argument("--min-quality", type=float, default=MIN_QUALITY, metavar="Q",
                    help="cluster and label only faces of quality >= Q (0..1, from face size and chip "
@@ -134,7 +134,7 @@ def _quality_option(p: argparse.ArgumentParser) -> None:
 def add_commands(subparsers) -> None:
     from facejob.config import ReduceConfig, add_options
 
-    from .params import CLUSTER_K, CLUSTER_THRESHOLD, LabelParams
+    from facejob.config import CLUSTER_K, CLUSTER_THRESHOLD, LabelParams
 
     p = subparsers.add_parser("search", help="find the faces in OUT nearest to the faces of a photo",
                               description="Embed the faces of PHOTO like the archive was embedded and list "

@@ -36,9 +36,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.layout import CORRECTION_FACES, CORRECTIONS
-from facejob.schema import EMBEDDING_DIM
-from facejob.storage import Store, read_parquet, write_parquet
+from facejob.contract.layout import CORRECTION_FACES, CORRECTIONS
+from facejob.contract.schema import EMBEDDING_DIM
+from facejob.io.storage import Store, read_parquet, write_parquet
 
 from .embeddings import Faces
 from .errors import LabelsError

@@ -32,8 +32,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFilter
 
-from facejob import decode
-from facejob.phash import hamming
+from facejob.image import decode
+from facejob.image.phash import hamming
 
 log = logging.getLogger("facejob.reduce")
 
@@ -141,7 +141,7 @@ def arrangement(a: PhotoFaces, b: PhotoFaces, pairs: list[tuple[int, int, float]
 
 
 def load_picture(data: bytes, full_size: tuple[int, int] | None, max_pixels: int) -> Picture:
-    """Grey image, upright per EXIF, decoded at reduced size (facejob.decode: JPEG DCT scaling).
+    """Grey image, upright per EXIF, decoded at reduced size (facejob.image.decode: JPEG DCT scaling).
 
     `full_size` is the (width, height) the indexer saw; the ratio maps face coordinates to it.
     """

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facejob.layout import FACES_DIR, IMAGES_DIR, RUN_JSON, shard_of
-from facejob.schema import EMBEDDING_DIM, FACES, IMAGES
-from facejob.storage import Store, parquet_file
+from facejob.contract.layout import FACES_DIR, IMAGES_DIR, RUN_JSON, shard_of
+from facejob.contract.schema import EMBEDDING_DIM, FACES, IMAGES
+from facejob.io.storage import Store, parquet_file
 
 from .errors import NotIndexedError, ReduceError
 
@@ -54,9 +53,9 @@ def parts(store: Store, prefix: str) -> list[str]:
 
 
 def _open(store: Store, rel: str) -> pq.ParquetFile:
-    local = getattr(store, "path", None)
-    if isinstance(local, Path):
-        return pq.ParquetFile(local / rel)
+    local = store.local_path(rel)
+    if local is not None:
+        return pq.ParquetFile(local)
     return parquet_file(store.read_bytes(rel))
 
 
@@ -78,7 +77,7 @@ def iter_batches(store: Store, prefix: str, columns: Sequence[str]) -> Iterator[
 
 
 def _row_count(store: Store, rels: list[str]) -> int | None:
-    if not isinstance(getattr(store, "path", None), Path):
+    if store.local_path() is None:
         return None
     return sum(_open(store, rel).metadata.num_rows for rel in rels)
 

@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.layout import IDS_FILE, INDEX_FILE, PARAMS_FILE
-from facejob.schema import EMBEDDING_DIM
-from facejob.storage import Store, publish, read_parquet, write_parquet
+from facejob.contract.layout import IDS_FILE, INDEX_FILE, PARAMS_FILE
+from facejob.contract.schema import EMBEDDING_DIM
+from facejob.io.storage import Store, publish, read_parquet, write_parquet
 
 from .embeddings import Faces
 from .errors import NotIndexedError, ReduceError
@@ -152,10 +152,9 @@ def save(store: Store, fi: FaceIndex) -> None:
 
 
 def _save_hnsw(store: Store, index: hnswlib.Index) -> None:
-    local = getattr(store, "path", None)
-    if isinstance(local, Path):
+    dest = store.local_path(INDEX_FILE)
+    if dest is not None:
         # Straight to a temp file next to the destination, then rename: no copy of the bytes in memory.
-        dest = local / INDEX_FILE
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".faces.hnsw.", suffix=".tmp", dir=dest.parent)
         os.close(fd)
@@ -183,9 +182,9 @@ def load(store: Store) -> FaceIndex:
     if n != meta["count"]:
         raise ReduceError(f"{store.root}/index/ is inconsistent (ids {n} vs params {meta['count']}); it will be rebuilt")
     index = hnswlib.Index(space="l2", dim=EMBEDDING_DIM)
-    local = getattr(store, "path", None)
-    if isinstance(local, Path):
-        index.load_index(str(local / INDEX_FILE), max_elements=max(n, 1))
+    local = store.local_path(INDEX_FILE)
+    if local is not None:
+        index.load_index(str(local), max_elements=max(n, 1))
     else:
         with tempfile.TemporaryDirectory() as d:
             Path(f"{d}/faces.hnsw").write_bytes(store.read_bytes(INDEX_FILE))

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.pipeline import main_face
+from facejob.indexing.pipeline import main_face
 
 from .embeddings import Faces
 from .errors import LabelsError

@@ -27,10 +27,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
-from facejob.layout import LABEL_MODEL_JSON as MODEL_JSON, LABEL_MODEL_NPZ as MODEL_NPZ
+from facejob.contract.layout import LABEL_MODEL_JSON as MODEL_JSON, LABEL_MODEL_NPZ as MODEL_NPZ
 
 from .errors import LabelsError
-from .params import LabelParams
+from facejob.config import LabelParams
 
 UNKNOWN = "unknown"
 FORMAT = 1

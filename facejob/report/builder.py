@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from facejob.dlibport.chips import chip_details
+from facejob.face.dlibport.chips import chip_details
 from facejob.progress import Progress
 from facejob.config import DEFAULT_MAX_PIXELS, ConfigError, load_run_config
-from facejob.layout import CLUSTERS_JSON, REPORT_DIR
-from facejob.lock import writes_output
+from facejob.contract.layout import CLUSTERS_JSON, REPORT_DIR
+from facejob.io.lock import writes_output
 from facejob.reduce import api
 from facejob.reduce import corrections as corr
-from facejob.storage import LocalStore, Store, open_store
+from facejob.io.storage import Store, open_store
 
 from . import model as m
 from .thumbs import SPRITE_CELLS, SPRITE_COLS, THUMB, PhotoJob, SpriteWriter, default_workers, render_photos
@@ -86,7 +86,7 @@ class _Writer:
 
     def __init__(self, store: Store, base: str, shared: bool = False):
         self.store, self.base, self.shared, self.files, self.bytes = store, base, shared, 0, 0
-        self.local = store.path if isinstance(store, LocalStore) else None
+        self.local = store.local_path()
 
     def __call__(self, rel: str, data: bytes) -> None:
         path = f"{self.base}/{rel}"
@@ -306,8 +306,9 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
 
 def _remove_old_builds(store: Store, keep: str) -> int:
     """Delete every other build under report/b/ (after index.html points at `keep`)."""
-    if isinstance(store, LocalStore):
-        old = [d for d in (store.path / REPORT / "b").iterdir() if d.is_dir() and d.name != keep]
+    local = store.local_path(f"{REPORT}/b")
+    if local is not None:
+        old = [d for d in local.iterdir() if d.is_dir() and d.name != keep]
         for d in old:
             shutil.rmtree(d, ignore_errors=True)
         return len(old)

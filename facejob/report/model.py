@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.layout import CLUSTERS, CLUSTERS_JSON, DUPLICATES, PREDICTIONS, RUN_JSON
+from facejob.contract.layout import CLUSTERS, CLUSTERS_JSON, DUPLICATES, PREDICTIONS, RUN_JSON
 from facejob.reduce.embeddings import Faces, read_faces, read_images
 from facejob.reduce.errors import NotIndexedError
 from facejob.reduce.graph import GRAPH_EF
 from facejob.reduce.hnsw import IndexParams, build, load as load_index
-from facejob.storage import Store, read_parquet
+from facejob.io.storage import Store, read_parquet
 
 log = logging.getLogger("facejob.report")
 

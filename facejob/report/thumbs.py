@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from facejob.decode import DecodeError, decode_image
-from facejob.sources import SourceUnavailable, read_bytes
+from facejob.image.decode import DecodeError, decode_image
+from facejob.io.sources import SourceUnavailable, read_bytes
 
 log = logging.getLogger("facejob.report")
 

@@ -31,13 +31,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from facejob import layout, lock, plan as planning
+from facejob.contract import layout
+from facejob.io import lock
+from facejob.indexing import plan as planning
 from facejob.config import IndexConfig, ModelConfig, ModelMismatch, RunConfig, model_differences
-from facejob.pipeline import FaceModel, ImageResult, setup_process, shard_tables
+from facejob.indexing.pipeline import FaceModel, ImageResult, setup_process, shard_tables
 from facejob.progress import Progress as ProgressBar
-from facejob.schema import Reason, Status
-from facejob.sources import ImageRef, Listing, list_images
-from facejob.storage import Store, open_store, write_parquet
+from facejob.contract.schema import Reason, Status
+from facejob.io.sources import ImageRef, Listing, list_images
+from facejob.io.storage import Store, open_store, write_parquet
 
 log = logging.getLogger("facejob")
 
@@ -170,7 +172,7 @@ def _versions() -> dict[str, str]:
 
 def _worker_env() -> dict[str, str]:
     """Settings the workers need from this process (never credentials: workers use their own chain)."""
-    from facejob import s3
+    from facejob.io import s3
 
     env = {k: v for k, v in os.environ.items() if k.startswith("FACEJOB_")}
     env.update(s3.worker_env())
@@ -465,9 +467,9 @@ def _image_done(isolated: dict[str, _Isolated], job: _Job, tables: tuple[pa.Tabl
 
 def totals(store: Store) -> dict[str, int]:
     """Counts over everything the output holds now (all runs)."""
-    from facejob.storage import read_parts
+    from facejob.io.storage import read_parts
 
-    from facejob.schema import IMAGES
+    from facejob.contract.schema import IMAGES
 
     images = read_parts(store, layout.IMAGES_DIR, IMAGES, ["status", "n_faces"])
     statuses = Counter(images.column("status").to_pylist())
@@ -482,7 +484,7 @@ def index(sources: list[str], out: str, config: IndexConfig | None = None, progr
     Returns the run summary (also written to OUT/run.json). Photos already indexed in `out` with
     the same size and mtime/etag are not processed again unless `config.run.force`.
     `model_class` is the FaceModel the workers build (tests pass a subclass). Holds the output's
-    writer lock throughout (facejob.lock.LockHeld if another run has it); refuses
+    writer lock throughout (facejob.io.lock.LockHeld if another run has it); refuses
     (plan.RetireRefused, nothing retired) a listing that would retire too much (see
     plan.check_retirement).
     """

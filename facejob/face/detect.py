@@ -1,7 +1,7 @@
 """Step 1: find faces. dlib's HOG detector (CPU) or its MMOD CNN (dlib, or the batched torch port);
-RetinaFace lives in facejob/retinaface.py.
+RetinaFace lives in facejob/face/retinaface.py.
 
-Backends are picked by name in facejob.backends.DETECTORS."""
+Backends are picked by name in facejob.face.backends.DETECTORS."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from facejob.models import model_path
+from facejob.face.model_files import model_path
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class HogDetector:
 
 class DlibCnnDetector:
     """dlib's MMOD CNN face detector, computed by dlib itself (`--detector cnn-dlib`; CPU only in
-    the pip wheel: slow). The reference that facejob.dlibport.mmod.TorchCnnDetector (`cnn`) is
+    the pip wheel: slow). The reference that facejob.face.dlibport.mmod.TorchCnnDetector (`cnn`) is
     tested against."""
 
     name = "dlib-cnn"

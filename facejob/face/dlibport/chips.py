@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facejob.dlibport.geometry import round_rect
+from facejob.face.dlibport.geometry import round_rect
 
 # dlib's 5-point template in the order the 5-point predictor returns its parts.
 TEMPLATE5 = np.array([

@@ -168,9 +168,9 @@ class RawPhoto(Photo):
 
 
 def _fast_heic(data: bytes, width: int, height: int) -> Image.Image | None:
-    """An HEIC photo decoded by FFmpeg (facejob/heif.py), upright, when it is the common case;
+    """An HEIC photo decoded by FFmpeg (facejob/image/heif.py), upright, when it is the common case;
     else None, and pillow-heif decodes it."""
-    from facejob import heif
+    from facejob.image import heif
 
     decoded = heif.decode(data)
     if decoded is None or decoded[0].shape[:2] != (height, width):

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from facejob import backends, decode, phash, quality, schema
-from facejob.align import CHIP_FACE_PX, Aligner
+from facejob.face import backends, quality
+from facejob.image import decode, phash
+from facejob.contract import schema
+from facejob.face.align import CHIP_FACE_PX, Aligner
 from facejob.config import DEFAULT_MAX_PIXELS, ModelConfig
-from facejob.detect import Detection
-from facejob.embed import embed_chips
-from facejob.schema import Reason, Status
-from facejob.sources import ImageRef, SourceUnavailable, read_bytes
+from facejob.face.detect import Detection
+from facejob.face.embed import embed_chips
+from facejob.contract.schema import Reason, Status
+from facejob.io.sources import ImageRef, SourceUnavailable, read_bytes
 
 
 @dataclass

@@ -16,15 +16,19 @@ import inspect
 import os
 from typing import Any
 
+# The names here are the only detector and embedder names of settings, flags, YAML and model.json.
+# Faces rows record the backend class's own `name` instead (retinaface → retinaface-mnet025,
+# hog → dlib-hog, cnn → torch-cnn, cnn-dlib → dlib-cnn; dlib → dlib-resnet, torch → torch-resnet):
+# those are in every output written so far and stay as they are.
 DETECTORS = {
-    "retinaface": "facejob.retinaface:RetinaFaceDetector",
-    "hog": "facejob.detect:HogDetector",
-    "cnn": "facejob.dlibport.mmod:TorchCnnDetector",
-    "cnn-dlib": "facejob.detect:DlibCnnDetector",
+    "retinaface": "facejob.face.retinaface:RetinaFaceDetector",
+    "hog": "facejob.face.detect:HogDetector",
+    "cnn": "facejob.face.dlibport.mmod:TorchCnnDetector",
+    "cnn-dlib": "facejob.face.detect:DlibCnnDetector",
 }
 EMBEDDERS = {
-    "dlib": "facejob.embed:DlibEmbedder",
-    "torch": "facejob.dlibport.resnet:TorchEmbedder",
+    "dlib": "facejob.face.embed:DlibEmbedder",
+    "torch": "facejob.face.dlibport.resnet:TorchEmbedder",
 }
 
 

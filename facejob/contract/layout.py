@@ -11,8 +11,8 @@
     labels/corrections_faces.parquet where each face a correction names was last seen (to follow it)
     predictions.parquet, duplicates.parquet
     report/                          `facejob report`: the review site (index.html, b/BUILD/, photos/)
-    quarantine/<time>/images|faces/  damaged parts moved aside (facejob.plan.quarantine)
-    .facejob.lock                    the writer lock or S3 lease (facejob.lock)
+    quarantine/<time>/images|faces/  damaged parts moved aside (facejob.indexing.plan.quarantine)
+    .facejob.lock                    the writer lock or S3 lease (facejob.io.lock)
 """
 from __future__ import annotations
 

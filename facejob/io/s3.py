@@ -31,8 +31,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
-from facejob.sources import ImageRef, SourceUnavailable
-from facejob.storage import safe_rel
+from facejob.io.base import ImageRef, SourceUnavailable, safe_rel
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
 # Environment that decides where and how workers talk to S3. Credentials are deliberately not
@@ -309,7 +308,7 @@ def delete_conditional(uri: str, if_match: str) -> bool:
 
 
 class S3Store:
-    """The `Store` of facejob.storage for an output under s3://bucket/prefix.
+    """The `Store` of facejob.io.storage for an output under s3://bucket/prefix.
 
     Relative paths pass `safe_rel`, so nothing is ever written outside the prefix.
     """
@@ -374,6 +373,9 @@ class S3Store:
             if ok:  # else a key written by something else (e.g. 'a//b', '../x') that no Store path names
                 rels.append(rel)
         return sorted(rels)
+
+    def local_path(self, rel: str = "") -> None:
+        return None
 
     def delete(self, rel: str) -> None:
         try:

@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from facejob.layout import LOCK
-from facejob.storage import Store, open_store
+from facejob.contract.layout import LOCK
+from facejob.io.storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class _FileLock:
 
 class _Lease:
     def __init__(self, root: str, holder: dict[str, Any], ttl_s: float):
-        from facejob import s3
+        from facejob.io import s3
 
         self.s3, self.uri, self.ttl = s3, f"{root}/{LOCK}", ttl_s
         self.holder = {**holder, "ttl_s": ttl_s}
@@ -154,9 +154,9 @@ def hold(out: str | Store, command: str, ttl_s: float = LEASE_TTL_S, create: boo
     With create=False a local output folder that does not exist is not created (and there is
     nothing to lock: the command will find nothing to work on).
     """
-    store = open_store(out) if isinstance(out, (str, Path)) else out
-    path = getattr(store, "path", None)
-    if not create and isinstance(path, Path) and not path.is_dir():
+    store = open_store(out)
+    path = store.local_path()
+    if not create and path is not None and not path.is_dir():
         yield
         return
     key = (os.getpid(), store.root)
@@ -164,7 +164,7 @@ def hold(out: str | Store, command: str, ttl_s: float = LEASE_TTL_S, create: boo
         entry = _held.get(key)
         if entry is None:
             holder = _holder(command)
-            handle = _FileLock(path, holder) if isinstance(path, Path) else _Lease(store.root, holder, ttl_s)
+            handle = _FileLock(path, holder) if path is not None else _Lease(store.root, holder, ttl_s)
             entry = _held[key] = [handle, 0]
         entry[1] += 1
     try:

@@ -16,7 +16,7 @@ IMAGES = pa.schema([
     ("sha256", pa.string()),         # of the bytes read; null when they could not be read
     ("width", pa.int32()),           # after EXIF orientation; null when not decoded
     ("height", pa.int32()),
-    ("phash", pa.int64()),           # 64-bit perceptual hash of the pixels (facejob.phash); null when not decoded
+    ("phash", pa.int64()),           # 64-bit perceptual hash of the pixels (facejob.image.phash); null when not decoded
     ("status", pa.string()),         # Status: ok | no_face | error
     ("error", pa.string()),          # "<Reason>: message" when status == error, else null
     ("n_faces", pa.int32()),
@@ -77,7 +77,7 @@ FACES = pa.schema([
     ("det_score", pa.float32()),
     ("landmarks", pa.list_(pa.int32())),   # x0, y0, x1, y1, ... (5 or 68 points)
     ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
-    ("sharpness", pa.float32()),     # variance of the chip's Laplacian (facejob/quality.py)
+    ("sharpness", pa.float32()),     # variance of the chip's Laplacian (facejob/face/quality.py)
     ("quality", pa.float32()),       # 0..1 from size and sharpness; parts written before it lack it
     ("detector", pa.string()),
     ("embedder", pa.string()),

@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from facejob.io.base import safe_rel
 
 
 class Store(Protocol):
@@ -28,13 +30,9 @@ class Store(Protocol):
     def list(self, prefix: str) -> list[str]: ...
     def delete(self, rel: str) -> None: ...
 
-
-def safe_rel(rel: str) -> str:
-    """Refuse relative paths that would escape the store root."""
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise ValueError(f"refusing output path outside the output root: {rel!r}")
-    return str(p)
+    def local_path(self, rel: str = "") -> Path | None:
+        """`rel` (the root for "") as a path on this machine, for readers that want a file
+        (hnswlib, memory-mapped Parquet, whole folders); None when the store is not a local folder."""
 
 
 def umask() -> int:
@@ -110,14 +108,19 @@ class LocalStore:
     def delete(self, rel: str) -> None:
         self._p(rel).unlink(missing_ok=True)
 
+    def local_path(self, rel: str = "") -> Path:
+        return self._p(rel) if rel else self.path
 
-def open_store(uri: str) -> Store:
-    """A Store for a local folder or an s3://bucket/prefix."""
-    if uri.startswith("s3://"):
-        from facejob import s3
 
-        return s3.S3Store(uri)
-    return LocalStore(uri)
+def open_store(out: str | os.PathLike | Store) -> Store:
+    """A Store for a local folder or an s3://bucket/prefix; a Store is returned as it is."""
+    if not isinstance(out, (str, os.PathLike)):
+        return out
+    if os.fspath(out).startswith("s3://"):
+        from facejob.io import s3
+
+        return s3.S3Store(os.fspath(out))
+    return LocalStore(out)
 
 
 def write_parquet(store: Store, rel: str, table: pa.Table) -> None:

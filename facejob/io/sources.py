@@ -1,4 +1,4 @@
-"""Listing and reading input photos. Local folders here; s3:// URIs go through facejob.s3.
+"""Listing and reading input photos. Local folders here; s3:// URIs go through facejob.io.s3.
 
 A listing streams `ImageRef`s (never the whole tree in one response) in a deterministic order,
 so shard ids come out the same on every run over the same files.
@@ -13,33 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
+from facejob.io.base import ImageRef, SourceUnavailable  # noqa: F401  (callers import them from here)
+
 log = logging.getLogger(__name__)
-
-
-class SourceUnavailable(Exception):
-    """Reading failed for a reason that may pass (storage outage, throttling) after the storage
-    layer's own retries; the image gets an `unavailable` status and is tried again next run."""
 
 
 class SourceError(ValueError):
     """A source root cannot be listed as it is (missing, unlistable): nothing may be concluded
     from it, least of all that its photos were deleted."""
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """One input photo as the listing saw it."""
-
-    uri: str
-    size: int
-    mtime: float | None = None
-    etag: str | None = None
-    # Set when the listing already knows the file cannot be read (e.g. a dangling link).
-    list_error: str | None = None
-
-    def version(self) -> tuple:
-        """What must match for an earlier run's result to still hold for this photo."""
-        return (self.size, self.etag) if self.etag is not None else (self.size, self.mtime)
 
 
 def is_s3(uri: str) -> bool:
@@ -164,7 +145,7 @@ def list_images(
     for src in sources:
         skipped_here: list[str] = []
         if is_s3(src):
-            from facejob import s3
+            from facejob.io import s3
 
             refs: Iterable[ImageRef] = s3.list_images(src, exts, skipped_here)
         else:
@@ -195,7 +176,7 @@ def read_bytes(uri: str) -> bytes:
     OSError (or another error) when the photo cannot be read, SourceUnavailable when the
     failure may be transient."""
     if is_s3(uri):
-        from facejob import s3
+        from facejob.io import s3
 
         return s3.read_bytes(uri)
     with open(uri_to_path(uri), "rb") as f:

@@ -24,10 +24,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facejob.config import RETIRE_FLOOR
-from facejob.layout import FACES_DIR, IMAGES_DIR, QUARANTINE_DIR, part_name, shard_of
-from facejob.schema import Reason
-from facejob.sources import ImageRef, SourceError, is_s3, local_path, path_to_uri, uri_to_path
-from facejob.storage import DamagedPart, Store, check_parquet, read_parquet, write_parquet
+from facejob.contract.layout import FACES_DIR, IMAGES_DIR, QUARANTINE_DIR, part_name, shard_of
+from facejob.contract.schema import Reason
+from facejob.io.sources import ImageRef, SourceError, is_s3, local_path, path_to_uri, uri_to_path
+from facejob.io.storage import DamagedPart, Store, check_parquet, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 

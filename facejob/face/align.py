@@ -1,12 +1,12 @@
-"""Step 2: landmarks (dlib's shape predictor) and aligned 150×150 chips (facejob.dlibport.chips,
+"""Step 2: landmarks (dlib's shape predictor) and aligned 150×150 chips (facejob.face.dlibport.chips,
 the bit-exact port of dlib.get_face_chip)."""
 from __future__ import annotations
 
 import numpy as np
 
-from facejob.detect import Detection
-from facejob.dlibport.chips import extract_chips
-from facejob.models import model_path
+from facejob.face.detect import Detection
+from facejob.face.dlibport.chips import extract_chips
+from facejob.face.model_files import model_path
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facejob.backends import torch_device
-from facejob.dlibport.dat import TAG_OR_SKIP, DatNetwork, LayerRecord, read_dat
+from facejob.face.backends import torch_device
+from facejob.face.dlibport.dat import TAG_OR_SKIP, DatNetwork, LayerRecord, read_dat
 
 CHIP_SIZE = 150
 DESCRIPTOR_DIM = 128
@@ -158,7 +158,7 @@ def _wire(layers: list[LayerRecord]) -> tuple[nn.Conv2d, nn.MaxPool2d, list[Bloc
 def load_resnet(path: str | Path | None = None) -> DlibResNet:
     """The recogniser with dlib's weights, in eval mode, on CPU."""
     if path is None:
-        from facejob.models import model_path
+        from facejob.face.model_files import model_path
 
         path = model_path("resnet")
     return DlibResNet(read_dat(path)).eval()

@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from facejob.backends import torch_device
-from facejob.detect import Detection
-from facejob.dlibport.geometry import round_half_away, round_rect
-from facejob.models import model_path
+from facejob.face.backends import torch_device
+from facejob.face.detect import Detection
+from facejob.face.dlibport.geometry import round_half_away, round_rect
+from facejob.face.model_files import model_path
 
 __all__ = [
     "MmodOptions", "MmodNet", "load_mmod", "TorchCnnDetector", "tiled_pyramid_layout",
@@ -342,7 +342,7 @@ def _fold_bn(p: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def load_mmod(path=None) -> tuple[MmodNet, MmodOptions]:
     """Build the net and its options from dlib's ``mmod_human_face_detector.dat``."""
-    from facejob.dlibport.dat import read_dat
+    from facejob.face.dlibport.dat import read_dat
 
     dat = read_dat(path or model_path("cnn_detector"))
     if dat.loss.name != "loss_mmod_" or not dat.input.name.startswith("input_rgb_image_pyramid"):

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from facejob.config import ModelConfig
-from facejob.pipeline import FaceModel, FaceRecord, main_face
-from facejob.sources import read_bytes, source_uri
+from facejob.indexing.pipeline import FaceModel, FaceRecord, main_face
+from facejob.io.sources import read_bytes, source_uri
 
 # dlib's ResNet was trained so that two photos of one person are closer than this (Euclidean).
 DEFAULT_THRESHOLD = 0.6

@@ -1,0 +1,27 @@
+"""The output contract: read this before touching OUT. Every reader and writer of OUT keeps it.
+
+Names: every file under OUT is named in layout.py (paths relative to the output root) and
+nowhere else. Schemas: the Parquet tables' columns, the Status and Reason vocabularies, and the
+embedding size are in schema.py. Columns are only ever added, as nullable: parts written before
+a column existed read it as null (read_parts, reduce.embeddings.OPTIONAL_COLUMNS), and outputs of
+earlier versions (a flat `config` in run.json, no model.json) are read and extended as they are.
+
+Every file is written whole or not at all (facejob.io.storage: temp file + rename locally, one
+PUT on S3), so the order of writes is the commit protocol:
+
+- Index shards (facejob.indexing.runner): faces/part-<shard>.parquet first, then
+  images/part-<shard>.parquet. The images part is the shard's commit marker: a shard is done
+  exactly when its images part exists. A faces part without its images part is a crashed or
+  running shard and counts for nothing (reduce.embeddings.parts skips it; the next index run
+  deletes it, plan.remove_orphans, and redoes its photos). The catalog of indexed photos is the
+  union of the images parts.
+- model.json is written before the shards; run.json after the run.
+- Retiring rows (changed or deleted photos, facejob.indexing.plan.retire) rewrites the parts that
+  hold them, faces part first, before new work starts: a photo has its old rows or none.
+- A part that is not whole Parquet is moved with its shard's other part to
+  quarantine/<time>/ and its photos are redone; a photo found in two parts keeps one row.
+- Reducer: index/faces.hnsw and index/ids.parquet, then index/params.json (written last; an
+  index whose counts disagree is rebuilt). clusters.parquet, then cluster_events.parquet, then
+  clusters.json (the next free id). report/index.html is written after every file it loads.
+- One writer at a time: .facejob.lock (facejob.io.lock) is held by every command that writes.
+"""
