@@ -27,10 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tests.s3_server import MotoServer, assert_same_results, aws_env, make_client, rows_by_name
 
-from tests.s3_server import MotoServer, assert_same_results, aws_env, make_client, rows_by_name  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BUCKET = "bench"
 
