@@ -92,7 +92,7 @@ def joined(address: str, env_vars: dict[str, str] | None = None):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_ADDRESS", address)
-        ray.init(address=address, logging_level="WARNING", runtime_env={"env_vars": env_vars or {}})
+        ray.init(address=address, logging_level="WARNING", runtime_env={"env_vars": env_vars} if env_vars else None)
         try:
             yield address
         finally:
