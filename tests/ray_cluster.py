@@ -2,9 +2,9 @@
 and ports, stopped by pid (never `ray stop`, which would stop every Ray on the machine).
 
 The session shares one head (conftest's `ray_cluster`); test_multinode starts its own two nodes.
-Every Ray of a test session uses token auth with the session's token (conftest sets
-RAY_AUTH_MODE/RAY_AUTH_TOKEN before Ray is imported), so in-process drivers and `facejob`
-subprocesses join with no further setup.
+Ray 2.60's `ray start` turns token auth on: conftest sets RAY_AUTH_MODE/RAY_AUTH_TOKEN (the
+session's token) before Ray is imported, so in-process drivers and `facejob` subprocesses join
+the shared head with no further setup; test_multinode gives its nodes a token of their own.
 """
 from __future__ import annotations
 
