@@ -5,7 +5,7 @@ sizes, on the same real chips (cut by dlib from LFW View 1 images), medians of i
 repeats, and the speed-up ratio. The machine is shared, so read the ratios, not the
 absolute numbers.
 
-    nice -n 5 .venv/bin/python bench/backends.py --threads 1,2 --chips 96 --repeats 5
+    nice -n 5 .venv/bin/python -m bench.backends --threads 1,2 --chips 96 --repeats 5
 
 "ms/face" is wall time; "cpu ms/face" is CPU time of the process (all threads), which the
 other jobs on a shared machine disturb much less.
@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -174,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {}
     if "embedder" in args.parts:
-        from port_equality import dlib_chips, view1_paths
+        from bench.port_equality import dlib_chips, view1_paths
 
         chips, _ = dlib_chips(view1_paths(args.data), limit=args.chips)
         sizes = [int(s) for s in args.batch_sizes.split(",")]

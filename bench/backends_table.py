@@ -1,6 +1,6 @@
 """Same faces table from the torch backends as from dlib's own code?
 
-    python bench/backends_table.py [--folders labelled groups] [--upsample 0]
+    python -m bench.backends_table [--folders labelled groups] [--upsample 0]
 
 Runs the real per-shard function (facejob.indexing.pipeline.FaceModel.process_shard) over every photo
 twice: with `--detector cnn --embedder torch` (facejob's PyTorch ports) and with dlib's own
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from facejob.config import EXTENSIONS, ModelConfig  # noqa: E402
 from facejob.face.detect import box_iou as iou  # noqa: E402
 from facejob.indexing.pipeline import FaceModel  # noqa: E402

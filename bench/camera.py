@@ -1,7 +1,7 @@
 """Camera-size photos: facejob's defaults against a face_recognition-style loop, in one run.
 
-    python bench/camera.py --photos /tmp/camphotos  # 10 photos x 2 sizes x JPEG/HEIC, sweep, memory
-    python bench/camera.py --sources 3 --sweep 1200,1600 --no-memory
+    python -m bench.camera --photos /tmp/camphotos  # 10 photos x 2 sizes x JPEG/HEIC, sweep, memory
+    python -m bench.camera --sources 3 --sweep 1200,1600 --no-memory
 
 Builds camera originals from ../shared/data: the 9 group photos with hand-labelled boxes
 (groups/dlib_faces) and a portrait, each scaled to fit 4032x3024 and 6000x4000 (padded with
@@ -44,11 +44,11 @@ import numpy as np
 import pyarrow.dataset as ds
 from PIL import Image
 
+import facejob
+from facejob.config import IndexConfig, ModelConfig, RunConfig
+from bench.boxes import iou, truth_boxes
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-import facejob  # noqa: E402
-from facejob.config import IndexConfig, ModelConfig, RunConfig  # noqa: E402
-from boxes import iou, truth_boxes  # noqa: E402  (bench/boxes.py)
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 SIZES = ((4032, 3024), (6000, 4000))

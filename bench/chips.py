@@ -7,7 +7,7 @@ descriptor distance (dlib's ResNet on our chips vs compute_face_descriptor from 
 sample, and chips/s of both extractors. --upscale K enlarges every photo K× first (bilinear),
 so that most faces take dlib's pyramid_down path.
 
-    nice -n 5 .venv/bin/python bench/chips.py [--data ../shared/data] [--points 5|68]
+    nice -n 5 .venv/bin/python -m bench.chips [--data ../shared/data] [--points 5|68]
                                              [--upscale K] [--sample 40] [--repeat 3]
 """
 from __future__ import annotations
@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from facejob.face.dlibport.chips import chip_details, extract_chips
+from facejob.face.model_files import model_path
 
-from facejob.face.dlibport.chips import chip_details, extract_chips  # noqa: E402
-from facejob.face.model_files import model_path  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -1,6 +1,6 @@
 """Perceptual-hash threshold for duplicates without faces: copies vs different photos.
 
-    python bench/dedup_phash.py [--lfw 300]
+    python -m bench.dedup_phash [--lfw 300]
 
 Hashes (facejob.image.phash on facejob's working copy) of every no_face/, groups/ and 200 labelled
 photo, each re-encoded at q60, resized to 70 % and 40 %, and cropped by 3 %, 5 % and 8 % per
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facejob.image import decode, phash
+from facejob.reduce import duplicates as dd
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from facejob.image import decode, phash  # noqa: E402
-from facejob.reduce import duplicates as dd  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 EDITS = {

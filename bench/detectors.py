@@ -1,6 +1,6 @@
 """Face detectors side by side on hand-labelled group photos and on photos without faces.
 
-    python bench/detectors.py [--data ../shared/data] [--detectors hog:0,hog:1,cnn:1,retinaface:1]
+    python -m bench.detectors [--data ../shared/data] [--detectors hog:0,hog:1,cnn:1,retinaface:1]
 
 One run, photo by photo, every detector in turn on the same decoded pixels (so the load of a
 shared machine hits them alike). Prints per detector:
@@ -27,13 +27,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from facejob.image.decode import decode_image  # noqa: E402
 from facejob.config import ModelConfig  # noqa: E402
 from facejob.face.backends import DETECTORS, build  # noqa: E402
 from facejob.face.detect import Detection  # noqa: E402
 from facejob.io.sources import list_images  # noqa: E402
-from boxes import iou, truth_boxes  # noqa: E402  (bench/boxes.py)
+from bench.boxes import iou, truth_boxes  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")

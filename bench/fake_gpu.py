@@ -10,7 +10,7 @@ output, and prints every wall time, the medians and their ratio:
 Before the actor pool, Ray gave GPU tasks a fresh process per shard (max_calls=1), so each
 shard paid process start plus torch and model loading. The head is ended by its pid.
 
-    python bench/fake_gpu.py [--src ../shared/data/labelled/dlib_johns] [--rounds 3] [--gpus 2] [--repo DIR]
+    python -m bench.fake_gpu [--src ../shared/data/labelled/dlib_johns] [--rounds 3] [--gpus 2] [--repo DIR]
 """
 from __future__ import annotations
 

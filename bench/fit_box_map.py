@@ -10,18 +10,16 @@ Then, for those faces, dlib's 5 landmarks from the HOG box vs from the mapped Re
 (and from the raw RetinaFace box), as a fraction of the eye distance. The printed A..D are
 the constants in facejob/face/retinaface.py (HOG_MAP).
 
-    python bench/fit_box_map.py [--lfw 400] [--data ../shared/data]
+    python -m bench.fit_box_map [--lfw 400] [--data ../shared/data]
 """
 from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facejob.face.align import Aligner  # noqa: E402
 from facejob.image.decode import decode_image  # noqa: E402

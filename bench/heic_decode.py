@@ -1,8 +1,8 @@
 """HEIC decoding: pillow-heif (libheif + libde265) against facejob/image/heif.py (FFmpeg's HEVC decoder
 through PyAV), side by side on the same files, one core.
 
-    python bench/heic_decode.py                    # 12 and 24 MP, one picture and 512 px tiles
-    python bench/heic_decode.py --repeats 9
+    python -m bench.heic_decode                    # 12 and 24 MP, one picture and 512 px tiles
+    python -m bench.heic_decode --repeats 9
 
 Builds camera-size HEIC files from a group photo of ../shared/data (upscaled to 4032x3024 and
 6000x4000, quality 90) as one HEVC picture and as a grid of 512 px tiles (what phones write),
@@ -15,16 +15,15 @@ import argparse
 import io
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from facejob.image import heif
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from facejob.image import heif  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 

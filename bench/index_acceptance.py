@@ -1,6 +1,6 @@
 """The `facejob index` acceptance figures on the shared photo folders, each next to dlib called directly.
 
-    python bench/index_acceptance.py [--data ../shared/data] [--out /tmp/o]
+    python -m bench.index_acceptance [--data ../shared/data] [--out /tmp/o]
 
 Prints: images rows vs files listed, the share of labelled photos with a face, hand-labelled
 boxes of groups/dlib_faces found by facejob vs by dlib's HOG detector called directly (upsample
@@ -20,11 +20,10 @@ import numpy as np
 import pyarrow.dataset as ds
 from PIL import Image, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import facejob  # noqa: E402
 from facejob.config import IndexConfig, ModelConfig  # noqa: E402
 from facejob.io.sources import list_images  # noqa: E402
-from boxes import iou, truth_boxes  # noqa: E402  (bench/boxes.py)
+from bench.boxes import iou, truth_boxes
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOLDERS = ["labelled", "groups", "no_face", "edge"]

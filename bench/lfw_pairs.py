@@ -1,8 +1,8 @@
 """LFW View 1 verification through the real `facejob index` output, beside a plain dlib loop.
 
-    python bench/lfw_pairs.py                      # dlib backend vs the loop, all 4,992 images
-    python bench/lfw_pairs.py --embedders dlib,torch --limit 400
-    python bench/lfw_pairs.py --detectors hog,retinaface --embedders torch --no-loop
+    python -m bench.lfw_pairs                      # dlib backend vs the loop, all 4,992 images
+    python -m bench.lfw_pairs --embedders dlib,torch --limit 400
+    python -m bench.lfw_pairs --detectors hog,retinaface --embedders torch --no-loop
 
 The loop is how face_recognition users index a folder: for each image, HOG upsample 1,
 5-point landmarks, compute_face_descriptor(img, shape), no jitter, one process. Both sides use
@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import facejob  # noqa: E402
 from facejob.audit.pairs import read_lfw_pairs as read_pairs  # noqa: E402
 from facejob.config import IndexConfig, ModelConfig, RunConfig  # noqa: E402

@@ -1,7 +1,7 @@
 """Clustering and labelling quality on all 13,233 LFW images, with baselines, in one run.
 
     facejob index /work/shared/data/lfw/images --out /tmp/lfw_out     # dlib descriptors (once)
-    nice -n 5 .venv/bin/python bench/lfw_reduce.py /tmp/lfw_out [--full-linkage] [--sweep]
+    nice -n 5 .venv/bin/python -m bench.lfw_reduce /tmp/lfw_out [--full-linkage] [--sweep]
 
 Identity = the image's folder name; when an image has several faces, the one nearest the
 image centre is LFW's subject. Images where no face was found count as clusters of their own

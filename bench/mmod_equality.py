@@ -1,6 +1,6 @@
 """Does the torch MMOD detector give dlib's boxes? Every photo of a folder, upsample 0 and 1.
 
-    nice -n 5 .venv/bin/python bench/mmod_equality.py [--data ../shared/data/groups] [--upsample 0 1]
+    nice -n 5 .venv/bin/python -m bench.mmod_equality [--data ../shared/data/groups] [--upsample 0 1]
 
 dlib's CNN takes seconds per photo on CPU, so its boxes are cached in /tmp/facejob_mmod_ref
 (keyed by file content and upsample). The torch detector runs on all photos in one batched
@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from facejob.image.decode import decode_image
+from facejob.face.detect import Detection, box_iou, DlibCnnDetector
+from facejob.face.dlibport.mmod import TorchCnnDetector
 
-from facejob.image.decode import decode_image  # noqa: E402
-from facejob.face.detect import Detection, box_iou, DlibCnnDetector  # noqa: E402
-from facejob.face.dlibport.mmod import TorchCnnDetector  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CACHE = Path("/tmp/facejob_mmod_ref")
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}

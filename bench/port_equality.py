@@ -4,7 +4,7 @@ Chips are cut by dlib itself (HOG detector, 5-point landmarks, get_face_chips 15
 only the descriptor network is compared. Default photo set: all of labelled/ plus the LFW
 View 1 images named in lfw/pairsDevTest.txt.
 
-    nice -n 5 .venv/bin/python bench/port_equality.py [--data ../shared/data] [--limit N]
+    nice -n 5 .venv/bin/python -m bench.port_equality [--data ../shared/data] [--limit N]
 """
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from facejob.face.model_files import model_path
 
-from facejob.face.model_files import model_path  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -1,6 +1,6 @@
 """The reducer at archive scale: 1,000,000 synthetic face descriptors of 100,000 people, from Parquet.
 
-    nice -n 5 .venv/bin/python bench/reduce_scale.py [--faces 1000000] [--people 100000] [--out /tmp/scale_out]
+    nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out]
 
 Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
 directions (real descriptors are far from isotropic), each photo = centre + noise whose size

@@ -1,7 +1,7 @@
 """`facejob report` on all of LFW: build time, size, and how fast the page is in headless Chromium.
 
     facejob index /work/shared/data/lfw/images --out /tmp/lfw_out && facejob reduce /tmp/lfw_out
-    python bench/report_lfw.py /tmp/lfw_out [--workers 2] [--loads 5] [--query bush]
+    python -m bench.report_lfw /tmp/lfw_out [--workers 2] [--loads 5] [--query bush]
 
 Prints: the build's wall time (and per phase), files and MB written; then, over --loads fresh
 page loads from file://, the median ms from navigation start until the people page is usable
@@ -15,17 +15,14 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pyarrow.parquet as pq
 
-import pyarrow.parquet as pq  # noqa: E402
-
-from facejob.report import build  # noqa: E402
-from tests.browser import chromium, wait_for  # noqa: E402
+from facejob.report import build
+from tests.browser import chromium, wait_for
 
 SPRITES_LOADED = """
 const done = arguments[arguments.length - 1];

@@ -1,6 +1,6 @@
 """Screenshots of the review page at ~1,000 photos (README's review section shows them).
 
-    python bench/report_screenshots.py --work /tmp/report-shots [--docs docs/report]
+    python -m bench.report_screenshots --work /tmp/report-shots [--docs docs/report]
 
 Copies a fixed subset of LFW (FACEJOB_DATA/lfw/images; seed 18) into WORK/photos/ in dated
 roll folders: 20 people with 25 photos, 60 with 4, 260 with 1, plus 8 re-encoded smaller
@@ -23,7 +23,6 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from tests.browser import chromium, wait_for  # noqa: E402
 

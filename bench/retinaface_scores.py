@@ -1,7 +1,7 @@
 """RetinaFace scores by face size: the figures behind LARGE_FACE_PX / LARGE_FACE_THRESHOLD.
 
-    python bench/retinaface_scores.py              # all of LFW, groups/, labelled/ and no_face/
-    python bench/retinaface_scores.py --lfw 1000   # a quick look: the first 1,000 LFW photos
+    python -m bench.retinaface_scores              # all of LFW, groups/, labelled/ and no_face/
+    python -m bench.retinaface_scores --lfw 1000   # a quick look: the first 1,000 LFW photos
 
 Runs facejob's RetinaFace detector with both thresholds lowered to --floor, so it reports what
 the size rule would drop, on photos of real faces (LFW, groups/, labelled/: every detection is
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from facejob.image.decode import decode_image
+from facejob.face.retinaface import LARGE_FACE_PX, LARGE_FACE_THRESHOLD, SCORE_THRESHOLD, RetinaFaceDetector
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from facejob.image.decode import decode_image  # noqa: E402
-from facejob.face.retinaface import LARGE_FACE_PX, LARGE_FACE_THRESHOLD, SCORE_THRESHOLD, RetinaFaceDetector  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 BANDS = (0, 40, 80, 110, LARGE_FACE_PX, 200, 10_000)

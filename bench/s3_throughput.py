@@ -1,7 +1,7 @@
 """S3 versus local folder, and an incremental nightly run, on LFW photos through a real S3 server.
 
-    python bench/s3_throughput.py                      # 2,000 photos, +100 / ~10 / -10
-    python bench/s3_throughput.py --photos 200 --add 10 --change 2 --delete 2   # quick look
+    python -m bench.s3_throughput                      # 2,000 photos, +100 / ~10 / -10
+    python -m bench.s3_throughput --photos 200 --add 10 --change 2 --delete 2   # quick look
 
 One process, one local Ray (models loaded once per worker, warmed up first), one moto server
 on 127.0.0.1 (boto3 over HTTP, as against AWS). In order:
@@ -27,10 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tests.s3_server import MotoServer, assert_same_results, aws_env, make_client, rows_by_name
 
-from tests.s3_server import MotoServer, assert_same_results, aws_env, make_client, rows_by_name  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BUCKET = "bench"
 

@@ -7,14 +7,22 @@ missing folder fails them instead, so CI can never go green by skipping.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.ray_cluster import joined, start_head
+from tests.s3_server import child_env, cmdline, descendants, kill_pids, reserve_port
 from tests.s3_server import s3, s3_endpoint  # noqa: F401  (one moto server per test session)
 
 # Before anything imports torch: OpenMP's busy-waiting crawls on a shared 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before anything imports Ray: every Ray this session starts or joins (the shared head, a test's
+# own local Ray, `facejob` subprocesses) uses token auth with one token of the session's.
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,14 +42,41 @@ def data_dir() -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray for one test module (test_guards has its own, with S3 settings for workers)."""
-    import ray
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray head (2 CPUs) for the whole session; its address. Tests that kill a driver
+    or a node start their own Ray. The workers inherit an S3 endpoint where nothing listens:
+    a run on S3 works only if its driver hands the workers its own S3 settings."""
+    temp_dir = tempfile.mkdtemp(prefix="fj-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    dead = reserve_port()  # held, not listening: connections to it are refused
+    # Niceness 0, as `facejob index` gives its own local Ray: at Ray's default 15, any other busy
+    # process on the machine starves the workers.
+    env = {**child_env(f"http://127.0.0.1:{dead.getsockname()[1]}"), "RAY_ADDRESS": "", "RAY_worker_niceness": "0"}
+    head = None
+    try:
+        head, address, _ = start_head(temp_dir, env, "--num-cpus=2")
+        yield address
+    finally:
+        if head is not None:
+            head.stop()
+        # Anything still running from this cluster names its unique temp dir: ours to end.
+        kill_pids([pid for pid in descendants(0) if temp_dir in cmdline(pid)])
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        dead.close()
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+
+@pytest.fixture(scope="module")
+def ray_local(ray_cluster):
+    """The session's Ray for one test module: joined in-process and by `facejob` subprocesses."""
+    with joined(ray_cluster) as address:
+        yield address
+
+
+@pytest.fixture
+def ray_address(ray_cluster, monkeypatch) -> str:
+    """The session's Ray for `facejob` subprocesses of one test (through RAY_ADDRESS)."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster)
+    return ray_cluster
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ from facejob.config import DEFAULT_MAX_PIXELS, EXTENSIONS, IndexConfig, ModelCon
 from facejob.indexing.pipeline import FaceModel, working_scale
 from tests.formats import write_all
 from tests.photos import face_image
+from tests.ray_cluster import joined
 
 REPO = Path(__file__).resolve().parents[1]
 CANVAS = (6000, 4000)          # a 24 MP camera photo
@@ -129,17 +130,12 @@ def formats(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def formats_indexed(formats, tmp_path_factory):
-    import ray
-
+def formats_indexed(formats, ray_cluster, tmp_path_factory):
     face, files = formats
     out = tmp_path_factory.mktemp("formats_out")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
+    with joined(ray_cluster):
         summary = facejob.index([str(next(iter(files.values())).parent)], str(out), IndexConfig(run=RunConfig(workers=1)),
                                 progress=False)
-    finally:
-        ray.shutdown()
     return summary, out
 
 

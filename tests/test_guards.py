@@ -19,6 +19,7 @@ from PIL import Image
 import facejob
 from facejob.config import IndexConfig, RunConfig
 from facejob.indexing.plan import RetireRefused
+from tests.ray_cluster import joined
 from tests.s3_server import aws_env, child_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,21 +28,18 @@ CONFIG = IndexConfig(run=RunConfig(workers=2))
 
 
 @pytest.fixture(scope="module")
-def ray_local(s3_endpoint):
-    """A local Ray whose workers reach the moto server (the env is set before Ray starts)."""
-    import ray
-
+def ray_local(ray_cluster, s3_endpoint):
+    """The session's Ray, joined with workers that reach the moto server (as does this process)."""
     from facejob.io import s3 as fs3
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in aws_env(s3_endpoint.endpoint).items():
             mp.setenv(k, v)
         fs3.configure()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
         try:
-            yield
+            with joined(ray_cluster, aws_env(s3_endpoint.endpoint)):
+                yield
         finally:
-            ray.shutdown()
             fs3.configure()
 
 

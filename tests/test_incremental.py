@@ -1,8 +1,8 @@
 """The nightly job over S3, incrementally: add, change and delete photos between runs.
 
 Every run is `python jobs/nightly.py --config ...` (index, then the reducer) in a fresh process
-joining one Ray cluster, as `ray job submit` does. The cluster's workers inherit a dead S3
-endpoint; only the job's `endpoint_url` points at the moto server, so every successful read
+joining one Ray cluster (the session's), as `ray job submit` does. The cluster's workers inherit a
+dead S3 endpoint; only the job's `endpoint_url` points at the moto server, so every successful read
 also proves the setting reached the workers. Checked: run.json counts, retired faces, face ids,
 embeddings and cluster ids of untouched photos, equality with a from-scratch run, a quiet
 night in seconds, and curator labels fetched from S3.
@@ -17,30 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.s3_server import (
-    MotoServer, assert_same_results, aws_env, child_env, lfw_photos, make_client, reserve_port, rows_by_name,
-    use_endpoint,
-)
+from tests.s3_server import assert_same_results, child_env, lfw_photos, make_client, rows_by_name, use_endpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "incremental"
-
-
-@pytest.fixture(scope="module")
-def cluster(s3_endpoint: MotoServer):
-    """A local Ray whose workers inherit an S3 endpoint where nothing listens."""
-    import ray
-
-    assert not ray.is_initialized()
-    dead = reserve_port()  # held, not listening: connections to it are refused
-    with dead, pytest.MonkeyPatch.context() as mp:
-        for k, v in aws_env(f"http://127.0.0.1:{dead.getsockname()[1]}").items():
-            mp.setenv(k, v)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-        try:
-            yield ray.get_runtime_context().gcs_address
-        finally:
-            ray.shutdown()
 
 
 def nightly(tmp_path: Path, address: str, endpoint: str, output: str, reduce: bool = True, labels: str | None = None,
@@ -77,7 +57,7 @@ def cluster_ids(client, prefix: str) -> dict[str, int]:
     return dict(zip(t["face_id"], t["cluster_id"]))
 
 
-def test_nightly_over_s3_processes_only_what_changed(cluster, s3_endpoint, data_dir, tmp_path, monkeypatch):
+def test_nightly_over_s3_processes_only_what_changed(ray_cluster, s3_endpoint, data_dir, tmp_path, monkeypatch):
     use_endpoint(monkeypatch, s3_endpoint.endpoint)  # this process reads the outputs from moto
     client = make_client(s3_endpoint.endpoint)
     client.create_bucket(Bucket=BUCKET)
@@ -92,7 +72,7 @@ def test_nightly_over_s3_processes_only_what_changed(cluster, s3_endpoint, data_
         put(p.name, p)
     out = f"s3://{BUCKET}/out"
 
-    run1 = nightly(tmp_path, cluster, s3_endpoint.endpoint, out, report=True)
+    run1 = nightly(tmp_path, ray_cluster, s3_endpoint.endpoint, out, report=True)
     assert run1["counts"]["new"] == 8 and run1["counts"]["processed"] == 8 and run1["counts"]["error"] == 0
     images1, faces1 = rows_by_name(out)
     clusters1 = cluster_ids(client, "out")
@@ -106,7 +86,7 @@ def test_nightly_over_s3_processes_only_what_changed(cluster, s3_endpoint, data_
     for p in added:
         put(p.name, p)
 
-    run2 = nightly(tmp_path, cluster, s3_endpoint.endpoint, out)
+    run2 = nightly(tmp_path, ray_cluster, s3_endpoint.endpoint, out)
     c = run2["counts"]
     assert (c["new"], c["changed"], c["deleted"], c["unchanged"]) == (2, 1, 1, 6)
     assert c["processed"] == 3 and c["error"] == 0
@@ -128,7 +108,7 @@ def test_nightly_over_s3_processes_only_what_changed(cluster, s3_endpoint, data_
             assert face["face_id"] not in clusters2
     # ... and the result is what a first run over today's photos gives.
     scratch = f"s3://{BUCKET}/scratch"
-    nightly(tmp_path, cluster, s3_endpoint.endpoint, scratch, reduce=False)
+    nightly(tmp_path, ray_cluster, s3_endpoint.endpoint, scratch, reduce=False)
     assert_same_results(out, scratch)
 
     # A night with nothing new, with curator labels from an s3:// CSV, and a config that names no
@@ -136,7 +116,7 @@ def test_nightly_over_s3_processes_only_what_changed(cluster, s3_endpoint, data_
     # part finishes in seconds; the labels reach the reducer, and a bad one fails the job (exit 1).
     some_face = next(iter(faces2.values()))["face_id"]
     client.put_object(Bucket=BUCKET, Key="labels.csv", Body=f"name,face_id\nAlice,{some_face}\n".encode())
-    run3 = nightly(tmp_path, cluster, s3_endpoint.endpoint, out, labels=f"s3://{BUCKET}/labels.csv", status=1,
+    run3 = nightly(tmp_path, ray_cluster, s3_endpoint.endpoint, out, labels=f"s3://{BUCKET}/labels.csv", status=1,
                    unnamed=("detector", "embedder", "work_size"))
     model = json.loads(client.get_object(Bucket=BUCKET, Key="out/model.json")["Body"].read())
     assert model["detector"] == "hog" and model["embedder"] == "dlib"

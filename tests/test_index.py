@@ -125,7 +125,7 @@ def test_cli_bad_arguments_one_line(args, message, tmp_path):
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_cli_index_and_verify(data_dir, tmp_path):
+def test_cli_index_and_verify(ray_address, data_dir, tmp_path):
     raj, out = str(data_dir / "labelled/faceapi_bbt/raj"), str(tmp_path / "o")
     r = run_cli("index", raj, "--out", out, "--workers", "1", "--detector", "hog")
     assert r.returncode == 0, r.stderr

@@ -133,15 +133,6 @@ def test_s3_lease_is_renewed_refused_and_taken_over_when_expired(s3, caplog):
     assert fs3.get_versioned(lease) is None, "a released lease is deleted"
 
 
-@pytest.fixture(scope="module")
-def ray_address():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 def test_two_index_runs_on_one_output(ray_address, data_dir, tmp_path):
     src, out = tmp_path / "photos", tmp_path / "out"
     photos = lfw_photos(data_dir, 16, src)

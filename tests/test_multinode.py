@@ -8,7 +8,6 @@ which would stop every Ray on the machine).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -19,43 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3_server import cmdline, descendants, free_port, kill_pids, lfw_photos, rows_by_name
+from tests.ray_cluster import PORT_TRIES, RAY, RayNode, cluster_env, start_head
+from tests.s3_server import cmdline, descendants, kill_pids, lfw_photos, rows_by_name
 
 REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
 N_PHOTOS = 8
-
-
-def cluster_env(token: str) -> dict[str, str]:
-    """Environment of the nodes and of every driver: Ray's token auth with this test's own token."""
-    # `python` in a job's entrypoint must be this environment's.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_ADDRESS": ""}
-
-
-class RayNode:
-    """One `ray start --block` process: its node's raylet and workers live and die with it."""
-
-    def __init__(self, temp_dir: str, env: dict[str, str], *args: str):
-        ports = {f"--{name}": str(free_port()) for name in (
-            "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")}
-        cmd = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
-               "--disable-usage-stats", *[f"{k}={v}" for k, v in ports.items()], *args]
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        # SIGKILL by pid: `ray start --block` on SIGTERM can hang on its exit handlers, and
-        # `ray stop` would stop every Ray on the machine, not just these nodes.
-        kill_pids([self.proc.pid, *descendants(self.proc.pid)])
-        self.proc.wait()
-        self.log.close()
 
 
 def cluster_nodes(address: str, env: dict[str, str]) -> list[dict]:
@@ -66,35 +33,6 @@ def cluster_nodes(address: str, env: dict[str, str]) -> list[dict]:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-PORT_TRIES = 3  # `ray start` needs port numbers up front; one taken in between is retried
-
-
-def start_head(temp_dir: str, env: dict[str, str]) -> tuple[RayNode, str, str]:
-    """The head node, healthy (GCS and job server answer); (node, address, dashboard url)."""
-    for attempt in range(PORT_TRIES):
-        port, dashboard = free_port(), free_port()
-        head = RayNode(temp_dir, env, "--head", f"--port={port}", "--include-dashboard=true",
-                       f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=1",
-                       '--resources={"facejob_head": 1}', "--labels=facejob-role=head")
-        address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while head.proc.poll() is None:
-            try:  # the GCS answers, and the job server (`ray job submit` talks to it) too
-                subprocess.run([RAY, "health-check", f"--address={address}"], check=True,
-                               capture_output=True, timeout=30, env=env)
-                subprocess.run([RAY, "job", "list", f"--address=http://127.0.0.1:{dashboard}"], check=True,
-                               capture_output=True, timeout=30, env=env)
-                return head, address, f"http://127.0.0.1:{dashboard}"
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-                assert time.monotonic() < deadline, head.output()
-                time.sleep(0.5)
-        output = head.output()
-        head.stop()
-        if attempt == PORT_TRIES - 1:
-            raise AssertionError(output)
-    raise AssertionError("unreachable")
 
 
 def start_worker(temp_dir: str, env: dict[str, str], address: str) -> RayNode:
@@ -121,7 +59,8 @@ def two_nodes():
     env = cluster_env(secrets.token_hex(32))
     nodes: list[RayNode] = []
     try:
-        head, address, dashboard = start_head(temp_dir, env)
+        head, address, dashboard = start_head(temp_dir, env, "--num-cpus=1", '--resources={"facejob_head": 1}',
+                                              "--labels=facejob-role=head", dashboard=True)
         nodes.append(head)
         nodes.append(start_worker(temp_dir, env, address))
         yield address, env, dashboard
