@@ -192,8 +192,8 @@ def test_ctrl_c_during_nightly_is_one_line_of_its_log(data_dir, tmp_path):
     r = sigint_when([sys.executable, str(REPO / "jobs/nightly.py"), "--config", str(cfg)],
                     lambda: any((out / "images").glob("part-*.parquet")))
     assert r.returncode == 130 and r.stdout == "", r.stderr
-    *log, last = [json.loads(line) for line in r.stderr.splitlines()]  # raises on any line that is not JSON
-    assert "Traceback" not in r.stderr and all(x["level"] == "INFO" for x in log), r.stderr
+    *log, last = [json.loads(line) for line in r.stderr.splitlines()]  # raises on a traceback, on Ray's chatter
+    assert all(x["level"] == "INFO" for x in log), r.stderr
     assert last["level"] == "ERROR" and last["message"].startswith("interrupted: "), last
     assert last["message"].endswith(" shards done; rerun the same command to finish"), last
 
