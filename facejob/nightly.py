@@ -15,7 +15,8 @@ String values may use ${VAR} or ${VAR:-default}, so one file serves every enviro
 Exit status: 0 done, 1 some shards failed permanently (rerun to retry them), the reducer or
 the report failed or the output could not be written, 2 the configuration is wrong or a source
 looks unmounted (nothing was retired; see index.allow_retire), 75 another run holds the
-output (the job holds its writer lock from the first listing to the last report write).
+output (the job holds its writer lock from the first listing to the last report write), 130
+Ctrl-C (committed shards stay; rerunning finishes the work).
 """
 from __future__ import annotations
 
@@ -275,6 +276,7 @@ def cmd_nightly(args: argparse.Namespace, prog: str = "facejob nightly") -> int:
     if args.check:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    from facejob.exits import EXIT_INTERRUPTED
     from facejob.progress import setup_logging
 
     setup_logging(cfg.log_format)
@@ -293,6 +295,9 @@ def cmd_nightly(args: argparse.Namespace, prog: str = "facejob nightly") -> int:
     except (OSError, LockLost) as e:  # the output cannot be written: disk full, permissions
         log.error("cannot write the output: %s; rerun to finish", e)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C; the index says how far it got (runner.Interrupted)
+        log.error("interrupted%s; rerun the same command to finish", f": {e}" if str(e) else "")
+        return EXIT_INTERRUPTED
     # One JSON line on stdout: what a scheduler or a log pipeline picks up.
     print(json.dumps({"status": "ok" if status == 0 else "failed", **summary}, default=str))
     return status
@@ -309,4 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     """jobs/nightly.py (for `ray job submit`): the same as `facejob nightly`."""
     p = argparse.ArgumentParser(prog="nightly.py", description=DESCRIPTION)
     add_arguments(p)
-    return cmd_nightly(p.parse_args(argv), prog="nightly.py")
+    args = p.parse_args(argv)
+    from facejob.exits import run_command
+
+    return run_command("nightly.py", lambda: cmd_nightly(args, prog="nightly.py"))

@@ -136,10 +136,19 @@ def test_empty_source_then_reduce_and_report_say_the_same(tmp_path):
 
 # --------------------------------------------------------------------------------- Ctrl-C
 
+def _as_foreground_job() -> None:
+    """In the child, before exec: SIGINT as a terminal's foreground job has it. A test run started
+    in the background of a script (`pytest &`) has SIGINT ignored, and every command it starts
+    would inherit that and run on through the Ctrl-C, as a background job should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def sigint_when(cmd: list[str], ready, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run `cmd` in its own process group and send the group SIGINT (what Ctrl-C in a terminal
     does) once `ready()` is true; the command must still be running then."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=_as_foreground_job)
     try:
         deadline = time.monotonic() + timeout
         while not ready():
@@ -172,6 +181,21 @@ def test_ctrl_c_during_index_then_rerun_finishes(data_dir, tmp_path):
     listed = json.loads((out / "run.json").read_text())["counts"]
     assert listed["unchanged"] >= 3 * done and listed["unchanged"] + listed["processed"] == listed["listed"]
     assert f"now holds {listed['listed']} photos" in again.stdout
+
+
+def test_ctrl_c_during_nightly_is_one_line_of_its_log(data_dir, tmp_path):
+    """jobs/nightly.py (as `facejob nightly`) ends on Ctrl-C as the index does: 130 and one line
+    saying how far it got, in the job's log format; no summary, nothing from Ray."""
+    out, cfg = tmp_path / "o", tmp_path / "nightly.yaml"
+    cfg.write_text(f"sources: [{data_dir / 'groups'}]\noutput: {out}\nlog_format: json\n"
+                   f"index: {{workers: 1, shard_size: 3}}\n")
+    r = sigint_when([sys.executable, str(REPO / "jobs/nightly.py"), "--config", str(cfg)],
+                    lambda: any((out / "images").glob("part-*.parquet")))
+    assert r.returncode == 130 and r.stdout == "", r.stderr
+    *log, last = [json.loads(line) for line in r.stderr.splitlines()]  # raises on a traceback, on Ray's chatter
+    assert all(x["level"] == "INFO" for x in log), r.stderr
+    assert last["level"] == "ERROR" and last["message"].startswith("interrupted: "), last
+    assert last["message"].endswith(" shards done; rerun the same command to finish"), last
 
 
 def test_ctrl_c_during_report(data_dir, tmp_path):
