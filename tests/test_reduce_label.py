@@ -222,6 +222,20 @@ def test_corrections_name_people_and_take_faces_out(archive, tmp_path):
     pred = {r["face_id"]: r for r in pq.read_table(out / "predictions.parquet").to_pylist()}
     assert pred[howard[0]]["label"] == "Howard" and pred[howard[0]]["labelled"]
     assert pred[amy[0]]["label"] != "Amy" and not pred[amy[0]]["labelled"]
+    # Its probability is that of the label it got (or, for `unknown`, that it is none of the
+    # people it may be), never Amy's: it means the same as for every other face.
+    from facejob.reduce.svm import load_model
+
+    m = load_model(LocalStore(out))
+    x = np.array([r["embedding"] for r in ids if r["face_id"] == amy[0]], np.float32)
+    free, p_free = m.predict(x)
+    assert free[0] == "Amy" and p_free[0] >= 0.5          # without the correction it would be Amy
+    got, p_got = m.predict(x, {0: {"Amy"}})
+    assert (pred[amy[0]]["label"], pred[amy[0]]["probability"]) == (got[0], pytest.approx(float(p_got[0])))
+    if got[0] == "unknown":
+        assert p_got[0] > 0.5 and abs(p_got[0] - p_free[0]) > 1e-3
+    for r in pred.values():      # every face: a name at >= threshold, or unknown at > 1 - threshold
+        assert r["probability"] >= 0.5 if r["label"] != "unknown" else r["probability"] > 0.5
     assert all(pred[f]["label"] == "Amy" for f in amy[1:3])
     # The CSV labels stay stored as given; the corrections apply on top on every run.
     assert pq.read_table(out / "labels" / "labels.parquet").num_rows == 5

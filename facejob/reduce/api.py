@@ -330,11 +330,9 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     negatives = np.setdiff1d(negatives.drop_null().to_numpy().astype(np.int64), rows)
     model, fit = lb.fit_archive(faces.embeddings, rows, xl, names, clusters, params, negatives=negatives)
     lb.save_model(store, model)
-    pred, prob = model.predict(faces.embeddings)
     ids = faces.face_ids.to_pylist()
-    for r in negatives.tolist():
-        if pred[r] in applied.not_names.get(ids[r], ()):
-            pred[r] = lb.UNKNOWN
+    pred, prob = model.predict(faces.embeddings, {r: applied.not_names[ids[r]] for r in negatives.tolist()
+                                                  if ids[r] in applied.not_names})
     labelled = np.zeros(len(faces), bool)
     labelled[rows[rows >= 0]] = True
     pred[rows[rows >= 0]] = np.array(names, object)[rows >= 0]

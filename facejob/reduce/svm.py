@@ -48,16 +48,25 @@ class Model:
     def scores(self, x: np.ndarray) -> np.ndarray:
         return x @ self.coef.T + self.intercept
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(label per row, probability of that label); `unknown` below the threshold."""
+    def predict(self, x: np.ndarray, forbidden: dict[int, set[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(label per row, probability that this label is right).
+
+        A row gets the best name it may have (`forbidden`: row -> names the curator said it is
+        not) when that name's calibrated probability p reaches the threshold; its probability
+        is then p. Otherwise it is `unknown` with probability 1 - p: how sure we are that it is
+        none of the named people (1.0 when no name is allowed or no one is named).
+        """
         if len(self.classes) == 0 or len(x) == 0:
-            return np.full(len(x), UNKNOWN, object), np.zeros(len(x), np.float32)
+            return np.full(len(x), UNKNOWN, object), np.ones(len(x), np.float32)
         s = self.scores(np.asarray(x, np.float32))
+        for r, names in (forbidden or {}).items():
+            s[r, np.isin(self.classes, list(names))] = -np.inf
         best = s.argmax(1)
-        prob = _sigmoid(self.platt[0] * s[np.arange(len(s)), best] + self.platt[1]).astype(np.float32)
-        label = self.classes.astype(object)[best]
-        label[prob < self.params.threshold] = UNKNOWN
-        return label, prob
+        top = s[np.arange(len(s)), best]
+        p = np.where(np.isfinite(top), _sigmoid(self.platt[0] * np.where(np.isfinite(top), top, 0) + self.platt[1]), 0.0)
+        named = p >= self.params.threshold
+        label = np.where(named, self.classes.astype(object)[best], UNKNOWN)
+        return label, np.where(named, p, 1.0 - p).astype(np.float32)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
