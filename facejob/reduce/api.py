@@ -34,7 +34,7 @@ from .hnsw import FaceIndex, IndexParams, update_index
 from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
 from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
-from .linkage import agglomerate, representatives
+from .linkage import agglomerate, attach, representatives
 from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
@@ -54,6 +54,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("label", pa.string()), ("probability", pa.float32()),
     ("labelled", pa.bool_()),             # named by the curator (label kept as given)
     ("uri", pa.string()), ("face_idx", pa.int32()),
+    ("quality", pa.float32()),            # the face's quality (facejob.quality); null if unknown
 ])
 LABELS_SCHEMA = pa.schema([
     ("name", pa.string()), ("face_id", pa.string()), ("source", pa.string()),
@@ -98,60 +99,111 @@ class ClusterSummary:
     rounds: int
     edges: int
     timings: dict[str, float] = field(default_factory=dict)
-    left_out: int = 0          # faces below the quality floor, not clustered
+    low_quality: int = 0       # faces below the quality floor: not cluster seeds, attached afterwards
+    attached: int = 0          # of those, joined to the one cluster they are near (the rest: alone)
 
 
-def quality_floor(faces: Faces, min_quality: float) -> tuple[Faces, int]:
-    """The faces with quality >= min_quality (unknown quality passes), and how many were left out."""
+def above_floor(faces: Faces, min_quality: float) -> np.ndarray:
+    """Per face: quality >= min_quality (unknown quality passes)."""
     if min_quality <= 0 or "quality" not in faces.meta.column_names:
-        return faces, 0
+        return np.ones(len(faces), bool)
     q = faces.meta.column("quality").to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
-    keep = ~(q < min_quality)
-    if keep.all():
-        return faces, 0
-    idx = np.flatnonzero(keep)
-    return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx]), int(len(q) - len(idx))
+    return ~(q < min_quality)
+
+
+def _subset(faces: Faces, rows: np.ndarray) -> Faces:
+    return Faces(meta=faces.meta.take(pa.array(rows)), embeddings=faces.embeddings[rows])
 
 
 def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
-                  threads: int = -1, applied: corr.Applied | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Cluster label (root row) per face of `faces`, and stats: the kNN graph then agglomeration.
+                  threads: int = -1, applied: corr.Applied | None = None,
+                  seeds: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cluster label (a row of `faces`) per face of `faces`, and stats.
 
-    Faces of one photo (same uri) are cannot-link; `applied` corrections add must-link ("same
-    person") and cannot-link ("not this person") pairs.
+    The `seeds` faces (default: all) are clustered: the kNN graph then agglomeration. Faces of
+    one photo (same uri) are cannot-link; `applied` corrections add must-link ("same person")
+    and cannot-link ("not this person") pairs. Every other face then joins the one seed cluster
+    it is near (`linkage.attach`) unless that cluster holds a face it cannot be; else it stays
+    alone.
     """
     t0 = time.perf_counter()
-    eu, ev, _ = knn_graph(fi, faces.embeddings, fi.rows_for(faces), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
+    n = len(faces)
+    seed_rows = np.arange(n) if seeds is None else np.flatnonzero(seeds)
+    rest = np.setdiff1d(np.arange(n), seed_rows)
+    sf = faces if len(rest) == 0 else _subset(faces, seed_rows)
+    eu, ev, _ = knn_graph(fi, sf.embeddings, fi.rows_for(sf), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
     t1 = time.perf_counter()
-    cannot = corr.photo_pairs(faces.meta.column("uri"))
+    cannot = corr.photo_pairs(sf.meta.column("uri"))
     must = np.empty((0, 2), np.int64)
     if applied is not None:
-        must = corr.rows_of(faces.face_ids, applied.must)
-        cannot = np.concatenate([cannot, corr.rows_of(faces.face_ids, applied.cannot)])
-    roots, rounds = agglomerate(faces.embeddings, eu, ev, threshold, must_link=must, cannot_link=cannot)
+        must = corr.rows_of(sf.face_ids, applied.must)
+        cannot = np.concatenate([cannot, corr.rows_of(sf.face_ids, applied.cannot)])
+    roots, rounds = agglomerate(sf.embeddings, eu, ev, threshold, must_link=must, cannot_link=cannot)
+    labels = np.arange(n)
+    labels[seed_rows] = seed_rows[roots]
+    attached = _attach_rest(fi, faces, labels, rest, seed_rows, threshold, k, applied)
     t2 = time.perf_counter()
-    return roots, {"edges": len(eu), "rounds": rounds, "must_link": len(must), "cannot_link": len(cannot),
-                   "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
+    return labels, {"edges": len(eu), "rounds": rounds, "must_link": len(must), "cannot_link": len(cannot),
+                    "attached": attached, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
+
+
+def _attach_rest(fi: FaceIndex, faces: Faces, labels: np.ndarray, rest: np.ndarray, seed_rows: np.ndarray,
+                 threshold: float, k: int, applied: corr.Applied | None) -> int:
+    """Give the non-seed faces `rest` the cluster label they unambiguously belong to (in place);
+    how many got one. A cluster holding a face of the same photo, or one the curator said this
+    face is not, is out; two faces of one photo never join one cluster (the nearer one does)."""
+    if len(rest) == 0 or len(seed_rows) == 0:
+        return 0
+    seed_pos = np.full(len(faces) + 1, -1, np.int64)      # face row -> row among the seeds; [-1] -> -1
+    seed_pos[seed_rows] = np.arange(len(seed_rows))
+    lab, _ = fi.query(faces.embeddings[rest], 2 * k, ef=max(4 * k, 64))
+    cand = fi.rows_for(faces)[lab]
+    cand[seed_pos[cand] < 0] = -1
+    uri = faces.meta.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    photo_in = set(zip(uri[seed_rows].tolist(), labels[seed_rows].tolist()))
+    no = {}
+    if applied is not None:
+        for a, b in corr.rows_of(faces.face_ids, applied.cannot).tolist():
+            no.setdefault(a, set()).add(int(labels[b]))
+            no.setdefault(b, set()).add(int(labels[a]))
+    cl = labels[np.maximum(cand, 0)]
+    blocked = np.array([[(uri[r], c) in photo_in or c in no.get(int(r), ()) for c in row]
+                        for r, row in zip(rest.tolist(), cl.tolist())], bool).reshape(cand.shape)
+    to, dist = attach(faces.embeddings[seed_rows], labels[seed_rows], faces.embeddings[rest], seed_pos[cand],
+                      threshold, blocked)
+    # One face per photo in a cluster: among extra faces of one photo aiming at one cluster, the nearest joins.
+    taken: set[tuple[int, int]] = set()
+    joined = 0
+    for i in np.argsort(dist, kind="stable").tolist():
+        key = (int(uri[rest[i]]), int(to[i]))
+        if to[i] >= 0 and key not in taken:
+            taken.add(key)
+            labels[rest[i]] = to[i]
+            joined += 1
+    return joined
 
 
 @writes_output("cluster")
 def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
             faces: Faces | None = None, fi: FaceIndex | None = None,
             min_quality: float = MIN_QUALITY) -> ClusterSummary:
-    """Cluster the faces of OUT at or above the quality floor into identities →
-    OUT/clusters.parquet, keeping earlier ids.
+    """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
 
-    Reuses the saved index (extending it first if faces were added). Merges and splits of
-    earlier clusters are appended to OUT/cluster_events.parquet. The corrections stored in
-    OUT/labels/corrections.json are kept (see facejob.reduce.corrections).
+    Faces at or above the quality floor seed the clusters; each face below it then joins the
+    one cluster it is near, or stays alone. Reuses the saved index (extending it first if faces
+    were added). Merges and splits of earlier clusters are appended to
+    OUT/cluster_events.parquet. The corrections stored in OUT/labels/corrections.json are kept
+    (see facejob.reduce.corrections).
     """
     store = _store(out)
     faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
     applied = corr.resolve(_corrections(store, faces))
-    faces, left_out = quality_floor(faces, min_quality)
+    seeds = above_floor(faces, min_quality)
+    # A face the curator put with others is a seed whatever its quality: the curator's word wins.
+    seeds[corr.rows_of(faces.face_ids, applied.must).reshape(-1)] = True
     t0 = time.perf_counter()
-    roots, stats = cluster_faces(fi, faces, threshold, k, applied=applied)
+    roots, stats = cluster_faces(fi, faces, threshold, k, applied=applied, seeds=seeds)
     prev_id, next_id, old_ids = _previous_clusters(store, faces)
     a = assign_ids(roots, prev_id, next_id)
     gone = np.setdiff1d(old_ids, np.concatenate([prev_id[prev_id >= 0], [-1]]))
@@ -180,13 +232,14 @@ def cluster(out: str | Store, threshold: float = CLUSTER_THRESHOLD, k: int = CLU
         largest=int(size.max()) if len(size) else 0, merges=sum(e["event"] == "merge" for e in events),
         splits=sum(e["event"] == "split" for e in events), gone=len(gone), rounds=stats["rounds"],
         edges=stats["edges"], timings={"knn_s": stats["knn_s"], "merge_s": stats["merge_s"],
-                                       "total_s": round(time.perf_counter() - t0, 2)}, left_out=left_out)
+                                       "total_s": round(time.perf_counter() - t0, 2)},
+        low_quality=int((~seeds).sum()), attached=stats["attached"])
     store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
                                                  "updated_at": now, **asdict(summary)}, indent=2).encode())
     log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded; "
-             "%d faces below quality %.2f left out; %d must-link, %d cannot-link pairs", summary.faces,
-             summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits, left_out,
-             min_quality, stats["must_link"], stats["cannot_link"])
+             "%d faces below quality %.2f (%d joined a cluster); %d must-link, %d cannot-link pairs", summary.faces,
+             summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits,
+             summary.low_quality, min_quality, summary.attached, stats["must_link"], stats["cannot_link"])
     return summary
 
 
@@ -217,7 +270,8 @@ class LabelSummary:
     per_person: dict[str, int] = field(default_factory=dict)
     followed: int = 0        # labels moved to the new face id of a moved or re-encoded photo
     gone: list[dict] = field(default_factory=list)   # labels on deleted photos: still training examples
-    left_out: int = 0        # faces below the quality floor, not named
+    low_quality: int = 0     # faces below the quality floor: named too, but they do not train the SVMs
+    low_quality_named: int = 0
 
 
 def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None) -> Labelled:
@@ -289,8 +343,9 @@ def saved_label_params(out: str | Store) -> LabelParams:
 def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
           replace: bool = False, faces: Faces | None = None, min_quality: float = MIN_QUALITY,
           corrections: str | Path | None = None) -> LabelSummary:
-    """Train per-person SVMs from the curator's labels and name every face at or above the
-    quality floor → OUT/predictions.parquet (a labelled face below it still teaches its person).
+    """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
+    Faces below the quality floor are named too (with their quality) but are not background or
+    extra positives; a labelled face below it still teaches its person.
 
     `labels` (CSV or folder tree) is added to the labels stored in OUT/labels/ (or replaces them
     with `replace`); without it the stored labels are used again (after new photos came in).
@@ -321,7 +376,8 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
         raise LabelsError("labels: " + "; ".join(few))
     write_parquet(store, LABELS_STORED, stored)
 
-    faces, left_out = quality_floor(every, min_quality)
+    good = above_floor(every, min_quality)
+    faces = _subset(every, np.flatnonzero(good)) if not good.all() else every   # what the SVMs learn from
     names = table.column("name").to_pylist()
     xl = _emb(table.column("embedding"))
     rows = pc.index_in(table.column("face_id"), faces.face_ids).fill_null(-1).to_numpy().astype(np.int64)
@@ -330,30 +386,36 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     negatives = np.setdiff1d(negatives.drop_null().to_numpy().astype(np.int64), rows)
     model, fit = lb.fit_archive(faces.embeddings, rows, xl, names, clusters, params, negatives=negatives)
     lb.save_model(store, model)
-    ids = faces.face_ids.to_pylist()
-    pred, prob = model.predict(faces.embeddings, {r: applied.not_names[ids[r]] for r in negatives.tolist()
-                                                  if ids[r] in applied.not_names})
-    labelled = np.zeros(len(faces), bool)
-    labelled[rows[rows >= 0]] = True
-    pred[rows[rows >= 0]] = np.array(names, object)[rows >= 0]
-    prob[rows[rows >= 0]] = 1.0
+    # Every face gets a prediction, below the quality floor too (its quality is shown beside it).
+    ids = every.face_ids.to_pylist()
+    pred, prob = model.predict(every.embeddings, {r: applied.not_names[f] for r, f in enumerate(ids)
+                                                  if f in applied.not_names})
+    mine = pc.index_in(table.column("face_id"), every.face_ids).fill_null(-1).to_numpy().astype(np.int64)
+    labelled = np.zeros(len(every), bool)
+    labelled[mine[mine >= 0]] = True
+    pred[mine[mine >= 0]] = np.array(names, object)[mine >= 0]
+    prob[mine[mine >= 0]] = 1.0
+    quality = (every.meta.column("quality") if "quality" in every.meta.column_names
+               else pa.nulls(len(every), pa.float32()))
     write_parquet(store, PREDICTIONS, pa.table({
-        "face_id": faces.face_ids, "label": pa.array(pred.tolist(), pa.string()), "probability": pa.array(prob),
-        "labelled": pa.array(labelled), "uri": faces.meta.column("uri"), "face_idx": faces.meta.column("face_idx"),
+        "face_id": every.face_ids, "label": pa.array(pred.tolist(), pa.string()), "probability": pa.array(prob),
+        "labelled": pa.array(labelled), "uri": every.meta.column("uri"), "face_idx": every.meta.column("face_idx"),
+        "quality": quality,
     }, schema=PREDICTIONS_SCHEMA))
     named = pred != lb.UNKNOWN
     per = dict(zip(*np.unique(pred[named].astype(str), return_counts=True))) if named.any() else {}
-    s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(faces),
+    low = ~good
+    s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(every),
                      named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()},
                      followed=followed.moved + followed.reencoded,
                      gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone],
-                     left_out=left_out)
+                     low_quality=int(low.sum()), low_quality_named=int((named & low).sum()))
     if s.followed or s.gone:
         log.info("label: %d labels followed their photo (%d moved, %d re-encoded); %d on photos no longer in "
                  "the archive, kept as training examples", s.followed, followed.moved, followed.reencoded, len(s.gone))
-    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named; "
-             "%d below quality %.2f left out", s.people, s.labelled, s.background, s.named, s.faces,
-             left_out, min_quality)
+    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named (%d of the %d "
+             "below quality %.2f, which do not train)", s.people, s.labelled, s.background, s.named, s.faces,
+             s.low_quality_named, s.low_quality, min_quality)
     return s
 
 
@@ -622,7 +684,8 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float = CLU
            k: int = CLUSTER_K, min_quality: float = MIN_QUALITY, corrections: str | Path | None = None,
            progress: bool = False) -> ReduceSummary:
     """Everything after indexing: index, cluster, label (when labels are stored), dedup.
-    Clustering and labelling see only faces at or above `min_quality`.
+    Faces below `min_quality` do not seed clusters or train the SVMs, but every face is
+    clustered and named.
 
     `corrections` (a file from the report page) is first added to the ones stored in OUT; all
     stored corrections apply to the clustering and the labels. `progress` shows the steps done.

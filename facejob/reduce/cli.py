@@ -57,7 +57,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     s = api.cluster(args.out, threshold=args.threshold, k=args.k, min_quality=args.min_quality)
     print(f"{s.faces} faces -> {s.clusters} clusters ({s.singletons} single faces, largest {s.largest}); "
           f"{s.merges} merges, {s.splits} splits, {s.gone} gone since the last run; {s.timings['total_s']:.1f} s")
-    print(f"left out: {s.left_out} faces below quality {args.min_quality}")
+    print(f"{s.low_quality} faces below quality {args.min_quality} (not cluster seeds): {s.attached} joined "
+          f"the cluster they are near, the rest are alone")
     print(f"output: {args.out}/clusters.parquet")
     return 0
 
@@ -74,8 +75,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     s = api.label(args.out, args.labels, params, replace=args.replace, min_quality=args.min_quality,
                   corrections=args.corrections)
     print(f"learned {s.people} people from {s.labelled} labelled faces (+{s.background} background faces); "
-          f"named {s.named} of {s.faces} faces, {s.unknown} unknown; {s.left_out} below quality "
-          f"{args.min_quality} left out")
+          f"named {s.named} of {s.faces} faces, {s.unknown} unknown; {s.low_quality} below quality "
+          f"{args.min_quality} (named too, not used for training)")
     if s.followed:
         print(f"{s.followed} labels followed their face to a moved or re-encoded photo")
     if s.gone:
@@ -106,7 +107,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     print(f"index: {r.faces} faces ({r.index_s:.1f} s)")
     c = r.cluster
     print(f"cluster: {c.clusters} clusters, largest {c.largest}; {c.merges} merges, {c.splits} splits recorded; "
-          f"{c.left_out} faces below quality {args.min_quality} left out (still searchable)")
+          f"{c.low_quality} faces below quality {args.min_quality} ({c.attached} joined a cluster)")
     if r.label:
         print(f"label: {r.label.people} people; named {r.label.named} of {r.label.faces} faces")
     else:
@@ -124,8 +125,9 @@ def _quality_option(p: argparse.ArgumentParser) -> None:
     from .params import MIN_QUALITY
 
     p.add_argument("--min-quality", type=float, default=MIN_QUALITY, metavar="Q",
-                   help="cluster and label only faces of quality >= Q (0..1, from face size and chip "
-                        "sharpness; 0 = all; default: %(default)s)")
+                   help="only faces of quality >= Q (0..1, from face size and chip sharpness) seed clusters "
+                        "and train the SVMs; the others are still clustered and named (0 = all seed; "
+                        "default: %(default)s)")
 
 
 def add_commands(subparsers) -> None:

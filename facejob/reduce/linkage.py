@@ -185,3 +185,39 @@ def representatives(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     first = np.ones(len(order), bool)
     first[1:] = inv[order][1:] != inv[order][:-1]
     return roots, size, order[first]
+
+
+def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, threshold: float,
+           blocked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Attach extra faces `q` to the clusters of `x` (label per row `roots`) where that is unambiguous.
+
+    `cand` (m, k): rows of x near each q (-1 = none); `blocked` (m, k) marks candidates whose
+    cluster q may not join (e.g. it holds another face of q's photo). A face joins a cluster
+    when that cluster is the only one among its candidates' clusters whose RMS distance to it
+    (the average-linkage criterion of `agglomerate`) is <= threshold. Returns (root per q or -1,
+    RMS distance to the nearest candidate cluster or inf).
+    """
+    m = len(q)
+    out, best_d = np.full(m, -1, np.int64), np.full(m, np.inf, np.float32)
+    if m == 0 or len(x) == 0:
+        return out, best_d
+    uroots, inv = np.unique(roots, return_inverse=True)
+    n = np.bincount(inv).astype(np.float64)
+    mean = np.zeros((len(uroots), x.shape[1]), np.float64)
+    np.add.at(mean, inv, x.astype(np.float64))
+    mean /= n[:, None]
+    msq = np.bincount(inv, weights=np.einsum("ij,ij->i", x, x, dtype=np.float64)) / n
+    ok = cand >= 0
+    if blocked is not None:
+        ok &= ~blocked
+    for i in range(m):
+        c = np.unique(inv[cand[i][ok[i]]])
+        if len(c) == 0:
+            continue
+        qi = q[i].astype(np.float64)
+        d = np.sqrt(np.maximum(qi @ qi + msq[c] - 2 * mean[c] @ qi, 0))
+        best_d[i] = d.min()
+        under = d <= threshold
+        if under.sum() == 1:
+            out[i] = uroots[c[under][0]]
+    return out, best_d
