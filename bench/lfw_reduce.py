@@ -49,7 +49,7 @@ def load_lfw(out: str) -> dict:
 
     store = LocalStore(out)
     images = read_images(store, ["uri", "width", "height", "status"])
-    faces = read_faces(store, ["face_id", "uri", "left", "top", "right", "bottom"])
+    faces = read_faces(store, ["face_id", "uri", "left", "top", "right", "bottom", "quality"])
     uri = images.column("uri").to_pylist()
     w = images.column("width").to_numpy(zero_copy_only=False)
     h = images.column("height").to_numpy(zero_copy_only=False)
@@ -69,7 +69,8 @@ def load_lfw(out: str) -> dict:
     ident = [Path(uri[i]).parent.name for i in order]
     row = np.array([best[i][1] if i in best else -1 for i in order])
     return {"uri": [uri[i] for i in order], "identity": np.array(ident), "row": row,
-            "emb": faces.embeddings, "n_faces_total": len(faces), "face_uri": fu}
+            "emb": faces.embeddings, "n_faces_total": len(faces), "face_uri": fu,
+            "quality": faces.meta.column("quality").to_numpy(zero_copy_only=False).astype(np.float64)}
 
 
 # ------------------------------------------------------------------------- metrics
@@ -100,9 +101,10 @@ def with_missing(labels_detected: np.ndarray, detected: np.ndarray) -> np.ndarra
 # ---------------------------------------------------------------------- clusterers
 
 def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | None = None,
-                     uris: list[str] | None = None) -> tuple[np.ndarray, dict]:
+                     uris: list[str] | None = None, seeds: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """facejob's clustering of the rows of x; `uris` (the photo of each row) makes faces of one
-    photo cannot-link, as in `facejob cluster`; without them every row is its own photo."""
+    photo cannot-link, as in `facejob cluster`; without them every row is its own photo.
+    `seeds` (default all): the rows that seed clusters; the others join one afterwards."""
     import pyarrow as pa
 
     from facejob.reduce import api
@@ -116,7 +118,7 @@ def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | Non
     faces = Faces(pa.table({"face_id": [str(i) for i in range(len(x))],
                             "uri": uris if uris is not None else [str(i) for i in range(len(x))]}), x)
     t1 = time.perf_counter()
-    roots, stats = api.cluster_faces(fi, faces, threshold or api.CLUSTER_THRESHOLD, k or api.CLUSTER_K)
+    roots, stats = api.cluster_faces(fi, faces, threshold or api.CLUSTER_THRESHOLD, k or api.CLUSTER_K, seeds=seeds)
     stats["index_s"] = round(t1 - t0, 2)
     stats["total_s"] = round(time.perf_counter() - t0, 2)
     return roots, stats
@@ -175,6 +177,7 @@ def rates(pred_test, truth_test, pred_dis) -> tuple[float, float]:
 
 
 def run_labelling(d: dict, clusters_all: np.ndarray) -> tuple[list[tuple[str, float, float]], dict]:
+    """`clusters_all`: cluster per face of the archive (every face found), as `facejob cluster` makes them."""
     from facejob.reduce import svm
 
     P = label_protocol(d)
@@ -199,23 +202,27 @@ def run_labelling(d: dict, clusters_all: np.ndarray) -> tuple[list[tuple[str, fl
         pt, pd = predict(nn, test), predict(nn, dis)
         results.append((f"1-NN at {t}", *rates(pt, truth_test, pd)))
 
-    # The archive = every detected LFW face (centre faces), labelled ones included.
-    arch_rows = np.flatnonzero(det)
-    x_arch = emb[row[arch_rows]]
-    pos_in_arch = -np.ones(len(ident), np.int64)
-    pos_in_arch[arch_rows] = np.arange(len(arch_rows))
+    # The archive = every face found on LFW (bystanders too), as `facejob label` sees it: all
+    # are named, only those at or above the quality floor train (background, cluster-mates).
+    from facejob.reduce.params import MIN_QUALITY
+
+    x_all = emb
+    good = ~(d["quality"] < MIN_QUALITY)
+    photo_of_face = np.array(d["face_uri"])
+    uri_img = np.array(d["uri"])
     params = svm.LabelParams()
 
     def svm_run(hidden: np.ndarray) -> svm.Model:
         """facejob's training on the archive minus the images `hidden` (never seen in training)."""
-        keep = np.ones(len(arch_rows), bool)
-        keep[pos_in_arch[hidden[det[hidden]]]] = False
-        sub = np.flatnonzero(keep)
-        remap = -np.ones(len(arch_rows), np.int64)
-        remap[sub] = np.arange(len(sub))
+        keep = ~np.isin(photo_of_face, uri_img[hidden]) if len(hidden) else np.ones(len(x_all), bool)
         # The archive without the hidden images is clustered afresh, as `facejob reduce` would.
-        cl = clusters_all[arch_rows] if len(sub) == len(arch_rows) else facejob_clusters(x_arch[sub])[0]
-        model, _ = svm.fit_archive(x_arch[sub], remap[pos_in_arch[lab]], xl, list(yl), cl, params)
+        cl = clusters_all if keep.all() else facejob_clusters(
+            x_all[keep], uris=list(photo_of_face[keep]), seeds=good[keep])[0]
+        cl = cl[good[keep]]
+        sub = np.flatnonzero(keep & good)
+        remap = -np.ones(len(x_all), np.int64)
+        remap[sub] = np.arange(len(sub))
+        model, _ = svm.fit_archive(x_all[sub], remap[row[lab]], xl, list(yl), cl, params)
         return model
 
     t0 = time.perf_counter()
@@ -361,8 +368,13 @@ def main() -> None:
     # What `facejob cluster` does: every face of the archive (also the bystanders of an LFW
     # photo), faces of one photo cannot-link; scored on each image's subject face.
     t0 = time.perf_counter()
-    every, st_all = facejob_clusters(d["emb"], uris=d["face_uri"])
-    add("facejob, all faces, same-photo cannot-link", every[d["row"][det]], time.perf_counter() - t0)
+    from facejob.reduce.params import MIN_QUALITY
+
+    seeds = ~(d["quality"] < MIN_QUALITY)
+    every, st_all = facejob_clusters(d["emb"], uris=d["face_uri"], seeds=seeds)
+    add("facejob cluster (all faces, floor, 1 photo)", every[d["row"][det]], time.perf_counter() - t0)
+    print(f"  facejob cluster: {(~seeds).sum()} faces below quality {MIN_QUALITY} ({(~seeds[d['row'][det]]).sum()} "
+          f"of them subject faces), {st_all['attached']} joined a cluster")
     every_free, _ = facejob_clusters(d["emb"])
     add("facejob, all faces, no same-photo rule", every_free[d["row"][det]], 0.0)
     print(f"  facejob on all {len(d['emb'])} faces: {st_all}")
@@ -398,10 +410,7 @@ def main() -> None:
             print(f"  k={k:<3} " + "  ".join(line))
 
     if not args.no_label:
-        clusters_all = np.full(len(truth_all), -1, np.int64)
-        clusters_all[det] = ours
-        clusters_all[~det] = -2 - np.arange((~det).sum())
-        results, P = run_labelling(d, clusters_all)
+        results, P = run_labelling(d, every)
         print(f"\nlabelling: {len(P['known'])} people with >= 10 images, 5 labelled each ({len(P['lab'])} faces); "
               f"{len(P['test'])} of their other images to name ({P['test_detected']} with a face found); "
               f"{len(P['distract'])} single-image people to reject ({P['distract_detected']} with a face found)")

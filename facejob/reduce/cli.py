@@ -1,4 +1,4 @@
-"""`facejob search | cluster | label | dedup | reduce`: the reducer's subcommands.
+"""`facejob search | cluster | label | dedup | eval | reduce`: the reducer's subcommands.
 
 facejob/cli.py calls `add_commands(subparsers)`; each handler returns an exit code and turns
 the reducer's errors into one line on stderr.
@@ -33,7 +33,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ReduceError("give a PHOTO or --face-id ID (one of them)")
     if args.k < 1:
         raise ReduceError("--k must be at least 1")
-    queries = [api.search_face(args.out, args.face_id, args.k)] if args.face_id else api.search(args.out, args.photo, args.k)
+    queries = ([api.search_face(args.out, args.face_id, args.k, metric=args.metric)] if args.face_id
+               else api.search(args.out, args.photo, args.k, metric=args.metric))
     if args.json:
         print(json.dumps([[{**asdict(m), "box": list(m.box)} for m in q.matches] for q in queries], indent=1))
         return 0
@@ -54,7 +55,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from . import api
 
-    s = api.cluster(args.out, threshold=args.threshold, k=args.k, min_quality=args.min_quality)
+    s = api.cluster(args.out, threshold=args.threshold, k=args.k, min_quality=args.min_quality, metric=args.metric)
     print(f"{s.faces} faces -> {s.clusters} clusters ({s.singletons} single faces, largest {s.largest}); "
           f"{s.merges} merges, {s.splits} splits, {s.gone} gone since the last run; {s.timings['total_s']:.1f} s")
     print(f"{s.low_quality} faces below quality {args.min_quality} (not cluster seeds): {s.attached} joined "
@@ -73,7 +74,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         params = replace(params, threshold=args.threshold)
     s = api.label(args.out, args.labels, params, replace=args.replace, min_quality=args.min_quality,
-                  corrections=args.corrections)
+                  corrections=args.corrections, metric=args.metric)
     print(f"learned {s.people} people from {s.labelled} labelled faces (+{s.background} background faces); "
           f"named {s.named} of {s.faces} faces, {s.unknown} unknown; {s.low_quality} below quality "
           f"{args.min_quality} (named too, not used for training)")
@@ -103,7 +104,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     from . import api
 
     r = api.reduce(args.out, rebuild_index=args.rebuild_index, min_quality=args.min_quality,
-                   corrections=args.corrections, progress=not args.quiet)
+                   corrections=args.corrections, progress=not args.quiet, metric=args.metric)
     print(f"index: {r.faces} faces ({r.index_s:.1f} s)")
     c = r.cluster
     print(f"cluster: {c.clusters} clusters, largest {c.largest}; {c.merges} merges, {c.splits} splits recorded; "
@@ -114,6 +115,24 @@ def cmd_reduce(args: argparse.Namespace) -> int:
         print("label: skipped (no labels yet; `facejob label OUT --labels LABELS.csv`)")
     d = r.dedup
     print(f"dedup: {d.groups} groups of copies, {d.duplicates} extra copies")
+    return 0
+
+
+@_errors
+def cmd_eval(args: argparse.Namespace) -> int:
+    from facejob.storage import open_store
+
+    from .evaluate import evaluate
+
+    r = evaluate(open_store(args.out), args.pairs, args.images, learn_metric=args.learn_metric,
+                 log=None if args.json else (lambda m: print("  " + m, file=sys.stderr)))
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['pairs']} pairs, 10 folds; {r['missing']} with a photo without a face (counted as different)")
+    for k in ("plain", "learned"):
+        if k in r:
+            print(f"{k:>8}: accuracy {r[k]['accuracy'] * 100:.2f}% +- {r[k]['std'] * 100:.2f}")
     return 0
 
 
@@ -130,6 +149,13 @@ def _quality_option(p: argparse.ArgumentParser) -> None:
                         "default: %(default)s)")
 
 
+def _metric_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", choices=("learned", "plain"), default="learned",
+                   help="learned: use the metric head trained on the curator's labels when OUT has one "
+                        "(labels/metric.npz; it is only kept when it beats the plain descriptors on "
+                        "held-out people); plain: the descriptors as indexed (default: %(default)s)")
+
+
 def add_commands(subparsers) -> None:
     from .params import CLUSTER_K, CLUSTER_THRESHOLD, LabelParams
 
@@ -141,6 +167,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--face-id", help="query by an archive face instead of a photo")
     p.add_argument("--k", type=int, default=10, help="matches per query face (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print a JSON list of matches per query face")
+    _metric_option(p)
     p.set_defaults(func=cmd_search)
 
     p = subparsers.add_parser("cluster", help="group the faces of OUT by identity -> OUT/clusters.parquet",
@@ -152,6 +179,7 @@ def add_commands(subparsers) -> None:
                    help="largest RMS face distance inside a cluster (default: %(default)s)")
     p.add_argument("--k", type=int, default=CLUSTER_K, help="neighbours per face in the graph (default: %(default)s)")
     _quality_option(p)
+    _metric_option(p)
     p.set_defaults(func=cmd_cluster)
 
     p = subparsers.add_parser("label", help="learn named people from labelled faces; name every face",
@@ -166,6 +194,7 @@ def add_commands(subparsers) -> None:
                    help="lowest probability that names a face, else `unknown`; saved with the models and "
                         f"used by later runs (default: the saved one, else {LabelParams().threshold})")
     _quality_option(p)
+    _metric_option(p)
     p.set_defaults(func=cmd_label)
 
     p = subparsers.add_parser("dedup", help="find byte-identical and near-duplicate photos",
@@ -173,12 +202,27 @@ def add_commands(subparsers) -> None:
     p.add_argument("out", metavar="OUT")
     p.set_defaults(func=cmd_dedup)
 
+    p = subparsers.add_parser("eval", help="LFW verification accuracy (10 folds) of an index output",
+                              description="Score OUT's descriptors on an LFW pairs file (View 2 pairs.txt, or "
+                                          "View 1 pairsDevTest.txt cut into 10 folds): per fold, the distance "
+                                          "threshold best on the other nine. --learn-metric also trains the "
+                                          "metric head per fold on the other folds' people and scores it.")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--pairs", required=True, metavar="FILE", help="LFW pairs file")
+    p.add_argument("--images", required=True, metavar="DIR", help="the folder the pairs' NAME/NAME_NNNN.jpg are under "
+                                                                  "(as indexed into OUT)")
+    p.add_argument("--learn-metric", action="store_true", help="also score the learned metric head")
+    p.add_argument("--json", action="store_true", help='print {"plain": {"accuracy", "std"}, "learned": ..., '
+                                                       '"pairs", "missing"}')
+    p.set_defaults(func=cmd_eval)
+
     p = subparsers.add_parser("reduce", help="index + cluster + label + dedup (after `facejob index`)")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--rebuild-index", action="store_true", help="build the face index from scratch")
     p.add_argument("--corrections", metavar="FILE", help=CORRECTIONS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     _quality_option(p)
+    _metric_option(p)
     p.set_defaults(func=cmd_reduce)
 
 
