@@ -101,7 +101,8 @@ def with_missing(labels_detected: np.ndarray, detected: np.ndarray) -> np.ndarra
 # ---------------------------------------------------------------------- clusterers
 
 def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | None = None,
-                     uris: list[str] | None = None, seeds: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                     uris: list[str] | None = None, seeds: np.ndarray | None = None,
+                     pair_margin: float | None = None) -> tuple[np.ndarray, dict]:
     """facejob's clustering of the rows of x; `uris` (the photo of each row) makes faces of one
     photo cannot-link, as in `facejob cluster`; without them every row is its own photo.
     `seeds` (default all): the rows that seed clusters; the others join one afterwards."""
@@ -118,7 +119,8 @@ def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | Non
     faces = Faces(pa.table({"face_id": [str(i) for i in range(len(x))],
                             "uri": uris if uris is not None else [str(i) for i in range(len(x))]}), x)
     t1 = time.perf_counter()
-    roots, stats = api.cluster_faces(fi, faces, threshold or api.CLUSTER_THRESHOLD, k or api.CLUSTER_K, seeds=seeds)
+    roots, stats = api.cluster_faces(fi, faces, threshold or api.CLUSTER_THRESHOLD, k or api.CLUSTER_K, seeds=seeds,
+                                     pair_margin=api.CLUSTER_PAIR_MARGIN if pair_margin is None else pair_margin)
     stats["index_s"] = round(t1 - t0, 2)
     stats["total_s"] = round(time.perf_counter() - t0, 2)
     return roots, stats

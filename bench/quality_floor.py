@@ -12,6 +12,8 @@ Faces, by kind (the floor should drop few of the first two and many of the last 
   LFW useless    LFW subject faces whose same-person photos are all >= 0.6 away
   false          faces found on no_face/ photos, and faces on groups/dlib_faces matching no
                  hand box (boxes marked ignore there are not counted either way)
+  LFW bystander  the other faces on LFW photos (people behind the subject, cut-off faces): real
+                 faces, often small or blurred, of no known identity
 For each floor: the share of each kind below it (quality < floor), and the same for face size
 alone and sharpness alone, so one can see which term does the work.
 """
@@ -66,7 +68,9 @@ def lfw_kinds(out: str) -> dict[str, np.ndarray]:
     useful, useless = np.zeros(n, bool), np.zeros(n, bool)
     useful[rows[nearest < 0.6]] = True
     useless[rows[nearest >= 0.6]] = True
-    return {"cols": cols, "LFW useful": useful, "LFW useless": useless}
+    others = np.ones(n, bool)
+    others[list(subject.values())] = False
+    return {"cols": cols, "LFW useful": useful, "LFW useless": useless, "LFW bystander": others}
 
 
 def small_kinds(out: str, data: Path) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ from .graph import knn_graph
 from .hnsw import FaceIndex, IndexParams, update_index
 from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
-from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
+from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
 from .linkage import agglomerate, attach, representatives
 from .stable import assign_ids
 
@@ -119,7 +119,8 @@ def _subset(faces: Faces, rows: np.ndarray) -> Faces:
 
 def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
                   threads: int = -1, applied: corr.Applied | None = None,
-                  seeds: np.ndarray | None = None, head: lm.Head | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                  seeds: np.ndarray | None = None, head: lm.Head | None = None,
+                  pair_margin: float = CLUSTER_PAIR_MARGIN) -> tuple[np.ndarray, dict[str, Any]]:
     """Cluster label (a row of `faces`) per face of `faces`, and stats.
 
     The `seeds` faces (default: all) are clustered: the kNN graph then agglomeration. Faces of
@@ -142,17 +143,19 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
         must = corr.rows_of(sf.face_ids, applied.must)
         cannot = np.concatenate([cannot, corr.rows_of(sf.face_ids, applied.cannot)])
     x = head.apply(faces.embeddings) if head is not None else faces.embeddings
-    roots, rounds = agglomerate(x[seed_rows], eu, ev, threshold, must_link=must, cannot_link=cannot)
+    roots, rounds = agglomerate(x[seed_rows], eu, ev, threshold, must_link=must, cannot_link=cannot,
+                                pair_margin=pair_margin)
     labels = np.arange(n)
     labels[seed_rows] = seed_rows[roots]
-    attached = _attach_rest(fi, faces, x, labels, rest, seed_rows, threshold, k, applied)
+    attached = _attach_rest(fi, faces, x, labels, rest, seed_rows, threshold, k, applied, pair_margin)
     t2 = time.perf_counter()
     return labels, {"edges": len(eu), "rounds": rounds, "must_link": len(must), "cannot_link": len(cannot),
                     "attached": attached, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
 
 
 def _attach_rest(fi: FaceIndex, faces: Faces, x: np.ndarray, labels: np.ndarray, rest: np.ndarray,
-                 seed_rows: np.ndarray, threshold: float, k: int, applied: corr.Applied | None) -> int:
+                 seed_rows: np.ndarray, threshold: float, k: int, applied: corr.Applied | None,
+                 pair_margin: float) -> int:
     """Give the non-seed faces `rest` the cluster label they unambiguously belong to (in place);
     how many got one. A cluster holding a face of the same photo, or one the curator said this
     face is not, is out; two faces of one photo never join one cluster (the nearer one does)."""
@@ -173,7 +176,7 @@ def _attach_rest(fi: FaceIndex, faces: Faces, x: np.ndarray, labels: np.ndarray,
     cl = labels[np.maximum(cand, 0)]
     blocked = np.array([[(uri[r], c) in photo_in or c in no.get(int(r), ()) for c in row]
                         for r, row in zip(rest.tolist(), cl.tolist())], bool).reshape(cand.shape)
-    to, dist = attach(x[seed_rows], labels[seed_rows], x[rest], seed_pos[cand], threshold, blocked)
+    to, dist = attach(x[seed_rows], labels[seed_rows], x[rest], seed_pos[cand], threshold, blocked, pair_margin)
     # One face per photo in a cluster: among extra faces of one photo aiming at one cluster, the nearest joins.
     taken: set[tuple[int, int]] = set()
     joined = 0
