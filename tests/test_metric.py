@@ -129,3 +129,30 @@ def test_eval_bad_input_is_one_line(data_dir, tmp_path, capsys):
     assert main(["eval", str(out), "--pairs", str(pairs), "--images", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no pair has a face" in err
+
+
+def test_search_with_a_head_ranks_by_learned_distance(archive, tmp_path):
+    """With a head, search's k nearest are the k nearest learned descriptors (here every face
+    is near enough for the 4k plain candidates the index gives to hold them)."""
+    from facejob.reduce import api, metric
+
+    src, faces = archive
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    fi = api.index(str(out))
+    rng = np.random.default_rng(0)
+    head = metric.Head({"A": (rng.normal(0, 0.15, (128, 128))).astype(np.float32),
+                        "c": np.zeros(128, np.float32)}, metric.MetricParams(), {})
+    x = np.array([f["embedding"] for f in faces], np.float32)
+    q = x[:3]
+    labels, d = api._query(fi, q, 5, head)
+    y, yq = head.apply(x), head.apply(q)
+    ids = fi.ids.column("face_id").to_pylist()
+    row = {f["face_id"]: i for i, f in enumerate(faces)}
+    brute = np.linalg.norm(y[None] - yq[:, None], axis=2)
+    for i in range(3):
+        want = np.sort(brute[i])[:5]
+        assert np.allclose(np.sort(d[i]), want, atol=1e-4)
+        assert np.allclose(brute[i, [row[ids[j]] for j in labels[i]]], d[i], atol=1e-4)
+    plain_labels, _ = api._query(fi, q, 5, None)
+    assert (plain_labels != labels).any()     # the head changed the ranking

@@ -36,7 +36,7 @@ from .hnsw import FaceIndex, IndexParams, update_index
 from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
 from .params import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
-from .linkage import agglomerate, attach, representatives
+from .linkage import _components, agglomerate, attach, representatives
 from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
@@ -476,8 +476,6 @@ def _metric_examples(store: Store, faces: Faces) -> tuple[np.ndarray, np.ndarray
             x.append(faces.embeddings[r:r + 1])
     x = np.concatenate(x) if len(x) > 1 else x[0]
     # People: one per name; "same person" pairs join faces (and names) into one.
-    from .linkage import _components
-
     n = len(names)
     by_name: dict[str, list[int]] = {}
     for i, nm in enumerate(names):
