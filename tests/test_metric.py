@@ -132,8 +132,8 @@ def test_eval_bad_input_is_one_line(data_dir, tmp_path, capsys):
 
 
 def test_search_with_a_head_ranks_by_learned_distance(archive, tmp_path):
-    """With a head, search's k nearest are the k nearest learned descriptors (here every face
-    is near enough for the 4k plain candidates the index gives to hold them)."""
+    """With a head, search's k nearest are the k nearest learned descriptors (here those are
+    among the 4k plain candidates the index gives)."""
     from facejob.reduce import api, metric
 
     src, faces = archive
