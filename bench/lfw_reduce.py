@@ -247,6 +247,36 @@ def run_labelling(d: dict, clusters_all: np.ndarray) -> tuple[list[tuple[str, fl
     return results, P
 
 
+def run_sizes(d: dict, fractions: list[float]) -> None:
+    """The labelling protocol on archives of different sizes: the known people's photos plus a
+    share of the other photos; half the distractors are never in any archive and are the ones
+    scored, so only the archive's size changes between rows."""
+    from facejob.reduce import svm
+    from facejob.reduce.params import MIN_QUALITY
+
+    P = label_protocol(d)
+    ident, row, emb = d["identity"], d["row"], d["emb"]
+    good = ~(d["quality"] < MIN_QUALITY)
+    photo, uri_img = np.array(d["face_uri"]), np.array(d["uri"])
+    known = np.concatenate([P["lab"], P["test"]])
+    rng = np.random.default_rng(0)
+    unseen = rng.permutation(P["distract"])[: len(P["distract"]) // 2]
+    other = rng.permutation(np.setdiff1d(np.arange(len(ident)), np.concatenate([known, unseen])))
+    print("\nlabelling vs archive size (threshold 0.5; distractors scored are never in the archive)")
+    for frac in fractions:
+        keep = np.isin(photo, uri_img[np.concatenate([known, other[: int(len(other) * frac)]])])
+        cl = facejob_clusters(emb[keep], uris=list(photo[keep]), seeds=good[keep])[0][good[keep]]
+        sub = np.flatnonzero(keep & good)
+        remap = -np.ones(len(emb), np.int64)
+        remap[sub] = np.arange(len(sub))
+        m, fit = svm.fit_archive(emb[sub], remap[row[P["lab"]]], emb[row[P["lab"]]], list(ident[P["lab"]]), cl,
+                                 svm.LabelParams())
+        pt, pd = m.predict(emb[row[P["test"]]])[0], m.predict(emb[row[unseen]])[0]
+        print(f"  {frac:5.0%} of the other photos: archive {keep.sum():6d} faces, pool {len(fit['pool']):5d}: "
+              f"known {np.mean(pt == ident[P['test']]):.4f}, distractors rejected {np.mean(pd == 'unknown'):.4f} "
+              f"(Platt a={m.platt[0]:.2f} b={m.platt[1]:.2f})")
+
+
 # ------------------------------------------------------------------------------ dedup
 
 def run_dedup(lfw_out: str, n: int = 100, seed: int = 0) -> None:
@@ -346,6 +376,8 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="also sweep facejob's threshold and k")
     ap.add_argument("--no-label", action="store_true")
     ap.add_argument("--no-baselines", action="store_true", help="skip chinese whispers and DBSCAN")
+    ap.add_argument("--sizes", default="", help="also label archives holding these shares of the other photos, "
+                                                "e.g. 0.05,0.25,1 (does 'unknown' mean the same at every size?)")
     ap.add_argument("--dedup", action="store_true", help="also measure near-duplicate detection (embeds 300 copies)")
     args = ap.parse_args()
 
@@ -421,6 +453,8 @@ def main() -> None:
         print(f"{'method':<48} {'known accuracy':>15} {'distractors rejected':>21}")
         for name, acc, rej in results:
             print(name if np.isnan(acc) else f"{name:<48} {acc:15.4f} {rej:21.4f}")
+    if args.sizes:
+        run_sizes(d, [float(f) for f in args.sizes.split(",")])
     if args.dedup:
         run_dedup(args.out)
 

@@ -176,7 +176,9 @@ def add_commands(subparsers) -> None:
                                           "recorded in OUT/cluster_events.parquet.")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--threshold", type=float, default=CLUSTER_THRESHOLD,
-                   help="largest RMS face distance inside a cluster (default: %(default)s)")
+                   help="two clusters join when their RMS face distance is under this, less 0.04 / "
+                        "sqrt(faces of one x faces of the other): two single faces need 0.04 less "
+                        "(default: %(default)s)")
     p.add_argument("--k", type=int, default=CLUSTER_K, help="neighbours per face in the graph (default: %(default)s)")
     _quality_option(p)
     _metric_option(p)
