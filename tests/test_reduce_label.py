@@ -240,3 +240,26 @@ def test_corrections_name_people_and_take_faces_out(archive, tmp_path):
     # The CSV labels stay stored as given; the corrections apply on top on every run.
     assert pq.read_table(out / "labels" / "labels.parquet").num_rows == 5
     assert label(str(out)).labelled == 5
+
+
+def test_pool_faces_the_first_models_name_leave_the_pool():
+    """Photos of a named person outside their cluster and not near a labelled face land in the
+    background pool; the faces the first models name are taken out and the models retrained, so
+    they do not teach the SVMs (and the calibration) to reject that person."""
+    from facejob.reduce import svm
+
+    rng = np.random.default_rng(0)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    centres = unit(rng.normal(size=(3, 128))) * 0.5
+    xl = np.concatenate([c + rng.normal(0, 0.02, (6, 128)) for c in centres]).astype(np.float32)
+    names = [n for n in "ABC" for _ in range(6)]
+    strangers = unit(rng.normal(size=(400, 128))) * 0.5 + rng.normal(0, 0.02, (400, 128))
+    amy_far = centres[0] + unit(rng.normal(size=(6, 128))) * 0.42     # beyond pool_exclude (0.4)
+    x = np.concatenate([strangers, amy_far]).astype(np.float32)
+    m, fit = svm.fit_archive(x, -np.ones(len(xl), np.int64), xl, names, None, svm.LabelParams(pool_size=1000))
+    assert m.info["pool_named_dropped"] == 6 and not np.isin(np.arange(400, 406), fit["pool"]).any()
+    assert list(m.predict(x[400:])[0]) == ["A"] * 6
+    assert (m.predict(strangers.astype(np.float32))[0] == "unknown").mean() > 0.95

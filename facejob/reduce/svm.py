@@ -11,7 +11,9 @@ faces of exactly one person lends its other members to that person as extra posi
 extra_per_person of them), so five labelled photos teach the SVM the person's whole range.
 
 Scores become probabilities with one sigmoid (Platt scaling) fitted on held-out positives and
-held-out background faces, so "probability" means the same for every person.
+held-out background faces, so "probability" means the same for every person. The pool faces
+the first models name are taken out of the pool and the models trained again, so that it
+also means the same at every archive size (see fit_archive).
 
 Models are saved as plain arrays (npz, loaded with allow_pickle=False) and JSON: loading
 them never runs code.
@@ -140,7 +142,18 @@ def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarr
     pool = np.union1d(pool, neg)
     xp = np.concatenate([labelled_emb, x[extra]]) if len(extra) else labelled_emb
     model = train(xp, list(names) + extra_names, x[pool], params)
-    model.info.update({"extra_positives": len(extra), "curator_negatives": len(neg)})
+    # The pool still holds some of the named people's own photos (outside their clusters and
+    # not near a labelled face). In a small archive they are a large share of it, and as
+    # "strangers" they make the SVMs and their calibration reject more: `unknown` would mean
+    # something stricter in a small archive than in a large one. So the faces the first models
+    # name leave the pool (the curator's negatives stay) and the models are trained again.
+    named = model.predict(x[pool])[0] != UNKNOWN
+    cleaned = np.union1d(pool[~named], neg)
+    if len(cleaned) < len(pool):
+        pool = cleaned
+        model = train(xp, list(names) + extra_names, x[pool], params)
+    model.info.update({"extra_positives": len(extra), "curator_negatives": len(neg),
+                       "pool_named_dropped": int(named.sum())})
     return model, {"pool": pool, "extra": extra}
 
 
