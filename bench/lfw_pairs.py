@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.dataset as ds
 
 import facejob  # noqa: E402
-from facejob.audit.pairs import read_lfw_pairs as read_pairs  # noqa: E402
+from facejob.io.lfw_pairs import read_lfw_pairs as read_pairs  # noqa: E402
 from facejob.config import IndexConfig, ModelConfig, RunConfig  # noqa: E402
 from facejob.face.backends import DETECTORS  # noqa: E402
 

@@ -49,7 +49,7 @@ def load_lfw(out: str) -> dict:
 
     store = LocalStore(out)
     images = read_images(store, ["uri", "width", "height", "status"])
-    faces = read_faces(store, ["face_id", "uri", "left", "top", "right", "bottom"])
+    faces = read_faces(store, ["face_id", "uri", "left", "top", "right", "bottom", "quality"])
     uri = images.column("uri").to_pylist()
     w = images.column("width").to_numpy(zero_copy_only=False)
     h = images.column("height").to_numpy(zero_copy_only=False)
@@ -69,7 +69,8 @@ def load_lfw(out: str) -> dict:
     ident = [Path(uri[i]).parent.name for i in order]
     row = np.array([best[i][1] if i in best else -1 for i in order])
     return {"uri": [uri[i] for i in order], "identity": np.array(ident), "row": row,
-            "emb": faces.embeddings, "n_faces_total": len(faces), "face_uri": fu}
+            "emb": faces.embeddings, "n_faces_total": len(faces), "face_uri": fu,
+            "quality": faces.meta.column("quality").to_numpy(zero_copy_only=False).astype(np.float64)}
 
 
 # ------------------------------------------------------------------------- metrics
@@ -100,9 +101,11 @@ def with_missing(labels_detected: np.ndarray, detected: np.ndarray) -> np.ndarra
 # ---------------------------------------------------------------------- clusterers
 
 def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | None = None,
-                     uris: list[str] | None = None) -> tuple[np.ndarray, dict]:
+                     uris: list[str] | None = None, seeds: np.ndarray | None = None,
+                     pair_margin: float | None = None) -> tuple[np.ndarray, dict]:
     """facejob's clustering of the rows of x; `uris` (the photo of each row) makes faces of one
-    photo cannot-link, as in `facejob cluster`; without them every row is its own photo."""
+    photo cannot-link, as in `facejob cluster`; without them every row is its own photo.
+    `seeds` (default all): the rows that seed clusters; the others join one afterwards."""
     import pyarrow as pa
 
     from facejob.reduce import api
@@ -116,7 +119,8 @@ def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | Non
     faces = Faces(pa.table({"face_id": [str(i) for i in range(len(x))],
                             "uri": uris if uris is not None else [str(i) for i in range(len(x))]}), x)
     t1 = time.perf_counter()
-    roots, stats = api.cluster_faces(fi, faces, threshold or api.CLUSTER_THRESHOLD, k or api.CLUSTER_K)
+    roots, stats = api.cluster_faces(fi, faces, threshold or api.CLUSTER_THRESHOLD, k or api.CLUSTER_K, seeds=seeds,
+                                     pair_margin=api.CLUSTER_PAIR_MARGIN if pair_margin is None else pair_margin)
     stats["index_s"] = round(t1 - t0, 2)
     stats["total_s"] = round(time.perf_counter() - t0, 2)
     return roots, stats
@@ -175,6 +179,7 @@ def rates(pred_test, truth_test, pred_dis) -> tuple[float, float]:
 
 
 def run_labelling(d: dict, clusters_all: np.ndarray) -> tuple[list[tuple[str, float, float]], dict]:
+    """`clusters_all`: cluster per face of the archive (every face found), as `facejob cluster` makes them."""
     from facejob.reduce import svm
 
     P = label_protocol(d)
@@ -199,23 +204,27 @@ def run_labelling(d: dict, clusters_all: np.ndarray) -> tuple[list[tuple[str, fl
         pt, pd = predict(nn, test), predict(nn, dis)
         results.append((f"1-NN at {t}", *rates(pt, truth_test, pd)))
 
-    # The archive = every detected LFW face (centre faces), labelled ones included.
-    arch_rows = np.flatnonzero(det)
-    x_arch = emb[row[arch_rows]]
-    pos_in_arch = -np.ones(len(ident), np.int64)
-    pos_in_arch[arch_rows] = np.arange(len(arch_rows))
+    # The archive = every face found on LFW (bystanders too), as `facejob label` sees it: all
+    # are named, only those at or above the quality floor train (background, cluster-mates).
+    from facejob.config import MIN_QUALITY
+
+    x_all = emb
+    good = ~(d["quality"] < MIN_QUALITY)
+    photo_of_face = np.array(d["face_uri"])
+    uri_img = np.array(d["uri"])
     params = svm.LabelParams()
 
     def svm_run(hidden: np.ndarray) -> svm.Model:
         """facejob's training on the archive minus the images `hidden` (never seen in training)."""
-        keep = np.ones(len(arch_rows), bool)
-        keep[pos_in_arch[hidden[det[hidden]]]] = False
-        sub = np.flatnonzero(keep)
-        remap = -np.ones(len(arch_rows), np.int64)
-        remap[sub] = np.arange(len(sub))
+        keep = ~np.isin(photo_of_face, uri_img[hidden]) if len(hidden) else np.ones(len(x_all), bool)
         # The archive without the hidden images is clustered afresh, as `facejob reduce` would.
-        cl = clusters_all[arch_rows] if len(sub) == len(arch_rows) else facejob_clusters(x_arch[sub])[0]
-        model, _ = svm.fit_archive(x_arch[sub], remap[pos_in_arch[lab]], xl, list(yl), cl, params)
+        cl = clusters_all if keep.all() else facejob_clusters(
+            x_all[keep], uris=list(photo_of_face[keep]), seeds=good[keep])[0]
+        cl = cl[good[keep]]
+        sub = np.flatnonzero(keep & good)
+        remap = -np.ones(len(x_all), np.int64)
+        remap[sub] = np.arange(len(sub))
+        model, _ = svm.fit_archive(x_all[sub], remap[row[lab]], xl, list(yl), cl, params)
         return model
 
     t0 = time.perf_counter()
@@ -236,6 +245,36 @@ def run_labelling(d: dict, clusters_all: np.ndarray) -> tuple[list[tuple[str, fl
     results.append((f"  (default threshold: probability >= {params.threshold}; Platt a={m.platt[0]:.2f} b={m.platt[1]:.2f})",
                     float("nan"), float("nan")))
     return results, P
+
+
+def run_sizes(d: dict, fractions: list[float]) -> None:
+    """The labelling protocol on archives of different sizes: the known people's photos plus a
+    share of the other photos; half the distractors are never in any archive and are the ones
+    scored, so only the archive's size changes between rows."""
+    from facejob.reduce import svm
+    from facejob.config import MIN_QUALITY
+
+    P = label_protocol(d)
+    ident, row, emb = d["identity"], d["row"], d["emb"]
+    good = ~(d["quality"] < MIN_QUALITY)
+    photo, uri_img = np.array(d["face_uri"]), np.array(d["uri"])
+    known = np.concatenate([P["lab"], P["test"]])
+    rng = np.random.default_rng(0)
+    unseen = rng.permutation(P["distract"])[: len(P["distract"]) // 2]
+    other = rng.permutation(np.setdiff1d(np.arange(len(ident)), np.concatenate([known, unseen])))
+    print("\nlabelling vs archive size (threshold 0.5; distractors scored are never in the archive)")
+    for frac in fractions:
+        keep = np.isin(photo, uri_img[np.concatenate([known, other[: int(len(other) * frac)]])])
+        cl = facejob_clusters(emb[keep], uris=list(photo[keep]), seeds=good[keep])[0][good[keep]]
+        sub = np.flatnonzero(keep & good)
+        remap = -np.ones(len(emb), np.int64)
+        remap[sub] = np.arange(len(sub))
+        m, fit = svm.fit_archive(emb[sub], remap[row[P["lab"]]], emb[row[P["lab"]]], list(ident[P["lab"]]), cl,
+                                 svm.LabelParams())
+        pt, pd = m.predict(emb[row[P["test"]]])[0], m.predict(emb[row[unseen]])[0]
+        print(f"  {frac:5.0%} of the other photos: archive {keep.sum():6d} faces, pool {len(fit['pool']):5d}: "
+              f"known {np.mean(pt == ident[P['test']]):.4f}, distractors rejected {np.mean(pd == 'unknown'):.4f} "
+              f"(Platt a={m.platt[0]:.2f} b={m.platt[1]:.2f})")
 
 
 # ------------------------------------------------------------------------------ dedup
@@ -336,6 +375,9 @@ def main() -> None:
     ap.add_argument("--full-linkage", action="store_true", help="also run all-pairs average linkage (n^2)")
     ap.add_argument("--sweep", action="store_true", help="also sweep facejob's threshold and k")
     ap.add_argument("--no-label", action="store_true")
+    ap.add_argument("--no-baselines", action="store_true", help="skip chinese whispers and DBSCAN")
+    ap.add_argument("--sizes", default="", help="also label archives holding these shares of the other photos, "
+                                                "e.g. 0.05,0.25,1 (does 'unknown' mean the same at every size?)")
     ap.add_argument("--dedup", action="store_true", help="also measure near-duplicate detection (embeds 300 copies)")
     args = ap.parse_args()
 
@@ -361,17 +403,23 @@ def main() -> None:
     # What `facejob cluster` does: every face of the archive (also the bystanders of an LFW
     # photo), faces of one photo cannot-link; scored on each image's subject face.
     t0 = time.perf_counter()
-    every, st_all = facejob_clusters(d["emb"], uris=d["face_uri"])
-    add("facejob, all faces, same-photo cannot-link", every[d["row"][det]], time.perf_counter() - t0)
+    from facejob.config import MIN_QUALITY
+
+    seeds = ~(d["quality"] < MIN_QUALITY)
+    every, st_all = facejob_clusters(d["emb"], uris=d["face_uri"], seeds=seeds)
+    add("facejob cluster (all faces, floor, 1 photo)", every[d["row"][det]], time.perf_counter() - t0)
+    print(f"  facejob cluster: {(~seeds).sum()} faces below quality {MIN_QUALITY} ({(~seeds[d['row'][det]]).sum()} "
+          f"of them subject faces), {st_all['attached']} joined a cluster")
     every_free, _ = facejob_clusters(d["emb"])
     add("facejob, all faces, no same-photo rule", every_free[d["row"][det]], 0.0)
     print(f"  facejob on all {len(d['emb'])} faces: {st_all}")
     for name, lab in (("with", every), ("without", every_free)):
         pairs = collections.Counter(zip(d["face_uri"], lab.tolist()))
         print(f"  {name} the same-photo rule: {sum(c > 1 for c in pairs.values())} clusters hold two faces of one photo")
-    t0 = time.perf_counter()
-    add("chinese whispers 0.5 (dlib)", chinese_whispers(x, 0.5), time.perf_counter() - t0)
-    for eps in (0.5, 0.55, 0.6):
+    for eps in ((0.5, 0.55, 0.6) if not args.no_baselines else ()):
+        if eps == 0.5:
+            t0 = time.perf_counter()
+            add("chinese whispers 0.5 (dlib)", chinese_whispers(x, 0.5), time.perf_counter() - t0)
         for ms in (3, 4):
             t0 = time.perf_counter()
             add(f"DBSCAN eps {eps} min_samples {ms}", dbscan(x, eps, ms), time.perf_counter() - t0)
@@ -398,16 +446,15 @@ def main() -> None:
             print(f"  k={k:<3} " + "  ".join(line))
 
     if not args.no_label:
-        clusters_all = np.full(len(truth_all), -1, np.int64)
-        clusters_all[det] = ours
-        clusters_all[~det] = -2 - np.arange((~det).sum())
-        results, P = run_labelling(d, clusters_all)
+        results, P = run_labelling(d, every)
         print(f"\nlabelling: {len(P['known'])} people with >= 10 images, 5 labelled each ({len(P['lab'])} faces); "
               f"{len(P['test'])} of their other images to name ({P['test_detected']} with a face found); "
               f"{len(P['distract'])} single-image people to reject ({P['distract_detected']} with a face found)")
         print(f"{'method':<48} {'known accuracy':>15} {'distractors rejected':>21}")
         for name, acc, rej in results:
             print(name if np.isnan(acc) else f"{name:<48} {acc:15.4f} {rej:21.4f}")
+    if args.sizes:
+        run_sizes(d, [float(f) for f in args.sizes.split(",")])
     if args.dedup:
         run_dedup(args.out)
 

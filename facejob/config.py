@@ -281,20 +281,31 @@ def model_differences(store, model: ModelConfig) -> dict[str, tuple[Any, Any]]:
 
 # ------------------------------------------------------------------ the reducer's defaults
 # Clustering defaults: two clusters join when the RMS distance between their faces is at most
-# CLUSTER_THRESHOLD, looking only at clusters linked by one of each face's CLUSTER_K nearest
-# neighbours. On all of LFW (dlib descriptors) both pairwise F >= 0.94 and BCubed F >= 0.92
-# hold for thresholds 0.505-0.525; the default is the middle (bench/lfw_reduce.py --sweep).
+# CLUSTER_THRESHOLD - CLUSTER_PAIR_MARGIN / sqrt(n_a * n_b) (two single faces: 0.49; large
+# groups: up to 0.53), looking only at clusters linked by one of each face's CLUSTER_K nearest
+# neighbours. On all of LFW (RetinaFace + torch descriptors, bench/lfw_reduce.py) a flat 0.515
+# gave pairwise F 0.953 / BCubed F 0.927: most errors were pairs and triples of different
+# people joined on one short distance; 0.53 with the 0.04 margin gives 0.963 / 0.933
+# (thresholds 0.525-0.54 with margins 0.03-0.07: pairwise F 0.955-0.963, BCubed F 0.932-0.934).
 # It is below dlib's 0.6 pair threshold because it bounds the RMS over all pairs of two groups.
-CLUSTER_THRESHOLD = 0.515
+CLUSTER_THRESHOLD = 0.53
+CLUSTER_PAIR_MARGIN = 0.04
 CLUSTER_K = 10
 CLUSTER_MAX_EDGE = 0.9   # longer kNN edges never lead to a merge at this threshold; dropped early
 
-# Quality floor (facejob/face/quality.py): cluster and label only faces with quality >= MIN_QUALITY,
-# so tiny or blurred faces (which a strong detector finds) do not pollute identities. 0.5
-# leaves out faces under 20 px and chips with Laplacian variance under 10 (on LFW View 1's
-# photos, RetinaFace: 58 of 4,992 main faces). Faces of outputs written before the quality
-# column have unknown quality and are kept. Every face stays searchable.
-MIN_QUALITY = 0.5
+# Quality floor (facejob/face/quality.py): only faces with quality >= MIN_QUALITY seed clusters and
+# train the SVMs; the others are still clustered (joined to the one cluster they are near) and
+# named. From bench/quality_floor.py (all LFW + groups/, labelled/, no_face/, RetinaFace):
+#   floor                          0.2     0.3     0.4     0.5
+#   LFW subject faces (matchable)  0.03 %  0.15 %  0.46 %  0.96 %   dropped
+#   hand-boxed / labelled faces    0.7 %   2.2 %   5.2 %   6.0 %
+#   LFW bystander faces            15 %    18 %    21 %    24 %     (small, blurred, cut off)
+#   false faces (no_face/, groups)  0 of 1 at any floor (a printed face on a mug, quality 1.0)
+# The floor cannot catch false faces (the detector's thresholds do); it sorts out small and
+# blurred ones. 0.3 keeps 99.85 % of LFW's matchable faces and 98 % of the group photos'
+# hand-boxed ones while leaving out a fifth of the bystanders. Faces of outputs written before
+# the quality column have unknown quality and seed.
+MIN_QUALITY = 0.3
 
 
 @dataclass(frozen=True)
@@ -323,8 +334,13 @@ class ReduceConfig(_Settings):
     label_threshold: float | None = setting(None, "lowest probability that names a face, else `unknown`; saved "
                                                   "with the label models (default: the saved one, else "
                                                   f"{LabelParams().threshold})", metavar="P")
-    min_quality: float = setting(MIN_QUALITY, "cluster and label only faces of quality >= Q (0..1, from face "
-                                              "size and chip sharpness; 0 = all)", metavar="Q")
+    min_quality: float = setting(MIN_QUALITY, "only faces of quality >= Q (0..1, from face size and chip "
+                                              "sharpness) seed clusters and train the SVMs; the others are "
+                                              "still clustered and named (0 = all seed)", metavar="Q")
+    metric: str = setting("learned", "learned: compare faces through the metric head trained on the curator's "
+                                     "labels when OUT has one (labels/metric.npz, kept only when it beats the "
+                                     "plain descriptors on held-out people); plain: the descriptors as indexed",
+                          choices=("learned", "plain"))
     rebuild_index: bool = setting(False, "build the face search index from scratch instead of extending it")
     labels: str | None = setting(None, "new labels (CSV, folder per person, or an s3:// CSV) added to the ones "
                                        "stored in OUT; none: the stored ones", metavar="LABELS")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from facejob.audit import AuditConfig, AuditError, FaceRef, Pair
-from facejob.audit.pairs import lfw_pairs, read_lfw_pairs
+from facejob.audit.pairs import lfw_pairs
+from facejob.io.lfw_pairs import read_lfw_pairs
 
 SAME = ("Abdullah_Gul/Abdullah_Gul_0013.jpg", "Abdullah_Gul/Abdullah_Gul_0014.jpg")
 DIFFERENT = ("AJ_Lamas/AJ_Lamas_0001.jpg", "Zach_Safrin/Zach_Safrin_0001.jpg")

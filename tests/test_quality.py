@@ -46,21 +46,66 @@ def _set_quality(out: Path, low: set[str] | None, drop: bool = False) -> None:
         pq.write_table(t, part)
 
 
-def test_reduce_leaves_out_faces_below_the_floor(data_dir, tmp_path):
+def test_faces_below_the_floor_are_clustered_and_named_but_do_not_seed_or_train(data_dir, tmp_path):
+    """Every fifth face is marked low quality: each still gets a cluster and a prediction (with
+    its quality); those that join a cluster join their own person's, never one holding another
+    face of their photo; the SVMs' background pool holds none of them."""
+    from collections import Counter
+
     from facejob.reduce import api
+    from tests.test_reduce_data import person
 
     out = tmp_path / "out"
     make_out(out, photos(data_dir))
-    ids = pq.read_table(out / "faces", columns=["face_id"]).column("face_id").to_pylist()
+    faces = pq.read_table(out / "faces", columns=["face_id", "uri"]).to_pylist()
+    ids = [r["face_id"] for r in faces]
+    who = {r["face_id"]: person(r["uri"]) for r in faces}
     low = set(ids[::5])
     _set_quality(out, low)
-    r = api.reduce(str(out))
-    assert r.cluster.left_out == len(low) and r.cluster.faces == len(ids) - len(low)
-    clustered = set(pq.read_table(out / "clusters.parquet").column("face_id").to_pylist())
-    assert clustered == set(ids) - low
-    assert r.faces == len(ids)   # all of them stay in the search index
-    s = api.cluster(str(out), min_quality=0)
-    assert s.left_out == 0 and s.faces == len(ids)
+    s = api.cluster(str(out))
+    assert s.low_quality == len(low) and s.faces == len(ids)
+    cl = pq.read_table(out / "clusters.parquet").to_pylist()
+    assert {r["face_id"] for r in cl} == set(ids)
+    members: dict[int, list[dict]] = {}
+    for r in cl:
+        members.setdefault(r["cluster_id"], []).append(r)
+    joined = [r for r in cl if r["face_id"] in low and len(members[r["cluster_id"]]) > 1]
+    assert len(joined) == s.attached >= len(low) // 2, (len(joined), len(low))
+    for r in joined:
+        seeds = [who[m["face_id"]] for m in members[r["cluster_id"]] if m["face_id"] not in low]
+        assert seeds and Counter(seeds).most_common(1)[0][0] == who[r["face_id"]]
+    assert all(len({m["uri"] for m in ms}) == len(ms) for ms in members.values())
+
+    by: dict[str, list[str]] = {}
+    for r in faces:
+        if "dlib_johns" in r["uri"] and r["face_id"] not in low:
+            by.setdefault(who[r["face_id"]], []).append(r["face_id"])
+    csv = tmp_path / "labels.csv"
+    csv.write_text("face_id,name\n" + "".join(f"{f},{n}\n" for n, fs in by.items() for f in fs[:3]))
+    ls = api.label(str(out), csv)
+    assert ls.low_quality == len(low) and ls.faces == len(ids)
+    assert ls.background <= len(ids) - len(low)
+    pred = {r["face_id"]: r for r in pq.read_table(out / "predictions.parquet").to_pylist()}
+    assert set(pred) == set(ids)
+    assert all(abs(pred[f]["quality"] - 0.1) < 1e-6 for f in low)
+    low_johns = [r["face_id"] for r in faces if r["face_id"] in low and "dlib_johns" in r["uri"]]
+    right = [pred[f]["label"] == who[f] for f in low_johns]
+    assert np.mean(right) >= 0.8, right
+    assert api.cluster(str(out), min_quality=0).low_quality == 0
+
+
+def test_attach_joins_only_the_one_cluster_in_reach():
+    from facejob.reduce.linkage import attach
+
+    x = np.array([[0, 0], [0.1, 0], [1, 0], [1.1, 0]], np.float32)
+    roots = np.array([0, 0, 2, 2])
+    q = np.array([[0.05, 0.1], [0.55, 0], [5, 5], [0.05, -0.1]], np.float32)
+    cand = np.array([[0, 2], [1, 2], [0, 3], [1, 3]])
+    blocked = np.array([[False, False], [False, False], [False, False], [True, False]])
+    to, d = attach(x, roots, q, cand, threshold=0.6, blocked=blocked)
+    # near cluster 0 only; in reach of both (ambiguous); in reach of none; its cluster is barred
+    assert to.tolist() == [0, -1, -1, -1]
+    assert d[0] < 0.2 and np.isinf(d).sum() == 0
 
 
 def test_outputs_without_quality_are_read_as_unknown_and_kept(data_dir, tmp_path):
@@ -74,4 +119,4 @@ def test_outputs_without_quality_are_read_as_unknown_and_kept(data_dir, tmp_path
     faces = read_faces(LocalStore(out), ("face_id", "quality"))
     assert len(faces) > 0 and faces.meta.column("quality").null_count == len(faces)
     s = api.cluster(str(out))
-    assert s.left_out == 0 and s.faces == len(faces)
+    assert s.low_quality == 0 and s.faces == len(faces)

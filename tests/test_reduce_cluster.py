@@ -153,3 +153,20 @@ def test_representative_is_nearest_the_mean():
     x = np.array([[0, 0], [1, 0], [0.4, 0], [5, 5], [5, 6]], np.float32)
     roots, size, rep = representatives(x, np.array([0, 0, 0, 3, 3]))
     assert list(roots) == [0, 3] and list(size) == [3, 2] and rep[0] == 2 and rep[1] in (3, 4)
+
+
+def test_pair_margin_asks_more_of_two_single_faces_than_of_groups():
+    """Two faces 0.5 apart join at threshold 0.53 alone, not with the 0.04 pair margin (limit
+    0.49); two groups of four whose RMS distance is 0.5 still join (limit 0.53 - 0.04 / 4)."""
+    from facejob.reduce.linkage import agglomerate
+
+    pair = np.array([[0, 0], [0.5, 0]], np.float32)
+    edge = np.array([0]), np.array([1])
+    assert agglomerate(pair, *edge, 0.53)[0].tolist() == [0, 0]
+    assert agglomerate(pair, *edge, 0.53, pair_margin=0.04)[0].tolist() == [0, 1]
+    # two tight groups (must-linked, so they start whole) whose centres are ~0.5 apart
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.02, (4, 2)), rng.normal(0, 0.02, (4, 2)) + [0.5, 0]]).astype(np.float32)
+    must = np.array([[0, 1], [0, 2], [0, 3], [4, 5], [4, 6], [4, 7]])
+    roots, _ = agglomerate(x, np.array([0]), np.array([4]), 0.53, must_link=must, pair_margin=0.04)
+    assert len(set(roots.tolist())) == 1

@@ -222,7 +222,44 @@ def test_corrections_name_people_and_take_faces_out(archive, tmp_path):
     pred = {r["face_id"]: r for r in pq.read_table(out / "predictions.parquet").to_pylist()}
     assert pred[howard[0]]["label"] == "Howard" and pred[howard[0]]["labelled"]
     assert pred[amy[0]]["label"] != "Amy" and not pred[amy[0]]["labelled"]
+    # Its probability is that of the label it got (or, for `unknown`, that it is none of the
+    # people it may be), never Amy's: it means the same as for every other face.
+    from facejob.reduce.svm import load_model
+
+    m = load_model(LocalStore(out))
+    x = np.array([r["embedding"] for r in ids if r["face_id"] == amy[0]], np.float32)
+    free, p_free = m.predict(x)
+    assert free[0] == "Amy" and p_free[0] >= 0.5          # without the correction it would be Amy
+    got, p_got = m.predict(x, {0: {"Amy"}})
+    assert (pred[amy[0]]["label"], pred[amy[0]]["probability"]) == (got[0], pytest.approx(float(p_got[0])))
+    if got[0] == "unknown":
+        assert p_got[0] > 0.5 and abs(p_got[0] - p_free[0]) > 1e-3
+    for r in pred.values():      # every face: a name at >= threshold, or unknown at > 1 - threshold
+        assert r["probability"] >= 0.5 if r["label"] != "unknown" else r["probability"] > 0.5
     assert all(pred[f]["label"] == "Amy" for f in amy[1:3])
     # The CSV labels stay stored as given; the corrections apply on top on every run.
     assert pq.read_table(out / "labels" / "labels.parquet").num_rows == 5
     assert label(str(out)).labelled == 5
+
+
+def test_pool_faces_the_first_models_name_leave_the_pool():
+    """Photos of a named person outside their cluster and not near a labelled face land in the
+    background pool; the faces the first models name are taken out and the models retrained, so
+    they do not teach the SVMs (and the calibration) to reject that person."""
+    from facejob.reduce import svm
+
+    rng = np.random.default_rng(0)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    centres = unit(rng.normal(size=(3, 128))) * 0.5
+    xl = np.concatenate([c + rng.normal(0, 0.02, (6, 128)) for c in centres]).astype(np.float32)
+    names = [n for n in "ABC" for _ in range(6)]
+    strangers = unit(rng.normal(size=(400, 128))) * 0.5 + rng.normal(0, 0.02, (400, 128))
+    amy_far = centres[0] + unit(rng.normal(size=(6, 128))) * 0.42     # beyond pool_exclude (0.4)
+    x = np.concatenate([strangers, amy_far]).astype(np.float32)
+    m, fit = svm.fit_archive(x, -np.ones(len(xl), np.int64), xl, names, None, svm.LabelParams(pool_size=1000))
+    assert m.info["pool_named_dropped"] == 6 and not np.isin(np.arange(400, 406), fit["pool"]).any()
+    assert list(m.predict(x[400:])[0]) == ["A"] * 6
+    assert (m.predict(strangers.astype(np.float32))[0] == "unknown").mean() > 0.95

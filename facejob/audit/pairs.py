@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facejob.io.lfw_pairs import read_lfw_pairs
+
 log = logging.getLogger(__name__)
 
 
@@ -32,20 +34,6 @@ class Pair:
     probe: FaceRef
     reference: FaceRef
     same: bool
-
-
-def read_lfw_pairs(path: str | Path) -> list[tuple[str, str, bool]]:
-    """(relative path a, relative path b, same person) for each line of an LFW pairs file."""
-    pairs = []
-    for n, line in enumerate(Path(path).read_text().splitlines()[1:], start=2):
-        p = line.split()
-        if len(p) == 3:
-            pairs.append((f"{p[0]}/{p[0]}_{int(p[1]):04d}.jpg", f"{p[0]}/{p[0]}_{int(p[2]):04d}.jpg", True))
-        elif len(p) == 4:
-            pairs.append((f"{p[0]}/{p[0]}_{int(p[1]):04d}.jpg", f"{p[2]}/{p[2]}_{int(p[3]):04d}.jpg", False))
-        elif p:
-            raise ValueError(f"{path}:{n}: not an LFW pair line (name i j | name1 i name2 j): {line!r}")
-    return pairs
 
 
 def lfw_pairs(path: str | Path, images: str | Path, limit: int = 0) -> list[Pair]:

@@ -9,6 +9,7 @@
     labels/labels.parquet, labels/model.npz, labels/model.json
     labels/corrections.json          the curator's corrections from the report page
     labels/corrections_faces.parquet where each face a correction names was last seen (to follow it)
+    labels/metric.npz, labels/metric.json   the learned metric head (facejob.reduce.metric), when it helps
     predictions.parquet, duplicates.parquet
     report/                          `facejob report`: the review site (index.html, b/BUILD/, photos/)
     quarantine/<time>/images|faces/  damaged parts moved aside (facejob.indexing.plan.quarantine)
@@ -25,6 +26,7 @@ CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_
 LABELS_STORED, LABEL_MODEL_NPZ, LABEL_MODEL_JSON = "labels/labels.parquet", "labels/model.npz", "labels/model.json"
 PREDICTIONS, DUPLICATES = "predictions.parquet", "duplicates.parquet"
 CORRECTIONS, CORRECTION_FACES = "labels/corrections.json", "labels/corrections_faces.parquet"
+METRIC_NPZ, METRIC_JSON = "labels/metric.npz", "labels/metric.json"
 REPORT_DIR = "report"
 
 

@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 
 from facejob.config import EXTENSIONS, ModelConfig, ReduceConfig
 from facejob.contract.layout import (
-    CLUSTERS, CLUSTERS_JSON, DUPLICATES, EVENTS, LABEL_MODEL_JSON, LABELS_STORED, PREDICTIONS, RUN_JSON,
+    CLUSTERS, CLUSTERS_JSON, DUPLICATES, EVENTS, LABEL_MODEL_JSON, LABELS_STORED, METRIC_JSON, PREDICTIONS,
+    RUN_JSON,
 )
 from facejob.io.lock import writes_output
 from facejob.contract.schema import EMBEDDING_DIM
@@ -26,6 +27,7 @@ from facejob.io.storage import Store, open_store, read_parquet, write_parquet
 
 from . import corrections as corr
 from . import duplicates as dd
+from . import metric as lm
 from . import svm as lb
 from .embeddings import META_COLUMNS, Faces, read_faces, read_images
 from .follow import follow
@@ -34,8 +36,10 @@ from .graph import knn_graph
 from .hnsw import FaceIndex, IndexParams, update_index
 from .hnsw import load as load_index
 from .labels_input import Labelled, read_csv, read_folder, too_few
-from facejob.config import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams
-from .linkage import agglomerate, representatives
+from facejob.config import (
+    CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD, MIN_QUALITY, LabelParams,
+)
+from .linkage import _components, agglomerate, attach, representatives
 from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
@@ -55,6 +59,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("label", pa.string()), ("probability", pa.float32()),
     ("labelled", pa.bool_()),             # named by the curator (label kept as given)
     ("uri", pa.string()), ("face_idx", pa.int32()),
+    ("quality", pa.float32()),            # the face's quality (facejob.face.quality); null if unknown
 ])
 LABELS_SCHEMA = pa.schema([
     ("name", pa.string()), ("face_id", pa.string()), ("source", pa.string()),
@@ -99,66 +104,121 @@ class ClusterSummary:
     rounds: int
     edges: int
     timings: dict[str, float] = field(default_factory=dict)
-    left_out: int = 0          # faces below the quality floor, not clustered
+    low_quality: int = 0       # faces below the quality floor: not cluster seeds, attached afterwards
+    attached: int = 0          # of those, joined to the one cluster they are near (the rest: alone)
 
 
-def quality_floor(faces: Faces, min_quality: float) -> tuple[Faces, int]:
-    """The faces with quality >= min_quality (unknown quality passes), and how many were left out."""
+def above_floor(faces: Faces, min_quality: float) -> np.ndarray:
+    """Per face: quality >= min_quality (unknown quality passes)."""
     if min_quality <= 0 or "quality" not in faces.meta.column_names:
-        return faces, 0
+        return np.ones(len(faces), bool)
     q = faces.meta.column("quality").to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
-    keep = ~(q < min_quality)
-    if keep.all():
-        return faces, 0
-    idx = np.flatnonzero(keep)
-    return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx]), int(len(q) - len(idx))
+    return ~(q < min_quality)
+
+
+def _subset(faces: Faces, rows: np.ndarray) -> Faces:
+    return Faces(meta=faces.meta.take(pa.array(rows)), embeddings=faces.embeddings[rows])
 
 
 def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
-                  threads: int = -1, applied: corr.Applied | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Cluster label (root row) per face of `faces`, and stats: the kNN graph then agglomeration.
+                  threads: int = -1, applied: corr.Applied | None = None,
+                  seeds: np.ndarray | None = None, head: lm.Head | None = None,
+                  pair_margin: float = CLUSTER_PAIR_MARGIN) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cluster label (a row of `faces`) per face of `faces`, and stats.
 
-    Faces of one photo (same uri) are cannot-link; `applied` corrections add must-link ("same
-    person") and cannot-link ("not this person") pairs.
+    The `seeds` faces (default: all) are clustered: the kNN graph then agglomeration. Faces of
+    one photo (same uri) are cannot-link; `applied` corrections add must-link ("same person")
+    and cannot-link ("not this person") pairs. Every other face then joins the one seed cluster
+    it is near (`linkage.attach`) unless that cluster holds a face it cannot be; else it stays
+    alone. With a metric `head`, distances are those of the learned descriptors (the kNN graph
+    that proposes candidates still comes from the plain ones).
     """
     t0 = time.perf_counter()
-    eu, ev, _ = knn_graph(fi, faces.embeddings, fi.rows_for(faces), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
+    n = len(faces)
+    seed_rows = np.arange(n) if seeds is None else np.flatnonzero(seeds)
+    rest = np.setdiff1d(np.arange(n), seed_rows)
+    sf = faces if len(rest) == 0 else _subset(faces, seed_rows)
+    eu, ev, _ = knn_graph(fi, sf.embeddings, fi.rows_for(sf), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
     t1 = time.perf_counter()
-    cannot = corr.photo_pairs(faces.meta.column("uri"))
+    cannot = corr.photo_pairs(sf.meta.column("uri"))
     must = np.empty((0, 2), np.int64)
     if applied is not None:
-        must = corr.rows_of(faces.face_ids, applied.must)
-        cannot = np.concatenate([cannot, corr.rows_of(faces.face_ids, applied.cannot)])
-    roots, rounds = agglomerate(faces.embeddings, eu, ev, threshold, must_link=must, cannot_link=cannot)
+        must = corr.rows_of(sf.face_ids, applied.must)
+        cannot = np.concatenate([cannot, corr.rows_of(sf.face_ids, applied.cannot)])
+    x = head.apply(faces.embeddings) if head is not None else faces.embeddings
+    roots, rounds = agglomerate(x[seed_rows], eu, ev, threshold, must_link=must, cannot_link=cannot,
+                                pair_margin=pair_margin)
+    labels = np.arange(n)
+    labels[seed_rows] = seed_rows[roots]
+    attached = _attach_rest(fi, faces, x, labels, rest, seed_rows, threshold, k, applied, pair_margin)
     t2 = time.perf_counter()
-    return roots, {"edges": len(eu), "rounds": rounds, "must_link": len(must), "cannot_link": len(cannot),
-                   "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
+    return labels, {"edges": len(eu), "rounds": rounds, "must_link": len(must), "cannot_link": len(cannot),
+                    "attached": attached, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
+
+
+def _attach_rest(fi: FaceIndex, faces: Faces, x: np.ndarray, labels: np.ndarray, rest: np.ndarray,
+                 seed_rows: np.ndarray, threshold: float, k: int, applied: corr.Applied | None,
+                 pair_margin: float) -> int:
+    """Give the non-seed faces `rest` the cluster label they unambiguously belong to (in place);
+    how many got one. A cluster holding a face of the same photo, or one the curator said this
+    face is not, is out; two faces of one photo never join one cluster (the nearer one does)."""
+    if len(rest) == 0 or len(seed_rows) == 0:
+        return 0
+    seed_pos = np.full(len(faces) + 1, -1, np.int64)      # face row -> row among the seeds; [-1] -> -1
+    seed_pos[seed_rows] = np.arange(len(seed_rows))
+    lab, _ = fi.query(faces.embeddings[rest], 2 * k, ef=max(4 * k, 64))
+    cand = fi.rows_for(faces)[lab]
+    cand[seed_pos[cand] < 0] = -1
+    uri = faces.meta.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    photo_in = set(zip(uri[seed_rows].tolist(), labels[seed_rows].tolist()))
+    no = {}
+    if applied is not None:
+        for a, b in corr.rows_of(faces.face_ids, applied.cannot).tolist():
+            no.setdefault(a, set()).add(int(labels[b]))
+            no.setdefault(b, set()).add(int(labels[a]))
+    cl = labels[np.maximum(cand, 0)]
+    blocked = np.array([[(uri[r], c) in photo_in or c in no.get(int(r), ()) for c in row]
+                        for r, row in zip(rest.tolist(), cl.tolist())], bool).reshape(cand.shape)
+    to, dist = attach(x[seed_rows], labels[seed_rows], x[rest], seed_pos[cand], threshold, blocked, pair_margin)
+    # One face per photo in a cluster: among extra faces of one photo aiming at one cluster, the nearest joins.
+    taken: set[tuple[int, int]] = set()
+    joined = 0
+    for i in np.argsort(dist, kind="stable").tolist():
+        key = (int(uri[rest[i]]), int(to[i]))
+        if to[i] >= 0 and key not in taken:
+            taken.add(key)
+            labels[rest[i]] = to[i]
+            joined += 1
+    return joined
 
 
 @writes_output("cluster")
 def cluster(out: str | Store, threshold: float | None = None, k: int | None = None,
             faces: Faces | None = None, fi: FaceIndex | None = None,
-            min_quality: float = MIN_QUALITY) -> ClusterSummary:
-    """Cluster the faces of OUT at or above the quality floor into identities →
-    OUT/clusters.parquet, keeping earlier ids.
+            min_quality: float = MIN_QUALITY, metric: str = "learned") -> ClusterSummary:
+    """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
 
-    `threshold` and `k` are kept in OUT/clusters.json; left out (None), the kept ones are used
-    (else CLUSTER_THRESHOLD and CLUSTER_K), so a threshold given once holds for later runs.
-
-    Reuses the saved index (extending it first if faces were added). Merges and splits of
-    earlier clusters are appended to OUT/cluster_events.parquet. The corrections stored in
-    OUT/labels/corrections.json are kept (see facejob.reduce.corrections).
+    Faces at or above the quality floor seed the clusters; each face below it then joins the
+    one cluster it is near, or stays alone. `threshold` and `k` are kept in OUT/clusters.json;
+    left out (None), the kept ones are used (else CLUSTER_THRESHOLD and CLUSTER_K), so a
+    threshold given once holds for later runs. Reuses the saved index (extending it first if
+    faces were added). Merges and splits of earlier clusters are appended to
+    OUT/cluster_events.parquet. The corrections stored in OUT/labels/corrections.json are kept
+    (see facejob.reduce.corrections). `metric`: "learned" uses the metric head when OUT has one.
     """
     store = _store(out)
     kept = saved_cluster_params(store)
     threshold = kept[0] if threshold is None else threshold
     k = kept[1] if k is None else k
+    head = _metric_head(store, metric)
     faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
     applied = corr.resolve(_corrections(store, faces))
-    faces, left_out = quality_floor(faces, min_quality)
+    seeds = above_floor(faces, min_quality)
+    # A face the curator put with others is a seed whatever its quality: the curator's word wins.
+    seeds[corr.rows_of(faces.face_ids, applied.must).reshape(-1)] = True
     t0 = time.perf_counter()
-    roots, stats = cluster_faces(fi, faces, threshold, k, applied=applied)
+    roots, stats = cluster_faces(fi, faces, threshold, k, applied=applied, seeds=seeds, head=head)
     prev_id, next_id, old_ids = _previous_clusters(store, faces)
     a = assign_ids(roots, prev_id, next_id)
     gone = np.setdiff1d(old_ids, np.concatenate([prev_id[prev_id >= 0], [-1]]))
@@ -187,13 +247,14 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
         largest=int(size.max()) if len(size) else 0, merges=sum(e["event"] == "merge" for e in events),
         splits=sum(e["event"] == "split" for e in events), gone=len(gone), rounds=stats["rounds"],
         edges=stats["edges"], timings={"knn_s": stats["knn_s"], "merge_s": stats["merge_s"],
-                                       "total_s": round(time.perf_counter() - t0, 2)}, left_out=left_out)
+                                       "total_s": round(time.perf_counter() - t0, 2)},
+        low_quality=int((~seeds).sum()), attached=stats["attached"])
     store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
                                                  "updated_at": now, **asdict(summary)}, indent=2).encode())
     log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded; "
-             "%d faces below quality %.2f left out; %d must-link, %d cannot-link pairs", summary.faces,
-             summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits, left_out,
-             min_quality, stats["must_link"], stats["cannot_link"])
+             "%d faces below quality %.2f (%d joined a cluster); %d must-link, %d cannot-link pairs", summary.faces,
+             summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits,
+             summary.low_quality, min_quality, summary.attached, stats["must_link"], stats["cannot_link"])
     return summary
 
 
@@ -234,7 +295,8 @@ class LabelSummary:
     per_person: dict[str, int] = field(default_factory=dict)
     followed: int = 0        # labels moved to the new face id of a moved or re-encoded photo
     gone: list[dict] = field(default_factory=list)   # labels on deleted photos: still training examples
-    left_out: int = 0        # faces below the quality floor, not named
+    low_quality: int = 0     # faces below the quality floor: named too, but they do not train the SVMs
+    low_quality_named: int = 0
 
 
 def read_labels(out: str | Store, labels: str | Path, faces: Faces | None = None) -> Labelled:
@@ -323,16 +385,18 @@ def saved_label_params(out: str | Store) -> LabelParams:
 @writes_output("label")
 def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
           replace: bool = False, faces: Faces | None = None, min_quality: float = MIN_QUALITY,
-          corrections: str | Path | None = None) -> LabelSummary:
-    """Train per-person SVMs from the curator's labels and name every face at or above the
-    quality floor → OUT/predictions.parquet (a labelled face below it still teaches its person).
+          corrections: str | Path | None = None, metric: str = "learned") -> LabelSummary:
+    """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
+    Faces below the quality floor are named too (with their quality) but are not background or
+    extra positives; a labelled face below it still teaches its person.
 
     `labels` (CSV or folder tree) is added to the labels stored in OUT/labels/ (or replaces them
     with `replace`); without it the stored labels are used again (after new photos came in).
     `params` default to the ones saved with the last models (e.g. an earlier `--threshold`).
     `corrections` (a file the report page downloaded) is added to OUT/labels/corrections.json;
     the names stored there are labels too, and a face marked "not this person" is a negative
-    for that person and never gets that name.
+    for that person and never gets that name. The metric head is retrained first when the
+    labels changed; with `metric` "learned" the SVMs work on its descriptors when there is one.
     """
     store = _store(out)
     params = params if params is not None else saved_label_params(store)
@@ -355,43 +419,120 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     if few:
         raise LabelsError("labels: " + "; ".join(few))
     write_parquet(store, LABELS_STORED, stored)
+    head = _refresh_metric(store, every) if metric == "learned" else _metric_head(store, metric)
 
-    faces, left_out = quality_floor(every, min_quality)
+    good = above_floor(every, min_quality)
+    faces = _subset(every, np.flatnonzero(good)) if not good.all() else every   # what the SVMs learn from
     names = table.column("name").to_pylist()
     xl = _emb(table.column("embedding"))
     rows = pc.index_in(table.column("face_id"), faces.face_ids).fill_null(-1).to_numpy().astype(np.int64)
     clusters = _cluster_rows(store, faces)
     negatives = pc.index_in(pa.array(sorted(applied.not_faces), pa.string()), faces.face_ids)
     negatives = np.setdiff1d(negatives.drop_null().to_numpy().astype(np.int64), rows)
-    model, fit = lb.fit_archive(faces.embeddings, rows, xl, names, clusters, params, negatives=negatives)
+    learned = (lambda v: head.apply(v)) if head is not None else (lambda v: v)
+    model, fit = lb.fit_archive(learned(faces.embeddings), rows, learned(xl), names, clusters, params,
+                                negatives=negatives)
+    model.info["metric"] = "learned" if head is not None else "plain"
     lb.save_model(store, model)
-    pred, prob = model.predict(faces.embeddings)
-    ids = faces.face_ids.to_pylist()
-    for r in negatives.tolist():
-        if pred[r] in applied.not_names.get(ids[r], ()):
-            pred[r] = lb.UNKNOWN
-    labelled = np.zeros(len(faces), bool)
-    labelled[rows[rows >= 0]] = True
-    pred[rows[rows >= 0]] = np.array(names, object)[rows >= 0]
-    prob[rows[rows >= 0]] = 1.0
+    # Every face gets a prediction, below the quality floor too (its quality is shown beside it).
+    ids = every.face_ids.to_pylist()
+    pred, prob = model.predict(learned(every.embeddings), {r: applied.not_names[f] for r, f in enumerate(ids)
+                                                  if f in applied.not_names})
+    mine = pc.index_in(table.column("face_id"), every.face_ids).fill_null(-1).to_numpy().astype(np.int64)
+    labelled = np.zeros(len(every), bool)
+    labelled[mine[mine >= 0]] = True
+    pred[mine[mine >= 0]] = np.array(names, object)[mine >= 0]
+    prob[mine[mine >= 0]] = 1.0
+    quality = (every.meta.column("quality") if "quality" in every.meta.column_names
+               else pa.nulls(len(every), pa.float32()))
     write_parquet(store, PREDICTIONS, pa.table({
-        "face_id": faces.face_ids, "label": pa.array(pred.tolist(), pa.string()), "probability": pa.array(prob),
-        "labelled": pa.array(labelled), "uri": faces.meta.column("uri"), "face_idx": faces.meta.column("face_idx"),
+        "face_id": every.face_ids, "label": pa.array(pred.tolist(), pa.string()), "probability": pa.array(prob),
+        "labelled": pa.array(labelled), "uri": every.meta.column("uri"), "face_idx": every.meta.column("face_idx"),
+        "quality": quality,
     }, schema=PREDICTIONS_SCHEMA))
     named = pred != lb.UNKNOWN
     per = dict(zip(*np.unique(pred[named].astype(str), return_counts=True))) if named.any() else {}
-    s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(faces),
+    low = ~good
+    s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(every),
                      named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()},
                      followed=followed.moved + followed.reencoded,
                      gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone],
-                     left_out=left_out)
+                     low_quality=int(low.sum()), low_quality_named=int((named & low).sum()))
     if s.followed or s.gone:
         log.info("label: %d labels followed their photo (%d moved, %d re-encoded); %d on photos no longer in "
                  "the archive, kept as training examples", s.followed, followed.moved, followed.reencoded, len(s.gone))
-    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named; "
-             "%d below quality %.2f left out", s.people, s.labelled, s.background, s.named, s.faces,
-             left_out, min_quality)
+    log.info("label: %d people from %d labelled faces (+%d background); %d of %d faces named (%d of the %d "
+             "below quality %.2f, which do not train)", s.people, s.labelled, s.background, s.named, s.faces,
+             s.low_quality_named, s.low_quality, min_quality)
     return s
+
+
+def _refresh_metric(out: str | Store, faces: Faces | None = None, params: lm.MetricParams | None = None
+                   ) -> lm.Head | None:
+    """Train (or keep) the metric head on the stored labels and corrections; None when OUT has
+    too few named people or the head does not beat the plain descriptors (any old head is
+    dropped then). Retrains only when what it learns from changed (its fingerprint)."""
+    store = _store(out)
+    params = params or lm.MetricParams()
+    faces = faces if faces is not None else read_faces(store, META_COLUMNS)
+    x, people, cannot = _metric_examples(store, faces)
+    fp = lm.fingerprint(x, people, cannot, params)
+    if fp == lm.saved_fingerprint(store):
+        return lm.load(store)
+    head, check = lm.fit(x, people, params, cannot)
+    if head is None:
+        lm.drop(store)
+        # Remember the examples it was tried on, so the same labels are not tried again every night.
+        store.write_bytes(METRIC_JSON, json.dumps({"format": lm.FORMAT, "kind": "none", "fingerprint": fp,
+                                                   "check": check}, indent=2).encode())
+        log.info("metric: no learned head (%s); the plain descriptors are used", check.get("why"))
+        return None
+    lm.save(store, head, fp)
+    log.info("metric: learned head kept (held-out people: nearest-neighbour %.4f -> %.4f, pairs %.4f -> %.4f)",
+             check["nn_plain"], check["nn_learned"], check["pairs_plain"], check["pairs_learned"])
+    return head
+
+
+def _metric_examples(store: Store, faces: Faces) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The head's training examples: every named face (stored labels and corrections' names;
+    faces put together with "same person" are one person too) with a person id, and
+    "not this person" faces (person -1) with cannot-link pairs to the faces of that name."""
+    applied = corr.resolve(_corrections(store, faces))
+    table = _with_corrections(_stored_labels(store), applied, faces, _shas(store, faces))
+    names = table.column("name").to_pylist()
+    x = [_emb(table.column("embedding"))]
+    ids = table.column("face_id").to_pylist()
+    row_of = {f: i for i, f in enumerate(ids) if f is not None}
+    extra = sorted({f for p in applied.must for f in p} | set(applied.not_faces))
+    frows = pc.index_in(pa.array(extra, pa.string()), faces.face_ids).fill_null(-1).to_numpy().astype(np.int64)
+    for f, r in zip(extra, frows.tolist()):
+        if f not in row_of and r >= 0:
+            row_of[f] = len(names)
+            names.append(None)
+            x.append(faces.embeddings[r:r + 1])
+    x = np.concatenate(x) if len(x) > 1 else x[0]
+    # People: one per name; "same person" pairs join faces (and names) into one.
+    n = len(names)
+    by_name: dict[str, list[int]] = {}
+    for i, nm in enumerate(names):
+        if nm is not None:
+            by_name.setdefault(nm, []).append(i)
+    pairs = [(g[0], j) for g in by_name.values() for j in g[1:]]
+    pairs += [(row_of[a], row_of[b]) for a, b in applied.must if a in row_of and b in row_of]
+    comp = _components(np.array(pairs, np.int64).reshape(-1, 2), n) if n else np.empty(0, np.int64)
+    size = np.bincount(comp, minlength=n) if n else np.empty(0, np.int64)
+    people = np.where((size[comp] > 1) | np.array([nm is not None for nm in names], bool), comp, -1) if n else comp
+    cannot = [(row_of[f], j) for f, bad in applied.not_names.items() if f in row_of
+              for nm in bad for j in by_name.get(nm, [])]
+    cannot += [(row_of[a], row_of[b]) for a, b in applied.cannot if a in row_of and b in row_of]
+    return x.astype(np.float32), people.astype(np.int64), np.array(cannot, np.int64).reshape(-1, 2)
+
+
+def _metric_head(store: Store, how: str) -> lm.Head | None:
+    """The head `cluster`, `label` and `search` use: the saved one with how="learned", else none."""
+    if how not in lm.METRICS:
+        raise ReduceError(f"--metric must be one of {', '.join(lm.METRICS)}, got {how!r}")
+    return lm.load(store) if how == "learned" else None
 
 
 def _with_corrections(stored: pa.Table, applied: corr.Applied, faces: Faces, shas: pa.Array) -> pa.Table:
@@ -588,11 +729,13 @@ class QueryFace:
     matches: list[Match]
 
 
-def search(out: str | Store, photo: str | bytes, k: int = 10) -> list[QueryFace]:
-    """The k nearest archive faces of every face in `photo` (a path, s3:// uri, or bytes)."""
+def search(out: str | Store, photo: str | bytes, k: int = 10, metric: str = "learned") -> list[QueryFace]:
+    """The k nearest archive faces of every face in `photo` (a path, s3:// uri, or bytes); with
+    `metric` "learned" and a metric head in OUT, by the learned distance."""
     from facejob.io.sources import read_bytes, source_uri
 
     store = _store(out)
+    head = _metric_head(store, metric)
     fi = load_index(store)
     model, _ = _face_model(store)
     data = photo if isinstance(photo, bytes) else read_bytes(source_uri(str(photo)))
@@ -602,24 +745,38 @@ def search(out: str | Store, photo: str | bytes, k: int = 10) -> list[QueryFace]
     if not res.faces:
         return []
     emb = np.stack([f.embedding for f in res.faces])
-    labels, dist = fi.query(emb, k)
+    labels, dist = _query(fi, emb, k, head)
     return [QueryFace(f.face_idx, (f.left, f.top, f.right, f.bottom), m)
             for f, m in zip(res.faces, _matches(store, fi, labels, dist))]
 
 
-def search_face(out: str | Store, face_id: str, k: int = 10) -> QueryFace:
+def search_face(out: str | Store, face_id: str, k: int = 10, metric: str = "learned") -> QueryFace:
     """The k nearest other faces of an archive face, by its face_id."""
     store = _store(out)
+    head = _metric_head(store, metric)
     fi = load_index(store)
     hit = pc.index(fi.ids.column("face_id"), face_id).as_py()
     if hit < 0 or fi.ids.column("deleted")[hit].as_py():
         raise ReduceError(f"face_id {face_id!r} is not in the index of {store.root}")
     vec = np.asarray(fi.hnsw.get_items([hit]), np.float32)
-    labels, dist = fi.query(vec, k + 1)
+    labels, dist = _query(fi, vec, k + 1, head)
     keep = labels[0] != hit
     m = _matches(store, fi, labels[:, keep][:, :k], dist[:, keep][:, :k])[0]
     r = fi.ids.slice(hit, 1).to_pylist()[0]
     return QueryFace(-1, (r["left"], r["top"], r["right"], r["bottom"]), m)
+
+
+def _query(fi: FaceIndex, emb: np.ndarray, k: int, head: lm.Head | None) -> tuple[np.ndarray, np.ndarray]:
+    """The index's k nearest; with a metric head, the plain 4k nearest re-ranked by learned distance."""
+    if head is None:
+        return fi.query(emb, k)
+    labels, _ = fi.query(emb, 4 * k)
+    if labels.shape[1] == 0:
+        return labels[:, :k], np.empty((len(emb), 0), np.float32)
+    cand = head.apply(np.asarray(fi.hnsw.get_items(labels.reshape(-1)), np.float32)).reshape(*labels.shape, -1)
+    d = np.linalg.norm(cand - head.apply(emb)[:, None], axis=2)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(labels, order, 1), np.take_along_axis(d, order, 1).astype(np.float32)
 
 
 def _matches(store: Store, fi: FaceIndex, labels: np.ndarray, dist: np.ndarray) -> list[list[Match]]:
@@ -658,10 +815,11 @@ class ReduceSummary:
 def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | None = None,
            k: int | None = None, min_quality: float = MIN_QUALITY, corrections: str | Path | None = None,
            progress: bool = False, labels: str | Path | None = None,
-           label_threshold: float | None = None) -> ReduceSummary:
+           label_threshold: float | None = None, metric: str = "learned") -> ReduceSummary:
     """Everything after indexing: index, cluster, label (when labels are stored or given), dedup.
-    Clustering and labelling see only faces at or above `min_quality`; `threshold` and `k` left
-    out are the kept ones (see cluster), `label_threshold` left out the saved one.
+    Faces below `min_quality` do not seed clusters or train the SVMs, but every face is
+    clustered and named; `threshold` and `k` left out are the kept ones (see cluster),
+    `label_threshold` left out the saved one.
 
     `corrections` (a file from the report page) is first added to the ones stored in OUT; all
     stored corrections apply to the clustering and the labels. `labels` (CSV or folder) are
@@ -678,13 +836,16 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
     fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
     t_index = time.perf_counter() - t0
     bar.advance(1, faces=len(faces))
-    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality)
-    bar.advance(1, clusters=cs.clusters)
     named = labels is not None or store.exists(LABELS_STORED) or bool(corr.resolve(corr.load(store)).names)
+    if named and metric == "learned":
+        _refresh_metric(store, faces)      # before clustering, so stored labels shape tonight's clusters
+    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality, metric=metric)
+    bar.advance(1, clusters=cs.clusters)
     params = saved_label_params(store)
     if label_threshold is not None:
         params = dataclasses.replace(params, threshold=label_threshold)
-    ls = label(store, labels, params, faces=faces, min_quality=min_quality) if named else None
+    ls = (label(store, labels, params, faces=faces, min_quality=min_quality, metric=metric)
+          if named else None)
     bar.advance(1)
     ds = dedup(store, faces=faces, fi=fi)
     bar.advance(1, duplicates=ds.duplicates)
@@ -699,7 +860,7 @@ def reduce_with(out: str | Store, cfg: ReduceConfig, progress: bool = False) -> 
     with tempfile.TemporaryDirectory() as tmp:
         return reduce(out, rebuild_index=cfg.rebuild_index, threshold=cfg.cluster_threshold, k=cfg.cluster_k,
                       min_quality=cfg.min_quality, corrections=_local(cfg.corrections, tmp), progress=progress,
-                      labels=_local(cfg.labels, tmp), label_threshold=cfg.label_threshold)
+                      labels=_local(cfg.labels, tmp), label_threshold=cfg.label_threshold, metric=cfg.metric)
 
 
 def _local(uri: str | None, tmp: str) -> str | None:

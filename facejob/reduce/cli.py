@@ -1,4 +1,4 @@
-"""`facejob search | cluster | label | dedup | reduce`: the reducer's subcommands.
+"""`facejob search | cluster | label | dedup | eval | reduce`: the reducer's subcommands.
 
 facejob/cli.py calls `add_commands(subparsers)`; each handler returns an exit code and turns
 the reducer's errors into one line on stderr.
@@ -33,7 +33,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ReduceError("give a PHOTO or --face-id ID (one of them)")
     if args.k < 1:
         raise ReduceError("--k must be at least 1")
-    queries = [api.search_face(args.out, args.face_id, args.k)] if args.face_id else api.search(args.out, args.photo, args.k)
+    queries = ([api.search_face(args.out, args.face_id, args.k, metric=args.metric)] if args.face_id
+               else api.search(args.out, args.photo, args.k, metric=args.metric))
     if args.json:  # one object per query face: its index and box in PHOTO, and its matches
         print(json.dumps([{"face_idx": q.face_idx, "box": list(q.box),
                            "matches": [{**asdict(m), "box": list(m.box)} for m in q.matches]} for q in queries],
@@ -55,10 +56,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from . import api
 
-    s = api.cluster(args.out, threshold=args.threshold, k=args.k, min_quality=args.min_quality)
+    s = api.cluster(args.out, threshold=args.threshold, k=args.k, min_quality=args.min_quality, metric=args.metric)
     print(f"{s.faces} faces -> {s.clusters} clusters ({s.singletons} single faces, largest {s.largest}); "
           f"{s.merges} merges, {s.splits} splits, {s.gone} gone since the last run; {s.timings['total_s']:.1f} s")
-    print(f"left out: {s.left_out} faces below quality {args.min_quality}")
+    print(f"{s.low_quality} faces below quality {args.min_quality} (not cluster seeds): {s.attached} joined "
+          f"the cluster they are near, the rest are alone")
     print(f"output: {args.out}/clusters.parquet")
     return 0
 
@@ -73,10 +75,10 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         params = replace(params, threshold=args.threshold)
     s = api.label(args.out, args.labels, params, replace=args.replace, min_quality=args.min_quality,
-                  corrections=args.corrections)
+                  corrections=args.corrections, metric=args.metric)
     print(f"learned {s.people} people from {s.labelled} labelled faces (+{s.background} background faces); "
-          f"named {s.named} of {s.faces} faces, {s.unknown} unknown; {s.left_out} below quality "
-          f"{args.min_quality} left out")
+          f"named {s.named} of {s.faces} faces, {s.unknown} unknown; {s.low_quality} below quality "
+          f"{args.min_quality} (named too, not used for training)")
     if s.followed:
         print(f"{s.followed} labels followed their face to a moved or re-encoded photo")
     if s.gone:
@@ -109,13 +111,31 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     print(f"index: {r.faces} faces ({r.index_s:.1f} s)")
     c = r.cluster
     print(f"cluster: {c.clusters} clusters, largest {c.largest}; {c.merges} merges, {c.splits} splits recorded; "
-          f"{c.left_out} faces below quality {cfg.min_quality} left out (still searchable)")
+          f"{c.low_quality} faces below quality {cfg.min_quality} ({c.attached} joined a cluster)")
     if r.label:
         print(f"label: {r.label.people} people; named {r.label.named} of {r.label.faces} faces")
     else:
         print("label: skipped (no labels yet; `facejob label OUT --labels LABELS.csv`)")
     d = r.dedup
     print(f"dedup: {d.groups} groups of copies, {d.duplicates} extra copies")
+    return 0
+
+
+@_errors
+def cmd_eval(args: argparse.Namespace) -> int:
+    from facejob.io.storage import open_store
+
+    from .evaluate import evaluate
+
+    r = evaluate(open_store(args.out), args.pairs, args.images, learn_metric=args.learn_metric,
+                 log=None if args.json else (lambda m: print("  " + m, file=sys.stderr)))
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['pairs']} pairs, 10 folds; {r['missing']} with a photo without a face (counted as different)")
+    for k in ("plain", "learned"):
+        if k in r:
+            print(f"{k:>8}: accuracy {r[k]['accuracy'] * 100:.2f}% +- {r[k]['std'] * 100:.2f}")
     return 0
 
 
@@ -127,8 +147,16 @@ def _quality_option(p: argparse.ArgumentParser) -> None:
     from facejob.config import MIN_QUALITY
 
     p.add_argument("--min-quality", type=float, default=MIN_QUALITY, metavar="Q",
-                   help="cluster and label only faces of quality >= Q (0..1, from face size and chip "
-                        "sharpness; 0 = all; default: %(default)s)")
+                   help="only faces of quality >= Q (0..1, from face size and chip sharpness) seed clusters "
+                        "and train the SVMs; the others are still clustered and named (0 = all seed; "
+                        "default: %(default)s)")
+
+
+def _metric_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", choices=("learned", "plain"), default="learned",
+                   help="learned: use the metric head trained on the curator's labels when OUT has one "
+                        "(labels/metric.npz; it is only kept when it beats the plain descriptors on "
+                        "held-out people); plain: the descriptors as indexed (default: %(default)s)")
 
 
 def add_commands(subparsers) -> None:
@@ -144,6 +172,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--face-id", help="query by an archive face instead of a photo")
     p.add_argument("--k", type=int, default=10, help="matches per query face (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print a JSON list of matches per query face")
+    _metric_option(p)
     p.set_defaults(func=cmd_search)
 
     p = subparsers.add_parser("cluster", help="group the faces of OUT by identity -> OUT/clusters.parquet",
@@ -152,12 +181,14 @@ def add_commands(subparsers) -> None:
                                           "recorded in OUT/cluster_events.parquet.")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--threshold", type=float, default=None,
-                   help="largest RMS face distance inside a cluster; kept in OUT/clusters.json and used by later "
+                   help="two clusters join when their RMS face distance is under this, less 0.04 / "
+                        "sqrt(faces of one x faces of the other); kept in OUT/clusters.json and used by later "
                         f"`cluster`, `reduce` and nightly runs (default: the kept one, else {CLUSTER_THRESHOLD})")
     p.add_argument("--k", type=int, default=None,
                    help=f"neighbours per face in the graph; kept like the threshold (default: the kept one, else "
                         f"{CLUSTER_K})")
     _quality_option(p)
+    _metric_option(p)
     p.set_defaults(func=cmd_cluster)
 
     p = subparsers.add_parser("label", help="learn named people from labelled faces; name every face",
@@ -172,12 +203,27 @@ def add_commands(subparsers) -> None:
                    help="lowest probability that names a face, else `unknown`; saved with the models and "
                         f"used by later runs (default: the saved one, else {LabelParams().threshold})")
     _quality_option(p)
+    _metric_option(p)
     p.set_defaults(func=cmd_label)
 
     p = subparsers.add_parser("dedup", help="find byte-identical and near-duplicate photos",
                               description="Writes OUT/duplicates.parquet: groups of copies, which one to keep and why.")
     p.add_argument("out", metavar="OUT")
     p.set_defaults(func=cmd_dedup)
+
+    p = subparsers.add_parser("eval", help="LFW verification accuracy (10 folds) of an index output",
+                              description="Score OUT's descriptors on an LFW pairs file (View 2 pairs.txt, or "
+                                          "View 1 pairsDevTest.txt cut into 10 folds): per fold, the distance "
+                                          "threshold best on the other nine. --learn-metric also trains the "
+                                          "metric head per fold on the other folds' people and scores it.")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--pairs", required=True, metavar="FILE", help="LFW pairs file")
+    p.add_argument("--images", required=True, metavar="DIR", help="the folder the pairs' NAME/NAME_NNNN.jpg are under "
+                                                                  "(as indexed into OUT)")
+    p.add_argument("--learn-metric", action="store_true", help="also score the learned metric head")
+    p.add_argument("--json", action="store_true", help='print {"plain": {"accuracy", "std"}, "learned": ..., '
+                                                       '"pairs", "missing"}')
+    p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("reduce", help="index + cluster + label + dedup (after `facejob index`)",
                               description="Everything after `facejob index`, in one command: extend the face "

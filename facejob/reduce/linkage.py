@@ -49,11 +49,13 @@ class _Clusters:
 
 def agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float,
                 max_rounds: int = 100_000, must_link: np.ndarray | None = None,
-                cannot_link: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                cannot_link: np.ndarray | None = None, pair_margin: float = 0.0) -> tuple[np.ndarray, int]:
     """Cluster rows of `x` by average linkage (RMS distance) over the graph edges (eu, ev).
 
     Two clusters merge when they are each other's closest graph neighbour and their RMS
-    distance is <= threshold. `must_link` ((m, 2) row pairs) are joined before anything else,
+    distance is <= threshold - pair_margin / sqrt(n_a * n_b): two single faces need to be
+    `pair_margin` nearer than `threshold`, and the limit rises toward `threshold` as the number
+    of face pairs behind the RMS grows (an average over many pairs varies less than one distance). `must_link` ((m, 2) row pairs) are joined before anything else,
     whatever their distance; two clusters holding a `cannot_link` pair never merge (a
     cannot-link pair that must-links put together anyway is ignored: the curator's word wins).
     Returns (label per row = its cluster's smallest row, rounds).
@@ -83,7 +85,7 @@ def agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float,
     el = cl.linkage(eu, ev)
     rounds = 0
     while rounds < max_rounds:
-        live = np.flatnonzero(el <= threshold)
+        live = np.flatnonzero(el <= threshold - pair_margin / np.sqrt(cl.n[eu] * cl.n[ev]))
         if len(live) == 0:
             break
         mu, mv = _reciprocal_best(eu[live], ev[live], el[live], n)
@@ -185,3 +187,40 @@ def representatives(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     first = np.ones(len(order), bool)
     first[1:] = inv[order][1:] != inv[order][:-1]
     return roots, size, order[first]
+
+
+def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, threshold: float,
+           blocked: np.ndarray | None = None, pair_margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Attach extra faces `q` to the clusters of `x` (label per row `roots`) where that is unambiguous.
+
+    `cand` (m, k): rows of x near each q (-1 = none); `blocked` (m, k) marks candidates whose
+    cluster q may not join (e.g. it holds another face of q's photo). A face joins a cluster
+    when that cluster is the only one among its candidates' clusters whose RMS distance to it
+    (the average-linkage criterion of `agglomerate`) is under its limit (threshold -
+    pair_margin / sqrt(cluster size)). Returns (root per q or -1,
+    RMS distance to the nearest candidate cluster or inf).
+    """
+    m = len(q)
+    out, best_d = np.full(m, -1, np.int64), np.full(m, np.inf, np.float32)
+    if m == 0 or len(x) == 0:
+        return out, best_d
+    uroots, inv = np.unique(roots, return_inverse=True)
+    n = np.bincount(inv).astype(np.float64)
+    mean = np.zeros((len(uroots), x.shape[1]), np.float64)
+    np.add.at(mean, inv, x.astype(np.float64))
+    mean /= n[:, None]
+    msq = np.bincount(inv, weights=np.einsum("ij,ij->i", x, x, dtype=np.float64)) / n
+    ok = cand >= 0
+    if blocked is not None:
+        ok &= ~blocked
+    for i in range(m):
+        c = np.unique(inv[cand[i][ok[i]]])
+        if len(c) == 0:
+            continue
+        qi = q[i].astype(np.float64)
+        d = np.sqrt(np.maximum(qi @ qi + msq[c] - 2 * mean[c] @ qi, 0))
+        best_d[i] = d.min()
+        under = d <= threshold - pair_margin / np.sqrt(n[c])
+        if under.sum() == 1:
+            out[i] = uroots[c[under][0]]
+    return out, best_d

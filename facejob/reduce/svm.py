@@ -11,7 +11,9 @@ faces of exactly one person lends its other members to that person as extra posi
 extra_per_person of them), so five labelled photos teach the SVM the person's whole range.
 
 Scores become probabilities with one sigmoid (Platt scaling) fitted on held-out positives and
-held-out background faces, so "probability" means the same for every person.
+held-out background faces, so "probability" means the same for every person. The pool faces
+the first models name are taken out of the pool and the models trained again, so that it
+also means the same at every archive size (see fit_archive).
 
 Models are saved as plain arrays (npz, loaded with allow_pickle=False) and JSON: loading
 them never runs code.
@@ -48,16 +50,25 @@ class Model:
     def scores(self, x: np.ndarray) -> np.ndarray:
         return x @ self.coef.T + self.intercept
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(label per row, probability of that label); `unknown` below the threshold."""
+    def predict(self, x: np.ndarray, forbidden: dict[int, set[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(label per row, probability that this label is right).
+
+        A row gets the best name it may have (`forbidden`: row -> names the curator said it is
+        not) when that name's calibrated probability p reaches the threshold; its probability
+        is then p. Otherwise it is `unknown` with probability 1 - p: how sure we are that it is
+        none of the named people (1.0 when no name is allowed or no one is named).
+        """
         if len(self.classes) == 0 or len(x) == 0:
-            return np.full(len(x), UNKNOWN, object), np.zeros(len(x), np.float32)
+            return np.full(len(x), UNKNOWN, object), np.ones(len(x), np.float32)
         s = self.scores(np.asarray(x, np.float32))
+        for r, names in (forbidden or {}).items():
+            s[r, np.isin(self.classes, list(names))] = -np.inf
         best = s.argmax(1)
-        prob = _sigmoid(self.platt[0] * s[np.arange(len(s)), best] + self.platt[1]).astype(np.float32)
-        label = self.classes.astype(object)[best]
-        label[prob < self.params.threshold] = UNKNOWN
-        return label, prob
+        top = s[np.arange(len(s)), best]
+        p = np.where(np.isfinite(top), _sigmoid(self.platt[0] * np.where(np.isfinite(top), top, 0) + self.platt[1]), 0.0)
+        named = p >= self.params.threshold
+        label = np.where(named, self.classes.astype(object)[best], UNKNOWN)
+        return label, np.where(named, p, 1.0 - p).astype(np.float32)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -131,7 +142,18 @@ def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarr
     pool = np.union1d(pool, neg)
     xp = np.concatenate([labelled_emb, x[extra]]) if len(extra) else labelled_emb
     model = train(xp, list(names) + extra_names, x[pool], params)
-    model.info.update({"extra_positives": len(extra), "curator_negatives": len(neg)})
+    # The pool still holds some of the named people's own photos (outside their clusters and
+    # not near a labelled face). In a small archive they are a large share of it, and as
+    # "strangers" they make the SVMs and their calibration reject more: `unknown` would mean
+    # something stricter in a small archive than in a large one. So the faces the first models
+    # name leave the pool (the curator's negatives stay) and the models are trained again.
+    named = model.predict(x[pool])[0] != UNKNOWN
+    cleaned = np.union1d(pool[~named], neg)
+    if len(cleaned) < len(pool):
+        pool = cleaned
+        model = train(xp, list(names) + extra_names, x[pool], params)
+    model.info.update({"extra_positives": len(extra), "curator_negatives": len(neg),
+                       "pool_named_dropped": int(named.sum())})
     return model, {"pool": pool, "extra": extra}
 
 

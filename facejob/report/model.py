@@ -71,8 +71,8 @@ def read_people(store: Store) -> People:
         raise NotIndexedError(f"{store.root}/{CLUSTERS} not found; run `facejob reduce {store.root}` first")
     cl = read_parquet(store, CLUSTERS, ["face_id", "cluster_id"])
     pos = pc.index_in(faces.face_ids, cl.column("face_id")).fill_null(-1).to_numpy().astype(np.int64)
-    # Only clustered faces are people: faces below the reducer's quality floor (or indexed after
-    # the last clustering) are left out, as the reducer leaves them out.
+    # Only clustered faces are people: faces indexed after the last clustering wait for the next
+    # `facejob reduce` (every face in clusters.parquet, low-quality ones included, is shown).
     keep = pos >= 0
     if not keep.all():
         faces = Faces(meta=faces.meta.filter(pa.array(keep)), embeddings=faces.embeddings[keep])
