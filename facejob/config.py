@@ -119,8 +119,9 @@ class ModelConfig(_Settings):
     runtime: str = setting("auto", "what runs RetinaFace and the torch embedder: auto (ONNX Runtime on a CPU, "
                                    "1.2x faster there; torch on a GPU), torch, onnxruntime (CPU); the same "
                                    "boxes and descriptors (to 1e-6) from each", choices=RUNTIMES)
-    precision: str = setting("fp32", "torch arithmetic on a GPU: fp32, or bf16/fp16 autocast (faster; descriptors "
-                                     "move by ~1e-2, so an output keeps one precision)", choices=PRECISIONS)
+    precision: str = setting("fp32", "the torch embedder's arithmetic (GPU): fp32, or fp16/bf16 autocast (faster; "
+                                     "descriptors move by up to 5e-4 / 1.5e-2, so an output keeps one precision; "
+                                     "detection stays fp32)", choices=PRECISIONS)
     compile: bool = setting(False, "torch.compile the torch networks (GPU; compiling takes a minute per worker, "
                                    "descriptors stay within 1e-5)")
 
@@ -143,12 +144,14 @@ class ModelConfig(_Settings):
         _need(self.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         _need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
+        _need(self.precision == "fp32" or self.runtime != "onnxruntime",
+              f"precision {self.precision} is torch autocast: it needs runtime auto or torch")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change which faces and descriptors come out. (Not the embedder: the
         torch port reproduces dlib's descriptors to 1e-6, so both can share an output; nor
         device, batch size, runtime or compile, which move descriptors by less than 1e-5; but
-        precision: bf16/fp16 move them by ~1e-2.)"""
+        precision: fp16/bf16 move them by up to 5e-4 / 1.5e-2.)"""
         return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "tta",
                                               "work_size", "smallest_face", "precision")}
 

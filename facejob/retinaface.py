@@ -337,17 +337,20 @@ class RetinaFaceDetector:
 
     def __init__(self, device: str = "auto", photos_per_pass: int = 0, threshold: float = SCORE_THRESHOLD,
                  large_face_threshold: float = LARGE_FACE_THRESHOLD, runtime: str = "auto",
-                 precision: str = "fp32", compile: bool = False) -> None:
+                 compile: bool = False) -> None:
         self.device = torch_device(device)
         self.batch_size = photos_per_pass or (32 if self.device.type == "cuda" else CPU_PHOTOS_PER_PASS)
         self.threshold = threshold
         self.large_face_threshold = max(threshold, large_face_threshold)
         self._mean_bgr = torch.tensor(MEAN_BGR, device=self.device)
+        self._mean_planes = np.array(MEAN_BGR, np.float32)[:, None, None]
         if use_onnxruntime(runtime, self.device):
             self._session = ort_session(onnx_bytes())
             self.net = None
         else:
-            self.net = TorchRunner(load_retinaface(), self.device, precision, compile)
+            # always fp32: in bf16 most boxes move by a pixel (bench/gpu_check.py), and the
+            # detector is the smaller part of a GPU's work
+            self.net = TorchRunner(load_retinaface(), self.device, compile=compile)
 
     def detect(self, images: list[np.ndarray], upsample: int) -> list[list[Detection]]:
         """Faces in each RGB uint8 image (H, W, 3), in image pixels, highest score first."""
@@ -394,19 +397,28 @@ class RetinaFaceDetector:
 
     @torch.inference_mode()
     def _run(self, images: list[np.ndarray], scales: list[float], padded: tuple[int, int]) -> list[list[Face]]:
+        """One network pass: each image scaled, turned BGR minus the mean, zero (= the mean colour)
+        in the padding. ONNX Runtime takes it NCHW, filled in numpy in one pass per image; torch
+        takes it NHWC on the device (the channels_last layout it runs in)."""
         sizes = [scaled_size(img.shape[:2], s) for img, s in zip(images, scales)]
-        # NHWC BGR minus the mean, zero (= the mean colour) in the padding: the channels_last
-        # layout the network runs in, filled without a transpose.
-        x = torch.zeros((len(images), *padded, 3), device=self.device)
+        ort_input = self.net is None
+        x = (np.zeros((len(images), 3, *padded), np.float32) if ort_input
+             else torch.zeros((len(images), *padded, 3), device=self.device))
         for k, (img, (h, w)) in enumerate(zip(images, sizes)):
-            pixels = img if img.flags.writeable else img.copy()  # torch warns on read-only arrays
-            t = torch.from_numpy(pixels).to(self.device)
+            t = img
+            if (h, w) != img.shape[:2] or not ort_input:
+                pixels = img if img.flags.writeable else img.copy()  # torch warns on read-only arrays
+                t = torch.from_numpy(pixels).to(self.device)
             if (h, w) != img.shape[:2]:
                 t = F.interpolate(t.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear",
                                   align_corners=False, antialias=h < img.shape[0]).clamp_(0, 255)[0].permute(1, 2, 0)
-            torch.sub(t.flip(-1), self._mean_bgr, out=x[k, :h, :w])
-        if self.net is None:
-            loc, conf, lms = self._session.run(None, {"input": x.permute(0, 3, 1, 2).contiguous().numpy()})
+            if ort_input:
+                t = t.numpy() if isinstance(t, torch.Tensor) else t
+                np.subtract(t.transpose(2, 0, 1)[::-1], self._mean_planes, out=x[k, :, :h, :w], dtype=np.float32)
+            else:
+                torch.sub(t.flip(-1), self._mean_bgr, out=x[k, :h, :w])
+        if ort_input:
+            loc, conf, lms = self._session.run(None, {"input": x})
             prob = conf[..., 1]
         else:
             loc, prob, lms = self.net(x.permute(0, 3, 1, 2))

@@ -43,7 +43,8 @@ def test_bad_settings_fail_before_anything_runs(tmp_path):
 
 
 def test_runtime_settings_are_checked_and_only_precision_changes_the_fingerprint():
-    for bad in (dict(runtime="tensorrt"), dict(precision="int8"), dict(compile="yes")):
+    for bad in (dict(runtime="tensorrt"), dict(precision="int8"), dict(compile="yes"),
+                dict(runtime="onnxruntime", precision="bf16")):
         with pytest.raises(ConfigError):
             ModelConfig(**bad)
     base = ModelConfig().fingerprint()

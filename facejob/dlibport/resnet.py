@@ -241,7 +241,7 @@ class TorchEmbedder:
         # CPU throughput is flat from ~16 chips on; a GPU wants big batches to fill it.
         self.batch_size = batch_size or (512 if self.device.type == "cuda" else 32)
         model = load_resnet()
-        if use_onnxruntime(runtime, self.device):
+        if precision == "fp32" and use_onnxruntime(runtime, self.device):
             self._session = ort_session(to_onnx(model))
             self.model = None
         else:
