@@ -145,7 +145,8 @@ def side_by_side(paths: list[Path], workers: int, rounds: int) -> None:
 
     t = time.perf_counter()
     os.environ.setdefault("RAY_worker_niceness", "0")  # as facejob's own local Ray does
-    ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING",
+             _temp_dir=tempfile.mkdtemp(prefix="ray_stages_"))  # its own, on a shared machine
     print(f"\nside by side: {len(paths)} LFW photos, {workers} facejob workers vs the loop in one process; "
           f"Ray started in {time.perf_counter() - t:.1f} s (not counted)")
     loop = DlibLoop()

@@ -328,9 +328,10 @@ class RetinaFaceDetector:
     none of 1,177 faces on 905 LFW and group photos differs; 1.2x faster).
 
     Photos with the same padded working size go through the network together, up to
-    ``photos_per_pass`` (0 = 32 on a GPU, CPU_PHOTOS_PER_PASS on CPU: one pass over 8 small photos
-    costs ~25% less per photo than 8 passes, the per-layer overhead being paid once). Not
-    ModelConfig's batch_size, which counts faces per embedder pass.
+    ``photos_per_pass`` (0 = 32 on a GPU, CPU_PHOTOS_PER_PASS on CPU: in torch one pass over 8
+    small photos costs ~25% less per photo than 8 passes, the per-layer overhead being paid once;
+    ONNX Runtime costs about the same either way). Not ModelConfig's batch_size, which counts
+    faces per embedder pass.
     """
 
     name = "retinaface-mnet025"
