@@ -301,8 +301,9 @@ class FaceModel:
 
         A background thread reads and decodes the next photos while this one detects several
         photos per detector pass (as many as the detector takes: RetinaFace 8 on CPU, 32 on a
-        GPU) and embeds the faces found so far in full batches across photos (the embedder's
-        batch size; the remainder waits for the next photos' faces).
+        GPU; on a CPU fewer rather than wait for the next decode) and embeds the faces found so
+        far in full batches across photos (the embedder's batch size; the remainder waits for
+        the next photos' faces).
         """
         on_gpu = getattr(getattr(self.detector, "device", None), "type", None) == "cuda"
         detect_batch = getattr(self.detector, "batch_size", 0) or (32 if on_gpu else 1)
@@ -335,7 +336,7 @@ class FaceModel:
         # On a CPU a large photo (over BATCH_PIXELS) is detected alone: batching gains nothing
         # there, and one decoded in full is held until aligned (300 MB at the 100 MP guard).
         depth = 2 * detect_batch if on_gpu else 2
-        for result, image in _prefetch(self.load, refs, depth=depth):
+        for (result, image), next_ready in _prefetch(self.load, refs, depth=depth):
             results.append(result)
             if image is None:
                 continue
@@ -343,7 +344,7 @@ class FaceModel:
             if alone:
                 detect()
             decoded.append((result, image))
-            if alone or len(decoded) >= detect_batch:
+            if alone or len(decoded) >= detect_batch or not (on_gpu or next_ready):
                 detect()
                 if len(faces) >= embed_batch:
                     embed(everything=False)
@@ -362,15 +363,18 @@ def _draft_step(need: float, finest: float) -> float:
 
 
 def _prefetch(fn, items: list, depth: int):
-    """Yield fn(item) for each item in order, computing up to `depth` ahead on one background thread."""
+    """Yield (fn(item), whether the next one is computed already) for each item in order,
+    computing up to `depth` ahead on one background thread."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="facejob-prepare") as pool:
         futures: deque = deque()
         for item in items:
             futures.append(pool.submit(fn, item))
             if len(futures) > depth:
-                yield futures.popleft().result()
+                value = futures.popleft().result()
+                yield value, futures[0].done()
         while futures:
-            yield futures.popleft().result()
+            value = futures.popleft().result()
+            yield value, bool(futures) and futures[0].done()
 
 
 def shard_tables(refs: list[ImageRef], results: list[ImageResult], shard: str, detector: str,

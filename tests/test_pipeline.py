@@ -141,20 +141,21 @@ def test_process_shard_accounts_for_every_ref(pipe, data_dir, tmp_path):
 
 
 def test_shard_batches_give_each_photo_its_own_faces(data_dir):
-    """process_shard detects 8 small photos per pass, a large one alone, and embeds full batches
-    that split photos' faces between them: each photo's faces and descriptors are those it gets
-    alone (process_bytes)."""
+    """process_shard detects up to 8 small photos per pass (fewer when the next is not decoded
+    yet), a large one alone, and embeds full batches that split photos' faces between them: each
+    photo's faces and descriptors are those it gets alone (process_bytes)."""
     model = FaceModel(ModelConfig())
     model.embedder.batch_size = 16   # batches of 16 faces across photos, the last one's split between two
     rels = ([f"lfw/images/Jacques_Chirac/Jacques_Chirac_{i:04d}.jpg" for i in range(1, 12)]
             + ["groups/dlib_faces/2008_002470.jpg", "no_face/dogs.jpg", "groups/faceapi_bbt/bbt4.jpg"])
     passes, embeds = [], []
     run, embed = model.detector.faces, model.embedder.embed
-    model.detector.faces = lambda images, *a: passes.append(len(images)) or run(images, *a)
+    model.detector.faces = lambda images, *a: passes.append([im.shape for im in images]) or run(images, *a)
     model.embedder.embed = lambda chips: embeds.append(len(chips)) or embed(chips)
     images, faces = model.process_shard([ImageRef(str(data_dir / r), 1) for r in rels], "s")
-    # 8 LFW photos; 3 and the group photo, cut short by dogs.jpg (900 px: alone); bbt4 at the end
-    assert passes == [8, 4, 1, 1]
+    # dogs.jpg (900 x 916: over BATCH_PIXELS) goes alone; the others in passes of up to 8
+    assert sum(map(len, passes)) == len(rels) and max(map(len, passes)) <= 8
+    assert [(916, 900, 3)] in passes and sum((916, 900, 3) in p for p in passes) == 1
     assert len(embeds) >= 2 and embeds[:-1] == [16] * (len(embeds) - 1) and sum(embeds) == faces.num_rows
     by_uri = {}
     for row in faces.to_pylist():
