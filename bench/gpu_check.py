@@ -4,6 +4,9 @@
     python bench/gpu_check.py --photos DIR --device cuda --variants fp32,fp32+compile,bf16,fp16
     python bench/gpu_check.py --device cpu --limit 100 --variants fp32,bf16   # drift on a CPU
 
+On a lent GPU machine (no shared data there): copy ~600 photos into an untracked folder of the
+work tree first (600 LFW photos are ~10 MB) and pass it as --photos.
+
 The reference is the CPU default (ONNX Runtime, fp32) over the same photos. Each variant is a
 FaceModel(ModelConfig(device, runtime="torch", precision, compile)) that first processes a warm-up
 shard (compilation, cuDNN autotuning: not counted), then all photos as one shard (RetinaFace 32

@@ -120,7 +120,7 @@ class ModelConfig(_Settings):
                                    "1.2x faster there; torch on a GPU), torch, onnxruntime (CPU); the same "
                                    "boxes and descriptors (to 1e-6) from each", choices=RUNTIMES)
     precision: str = setting("fp32", "the torch embedder's arithmetic (GPU): fp32, or fp16/bf16 autocast (faster; "
-                                     "descriptors move by up to 5e-4 / 1.5e-2, so an output keeps one precision; "
+                                     "descriptors move by ~5e-4 / ~3e-3, so an output keeps one precision; "
                                      "detection stays fp32)", choices=PRECISIONS)
     compile: bool = setting(False, "torch.compile the torch networks (GPU; compiling takes a minute per worker, "
                                    "descriptors stay within 1e-5)")
@@ -151,7 +151,7 @@ class ModelConfig(_Settings):
         """The settings that change which faces and descriptors come out. (Not the embedder: the
         torch port reproduces dlib's descriptors to 1e-6, so both can share an output; nor
         device, batch size, runtime or compile, which move descriptors by less than 1e-5; but
-        precision: fp16/bf16 move them by up to 5e-4 / 1.5e-2.)"""
+        precision: fp16/bf16 move them by ~5e-4 / ~3e-3.)"""
         return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "tta",
                                               "work_size", "smallest_face", "precision")}
 
