@@ -28,6 +28,8 @@ from facejob.contract.layout import MODEL_JSON, RUN_JSON
 
 LANDMARKS = (5, 68)
 TTA = ("none", "flip")
+RUNTIMES = ("auto", "torch", "onnxruntime")
+PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # Images above this many pixels are refused before decoding (decompression-bomb guard).
@@ -118,6 +120,14 @@ class ModelConfig(_Settings):
     device: str = setting("auto", "torch device for the PyTorch backends: auto (cuda when the worker "
                                   "has a GPU, else cpu), cpu, cuda, cuda:N, mps")
     batch_size: int = setting(0, "faces per torch forward pass (0 = tuned per device)", metavar="N")
+    runtime: str = setting("auto", "what runs RetinaFace and the torch embedder: auto (ONNX Runtime on a CPU, "
+                                   "1.2x faster there; torch on a GPU), torch, onnxruntime (CPU); the same "
+                                   "boxes and descriptors (to 1e-6) from each", choices=RUNTIMES)
+    precision: str = setting("fp32", "the torch embedder's arithmetic (GPU): fp32, or fp16/bf16 autocast (faster; "
+                                     "descriptors move by ~5e-4 / ~3e-3, so an output keeps one precision; "
+                                     "detection stays fp32)", choices=PRECISIONS)
+    compile: bool = setting(False, "torch.compile the torch networks (GPU; compiling takes a minute per worker, "
+                                   "descriptors stay within 1e-5)")
 
     def __post_init__(self) -> None:
         _need(self.detector in DETECTORS, f"detector must be one of {tuple(DETECTORS)}, got {self.detector!r}")
@@ -135,13 +145,19 @@ class ModelConfig(_Settings):
         _need(_is_int(self.smallest_face) and self.smallest_face >= 0,
               f"smallest_face must be >= 0 pixels (0 = set by work_size), got {self.smallest_face!r}")
         _need(_is_int(self.batch_size) and self.batch_size >= 0, f"batch_size must be >= 0, got {self.batch_size!r}")
+        _need(self.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        _need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
+        _need(self.precision == "fp32" or self.runtime != "onnxruntime",
+              f"precision {self.precision} is torch autocast: it needs runtime auto or torch")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change which faces and descriptors come out. (Not the embedder: the
         torch port reproduces dlib's descriptors to 1e-6, so both can share an output; nor
-        device or batch size.)"""
+        device, batch size, runtime or compile, which move descriptors by less than 1e-5; but
+        precision: fp16/bf16 move them by ~5e-4 / ~3e-3.)"""
         return {k: getattr(self, k) for k in ("detector", "upsample", "min_face_size", "landmarks", "tta",
-                                              "work_size", "smallest_face")}
+                                              "work_size", "smallest_face", "precision")}
 
     def save(self, store) -> None:
         """OUT/model.json: how this output's faces were made, for every later reader."""

@@ -42,6 +42,18 @@ def test_bad_settings_fail_before_anything_runs(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_runtime_settings_are_checked_and_only_precision_changes_the_fingerprint():
+    for bad in (dict(runtime="tensorrt"), dict(precision="int8"), dict(compile="yes"),
+                dict(runtime="onnxruntime", precision="bf16")):
+        with pytest.raises(ConfigError):
+            ModelConfig(**bad)
+    base = ModelConfig().fingerprint()
+    # the same boxes and descriptors (to 1e-6) from each runtime, compiled or not: one output
+    assert ModelConfig(runtime="torch", compile=True).fingerprint() == base
+    # bf16 moves descriptors by ~1e-2: an output indexed in fp32 refuses it
+    assert ModelConfig(precision="bf16").fingerprint() != base
+
+
 def test_every_setting_is_a_flag_with_its_help():
     r = subprocess.run([*FACEJOB, "index", "--help"], capture_output=True, text=True, timeout=60)
     text = " ".join(r.stdout.split())

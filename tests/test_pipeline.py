@@ -138,3 +138,32 @@ def test_process_shard_accounts_for_every_ref(pipe, data_dir, tmp_path):
     assert n >= 2 and images.column("n_faces").to_pylist()[1:] == [0, 0]
     assert faces.num_rows == n and set(faces.column("shard").to_pylist()) == {"s1"}
     assert faces.schema.field("embedding").type.list_size == 128
+
+
+def test_shard_batches_give_each_photo_its_own_faces(data_dir):
+    """process_shard detects up to 8 small photos per pass (fewer when the next is not decoded
+    yet), a large one alone, and embeds full batches that split photos' faces between them: each
+    photo's faces and descriptors are those it gets alone (process_bytes)."""
+    model = FaceModel(ModelConfig())
+    model.embedder.batch_size = 16   # batches of 16 faces across photos, the last one's split between two
+    rels = ([f"lfw/images/Jacques_Chirac/Jacques_Chirac_{i:04d}.jpg" for i in range(1, 12)]
+            + ["groups/dlib_faces/2008_002470.jpg", "no_face/dogs.jpg", "groups/faceapi_bbt/bbt4.jpg"])
+    passes, embeds = [], []
+    run, embed = model.detector.faces, model.embedder.embed
+    model.detector.faces = lambda images, *a: passes.append([im.shape for im in images]) or run(images, *a)
+    model.embedder.embed = lambda chips: embeds.append(len(chips)) or embed(chips)
+    images, faces = model.process_shard([ImageRef(str(data_dir / r), 1) for r in rels], "s")
+    # dogs.jpg (900 x 916: over BATCH_PIXELS) goes alone; the others in passes of up to 8
+    assert sum(map(len, passes)) == len(rels) and max(map(len, passes)) <= 8
+    assert [(916, 900, 3)] in passes and sum((916, 900, 3) in p for p in passes) == 1
+    assert len(embeds) >= 2 and embeds[:-1] == [16] * (len(embeds) - 1) and sum(embeds) == faces.num_rows
+    by_uri = {}
+    for row in faces.to_pylist():
+        by_uri.setdefault(row["uri"], []).append(row)
+    for r in rels:
+        alone = model.process_bytes((data_dir / r).read_bytes()).faces
+        got = by_uri.get(str(data_dir / r), [])
+        assert [(f["left"], f["top"], f["right"], f["bottom"], f["landmarks"]) for f in got] == \
+            [(*f.box.edges, f.landmarks.reshape(-1).tolist()) for f in alone]
+        for f, g in zip(alone, got):
+            assert np.abs(f.embedding - np.asarray(g["embedding"])).max() <= 1e-5

@@ -159,6 +159,13 @@ def test_descriptors_equal_dlib(chips, reference, embedder):
     assert np.linalg.norm(got, axis=1).min() > 1.0
 
 
+def test_onnxruntime_graph_equals_the_torch_module(chips, embedder):
+    """runtime auto on a CPU is ONNX Runtime over to_onnx's graph: the torch module's descriptors."""
+    assert embedder.model is None   # the CPU default
+    torch_run = TorchEmbedder(device="cpu", runtime="torch")
+    assert np.abs(embedder.embed(chips) - torch_run.embed(chips)).max() <= 1e-5
+
+
 def test_batch_size_does_not_change_results(chips, embedder):
     odd = TorchEmbedder(device="cpu", batch_size=7)
     np.testing.assert_allclose(odd.embed(chips), embedder.embed(chips), atol=1e-5)

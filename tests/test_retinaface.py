@@ -110,6 +110,21 @@ def test_batches_of_mixed_sizes_equal_one_at_a_time(data_dir):
             assert np.abs(np.subtract(d.landmarks, e.landmarks)).max() < 0.01
 
 
+def test_onnxruntime_and_torch_runtimes_find_the_same_boxes(data_dir):
+    """The CPU default (ONNX Runtime on the package's model) against the PyTorch port, batched."""
+    images = [load(data_dir, r) for r in (
+        "groups/dlib_faces/2008_002470.jpg", "groups/faceapi_bbt/bbt4.jpg", "groups/misc/couple.jpg",
+        *(f"lfw/images/Jacques_Chirac/Jacques_Chirac_{i:04d}.jpg" for i in range(1, 9)))]
+    ort_run = RetinaFaceDetector(device="cpu")
+    assert ort_run.net is None and ort_run.batch_size == 8
+    a, b = ort_run.detect(images, 1), RetinaFaceDetector(device="cpu", runtime="torch").detect(images, 1)
+    assert sum(map(len, a)) >= 20
+    for x, y in zip(a, b):
+        assert [(d.edges, d.predictor_box) for d in x] == [(e.edges, e.predictor_box) for e in y]
+        for d, e in zip(x, y):
+            assert abs(d.score - e.score) < 1e-4 and np.abs(np.subtract(d.landmarks, e.landmarks)).max() < 0.01
+
+
 @pytest.mark.parametrize("profile", ["Jacques_Chirac/Jacques_Chirac_0010.jpg", "Jacques_Chirac/Jacques_Chirac_0006.jpg"])
 def test_two_people_one_in_profile(data_dir, rf, hog, profile):
     """A frontal face beside a face turned to profile (two LFW photos side by side): HOG finds

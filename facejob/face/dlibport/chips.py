@@ -479,7 +479,9 @@ class _BilinearSampler:
         flat *= stride
         flat += left
         flat += origin[0]
-        flat[~ok] = 0
+        everywhere = ok.all()
+        if not everywhere:
+            flat[~ok] = 0
         idx, corners = self.idx, self.corners
         idx[...] = flat
         np.take(pixels, idx, out=corners[0])
@@ -502,9 +504,11 @@ class _BilinearSampler:
         tl *= inv
         bl *= tb
         tl += bl
-        np.clip(tl, 0, 255, out=tl)  # assign_pixel saturates, then truncates
+        # assign_pixel saturates, then truncates: a weighted mean of 0..255 never leaves
+        # [0, 256), so truncating alone is the same
         planar = tl.astype(np.uint8)
-        planar[:, ~ok] = 0
+        if not everywhere:
+            planar[:, ~ok] = 0
         out[...] = planar.transpose(1, 2, 0)
 
 
