@@ -166,7 +166,7 @@ def _index_config(cfg: NightlyConfig) -> IndexConfig:
     """The run's IndexConfig: model settings the config does not name are the output's own (as
     for `facejob index`), so an output indexed before a default changed keeps its detector; a
     named one that differs from the output's faces is refused (ModelMismatch, yaml advice)."""
-    from facejob.indexing.runner import saved_model
+    from facejob.indexing.driver import saved_model
     from facejob.io.storage import open_store
 
     store = open_store(cfg.output)
