@@ -295,7 +295,7 @@ def cmd_nightly(args: argparse.Namespace, prog: str = "facejob nightly") -> int:
     except (OSError, LockLost) as e:  # the output cannot be written: disk full, permissions
         log.error("cannot write the output: %s; rerun to finish", e)
         return 1
-    except KeyboardInterrupt as e:  # Ctrl-C; the index says how far it got (runner.Interrupted)
+    except KeyboardInterrupt as e:  # Ctrl-C; the index says how far it got (pool.Interrupted)
         log.error("interrupted%s; rerun the same command to finish", f": {e}" if str(e) else "")
         return EXIT_INTERRUPTED
     # One JSON line on stdout: what a scheduler or a log pipeline picks up.
