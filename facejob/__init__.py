@@ -16,13 +16,13 @@ __version__ = "0.1.0"
 __all__ = ["IndexConfig", "ModelConfig", "RunConfig", "ConfigError", "index", "verify"]
 
 if TYPE_CHECKING:
-    from facejob.indexing.runner import RunSummary
+    from facejob.indexing.driver import RunSummary
     from facejob.indexing.verify import Verdict
 
 
 def index(sources: list[str], out: str, config: IndexConfig | None = None, progress: bool = True) -> "RunSummary":
-    """Index every photo under `sources` into `out` (see facejob.indexing.runner.index)."""
-    from facejob.indexing.runner import index as _index
+    """Index every photo under `sources` into `out` (see facejob.indexing.driver.index)."""
+    from facejob.indexing.driver import index as _index
 
     return _index(sources, out, config, progress)
 

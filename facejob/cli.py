@@ -25,13 +25,13 @@ def index_config_from_args(args: argparse.Namespace, saved: ModelConfig | None =
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from facejob.indexing.runner import index
+    from facejob.indexing.driver import index
 
     if args.endpoint_url:
         from facejob.io import s3
 
         s3.configure(endpoint_url=args.endpoint_url)
-    from facejob.indexing.runner import saved_model
+    from facejob.indexing.driver import saved_model
     from facejob.io.storage import open_store
 
     saved = saved_model(open_store(args.out))  # run.json's `model` shows what was used

@@ -18,7 +18,7 @@ def run_command(name: str, command) -> int:
 
     try:
         return command()
-    except KeyboardInterrupt as e:  # the index says how far it got: runner.Interrupted
+    except KeyboardInterrupt as e:  # the index says how far it got: pool.Interrupted
         print(f"{name}: interrupted{': ' + str(e) if str(e) else ''}; rerun the same command to finish",
               file=sys.stderr)
         return EXIT_INTERRUPTED

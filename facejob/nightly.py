@@ -166,7 +166,7 @@ def _index_config(cfg: NightlyConfig) -> IndexConfig:
     """The run's IndexConfig: model settings the config does not name are the output's own (as
     for `facejob index`), so an output indexed before a default changed keeps its detector; a
     named one that differs from the output's faces is refused (ModelMismatch, yaml advice)."""
-    from facejob.indexing.runner import saved_model
+    from facejob.indexing.driver import saved_model
     from facejob.io.storage import open_store
 
     store = open_store(cfg.output)
@@ -295,7 +295,7 @@ def cmd_nightly(args: argparse.Namespace, prog: str = "facejob nightly") -> int:
     except (OSError, LockLost) as e:  # the output cannot be written: disk full, permissions
         log.error("cannot write the output: %s; rerun to finish", e)
         return 1
-    except KeyboardInterrupt as e:  # Ctrl-C; the index says how far it got (runner.Interrupted)
+    except KeyboardInterrupt as e:  # Ctrl-C; the index says how far it got (pool.Interrupted)
         log.error("interrupted%s; rerun the same command to finish", f": {e}" if str(e) else "")
         return EXIT_INTERRUPTED
     # One JSON line on stdout: what a scheduler or a log pipeline picks up.

@@ -24,7 +24,7 @@ import pytest
 
 import facejob
 from facejob.config import IndexConfig, RunConfig
-from facejob.indexing.runner import index
+from facejob.indexing.driver import index
 from tests import crash_model
 from tests.crash_model import POISON, BrokenFaceModel, CrashingFaceModel, SlowFaceModel
 from tests.s3_server import (

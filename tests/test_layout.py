@@ -13,6 +13,6 @@ def test_public_functions_survive_importing_every_module():
     names = [m.name for m in pkgutil.walk_packages(facejob.__path__, "facejob.") if m.name != "facejob.__main__"]
     for name in names:
         importlib.import_module(name)
-    assert "facejob.indexing.verify" in names and "facejob.indexing.runner" in names
+    assert "facejob.indexing.verify" in names and "facejob.indexing.driver" in names
     assert facejob.index.__module__ == facejob.verify.__module__ == "facejob"
     assert set(facejob.__all__) == {"IndexConfig", "ModelConfig", "RunConfig", "ConfigError", "index", "verify"}

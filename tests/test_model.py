@@ -119,9 +119,9 @@ def test_a_worker_builds_its_model_once_for_many_shards(ray_local, data_dir, tmp
 def test_a_shard_moves_off_a_worker_that_never_starts(ray_local, data_dir, tmp_path, monkeypatch):
     """Three workers on two CPUs: the third is never placed while the other two live. Its
     shard must move to a free worker once nothing else is left (else the run would hang)."""
-    from facejob.indexing import runner
+    from facejob.indexing import pool
 
-    monkeypatch.setattr(runner, "START_GRACE_S", 1.0)
+    monkeypatch.setattr(pool, "START_GRACE_S", 1.0)
     src = data_dir / "labelled/faceapi_bbt/raj"
     s = facejob.index([str(src)], str(tmp_path / "out"), IndexConfig(run=RunConfig(workers=3, shard_size=2)),
                       progress=False)

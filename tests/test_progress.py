@@ -55,7 +55,7 @@ def test_disabled_writes_nothing():
 
 
 def test_one_clock_from_a_given_start_frozen_at_close(monkeypatch):
-    """`start` makes the bar the run's clock (runner.index passes the end of planning); close
+    """`start` makes the bar the run's clock (driver.index passes the end of planning); close
     stops it, and the final line shows exactly `elapsed`, the figure a summary reports."""
     import facejob.progress as p
 

@@ -9,13 +9,13 @@ earlier versions (a flat `config` in run.json, no model.json) are read and exten
 Every file is written whole or not at all (facejob.io.storage: temp file + rename locally, one
 PUT on S3), so the order of writes is the commit protocol:
 
-- Index shards (facejob.indexing.runner): faces/part-<shard>.parquet first, then
+- Index shards (facejob.indexing.pool): faces/part-<shard>.parquet first, then
   images/part-<shard>.parquet. The images part is the shard's commit marker: a shard is done
   exactly when its images part exists. A faces part without its images part is a crashed or
   running shard and counts for nothing (reduce.embeddings.parts skips it; the next index run
   deletes it, plan.remove_orphans, and redoes its photos). The catalog of indexed photos is the
   union of the images parts.
-- model.json is written before the shards; run.json after the run.
+- model.json is written before the shards; run.json after the run (facejob.indexing.driver).
 - Retiring rows (changed or deleted photos, facejob.indexing.plan.retire) rewrites the parts that
   hold them, faces part first, before new work starts: a photo has its old rows or none.
 - A part that is not whole Parquet is moved with its shard's other part to

@@ -1,9 +1,9 @@
-"""Running an index job on Ray: a pool of actors, each building the FaceModel once.
+"""The Ray actor pool that runs an index job's shards: workers that each build one FaceModel
+and take shard after shard.
 
-Driver: list → plan → retire → save OUT/model.json → feed shards to the actor pool → progress →
-run.json. Actor (`ShardWorker`): per-process setup and `FaceModel` in its constructor, then
-shard after shard: `FaceModel.process_shard` → faces part, then images part (the commit
-marker), each written atomically.
+Actor (`ShardWorker`): per-process setup and `FaceModel` in its constructor, then shard after
+shard: `FaceModel.process_shard` → faces part, then images part (the commit marker), each
+written atomically.
 
 Failures: an exception in a shard retries it (TASK_RETRIES), then the shard is reported
 failed. A dead actor (the process died: OOM, a segfault in a decoder, a killed node) is
@@ -11,34 +11,32 @@ replaced and its shard retried; a shard that kills its worker TASK_RETRIES + 1 t
 into one job per image, so a single poisoned photo fails alone with an `error: crash` row, and
 an image whose processing raises gets a `failed` reason with the exception. Workers whose
 constructor keeps failing (no model can be built) fail the run; no photo is marked.
+
+The only module that imports Ray; it knows shards (plan.Shard), not plans, and writes parts,
+never run.json.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import platform
 import resource
 import socket
 import sys
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
+from facejob.config import IndexConfig, ModelConfig, RunConfig
 from facejob.contract import layout
-from facejob.io import lock
-from facejob.indexing import plan as planning
-from facejob.config import IndexConfig, ModelConfig, ModelMismatch, RunConfig, model_differences
-from facejob.indexing.pipeline import FaceModel, ImageResult, setup_process, shard_tables
-from facejob.progress import Progress as ProgressBar
 from facejob.contract.schema import Reason, Status
-from facejob.io.sources import ImageRef, Listing, list_images
+from facejob.indexing.pipeline import FaceModel, ImageResult, setup_process, shard_tables
+from facejob.indexing.plan import Shard
+from facejob.io.sources import ImageRef
 from facejob.io.storage import Store, open_store, write_parquet
 
 log = logging.getLogger("facejob")
@@ -83,7 +81,7 @@ def _stats(images: pa.Table, faces: pa.Table, timings: Counter, node: str) -> di
             "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
-def run_shard(model: FaceModel, shard: planning.Shard, out: str, node: str = "local") -> dict[str, Any]:
+def run_shard(model: FaceModel, shard: Shard, out: str, node: str = "local") -> dict[str, Any]:
     """Process one shard with `model` and commit its parts (faces, then images)."""
     model.timings.clear()
     images, faces = model.process_shard(shard.refs, shard.id)
@@ -111,7 +109,7 @@ class ShardWorker:
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "node": self.node}
 
-    def run_shard(self, shard: planning.Shard, out: str) -> dict[str, Any]:
+    def run_shard(self, shard: Shard, out: str) -> dict[str, Any]:
         stats = run_shard(self.model, shard, out, self.node)
         self.shards += 1
         return {**stats, "model_builds": FaceModel.builds, "worker_shards": self.shards}
@@ -126,48 +124,12 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) during the run; says how many shards were committed before it."""
 
 
-@dataclass
-class RunSummary:
-    """What `index` did; also written to OUT/run.json."""
+class ShardProgress(Protocol):
+    """What the pool tells as it goes: each committed shard's stats; close() on Ctrl-C."""
 
-    out: str
-    counts: dict[str, int] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    failed_shards: list[str] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
+    def update(self, stats: dict[str, Any]) -> None: ...
 
-    @property
-    def ok(self) -> bool:
-        return not self.failed_shards
-
-
-class Progress:
-    """Index progress in photos (with shards, faces, errors and megapixels/s alongside), via facejob.progress."""
-
-    def __init__(self, total_shards: int, total_images: int, stream=None, enabled: bool = True,
-                 start: float | None = None):
-        self.total_shards = total_shards
-        self.bar = ProgressBar("index", total_images, "photos", stream=stream, enabled=enabled, rates=("MP",),
-                               start=start)
-
-    def update(self, stats: dict[str, Any]) -> None:
-        self.bar.advance(stats["images"], shards=1, faces=stats["faces"],
-                         errors=stats["status"].get(Status.ERROR.value, 0), MP=stats.get("megapixels", 0.0))
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("facejob", "dlib-bin", "face-recognition-models", "ray", "pyarrow", "numpy", "pillow", "torch"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    def close(self) -> None: ...
 
 
 def _worker_env() -> dict[str, str]:
@@ -223,7 +185,7 @@ def _cluster_max(ray) -> dict[str, float]:
             for k in set(now) | set(most)}
 
 
-def _worker_count(run: RunConfig) -> int:
+def worker_count(run: RunConfig) -> int:
     """--workers, else as many workers as the cluster's CPUs (or GPUs) can ever hold."""
     if run.workers:
         return run.workers
@@ -235,7 +197,7 @@ def _worker_count(run: RunConfig) -> int:
 
 @dataclass
 class _Job:
-    shard: planning.Shard
+    shard: Shard
     ref: ImageRef | None = None    # set: one image of a shard that kept killing its worker
     attempt: int = 0
 
@@ -243,7 +205,7 @@ class _Job:
 class _Isolated:
     """A shard processed image by image; written by the driver once every image is done."""
 
-    def __init__(self, shard: planning.Shard) -> None:
+    def __init__(self, shard: Shard) -> None:
         self.shard = shard
         self.tables: list[tuple[pa.Table, pa.Table] | None] = [None] * len(shard.refs)
 
@@ -341,9 +303,10 @@ class _Pool:
             self.drop(actor)
 
 
-def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progress: Progress,
+def execute(shards: list[Shard], out: str, config: IndexConfig, progress: ShardProgress,
              model_class: type[FaceModel] = FaceModel) -> tuple[list[dict], list[str]]:
-    """Run every shard on a pool of ShardWorker actors; returns (stats per shard, failed shard ids)."""
+    """Run every shard on a pool of ShardWorker actors; returns (stats per shard, failed shard ids).
+    Ctrl-C kills the workers and raises Interrupted (committed shards stay)."""
     run = config.run
     ray = _start_ray(run)
     from ray.exceptions import RayError, RayTaskError
@@ -353,7 +316,7 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
         num_cpus=run.cpus_per_worker, num_gpus=run.gpus_per_worker, max_restarts=0, max_task_retries=0,
         scheduling_strategy="SPREAD")
     args = (config.model.to_dict(), run.max_pixels, max(1, int(run.cpus_per_worker)), model_class)
-    size = min(_worker_count(run), len(shards))
+    size = min(worker_count(run), len(shards))
     pool = _Pool(ray, actor_cls, args, size, out)
     queue = deque(_Job(s) for s in shards)
     isolated: dict[str, _Isolated] = {}
@@ -450,7 +413,7 @@ def _execute(shards: list[planning.Shard], out: str, config: IndexConfig, progre
 
 
 def _image_done(isolated: dict[str, _Isolated], job: _Job, tables: tuple[pa.Table, pa.Table], out: str,
-                done: list[dict], progress: Progress) -> None:
+                done: list[dict], progress: ShardProgress) -> None:
     """Record one image of an isolated shard; commit the shard when it was the last one."""
     iso = isolated[job.shard.id]
     iso.tables[job.shard.refs.index(job.ref)] = tables
@@ -463,159 +426,3 @@ def _image_done(isolated: dict[str, _Isolated], job: _Job, tables: tuple[pa.Tabl
     done.append(stats)
     progress.update(stats)
     del isolated[job.shard.id]
-
-
-def totals(store: Store) -> dict[str, int]:
-    """Counts over everything the output holds now (all runs)."""
-    from facejob.io.storage import read_parts
-
-    from facejob.contract.schema import IMAGES
-
-    images = read_parts(store, layout.IMAGES_DIR, IMAGES, ["status", "n_faces"])
-    statuses = Counter(images.column("status").to_pylist())
-    return {"images": images.num_rows, **{s.value: statuses.get(s.value, 0) for s in Status},
-            "faces": int(sum(images.column("n_faces").to_pylist()))}
-
-
-def index(sources: list[str], out: str, config: IndexConfig | None = None, progress: bool = True,
-          model_class: type[FaceModel] = FaceModel) -> RunSummary:
-    """Index every photo under `sources` into the output folder or s3:// prefix `out`.
-
-    Returns the run summary (also written to OUT/run.json). Photos already indexed in `out` with
-    the same size and mtime/etag are not processed again unless `config.run.force`.
-    `model_class` is the FaceModel the workers build (tests pass a subclass). Holds the output's
-    writer lock throughout (facejob.io.lock.LockHeld if another run has it); refuses
-    (plan.RetireRefused, nothing retired) a listing that would retire too much (see
-    plan.check_retirement).
-    """
-    store = open_store(out)
-    config = config or IndexConfig(saved_model(store) or ModelConfig(), RunConfig())
-    new_folder = getattr(store, "path", None)
-    new_folder = new_folder if new_folder is not None and not new_folder.exists() else None
-    with lock.hold(store, "index"):
-        try:
-            return _index(sources, store, config, progress, model_class)
-        except BaseException:
-            if new_folder is not None:
-                _remove_if_empty(new_folder)
-            raise
-
-
-def _remove_if_empty(folder: Path) -> None:
-    """Remove an output folder this run created if it holds nothing but the lock file (the
-    run failed before writing anything: a missing source, a wrong setting, Ctrl-C)."""
-    if {p.name for p in folder.iterdir()} <= {layout.LOCK}:
-        (folder / layout.LOCK).unlink(missing_ok=True)
-        folder.rmdir()
-
-
-def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool,
-           model_class: type[FaceModel]) -> RunSummary:
-    out, run = store.root, config.run
-    started = datetime.now(timezone.utc)
-    t0 = time.perf_counter()
-    _check_same_models(store, config)
-    listing = Listing()
-    refs = list(list_images(sources, run.extensions, listing))
-    skipped = listing.skipped
-    t_list = time.perf_counter()
-    orphans = planning.remove_orphans(store)
-    catalog = planning.read_catalog(store)
-    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), run.force, listing.unlisted,
-                              skipped, retire_excluded=run.allow_retire)
-    planning.check_retirement(plan, run.max_retire_share, run.allow_retire)
-    planning.retire(store, plan.retire)
-    shards: list[planning.Shard] = []
-    if plan.todo:
-        size = run.shard_size or planning.auto_shard_size(len(plan.todo), _worker_count(run))
-        shards = planning.cut_shards(plan.todo, size)
-    t_plan = time.perf_counter()
-    log.info("listed %d photos (%d other files skipped by extension): %d new, %d changed, %d unchanged, "
-             "%d deleted → %d shards", plan.listed, len(skipped), plan.new, plan.changed, plan.unchanged,
-             plan.deleted, len(shards))
-    if listing.unlisted:
-        log.warning("%d folder(s) could not be listed; their %d indexed photos are kept: %s",
-                    len(listing.unlisted), plan.unlisted, ", ".join(listing.unlisted[:5]))
-    if plan.excluded:
-        log.warning("kept %d indexed photos whose extension this run does not list (extensions: %s); "
-                    "--allow-retire (allow_retire: true) retires them", plan.excluded, " ".join(run.extensions))
-    bar = Progress(len(shards), len(plan.todo), enabled=progress, start=t_plan)
-    config.model.save(store)  # before any part: every reader of faces/ builds the same FaceModel
-    done, failed = _execute(shards, out, config, bar, model_class) if shards else ([], [])
-    if shards:
-        bar.close()   # the last line, also when shards failed short of the total; stops the clock
-    t_run = t_plan + bar.bar.elapsed  # the progress line's clock: it and the summary show one time
-
-    stage_s: Counter[str] = Counter()
-    status: Counter[str] = Counter()
-    nodes: Counter[str] = Counter()
-    workers: dict[int, dict[str, Any]] = {}
-    for s in done:
-        stage_s.update(s["timings"])
-        status.update(s["status"])
-        nodes[s["node"]] += 1
-        if "model_builds" in s:  # shards a worker process took, and how often it built its model
-            w = workers.setdefault(s["pid"], {"node": s["node"], "pid": s["pid"], "shards": 0})
-            w["shards"] += 1
-            w["model_builds"] = s["model_builds"]
-    processed = sum(s["images"] for s in done)
-    megapixels = sum(s.get("megapixels", 0.0) for s in done)
-    summary = RunSummary(out=store.root, failed_shards=failed)
-    summary.counts = {
-        "listed": plan.listed, "skipped_by_extension": len(skipped), "new": plan.new, "changed": plan.changed,
-        "unchanged": plan.unchanged, "retried": plan.retried, "deleted": plan.deleted, "processed": processed,
-        **{st.value: status.get(st.value, 0) for st in Status},
-        "faces": sum(s["faces"] for s in done), "shards": len(shards), "failed_shards": len(failed),
-        "orphan_parts_removed": orphans, "unlisted": plan.unlisted, "unlisted_folders": len(listing.unlisted),
-        "kept_other_extension": plan.excluded,
-        "quarantined_parts": len(catalog.quarantined), "duplicate_rows_removed": plan.duplicates,
-    }
-    summary.timings = {"list_s": t_list - t0, "plan_s": t_plan - t_list, "process_s": t_run - t_plan,
-                       "total_s": time.perf_counter() - t0,
-                       **{f"{k}_worker_s": round(v, 3) for k, v in sorted(stage_s.items())}}
-    summary.report = {
-        "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-        "sources": list(sources), "out": store.root, **config.to_dict(), "versions": _versions(),
-        "counts": summary.counts, "totals": totals(store), "timings": summary.timings,
-        "images_per_s": processed / max(t_run - t_plan, 1e-9) if processed else 0.0,
-        "megapixels": round(megapixels, 1),
-        "megapixels_per_s": megapixels / max(t_run - t_plan, 1e-9) if processed else 0.0,
-        # the worst worker's peak resident memory (the bound to size machines by)
-        "worker_peak_rss_mb": max((s.get("peak_rss_mb", 0.0) for s in done if s["node"] != "driver"), default=0.0),
-        "nodes": dict(nodes), "workers": list(workers.values()), "failed_shards": failed, "skipped_examples": skipped[:20],
-        "unlisted_folders": listing.unlisted[:20], "quarantined": catalog.quarantined,
-    }
-    _write_run_json(store, summary.report)
-    return summary
-
-
-def saved_model(store: Store) -> ModelConfig | None:
-    """The model settings an output already holds faces of (None for a new or empty output).
-    Reruns start from them, so an output indexed before a default changed keeps its detector."""
-    if not store.list(layout.IMAGES_DIR):
-        return None
-    try:
-        return ModelConfig.load(store)
-    except (FileNotFoundError, ValueError, TypeError):
-        return None
-
-
-def _check_same_models(store: Store, config: IndexConfig) -> None:
-    """Refuse to mix faces found or embedded differently into one output (unless redoing all)."""
-    diff = {} if config.run.force else model_differences(store, config.model)
-    if diff:
-        raise ModelMismatch(store.root, diff, "use --force to redo every photo, or another --out")
-
-
-def _write_run_json(store: Store, report: dict[str, Any]) -> None:
-    """run.json holds the last run in full and a short history of earlier ones."""
-    history: list[dict] = []
-    if store.exists(layout.RUN_JSON):
-        try:
-            old = json.loads(store.read_bytes(layout.RUN_JSON))
-            history = old.get("history", [])
-            history.append({k: old[k] for k in ("started", "counts", "timings") if k in old})
-        except (ValueError, KeyError):
-            pass
-    doc = {**report, "history": history[-50:]}
-    store.write_bytes(layout.RUN_JSON, json.dumps(doc, indent=2, default=str).encode())
