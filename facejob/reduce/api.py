@@ -495,11 +495,11 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     return s
 
 
-def _faceless_candidates(images: pa.Table) -> list[tuple[str, str]]:
+def _faceless_candidates(images: pa.Table) -> dd.ContentPairs:
     """Content pairs with a photo without faces whose perceptual hashes are close (outputs indexed
     before the phash column have none: their faceless photos are only matched by bytes)."""
     rows = images.filter(pc.is_valid(images.column("phash")))
-    sha = rows.column("sha256").to_pylist()
+    sha = rows.column("sha256")
     hashes = rows.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
     faceless = np.asarray(pc.equal(rows.column("status"), "no_face").to_numpy(zero_copy_only=False), bool)
     return dd.phash_candidates(sha, hashes, faceless)
