@@ -511,19 +511,20 @@ def _near_candidates(fi: FaceIndex, faces: Faces, k: int = 8) -> list[tuple[str,
     if n < 2:
         return []
     rows = fi.rows_for(faces)
-    sha = faces.meta.column("sha256").to_numpy(zero_copy_only=False)
+    code, names = dd.content_codes(faces.meta.column("sha256"))
     shape = dd.shape_vector(_landmarks(faces))
-    out: set[tuple[str, str]] = set()
+    keys = [np.empty(0, np.int64)]
     for lo in range(0, n, 100_000):
         labels, d = fi.query(faces.embeddings[lo:lo + 100_000], k)
         i = np.broadcast_to(np.arange(lo, lo + len(labels))[:, None], labels.shape)
         j = rows[labels]
         ok = (j >= 0) & (d <= dd.NEAR_MAX_DIST)
         i, j = i[ok], j[ok]
-        ok = (sha[i] != sha[j]) & (dd.shape_diff(shape[i], shape[j]) <= dd.SHAPE_TOL)
-        for a, b in zip(sha[i[ok]], sha[j[ok]]):
-            out.add((a, b) if a < b else (b, a))
-    return sorted(out)
+        ok = (code[i] != code[j]) & (dd.shape_diff(shape[i], shape[j]) <= dd.SHAPE_TOL)
+        a, b = code[i[ok]], code[j[ok]]
+        keys.append(np.minimum(a, b) * len(names) + np.maximum(a, b))
+    keys = np.unique(np.concatenate(keys))
+    return list(dd.ContentPairs(names, keys // len(names), keys % len(names)))
 
 
 def _landmarks(faces: Faces) -> np.ndarray:

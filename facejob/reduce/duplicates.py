@@ -236,7 +236,7 @@ def phash_candidates(sha, hashes: np.ndarray, faceless: np.ndarray, max_bits: in
     and an exact multi-index split (17 chunks, pigeonhole: one equal) lets 75 % of random pairs
     through, 4 chunks within 4 bits 15 %; a popcount costs about what a lookup does. Memory:
     the blocks per thread, the distinct hashes and the pairs found."""
-    codes, names = _content_codes(sha)
+    codes, names = content_codes(sha)
     h, fl, c = _distinct_hashes(codes, np.asarray(hashes, np.int64), np.asarray(faceless, bool))
     n, nf, n_names = len(h), int(fl.sum()), len(names)
     empty = np.empty(0, np.int64)
@@ -267,7 +267,7 @@ def phash_candidates(sha, hashes: np.ndarray, faceless: np.ndarray, max_bits: in
     return ContentPairs(names, keys // n_names, keys % n_names)
 
 
-def _content_codes(sha) -> tuple[np.ndarray, pa.Array]:
+def content_codes(sha) -> tuple[np.ndarray, pa.Array]:
     """Per row the rank of its sha256 among the distinct ones, and those (sorted)."""
     arr = sha.combine_chunks() if isinstance(sha, pa.ChunkedArray) else pa.array(sha, pa.string())
     enc = pc.dictionary_encode(arr)
