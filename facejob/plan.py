@@ -230,7 +230,10 @@ def make_plan(refs: Iterable[ImageRef], catalog: Catalog | dict, source_roots: l
     The listing and the catalog are diffed as Arrow columns (hash joins), not photo by photo.
     """
     refs = refs if isinstance(refs, list) else list(refs)
-    catalog = catalog if isinstance(catalog, Catalog) else Catalog()   # {}: nothing catalogued
+    if not isinstance(catalog, Catalog):
+        if catalog:
+            raise TypeError("make_plan needs a Catalog (read_catalog), or {} for an empty output")
+        catalog = Catalog()
     listed, cat = _listing_table(refs), catalog.table
     plan = Plan(todo=[], listed=len(refs))
     plan.roots = {r: RootCounts() for r in source_roots}
