@@ -205,7 +205,7 @@ def near_pairs(faces_of: dict[str, PhotoFaces], cand: list[tuple[str, str]], loa
 @dataclass(frozen=True)
 class ContentPairs:
     """Content pairs (sha_a < sha_b), sorted: two index arrays into `names` (the distinct contents,
-    sorted), 16 bytes a pair where tuples of strings take ~150 (a million-photo archive has tens of
+    sorted), 8 bytes a pair where tuples of strings take ~150 (a million-photo archive has tens of
     millions of hash candidates). Iterates as (sha_a, sha_b)."""
 
     names: pa.Array
@@ -264,7 +264,7 @@ def phash_candidates(sha, hashes: np.ndarray, faceless: np.ndarray, max_bits: in
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         keys = np.unique(np.concatenate([empty, *pool.map(block, range(0, nf, PHASH_ROWS))]))
-    return ContentPairs(names, keys // n_names, keys % n_names)
+    return ContentPairs(names, (keys // n_names).astype(np.int32), (keys % n_names).astype(np.int32))
 
 
 def content_codes(sha) -> tuple[np.ndarray, pa.Array]:
