@@ -134,18 +134,19 @@ def write_parquet(store: Store, rel: str, table: pa.Table) -> None:
     store.write_bytes(rel, buf.getvalue())
 
 
-def read_parquet(store: Store, rel: str, columns: list[str] | None = None) -> pa.Table:
-    return parse_parquet(rel, store.read_bytes(rel), columns)
+def read_parquet(store: Store, rel: str, columns: list[str] | None = None, threads: bool = True) -> pa.Table:
+    return parse_parquet(rel, store.read_bytes(rel), columns, threads)
 
 
 class DamagedPart(ValueError):
     """A file in the output is not whole Parquet (a cut copy, a disk that filled up)."""
 
 
-def parse_parquet(rel: str, data: bytes, columns: list[str] | None = None) -> pa.Table:
-    """`data` as a table; DamagedPart (never a storage error) when the bytes are not whole Parquet."""
+def parse_parquet(rel: str, data: bytes, columns: list[str] | None = None, threads: bool = True) -> pa.Table:
+    """`data` as a table; DamagedPart (never a storage error) when the bytes are not whole Parquet.
+    `threads=False` for many small parts read side by side: Arrow's pool costs more than it gives."""
     try:
-        return parquet_file(data).read(columns=columns)
+        return parquet_file(data).read(columns=columns, use_threads=threads)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError or others for broken files
         raise DamagedPart(f"{rel}: {e}") from e
 
