@@ -1,6 +1,6 @@
 """Perceptual-hash threshold for duplicates without faces: copies vs different photos.
 
-    python -m bench.dedup_phash [--lfw 300]
+    python -m bench.dedup_phash [--lfw 300] [--originals N]
 
 Hashes (facejob.image.phash on facejob's working copy) of every no_face/, groups/ and 200 labelled
 photo, each re-encoded at q60, resized to 70 % and 40 %, and cropped by 3 %, 5 % and 8 % per
@@ -51,12 +51,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("FACEJOB_DATA", DEFAULT_DATA)))
     ap.add_argument("--lfw", type=int, default=300)
+    ap.add_argument("--originals", type=int, default=0, help="use only the first N originals (0 = all)")
     args = ap.parse_args()
     d = args.data
     ext = (".jpg", ".jpeg", ".png")
     originals = sorted(p for p in (d / "no_face").rglob("*") if p.suffix.lower() in ext)
     originals += sorted((d / "groups").rglob("*.jpg")) + sorted(p for p in (d / "labelled").rglob("*")
                                                                  if p.suffix.lower() in ext)[:200]
+    originals = originals[:args.originals or None]
     random.seed(0)
     lfw = random.sample(sorted((d / "lfw/images").rglob("*.jpg")), args.lfw)
     dist: dict[str, list[int]] = {k: [] for k in EDITS}

@@ -1,8 +1,8 @@
 """The GPU path in one run: photos/s, faces/s and descriptor drift per precision / compile setting.
 
-    python bench/gpu_check.py                        # 600 LFW photos from FACEJOB_DATA, on cuda
-    python bench/gpu_check.py --photos DIR --device cuda --variants fp32,fp32+compile,bf16,fp16
-    python bench/gpu_check.py --device cpu --limit 100 --variants fp32,bf16   # drift on a CPU
+    python -m bench.gpu_check                        # 600 LFW photos from FACEJOB_DATA, on cuda
+    python -m bench.gpu_check --photos DIR --device cuda --variants fp32,fp32+compile,bf16,fp16
+    python -m bench.gpu_check --device cpu --limit 100 --variants fp32,bf16   # drift on a CPU
 
 On a lent GPU machine (no shared data there): copy ~600 photos into an untracked folder of the
 work tree first (600 LFW photos are ~10 MB) and pass it as --photos.

@@ -1,6 +1,6 @@
 """The reducer at archive scale: 1,000,000 synthetic face descriptors of 100,000 people, from Parquet.
 
-    nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out]
+    nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out] [--json]
 
 Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
 directions (real descriptors are far from isotropic), each photo = centre + noise whose size
@@ -65,6 +65,15 @@ def calibrate(c: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
     return float(s), float(sigma)
 
 
+def schema_table(schema: pa.Schema, n: int, cols: dict) -> pa.Table:
+    """`cols` as a table of `schema`, its other columns null: built from facejob's own schema, the
+    archive follows it when columns are added (null = unknown, as in parts written before them)."""
+    unknown = set(cols) - set(schema.names)
+    if unknown:
+        raise KeyError(f"not in the schema: {sorted(unknown)}")
+    return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
+
+
 def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0) -> np.ndarray:
     """Write the synthetic faces/ and images/ parts; returns the true person of each face (in row order)."""
     rng = np.random.default_rng(seed)
@@ -92,13 +101,12 @@ def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0) -> np.n
             "detector": pa.array(["synthetic"] * n), "embedder": pa.array(["synthetic"] * n),
             "shard": pa.array([f"{part:04d}"] * n),
         }
-        write_parquet(store, f"faces/part-{part:04d}.parquet", pa.table(cols, schema=FACES))
+        write_parquet(store, f"faces/part-{part:04d}.parquet", schema_table(FACES, n, cols))
         # The images part is the commit marker: the reducer reads only faces parts that have one.
-        write_parquet(store, f"images/part-{part:04d}.parquet", pa.table({
-            "uri": pa.array(uris), "size": pa.array(np.zeros(n, np.int64)), "mtime": pa.nulls(n, pa.float64()),
-            "etag": pa.array(ids), "sha256": pa.array(ids), "width": zeros, "height": zeros,
-            "status": pa.array(["ok"] * n), "error": pa.nulls(n, pa.string()), "n_faces": pa.array(np.ones(n, np.int32)),
-            "shard": pa.array([f"{part:04d}"] * n)}, schema=IMAGES))
+        write_parquet(store, f"images/part-{part:04d}.parquet", schema_table(IMAGES, n, {
+            "uri": pa.array(uris), "size": pa.array(np.zeros(n, np.int64)), "etag": pa.array(ids),
+            "sha256": pa.array(ids), "width": zeros, "height": zeros, "status": pa.array(["ok"] * n),
+            "n_faces": pa.array(np.ones(n, np.int32)), "shard": pa.array([f"{part:04d}"] * n)}))
     store.write_bytes("run.json", json.dumps({"config": IndexConfig().to_dict()}).encode())
     return people
 
@@ -124,7 +132,9 @@ def main() -> None:
     ap.add_argument("--people", type=int, default=100_000)
     ap.add_argument("--out", default="/tmp/facejob_scale_out")
     ap.add_argument("--keep", action="store_true", help="reuse an archive already written at --out")
+    ap.add_argument("--json", action="store_true", help="print only the JSON line")
     args = ap.parse_args()
+    say = (lambda *a: None) if args.json else print
     from facejob.reduce import api
     from facejob.reduce.embeddings import read_faces
     from facejob.reduce.hnsw import IndexParams, update_index
@@ -139,7 +149,7 @@ def main() -> None:
         np.save(out / "truth.npy", people)
         what = f"written in {time.perf_counter() - t0:.1f} s"
     truth = np.load(out / "truth.npy")
-    print(f"archive: {len(truth):,} faces of {len(np.unique(truth)):,} people, {what}")
+    say(f"archive: {len(truth):,} faces of {len(np.unique(truth)):,} people, {what}")
     store = LocalStore(out)
     for rel in ("index/params.json", "clusters.parquet", "clusters.json"):
         store.delete(rel)
@@ -148,18 +158,18 @@ def main() -> None:
     t0 = time.perf_counter()
     faces = read_faces(store)
     t_read = time.perf_counter() - t0
-    print(f"read faces/: {len(faces):,} rows in {t_read:.1f} s (embeddings {faces.embeddings.nbytes / 2**20:.0f} MiB), "
+    say(f"read faces/: {len(faces):,} rows in {t_read:.1f} s (embeddings {faces.embeddings.nbytes / 2**20:.0f} MiB), "
           f"peak RSS so far {rss_gib():.2f} GiB")
 
     t0, c0 = time.perf_counter(), time.process_time()
     fi = update_index(store, faces, IndexParams(), rebuild=True, log=lambda m: None)
     t_build, c_build = time.perf_counter() - t0, time.process_time() - c0
-    print(f"index build: {t_build:.1f} s wall, {c_build:.1f} CPU-s (M={fi.params.M}, "
+    say(f"index build: {t_build:.1f} s wall, {c_build:.1f} CPU-s (M={fi.params.M}, "
           f"ef_construction={fi.params.ef_construction}, {os.cpu_count()} cores, load before {load0:.1f}), "
           f"file {(out / 'index/faces.hnsw').stat().st_size / 2**20:.0f} MiB")
 
     rng = np.random.default_rng(1)
-    q = rng.choice(len(faces), 1000, replace=False)
+    q = rng.choice(len(faces), min(1000, len(faces)), replace=False)
     x = faces.embeddings
     norms = (x * x).sum(1)
     exact = np.empty((len(q), 10), np.int64)
@@ -176,8 +186,8 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         fi.query(x[:nq], 10, ef=ef)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(f"search ef_search={ef}{' (default)' if ef == fi.params.ef_search else ''}: recall@10 {r:.4f} vs exact "
-              f"(1,000 queries); {nq / wall:,.0f} queries/s at k=10 ({nq:,} queries, all cores; "
+        say(f"search ef_search={ef}{' (default)' if ef == fi.params.ef_search else ''}: recall@10 {r:.4f} vs exact "
+              f"({len(q):,} queries); {nq / wall:,.0f} queries/s at k=10 ({nq:,} queries, all cores; "
               f"{nq / cpu:,.0f} per CPU-second)")
         if ef == fi.params.ef_search:
             recall, qps = r, nq / wall
@@ -188,10 +198,10 @@ def main() -> None:
     import pyarrow.parquet as pq
     cid = pq.read_table(out / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
     p, r, f = pairwise_f(truth, cid)
-    print(f"cluster: {t_cluster:.1f} s wall, {c_cluster:.1f} CPU-s (kNN graph {s.timings['knn_s']:.1f} s, merging {s.timings['merge_s']:.1f} s, "
+    say(f"cluster: {t_cluster:.1f} s wall, {c_cluster:.1f} CPU-s (kNN graph {s.timings['knn_s']:.1f} s, merging {s.timings['merge_s']:.1f} s, "
           f"{s.rounds} rounds, {s.edges:,} edges): {s.clusters:,} clusters for {args.people:,} people; "
           f"pairwise P {p:.4f} R {r:.4f} F {f:.4f}")
-    print(f"peak RSS: {rss_gib():.2f} GiB")
+    say(f"peak RSS: {rss_gib():.2f} GiB")
     print(json.dumps({"faces": len(faces), "people": args.people, "read_s": round(t_read, 1),
                       "build_s": round(t_build, 1), "recall_at_10": round(float(recall), 4), "qps": round(qps),
                       "cluster_s": round(t_cluster, 1), "pairwise_f": round(f, 4), "peak_rss_gib": round(rss_gib(), 2)}))

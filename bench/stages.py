@@ -1,8 +1,8 @@
 """Where a photo's time goes, stage by stage, and facejob's defaults beside the face_recognition loop.
 
-    python bench/stages.py                       # profile (300 LFW photos) + side by side (600)
-    python bench/stages.py --no-side-by-side --profile 300 --save /tmp/faces_main.parquet
-    python bench/stages.py --compare /tmp/faces_main.parquet   # equality with an earlier version
+    python -m bench.stages                       # profile (300 LFW photos) + side by side (600)
+    python -m bench.stages --no-side-by-side --profile 300 --save /tmp/faces_main.parquet
+    python -m bench.stages --compare /tmp/faces_main.parquet   # equality with an earlier version
 
 Profile: one FaceModel with the defaults in this process, torch on one thread (what an index
 worker with one CPU gets), `--profile` LFW photos in shards of `--shard` (after one warm-up

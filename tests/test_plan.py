@@ -30,7 +30,7 @@ def test_auto_shard_size():
 
 def _commit(store, shard, rs):
     images = pa.table({"uri": [r.uri for r in rs], "size": [r.size for r in rs], "mtime": [r.mtime for r in rs],
-                       "etag": [None] * len(rs), "sha256": ["x"] * len(rs), "width": [1] * len(rs),
+                       "etag": [r.etag for r in rs], "sha256": ["x"] * len(rs), "width": [1] * len(rs),
                        "height": [1] * len(rs), "phash": [None] * len(rs), "status": ["no_face"] * len(rs), "error": [None] * len(rs),
                        "n_faces": [0] * len(rs), "shard": [shard] * len(rs)}, schema=schema.IMAGES)
     write_parquet(store, planning.FACES_DIR + planning.part_name(shard), schema.FACES.empty_table())
@@ -80,6 +80,23 @@ def test_transient_errors_retried_next_run(tmp_path):
     write_parquet(store, "images/part-a.parquet", pa.Table.from_pylist(table, schema.IMAGES))
     p = planning.make_plan(rs, planning.read_catalog(store), ["/p"])
     assert [r.uri for r in p.todo] == [rs[0].uri] and p.retried == 1 and p.unchanged == 2
+
+
+def test_versions_by_etag_when_listed_with_one_else_by_mtime(tmp_path):
+    """ImageRef.version: S3 photos match on size + etag, files on size + mtime (a missing mtime
+    matches a missing one); a photo catalogued without etag but listed with one is redone."""
+    store = LocalStore(tmp_path)
+    s3 = [ImageRef(f"s3://b/{i}.jpg", 10, None, f"e{i}") for i in range(3)]
+    files = [ImageRef("/p/a.jpg", 10, 1.0), ImageRef("/p/b.jpg", 10, None), ImageRef("/p/c.jpg", 10, 1.0)]
+    _commit(store, "a", s3 + files)
+    listing = [s3[0], ImageRef(s3[1].uri, 10, 5.0, "changed"), ImageRef(s3[2].uri, 11, None, "e2"),
+               files[0], files[1], ImageRef(files[2].uri, 10, 2.0), ImageRef("/p/new.jpg", 1, 1.0)]
+    listing += [ImageRef(files[0].uri.replace("a.jpg", "x.jpg"), 10, 1.0, "etag")]
+    p = planning.make_plan(listing, planning.read_catalog(store), ["s3://b", "/p"])
+    assert [r.uri for r in p.todo] == [s3[1].uri, s3[2].uri, files[2].uri, "/p/new.jpg", "/p/x.jpg"]
+    assert (p.new, p.changed, p.unchanged, p.deleted) == (2, 3, 3, 0)
+    assert p.retire == {"a": {s3[1].uri, s3[2].uri, files[2].uri}}
+    assert {r: (c.listed, c.catalogued) for r, c in p.roots.items()} == {"s3://b": (3, 3), "/p": (5, 3)}
 
 
 def test_force_redoes_everything(tmp_path):

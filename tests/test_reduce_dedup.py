@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -154,3 +155,62 @@ def test_old_outputs_without_phash_still_dedup(deduped_faceless, tmp_path):
 
     s = dedup(str(old))
     assert s.faceless_candidates == 0 and s.groups == s.identical_groups == 1
+
+
+def _brute_force_candidates(sha, hashes, faceless, max_bits):
+    """The quadratic search phash_candidates replaced (every faceless hash against every hash),
+    kept as the reference it must equal pair for pair."""
+    h = np.asarray(hashes, np.int64).view(np.uint64)
+    out = set()
+    for r in np.flatnonzero(faceless):
+        for c in np.flatnonzero(np.bitwise_count(h[r] ^ h) <= max_bits):
+            a, b = sha[r], sha[c]
+            if a != b:
+                out.add((a, b) if a < b else (b, a))
+    return sorted(out)
+
+
+def _synthetic_hashes(rng, n):
+    """Random hashes with the cases the search must get right: near copies at every distance
+    around the threshold, identical files (same sha, same hash), a content hashed two ways."""
+    h = rng.integers(-2 ** 63, 2 ** 63 - 1, n, dtype=np.int64, endpoint=True)
+    sha = [f"{rng.integers(2 ** 62):016x}" for _ in range(n)]
+    for r in rng.choice(n, n // 5, replace=False):          # near copies, 0-20 bits apart
+        src = int(rng.integers(n))
+        flip = rng.choice(64, int(rng.integers(21)), replace=False)
+        h[r] = (h[src].view(np.uint64) ^ np.uint64(sum(1 << int(b) for b in flip))).view(np.int64)
+    for r in rng.choice(n, n // 20, replace=False):         # identical files
+        src = int(rng.integers(n))
+        h[r], sha[r] = h[src], sha[src]
+    for r in rng.choice(n, n // 50, replace=False):         # same bytes, another hash
+        sha[r] = sha[int(rng.integers(n))]
+    return sha, h
+
+
+@pytest.mark.parametrize("seed,max_bits", [(0, 16), (1, 16), (2, 0), (3, 8), (4, 24)])
+def test_phash_candidates_equal_the_brute_force_on_random_hashes(seed, max_bits, monkeypatch):
+    from facejob.reduce import duplicates as dd
+
+    monkeypatch.setattr(dd, "PHASH_ROWS", 37)     # many blocks, ragged edges, diagonal blocks
+    monkeypatch.setattr(dd, "PHASH_COLS", 101)
+    rng = np.random.default_rng(seed)
+    sha, h = _synthetic_hashes(rng, 1500)
+    faceless = rng.random(len(h)) < [0.5, 0.9, 0.1, 0.5, 0.02][seed]
+    want = _brute_force_candidates(sha, h, faceless, max_bits)
+    got = dd.phash_candidates(sha, h, faceless, max_bits, workers=3)
+    assert list(got) == want and len(got) == len(want) and len(want) > 2
+    assert list(dd.phash_candidates(sha, h, np.zeros(len(h), bool), max_bits)) == []
+
+
+def test_phash_candidates_equal_the_brute_force_on_real_hashes(deduped_faceless):
+    """The real no_face photos and copies (look-alike Caltech objects within the threshold),
+    as they are and with every photo counted faceless, then every other."""
+    from facejob.reduce import duplicates as dd
+
+    out, _, _ = deduped_faceless
+    t = pq.read_table(out / "images")
+    sha, h = t.column("sha256").to_pylist(), t.column("phash").to_numpy()
+    for faceless in (np.array(t.column("status").to_pylist()) == "no_face", np.ones(len(h), bool),
+                     np.arange(len(h)) % 2 == 0):
+        want = _brute_force_candidates(sha, h, faceless, dd.PHASH_MAX)
+        assert list(dd.phash_candidates(sha, h, faceless)) == want and len(want) > 12

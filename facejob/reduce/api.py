@@ -636,11 +636,11 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     return s
 
 
-def _faceless_candidates(images: pa.Table) -> list[tuple[str, str]]:
+def _faceless_candidates(images: pa.Table) -> dd.ContentPairs:
     """Content pairs with a photo without faces whose perceptual hashes are close (outputs indexed
     before the phash column have none: their faceless photos are only matched by bytes)."""
     rows = images.filter(pc.is_valid(images.column("phash")))
-    sha = rows.column("sha256").to_pylist()
+    sha = rows.column("sha256")
     hashes = rows.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
     faceless = np.asarray(pc.equal(rows.column("status"), "no_face").to_numpy(zero_copy_only=False), bool)
     return dd.phash_candidates(sha, hashes, faceless)
@@ -652,19 +652,20 @@ def _near_candidates(fi: FaceIndex, faces: Faces, k: int = 8) -> list[tuple[str,
     if n < 2:
         return []
     rows = fi.rows_for(faces)
-    sha = faces.meta.column("sha256").to_numpy(zero_copy_only=False)
+    code, names = dd.content_codes(faces.meta.column("sha256"))
     shape = dd.shape_vector(_landmarks(faces))
-    out: set[tuple[str, str]] = set()
+    keys = [np.empty(0, np.int64)]
     for lo in range(0, n, 100_000):
         labels, d = fi.query(faces.embeddings[lo:lo + 100_000], k)
         i = np.broadcast_to(np.arange(lo, lo + len(labels))[:, None], labels.shape)
         j = rows[labels]
         ok = (j >= 0) & (d <= dd.NEAR_MAX_DIST)
         i, j = i[ok], j[ok]
-        ok = (sha[i] != sha[j]) & (dd.shape_diff(shape[i], shape[j]) <= dd.SHAPE_TOL)
-        for a, b in zip(sha[i[ok]], sha[j[ok]]):
-            out.add((a, b) if a < b else (b, a))
-    return sorted(out)
+        ok = (code[i] != code[j]) & (dd.shape_diff(shape[i], shape[j]) <= dd.SHAPE_TOL)
+        a, b = code[i[ok]], code[j[ok]]
+        keys.append(np.minimum(a, b) * len(names) + np.maximum(a, b))
+    keys = np.unique(np.concatenate(keys))
+    return list(dd.ContentPairs(names, keys // len(names), keys % len(names)))
 
 
 def _landmarks(faces: Faces) -> np.ndarray:

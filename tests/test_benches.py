@@ -1,0 +1,88 @@
+"""Every bench script runs, at a tiny size, so that a change elsewhere (a schema column, a renamed
+function) cannot break one silently. The figures are not checked (benches print them for people);
+that the script finishes, and that a --json line carries its keys, is.
+
+Synthetic benches take seconds and run with the suite. The others read the shared photos and run
+dlib, Ray or a browser: tens of seconds to minutes even at their smallest, so they are `slow`
+(`pytest -m slow tests/test_benches.py`)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# script: (arguments at a tiny size, keys its --json line must have or None). "{tmp}" is a scratch
+# folder, "{data}" the shared photos (also FACEJOB_DATA).
+FAST = {
+    "dedup_scale": (["--photos", "200", "--json"], {"peak_rss_gib", "seconds", "candidates"}),
+    "catalog_scale": (["--photos", "2000", "--parts", "20", "--ratio-photos", "1000", "--ratio-parts", "20", "2",
+                       "--repeats", "1", "--json"], {"driver_peak_rss_gib", "plan_s", "parts_ratio"}),
+    "reduce_scale": (["--faces", "200", "--people", "20", "--out", "{tmp}/out", "--json"],
+                     {"peak_rss_gib", "recall_at_10", "pairwise_f", "cluster_s"}),
+}
+# Real photos and models: minutes on 2 shared cores even at these sizes.
+SLOW = {
+    "dedup_phash": (["--lfw", "5", "--originals", "10"], None),
+    "s3_throughput": (["--photos", "20", "--add", "2", "--change", "1", "--delete", "1", "--rounds", "1",
+                       "--workers", "1", "--shard-size", "10"], None),
+    "backends": (["--chips", "4", "--repeats", "1", "--batch-sizes", "1,4", "--threads", "1"], None),
+    "lfw_pairs": (["--limit", "10", "--workers", "1"], None),
+    "retinaface_scores": (["--lfw", "10"], None),
+    "port_equality": (["--limit", "3"], None),
+    "fit_box_map": (["--lfw", "10", "--data", "{data}"], None),
+    "detectors": (["--detectors", "hog:0"], None),
+    "heic_decode": (["--repeats", "1"], None),
+    "camera": (["--sources", "1", "--sweep", "1200", "--formats", "jpg", "--no-loop", "--no-memory",
+                "--photos", "{tmp}/photos"], None),
+    "fake_gpu": (["--rounds", "1", "--src", "{data}/labelled/dlib_johns"], None),
+    "chips": (["--sample", "0", "--repeat", "1"], None),
+    "mmod_equality": (["--upsample", "0", "--data", "{data}/groups/dlib_faces"], None),
+    "backends_table": (["--folders", "groups/misc"], None),
+    "index_acceptance": (["--out", "{tmp}/out"], None),
+    "stages": (["--profile", "6", "--shard", "3", "--repeat", "1", "--no-side-by-side"], None),
+    "gpu_check": (["--device", "cpu", "--limit", "4", "--variants", "fp32"], None),
+    "detector_sweep": (["--lfw", "2"], None),
+}
+# Not scripts, or not runnable without an archive indexed beforehand (hours on LFW).
+NOT_RUN = {
+    "boxes": "a module the detector benches import",
+    "lfw_reduce": "needs `facejob index` of all of LFW",
+    "report_lfw": "needs `facejob index` + `reduce` of all of LFW",
+    "report_screenshots": "indexes ~1,000 LFW photos and drives a browser",
+    "quality_floor": "needs `facejob index` of all of LFW and of the small shared folders",
+}
+
+
+def test_every_bench_is_run_or_says_why_not():
+    scripts = {p.stem for p in (REPO / "bench").glob("*.py") if p.stem != "__init__"}
+    assert scripts == set(FAST) | set(SLOW) | set(NOT_RUN), "list a new bench/ script in tests/test_benches.py"
+
+
+def _run(name: str, args: list[str], keys: set[str] | None, tmp: Path, data: Path | None = None) -> None:
+    env = dict(os.environ)
+    if data:
+        env["FACEJOB_DATA"] = str(data)
+    cmd = [sys.executable, "-m", f"bench.{name}",  # from the repository root, as README says
+           *(a.replace("{tmp}", str(tmp)).replace("{data}", str(data)) for a in args)]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    if keys:
+        line = json.loads(r.stdout.strip().splitlines()[-1])
+        assert keys <= set(line), f"{name}: JSON line lacks {keys - set(line)}"
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_synthetic_bench_runs_tiny(name, tmp_path):
+    _run(name, *FAST[name], tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SLOW))
+def test_bench_runs_tiny(name, tmp_path, data_dir):
+    _run(name, *SLOW[name], tmp_path, data_dir)
