@@ -78,10 +78,10 @@ class _Audit:
     def __init__(self, config: AuditConfig, model_config: ModelConfig, max_pixels: int) -> None:
         t = time.perf_counter()
         self.model = load_model(model_config, max_pixels)
-        plain = TorchEmbedder(device=config.device)
+        plain = TorchEmbedder(device=config.device, runtime="torch")  # attacks need torch's gradients
         self.device = plain.device
         self.batch = config.batch_size or (256 if self.device.type == "cuda" else 16)
-        self.net = plain.model
+        self.net = plain.model.net
         self.net.requires_grad_(False)   # gradients w.r.t. pixels only
         self.defended = Defended(plain, config.jpeg_quality, config.jitter_px)
         log.info("audit: models loaded in %.1f s (recogniser on %s, %d pairs per batch)",
