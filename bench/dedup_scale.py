@@ -4,7 +4,7 @@
 
 The images table the reducer reads (sha256, status, phash), in memory: random 64-bit hashes, with
 2 % of the photos near copies of another (0-16 bits flipped) and 1 % identical files. Times the
-reducer's own path (reduce/api.py `_faceless_candidates`: every pair with a faceless photo whose
+reducer's own path (reduce/deduping.py `_faceless_candidates`: every pair with a faceless photo whose
 hashes differ in at most PHASH_MAX bits) and prints the candidates, seconds and the process's peak
 RSS (the catalog included). Random hashes are a floor for the candidate count: real photos' hashes
 are closer (bench/dedup_phash.py: 0.1 % of distinct pairs within 18 bits, random 0.05 %).
@@ -43,13 +43,13 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=1_000_000)
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     args = ap.parse_args()
-    from facejob.reduce import api
+    from facejob.reduce import deduping
     from facejob.reduce import duplicates as dd
 
     images = catalog(args.photos)
     load0 = os.getloadavg()[0]      # other work on the machine skews the wall time
     t0, c0 = time.perf_counter(), time.process_time()
-    cand = api._faceless_candidates(images)
+    cand = deduping._faceless_candidates(images)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     res = {"photos": args.photos, "faceless": args.photos - args.photos // 2, "candidates": len(cand),
            "seconds": round(wall, 1), "cpu_s": round(cpu, 1), "threads": os.cpu_count(),

@@ -108,7 +108,8 @@ def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | Non
     `seeds` (default all): the rows that seed clusters; the others join one afterwards."""
     import pyarrow as pa
 
-    from facejob.reduce import api
+    from facejob.config import CLUSTER_K, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD
+    from facejob.reduce.clustering import cluster_faces
     from facejob.reduce.embeddings import Faces
     from facejob.reduce.hnsw import FaceIndex, IndexParams, build
 
@@ -119,8 +120,8 @@ def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | Non
     faces = Faces(pa.table({"face_id": [str(i) for i in range(len(x))],
                             "uri": uris if uris is not None else [str(i) for i in range(len(x))]}), x)
     t1 = time.perf_counter()
-    roots, stats = api.cluster_faces(fi, faces, threshold or api.CLUSTER_THRESHOLD, k or api.CLUSTER_K, seeds=seeds,
-                                     pair_margin=api.CLUSTER_PAIR_MARGIN if pair_margin is None else pair_margin)
+    roots, stats = cluster_faces(fi, faces, threshold or CLUSTER_THRESHOLD, k or CLUSTER_K, seeds=seeds,
+                                 pair_margin=CLUSTER_PAIR_MARGIN if pair_margin is None else pair_margin)
     stats["index_s"] = round(t1 - t0, 2)
     stats["total_s"] = round(time.perf_counter() - t0, 2)
     return roots, stats

@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     args = ap.parse_args()
     say = (lambda *a: None) if args.json else print
-    from facejob.reduce import api
+    from facejob.reduce.clustering import cluster
     from facejob.reduce.embeddings import read_faces
     from facejob.reduce.hnsw import IndexParams, update_index
 
@@ -193,7 +193,7 @@ def main() -> None:
             recall, qps = r, nq / wall
 
     t0, c0 = time.perf_counter(), time.process_time()
-    s = api.cluster(store, faces=faces, fi=fi)
+    s = cluster(store, faces=faces, fi=fi)
     t_cluster, c_cluster = time.perf_counter() - t0, time.process_time() - c0
     import pyarrow.parquet as pq
     cid = pq.read_table(out / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()

@@ -19,7 +19,7 @@ from PIL import Image
 
 import facejob
 from facejob.config import IndexConfig, RunConfig
-from facejob.reduce import api
+from facejob.reduce import labelling, pipeline
 from facejob.io.storage import LocalStore, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path)
     labels = tmp_path / "labels.csv"
     labels.write_text("name,face_id\n" + "".join(f"{person},{before[n][0]['face_id']}\n"
                                                  for person, names in zip(PEOPLE, (salley, shimkus)) for n in names))
-    first = api.label(str(out), str(labels))
+    first = labelling.label(str(out), str(labels))
     assert first.labelled == 6 and first.followed == 0 and not first.gone
 
     moved, reencoded, deleted = salley[0], shimkus[0], shimkus[1]
@@ -105,7 +105,7 @@ def test_corrections_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_
         {"kind": "name", "name": "Shimkus", "face_ids": [fid[n] for n in shimkus[:3]]},
         {"kind": "not_person", "face_id": fid[reencoded], "others": [fid[n] for n in shimkus[:3]],
          "name": "Shimkus"}]}))
-    api.reduce(str(out), corrections=page)
+    pipeline.reduce(str(out), corrections=page)
 
     (src / "John_Salley" / moved).rename(src / "John_Salley" / f"renamed-{moved}")
     reencode(src / "John_Shimkus" / reencoded)
@@ -114,7 +114,7 @@ def test_corrections_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_
     new_moved, new_reencoded = after[f"renamed-{moved}"][0]["face_id"], after[reencoded][0]["face_id"]
     assert new_moved != fid[moved] and new_reencoded != fid[reencoded]
 
-    api.reduce(str(out))   # no new corrections: the stored ones follow their faces
+    pipeline.reduce(str(out))   # no new corrections: the stored ones follow their faces
     stored = json.loads((out / "labels/corrections.json").read_text())["corrections"]
     assert new_moved in stored[0]["face_ids"] and fid[moved] not in stored[0]["face_ids"]
     assert stored[2]["face_id"] == new_reencoded
@@ -130,6 +130,6 @@ def test_labels_stored_before_the_location_columns_still_load(tmp_path):
     store = LocalStore(tmp_path)
     old = pa.table({"name": ["a"], "face_id": ["f1"], "source": ["labels.csv:2"],
                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 128, pa.float32()), 128)})
-    write_parquet(store, api.LABELS_STORED, old)
-    t = api._stored_labels(store)
-    assert t.schema == api.LABELS_SCHEMA and t.column("uri").to_pylist() == [None]
+    write_parquet(store, labelling.LABELS_STORED, old)
+    t = labelling._stored_labels(store)
+    assert t.schema == labelling.LABELS_SCHEMA and t.column("uri").to_pylist() == [None]

@@ -52,25 +52,25 @@ def test_label_trains_keeps_and_reloads_a_head_safely(archive, tmp_path):
     says so in labels/metric.json); a saved head loads without unpickling; `--metric plain`
     ignores it; an object array in the file is refused."""
     from facejob.contract.layout import METRIC_JSON, METRIC_NPZ
-    from facejob.reduce import api, metric
+    from facejob.reduce import clustering, labelling, metric
     from facejob.reduce.errors import ReduceError
 
     src, faces = archive
     out = tmp_path / "out"
     shutil.copytree(src, out)
-    api.cluster(str(out))
+    clustering.cluster(str(out))
     by: dict[str, list[str]] = {}
     for f in faces:
         by.setdefault(person(f["uri"]), []).append(f["face_id"])
     csv = tmp_path / "labels.csv"
     csv.write_text("face_id,name\n" + "".join(f"{i},{n}\n" for n, ids in by.items() for i in ids[:4]))
-    api.label(str(out), csv)
+    labelling.label(str(out), csv)
     store = LocalStore(out)
     meta = json.loads(store.read_bytes(METRIC_JSON))
     assert meta["check"]["val_people"] >= 2 and "fingerprint" in meta
     # Same labels again: the head is not retrained (same fingerprint), the file is untouched.
     stamp = (out / METRIC_JSON).stat().st_mtime_ns
-    api.label(str(out))
+    labelling.label(str(out))
     assert (out / METRIC_JSON).stat().st_mtime_ns == stamp
     head = metric.load(store)
     if meta["kind"] == "none":
@@ -78,7 +78,7 @@ def test_label_trains_keeps_and_reloads_a_head_safely(archive, tmp_path):
         return
     assert meta["check"]["kept"] and meta["check"]["pairs_learned"] > meta["check"]["pairs_plain"]
     assert json.loads(store.read_bytes("labels/model.json"))["metric"] == "learned"
-    api.label(str(out), metric="plain")
+    labelling.label(str(out), metric="plain")
     assert json.loads(store.read_bytes("labels/model.json"))["metric"] == "plain"
     buf = io.BytesIO()
     np.savez(buf, A=np.array([object()], dtype=object), c=np.zeros(128, np.float32))
@@ -134,18 +134,18 @@ def test_eval_bad_input_is_one_line(data_dir, tmp_path, capsys):
 def test_search_with_a_head_ranks_by_learned_distance(archive, tmp_path):
     """With a head, search's k nearest are the k nearest learned descriptors (here those are
     among the 4k plain candidates the index gives)."""
-    from facejob.reduce import api, metric
+    from facejob.reduce import metric, search_index
 
     src, faces = archive
     out = tmp_path / "out"
     shutil.copytree(src, out)
-    fi = api.index(str(out))
+    fi = search_index.index(str(out))
     rng = np.random.default_rng(0)
     head = metric.Head({"A": (rng.normal(0, 0.15, (128, 128))).astype(np.float32),
                         "c": np.zeros(128, np.float32)}, metric.MetricParams(), {})
     x = np.array([f["embedding"] for f in faces], np.float32)
     q = x[:3]
-    labels, d = api._query(fi, q, 5, head)
+    labels, d = search_index._query(fi, q, 5, head)
     y, yq = head.apply(x), head.apply(q)
     ids = fi.ids.column("face_id").to_pylist()
     row = {f["face_id"]: i for i, f in enumerate(faces)}
@@ -154,5 +154,5 @@ def test_search_with_a_head_ranks_by_learned_distance(archive, tmp_path):
         want = np.sort(brute[i])[:5]
         assert np.allclose(np.sort(d[i]), want, atol=1e-4)
         assert np.allclose(brute[i, [row[ids[j]] for j in labels[i]]], d[i], atol=1e-4)
-    plain_labels, _ = api._query(fi, q, 5, None)
+    plain_labels, _ = search_index._query(fi, q, 5, None)
     assert (plain_labels != labels).any()     # the head changed the ranking

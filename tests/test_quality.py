@@ -52,7 +52,7 @@ def test_faces_below_the_floor_are_clustered_and_named_but_do_not_seed_or_train(
     face of their photo; the SVMs' background pool holds none of them."""
     from collections import Counter
 
-    from facejob.reduce import api
+    from facejob.reduce import clustering, labelling
     from tests.test_reduce_data import person
 
     out = tmp_path / "out"
@@ -62,7 +62,7 @@ def test_faces_below_the_floor_are_clustered_and_named_but_do_not_seed_or_train(
     who = {r["face_id"]: person(r["uri"]) for r in faces}
     low = set(ids[::5])
     _set_quality(out, low)
-    s = api.cluster(str(out))
+    s = clustering.cluster(str(out))
     assert s.low_quality == len(low) and s.faces == len(ids)
     cl = pq.read_table(out / "clusters.parquet").to_pylist()
     assert {r["face_id"] for r in cl} == set(ids)
@@ -82,7 +82,7 @@ def test_faces_below_the_floor_are_clustered_and_named_but_do_not_seed_or_train(
             by.setdefault(who[r["face_id"]], []).append(r["face_id"])
     csv = tmp_path / "labels.csv"
     csv.write_text("face_id,name\n" + "".join(f"{f},{n}\n" for n, fs in by.items() for f in fs[:3]))
-    ls = api.label(str(out), csv)
+    ls = labelling.label(str(out), csv)
     assert ls.low_quality == len(low) and ls.faces == len(ids)
     assert ls.background <= len(ids) - len(low)
     pred = {r["face_id"]: r for r in pq.read_table(out / "predictions.parquet").to_pylist()}
@@ -91,7 +91,7 @@ def test_faces_below_the_floor_are_clustered_and_named_but_do_not_seed_or_train(
     low_johns = [r["face_id"] for r in faces if r["face_id"] in low and "dlib_johns" in r["uri"]]
     right = [pred[f]["label"] == who[f] for f in low_johns]
     assert np.mean(right) >= 0.8, right
-    assert api.cluster(str(out), min_quality=0).low_quality == 0
+    assert clustering.cluster(str(out), min_quality=0).low_quality == 0
 
 
 def test_attach_joins_only_the_one_cluster_in_reach():
@@ -109,7 +109,7 @@ def test_attach_joins_only_the_one_cluster_in_reach():
 
 
 def test_outputs_without_quality_are_read_as_unknown_and_kept(data_dir, tmp_path):
-    from facejob.reduce import api
+    from facejob.reduce import clustering
     from facejob.reduce.embeddings import read_faces
     from facejob.io.storage import LocalStore
 
@@ -118,5 +118,5 @@ def test_outputs_without_quality_are_read_as_unknown_and_kept(data_dir, tmp_path
     _set_quality(out, None, drop=True)
     faces = read_faces(LocalStore(out), ("face_id", "quality"))
     assert len(faces) > 0 and faces.meta.column("quality").null_count == len(faces)
-    s = api.cluster(str(out))
+    s = clustering.cluster(str(out))
     assert s.low_quality == 0 and s.faces == len(faces)

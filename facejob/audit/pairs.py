@@ -57,7 +57,7 @@ def index_pairs(out: str, limit: int, seed: int = 0) -> list[Pair]:
     """`limit` same-person and `limit` different-person pairs sampled from the faces of an index
     output: people by the stored labels when at least two labelled people have two faces,
     else by cluster (run `facejob cluster` or `facejob reduce` first)."""
-    from facejob.reduce.api import CLUSTERS, LABELS_STORED
+    from facejob.contract.layout import CLUSTERS, LABELS_STORED
     from facejob.reduce.embeddings import read_faces
     from facejob.reduce.errors import ReduceError
     from facejob.io.storage import open_store, read_parquet

@@ -1,5 +1,7 @@
 """The reducer: after `facejob index`, turn OUT/faces/ into a search index, identity clusters,
-named faces and duplicate groups. See facejob/reduce/api.py for the steps.
+named faces and duplicate groups. One module per step, each reading what it needs from OUT and
+writing its result back atomically: search_index.py (index, search), clustering.py, labelling.py
+(labels, corrections' names, SVMs, metric head), deduping.py; pipeline.py runs them in order.
 
     from facejob import reduce as fr
     fr.reduce("out/")                          # index + cluster + (label) + dedup
@@ -17,9 +19,18 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in __all__:
-        from . import api
+_HOME = {  # public name -> the module that defines it
+    **dict.fromkeys(["index", "search", "search_face", "Match", "QueryFace"], "search_index"),
+    **dict.fromkeys(["cluster", "ClusterSummary"], "clustering"),
+    **dict.fromkeys(["label", "read_labels", "LabelSummary"], "labelling"),
+    **dict.fromkeys(["dedup", "DedupSummary"], "deduping"),
+    **dict.fromkeys(["reduce", "reduce_with", "ReduceSummary"], "pipeline"),
+}
 
-        return getattr(api, name)
+
+def __getattr__(name: str):
+    if name in _HOME:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_HOME[name]}", __name__), name)
     raise AttributeError(f"module 'facejob.reduce' has no attribute {name!r}")

@@ -27,14 +27,14 @@ def _errors(fn):
 
 @_errors
 def cmd_search(args: argparse.Namespace) -> int:
-    from . import api
+    from . import search_index as si
 
     if (args.photo is None) == (args.face_id is None):
         raise ReduceError("give a PHOTO or --face-id ID (one of them)")
     if args.k < 1:
         raise ReduceError("--k must be at least 1")
-    queries = ([api.search_face(args.out, args.face_id, args.k, metric=args.metric)] if args.face_id
-               else api.search(args.out, args.photo, args.k, metric=args.metric))
+    queries = ([si.search_face(args.out, args.face_id, args.k, metric=args.metric)] if args.face_id
+               else si.search(args.out, args.photo, args.k, metric=args.metric))
     if args.json:  # one object per query face: its index and box in PHOTO, and its matches
         print(json.dumps([{"face_idx": q.face_idx, "box": list(q.box),
                            "matches": [{**asdict(m), "box": list(m.box)} for m in q.matches]} for q in queries],
@@ -54,9 +54,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 @_errors
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from . import api
+    from .clustering import cluster
 
-    s = api.cluster(args.out, threshold=args.threshold, k=args.k, min_quality=args.min_quality, metric=args.metric)
+    s = cluster(args.out, threshold=args.threshold, k=args.k, min_quality=args.min_quality, metric=args.metric)
     print(f"{s.faces} faces -> {s.clusters} clusters ({s.singletons} single faces, largest {s.largest}); "
           f"{s.merges} merges, {s.splits} splits, {s.gone} gone since the last run; {s.timings['total_s']:.1f} s")
     print(f"{s.low_quality} faces below quality {args.min_quality} (not cluster seeds): {s.attached} joined "
@@ -69,13 +69,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_label(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from . import api
+    from .labelling import label, saved_label_params
 
-    params = api.saved_label_params(args.out)  # a threshold given once stays, for `reduce` too
+    params = saved_label_params(args.out)  # a threshold given once stays, for `reduce` too
     if args.threshold is not None:
         params = replace(params, threshold=args.threshold)
-    s = api.label(args.out, args.labels, params, replace=args.replace, min_quality=args.min_quality,
-                  corrections=args.corrections, metric=args.metric)
+    s = label(args.out, args.labels, params, replace=args.replace, min_quality=args.min_quality,
+              corrections=args.corrections, metric=args.metric)
     print(f"learned {s.people} people from {s.labelled} labelled faces (+{s.background} background faces); "
           f"named {s.named} of {s.faces} faces, {s.unknown} unknown; {s.low_quality} below quality "
           f"{args.min_quality} (named too, not used for training)")
@@ -91,9 +91,9 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 @_errors
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from . import api
+    from .deduping import dedup
 
-    s = api.dedup(args.out)
+    s = dedup(args.out)
     print(f"{s.photos} photos: {s.groups} groups of copies ({s.identical_groups} byte-identical, "
           f"{s.near_groups} near-duplicate), {s.duplicates} photos are extra copies")
     print(f"output: {args.out}/duplicates.parquet")
@@ -104,10 +104,10 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 def cmd_reduce(args: argparse.Namespace) -> int:
     from facejob.config import ReduceConfig, from_args
 
-    from . import api
+    from .pipeline import reduce_with
 
     cfg = from_args(ReduceConfig, args)
-    r = api.reduce_with(args.out, cfg, progress=not args.quiet)
+    r = reduce_with(args.out, cfg, progress=not args.quiet)
     print(f"index: {r.faces} faces ({r.index_s:.1f} s)")
     c = r.cluster
     print(f"cluster: {c.clusters} clusters, largest {c.largest}; {c.merges} merges, {c.splits} splits recorded; "

@@ -40,7 +40,7 @@ from facejob.contract.layout import CORRECTION_FACES, CORRECTIONS
 from facejob.contract.schema import EMBEDDING_DIM
 from facejob.io.storage import Store, read_parquet, write_parquet
 
-from .embeddings import Faces
+from .embeddings import Faces, face_shas
 from .errors import LabelsError
 from .follow import BOX, follow
 
@@ -207,6 +207,12 @@ def follow_faces(store: Store, entries: list[dict], faces: Faces, shas: pa.Array
     if not table.equals(seen.sort_by("face_id")):
         write_parquet(store, CORRECTION_FACES, table)
     return entries
+
+
+def followed(store: Store, faces: Faces, shas: pa.Array | None = None) -> list[dict]:
+    """The stored corrections, their faces followed to moved or re-encoded photos."""
+    entries = load(store)
+    return follow_faces(store, entries, faces, shas if shas is not None else face_shas(store, faces)) if entries else []
 
 
 @dataclass

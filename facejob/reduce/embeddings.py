@@ -22,6 +22,7 @@ from facejob.io.storage import Store, parquet_file
 from .errors import NotIndexedError, ReduceError
 
 META_COLUMNS = ("face_id", "uri", "face_idx", "left", "top", "right", "bottom")
+ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks", "quality")   # what `reduce` reads once for every step
 # Columns added to faces/ later: parts written before them read as nulls (unknown).
 OPTIONAL_COLUMNS = {"sharpness": pa.float32(), "quality": pa.float32()}
 BATCH_ROWS = 65_536
@@ -40,6 +41,10 @@ class Faces:
     @property
     def face_ids(self) -> pa.Array:
         return self.meta.column("face_id").combine_chunks()
+
+    def take(self, rows: np.ndarray) -> Faces:
+        """The faces at `rows`, in that order."""
+        return Faces(meta=self.meta.take(pa.array(rows)), embeddings=self.embeddings[rows])
 
 
 def parts(store: Store, prefix: str) -> list[str]:
@@ -146,6 +151,13 @@ def _drop_repeated(faces: Faces) -> Faces:
     rows = pa.table({"id": ids, "row": pa.array(np.arange(len(ids)))})
     idx = np.sort(rows.group_by("id").aggregate([("row", "min")]).column("row_min").to_numpy())
     return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx] if len(faces.embeddings) else faces.embeddings)
+
+
+def face_shas(store: Store, faces: Faces) -> pa.Array:
+    """The sha256 of each face's photo: from `faces` when read with it, else read from OUT."""
+    if "sha256" in faces.meta.column_names:
+        return faces.meta.column("sha256").combine_chunks()
+    return read_faces(store, ["face_id", "sha256"], embeddings=False).meta.column("sha256").combine_chunks()
 
 
 def read_images(store: Store, columns: Sequence[str], optional: Sequence[str] = ()) -> pa.Table:

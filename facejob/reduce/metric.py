@@ -238,3 +238,12 @@ def load(store) -> Head | None:
         raise ReduceError(f"{store.root}/{METRIC_NPZ}: not a metric head this version can read")
     info = {k: v for k, v in meta.items() if k not in ("format", "kind", "params", "fingerprint")}
     return Head(arrays, MetricParams(**meta["params"]), info)
+
+
+def head_for(store, how: str) -> Head | None:
+    """The head `cluster`, `label` and `search` use: the saved one with how="learned", else none."""
+    from .errors import ReduceError
+
+    if how not in METRICS:
+        raise ReduceError(f"--metric must be one of {', '.join(METRICS)}, got {how!r}")
+    return load(store) if how == "learned" else None

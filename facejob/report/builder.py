@@ -38,7 +38,7 @@ from facejob.progress import Progress
 from facejob.config import DEFAULT_MAX_PIXELS, ConfigError, load_run_config
 from facejob.contract.layout import CLUSTERS_JSON, REPORT_DIR
 from facejob.io.lock import writes_output
-from facejob.reduce import api
+from facejob.reduce import deduping
 from facejob.reduce import corrections as corr
 from facejob.io.storage import Store, open_store
 
@@ -138,7 +138,7 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
     fidx = faces.meta.column("face_idx").to_pylist()
     box = np.stack([faces.meta.column(c).to_numpy() for c in ("left", "top", "right", "bottom")], 1).astype(np.int64) \
         if n else np.empty((0, 4), np.int64)
-    lm = api._landmarks(faces) if n else np.empty((0, 5, 2))
+    lm = deduping._landmarks(faces) if n else np.empty((0, 5, 2))
     cell = np.empty(n, np.int64)
     cell[people.order] = np.arange(n)          # page position = sprite cell
 

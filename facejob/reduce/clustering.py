@@ -1,0 +1,231 @@
+"""The cluster step: every face of OUT into identities → OUT/clusters.parquet, ids kept across runs.
+
+Faces at or above the quality floor seed the clusters (kNN graph, then average linkage with the
+curator's must- and cannot-link pairs); every other face then joins the one cluster it is near.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from facejob.config import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD, MIN_QUALITY
+from facejob.contract.layout import CLUSTERS, CLUSTERS_JSON, EVENTS
+from facejob.io.lock import writes_output
+from facejob.io.storage import Store, open_store, read_parquet, write_parquet
+
+from . import corrections as corr
+from . import metric as lm
+from .embeddings import META_COLUMNS, Faces, read_faces
+from .graph import knn_graph
+from .hnsw import FaceIndex, update_index
+from .linkage import agglomerate, attach, representatives
+from .stable import assign_ids
+
+log = logging.getLogger("facejob.reduce")
+
+CLUSTERS_SCHEMA = pa.schema([
+    ("face_id", pa.string()), ("cluster_id", pa.int64()), ("cluster_size", pa.int64()),
+    ("representative", pa.string()),      # face_id of the member nearest the cluster's mean
+    ("uri", pa.string()), ("face_idx", pa.int32()),
+])
+EVENTS_SCHEMA = pa.schema([
+    ("run_at", pa.string()), ("event", pa.string()),     # merge | split | gone
+    ("cluster_id", pa.int64()), ("other_ids", pa.list_(pa.int64())), ("detail", pa.string()),
+])
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class ClusterSummary:
+    faces: int
+    clusters: int
+    singletons: int
+    largest: int
+    merges: int
+    splits: int
+    gone: int
+    rounds: int
+    edges: int
+    timings: dict[str, float] = field(default_factory=dict)
+    low_quality: int = 0       # faces below the quality floor: not cluster seeds, attached afterwards
+    attached: int = 0          # of those, joined to the one cluster they are near (the rest: alone)
+
+
+def above_floor(faces: Faces, min_quality: float) -> np.ndarray:
+    """Per face: quality >= min_quality (unknown quality passes)."""
+    if min_quality <= 0 or "quality" not in faces.meta.column_names:
+        return np.ones(len(faces), bool)
+    q = faces.meta.column("quality").to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
+    return ~(q < min_quality)
+
+
+def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
+                  threads: int = -1, applied: corr.Applied | None = None,
+                  seeds: np.ndarray | None = None, head: lm.Head | None = None,
+                  pair_margin: float = CLUSTER_PAIR_MARGIN) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cluster label (a row of `faces`) per face of `faces`, and stats.
+
+    The `seeds` faces (default: all) are clustered: the kNN graph then agglomeration. Faces of
+    one photo (same uri) are cannot-link; `applied` corrections add must-link ("same person")
+    and cannot-link ("not this person") pairs. Every other face then joins the one seed cluster
+    it is near (`linkage.attach`) unless that cluster holds a face it cannot be; else it stays
+    alone. With a metric `head`, distances are those of the learned descriptors (the kNN graph
+    that proposes candidates still comes from the plain ones).
+    """
+    t0 = time.perf_counter()
+    n = len(faces)
+    seed_rows = np.arange(n) if seeds is None else np.flatnonzero(seeds)
+    rest = np.setdiff1d(np.arange(n), seed_rows)
+    sf = faces if len(rest) == 0 else faces.take(seed_rows)
+    eu, ev, _ = knn_graph(fi, sf.embeddings, fi.rows_for(sf), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
+    t1 = time.perf_counter()
+    cannot = corr.photo_pairs(sf.meta.column("uri"))
+    must = np.empty((0, 2), np.int64)
+    if applied is not None:
+        must = corr.rows_of(sf.face_ids, applied.must)
+        cannot = np.concatenate([cannot, corr.rows_of(sf.face_ids, applied.cannot)])
+    x = head.apply(faces.embeddings) if head is not None else faces.embeddings
+    roots, rounds = agglomerate(x[seed_rows], eu, ev, threshold, must_link=must, cannot_link=cannot,
+                                pair_margin=pair_margin)
+    labels = np.arange(n)
+    labels[seed_rows] = seed_rows[roots]
+    attached = _attach_rest(fi, faces, x, labels, rest, seed_rows, threshold, k, applied, pair_margin)
+    t2 = time.perf_counter()
+    return labels, {"edges": len(eu), "rounds": rounds, "must_link": len(must), "cannot_link": len(cannot),
+                    "attached": attached, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
+
+
+def _attach_rest(fi: FaceIndex, faces: Faces, x: np.ndarray, labels: np.ndarray, rest: np.ndarray,
+                 seed_rows: np.ndarray, threshold: float, k: int, applied: corr.Applied | None,
+                 pair_margin: float) -> int:
+    """Give the non-seed faces `rest` the cluster label they unambiguously belong to (in place);
+    how many got one. A cluster holding a face of the same photo, or one the curator said this
+    face is not, is out; two faces of one photo never join one cluster (the nearer one does)."""
+    if len(rest) == 0 or len(seed_rows) == 0:
+        return 0
+    seed_pos = np.full(len(faces) + 1, -1, np.int64)      # face row -> row among the seeds; [-1] -> -1
+    seed_pos[seed_rows] = np.arange(len(seed_rows))
+    lab, _ = fi.query(faces.embeddings[rest], 2 * k, ef=max(4 * k, 64))
+    cand = fi.rows_for(faces)[lab]
+    cand[seed_pos[cand] < 0] = -1
+    uri = faces.meta.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    photo_in = set(zip(uri[seed_rows].tolist(), labels[seed_rows].tolist()))
+    no = {}
+    if applied is not None:
+        for a, b in corr.rows_of(faces.face_ids, applied.cannot).tolist():
+            no.setdefault(a, set()).add(int(labels[b]))
+            no.setdefault(b, set()).add(int(labels[a]))
+    cl = labels[np.maximum(cand, 0)]
+    blocked = np.array([[(uri[r], c) in photo_in or c in no.get(int(r), ()) for c in row]
+                        for r, row in zip(rest.tolist(), cl.tolist())], bool).reshape(cand.shape)
+    to, dist = attach(x[seed_rows], labels[seed_rows], x[rest], seed_pos[cand], threshold, blocked, pair_margin)
+    # One face per photo in a cluster: among extra faces of one photo aiming at one cluster, the nearest joins.
+    taken: set[tuple[int, int]] = set()
+    joined = 0
+    for i in np.argsort(dist, kind="stable").tolist():
+        key = (int(uri[rest[i]]), int(to[i]))
+        if to[i] >= 0 and key not in taken:
+            taken.add(key)
+            labels[rest[i]] = to[i]
+            joined += 1
+    return joined
+
+
+@writes_output("cluster")
+def cluster(out: str | Store, threshold: float | None = None, k: int | None = None,
+            faces: Faces | None = None, fi: FaceIndex | None = None,
+            min_quality: float = MIN_QUALITY, metric: str = "learned") -> ClusterSummary:
+    """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
+
+    Faces at or above the quality floor seed the clusters; each face below it then joins the
+    one cluster it is near, or stays alone. `threshold` and `k` are kept in OUT/clusters.json;
+    left out (None), the kept ones are used (else CLUSTER_THRESHOLD and CLUSTER_K), so a
+    threshold given once holds for later runs. Reuses the saved index (extending it first if
+    faces were added). Merges and splits of earlier clusters are appended to
+    OUT/cluster_events.parquet. The corrections stored in OUT/labels/corrections.json are kept
+    (see facejob.reduce.corrections). `metric`: "learned" uses the metric head when OUT has one.
+    """
+    store = open_store(out)
+    kept = saved_cluster_params(store)
+    threshold = kept[0] if threshold is None else threshold
+    k = kept[1] if k is None else k
+    head = lm.head_for(store, metric)
+    faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
+    fi = fi if fi is not None else update_index(store, faces, log=log.info)
+    applied = corr.resolve(corr.followed(store, faces))
+    seeds = above_floor(faces, min_quality)
+    # A face the curator put with others is a seed whatever its quality: the curator's word wins.
+    seeds[corr.rows_of(faces.face_ids, applied.must).reshape(-1)] = True
+    t0 = time.perf_counter()
+    roots, stats = cluster_faces(fi, faces, threshold, k, applied=applied, seeds=seeds, head=head)
+    prev_id, next_id, old_ids = _previous_clusters(store, faces)
+    a = assign_ids(roots, prev_id, next_id)
+    gone = np.setdiff1d(old_ids, np.concatenate([prev_id[prev_id >= 0], [-1]]))
+    uroots, size, rep = representatives(faces.embeddings, roots)
+    # Per face: its cluster's size and representative face.
+    ci = np.searchsorted(uroots, roots)
+    ids = faces.face_ids
+    table = pa.table({
+        "face_id": ids, "cluster_id": pa.array(a.cluster_id), "cluster_size": pa.array(size[ci]),
+        "representative": ids.take(pa.array(rep[ci])), "uri": faces.meta.column("uri"),
+        "face_idx": faces.meta.column("face_idx"),
+    }, schema=CLUSTERS_SCHEMA)
+    write_parquet(store, CLUSTERS, table)
+    now = _now()
+    events = [{"run_at": now, "event": e["event"], "cluster_id": e["cluster_id"],
+               "other_ids": e.get("from") or e.get("into") or [],
+               "detail": ("merged into this cluster" if e["event"] == "merge" else "faces moved to other_ids")}
+              for e in a.events]
+    events += [{"run_at": now, "event": "gone", "cluster_id": int(g), "other_ids": [], "detail": "all its photos are gone"}
+               for g in gone]
+    if events:
+        old = read_parquet(store, EVENTS) if store.exists(EVENTS) else EVENTS_SCHEMA.empty_table()
+        write_parquet(store, EVENTS, pa.concat_tables([old, pa.Table.from_pylist(events, schema=EVENTS_SCHEMA)]))
+    summary = ClusterSummary(
+        faces=len(faces), clusters=len(uroots), singletons=int((size == 1).sum()),
+        largest=int(size.max()) if len(size) else 0, merges=sum(e["event"] == "merge" for e in events),
+        splits=sum(e["event"] == "split" for e in events), gone=len(gone), rounds=stats["rounds"],
+        edges=stats["edges"], timings={"knn_s": stats["knn_s"], "merge_s": stats["merge_s"],
+                                       "total_s": round(time.perf_counter() - t0, 2)},
+        low_quality=int((~seeds).sum()), attached=stats["attached"])
+    store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
+                                                 "updated_at": now, **asdict(summary)}, indent=2).encode())
+    log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded; "
+             "%d faces below quality %.2f (%d joined a cluster); %d must-link, %d cannot-link pairs", summary.faces,
+             summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits,
+             summary.low_quality, min_quality, summary.attached, stats["must_link"], stats["cannot_link"])
+    return summary
+
+
+def saved_cluster_params(out: str | Store) -> tuple[float, int]:
+    """(threshold, k) of the last clustering (OUT/clusters.json), else the defaults."""
+    store = open_store(out)
+    try:
+        doc = json.loads(store.read_bytes(CLUSTERS_JSON)) if store.exists(CLUSTERS_JSON) else {}
+    except ValueError:  # unreadable: the defaults (the file is rewritten by the next clustering)
+        doc = {}
+    return float(doc.get("threshold", CLUSTER_THRESHOLD)), int(doc.get("k", CLUSTER_K))
+
+
+def _previous_clusters(store: Store, faces: Faces) -> tuple[np.ndarray, int, np.ndarray]:
+    """Per current face its earlier cluster id (-1 if new), the next unused id, all earlier ids."""
+    if not store.exists(CLUSTERS):
+        return np.full(len(faces), -1, np.int64), 0, np.empty(0, np.int64)
+    old = read_parquet(store, CLUSTERS, columns=["face_id", "cluster_id"])
+    pos = pc.index_in(faces.face_ids, old.column("face_id")).fill_null(-1).to_numpy().astype(np.int64)
+    old_cid = old.column("cluster_id").to_numpy()
+    prev = np.where(pos >= 0, old_cid[np.maximum(pos, 0)] if len(old_cid) else -1, -1).astype(np.int64)
+    next_id = int(old_cid.max()) + 1 if len(old_cid) else 0
+    if store.exists(CLUSTERS_JSON):
+        next_id = max(next_id, int(json.loads(store.read_bytes(CLUSTERS_JSON)).get("next_id", 0)))
+    return prev, next_id, np.unique(old_cid)

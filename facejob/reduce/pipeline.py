@@ -1,0 +1,96 @@
+"""`reduce`: every step after indexing, in order (index, metric head, cluster, label, dedup), over
+faces read once; `reduce_with` takes its settings from a facejob.config.ReduceConfig.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from facejob.config import MIN_QUALITY, ReduceConfig
+from facejob.contract.layout import LABELS_STORED
+from facejob.io.lock import writes_output
+from facejob.io.storage import Store, open_store
+
+from . import corrections as corr
+from .clustering import ClusterSummary, cluster
+from .deduping import DedupSummary, dedup
+from .embeddings import ALL_COLUMNS, read_faces
+from .hnsw import update_index
+from .labelling import LabelSummary, label, refresh_metric, saved_label_params
+
+log = logging.getLogger("facejob.reduce")
+
+
+@dataclass
+class ReduceSummary:
+    faces: int
+    index_s: float
+    cluster: ClusterSummary | None
+    label: LabelSummary | None
+    dedup: DedupSummary | None
+
+
+@writes_output("reduce")
+def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | None = None,
+           k: int | None = None, min_quality: float = MIN_QUALITY, corrections: str | Path | None = None,
+           progress: bool = False, labels: str | Path | None = None,
+           label_threshold: float | None = None, metric: str = "learned") -> ReduceSummary:
+    """Everything after indexing: index, cluster, label (when labels are stored or given), dedup.
+    Faces below `min_quality` do not seed clusters or train the SVMs, but every face is
+    clustered and named; `threshold` and `k` left out are the kept ones (see cluster),
+    `label_threshold` left out the saved one.
+
+    `corrections` (a file from the report page) is first added to the ones stored in OUT; all
+    stored corrections apply to the clustering and the labels. `labels` (CSV or folder) are
+    added to the stored labels. `progress` shows the steps done.
+    """
+    from facejob.progress import Progress
+
+    store = open_store(out)
+    faces = read_faces(store, ALL_COLUMNS)
+    if corrections is not None:
+        corr.add(store, corrections)
+    bar = Progress("reduce", 4, "steps", enabled=progress)
+    t0 = time.perf_counter()
+    fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
+    t_index = time.perf_counter() - t0
+    bar.advance(1, faces=len(faces))
+    named = labels is not None or store.exists(LABELS_STORED) or bool(corr.resolve(corr.load(store)).names)
+    if named and metric == "learned":
+        refresh_metric(store, faces)      # before clustering, so stored labels shape tonight's clusters
+    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality, metric=metric)
+    bar.advance(1, clusters=cs.clusters)
+    params = saved_label_params(store)
+    if label_threshold is not None:
+        params = dataclasses.replace(params, threshold=label_threshold)
+    ls = (label(store, labels, params, faces=faces, min_quality=min_quality, metric=metric)
+          if named else None)
+    bar.advance(1)
+    ds = dedup(store, faces=faces, fi=fi)
+    bar.advance(1, duplicates=ds.duplicates)
+    return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds)
+
+
+def reduce_with(out: str | Store, cfg: ReduceConfig, progress: bool = False) -> ReduceSummary:
+    """`reduce` with the settings of a facejob.config.ReduceConfig (the `facejob reduce` flags,
+    the nightly job's `reduce:` keys); labels and corrections may be s3:// keys."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return reduce(out, rebuild_index=cfg.rebuild_index, threshold=cfg.cluster_threshold, k=cfg.cluster_k,
+                      min_quality=cfg.min_quality, corrections=_local(cfg.corrections, tmp), progress=progress,
+                      labels=_local(cfg.labels, tmp), label_threshold=cfg.label_threshold, metric=cfg.metric)
+
+
+def _local(uri: str | None, tmp: str) -> str | None:
+    """A local path for a labels or corrections file given as an s3:// key (read locally)."""
+    if uri is None or not uri.startswith("s3://"):
+        return uri
+    from facejob.io import s3
+
+    path = Path(tmp) / Path(s3.split_uri(uri)[1]).name
+    path.write_bytes(s3.read_bytes(uri))
+    return str(path)
