@@ -25,7 +25,7 @@ from . import metric as lm
 from .embeddings import META_COLUMNS, Faces, read_faces
 from .graph import knn_graph
 from .hnsw import FaceIndex, update_index
-from .linkage import agglomerate, attach, representatives
+from .linkage import GraphClusterer, representatives
 from .stable import assign_ids
 
 log = logging.getLogger("facejob.reduce")
@@ -94,23 +94,22 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
     if applied is not None:
         must = corr.rows_of(sf.face_ids, applied.must)
         cannot = np.concatenate([cannot, corr.rows_of(sf.face_ids, applied.cannot)])
-    x = head.apply(faces.embeddings) if head is not None else faces.embeddings
-    roots, rounds = agglomerate(x[seed_rows], eu, ev, threshold, must_link=must, cannot_link=cannot,
-                                pair_margin=pair_margin)
+    x = lm.MetricLearner.from_head(head).transform(faces.embeddings)
+    gc = GraphClusterer(threshold, pair_margin).fit(x[seed_rows], (eu, ev), must_link=must, cannot_link=cannot)
     labels = np.arange(n)
-    labels[seed_rows] = seed_rows[roots]
-    attached = _attach_rest(fi, faces, x, labels, rest, seed_rows, threshold, k, applied, pair_margin)
+    labels[seed_rows] = seed_rows[gc.labels_]
+    attached = _attach_rest(fi, faces, x, labels, rest, seed_rows, k, applied, gc)
     t2 = time.perf_counter()
-    return labels, {"edges": len(eu), "rounds": rounds, "must_link": len(must), "cannot_link": len(cannot),
+    return labels, {"edges": len(eu), "rounds": gc.rounds_, "must_link": len(must), "cannot_link": len(cannot),
                     "attached": attached, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
 
 
 def _attach_rest(fi: FaceIndex, faces: Faces, x: np.ndarray, labels: np.ndarray, rest: np.ndarray,
-                 seed_rows: np.ndarray, threshold: float, k: int, applied: corr.Applied | None,
-                 pair_margin: float) -> int:
-    """Give the non-seed faces `rest` the cluster label they unambiguously belong to (in place);
-    how many got one. A cluster holding a face of the same photo, or one the curator said this
-    face is not, is out; two faces of one photo never join one cluster (the nearer one does)."""
+                 seed_rows: np.ndarray, k: int, applied: corr.Applied | None, gc: GraphClusterer) -> int:
+    """Give the non-seed faces `rest` the cluster label they unambiguously belong to (in place),
+    by `gc` (fitted on the seeds); how many got one. A cluster holding a face of the same photo,
+    or one the curator said this face is not, is out; two faces of one photo never join one
+    cluster (the nearer one does)."""
     if len(rest) == 0 or len(seed_rows) == 0:
         return 0
     seed_pos = np.full(len(faces) + 1, -1, np.int64)      # face row -> row among the seeds; [-1] -> -1
@@ -128,7 +127,8 @@ def _attach_rest(fi: FaceIndex, faces: Faces, x: np.ndarray, labels: np.ndarray,
     cl = labels[np.maximum(cand, 0)]
     blocked = np.array([[(uri[r], c) in photo_in or c in no.get(int(r), ()) for c in row]
                         for r, row in zip(rest.tolist(), cl.tolist())], bool).reshape(cand.shape)
-    to, dist = attach(x[seed_rows], labels[seed_rows], x[rest], seed_pos[cand], threshold, blocked, pair_margin)
+    to, dist = gc.predict(x[rest], seed_pos[cand], blocked)
+    to = np.where(to >= 0, seed_rows[np.maximum(to, 0)], -1)     # a cluster's smallest seed -> its face row
     # One face per photo in a cluster: among extra faces of one photo aiming at one cluster, the nearest joins.
     taken: set[tuple[int, int]] = set()
     joined = 0
@@ -159,6 +159,7 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
     kept = saved_cluster_params(store)
     threshold = kept[0] if threshold is None else threshold
     k = kept[1] if k is None else k
+    GraphClusterer(threshold)      # a bad threshold fails here, before the index is read or extended
     head = lm.head_for(store, metric)
     faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     fi = fi if fi is not None else update_index(store, faces, log=log.info)

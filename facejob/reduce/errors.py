@@ -1,5 +1,14 @@
-"""Errors the reducer raises. The CLI prints their message on one line and exits non-zero."""
+"""Errors the reducer raises, and the argument checks of its estimators that raise them. The CLI
+prints their message on one line and exits non-zero."""
 from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from facejob.config import ConfigError
 
 
 class ReduceError(RuntimeError):
@@ -12,3 +21,39 @@ class NotIndexedError(ReduceError):
 
 class LabelsError(ReduceError):
     """The curator's labels cannot be used as given (unknown face, empty name, duplicate, ...)."""
+
+
+class NotFittedError(ValueError, AttributeError):
+    """An estimator (svm.IdentityClassifier, metric.MetricLearner, linkage.GraphClusterer) was
+    asked for results before `fit` (scikit-learn's NotFittedError has the same bases)."""
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_params(owner: str, checks: list[tuple[str, Any, bool, str]]) -> None:
+    """Raise ConfigError for the first (name, value, ok, what it must be) that is not ok."""
+    for name, value, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"{owner}: {name} must be {what}, got {value!r}")
+
+
+def check_rows(owner: str, name: str, x: Any, width: int | None = None) -> np.ndarray:
+    """`x` as a 2-D array of finite numbers (`width` columns if given); the array itself is
+    returned unconverted, so the estimators compute exactly what the functions they wrap do."""
+    a = np.asarray(x)
+    if a.ndim != 2 or (width is not None and a.shape[1] != width) or not np.issubdtype(a.dtype, np.number):
+        want = f"(n, {width})" if width is not None else "(n, d)"
+        raise ValueError(f"{owner}: {name} must be a {want} array of numbers, got shape {a.shape} dtype {a.dtype}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{owner}: {name} holds NaN or infinite values")
+    return a
+
+
+def not_fitted(owner: str) -> NotFittedError:
+    return NotFittedError(f"this {owner} is not fitted yet; call fit first")

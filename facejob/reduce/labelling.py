@@ -152,6 +152,7 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     """
     store = open_store(out)
     params = params if params is not None else saved_label_params(store)
+    clf = lb.IdentityClassifier.from_params(params)     # checks the settings before anything is written
     every = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     shas = face_shas(store, every)
     if corrections is not None:
@@ -181,15 +182,14 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     clusters = _cluster_rows(store, faces)
     negatives = pc.index_in(pa.array(sorted(applied.not_faces), pa.string()), faces.face_ids)
     negatives = np.setdiff1d(negatives.drop_null().to_numpy().astype(np.int64), rows)
-    learned = (lambda v: head.apply(v)) if head is not None else (lambda v: v)
-    model, fit = lb.fit_archive(learned(faces.embeddings), rows, learned(xl), names, clusters, params,
-                                negatives=negatives)
-    model.info["metric"] = "learned" if head is not None else "plain"
-    lb.save_model(store, model)
+    learned = lm.MetricLearner.from_head(head).transform
+    clf.fit_archive(learned(faces.embeddings), rows, learned(xl), names, clusters, negatives=negatives)
+    clf.model_.info["metric"] = "learned" if head is not None else "plain"
+    lb.save_model(store, clf.model_)
     # Every face gets a prediction, below the quality floor too (its quality is shown beside it).
     ids = every.face_ids.to_pylist()
-    pred, prob = model.predict(learned(every.embeddings), {r: applied.not_names[f] for r, f in enumerate(ids)
-                                                  if f in applied.not_names})
+    pred, prob = clf.predict(learned(every.embeddings), {r: applied.not_names[f] for r, f in enumerate(ids)
+                                                         if f in applied.not_names})
     mine = pc.index_in(table.column("face_id"), every.face_ids).fill_null(-1).to_numpy().astype(np.int64)
     labelled = np.zeros(len(every), bool)
     labelled[mine[mine >= 0]] = True
@@ -205,7 +205,7 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     named = pred != lb.UNKNOWN
     per = dict(zip(*np.unique(pred[named].astype(str), return_counts=True))) if named.any() else {}
     low = ~good
-    s = LabelSummary(people=len(model.classes), labelled=len(names), background=len(fit["pool"]), faces=len(every),
+    s = LabelSummary(people=len(clf.classes_), labelled=len(names), background=len(clf.pool_), faces=len(every),
                      named=int(named.sum()), unknown=int((~named).sum()), per_person={k: int(v) for k, v in per.items()},
                      followed=followed.moved + followed.reencoded,
                      gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone],
@@ -231,7 +231,8 @@ def refresh_metric(out: str | Store, faces: Faces | None = None, params: lm.Metr
     fp = lm.fingerprint(x, people, cannot, params)
     if fp == lm.saved_fingerprint(store):
         return lm.load(store)
-    head, check = lm.fit(x, people, params, cannot)
+    learner = lm.MetricLearner(params).fit(x, people, cannot)
+    head, check = learner.head_, learner.check_
     if head is None:
         lm.drop(store)
         # Remember the examples it was tried on, so the same labels are not tried again every night.

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from facejob.config import CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD
+
+from .errors import check_params, check_rows, is_int, is_real, not_fitted
+
 CHUNK = 1 << 16   # rows or edges per vectorised step: bounds the temporaries to a few MB
 
 
@@ -224,3 +228,75 @@ def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, th
         if under.sum() == 1:
             out[i] = uroots[c[under][0]]
     return out, best_d
+
+
+class GraphClusterer:
+    """`agglomerate` and `attach` as a scikit-learn-style clusterer.
+
+    `fit(X, edges, must_link, cannot_link)` clusters the rows of X over candidate edges (u, v)
+    (e.g. `graph.knn_graph`'s first two arrays: the graph needs the search index, so it is an
+    input here); `labels_` then holds each row's cluster (its smallest row) and `rounds_` the
+    merge rounds. `predict(Q, candidates, blocked)` attaches further faces to those clusters
+    where that is unambiguous. Settings are checked when it is made (ConfigError, a ValueError).
+    """
+
+    def __init__(self, threshold: float = CLUSTER_THRESHOLD, pair_margin: float = CLUSTER_PAIR_MARGIN,
+                 max_rounds: int = 100_000):
+        self.threshold, self.pair_margin, self.max_rounds = threshold, pair_margin, max_rounds
+        self._check()
+
+    def _check(self) -> None:
+        check_params(type(self).__name__, [
+            ("threshold", self.threshold, is_real(self.threshold) and self.threshold > 0, "a distance > 0"),
+            ("pair_margin", self.pair_margin, is_real(self.pair_margin) and self.pair_margin >= 0, "a distance >= 0"),
+            ("max_rounds", self.max_rounds, is_int(self.max_rounds) and self.max_rounds >= 1, "an integer >= 1"),
+        ])
+
+    def get_params(self) -> dict:
+        return {"threshold": self.threshold, "pair_margin": self.pair_margin, "max_rounds": self.max_rounds}
+
+    def fit(self, X: np.ndarray, edges: tuple[np.ndarray, np.ndarray], must_link: np.ndarray | None = None,
+            cannot_link: np.ndarray | None = None) -> GraphClusterer:
+        """Cluster the rows of X over `edges` with the curator's pairs (see `agglomerate`)."""
+        owner = type(self).__name__
+        self._check()
+        X = check_rows(owner, "X", X)
+        if len(edges) != 2:
+            raise ValueError(f"{owner}: edges must be two arrays (u, v) of rows of X")
+        eu, ev = (np.asarray(e) for e in edges)
+        if not (eu.ndim == 1 and eu.shape == ev.shape and _rows_of(eu, len(X)) and _rows_of(ev, len(X))):
+            raise ValueError(f"{owner}: edges must be two arrays (u, v) of rows of X, of one length")
+        for name, pairs in (("must_link", must_link), ("cannot_link", cannot_link)):
+            p = np.asarray(pairs if pairs is not None else np.empty((0, 2), np.int64))
+            if len(p) and not (p.ndim == 2 and p.shape[1] == 2 and _rows_of(p, len(X))):
+                raise ValueError(f"{owner}: {name} must be (m, 2) pairs of rows of X")
+        self.labels_, self.rounds_ = agglomerate(X, eu, ev, self.threshold, self.max_rounds, must_link=must_link,
+                                                 cannot_link=cannot_link, pair_margin=self.pair_margin)
+        self.X_ = X
+        return self
+
+    def fit_predict(self, X: np.ndarray, edges: tuple[np.ndarray, np.ndarray], must_link: np.ndarray | None = None,
+                    cannot_link: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(X, edges, must_link, cannot_link).labels_
+
+    def predict(self, Q: np.ndarray, candidates: np.ndarray, blocked: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(cluster label per row of Q or -1, RMS distance to its nearest candidate cluster or
+        inf); `candidates` (m, k): rows of the fitted X near each row of Q (-1 = none);
+        `blocked` (m, k): candidates whose cluster that row may not join (see `attach`)."""
+        owner = type(self).__name__
+        if not hasattr(self, "labels_"):
+            raise not_fitted(owner)
+        Q = check_rows(owner, "Q", Q, self.X_.shape[1])
+        cand = np.asarray(candidates)
+        if cand.ndim != 2 or len(cand) != len(Q) or not _rows_of(cand, len(self.X_), -1):
+            raise ValueError(f"{owner}: candidates must be (len(Q), k) rows of the fitted X or -1")
+        if blocked is not None and np.shape(blocked) != cand.shape:
+            raise ValueError(f"{owner}: blocked must have the shape of candidates {cand.shape}")
+        return attach(self.X_, self.labels_, Q, cand, self.threshold, blocked, self.pair_margin)
+
+
+
+def _rows_of(a: np.ndarray, n: int, low: int = 0) -> bool:
+    """Integers in [low, n)."""
+    return np.issubdtype(a.dtype, np.integer) and (a.size == 0 or (a.min() >= low and a.max() < n))

@@ -28,6 +28,8 @@ import numpy as np
 
 from facejob.contract.layout import METRIC_JSON, METRIC_NPZ
 
+from .errors import ReduceError, check_params, check_rows, is_int, is_real, not_fitted
+
 FORMAT = 1
 METRICS = ("learned", "plain")
 
@@ -188,6 +190,83 @@ def fit(x: np.ndarray, people: np.ndarray, params: MetricParams = MetricParams()
     return head, check
 
 
+class MetricLearner:
+    """The metric head as a scikit-learn-style transformer, over `fit` / `train` and `Head.apply`.
+
+    `MetricLearner(params).fit(X, people, cannot)` trains a head; with `select` (the default) it
+    is kept only if it beats the plain descriptors on held-out people (`fit`), else always
+    (`train`). `transform(X)` gives the learned descriptors, or X itself when no head was kept.
+    The settings are checked when it is made (ConfigError, a ValueError). Fitted: `head_` (the
+    Head that is saved, or None), `check_` (the held-out figures with `select`, else None).
+    """
+
+    def __init__(self, params: MetricParams = MetricParams(), select: bool = True):
+        self.params, self.select = params, select
+        self._check()
+
+    @classmethod
+    def from_head(cls, head: Head | None) -> MetricLearner:
+        """A fitted learner around a saved head (`load`); None: the plain descriptors."""
+        learner = cls(head.params if head is not None else MetricParams())
+        learner.head_, learner.check_ = head, None
+        return learner
+
+    def _check(self) -> None:
+        p = self.params
+        if not isinstance(p, MetricParams):
+            raise ValueError(f"{type(self).__name__}: params must be MetricParams, got {type(p).__name__}")
+        check_params(type(self).__name__, [
+            ("hidden", p.hidden, is_int(p.hidden) and p.hidden >= 0, "an integer >= 0 (0: linear head)"),
+            ("epochs", p.epochs, is_int(p.epochs) and p.epochs >= 0, "an integer >= 0"),
+            ("people_per_batch", p.people_per_batch, is_int(p.people_per_batch) and p.people_per_batch >= 2,
+             "an integer >= 2 (a triplet needs two people)"),
+            ("faces_per_person", p.faces_per_person, is_int(p.faces_per_person) and p.faces_per_person >= 2,
+             "an integer >= 2 (a triplet needs two faces of a person)"),
+            ("margin", p.margin, is_real(p.margin) and p.margin >= 0, "a distance >= 0"),
+            ("cannot_distance", p.cannot_distance, is_real(p.cannot_distance) and p.cannot_distance >= 0, "a distance >= 0"),
+            ("identity_weight", p.identity_weight, is_real(p.identity_weight) and p.identity_weight >= 0, "a number >= 0"),
+            ("lr", p.lr, is_real(p.lr) and p.lr > 0, "a number > 0"),
+            ("seed", p.seed, is_int(p.seed) and p.seed >= 0, "an integer >= 0"),
+            ("min_people", p.min_people, is_int(p.min_people) and p.min_people >= 2, "an integer >= 2"),
+            ("select", self.select, isinstance(self.select, bool), "True or False"),
+        ])
+
+    def get_params(self) -> dict:
+        return {"params": self.params, "select": self.select}
+
+    def fit(self, X: np.ndarray, people: np.ndarray, cannot: np.ndarray | None = None) -> MetricLearner:
+        """Learn from rows `X` with person ids `people` (-1: no person) and cannot-link row pairs."""
+        owner = type(self).__name__
+        self._check()
+        X = check_rows(owner, "X", X)
+        people = np.asarray(people)
+        if people.shape != (len(X),) or not np.issubdtype(people.dtype, np.integer) or (len(people) and people.min() < -1):
+            raise ValueError(f"{owner}: people must hold one integer id (>= 0, or -1 for none) per row of X")
+        if cannot is not None:
+            c = np.asarray(cannot)
+            if c.size and (c.ndim != 2 or c.shape[1] != 2 or not np.issubdtype(c.dtype, np.integer)
+                           or c.min() < 0 or c.max() >= len(X)):
+                raise ValueError(f"{owner}: cannot must be (m, 2) pairs of rows of X")
+        if self.select:
+            self.head_, self.check_ = fit(X, people, self.params, cannot)
+        else:
+            self.head_, self.check_ = train(X, people, self.params, cannot), None
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """The learned descriptors of rows `X` (float32); X unchanged when no head was kept."""
+        if not hasattr(self, "head_"):
+            raise not_fitted(type(self).__name__)
+        if self.head_ is None:
+            return X
+        a = self.head_.arrays
+        width = (a["A"] if "A" in a else a["W1"]).shape[0]
+        return self.head_.apply(check_rows(type(self).__name__, "X", X, width))
+
+    def fit_transform(self, X: np.ndarray, people: np.ndarray, cannot: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(X, people, cannot).transform(X)
+
+
 def _keep_pairs(cannot: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None:
     """Cannot-link pairs among the kept rows, renumbered to them."""
     if cannot is None or len(cannot) == 0:
@@ -222,8 +301,6 @@ def saved_fingerprint(store) -> str | None:
 
 def load(store) -> Head | None:
     """The saved head, or None when OUT has none. Nothing is unpickled."""
-    from .errors import ReduceError
-
     if not store.exists(METRIC_JSON):
         return None
     try:
@@ -242,8 +319,6 @@ def load(store) -> Head | None:
 
 def head_for(store, how: str) -> Head | None:
     """The head `cluster`, `label` and `search` use: the saved one with how="learned", else none."""
-    from .errors import ReduceError
-
     if how not in METRICS:
         raise ReduceError(f"--metric must be one of {', '.join(METRICS)}, got {how!r}")
     return load(store) if how == "learned" else None

@@ -31,7 +31,7 @@ from sklearn.svm import LinearSVC
 
 from facejob.contract.layout import LABEL_MODEL_JSON as MODEL_JSON, LABEL_MODEL_NPZ as MODEL_NPZ
 
-from .errors import LabelsError
+from .errors import LabelsError, check_params, check_rows, is_int, is_real, not_fitted
 from facejob.config import LabelParams
 
 UNKNOWN = "unknown"
@@ -214,6 +214,111 @@ def _calibrate(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, p
         return (1.0, 0.0)
     lr = LogisticRegression(C=1e4, class_weight="balanced").fit(s[:, None], g)
     return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+class IdentityClassifier:
+    """The per-person SVMs as a scikit-learn-style estimator, over `train` and `fit_archive`.
+
+    The settings are LabelParams' fields, checked when it is made (ConfigError, a ValueError).
+    `fit(X, names, X_background)` trains on labelled faces against background faces;
+    `fit_archive(...)` on an archive's labels, clusters and background pool (see `fit_archive`).
+    Then `predict(X, forbidden)` gives (label, probability) per row and `predict_proba(X)` each
+    person's calibrated probability. Fitted: `model_` (the Model that is saved), `classes_`, and
+    after fit_archive `pool_` and `extra_` (the rows used as background and as extra positives).
+    """
+
+    def __init__(self, threshold: float = LabelParams.threshold, C: float = LabelParams.C,
+                 pool_size: int = LabelParams.pool_size, pool_exclude: float = LabelParams.pool_exclude,
+                 extra_per_person: int = LabelParams.extra_per_person, holdout: float = LabelParams.holdout,
+                 seed: int = LabelParams.seed):
+        self.threshold, self.C, self.pool_size, self.pool_exclude = threshold, C, pool_size, pool_exclude
+        self.extra_per_person, self.holdout, self.seed = extra_per_person, holdout, seed
+        self.params   # noqa: B018  (checked now: a bad setting fails where it is given)
+
+    @classmethod
+    def from_params(cls, params: LabelParams) -> IdentityClassifier:
+        return cls(**asdict(params))
+
+    @classmethod
+    def from_model(cls, model: Model) -> IdentityClassifier:
+        """A fitted classifier around saved models (`load_model`)."""
+        clf = cls.from_params(model.params)
+        clf._set(model)
+        return clf
+
+    @property
+    def params(self) -> LabelParams:
+        """The settings as LabelParams, checked."""
+        check_params(type(self).__name__, [
+            ("threshold", self.threshold, is_real(self.threshold) and 0 <= self.threshold <= 1, "a probability in [0, 1]"),
+            ("C", self.C, is_real(self.C) and self.C > 0, "a number > 0"),
+            ("pool_size", self.pool_size, is_int(self.pool_size) and self.pool_size >= 0, "an integer >= 0"),
+            ("pool_exclude", self.pool_exclude, is_real(self.pool_exclude) and self.pool_exclude >= 0, "a distance >= 0"),
+            ("extra_per_person", self.extra_per_person, is_int(self.extra_per_person) and self.extra_per_person >= 0,
+             "an integer >= 0"),
+            ("holdout", self.holdout, is_real(self.holdout) and 0 <= self.holdout < 1, "a share in [0, 1)"),
+            ("seed", self.seed, is_int(self.seed) and self.seed >= 0, "an integer >= 0"),
+        ])
+        return LabelParams(self.threshold, self.C, self.pool_size, self.pool_exclude, self.extra_per_person,
+                           self.holdout, self.seed)
+
+    def get_params(self) -> dict:
+        return asdict(self.params)
+
+    def fit(self, X: np.ndarray, names: list[str], X_background: np.ndarray) -> IdentityClassifier:
+        """Train on labelled faces `X` (a name per row) against `X_background` (`train`)."""
+        owner = type(self).__name__
+        X = check_rows(owner, "X", X)
+        X_background = check_rows(owner, "X_background", X_background, X.shape[1])
+        if len(names) != len(X):
+            raise ValueError(f"{owner}: {len(names)} names for {len(X)} rows of X")
+        self._set(train(X, list(names), X_background, self.params))
+        self.pool_ = self.extra_ = None
+        return self
+
+    def fit_archive(self, X: np.ndarray, labelled_rows: np.ndarray, labelled_X: np.ndarray, names: list[str],
+                    clusters: np.ndarray | None = None, negatives: np.ndarray | None = None) -> IdentityClassifier:
+        """Train on an archive `X`: its labelled faces (rows of X, or -1 with their descriptor in
+        `labelled_X`), their cluster-mates, and a background pool of the rest (`fit_archive`)."""
+        owner = type(self).__name__
+        X = check_rows(owner, "X", X)
+        labelled_X = check_rows(owner, "labelled_X", labelled_X, X.shape[1])
+        rows = np.asarray(labelled_rows)
+        if rows.shape != (len(labelled_X),) or len(names) != len(rows) or not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"{owner}: labelled_rows, labelled_X and names must give one integer row, one "
+                             f"descriptor and one name per labelled face ({rows.shape}, {len(labelled_X)}, {len(names)})")
+        if len(rows) and not (rows.min() >= -1 and rows.max() < len(X)):
+            raise ValueError(f"{owner}: labelled_rows must be rows of X or -1")
+        if clusters is not None and np.shape(clusters) != (len(X),):
+            raise ValueError(f"{owner}: clusters must hold one cluster id per row of X")
+        model, fit = fit_archive(X, labelled_rows, labelled_X, names, clusters, self.params, negatives=negatives)
+        self._set(model)
+        self.pool_, self.extra_ = fit["pool"], fit["extra"]
+        return self
+
+    def _set(self, model: Model) -> None:
+        self.model_ = model
+        self.classes_ = model.classes
+
+    def _fitted(self, X: np.ndarray) -> Model:
+        if not hasattr(self, "model_"):
+            raise not_fitted(type(self).__name__)
+        check_rows(type(self).__name__, "X", X, self.model_.coef.shape[1])
+        return self.model_
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Each person's SVM score per row, (n, len(classes_))."""
+        return self._fitted(X).scores(np.asarray(X, np.float32))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Each person's calibrated probability per row, (n, len(classes_)): the one sigmoid on
+        that person's score. Not normalised: a face may be none of them."""
+        m = self._fitted(X)
+        return _sigmoid(m.platt[0] * m.scores(np.asarray(X, np.float32)) + m.platt[1])
+
+    def predict(self, X: np.ndarray, forbidden: dict[int, set[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(label per row, probability that it is right); see Model.predict."""
+        return self._fitted(X).predict(X, forbidden)
 
 
 def save_model(store, model: Model) -> None:
