@@ -66,10 +66,11 @@ def test_classifier_names_people_and_strangers_stay_unknown(faces):
 def test_classifier_gives_exactly_what_train_gives(faces):
     x, names, tr, strangers = faces
     params = LabelParams(threshold=0.6, C=0.5, holdout=0.3, seed=7)
-    model, clf = _same_global_rng(lambda: svm.train(x[tr], list(names[tr]), strangers, params),
-                                  lambda: svm.IdentityClassifier.from_params(params).fit(x[tr], list(names[tr]), strangers))
+    clf = svm.IdentityClassifier.from_params(params)
+    model, _ = _same_global_rng(lambda: svm.train(x[tr], list(names[tr]), strangers, params),
+                                lambda: clf.fit(x[tr], list(names[tr]), strangers))
     m = clf.model_
-    assert m.params == params and clf.get_params() == {**params.__dict__}
+    assert m.params == params == clf.params
     assert np.array_equal(m.coef, model.coef) and np.array_equal(m.intercept, model.intercept)
     assert m.platt == model.platt and np.array_equal(m.classes, model.classes)
     forbid = {1: {"ann"}, 5: {"bob", "cy"}}

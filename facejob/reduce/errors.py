@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -36,10 +36,12 @@ def is_real(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def check_params(owner: str, checks: list[tuple[str, Any, bool, str]]) -> None:
-    """Raise ConfigError for the first (name, value, ok, what it must be) that is not ok."""
-    for name, value, ok, what in checks:
-        if not ok:
+def check_params(owner: str, obj: Any, checks: list[tuple[str, Callable[[Any], bool], str]]) -> None:
+    """Raise ConfigError for the first setting `obj.<name>` that fails its test (name, test, what
+    it must be)."""
+    for name, ok, what in checks:
+        value = getattr(obj, name)
+        if not ok(value):
             raise ConfigError(f"{owner}: {name} must be {what}, got {value!r}")
 
 

@@ -246,14 +246,11 @@ class GraphClusterer:
         self._check()
 
     def _check(self) -> None:
-        check_params(type(self).__name__, [
-            ("threshold", self.threshold, is_real(self.threshold) and self.threshold > 0, "a distance > 0"),
-            ("pair_margin", self.pair_margin, is_real(self.pair_margin) and self.pair_margin >= 0, "a distance >= 0"),
-            ("max_rounds", self.max_rounds, is_int(self.max_rounds) and self.max_rounds >= 1, "an integer >= 1"),
+        check_params(type(self).__name__, self, [
+            ("threshold", lambda v: is_real(v) and v > 0, "a distance > 0"),
+            ("pair_margin", lambda v: is_real(v) and v >= 0, "a distance >= 0"),
+            ("max_rounds", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ])
-
-    def get_params(self) -> dict:
-        return {"threshold": self.threshold, "pair_margin": self.pair_margin, "max_rounds": self.max_rounds}
 
     def fit(self, X: np.ndarray, edges: tuple[np.ndarray, np.ndarray], must_link: np.ndarray | None = None,
             cannot_link: np.ndarray | None = None) -> GraphClusterer:
@@ -294,7 +291,6 @@ class GraphClusterer:
         if blocked is not None and np.shape(blocked) != cand.shape:
             raise ValueError(f"{owner}: blocked must have the shape of candidates {cand.shape}")
         return attach(self.X_, self.labels_, Q, cand, self.threshold, blocked, self.pair_margin)
-
 
 
 def _rows_of(a: np.ndarray, n: int, low: int = 0) -> bool:

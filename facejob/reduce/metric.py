@@ -215,24 +215,19 @@ class MetricLearner:
         p = self.params
         if not isinstance(p, MetricParams):
             raise ValueError(f"{type(self).__name__}: params must be MetricParams, got {type(p).__name__}")
-        check_params(type(self).__name__, [
-            ("hidden", p.hidden, is_int(p.hidden) and p.hidden >= 0, "an integer >= 0 (0: linear head)"),
-            ("epochs", p.epochs, is_int(p.epochs) and p.epochs >= 0, "an integer >= 0"),
-            ("people_per_batch", p.people_per_batch, is_int(p.people_per_batch) and p.people_per_batch >= 2,
-             "an integer >= 2 (a triplet needs two people)"),
-            ("faces_per_person", p.faces_per_person, is_int(p.faces_per_person) and p.faces_per_person >= 2,
-             "an integer >= 2 (a triplet needs two faces of a person)"),
-            ("margin", p.margin, is_real(p.margin) and p.margin >= 0, "a distance >= 0"),
-            ("cannot_distance", p.cannot_distance, is_real(p.cannot_distance) and p.cannot_distance >= 0, "a distance >= 0"),
-            ("identity_weight", p.identity_weight, is_real(p.identity_weight) and p.identity_weight >= 0, "a number >= 0"),
-            ("lr", p.lr, is_real(p.lr) and p.lr > 0, "a number > 0"),
-            ("seed", p.seed, is_int(p.seed) and p.seed >= 0, "an integer >= 0"),
-            ("min_people", p.min_people, is_int(p.min_people) and p.min_people >= 2, "an integer >= 2"),
-            ("select", self.select, isinstance(self.select, bool), "True or False"),
+        check_params(type(self).__name__, p, [
+            ("hidden", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: linear head)"),
+            ("epochs", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+            ("people_per_batch", lambda v: is_int(v) and v >= 2, "an integer >= 2 (triplets need two people)"),
+            ("faces_per_person", lambda v: is_int(v) and v >= 2, "an integer >= 2 (triplets need two faces each)"),
+            ("margin", lambda v: is_real(v) and v >= 0, "a distance >= 0"),
+            ("cannot_distance", lambda v: is_real(v) and v >= 0, "a distance >= 0"),
+            ("identity_weight", lambda v: is_real(v) and v >= 0, "a number >= 0"),
+            ("lr", lambda v: is_real(v) and v > 0, "a number > 0"),
+            ("seed", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+            ("min_people", lambda v: is_int(v) and v >= 2, "an integer >= 2"),
         ])
-
-    def get_params(self) -> dict:
-        return {"params": self.params, "select": self.select}
+        check_params(type(self).__name__, self, [("select", lambda v: isinstance(v, bool), "True or False")])
 
     def fit(self, X: np.ndarray, people: np.ndarray, cannot: np.ndarray | None = None) -> MetricLearner:
         """Learn from rows `X` with person ids `people` (-1: no person) and cannot-link row pairs."""
@@ -240,7 +235,8 @@ class MetricLearner:
         self._check()
         X = check_rows(owner, "X", X)
         people = np.asarray(people)
-        if people.shape != (len(X),) or not np.issubdtype(people.dtype, np.integer) or (len(people) and people.min() < -1):
+        if (people.shape != (len(X),) or not np.issubdtype(people.dtype, np.integer)
+                or (len(people) and people.min() < -1)):
             raise ValueError(f"{owner}: people must hold one integer id (>= 0, or -1 for none) per row of X")
         if cannot is not None:
             c = np.asarray(cannot)

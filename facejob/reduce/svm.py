@@ -249,21 +249,17 @@ class IdentityClassifier:
     @property
     def params(self) -> LabelParams:
         """The settings as LabelParams, checked."""
-        check_params(type(self).__name__, [
-            ("threshold", self.threshold, is_real(self.threshold) and 0 <= self.threshold <= 1, "a probability in [0, 1]"),
-            ("C", self.C, is_real(self.C) and self.C > 0, "a number > 0"),
-            ("pool_size", self.pool_size, is_int(self.pool_size) and self.pool_size >= 0, "an integer >= 0"),
-            ("pool_exclude", self.pool_exclude, is_real(self.pool_exclude) and self.pool_exclude >= 0, "a distance >= 0"),
-            ("extra_per_person", self.extra_per_person, is_int(self.extra_per_person) and self.extra_per_person >= 0,
-             "an integer >= 0"),
-            ("holdout", self.holdout, is_real(self.holdout) and 0 <= self.holdout < 1, "a share in [0, 1)"),
-            ("seed", self.seed, is_int(self.seed) and self.seed >= 0, "an integer >= 0"),
+        check_params(type(self).__name__, self, [
+            ("threshold", lambda v: is_real(v) and 0 <= v <= 1, "a probability in [0, 1]"),
+            ("C", lambda v: is_real(v) and v > 0, "a number > 0"),
+            ("pool_size", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+            ("pool_exclude", lambda v: is_real(v) and v >= 0, "a distance >= 0"),
+            ("extra_per_person", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+            ("holdout", lambda v: is_real(v) and 0 <= v < 1, "a share in [0, 1)"),
+            ("seed", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
         ])
         return LabelParams(self.threshold, self.C, self.pool_size, self.pool_exclude, self.extra_per_person,
                            self.holdout, self.seed)
-
-    def get_params(self) -> dict:
-        return asdict(self.params)
 
     def fit(self, X: np.ndarray, names: list[str], X_background: np.ndarray) -> IdentityClassifier:
         """Train on labelled faces `X` (a name per row) against `X_background` (`train`)."""
@@ -285,8 +281,8 @@ class IdentityClassifier:
         labelled_X = check_rows(owner, "labelled_X", labelled_X, X.shape[1])
         rows = np.asarray(labelled_rows)
         if rows.shape != (len(labelled_X),) or len(names) != len(rows) or not np.issubdtype(rows.dtype, np.integer):
-            raise ValueError(f"{owner}: labelled_rows, labelled_X and names must give one integer row, one "
-                             f"descriptor and one name per labelled face ({rows.shape}, {len(labelled_X)}, {len(names)})")
+            raise ValueError(f"{owner}: labelled_rows, labelled_X and names must give one integer row, one descriptor "
+                             f"and one name per labelled face ({rows.shape}, {len(labelled_X)}, {len(names)})")
         if len(rows) and not (rows.min() >= -1 and rows.max() < len(X)):
             raise ValueError(f"{owner}: labelled_rows must be rows of X or -1")
         if clusters is not None and np.shape(clusters) != (len(X),):
