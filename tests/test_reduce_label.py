@@ -110,6 +110,26 @@ def test_label_threshold_is_saved_and_used_by_the_next_reduce(archive, tmp_path)
     assert len(named) < len(probs)
 
 
+def test_bad_label_and_cluster_thresholds_fail_before_anything_is_written(archive, tmp_path, capsys):
+    """A threshold the SVMs or the linkage cannot use is one line and exit 2, before OUT changes."""
+    from facejob.cli import main
+
+    out, ids = _copy_out(archive, tmp_path)
+    labels = _write(tmp_path, "face_id,name\n" + "".join(f"{r['face_id']},{person(r['uri'])}\n" for r in ids[::4]))
+
+    def files():   # the lock file is taken (touched) by every command; nothing else may change
+        return sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*") if p.name != ".facejob.lock")
+
+    before = files()
+    assert main(["label", str(out), "--labels", labels, "--threshold", "1.5"]) == 2
+    assert capsys.readouterr().err.strip() == ("facejob label: error: IdentityClassifier: threshold must be a "
+                                               "probability in [0, 1], got 1.5")
+    assert main(["cluster", str(out), "--threshold", "-0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("GraphClusterer: threshold must be a distance > 0, got -0.1") and len(err.splitlines()) == 1
+    assert files() == before
+
+
 @pytest.mark.parametrize("case, body, message", [
     ("unknown face_id", "face_id,name\n{a},Amy\n{b},Amy\nnot-a-face,Amy\n", "line 4: face_id 'not-a-face' is not in the archive"),
     ("empty name", "face_id,name\n{a},Amy\n{b},  \n{c},Amy\n", "line 3: empty name"),
