@@ -78,6 +78,15 @@ def test_classifier_gives_exactly_what_train_gives(faces):
         assert np.array_equal(got, want)
 
 
+def test_the_same_labels_give_the_same_models_whatever_numpys_global_state(faces):
+    x, names, tr, strangers = faces
+    runs = []
+    for global_seed in (1, 2):
+        np.random.seed(global_seed)  # the solver's shuffling must not come from here
+        runs.append(svm.IdentityClassifier(seed=5).fit(x[tr], list(names[tr]), strangers).model_)
+    assert np.array_equal(runs[0].coef, runs[1].coef) and runs[0].platt == runs[1].platt
+
+
 def test_classifier_fit_archive_gives_exactly_what_fit_archive_gives(faces):
     x, names, tr, strangers = faces
     archive = np.concatenate([x, strangers])

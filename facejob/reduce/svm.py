@@ -161,8 +161,10 @@ def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0)
 
 
-def _fit(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, C: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-vs-rest linear SVMs; each class's positives weigh as much as all its negatives."""
+def _fit(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, C: float,
+         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest linear SVMs; each class's positives weigh as much as all its negatives. The
+    solver's shuffling is seeded, so the same labels give the same models on every run."""
     x = np.concatenate([xl, xb]).astype(np.float64)
     coef = np.zeros((n_classes, x.shape[1]), np.float32)
     icpt = np.zeros(n_classes, np.float32)
@@ -170,7 +172,7 @@ def _fit(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, C: floa
         y = np.concatenate([yl == c, np.zeros(len(xb), bool)])
         pos = int(y.sum())
         w = np.where(y, 0.5 / pos, 0.5 / (len(y) - pos)) * len(y)
-        svm = LinearSVC(C=C, loss="hinge", dual=True, max_iter=20_000, tol=1e-4)
+        svm = LinearSVC(C=C, loss="hinge", dual=True, max_iter=20_000, tol=1e-4, random_state=seed)
         svm.fit(x, y, sample_weight=w)
         coef[c], icpt[c] = svm.coef_[0], svm.intercept_[0]
     return coef, icpt
@@ -184,7 +186,7 @@ def train(xl: np.ndarray, names: list[str], xb: np.ndarray, params: LabelParams 
     yl = np.searchsorted(classes, np.array(names))
     t0 = time.perf_counter()
     platt = _calibrate(xl, yl, xb, len(classes), params) if len(classes) > 1 else (1.0, 0.0)
-    coef, icpt = _fit(xl, yl, xb, len(classes), params.C)
+    coef, icpt = _fit(xl, yl, xb, len(classes), params.C, params.seed)
     info = {"classes": len(classes), "positives": len(xl), "background": len(xb),
             "train_s": round(time.perf_counter() - t0, 2), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return Model(classes, coef, icpt, platt, params, info)
@@ -202,7 +204,7 @@ def _calibrate(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, p
     held_b = rng.random(len(xb)) < params.holdout
     if not held_l.any() or not held_b.any():
         return (1.0, 0.0)
-    coef, icpt = _fit(xl[~held_l], yl[~held_l], xb[~held_b], n_classes, params.C)
+    coef, icpt = _fit(xl[~held_l], yl[~held_l], xb[~held_b], n_classes, params.C, params.seed)
     score, good = [], []
     for x, truth in ((xl[held_l], yl[held_l]), (xb[held_b], np.full(int(held_b.sum()), -1))):
         s = x @ coef.T + icpt
