@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ray_cluster import joined
 from tests.s3_server import MotoServer, child_env
 
 FACEJOB = [sys.executable, "-m", "facejob.cli"]
@@ -198,10 +199,15 @@ def test_ctrl_c_during_nightly_is_one_line_of_its_log(data_dir, tmp_path):
     assert last["message"].endswith(" shards done; rerun the same command to finish"), last
 
 
-def test_ctrl_c_during_report(data_dir, tmp_path):
+def test_ctrl_c_during_report(data_dir, tmp_path, ray_cluster):
+    from facejob.cli import main
+
     out = tmp_path / "o"
-    assert run("index", str(data_dir / "groups"), "--out", str(out), "-q").returncode == 0
-    assert run("reduce", str(out), "-q").returncode == 0
+    # The output to report on, made in this process on the session's Ray: only the report's
+    # Ctrl-C is under test here, in a command of its own.
+    with joined(ray_cluster):
+        assert main(["index", str(data_dir / "groups"), "--out", str(out), "-q"]) == 0
+    assert main(["reduce", str(out), "-q"]) == 0
     r = sigint_when([*FACEJOB, "report", str(out), "-q"],
                     lambda: (out / "report").is_dir() and any((out / "report").rglob("*.*")))
     assert r.returncode == 130

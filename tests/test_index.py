@@ -125,7 +125,9 @@ def test_cli_bad_arguments_one_line(args, message, tmp_path):
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_cli_index_and_verify(ray_address, data_dir, tmp_path):
+def test_cli_index_and_verify(ray_address, data_dir, tmp_path, capsys):
+    from facejob.cli import main
+
     raj, out = str(data_dir / "labelled/faceapi_bbt/raj"), str(tmp_path / "o")
     r = run_cli("index", raj, "--out", out, "--workers", "1", "--detector", "hog")
     assert r.returncode == 0, r.stderr
@@ -142,9 +144,12 @@ def test_cli_index_and_verify(ray_address, data_dir, tmp_path):
     assert "Unchanged 5" in again.stdout
     assert json.loads((tmp_path / "o" / "model.json").read_text())["detector"] == "hog"
     bbt = data_dir / "labelled/faceapi_bbt"
-    same = run_cli("verify", str(bbt / "raj/raj1.png"), str(bbt / "raj/raj2.png"))
-    other = run_cli("verify", str(bbt / "raj/raj1.png"), str(bbt / "howard/howard1.png"))
-    assert same.stdout.startswith("same person") and other.stdout.startswith("different people"), same.stdout
+    # verify in this process (it uses no Ray): the same command, without a Python start-up per call.
+    assert main(["verify", str(bbt / "raj/raj1.png"), str(bbt / "raj/raj2.png")]) == 0
+    same = capsys.readouterr().out
+    assert main(["verify", str(bbt / "raj/raj1.png"), str(bbt / "howard/howard1.png")]) == 0
+    other = capsys.readouterr().out
+    assert same.startswith("same person") and other.startswith("different people"), (same, other)
 
 
 def test_torch_backends_through_ray(ray_local, data_dir, tmp_path):

@@ -7,8 +7,6 @@ import hashlib
 import io
 import json
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +20,6 @@ from facejob.config import IndexConfig, RunConfig
 from facejob.reduce import labelling, pipeline
 from facejob.io.storage import LocalStore, write_parquet
 
-REPO = Path(__file__).resolve().parents[1]
 PEOPLE = ("John_Salley", "John_Shimkus")
 CONFIG = IndexConfig(run=RunConfig(workers=2))
 
@@ -50,7 +47,9 @@ def reencode(path: Path) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path):
+def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path, capsys):
+    from facejob.cli import main
+
     src, out, before = indexed_archive(data_dir, tmp_path)
     salley = sorted(p.name for p in (src / "John_Salley").glob("*.jpg") if len(before[p.name]) == 1)[:3]
     shimkus = sorted(p.name for p in (src / "John_Shimkus").glob("*.jpg") if len(before[p.name]) == 1)[:3]
@@ -70,12 +69,11 @@ def test_labels_follow_moved_and_reencoded_photos(ray_local, data_dir, tmp_path)
     new_moved, new_reencoded = after[f"renamed-{moved}"][0]["face_id"], after[reencoded][0]["face_id"]
     assert new_moved != before[moved][0]["face_id"] and new_reencoded != before[reencoded][0]["face_id"]
 
-    r = subprocess.run([sys.executable, "-m", "facejob.cli", "label", str(out)], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "2 labels followed their face" in r.stdout, r.stdout
-    assert "1 labels are on photos no longer in the archive; kept as training examples" in r.stdout, r.stdout
-    assert f"John_Shimkus: face {before[deleted][0]['face_id']} of {src / 'John_Shimkus' / deleted}" in r.stdout
+    assert main(["label", str(out)]) == 0   # the command, in this process
+    said = capsys.readouterr().out
+    assert "2 labels followed their face" in said, said
+    assert "1 labels are on photos no longer in the archive; kept as training examples" in said, said
+    assert f"John_Shimkus: face {before[deleted][0]['face_id']} of {src / 'John_Shimkus' / deleted}" in said
 
     stored = {row["face_id"]: row for row in pq.read_table(out / "labels/labels.parquet").to_pylist()}
     assert len(stored) == 6
