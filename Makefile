@@ -30,7 +30,9 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/lint-imports  # the package layers (pyproject.toml [tool.importlinter]): a wrong-way import fails
-	$(BIN)/python -m pytest -q -ra
+	# Two workers, each its own session (its own Ray head and moto server); --dist loadfile keeps a
+	# file on one worker, so its module fixtures (a Ray, an indexed folder) are made once.
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

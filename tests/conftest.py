@@ -3,6 +3,10 @@
 Photos come from the shared data folder (FACEJOB_DATA, default ../shared/data next to the
 repository). Without it, tests that need photos skip with the reason; under CI (CI=true) a
 missing folder fails them instead, so CI can never go green by skipping.
+
+`make test` runs the suite in two pytest-xdist workers (`-n 2 --dist loadfile`). Each worker is a
+session of its own: its own Ray head, moto server and Ray token; every port, temp dir and bucket
+a test uses is its own, so the workers never meet.
 """
 from __future__ import annotations
 
