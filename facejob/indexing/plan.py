@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facejob.config import RETIRE_FLOOR
-from facejob.contract.layout import FACES_DIR, IMAGES_DIR, QUARANTINE_DIR, part_name, shard_of
+from facejob.contract.layout import FACES_DIR, IMAGES_DIR, QUARANTINE_DIR, SUPERSEDES, part_name, shard_of
 from facejob.contract.schema import Reason
 from facejob.io.sources import ImageRef, SourceError, is_s3, local_path, path_to_uri, uri_to_path
-from facejob.io.storage import DamagedPart, Store, check_parquet, read_parquet, write_parquet
+from facejob.io.storage import (DamagedPart, Store, check_parquet, committed_parts, read_parquet, superseded,
+                                write_parquet)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def read_catalog(store: Store) -> Catalog:
     """The catalog of `store`, its parts read in parallel; damaged parts are quarantined on the
     way (their photos are then simply not catalogued, so the plan redoes them)."""
     faces = set(store.list(FACES_DIR))
-    rels = [rel for rel in store.list(IMAGES_DIR) if rel.endswith(".parquet")]
+    rels = committed_parts(store, IMAGES_DIR)
     shards = [shard_of(rel) for rel in rels]
 
     def read(rel: str) -> pa.Table | str:
@@ -168,13 +169,22 @@ def quarantine(store: Store, shard: str, why: str) -> list[str]:
 
 
 def remove_orphans(store: Store) -> int:
-    """Delete faces parts whose images part was never written (a crash between the two writes)."""
-    done = {shard_of(r) for r in store.list(IMAGES_DIR)}
+    """Delete what no reader counts: the parts a merged part replaces (a compaction that crashed
+    before deleting them, facejob.indexing.compact), then faces parts whose images part was
+    never written (a crash between a shard's two writes). Returns the parts deleted."""
+    images = [rel for rel in store.list(IMAGES_DIR) if rel.endswith(".parquet")]
+    replaced = sorted(superseded(store, images) & {shard_of(rel) for rel in images})
+    if replaced:
+        log.info("finishing an interrupted compaction: removing %d replaced shard(s)", len(replaced))
+    for shard in replaced:   # images part first: its faces part is then an orphan, deleted below anyway
+        store.delete(IMAGES_DIR + part_name(shard))
+        store.delete(FACES_DIR + part_name(shard))
+    done = {shard_of(r) for r in images} - set(replaced)
     orphans = [r for r in store.list(FACES_DIR) if shard_of(r) not in done]
     for rel in orphans:
         log.info("removing uncommitted part %s", rel)
         store.delete(rel)
-    return len(orphans)
+    return len(orphans) + 2 * len(replaced)
 
 
 def _under(uris: pa.Array, root: str) -> np.ndarray:
@@ -354,8 +364,10 @@ def retire(store: Store, retire: dict[str, set[str]]) -> None:
                 write_parquet(store, faces_rel, faces_kept)
         if images_kept.num_rows == 0:
             store.delete(images_rel)
-        else:
-            write_parquet(store, images_rel, images_kept)
+        else:   # a merged part's list of replaced shards is obsolete once they are gone: a new
+            # shard may take one of their names (the same photos redone), and must count
+            meta = {k: v for k, v in (images_kept.schema.metadata or {}).items() if k != SUPERSEDES}
+            write_parquet(store, images_rel, images_kept.replace_schema_metadata(meta or None))
 
 
 def source_roots(sources: list[str]) -> list[str]:
