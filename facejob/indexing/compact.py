@@ -85,17 +85,21 @@ def _conform(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
 
 
 def merge(store: Store, shards: list[str]) -> str:
-    """Merge the committed shards `shards` into one (steps 1-3 of the module docstring); returns its id."""
+    """Merge the committed shards `shards` into one (steps 1-3 of the module docstring); returns its id.
+    Parts are read and deleted side by side (S3 answers in tens of ms each); writes keep their order."""
     merged = merged_id(shards)
-    faces = _conform([read_parquet(store, faces_part(s)) for s in shards], FACES)
-    write_parquet(store, faces_part(merged), faces)
-    del faces
-    images = _conform([read_parquet(store, images_part(s)) for s in shards], IMAGES)
-    write_parquet(store, images_part(merged),
-                  images.replace_schema_metadata({SUPERSEDES: json.dumps(shards).encode()}))
-    for s in shards:
-        store.delete(images_part(s))
-        store.delete(faces_part(s))
+    with ThreadPoolExecutor(planning.READ_THREADS) as pool:
+        def read(rels: list[str]) -> list[pa.Table]:
+            return list(pool.map(lambda rel: read_parquet(store, rel, threads=False), rels))
+
+        faces = _conform(read([faces_part(s) for s in shards]), FACES)
+        write_parquet(store, faces_part(merged), faces)
+        del faces
+        images = _conform(read([images_part(s) for s in shards]), IMAGES)
+        write_parquet(store, images_part(merged),
+                      images.replace_schema_metadata({SUPERSEDES: json.dumps(shards).encode()}))
+        # After the switch: replaced parts count for nothing, so their order no longer matters.
+        list(pool.map(store.delete, [rel for s in shards for rel in (images_part(s), faces_part(s))]))
     return merged
 
 

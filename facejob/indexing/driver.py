@@ -123,13 +123,14 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     t0 = time.perf_counter()
     _check_same_models(store, config)
     listing = Listing()
-    refs = list(list_images(sources, run.extensions, listing))
+    listed = planning.listing_table(list_images(sources, run.extensions, listing))   # columns, not objects
     skipped = listing.skipped
     t_list = time.perf_counter()
     orphans = planning.remove_orphans(store)
     catalog = planning.read_catalog(store)
-    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), run.force, listing.unlisted,
+    plan = planning.make_plan(listed, catalog, planning.source_roots(sources), run.force, listing.unlisted,
                               skipped, retire_excluded=run.allow_retire)
+    del listed
     planning.check_retirement(plan, run.max_retire_share, run.allow_retire)
     planning.retire(store, plan.retire)
     shards: list[planning.Shard] = []
