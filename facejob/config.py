@@ -52,9 +52,9 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
 DEFAULT_WORK_SIZE = 1200
 
 # Compaction: every run adds parts and planning and the reducer pay per part. Past this many the
-# run ends by merging the small ones into parts of DEFAULT_PART_PHOTOS photos (bench/catalog_scale.py:
-# a part costs planning about as much as a few hundred catalogued photos; 100,000 photos make a
-# faces part of ~100 MB at 1.5 faces per photo, which the merge holds in memory once).
+# run ends by merging the small ones into parts of DEFAULT_PART_PHOTOS photos (bench/catalog_scale.py
+# on 2 busy cores: a part costs planning ~1 ms, as much as ~100 catalogued photos; 100,000 photos make
+# a faces part of ~100 MB at 1.5 faces per photo, which the merge holds in memory once).
 DEFAULT_COMPACT_PARTS = 256
 DEFAULT_PART_PHOTOS = 100_000
 
