@@ -7,7 +7,8 @@ N photos in --parts parts, and a listing that matches it (the ImageRefs `facejob
 then plans in a fresh process, as a run does (plan.read_catalog + plan.make_plan), and prints
 that process's peak RSS (the listing included) and the plan time. Then the same for 100,000
 photos (--ratio-photos) in 10,000 parts and in 10: parts_ratio = plan time with 10,000 / with 10
-(medians of --repeats, interleaved).
+(medians of --repeats, interleaved), and again after `facejob compact` of the 10,000 parts:
+parts_ratio_compacted.
 """
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from facejob.indexing import plan as planning
+from facejob.indexing.compact import compact
 from facejob.contract.schema import FACES, IMAGES
 from facejob.io.sources import ImageRef
 from facejob.io.storage import LocalStore, write_parquet
@@ -34,9 +37,9 @@ from facejob.io.storage import LocalStore, write_parquet
 ROOT = "/archive"
 
 
-def listing(n: int) -> list[ImageRef]:
-    """The photos as a listing sees them: 1,000 to a folder."""
-    return [ImageRef(f"{ROOT}/{i // 1000:05d}/{i:08d}.jpg", 100_000 + i % 7919, 1.7e9 + i) for i in range(n)]
+def listing(n: int) -> Iterator[ImageRef]:
+    """The photos as a listing streams them (sources.list_images): 1,000 to a folder."""
+    return (ImageRef(f"{ROOT}/{i // 1000:05d}/{i:08d}.jpg", 100_000 + i % 7919, 1.7e9 + i) for i in range(n))
 
 
 def write_catalog(out: Path, n: int, parts: int) -> None:
@@ -62,10 +65,10 @@ def write_catalog(out: Path, n: int, parts: int) -> None:
 
 def measure(out: str, n: int) -> dict:
     """Plan a rerun of listing(n) against `out` (this process: the driver)."""
-    refs = listing(n)
+    listed = planning.listing_table(listing(n))   # as the driver turns list_images' stream into columns
     t0 = time.perf_counter()
     catalog = planning.read_catalog(LocalStore(out))
-    plan = planning.make_plan(refs, catalog, [ROOT])
+    plan = planning.make_plan(listed, catalog, [ROOT])
     plan_s = time.perf_counter() - t0
     assert plan.unchanged == n and not plan.todo and not plan.retire, "the listing should match the catalog"
     return {"plan_s": plan_s, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
@@ -112,9 +115,20 @@ def main() -> None:
         ratio = statistics.median(t_many) / statistics.median(t_few)
         say(f"{args.ratio_photos:,} photos: plan {statistics.median(t_many):.2f} s in {many:,} parts, "
             f"{statistics.median(t_few):.2f} s in {few:,} (medians of {args.repeats}): ratio {ratio:.2f}")
+        c = compact(str(work / "many"))
+        say(f"facejob compact: {c.parts_before:,} parts → {c.parts_after:,} in {c.seconds:.1f} s")
+        t_comp, t_few2 = [], []
+        for _ in range(args.repeats):
+            t_comp.append(fresh(work / "many", args.ratio_photos)["plan_s"])
+            t_few2.append(fresh(work / "few", args.ratio_photos)["plan_s"])
+        ratio_c = statistics.median(t_comp) / statistics.median(t_few2)
+        say(f"after compaction: plan {statistics.median(t_comp):.2f} s in {c.parts_after:,} parts, "
+            f"{statistics.median(t_few2):.2f} s in {few:,}: ratio {ratio_c:.2f}")
         print(json.dumps({"photos": args.photos, "parts": args.parts, "plan_s": round(big["plan_s"], 2),
                           "driver_peak_rss_gib": round(big["peak_rss_gib"], 3),
                           "parts_ratio": round(ratio, 2), "plan_s_many_parts": round(statistics.median(t_many), 2),
+                          "parts_ratio_compacted": round(ratio_c, 2), "compacted_parts": c.parts_after,
+                          "compact_s": round(c.seconds, 2),
                           "plan_s_few_parts": round(statistics.median(t_few), 2), "cores": os.cpu_count(),
                           "load_before": round(load0, 1)}))
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from facejob.config import IndexConfig, ModelConfig, RunConfig, add_options, from_args
+from facejob.config import CompactConfig, IndexConfig, ModelConfig, RunConfig, add_options, from_args
 from facejob.exits import run_command
 from facejob.progress import setup_logging
 
@@ -55,6 +55,23 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from facejob.indexing.compact import compact
+
+    if args.endpoint_url:
+        from facejob.io import s3
+
+        s3.configure(endpoint_url=args.endpoint_url)
+    s = compact(args.out, config_from_args(CompactConfig, args))
+    if not s.parts_before:
+        print(f"no index output under {args.out} (no images/ parts); run `facejob index` first", file=sys.stderr)
+        return 3
+    print(f"compacted {args.out}: {s.parts_before} parts → {s.parts_after} ({s.photos_moved} photos moved into "
+          f"{s.merged} merged parts; {s.healed} damaged, uncommitted or repeated parts or rows cleared first) "
+          f"in {s.seconds:.1f} s")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from facejob.indexing.verify import verify
 
@@ -90,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, ModelConfig, "the face model (saved in OUT/model.json; search, verify and label reuse it)")
     add_config_options(p, RunConfig, "execution")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("compact", help="merge an output's small parts into large ones",
+                       description="Merge the small images/ and faces/ parts that nightly runs add into large "
+                                   "ones (under the writer lock; a crash at any point leaves an output that "
+                                   "the next run trusts, with the same rows). `facejob index` does it by "
+                                   "itself when an output holds more than --compact-parts parts.")
+    p.add_argument("out", metavar="OUT", help="output folder or s3://bucket/prefix")
+    p.add_argument("--endpoint-url", default=None,
+                   help="S3-compatible endpoint (MinIO, Ceph); default: AWS_ENDPOINT_URL or AWS itself")
+    add_config_options(p, CompactConfig, "compaction")
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("verify", help="are the faces in two photos the same person?")
     p.add_argument("photo_a")

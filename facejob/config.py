@@ -51,6 +51,13 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
 # test suite's 2280 px group photo) at full resolution.
 DEFAULT_WORK_SIZE = 1200
 
+# Compaction: every run adds parts and planning and the reducer pay per part. Past this many the
+# run ends by merging the small ones into parts of DEFAULT_PART_PHOTOS photos (bench/catalog_scale.py
+# on 2 busy cores: a part costs planning ~1 ms, as much as ~100 catalogued photos; 100,000 photos make
+# a faces part of ~100 MB at 1.5 faces per photo, which the merge holds in memory once).
+DEFAULT_COMPACT_PARTS = 256
+DEFAULT_PART_PHOTOS = 100_000
+
 
 class ConfigError(ValueError):
     """A setting has a value facejob cannot use; the message says which and why."""
@@ -200,6 +207,9 @@ class RunConfig(_Settings):
     extensions: tuple[str, ...] = setting(EXTENSIONS, "file extensions listed in folders, comma-separated; "
                                                       "photos indexed before and still there are kept whatever "
                                                       "this says (unless --allow-retire)", metavar=".EXT,...")
+    compact_parts: int = setting(DEFAULT_COMPACT_PARTS, "after the run, compact the output (as `facejob compact` "
+                                                        "does) when it holds more parts than this (0 = never)",
+                                 metavar="N")
 
     def __post_init__(self) -> None:
         _need(_is_int(self.workers) and self.workers >= 0, f"workers must be >= 0, got {self.workers!r}")
@@ -216,9 +226,24 @@ class RunConfig(_Settings):
         _need(isinstance(self.allow_retire, bool), f"allow_retire must be true or false, got {self.allow_retire!r}")
         _need(self.address is None or (isinstance(self.address, str) and self.address != ""),
               f"address must be auto or host:port, got {self.address!r}")
+        _need(_is_int(self.compact_parts) and self.compact_parts >= 0,
+              f"compact_parts must be >= 0 (0 = never), got {self.compact_parts!r}")
         _need(isinstance(self.extensions, tuple) and all(isinstance(e, str) and e.startswith(".")
                                                          for e in self.extensions),
               f"extensions must be a list like [.jpg, .png], got {self.extensions!r}")
+
+
+@dataclass(frozen=True)
+class CompactConfig(_Settings):
+    """How `facejob compact` (and the index run's automatic compaction) merges parts."""
+
+    part_photos: int = setting(DEFAULT_PART_PHOTOS, "merge parts with fewer photos than this into parts of at "
+                                                    "least this many (larger parts are left as they are)",
+                               metavar="N")
+
+    def __post_init__(self) -> None:
+        _need(_is_int(self.part_photos) and self.part_photos >= 2,
+              f"part_photos must be an integer >= 2, got {self.part_photos!r}")
 
 
 def _run_record(store) -> dict[str, Any]:

@@ -15,6 +15,13 @@ PUT on S3), so the order of writes is the commit protocol:
   running shard and counts for nothing (reduce.embeddings.parts skips it; the next index run
   deletes it, plan.remove_orphans, and redoes its photos). The catalog of indexed photos is the
   union of the images parts.
+- Compaction (facejob.indexing.compact): merged shards are named `merged-<hash>`. The merged
+  faces part first, then the merged images part, whose Parquet footer lists the shards it
+  replaces (layout.SUPERSEDES): its existence is the commit, and from then on the replaced
+  shards count for nothing even while still on disk (facejob.io.storage.committed_parts, which
+  every reader of images/ and faces/ uses); they are deleted last, and the next writer deletes
+  any a crash left (plan.remove_orphans) before it changes anything. Rewriting a merged part
+  (retire) drops the list, so a later shard of the same name counts.
 - model.json is written before the shards; run.json after the run (facejob.indexing.driver).
 - Retiring rows (changed or deleted photos, facejob.indexing.plan.retire) rewrites the parts that
   hold them, faces part first, before new work starts: a photo has its old rows or none.

@@ -4,6 +4,7 @@
     run.json                         last run: model and run config, versions, counts, timings
     images/part-<shard>.parquet      one row per input photo (written last: the shard's commit)
     faces/part-<shard>.parquet       one row per face
+    images|faces/part-merged-<id>.parquet   `facejob compact`: small parts merged (facejob.indexing.compact)
     index/faces.hnsw, ids.parquet, params.json     the reducer's search index
     clusters.parquet, clusters.json, cluster_events.parquet
     labels/labels.parquet, labels/model.npz, labels/model.json
@@ -28,6 +29,9 @@ PREDICTIONS, DUPLICATES = "predictions.parquet", "duplicates.parquet"
 CORRECTIONS, CORRECTION_FACES = "labels/corrections.json", "labels/corrections_faces.parquet"
 METRIC_NPZ, METRIC_JSON = "labels/metric.npz", "labels/metric.json"
 REPORT_DIR = "report"
+
+MERGED = "merged-"              # shard ids of compacted parts start with this (index shards are hex)
+SUPERSEDES = b"facejob.supersedes"   # a merged images part's footer key: the shards it replaces (JSON list)
 
 
 def part_name(shard: str) -> str:

@@ -20,7 +20,7 @@ IMAGES = pa.schema([
     ("status", pa.string()),         # Status: ok | no_face | error
     ("error", pa.string()),          # "<Reason>: message" when status == error, else null
     ("n_faces", pa.int32()),
-    ("shard", pa.string()),          # part this row was written in
+    ("shard", pa.string()),          # shard that wrote this row (compaction moves rows, keeps this)
 ])
 
 

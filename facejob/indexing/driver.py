@@ -13,10 +13,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from facejob.config import IndexConfig, ModelConfig, ModelMismatch, RunConfig, model_differences
+from facejob.config import CompactConfig, IndexConfig, ModelConfig, ModelMismatch, RunConfig, model_differences
 from facejob.contract import layout
 from facejob.contract.schema import Status
 from facejob.indexing import plan as planning
+from facejob.indexing.compact import CompactSummary, compact_store
 from facejob.indexing.pipeline import FaceModel
 from facejob.indexing.pool import execute, worker_count
 from facejob.io import lock
@@ -122,13 +123,14 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     t0 = time.perf_counter()
     _check_same_models(store, config)
     listing = Listing()
-    refs = list(list_images(sources, run.extensions, listing))
+    listed = planning.listing_table(list_images(sources, run.extensions, listing))   # columns, not objects
     skipped = listing.skipped
     t_list = time.perf_counter()
     orphans = planning.remove_orphans(store)
     catalog = planning.read_catalog(store)
-    plan = planning.make_plan(refs, catalog, planning.source_roots(sources), run.force, listing.unlisted,
+    plan = planning.make_plan(listed, catalog, planning.source_roots(sources), run.force, listing.unlisted,
                               skipped, retire_excluded=run.allow_retire)
+    del listed
     planning.check_retirement(plan, run.max_retire_share, run.allow_retire)
     planning.retire(store, plan.retire)
     shards: list[planning.Shard] = []
@@ -151,6 +153,7 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     if shards:
         bar.close()   # the last line, also when shards failed short of the total; stops the clock
     t_run = t_plan + bar.bar.elapsed  # the progress line's clock: it and the summary show one time
+    compacted = _compact_if_many(store, run.compact_parts)
 
     stage_s: Counter[str] = Counter()
     status: Counter[str] = Counter()
@@ -175,8 +178,10 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
         "orphan_parts_removed": orphans, "unlisted": plan.unlisted, "unlisted_folders": len(listing.unlisted),
         "kept_other_extension": plan.excluded,
         "quarantined_parts": len(catalog.quarantined), "duplicate_rows_removed": plan.duplicates,
+        "parts_merged": compacted.parts_before - compacted.parts_after,
     }
     summary.timings = {"list_s": t_list - t0, "plan_s": t_plan - t_list, "process_s": t_run - t_plan,
+                       "compact_s": compacted.seconds,
                        "total_s": time.perf_counter() - t0,
                        **{f"{k}_worker_s": round(v, 3) for k, v in sorted(stage_s.items())}}
     summary.report = {
@@ -193,6 +198,14 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     }
     _write_run_json(store, summary.report)
     return summary
+
+
+def _compact_if_many(store: Store, limit: int) -> CompactSummary:
+    """Merge small parts when the output holds more than `limit` (0: never). The run has just
+    cleared orphans, quarantined damage and removed duplicates, so that is not done again."""
+    if not limit or len(store.list(layout.IMAGES_DIR)) <= limit:
+        return CompactSummary()
+    return compact_store(store, CompactConfig(), healed=True)
 
 
 def saved_model(store: Store) -> ModelConfig | None:

@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facejob.config import RETIRE_FLOOR
-from facejob.contract.layout import FACES_DIR, IMAGES_DIR, QUARANTINE_DIR, part_name, shard_of
+from facejob.contract.layout import FACES_DIR, IMAGES_DIR, QUARANTINE_DIR, SUPERSEDES, part_name, shard_of
 from facejob.contract.schema import Reason
 from facejob.io.sources import ImageRef, SourceError, is_s3, local_path, path_to_uri, uri_to_path
-from facejob.io.storage import DamagedPart, Store, check_parquet, read_parquet, write_parquet
+from facejob.io.storage import (DamagedPart, Store, check_parquet, committed_parts, read_parquet, superseded,
+                                write_parquet)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def read_catalog(store: Store) -> Catalog:
     """The catalog of `store`, its parts read in parallel; damaged parts are quarantined on the
     way (their photos are then simply not catalogued, so the plan redoes them)."""
     faces = set(store.list(FACES_DIR))
-    rels = [rel for rel in store.list(IMAGES_DIR) if rel.endswith(".parquet")]
+    rels = committed_parts(store, IMAGES_DIR)
     shards = [shard_of(rel) for rel in rels]
 
     def read(rel: str) -> pa.Table | str:
@@ -168,13 +169,22 @@ def quarantine(store: Store, shard: str, why: str) -> list[str]:
 
 
 def remove_orphans(store: Store) -> int:
-    """Delete faces parts whose images part was never written (a crash between the two writes)."""
-    done = {shard_of(r) for r in store.list(IMAGES_DIR)}
+    """Delete what no reader counts: the parts a merged part replaces (a compaction that crashed
+    before deleting them, facejob.indexing.compact), then faces parts whose images part was
+    never written (a crash between a shard's two writes). Returns the parts deleted."""
+    images = [rel for rel in store.list(IMAGES_DIR) if rel.endswith(".parquet")]
+    replaced = sorted(superseded(store, images) & {shard_of(rel) for rel in images})
+    if replaced:
+        log.info("finishing an interrupted compaction: removing %d replaced shard(s)", len(replaced))
+    for shard in replaced:   # images part first: its faces part is then an orphan, deleted below anyway
+        store.delete(IMAGES_DIR + part_name(shard))
+        store.delete(FACES_DIR + part_name(shard))
+    done = {shard_of(r) for r in images} - set(replaced)
     orphans = [r for r in store.list(FACES_DIR) if shard_of(r) not in done]
     for rel in orphans:
         log.info("removing uncommitted part %s", rel)
         store.delete(rel)
-    return len(orphans)
+    return len(orphans) + 2 * len(replaced)
 
 
 def _under(uris: pa.Array, root: str) -> np.ndarray:
@@ -200,11 +210,34 @@ def _same_version(listed: pa.Table, cat: pa.Table) -> np.ndarray:
             zero_copy_only=False), bool))
 
 
-def _listing_table(refs: list[ImageRef]) -> pa.Table:
-    return pa.table({"uri": pa.array([r.uri for r in refs], pa.string()),
-                     "size": pa.array([r.size for r in refs], pa.int64()),
-                     "mtime": pa.array([r.mtime for r in refs], pa.float64()),
-                     "etag": pa.array([r.etag for r in refs], pa.string())})
+LISTING = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("mtime", pa.float64()), ("etag", pa.string()),
+                     ("list_error", pa.string())])
+LISTING_BATCH = 65_536
+
+
+def listing_table(refs: Iterable[ImageRef]) -> pa.Table:
+    """A listing (ImageRefs, streamed) as columns (LISTING), built a batch at a time: at archive
+    scale per-photo Python objects would cost the driver hundreds of bytes a photo."""
+    batches, chunk = [], []
+
+    def flush() -> None:
+        batches.append(pa.record_batch([pa.array([getattr(r, f.name) for r in chunk], f.type) for f in LISTING],
+                                       schema=LISTING))
+        chunk.clear()
+
+    for ref in refs:
+        chunk.append(ref)
+        if len(chunk) == LISTING_BATCH:
+            flush()
+    if chunk:
+        flush()
+    return pa.Table.from_batches(batches, LISTING).combine_chunks()
+
+
+def _refs(listed: pa.Table, rows: np.ndarray) -> list[ImageRef]:
+    """ImageRefs of the listing's `rows`: made only for the photos that need work."""
+    t = listed.take(pa.array(rows, pa.int64()))
+    return [ImageRef(*r) for r in zip(*(t.column(f.name).to_pylist() for f in LISTING))]
 
 
 def _add(retire: dict[str, set[str]], catalog: Catalog, rows: np.ndarray) -> None:
@@ -214,7 +247,7 @@ def _add(retire: dict[str, set[str]], catalog: Catalog, rows: np.ndarray) -> Non
         retire.setdefault(catalog.shards[part], set()).add(u)
 
 
-def make_plan(refs: Iterable[ImageRef], catalog: Catalog | dict, source_roots: list[str],
+def make_plan(refs: Iterable[ImageRef] | pa.Table, catalog: Catalog | dict, source_roots: list[str],
               force: bool = False, unlisted: Iterable[str] = (), excluded: Iterable[str] = (),
               retire_excluded: bool = False) -> Plan:
     """The photos that are new or changed (all of them with `force`), plus what to retire.
@@ -227,15 +260,17 @@ def make_plan(refs: Iterable[ImageRef], catalog: Catalog | dict, source_roots: l
     A catalogued photo in `excluded` (still there, but its extension is not among this run's)
     is kept too unless `retire_excluded`: a narrower extension list (an old config) must not
     erase what a run with the full list indexed.
-    The listing and the catalog are diffed as Arrow columns (hash joins), not photo by photo.
+    The listing (ImageRefs, or listing_table's columns) and the catalog are diffed as Arrow
+    columns (hash joins), not photo by photo; `todo` holds ImageRefs of the photos to do only.
     """
-    refs = refs if isinstance(refs, list) else list(refs)
+    listed = refs if isinstance(refs, pa.Table) else listing_table(refs)
     if not isinstance(catalog, Catalog):
         if catalog:
             raise TypeError("make_plan needs a Catalog (read_catalog), or {} for an empty output")
         catalog = Catalog()
-    listed, cat = _listing_table(refs), catalog.table
-    plan = Plan(todo=[], listed=len(refs))
+    cat = catalog.table
+    n = listed.num_rows
+    plan = Plan(todo=[], listed=n)
     plan.roots = {r: RootCounts() for r in source_roots}
     for root in source_roots:
         plan.roots[root].listed = int(_under(listed.column("uri"), root).sum())
@@ -243,8 +278,8 @@ def make_plan(refs: Iterable[ImageRef], catalog: Catalog | dict, source_roots: l
     pos = pc.index_in(listed.column("uri"), value_set=cat.column("uri"))
     found = np.asarray(pc.is_valid(pos).to_numpy(zero_copy_only=False), bool)
     rows = pos.to_numpy(zero_copy_only=False)[found].astype(np.int64) if found.any() else np.empty(0, np.int64)
-    same = np.zeros(len(refs), bool)
-    retry = np.zeros(len(refs), bool)
+    same = np.zeros(n, bool)
+    retry = np.zeros(n, bool)
     if len(rows):
         old = cat.take(pa.array(rows))
         same[found] = _same_version(listed.filter(pa.array(found)), old)
@@ -255,7 +290,7 @@ def make_plan(refs: Iterable[ImageRef], catalog: Catalog | dict, source_roots: l
     redo = found & ~unchanged
     plan.retried = int((redo & same & retry).sum())
     plan.changed = int(redo.sum()) - plan.retried
-    plan.todo = [refs[i] for i in np.flatnonzero(~unchanged)]
+    plan.todo = _refs(listed, np.flatnonzero(~unchanged))
     if redo.any():
         _add(plan.retire, catalog, pos.to_numpy(zero_copy_only=False)[redo].astype(np.int64))
 
@@ -354,8 +389,10 @@ def retire(store: Store, retire: dict[str, set[str]]) -> None:
                 write_parquet(store, faces_rel, faces_kept)
         if images_kept.num_rows == 0:
             store.delete(images_rel)
-        else:
-            write_parquet(store, images_rel, images_kept)
+        else:   # a merged part's list of replaced shards is obsolete once they are gone: a new
+            # shard may take one of their names (the same photos redone), and must count
+            meta = {k: v for k, v in (images_kept.schema.metadata or {}).items() if k != SUPERSEDES}
+            write_parquet(store, images_rel, images_kept.replace_schema_metadata(meta or None))
 
 
 def source_roots(sources: list[str]) -> list[str]:

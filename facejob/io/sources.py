@@ -140,7 +140,11 @@ def list_images(
     unlistable source raises SourceError.
     """
     found = Listing() if found is None else found
-    seen: set[str] = set()
+    sources = list(sources)
+    # Only several sources can reach one photo twice (a folder and its subfolder, a path given
+    # twice): one source lists each photo once, and a set of every uri would cost the driver
+    # ~100 bytes a photo at archive scale.
+    seen: set[str] | None = set() if len(sources) > 1 else None
     exts = tuple(e.lower() for e in extensions)
     for src in sources:
         skipped_here: list[str] = []
@@ -162,11 +166,15 @@ def list_images(
             else:
                 raise SourceError(f"source not found: {src} (is its disk or share mounted?)")
         for ref in refs:
-            if ref.uri not in seen:
+            if seen is None:
+                yield ref
+            elif ref.uri not in seen:
                 seen.add(ref.uri)
                 yield ref
         for uri in skipped_here:
-            if uri not in seen:
+            if seen is None:
+                found.skipped.append(uri)
+            elif uri not in seen:
                 seen.add(uri)
                 found.skipped.append(uri)
 

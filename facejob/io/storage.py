@@ -7,6 +7,7 @@ never see a partial Parquet part, and a crash leaves nothing a later run would t
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from facejob.contract.layout import IMAGES_DIR, MERGED, SUPERSEDES, shard_of
 from facejob.io.base import safe_rel
 
 
@@ -176,6 +178,12 @@ def check_parquet(store: Store, rel: str) -> None:
     Catches what damage does to a part (a cut copy, a disk that filled up) by reading only the
     file's end, so it is cheap on S3 too. Storage errors propagate as they are.
     """
+    read_footer(store, rel)
+
+
+def read_footer(store: Store, rel: str) -> pq.FileMetaData:
+    """The Parquet footer of `rel` (row count, key-value metadata), read from the file's end
+    only; DamagedPart when there is no whole footer. Storage errors propagate as they are."""
     tail = store.read_tail(rel, 64 * 1024)
     if len(tail) < 12 or tail[-4:] != b"PAR1":
         raise DamagedPart(f"{rel}: no Parquet footer (the file is cut short or is not Parquet)")
@@ -185,15 +193,45 @@ def check_parquet(store: Store, rel: str) -> None:
         if len(tail) < need:
             raise DamagedPart(f"{rel}: the Parquet footer claims more bytes than the file has")
     try:  # read_metadata wants a file: the magic number, then the footer
-        pq.read_metadata(io.BytesIO(b"PAR1" + tail[-need:]))
+        return pq.read_metadata(io.BytesIO(b"PAR1" + tail[-need:]))
     except Exception as e:
         raise DamagedPart(f"{rel}: unreadable Parquet footer: {e}") from e
 
 
+def superseded(store: Store, images_rels: list[str]) -> set[str]:
+    """The shards that merged parts among `images_rels` replace (facejob.indexing.compact): the
+    merged images part is the commit of the merge, so from the moment it exists the parts it
+    replaces count for nothing, even while a crashed compaction has left them on disk. Only
+    merged parts' footers are read (few, large parts); a damaged one replaces nothing (its
+    source parts, if still there, hold the same rows)."""
+    out: set[str] = set()
+    for rel in images_rels:
+        if not shard_of(rel).startswith(MERGED):
+            continue
+        try:
+            meta = read_footer(store, rel).metadata or {}
+        except DamagedPart:
+            continue
+        if SUPERSEDES in meta:
+            out.update(json.loads(meta[SUPERSEDES]))
+    return out
+
+
+def committed_parts(store: Store, prefix: str) -> list[str]:
+    """The committed parts under `prefix` ("images/" or "faces/"), in listing order: a shard
+    counts once its images part (written last) exists and no merged part replaces it; a faces
+    part without its images part is a crashed or running shard."""
+    images = [rel for rel in store.list(IMAGES_DIR) if rel.endswith(".parquet")]
+    gone = superseded(store, images)
+    shards = {shard_of(rel) for rel in images} - gone
+    rels = images if prefix == IMAGES_DIR else [rel for rel in store.list(prefix) if rel.endswith(".parquet")]
+    return [rel for rel in rels if shard_of(rel) in shards]
+
+
 def read_parts(store: Store, prefix: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    """All parts under `prefix` (e.g. "faces/") as one table; empty table with `schema` if none.
+    """All committed parts under `prefix` ("images/" or "faces/") as one table; empty table with `schema` if none.
     Parts written before a column was added (e.g. images.phash) get nulls in it."""
-    parts = [read_parquet(store, rel, columns) for rel in store.list(prefix) if rel.endswith(".parquet")]
+    parts = [read_parquet(store, rel, columns) for rel in committed_parts(store, prefix)]
     if not parts:
         names = columns or schema.names
         return pa.schema([schema.field(n) for n in names]).empty_table()

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facejob.contract.layout import FACES_DIR, IMAGES_DIR, RUN_JSON, shard_of
+from facejob.contract.layout import FACES_DIR, IMAGES_DIR, RUN_JSON
 from facejob.contract.schema import EMBEDDING_DIM, FACES, IMAGES
-from facejob.io.storage import Store, parquet_file
+from facejob.io.storage import Store, committed_parts, parquet_file
 
 from .errors import NotIndexedError, ReduceError
 
@@ -49,12 +49,9 @@ class Faces:
 
 def parts(store: Store, prefix: str) -> list[str]:
     """The committed parts under `prefix`: a faces part counts only once its images part (the
-    commit marker, written last) exists; a faces part without one is a crashed or running shard."""
-    rels = [rel for rel in store.list(prefix) if rel.endswith(".parquet")]
-    if prefix == FACES_DIR:
-        committed = {shard_of(rel) for rel in store.list(IMAGES_DIR)}
-        rels = [rel for rel in rels if shard_of(rel) in committed]
-    return rels
+    commit marker, written last) exists; a faces part without one is a crashed or running shard.
+    Parts a merged part replaces (`facejob compact`) count for nothing (storage.committed_parts)."""
+    return committed_parts(store, prefix)
 
 
 def _open(store: Store, rel: str) -> pq.ParquetFile:
