@@ -187,9 +187,10 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     clf.model_.info["metric"] = "learned" if head is not None else "plain"
     lb.save_model(store, clf.model_)
     # Every face gets a prediction, below the quality floor too (its quality is shown beside it).
-    ids = every.face_ids.to_pylist()
-    pred, prob = clf.predict(learned(every.embeddings), {r: applied.not_names[f] for r, f in enumerate(ids)
-                                                         if f in applied.not_names})
+    not_ids = list(applied.not_names)
+    at = pc.index_in(pa.array(not_ids, pa.string()), every.face_ids).to_pylist()
+    pred, prob = clf.predict(every.embeddings, {r: applied.not_names[f] for f, r in zip(not_ids, at) if r is not None},
+                             transform=learned)
     mine = pc.index_in(table.column("face_id"), every.face_ids).fill_null(-1).to_numpy().astype(np.int64)
     labelled = np.zeros(len(every), bool)
     labelled[mine[mine >= 0]] = True
