@@ -43,3 +43,85 @@ def test_batched_predictions_equal_the_one_piece_ones(n):
     want_label, want_prob = _one_piece(m, x + shift, forbidden)
     assert label_t.tolist() == want_label.tolist()
     np.testing.assert_allclose(prob_t, want_prob, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ a rerun equals a fresh reduce
+
+def _copies(src, dst_dir):
+    """A copy of `src` re-encoded at quality 60 and one resized to 70 %: near-duplicates."""
+    from PIL import Image
+
+    img = Image.open(src).convert("RGB")
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    img.save(dst_dir / "q60.jpg", quality=60)
+    img.resize((int(img.width * 0.7), int(img.height * 0.7)), Image.LANCZOS).save(dst_dir / "small.jpg", quality=90)
+    return sorted(dst_dir.iterdir())
+
+
+def _outputs(out):
+    """What a reduce leaves in OUT, in terms that do not depend on history: the cluster partition,
+    the duplicate groups (members, kind, kept copy, reasons) and every face's prediction."""
+    import pyarrow.parquet as pq
+
+    cl = {}
+    for r in pq.read_table(out / "clusters.parquet").to_pylist():
+        cl.setdefault(r["cluster_id"], set()).add(r["face_id"])
+    dup = {}
+    for r in pq.read_table(out / "duplicates.parquet").to_pylist():
+        dup.setdefault(r["group"], set()).add((r["uri"], r["kind"], r["keep"], r["reason"]))
+    pred = {r["face_id"]: (r["label"], round(r["probability"], 5), r["labelled"])
+            for r in pq.read_table(out / "predictions.parquet").to_pylist()}
+    return {frozenset(c) for c in cl.values()}, {frozenset(g) for g in dup.values()}, pred
+
+
+def test_a_rerun_after_photos_came_and_went_equals_a_fresh_reduce(tmp_path, data_dir):
+    """Reduce, then remove a shard of photos and add new ones (with near copies of old photos),
+    reduce again: the clusters, duplicates and names equal a reduce from scratch of the same
+    faces. A third reduce with nothing changed searches and decodes nothing and changes nothing."""
+    import shutil
+
+    from facejob.reduce import reduce
+    from tests.test_reduce_data import make_out, person, photos
+
+    paths = photos(data_dir)
+    old_copies = _copies(paths[3], tmp_path / "c0")              # copies indexed with their original
+    new_copies = _copies(paths[10], tmp_path / "c1") + _copies(paths[-2], tmp_path / "c2")
+    a = tmp_path / "a"
+    make_out(a, paths[:60] + old_copies, shard_size=62)          # shard t0000
+    make_out(a, paths[60:80], first_shard=1)                     # shard t0001: removed below
+    by: dict[str, list[str]] = {}
+    for p in paths[:60]:
+        if "dlib_johns" in str(p):
+            by.setdefault(person(str(p)), []).append(str(p))
+    csv = tmp_path / "labels.csv"
+    csv.write_text("name,uri\n" + "".join(f"{n},{u}\n" for n, us in by.items() if len(us) >= 2 for u in us[:2]))
+    first = reduce(str(a), labels=str(csv))
+    assert first.dedup.queried == first.faces and first.label is not None
+
+    for part in ("faces", "images"):
+        (a / part / "part-t0001.parquet").unlink()
+    make_out(a, paths[80:] + new_copies, first_shard=2)
+    b = tmp_path / "b"                                           # the same inputs, no reducer outputs
+    for rel in ("faces", "images"):
+        shutil.copytree(a / rel, b / rel)
+    for rel in ("run.json", "model.json", "labels/labels.parquet"):
+        (b / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(a / rel, b / rel)
+
+    second = reduce(str(a))
+    fresh = reduce(str(b))
+    assert 0 < second.dedup.queried < second.faces == fresh.faces == fresh.dedup.queried
+    got, want = _outputs(a), _outputs(b)
+    assert got == want
+    clusters, dups, _ = got
+    near = [{u for u, kind, *_ in g} for g in dups if any(kind == "near" for _, kind, _, _ in g)]
+    # an old photo's copies; new copies of an old photo (found from the new faces) and of a new one
+    for original, copies in ((paths[3], old_copies), (paths[10], new_copies[:2]), (paths[-2], new_copies[2:])):
+        assert any({str(original), *map(str, copies)} <= g for g in near), original
+
+    stamp = {p: p.stat().st_mtime_ns for p in (a / "clusters.parquet", a / "predictions.parquet", a / "index/faces.hnsw")}
+    third = reduce(str(a))
+    assert third.dedup.queried == 0 and third.dedup.decoded == 0
+    assert third.cluster.clusters == second.cluster.clusters and third.label.named == second.label.named
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp          # kept, not rewritten
+    assert _outputs(a) == got

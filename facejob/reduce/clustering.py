@@ -235,16 +235,9 @@ def _unchanged(store: Store, key: str) -> ClusterSummary | None:
         doc = json.loads(store.read_bytes(CLUSTERS_JSON)) if store.exists(CLUSTERS_JSON) else {}
     except ValueError:
         return None
-    if doc.get("inputs") != key or not store.exists(CLUSTERS):
+    if doc.get("inputs") != key:
         return None
-    try:   # clusters.parquet is written before clusters.json: after a crash between them they disagree
-        import pyarrow.parquet as pq
-
-        local = store.local_path(CLUSTERS)
-        meta = pq.read_schema(local).metadata if local is not None else read_parquet(store, CLUSTERS).schema.metadata
-    except (OSError, ValueError):
-        return None
-    if (meta or {}).get(saved.KEY) != key.encode():
+    if not saved.stamped(store, CLUSTERS, key):   # written before clusters.json: after a crash between them they disagree
         return None
     fields = {f: doc[f] for f in ClusterSummary.__dataclass_fields__ if f in doc}
     return ClusterSummary(**{**fields, "merges": 0, "splits": 0, "gone": 0})

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from facejob.io.storage import DamagedPart, Store, read_parquet, write_parquet
 
@@ -52,7 +53,19 @@ def read(store: Store, rel: str, key: str) -> pa.Table | None:
     return t if (t.schema.metadata or {}).get(KEY) == key.encode() else None
 
 
-def key_of(table: pa.Table) -> str | None:
-    """The digest a table read from OUT was stamped with (None: none)."""
-    v = (table.schema.metadata or {}).get(KEY)
-    return v.decode() if v is not None else None
+def metadata(store: Store, rel: str) -> dict[bytes, bytes] | None:
+    """The schema metadata of OUT/rel (locally from the footer alone), or None when it is missing
+    or not whole Parquet."""
+    if not store.exists(rel):
+        return None
+    try:
+        local = store.local_path(rel)
+        schema = pq.read_schema(local) if local is not None else read_parquet(store, rel).schema
+    except (DamagedPart, OSError, ValueError):
+        return None
+    return schema.metadata or {}
+
+
+def stamped(store: Store, rel: str, key: str) -> bool:
+    """Whether OUT/rel exists, is whole and is stamped with the digest `key`."""
+    return (metadata(store, rel) or {}).get(KEY) == key.encode()
