@@ -125,3 +125,75 @@ def test_a_rerun_after_photos_came_and_went_equals_a_fresh_reduce(tmp_path, data
     assert third.cluster.clusters == second.cluster.clusters and third.label.named == second.label.named
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp          # kept, not rewritten
     assert _outputs(a) == got
+
+
+# ------------------------------------------------------------------ search reads only its rows
+
+def test_rows_by_key_reads_the_groups_of_its_keys_only(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from facejob.io.storage import LocalStore
+    from facejob.reduce import saved
+
+    rng = np.random.default_rng(0)
+    ids = sorted({f"{x:016x}" for x in rng.integers(0, 2 ** 62, 50_000)})
+    t = pa.table({"face_id": ids, "cluster_id": np.arange(len(ids))})
+    store = LocalStore(tmp_path)
+    saved.write(store, "c.parquet", t.take(rng.permutation(len(ids))).sort_by("face_id"), "k", saved.LOOKUP_ROWS)
+    f = pq.ParquetFile(tmp_path / "c.parquet")
+    assert f.metadata.num_row_groups == -(-len(ids) // saved.LOOKUP_ROWS) > 5
+    want = [ids[3], ids[20_000], ids[-1], "not-there"]
+    assert saved.row_groups_for(f, "face_id", sorted(want)) == [0, 20_000 // saved.LOOKUP_ROWS, f.metadata.num_row_groups - 1]
+    got = saved.rows_by_key(store, "c.parquet", "face_id", want, ["cluster_id"]).to_pylist()
+    assert sorted((r["face_id"], r["cluster_id"]) for r in got) == [(ids[i], i) for i in (3, 20_000, len(ids) - 1)]
+    # A file in any order (an older output) still gives the right rows, from more groups.
+    pq.write_table(t.take(rng.permutation(len(ids))), tmp_path / "u.parquet", row_group_size=saved.LOOKUP_ROWS)
+    got = saved.rows_by_key(store, "u.parquet", "face_id", want, ["cluster_id"]).to_pylist()
+    assert sorted((r["face_id"], r["cluster_id"]) for r in got) == [(ids[i], i) for i in (3, 20_000, len(ids) - 1)]
+    assert saved.stamped(store, "c.parquet", "k") and not saved.stamped(store, "c.parquet", "other")
+    assert saved.read(store, "c.parquet", "other") is None and saved.read(store, "c.parquet", "k").num_rows == len(ids)
+
+
+# ------------------------------------------------------------------ saved work after a crash
+
+def test_saved_work_left_by_a_crash_is_not_trusted(tmp_path):
+    """A clusters.parquet of another run (a crash between it and clusters.json) and a cut
+    dedup state are recomputed, not used; saved work of the same inputs is used as it is."""
+    import pyarrow.parquet as pq
+
+    from bench.reduce_scale import write_archive
+    from facejob.reduce import cluster, dedup
+    from facejob.reduce.saved import KEY
+
+    out = tmp_path / "out"
+    write_archive(out, 400, 40)
+    cluster(str(out))
+    want = pq.read_table(out / "clusters.parquet")
+    mtime = (out / "clusters.parquet").stat().st_mtime_ns
+    assert cluster(str(out)).clusters == len(set(want.column("cluster_id").to_pylist()))
+    assert (out / "clusters.parquet").stat().st_mtime_ns == mtime         # same inputs: kept
+    # What a crash after writing another run's clusters.parquet leaves: ids moved, another stamp.
+    other = want.set_column(1, "cluster_id", pa_array(np.roll(want.column("cluster_id").to_numpy(), 1)))
+    pq.write_table(other.replace_schema_metadata({KEY: b"another run"}), out / "clusters.parquet")
+    cluster(str(out))
+
+    def partition(t):
+        by = {}
+        for f, c in zip(t.column("face_id").to_pylist(), t.column("cluster_id").to_pylist()):
+            by.setdefault(c, set()).add(f)
+        return {frozenset(v) for v in by.values()}
+    assert partition(other) != partition(want)
+    assert partition(pq.read_table(out / "clusters.parquet")) == partition(want)     # clustered again
+
+    s = dedup(str(out))
+    assert s.queried == 400 and dedup(str(out)).queried == 0
+    state = out / "dedup" / "near_faces.parquet"
+    state.write_bytes(state.read_bytes()[:-100])                            # cut short
+    assert dedup(str(out)).queried == 400
+
+
+def pa_array(x):
+    import pyarrow as pa
+
+    return pa.array(x)

@@ -189,7 +189,8 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
         "representative": ids.take(pa.array(rep[ci])), "uri": faces.meta.column("uri"),
         "face_idx": faces.meta.column("face_idx"),
     }, schema=CLUSTERS_SCHEMA)
-    saved.write(store, CLUSTERS, table, key)
+    # Sorted by face_id in small row groups: `facejob search` reads the few groups of its matches.
+    saved.write(store, CLUSTERS, table.sort_by("face_id"), key, saved.LOOKUP_ROWS)
     now = _now()
     events = [{"run_at": now, "event": e["event"], "cluster_id": e["cluster_id"],
                "other_ids": e.get("from") or e.get("into") or [],

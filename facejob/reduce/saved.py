@@ -4,16 +4,20 @@ metadata, so a file is used only when its digest matches tonight's, never after 
 beside files of another run (see facejob.contract)."""
 from __future__ import annotations
 
+import bisect
 import hashlib
+import io
 import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facejob.io.storage import DamagedPart, Store, read_parquet, write_parquet
+from facejob.io.storage import DamagedPart, Store, parquet_file, read_parquet, write_parquet
 
 KEY = b"facejob.inputs"
+LOOKUP_ROWS = 8192     # rows per row group of files looked up by face id (a search reads ~1 group per match)
 
 
 def digest(*parts: object) -> str:
@@ -37,9 +41,15 @@ def digest(*parts: object) -> str:
     return h.hexdigest()
 
 
-def write(store: Store, rel: str, table: pa.Table, key: str) -> None:
-    """`table` to OUT/rel (whole or not at all), stamped with the digest `key` of its inputs."""
-    write_parquet(store, rel, table.replace_schema_metadata({**(table.schema.metadata or {}), KEY: key.encode()}))
+def write(store: Store, rel: str, table: pa.Table, key: str, row_group_size: int | None = None) -> None:
+    """`table` to OUT/rel (whole or not at all), stamped with the digest `key` of its inputs;
+    `row_group_size` rows per row group (small groups let a reader fetch a few rows by key)."""
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY: key.encode()})
+    if row_group_size is None:
+        return write_parquet(store, rel, table)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
+    store.write_bytes(rel, buf.getvalue())
 
 
 def read(store: Store, rel: str, key: str) -> pa.Table | None:
@@ -51,6 +61,38 @@ def read(store: Store, rel: str, key: str) -> pa.Table | None:
     except (DamagedPart, OSError):
         return None
     return t if (t.schema.metadata or {}).get(KEY) == key.encode() else None
+
+
+def rows_by_key(store: Store, rel: str, column: str, keys: list[str], columns: list[str]) -> pa.Table:
+    """The rows of OUT/rel whose `column` is one of `keys` (`column` and `columns`), reading only
+    the row groups whose min/max statistics can hold one: for a file sorted by `column` (as
+    clusters.parquet and predictions.parquet are) that is a few groups, not the whole file."""
+    local = store.local_path(rel)
+    f = pq.ParquetFile(local) if local is not None else parquet_file(store.read_bytes(rel))
+    want = sorted(set(keys))
+    groups = row_groups_for(f, column, want)
+    t = f.read_row_groups(groups, columns=[column, *columns]) if groups else \
+        pa.schema([f.schema_arrow.field(c) for c in (column, *columns)]).empty_table()
+    return t.filter(pc.is_in(t.column(column), pa.array(want, pa.string())))
+
+
+def row_groups_for(f: pq.ParquetFile, column: str, want: list[str]) -> list[int]:
+    """The row groups of `f` whose `column` statistics (min/max) may hold one of `want` (sorted)."""
+    meta = f.metadata
+    groups: list[int] = []
+    if not meta.num_row_groups:
+        return groups
+    first = meta.row_group(0)
+    at = [first.column(i).path_in_schema for i in range(first.num_columns)].index(column)
+    for g in range(meta.num_row_groups):
+        st = meta.row_group(g).column(at).statistics
+        if st is None or not st.has_min_max:
+            groups.append(g)
+            continue
+        lo = bisect.bisect_left(want, st.min)
+        if lo < len(want) and want[lo] <= st.max:
+            groups.append(g)
+    return groups
 
 
 def metadata(store: Store, rel: str) -> dict[bytes, bytes] | None:
