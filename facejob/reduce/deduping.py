@@ -61,7 +61,7 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     code, names = dd.content_codes(faces.meta.column("sha256"))
     lm = _landmarks(faces)
     ft = _face_table(faces, lm, code, len(names))
-    shape = dd.shape_vector(lm)
+    shape = dd.shape_vector(lm) if len(lm) else np.empty((0, 0))
     i, j, queried = _near_faces(store, fi, faces, code, shape)
     key = np.unique(np.minimum(code[i], code[j]) * len(names) + np.maximum(code[i], code[j]))
     checked = dd.face_checks(ft, key // len(names), key % len(names))
