@@ -1,6 +1,7 @@
 """The reducer at archive scale: 1,000,000 synthetic face descriptors of 100,000 people, from Parquet.
 
     nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out] [--json]
+    nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 1000000 --nightly [--json]
 
 Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
 directions (real descriptors are far from isotropic), each photo = centre + noise whose size
@@ -13,6 +14,12 @@ other person is closer than in LFW's 5,749, so the clustering has more look-alik
 Writes OUT/faces/part-*.parquet (the FACES schema), then runs the real reducer on it and prints:
 index build time, recall@10 against exact search (numpy, 1,000 queries), queries/s at k=10,
 clustering time (kNN graph + merging), clustering quality against the true people, peak RSS.
+
+--nightly instead runs the whole `facejob reduce` (all steps) twice, each in its own process: the
+first reduce of the archive, then a rerun with nothing changed (what a nightly job does when no
+photo came in) — seconds per step and peak RSS of each (`nightly_s` is the rerun's wall time);
+then the cold start of one `facejob search --face-id` (a fresh process: index load, query,
+cluster and name lookup) and its peak RSS.
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ import json
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -126,13 +135,66 @@ def pairwise_f(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float
     return p, r, 2 * p * r / max(p + r, 1e-12)
 
 
+def _child(argv: list[str]) -> None:
+    """In a fresh process: one `reduce` or one search by face id; prints a JSON line of
+    seconds (per step) and this process's peak RSS."""
+    what, out = argv
+    t0 = time.perf_counter()
+    if what == "reduce":
+        from facejob.reduce.pipeline import reduce
+
+        s = reduce(out)
+        res = {"s": time.perf_counter() - t0, "steps": s.timings}
+    else:
+        from facejob.reduce.search_index import search_face
+
+        q = search_face(out, what, k=10)
+        assert len(q.matches) == 10 and q.matches[0].cluster_id is not None
+        res = {"s": time.perf_counter() - t0}
+    print(json.dumps({**res, "rss_gib": rss_gib()}))
+
+
+def _in_child(*argv: str) -> dict:
+    r = subprocess.run([sys.executable, "-m", "bench.reduce_scale", "--child", *argv],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"reduce_scale child {argv} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def nightly(out: Path, n_people: int, say) -> None:
+    """First reduce, then a rerun with nothing changed, then a cold search: one JSON line."""
+    for p in out.iterdir():      # the reducer's outputs of an earlier bench run: so the first is a first reduce
+        if p.name not in ("faces", "images", "run.json", "truth.npy"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    runs = {}
+    for name in ("first", "nightly"):
+        runs[name] = r = _in_child("reduce", str(out))
+        say(f"{name} reduce: {r['s']:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in r['steps'].items())}), "
+            f"peak RSS {r['rss_gib']:.2f} GiB")
+    import pyarrow.parquet as pq
+
+    face_id = pq.read_table(out / "faces/part-0000.parquet", columns=["face_id"]).column(0)[0].as_py()
+    q = _in_child(face_id, str(out))
+    say(f"search --face-id cold start: {q['s']:.2f} s, peak RSS {q['rss_gib']:.2f} GiB")
+    print(json.dumps({"faces": len(np.load(out / "truth.npy")), "people": n_people,
+                      "first_s": round(runs["first"]["s"], 1), "nightly_s": round(runs["nightly"]["s"], 1),
+                      "first_steps": runs["first"]["steps"], "nightly_steps": runs["nightly"]["steps"],
+                      "first_rss_gib": round(runs["first"]["rss_gib"], 2),
+                      "nightly_rss_gib": round(runs["nightly"]["rss_gib"], 2),
+                      "search_cold_s": round(q["s"], 2), "search_rss_gib": round(q["rss_gib"], 2)}))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        return _child(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", type=int, default=1_000_000)
     ap.add_argument("--people", type=int, default=100_000)
     ap.add_argument("--out", default="/tmp/facejob_scale_out")
     ap.add_argument("--keep", action="store_true", help="reuse an archive already written at --out")
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
+    ap.add_argument("--nightly", action="store_true", help="time a first `reduce` and a rerun with nothing changed")
     args = ap.parse_args()
     say = (lambda *a: None) if args.json else print
     from facejob.reduce.clustering import cluster
@@ -150,6 +212,8 @@ def main() -> None:
         what = f"written in {time.perf_counter() - t0:.1f} s"
     truth = np.load(out / "truth.npy")
     say(f"archive: {len(truth):,} faces of {len(np.unique(truth)):,} people, {what}")
+    if args.nightly:
+        return nightly(out, args.people, say)
     store = LocalStore(out)
     for rel in ("index/params.json", "clusters.parquet", "clusters.json"):
         store.delete(rel)

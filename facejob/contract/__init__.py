@@ -30,5 +30,10 @@ PUT on S3), so the order of writes is the commit protocol:
 - Reducer: index/faces.hnsw and index/ids.parquet, then index/params.json (written last; an
   index whose counts disagree is rebuilt). clusters.parquet, then cluster_events.parquet, then
   clusters.json (the next free id). report/index.html is written after every file it loads.
+- Saved work the next reduce reuses (dedup/*.parquet; clusters.parquet + clusters.json for a
+  clustering of unchanged inputs) carries a digest of what it was computed from in its own
+  metadata, and is used only when that digest matches tonight's inputs and settings: each file
+  is a set of facts that stay true whatever else was written or lost, so a crash between any
+  two writes leaves nothing that a later run trusts wrongly.
 - One writer at a time: .facejob.lock (facejob.io.lock) is held by every command that writes.
 """

@@ -22,6 +22,7 @@ from facejob.io.storage import Store, open_store, read_parquet, write_parquet
 
 from . import corrections as corr
 from . import metric as lm
+from . import saved
 from .embeddings import META_COLUMNS, Faces, read_faces
 from .graph import knn_graph
 from .hnsw import FaceIndex, update_index
@@ -168,6 +169,13 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
     # A face the curator put with others is a seed whatever its quality: the curator's word wins.
     seeds[corr.rows_of(faces.face_ids, applied.must).reshape(-1)] = True
     t0 = time.perf_counter()
+    key = _inputs_digest(faces, seeds, applied, head, threshold, k)
+    kept_summary = _unchanged(store, key)
+    if kept_summary is not None:
+        log.info("cluster: faces, corrections and settings unchanged since the last run; its %d clusters kept",
+                 kept_summary.clusters)
+        kept_summary.timings = {"knn_s": 0.0, "merge_s": 0.0, "total_s": round(time.perf_counter() - t0, 2)}
+        return kept_summary
     roots, stats = cluster_faces(fi, faces, threshold, k, applied=applied, seeds=seeds, head=head)
     prev_id, next_id, old_ids = _previous_clusters(store, faces)
     a = assign_ids(roots, prev_id, next_id)
@@ -181,7 +189,8 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
         "representative": ids.take(pa.array(rep[ci])), "uri": faces.meta.column("uri"),
         "face_idx": faces.meta.column("face_idx"),
     }, schema=CLUSTERS_SCHEMA)
-    write_parquet(store, CLUSTERS, table)
+    # Sorted by face_id in small row groups: `facejob search` reads the few groups of its matches.
+    saved.write(store, CLUSTERS, table.sort_by("face_id"), key, saved.LOOKUP_ROWS)
     now = _now()
     events = [{"run_at": now, "event": e["event"], "cluster_id": e["cluster_id"],
                "other_ids": e.get("from") or e.get("into") or [],
@@ -200,12 +209,39 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
                                        "total_s": round(time.perf_counter() - t0, 2)},
         low_quality=int((~seeds).sum()), attached=stats["attached"])
     store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
-                                                 "updated_at": now, **asdict(summary)}, indent=2).encode())
+                                                 "updated_at": now, "inputs": key, **asdict(summary)},
+                                                indent=2).encode())
     log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded; "
              "%d faces below quality %.2f (%d joined a cluster); %d must-link, %d cannot-link pairs", summary.faces,
              summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits,
              summary.low_quality, min_quality, summary.attached, stats["must_link"], stats["cannot_link"])
     return summary
+
+
+def _inputs_digest(faces: Faces, seeds: np.ndarray, applied: corr.Applied, head: lm.Head | None,
+                   threshold: float, k: int) -> str:
+    """Everything the clustering is a function of: faces (ids, photos, descriptors), which seed,
+    the corrections, the metric head and the settings. (The previous ids only name the clusters:
+    the same clustering inherits them unchanged.)"""
+    arrays = [] if head is None else [head.arrays[n] for n in sorted(head.arrays)]
+    return saved.digest("clusters", 1, threshold, k, CLUSTER_MAX_EDGE, CLUSTER_PAIR_MARGIN, faces.face_ids,
+                        faces.meta.column("uri"), faces.embeddings, seeds, sorted(applied.must),
+                        sorted(applied.cannot), *arrays)
+
+
+def _unchanged(store: Store, key: str) -> ClusterSummary | None:
+    """The last clustering's summary (merges, splits and gone zeroed: nothing moved) when it was
+    made from inputs with digest `key` and both its files say so; else None."""
+    try:
+        doc = json.loads(store.read_bytes(CLUSTERS_JSON)) if store.exists(CLUSTERS_JSON) else {}
+    except ValueError:
+        return None
+    if doc.get("inputs") != key:
+        return None
+    if not saved.stamped(store, CLUSTERS, key):   # written before clusters.json: after a crash between them they disagree
+        return None
+    fields = {f: doc[f] for f in ClusterSummary.__dataclass_fields__ if f in doc}
+    return ClusterSummary(**{**fields, "merges": 0, "splits": 0, "gone": 0})
 
 
 def saved_cluster_params(out: str | Store) -> tuple[float, int]:

@@ -1,23 +1,32 @@
 """The dedup step: byte-identical and near-duplicate photos → OUT/duplicates.parquet. The
 candidates come from the search index (photos with near faces) and the perceptual hashes
-(photos without faces); the pixel checks are facejob.reduce.duplicates.
+(photos without faces); the checks are facejob.reduce.duplicates.
+
+Incremental: the near faces of every face (OUT/dedup/near_faces.parquet) and the pixel verdicts
+of checked pairs (OUT/dedup/checked.parquet) are kept, so a rerun queries the index only for
+faces new since the last one and decodes only pairs it has not judged. Both relations are
+symmetric facts about pairs (near: within NEAR_MAX_DIST among a face's k nearest; verdict: a
+function of the two photos' bytes), so the union of saved and new equals what a from-scratch
+run finds (exactly so under exact search, when no face has more than k near faces).
 """
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.contract.layout import DUPLICATES, RUN_JSON
+from facejob.contract.layout import DEDUP_CHECKED, DEDUP_NEAR, DUPLICATES, RUN_JSON
 from facejob.io.lock import writes_output
 from facejob.io.storage import Store, write_parquet
 from facejob.io.storage import open_store as _store
 
 from . import duplicates as dd
+from . import saved
 from .embeddings import ALL_COLUMNS, Faces, read_faces, read_images
 from .hnsw import FaceIndex, update_index
 
@@ -33,6 +42,12 @@ class DedupSummary:
     duplicates: int          # photos that are not the kept copy
     candidates: int          # photo pairs with faces whose pixels were compared
     faceless_candidates: int = 0  # photo pairs without faces (similar perceptual hash) compared
+    queried: int = 0         # faces whose near faces were searched tonight (new since the last run)
+    decoded: int = 0         # pairs whose pixels were compared tonight (the rest: verdicts kept)
+
+
+K_NEAR = 8                 # near faces looked for per face (a burst of one shot rarely has more copies)
+NEAR_FORMAT = 1            # bump when what near_faces.parquet holds changes
 
 
 @writes_output("dedup")
@@ -43,8 +58,13 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     if faces is None or any(c not in faces.meta.column_names for c in ALL_COLUMNS):
         faces = read_faces(store, ALL_COLUMNS)
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
-    cand = _near_candidates(fi, faces)
-    by_sha = _faces_by_sha(faces, {s for pair in cand for s in pair})
+    code, names = dd.content_codes(faces.meta.column("sha256"))
+    lm = _landmarks(faces)
+    ft = _face_table(faces, lm, code, len(names))
+    shape = dd.shape_vector(lm) if len(lm) else np.empty((0, 0))
+    i, j, queried = _near_faces(store, fi, faces, code, shape)
+    key = np.unique(np.minimum(code[i], code[j]) * len(names) + np.maximum(code[i], code[j]))
+    checked = dd.face_checks(ft, key // len(names), key % len(names))
     first = {}
     for u, sh, w, h in zip(*(images.column(c).to_pylist() for c in ("uri", "sha256", "width", "height"))):
         first.setdefault(sh, (u, (w or 0, h or 0)))
@@ -52,20 +72,63 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
 
     max_pixels = load_run_config(store).max_pixels if store.exists(RUN_JSON) else DEFAULT_MAX_PIXELS
     load = _picture_loader(first, max_pixels)
-    near = dd.near_pairs(by_sha, cand, load, lambda sha: first[sha][1])
+    size_of = lambda sha: first[sha][1]  # noqa: E731
     faceless = _faceless_candidates(images)
-    near += dd.faceless_pairs(faceless, load, lambda sha: first[sha][1])
+    pairs = [(names[a].as_py(), names[b].as_py(), float(d), float(sc), st)
+             for a, b, d, sc, st in zip(checked.a.tolist(), checked.b.tolist(), checked.dist.tolist(),
+                                        checked.scale.tolist(), checked.shift)]
+
+    def near_check(x: str, y: str, _d: float, sc: float, st: np.ndarray) -> Callable[[], float | None]:
+        return lambda: dd.pixel_verdict(load(x), load(y), sc, st, size_of(x))
+
+    def faceless_check(x: str, y: str) -> Callable[[], float | None]:
+        return lambda: dd.faceless_verdict(load(x), load(y), size_of(x), size_of(y))
+
+    todo = ([(x, y, d, near_check(x, y, d, sc, st)) for x, y, d, sc, st in pairs]
+            + [(x, y, 0.0, faceless_check(x, y)) for x, y in faceless])
+    near, decoded = _judge(store, todo, max_pixels, load)
     table = dd.groups_table(images, near)
     write_parquet(store, DUPLICATES, table)
     groups = pc.count_distinct(table.column("group")).as_py() if table.num_rows else 0
     ident_groups = len(set(table.filter(pc.equal(table.column("kind"), "identical")).column("group").to_pylist()))
     s = DedupSummary(photos=images.num_rows, groups=groups, identical_groups=ident_groups,
-                     near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=len(cand),
-                     faceless_candidates=len(faceless))
+                     near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=len(key),
+                     faceless_candidates=len(faceless), queried=queried, decoded=decoded)
     log.info("dedup: %d groups (%d identical, %d near), %d duplicate photos; %d pairs with faces and %d "
-             "without compared", s.groups, s.identical_groups, s.near_groups, s.duplicates, s.candidates,
-             s.faceless_candidates)
+             "without compared (%d faces searched, %d pairs decoded tonight)", s.groups, s.identical_groups,
+             s.near_groups, s.duplicates, s.candidates, s.faceless_candidates, s.queried, s.decoded)
     return s
+
+
+def _judge(store: Store, todo: list[tuple[str, str, float, Callable[[], float | None]]], max_pixels: int,
+           load) -> tuple[list[tuple[str, str, float, float]], int]:
+    """The pairs of `todo` whose pixels agree, (sha_a, sha_b, face distance, corr), and how many were
+    decoded: a pair judged by an earlier run keeps its verdict (OUT/dedup/checked.parquet, saved
+    again with tonight's pairs only). A pair with a photo that cannot be read is not judged."""
+    key = saved.digest("checked", 1, max_pixels, dd.MIN_CORR, dd.MIN_OVERLAP, dd.WORK_PX, dd.MAX_CROP,
+                       dd.ARRANGE_TOL, dd.NEAR_MAX_DIST, dd.SHAPE_TOL)
+    old = saved.read(store, DEDUP_CHECKED, key)
+    known = {} if old is None else dict(zip(zip(old.column("sha_a").to_pylist(), old.column("sha_b").to_pylist()),
+                                            old.column("corr").to_pylist()))
+    near, rows, decoded = [], {"sha_a": [], "sha_b": [], "corr": []}, 0
+    for x, y, d, check in todo:
+        if (x, y) in known:
+            corr = known[(x, y)]
+        elif load(x) is None or load(y) is None:
+            continue
+        else:
+            corr, decoded = check(), decoded + 1
+        rows["sha_a"].append(x); rows["sha_b"].append(y); rows["corr"].append(corr)
+        if corr is not None:
+            near.append((x, y, d, corr))
+    if decoded or old is None or old.num_rows != len(rows["corr"]):
+        saved.write(store, DEDUP_CHECKED, pa.table(rows, schema=CHECKED_SCHEMA), key)
+    return near, decoded
+
+
+CHECKED_SCHEMA = pa.schema([("sha_a", pa.string()), ("sha_b", pa.string()),
+                            ("corr", pa.float64())])   # null: the pixels disagree
+NEAR_SCHEMA = pa.schema([("face_id", pa.string()), ("near", pa.list_(pa.string()))])
 
 
 def _faceless_candidates(images: pa.Table) -> dd.ContentPairs:
@@ -78,26 +141,47 @@ def _faceless_candidates(images: pa.Table) -> dd.ContentPairs:
     return dd.phash_candidates(sha, hashes, faceless)
 
 
-def _near_candidates(fi: FaceIndex, faces: Faces, k: int = 8) -> list[tuple[str, str]]:
-    """Content pairs (sha_a < sha_b) with a face pair under NEAR_MAX_DIST and the same landmark shape."""
+def _near_faces(store: Store, fi: FaceIndex, faces: Faces, code: np.ndarray, shape: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Face row pairs (i, j) of different photo contents, j among i's K_NEAR nearest within
+    NEAR_MAX_DIST and with the same landmark shape; and how many faces were searched. Only faces
+    not in OUT/dedup/near_faces.parquet are searched; the saved pairs of faces still there are
+    kept, and the file is saved again for tonight's faces."""
     n = len(faces)
-    if n < 2:
-        return []
+    ids = faces.face_ids
+    key = saved.digest("near", NEAR_FORMAT, K_NEAR, dd.NEAR_MAX_DIST, dd.SHAPE_TOL, fi.params.graph_settings())
+    old = saved.read(store, DEDUP_NEAR, key)
+    i_old = j_old = np.empty(0, np.int64)
+    todo = np.arange(n)
+    if old is not None:
+        q = pc.index_in(old.column("face_id"), ids).to_numpy(zero_copy_only=False)   # row now; NaN: gone
+        seen = np.zeros(n, bool)
+        seen[q[~np.isnan(q)].astype(np.int64)] = True
+        todo = np.flatnonzero(~seen)
+        lists = old.column("near").combine_chunks()
+        owner = np.repeat(q, pc.list_value_length(lists).to_numpy(zero_copy_only=False))
+        other = pc.index_in(lists.flatten(), ids).to_numpy(zero_copy_only=False)
+        ok = ~np.isnan(owner) & ~np.isnan(other)
+        i_old, j_old = owner[ok].astype(np.int64), other[ok].astype(np.int64)
     rows = fi.rows_for(faces)
-    code, names = dd.content_codes(faces.meta.column("sha256"))
-    shape = dd.shape_vector(_landmarks(faces))
-    keys = [np.empty(0, np.int64)]
-    for lo in range(0, n, 100_000):
-        labels, d = fi.query(faces.embeddings[lo:lo + 100_000], k)
-        i = np.broadcast_to(np.arange(lo, lo + len(labels))[:, None], labels.shape)
+    found_i, found_j = [i_old], [j_old]
+    for lo in range(0, len(todo), 100_000):
+        part = todo[lo:lo + 100_000]
+        labels, d = fi.query(faces.embeddings[part], K_NEAR)
+        i = np.broadcast_to(part[:, None], labels.shape)
         j = rows[labels]
         ok = (j >= 0) & (d <= dd.NEAR_MAX_DIST)
         i, j = i[ok], j[ok]
         ok = (code[i] != code[j]) & (dd.shape_diff(shape[i], shape[j]) <= dd.SHAPE_TOL)
-        a, b = code[i[ok]], code[j[ok]]
-        keys.append(np.minimum(a, b) * len(names) + np.maximum(a, b))
-    keys = np.unique(np.concatenate(keys))
-    return list(dd.ContentPairs(names, keys // len(names), keys % len(names)))
+        found_i.append(i[ok]); found_j.append(j[ok])
+    i, j = np.concatenate(found_i), np.concatenate(found_j)
+    if len(todo) or old is None or old.num_rows != n:
+        order = np.lexsort((j, i))
+        i, j = i[order], j[order]
+        offsets = np.searchsorted(i, np.arange(n + 1)).astype(np.int32)
+        near = pa.ListArray.from_arrays(pa.array(offsets), ids.take(pa.array(j)))
+        saved.write(store, DEDUP_NEAR, pa.table({"face_id": ids, "near": near}, schema=NEAR_SCHEMA), key)
+    return i, j, len(todo)
 
 
 def _landmarks(faces: Faces) -> np.ndarray:
@@ -111,31 +195,42 @@ def _boxes(faces: Faces) -> np.ndarray:
     return np.stack([faces.meta.column(c).to_numpy() for c in ("left", "top", "right", "bottom")], 1).astype(np.float64)
 
 
-def _faces_by_sha(faces: Faces, wanted: set[str]) -> dict[str, dd.PhotoFaces]:
-    """The faces of one photo per wanted content (identical bytes give identical faces)."""
-    sha = faces.meta.column("sha256").to_pylist()
-    uri = faces.meta.column("uri").to_pylist()
-    rows: dict[str, list[int]] = {}
-    first_uri: dict[str, str] = {}
-    for r, (s, u) in enumerate(zip(sha, uri)):
-        if s in wanted and first_uri.setdefault(s, u) == u:
-            rows.setdefault(s, []).append(r)
-    if not rows:
-        return {}
-    lm, box = _landmarks(faces), _boxes(faces)
-    return {s: dd.PhotoFaces(faces.embeddings[r], lm[r], box[r]) for s, r in rows.items()}
+def _photo_rows(faces: Faces, code: np.ndarray) -> np.ndarray:
+    """The face rows of one path per content (identical bytes give identical faces: the first path
+    read), sorted by content then row."""
+    uri = faces.meta.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    first_uri = np.full(int(code.max()) + 1 if len(code) else 0, -1, np.int64)
+    _, first_row = np.unique(code, return_index=True)
+    first_uri[code[first_row]] = uri[first_row]
+    rows = np.flatnonzero(uri == first_uri[code])
+    return rows[np.argsort(code[rows], kind="stable")]
+
+
+def _face_table(faces: Faces, lm: np.ndarray, code: np.ndarray, n_contents: int) -> dd.FaceTable:
+    """The faces of each content, flat (duplicates.FaceTable), in the order faces/ holds them."""
+    rows = _photo_rows(faces, code)
+    count = np.bincount(code[rows], minlength=n_contents)
+    start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+    return dd.FaceTable(faces.embeddings[rows], lm[rows], _boxes(faces)[rows], start, count)
 
 
 def _picture_loader(first: dict[str, tuple[str, tuple[int, int]]], max_pixels: int):
-    """sha256 -> its photo (one path holding those bytes) as a reduced grey Picture, cached."""
+    """sha256 -> its photo (one path holding those bytes) as a reduced grey Picture, cached; a photo
+    that cannot be read is tried once per run (not once per pair it is in)."""
     from facejob.io.sources import read_bytes
 
+    unreadable: set[str] = set()
+
     @functools.lru_cache(maxsize=64)
-    def load(sha: str) -> dd.Picture | None:
+    def cached(sha: str) -> dd.Picture | None:
         uri, size = first[sha]
         try:
             return dd.load_picture(read_bytes(uri), size, max_pixels)
         except Exception as e:  # a photo gone or unreadable since indexing: skip its pairs
             log.warning("dedup: cannot read %s (%s); its near-duplicate check is skipped", uri, e)
+            unreadable.add(sha)
             return None
+
+    def load(sha: str) -> dd.Picture | None:
+        return None if sha in unreadable else cached(sha)
     return load

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -69,15 +68,6 @@ SCHEMA = pa.schema([
 
 
 @dataclass
-class PhotoFaces:
-    """The faces of one photo content (sha256): embeddings, landmarks (n, p, 2), boxes (n, 4)."""
-
-    emb: np.ndarray
-    lm: np.ndarray
-    box: np.ndarray
-
-
-@dataclass
 class Picture:
     """A grey image decoded at `ratio` times the size the faces were found at."""
 
@@ -97,49 +87,6 @@ def shape_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """RMS point distance between shape vectors (broadcasting over leading axes)."""
     d = (a - b) ** 2
     return np.sqrt(d.reshape(*d.shape[:-1], -1, 2).sum(-1).mean(-1))
-
-
-def match_faces(a: PhotoFaces, b: PhotoFaces, max_dist: float = NEAR_MAX_DIST) -> list[tuple[int, int, float]] | None:
-    """One-to-one twins (i in a, j in b, distance) covering every face of both, or None."""
-    if len(a.emb) != len(b.emb) or len(a.emb) == 0:
-        return None
-    d = np.linalg.norm(a.emb[:, None, :] - b.emb[None, :, :], axis=2)
-    same_shape = shape_diff(shape_vector(a.lm)[:, None, :], shape_vector(b.lm)[None, :, :]) <= SHAPE_TOL
-    d = np.where(same_shape, d, np.inf)
-    pairs: list[tuple[int, int, float]] = []
-    used_a, used_b = set(), set()
-    for flat in np.argsort(d, axis=None):
-        i, j = divmod(int(flat), d.shape[1])
-        if not d[i, j] <= max_dist:
-            break
-        if i not in used_a and j not in used_b:
-            pairs.append((i, j, float(d[i, j])))
-            used_a.add(i); used_b.add(j)
-    return pairs if len(pairs) == len(a.emb) else None
-
-
-def fit_scale_shift(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, float]:
-    """Least-squares dst ~ s * src + t for point sets (m, 2): (s, t, rms residual)."""
-    ms, md = src.mean(0), dst.mean(0)
-    cs, cd = src - ms, dst - md
-    denom = float((cs * cs).sum())
-    s = float((cs * cd).sum()) / denom if denom > 0 else 1.0
-    t = md - s * ms
-    resid = float(np.sqrt(((s * src + t - dst) ** 2).sum(1).mean()))
-    return s, t, resid
-
-
-def arrangement(a: PhotoFaces, b: PhotoFaces, pairs: list[tuple[int, int, float]]) -> tuple[float, np.ndarray] | None:
-    """The scale + shift taking b's pixels onto a's, if all matched landmarks agree; else None."""
-    ia = [i for i, _, _ in pairs]
-    ib = [j for _, j, _ in pairs]
-    src = b.lm[ib].reshape(-1, 2).astype(np.float64)
-    dst = a.lm[ia].reshape(-1, 2).astype(np.float64)
-    s, t, resid = fit_scale_shift(src, dst)
-    face = float(np.mean(a.box[ia, 2] - a.box[ia, 0]))
-    if s <= 0 or resid > ARRANGE_TOL * max(face, 1.0):
-        return None
-    return s, t
 
 
 def load_picture(data: bytes, full_size: tuple[int, int] | None, max_pixels: int) -> Picture:
@@ -181,25 +128,99 @@ def _detail(im: Image.Image, scale: float) -> np.ndarray:
     return fine - np.asarray(im.filter(ImageFilter.GaussianBlur(4.0)), np.float32)
 
 
-def near_pairs(faces_of: dict[str, PhotoFaces], cand: list[tuple[str, str]], load: Callable[[str], Picture | None],
-               size_of: Callable[[str], tuple[int, int]]) -> list[tuple[str, str, float, float]]:
-    """Candidate content pairs that pass all three checks: (sha_a, sha_b, face distance, corr)."""
+@dataclass(frozen=True)
+class FaceTable:
+    """The faces of each photo content, flat: rows start[c] .. start[c] + count[c] of `emb`, `lm`,
+    `box` are content c's faces (of one of its paths: identical bytes give identical faces)."""
+
+    emb: np.ndarray       # (n, 128)
+    lm: np.ndarray        # (n, p, 2)
+    box: np.ndarray       # (n, 4) left, top, right, bottom
+    start: np.ndarray     # per content code
+    count: np.ndarray
+
+
+@dataclass(frozen=True)
+class FaceChecked:
+    """Candidate content pairs (codes a, b) whose faces passed checks 1-2, with the scale + shift
+    taking b's pixels onto a's and the largest descriptor distance of their matched faces."""
+
+    a: np.ndarray
+    b: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray     # (m, 2)
+    dist: np.ndarray
+
+
+def face_checks(ft: FaceTable, a: np.ndarray, b: np.ndarray, max_dist: float = NEAR_MAX_DIST) -> FaceChecked:
+    """Checks 1 (one-to-one twins for every face) and 2 (one scale + shift for all landmarks) of
+    the content pairs (a[i], b[i]), vectorised: pairs are grouped by face count and each group is
+    matched in one go (greedy, nearest twins first), never a Python loop per pair."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    m_a, m_b = ft.count[a], ft.count[b]
+    sv = shape_vector(ft.lm) if len(ft.lm) else np.empty((0, 0))
     out = []
-    for x, y in cand:
-        a, b = faces_of[x], faces_of[y]
-        pairs = match_faces(a, b)
-        if pairs is None:
-            continue
-        st = arrangement(a, b, pairs)
-        if st is None:
-            continue
-        pic_a, pic_b = load(x), load(y)
-        if pic_a is None or pic_b is None:
-            continue
-        corr, overlap = pixel_agreement(pic_a, pic_b, *st, size_of(x))
-        if corr >= MIN_CORR and overlap >= MIN_OVERLAP:
-            out.append((x, y, max(d for _, _, d in pairs), corr))
-    return out
+    for m in np.unique(m_a[(m_a == m_b) & (m_a > 0)]).tolist():
+        group = np.flatnonzero((m_a == m) & (m_b == m))
+        step = max(1, CHECK_PAIRS // (m * m))      # bounded memory: (step, m, m, 128) differences at a time
+        out += [_check_group(ft, sv, a, b, sel, m, max_dist) for sel in np.split(group, range(step, len(group), step))]
+    out = [o for o in out if len(o[0])]
+    if not out:
+        return FaceChecked(a[:0], b[:0], np.empty(0), np.empty((0, 2)), np.empty(0))
+    sel, scale, shift, worst = (np.concatenate(x) for x in zip(*out))
+    order = np.argsort(sel, kind="stable")                      # candidates' order, whatever the face counts
+    sel = sel[order]
+    return FaceChecked(a[sel], b[sel], scale[order], shift[order], worst[order])
+
+
+CHECK_PAIRS = 65_536     # face pairs compared per step of face_checks
+
+
+def _check_group(ft: FaceTable, sv: np.ndarray, a: np.ndarray, b: np.ndarray, sel: np.ndarray, m: int,
+                 max_dist: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """face_checks of the pairs `sel`, whose photos both have m faces: (passing sel, scale, shift, worst)."""
+    ra = ft.start[a[sel]][:, None] + np.arange(m)           # (P, m) face rows of each photo
+    rb = ft.start[b[sel]][:, None] + np.arange(m)
+    d = np.linalg.norm(ft.emb[ra][:, :, None, :] - ft.emb[rb][:, None, :, :], axis=3)
+    same = shape_diff(sv[ra][:, :, None, :], sv[rb][:, None, :, :]) <= SHAPE_TOL
+    d = np.where(same, d, np.inf).reshape(len(sel), m * m)
+    twin = np.full((len(sel), m), -1, np.int64)             # per face of a: its twin in b
+    used_b = np.zeros((len(sel), m), bool)
+    worst = np.zeros(len(sel))
+    p = np.arange(len(sel))
+    for flat in np.argsort(d, axis=1, kind="stable").T:      # nearest first, all pairs at once
+        i, j = np.divmod(flat, m)
+        ok = (d[p, flat] <= max_dist) & (twin[p, i] < 0) & ~used_b[p, j]
+        twin[p[ok], i[ok]] = j[ok]
+        used_b[p[ok], j[ok]] = True
+        worst[ok] = np.maximum(worst[ok], d[p[ok], flat[ok]])
+    full = (twin >= 0).all(1)
+    sel, ra, rb, twin, worst = sel[full], ra[full], rb[full], twin[full], worst[full]
+    rb = np.take_along_axis(rb, twin, 1)                    # b's twin of each face of a
+    src = ft.lm[rb].reshape(len(sel), -1, 2).astype(np.float64)
+    dst = ft.lm[ra].reshape(len(sel), -1, 2).astype(np.float64)
+    scale, shift, resid = fit_scale_shift_many(src, dst)
+    width = (ft.box[ra, 2] - ft.box[ra, 0]).mean(1)
+    ok = (scale > 0) & (resid <= ARRANGE_TOL * np.maximum(width, 1.0))
+    return sel[ok], scale[ok], shift[ok], worst[ok]
+
+
+def fit_scale_shift_many(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares dst ~ s * src + t for each of a batch of point sets (P, m, 2): (s (P,), t (P, 2),
+    rms residual (P,))."""
+    ms, md = src.mean(1, keepdims=True), dst.mean(1, keepdims=True)
+    cs, cd = src - ms, dst - md
+    denom = (cs * cs).sum((1, 2))
+    s = np.where(denom > 0, (cs * cd).sum((1, 2)) / np.where(denom > 0, denom, 1.0), 1.0)
+    t = md[:, 0] - s[:, None] * ms[:, 0]
+    resid = np.sqrt(((s[:, None, None] * src + t[:, None] - dst) ** 2).sum(2).mean(1))
+    return s, t, resid
+
+
+def pixel_verdict(pic_a: Picture, pic_b: Picture, s: float, t: np.ndarray, size_a: tuple[int, int]) -> float | None:
+    """Check 3 of a pair that passed checks 1-2: its detail correlation when the pixels agree, else None."""
+    corr, overlap = pixel_agreement(pic_a, pic_b, s, t, size_a)
+    return corr if corr >= MIN_CORR and overlap >= MIN_OVERLAP else None
 
 
 @dataclass(frozen=True)
@@ -310,18 +331,10 @@ def search_alignment(a: Picture, b: Picture, size_a: tuple[int, int], size_b: tu
     return best
 
 
-def faceless_pairs(cand: Iterable[tuple[str, str]], load: Callable[[str], Picture | None],
-                   size_of: Callable[[str], tuple[int, int]]) -> list[tuple[str, str, float, float]]:
-    """Candidate pairs of faceless photos whose pixels agree: (sha_a, sha_b, 0.0, corr)."""
-    out = []
-    for x, y in cand:
-        pic_a, pic_b = load(x), load(y)
-        if pic_a is None or pic_b is None:
-            continue
-        corr, overlap = search_alignment(pic_a, pic_b, size_of(x), size_of(y))
-        if corr >= MIN_CORR and overlap >= MIN_OVERLAP:
-            out.append((x, y, 0.0, corr))
-    return out
+def faceless_verdict(pic_a: Picture, pic_b: Picture, size_a: tuple[int, int], size_b: tuple[int, int]) -> float | None:
+    """The pixel check of a faceless candidate pair: its detail correlation when the pixels agree, else None."""
+    corr, overlap = search_alignment(pic_a, pic_b, size_a, size_b)
+    return corr if corr >= MIN_CORR and overlap >= MIN_OVERLAP else None
 
 
 def groups_table(images: pa.Table, near: list[tuple[str, str, float, float]]) -> pa.Table:

@@ -117,6 +117,10 @@ def update_index(store: Store, faces: Faces, params: IndexParams = IndexParams()
         log(f"index: built {len(faces)} faces in {time.perf_counter() - t0:.1f}s")
     else:
         fi = _extend(old, faces, params, threads)
+        if (old.params == params and fi.ids.num_rows == old.ids.num_rows
+                and fi.ids.column("deleted").equals(old.ids.column("deleted"))):
+            log(f"index: unchanged, {fi.live} live faces")
+            return fi      # nothing added, deleted or back: the saved files are this index already
         log(f"index: extended to {fi.live} live faces in {time.perf_counter() - t0:.1f}s")
     save(store, fi)
     return fi

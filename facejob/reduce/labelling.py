@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from facejob.io.storage import Store, open_store, read_parquet, write_parquet
 
 from . import corrections as corr
 from . import metric as lm
+from . import saved
 from . import svm as lb
 from .clustering import above_floor
 from .embeddings import META_COLUMNS, Faces, face_shas, read_faces
@@ -183,13 +184,27 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     negatives = pc.index_in(pa.array(sorted(applied.not_faces), pa.string()), faces.face_ids)
     negatives = np.setdiff1d(negatives.drop_null().to_numpy().astype(np.int64), rows)
     learned = lm.MetricLearner.from_head(head).transform
+    key = saved.digest("predictions", 1, asdict(params), min_quality, every.face_ids, every.meta.column("uri"),
+                       every.meta.column("face_idx"), every.embeddings, good, clusters, table.column("face_id"),
+                       table.column("name"), table.column("source"), xl,
+                       sorted((f, sorted(n)) for f, n in applied.not_names.items()), sorted(applied.not_faces),
+                       *([] if head is None else [head.arrays[n] for n in sorted(head.arrays)]))
+    kept = _unchanged(store, key)
+    if kept is not None:
+        log.info("label: faces, labels, corrections and settings unchanged since the last run; its "
+                 "predictions kept (%d of %d faces named)", kept.named, kept.faces)
+        kept.followed, kept.gone = followed.moved + followed.reencoded, [
+            {k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone]
+        return kept
     clf.fit_archive(learned(faces.embeddings), rows, learned(xl), names, clusters, negatives=negatives)
     clf.model_.info["metric"] = "learned" if head is not None else "plain"
+    clf.model_.info["inputs"] = key
     lb.save_model(store, clf.model_)
     # Every face gets a prediction, below the quality floor too (its quality is shown beside it).
-    ids = every.face_ids.to_pylist()
-    pred, prob = clf.predict(learned(every.embeddings), {r: applied.not_names[f] for r, f in enumerate(ids)
-                                                         if f in applied.not_names})
+    not_ids = list(applied.not_names)
+    at = pc.index_in(pa.array(not_ids, pa.string()), every.face_ids).to_pylist()
+    pred, prob = clf.predict(every.embeddings, {r: applied.not_names[f] for f, r in zip(not_ids, at) if r is not None},
+                             transform=learned)
     mine = pc.index_in(table.column("face_id"), every.face_ids).fill_null(-1).to_numpy().astype(np.int64)
     labelled = np.zeros(len(every), bool)
     labelled[mine[mine >= 0]] = True
@@ -197,11 +212,11 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     prob[mine[mine >= 0]] = 1.0
     quality = (every.meta.column("quality") if "quality" in every.meta.column_names
                else pa.nulls(len(every), pa.float32()))
-    write_parquet(store, PREDICTIONS, pa.table({
+    predictions = pa.table({
         "face_id": every.face_ids, "label": pa.array(pred.tolist(), pa.string()), "probability": pa.array(prob),
         "labelled": pa.array(labelled), "uri": every.meta.column("uri"), "face_idx": every.meta.column("face_idx"),
         "quality": quality,
-    }, schema=PREDICTIONS_SCHEMA))
+    }, schema=PREDICTIONS_SCHEMA)
     named = pred != lb.UNKNOWN
     per = dict(zip(*np.unique(pred[named].astype(str), return_counts=True))) if named.any() else {}
     low = ~good
@@ -210,6 +225,9 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
                      followed=followed.moved + followed.reencoded,
                      gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone],
                      low_quality=int(low.sum()), low_quality_named=int((named & low).sum()))
+    # The summary travels with the predictions: a rerun that keeps them reports it again.
+    saved.write(store, PREDICTIONS, predictions.sort_by("face_id").replace_schema_metadata(
+        {SUMMARY_KEY: json.dumps(asdict(s))}), key, saved.LOOKUP_ROWS)
     if s.followed or s.gone:
         log.info("label: %d labels followed their photo (%d moved, %d re-encoded); %d on photos no longer in "
                  "the archive, kept as training examples", s.followed, followed.moved, followed.reencoded, len(s.gone))
@@ -217,6 +235,25 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
              "below quality %.2f, which do not train)", s.people, s.labelled, s.background, s.named, s.faces,
              s.low_quality_named, s.low_quality, min_quality)
     return s
+
+
+SUMMARY_KEY = "facejob.summary"
+
+
+def _unchanged(store: Store, key: str) -> LabelSummary | None:
+    """The last labelling's summary when its predictions and models were made from inputs with
+    digest `key` (both say so: a crash between their writes leaves them disagreeing); else None."""
+    if not store.exists(PREDICTIONS) or not store.exists(LABEL_MODEL_JSON):
+        return None
+    try:
+        if json.loads(store.read_bytes(LABEL_MODEL_JSON)).get("inputs") != key:
+            return None
+        meta = saved.metadata(store, PREDICTIONS) or {}
+        if meta.get(saved.KEY) != key.encode() or SUMMARY_KEY.encode() not in meta:
+            return None
+        return LabelSummary(**json.loads(meta[SUMMARY_KEY.encode()]))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def refresh_metric(out: str | Store, faces: Faces | None = None, params: lm.MetricParams | None = None

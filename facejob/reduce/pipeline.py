@@ -31,6 +31,7 @@ class ReduceSummary:
     cluster: ClusterSummary | None
     label: LabelSummary | None
     dedup: DedupSummary | None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)   # seconds per step
 
 
 @writes_output("reduce")
@@ -50,7 +51,9 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
     from facejob.progress import Progress
 
     store = open_store(out)
+    t0 = time.perf_counter()
     faces = read_faces(store, ALL_COLUMNS)
+    t_read = time.perf_counter() - t0
     if corrections is not None:
         corr.add(store, corrections)
     bar = Progress("reduce", 4, "steps", enabled=progress)
@@ -58,20 +61,26 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
     fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
     t_index = time.perf_counter() - t0
     bar.advance(1, faces=len(faces))
+    steps = {"read_s": t_read, "index_s": t_index}
+    t0 = time.perf_counter()
     named = labels is not None or store.exists(LABELS_STORED) or bool(corr.resolve(corr.load(store)).names)
     if named and metric == "learned":
         refresh_metric(store, faces)      # before clustering, so stored labels shape tonight's clusters
+    steps["metric_s"], t0 = time.perf_counter() - t0, time.perf_counter()
     cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality, metric=metric)
     bar.advance(1, clusters=cs.clusters)
+    steps["cluster_s"], t0 = time.perf_counter() - t0, time.perf_counter()
     params = saved_label_params(store)
     if label_threshold is not None:
         params = dataclasses.replace(params, threshold=label_threshold)
     ls = (label(store, labels, params, faces=faces, min_quality=min_quality, metric=metric)
           if named else None)
     bar.advance(1)
+    steps["label_s"], t0 = time.perf_counter() - t0, time.perf_counter()
     ds = dedup(store, faces=faces, fi=fi)
     bar.advance(1, duplicates=ds.duplicates)
-    return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds)
+    steps["dedup_s"] = time.perf_counter() - t0
+    return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds, {k: round(v, 2) for k, v in steps.items()})
 
 
 def reduce_with(out: str | Store, cfg: ReduceConfig, progress: bool = False) -> ReduceSummary:

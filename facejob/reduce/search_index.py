@@ -13,9 +13,10 @@ import pyarrow.compute as pc
 from facejob.config import ModelConfig
 from facejob.contract.layout import CLUSTERS, PREDICTIONS
 from facejob.io.lock import writes_output
-from facejob.io.storage import Store, open_store, read_parquet
+from facejob.io.storage import Store, open_store
 
 from . import metric as lm
+from . import saved
 from .embeddings import Faces, read_faces
 from .errors import NotIndexedError, ReduceError
 from .hnsw import FaceIndex, IndexParams, update_index
@@ -130,8 +131,9 @@ def _matches(store: Store, fi: FaceIndex, labels: np.ndarray, dist: np.ndarray) 
 
 
 def _lookup(store: Store, rel: str, face_ids: list[str], columns: list[str]) -> dict[str, dict]:
+    """face_id -> the requested columns of OUT/rel, for the matched faces only (reads only the
+    row groups that can hold them; see saved.rows_by_key)."""
     if not store.exists(rel) or not face_ids:
         return {}
-    t = read_parquet(store, rel, ["face_id", *columns])
-    t = t.filter(pc.is_in(t.column("face_id"), pa.array(face_ids, pa.string())))
+    t = saved.rows_by_key(store, rel, "face_id", face_ids, columns)
     return {r["face_id"]: r for r in t.to_pylist()}

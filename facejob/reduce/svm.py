@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -50,18 +51,34 @@ class Model:
     def scores(self, x: np.ndarray) -> np.ndarray:
         return x @ self.coef.T + self.intercept
 
-    def predict(self, x: np.ndarray, forbidden: dict[int, set[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: np.ndarray, forbidden: dict[int, set[str]] | None = None,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(label per row, probability that this label is right).
 
         A row gets the best name it may have (`forbidden`: row -> names the curator said it is
         not) when that name's calibrated probability p reaches the threshold; its probability
         is then p. Otherwise it is `unknown` with probability 1 - p: how sure we are that it is
         none of the named people (1.0 when no name is allowed or no one is named).
+
+        Rows go through in batches of PREDICT_ROWS (`transform`, e.g. the metric head, applied
+        per batch), so memory is one batch's rows x people scores, never the whole matrix.
         """
+        label = np.full(len(x), UNKNOWN, object)
+        prob = np.ones(len(x), np.float32)
         if len(self.classes) == 0 or len(x) == 0:
-            return np.full(len(x), UNKNOWN, object), np.ones(len(x), np.float32)
-        s = self.scores(np.asarray(x, np.float32))
+            return label, prob
+        by_batch: dict[int, dict[int, set[str]]] = {}
         for r, names in (forbidden or {}).items():
+            by_batch.setdefault(r // PREDICT_ROWS, {})[r % PREDICT_ROWS] = names
+        for lo in range(0, len(x), PREDICT_ROWS):
+            xb = np.asarray(x[lo:lo + PREDICT_ROWS], np.float32)
+            label[lo:lo + len(xb)], prob[lo:lo + len(xb)] = self._predict_batch(
+                transform(xb) if transform is not None else xb, by_batch.get(lo // PREDICT_ROWS, {}))
+        return label, prob
+
+    def _predict_batch(self, x: np.ndarray, forbidden: dict[int, set[str]]) -> tuple[np.ndarray, np.ndarray]:
+        s = self.scores(x)
+        for r, names in forbidden.items():
             s[r, np.isin(self.classes, list(names))] = -np.inf
         best = s.argmax(1)
         top = s[np.arange(len(s)), best]
@@ -69,6 +86,9 @@ class Model:
         named = p >= self.params.threshold
         label = np.where(named, self.classes.astype(object)[best], UNKNOWN)
         return label, np.where(named, p, 1.0 - p).astype(np.float32)
+
+
+PREDICT_ROWS = 8192       # rows scored at a time: 8,192 x 1,000 people = 32 MB of scores
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -314,9 +334,10 @@ class IdentityClassifier:
         m = self._fitted(X)
         return _sigmoid(m.platt[0] * m.scores(np.asarray(X, np.float32)) + m.platt[1])
 
-    def predict(self, X: np.ndarray, forbidden: dict[int, set[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(label per row, probability that it is right); see Model.predict."""
-        return self._fitted(X).predict(X, forbidden)
+    def predict(self, X: np.ndarray, forbidden: dict[int, set[str]] | None = None,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(label per row, probability that it is right), in batches; see Model.predict."""
+        return self._fitted(X).predict(X, forbidden, transform)
 
 
 def save_model(store, model: Model) -> None:
