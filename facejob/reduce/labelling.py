@@ -137,7 +137,7 @@ def saved_label_params(out: str | Store) -> LabelParams:
 @writes_output("label")
 def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
           replace: bool = False, faces: Faces | None = None, min_quality: float = MIN_QUALITY,
-          corrections: str | Path | None = None, metric: str = "learned") -> LabelSummary:
+          corrections: str | Path | None = None, metric: str = "learned", engine=None) -> LabelSummary:
     """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
     Faces below the quality floor are named too (with their quality) but are not background or
     extra positives; a labelled face below it still teaches its person.
@@ -149,6 +149,7 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     the names stored there are labels too, and a face marked "not this person" is a negative
     for that person and never gets that name. The metric head is retrained first when the
     labels changed; with `metric` "learned" the SVMs work on its descriptors when there is one.
+    An `engine` (facejob.reduce.ray_reduce.RayReducer) makes the predictions in Ray tasks.
     """
     store = open_store(out)
     params = params if params is not None else saved_label_params(store)
@@ -188,8 +189,9 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     lb.save_model(store, clf.model_)
     # Every face gets a prediction, below the quality floor too (its quality is shown beside it).
     ids = every.face_ids.to_pylist()
-    pred, prob = clf.predict(learned(every.embeddings), {r: applied.not_names[f] for r, f in enumerate(ids)
-                                                         if f in applied.not_names})
+    forbidden = {r: applied.not_names[f] for r, f in enumerate(ids) if f in applied.not_names}
+    pred, prob = (clf.predict(learned(every.embeddings), forbidden) if engine is None
+                  else engine.predict(clf, learned(every.embeddings), forbidden))
     mine = pc.index_in(table.column("face_id"), every.face_ids).fill_null(-1).to_numpy().astype(np.int64)
     labelled = np.zeros(len(every), bool)
     labelled[mine[mine >= 0]] = True

@@ -31,13 +31,14 @@ class ReduceSummary:
     cluster: ClusterSummary | None
     label: LabelSummary | None
     dedup: DedupSummary | None
+    ray_work: dict[str, int] | None = None     # on Ray: tasks and actors per node id
 
 
 @writes_output("reduce")
 def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | None = None,
            k: int | None = None, min_quality: float = MIN_QUALITY, corrections: str | Path | None = None,
            progress: bool = False, labels: str | Path | None = None,
-           label_threshold: float | None = None, metric: str = "learned") -> ReduceSummary:
+           label_threshold: float | None = None, metric: str = "learned", engine=None) -> ReduceSummary:
     """Everything after indexing: index, cluster, label (when labels are stored or given), dedup.
     Faces below `min_quality` do not seed clusters or train the SVMs, but every face is
     clustered and named; `threshold` and `k` left out are the kept ones (see cluster),
@@ -45,44 +46,58 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
 
     `corrections` (a file from the report page) is first added to the ones stored in OUT; all
     stored corrections apply to the clustering and the labels. `labels` (CSV or folder) are
-    added to the stored labels. `progress` shows the steps done.
+    added to the stored labels. `progress` shows the steps done. An `engine`
+    (facejob.reduce.ray_reduce.RayReducer) reads the faces and runs the kNN graph, clustering
+    and predictions on Ray; the outputs are those of the single-process path.
     """
     from facejob.progress import Progress
 
     store = open_store(out)
-    faces = read_faces(store, ALL_COLUMNS)
+    faces = read_faces(store, ALL_COLUMNS) if engine is None else engine.read_faces(store, ALL_COLUMNS)
     if corrections is not None:
         corr.add(store, corrections)
     bar = Progress("reduce", 4, "steps", enabled=progress)
     t0 = time.perf_counter()
     fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
+    if engine is not None:
+        engine.build(faces, fi)
     t_index = time.perf_counter() - t0
     bar.advance(1, faces=len(faces))
     named = labels is not None or store.exists(LABELS_STORED) or bool(corr.resolve(corr.load(store)).names)
     if named and metric == "learned":
         refresh_metric(store, faces)      # before clustering, so stored labels shape tonight's clusters
-    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality, metric=metric)
+    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality, metric=metric, engine=engine)
     bar.advance(1, clusters=cs.clusters)
     params = saved_label_params(store)
     if label_threshold is not None:
         params = dataclasses.replace(params, threshold=label_threshold)
-    ls = (label(store, labels, params, faces=faces, min_quality=min_quality, metric=metric)
+    ls = (label(store, labels, params, faces=faces, min_quality=min_quality, metric=metric, engine=engine)
           if named else None)
     bar.advance(1)
     ds = dedup(store, faces=faces, fi=fi)
     bar.advance(1, duplicates=ds.duplicates)
-    return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds)
+    return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds,
+                         dict(engine.work) if engine is not None else None)
 
 
 def reduce_with(out: str | Store, cfg: ReduceConfig, progress: bool = False) -> ReduceSummary:
     """`reduce` with the settings of a facejob.config.ReduceConfig (the `facejob reduce` flags,
-    the nightly job's `reduce:` keys); labels and corrections may be s3:// keys."""
+    the nightly job's `reduce:` keys); labels and corrections may be s3:// keys. With an
+    address or workers, the heavy parts run on Ray (facejob.reduce.ray_reduce)."""
     import tempfile
+    from contextlib import nullcontext
 
-    with tempfile.TemporaryDirectory() as tmp:
+    if cfg.address or cfg.workers:
+        from .ray_reduce import RayReducer
+
+        engine = RayReducer(cfg.address, cfg.workers, cfg.shards)
+    else:
+        engine = None
+    with tempfile.TemporaryDirectory() as tmp, (engine or nullcontext()):
         return reduce(out, rebuild_index=cfg.rebuild_index, threshold=cfg.cluster_threshold, k=cfg.cluster_k,
                       min_quality=cfg.min_quality, corrections=_local(cfg.corrections, tmp), progress=progress,
-                      labels=_local(cfg.labels, tmp), label_threshold=cfg.label_threshold, metric=cfg.metric)
+                      labels=_local(cfg.labels, tmp), label_threshold=cfg.label_threshold, metric=cfg.metric,
+                      engine=engine)
 
 
 def _local(uri: str | None, tmp: str) -> str | None:
