@@ -251,19 +251,21 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
         cid = pq.read_table(Path(args.out) / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
         agree = pairwise_f(cid_single, cid)[2]
         peak = max(rss_gib(), eng.peak_rss_gib)
-        shards, nodes = len(eng._actors), len(eng.work)
+        shards, nodes, part_rows = len(eng._actors), len(eng.work), eng.part_rows
         replicas, probe = eng.replicas, eng.probe
     _, _, f_truth = pairwise_f(truth, cid)
     say(f"ray ({args.workers} workers, {shards} shards, each face in {replicas} cells, queries visit {probe}): "
         f"read {t_read:.1f} s, shards built {t_shards:.1f} s, kNN graph {s.timings['knn_s']:.1f} s, "
         f"merging {s.timings['merge_s']:.1f} s (cluster step {t_cluster:.1f} s); recall@10 {recall:.4f} "
         f"({len(q):,} queries in {t_query:.2f} s); clusters agree with single-process: pairwise F {agree:.4f} "
-        f"(vs truth {f_truth:.4f}); max process peak RSS {peak:.2f} GiB; {nodes} node(s)")
+        f"(vs truth {f_truth:.4f}); max process peak RSS {peak:.2f} GiB; {nodes} node(s); clustering tasks of "
+        f"{part_rows} rows")
     out = {"ray_read_s": round(t_read, 1), "ray_shards_build_s": round(t_shards, 1),
            "ray_knn_graph_s": s.timings["knn_s"], "ray_merge_s": s.timings["merge_s"],
            "ray_cluster_s": round(t_cluster, 1), "knn_recall_at_10": round(recall, 4),
            "agreement_f": round(agree, 4), "agreement_at_faces": len(faces), "ray_pairwise_f": round(f_truth, 4),
-           "max_process_peak_rss_gib": round(peak, 2), "shards": shards, "replicas": replicas, "probe": probe}
+           "max_process_peak_rss_gib": round(peak, 2), "shards": shards, "replicas": replicas, "probe": probe,
+           "cluster_task_rows": part_rows}
     if len(faces) == 1_000_000:
         out["agreement_f_at_1m"] = out["agreement_f"]
     return out

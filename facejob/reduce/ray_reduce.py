@@ -106,7 +106,8 @@ def start_ray(address: str | None, workers: int):
 class RayReducer:
     """The reducer's heavy parts on a Ray cluster (see the module doc). Use as a context
     manager: the shard actors end with it. `work` counts the tasks and actors per node id,
-    `peak_rss_gib` the highest peak RSS any of them reported."""
+    `peak_rss_gib` the highest peak RSS any of them reported, `part_rows` the rows of each
+    clustering task of the last clustering."""
 
     def __init__(self, address: str | None = None, workers: int = 0, shards: int = 0,
                  params: IndexParams = IndexParams(), replicas: int = SHARD_REPLICAS, probe: int = SHARD_PROBE):
@@ -117,6 +118,7 @@ class RayReducer:
         self.params, self.replicas, self.probe = params, replicas, probe
         self.work: Counter[str] = Counter()
         self.peak_rss_gib = 0.0
+        self.part_rows: list[int] = []
         self._actors: list = []
         self._centroids: np.ndarray | None = None
         self._live = 0
@@ -204,6 +206,8 @@ class RayReducer:
                                     groups=self.workers, run=self._run_parts)
 
     def _run_parts(self, jobs: Iterable[tuple]) -> list[tuple[np.ndarray, int]]:
+        jobs = list(jobs)
+        self.part_rows = [len(j[0]) for j in jobs]
         refs = [_cluster_part.options(scheduling_strategy="SPREAD").remote(j) for j in jobs]
         out = []
         for lab, rounds, where in ray.get(refs):
