@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +27,9 @@ from .graph import knn_graph
 from .hnsw import FaceIndex, update_index
 from .linkage import GraphClusterer, representatives
 from .stable import assign_ids
+
+if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
+    from .ray_reduce import RayReducer
 
 log = logging.getLogger("facejob.reduce")
 
@@ -72,7 +75,8 @@ def above_floor(faces: Faces, min_quality: float) -> np.ndarray:
 def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
                   threads: int = -1, applied: corr.Applied | None = None,
                   seeds: np.ndarray | None = None, head: lm.Head | None = None,
-                  pair_margin: float = CLUSTER_PAIR_MARGIN, engine=None) -> tuple[np.ndarray, dict[str, Any]]:
+                  pair_margin: float = CLUSTER_PAIR_MARGIN, engine: RayReducer | None = None
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
     """Cluster label (a row of `faces`) per face of `faces`, and stats.
 
     The `seeds` faces (default: all) are clustered: the kNN graph then agglomeration. Faces of
@@ -147,7 +151,8 @@ def _attach_rest(fi: FaceIndex, faces: Faces, x: np.ndarray, labels: np.ndarray,
 @writes_output("cluster")
 def cluster(out: str | Store, threshold: float | None = None, k: int | None = None,
             faces: Faces | None = None, fi: FaceIndex | None = None,
-            min_quality: float = MIN_QUALITY, metric: str = "learned", engine=None) -> ClusterSummary:
+            min_quality: float = MIN_QUALITY, metric: str = "learned",
+            engine: RayReducer | None = None) -> ClusterSummary:
     """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
 
     Faces at or above the quality floor seed the clusters; each face below it then joins the

@@ -8,6 +8,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,9 @@ from .follow import follow
 from .labels_input import Labelled, read_csv, read_folder, too_few
 from .linkage import _components
 from .search_index import face_model
+
+if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
+    from .ray_reduce import RayReducer
 
 log = logging.getLogger("facejob.reduce")
 
@@ -137,7 +141,8 @@ def saved_label_params(out: str | Store) -> LabelParams:
 @writes_output("label")
 def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
           replace: bool = False, faces: Faces | None = None, min_quality: float = MIN_QUALITY,
-          corrections: str | Path | None = None, metric: str = "learned", engine=None) -> LabelSummary:
+          corrections: str | Path | None = None, metric: str = "learned",
+          engine: RayReducer | None = None) -> LabelSummary:
     """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
     Faces below the quality floor are named too (with their quality) but are not background or
     extra positives; a labelled face below it still teaches its person.

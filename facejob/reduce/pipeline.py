@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from facejob.config import MIN_QUALITY, ReduceConfig
 from facejob.contract.layout import LABELS_STORED
@@ -20,6 +21,9 @@ from .deduping import DedupSummary, dedup
 from .embeddings import ALL_COLUMNS, read_faces
 from .hnsw import update_index
 from .labelling import LabelSummary, label, refresh_metric, saved_label_params
+
+if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
+    from .ray_reduce import RayReducer
 
 log = logging.getLogger("facejob.reduce")
 
@@ -38,7 +42,8 @@ class ReduceSummary:
 def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | None = None,
            k: int | None = None, min_quality: float = MIN_QUALITY, corrections: str | Path | None = None,
            progress: bool = False, labels: str | Path | None = None,
-           label_threshold: float | None = None, metric: str = "learned", engine=None) -> ReduceSummary:
+           label_threshold: float | None = None, metric: str = "learned",
+           engine: RayReducer | None = None) -> ReduceSummary:
     """Everything after indexing: index, cluster, label (when labels are stored or given), dedup.
     Faces below `min_quality` do not seed clusters or train the SVMs, but every face is
     clustered and named; `threshold` and `k` left out are the kept ones (see cluster),

@@ -150,7 +150,8 @@ class RayReducer:
             metas.append(meta)
             embs.append(emb)
         if not metas:
-            return Faces(pa.schema([FACES.field(c) for c in cols]).empty_table(), np.empty((0, EMBEDDING_DIM), np.float32))
+            return Faces(pa.schema([FACES.field(c) for c in cols]).empty_table(),
+                         np.empty((0, EMBEDDING_DIM), np.float32))
         return _drop_repeated(Faces(pa.concat_tables(metas).combine_chunks(), np.concatenate(embs)))
 
     def build(self, faces: Faces, fi: FaceIndex) -> None:
@@ -172,7 +173,8 @@ class RayReducer:
         for where in ray.get([a.where.remote() for a in self._actors]):   # built (in parallel)
             self._seen(where)
 
-    def query(self, vectors: np.ndarray, k: int, ef: int | None = None, threads: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    def query(self, vectors: np.ndarray, k: int, ef: int | None = None, threads: int = -1
+              ) -> tuple[np.ndarray, np.ndarray]:
         """FaceIndex.query over the shards: (labels, distances) of the k nearest (-1: fewer found)."""
         vectors = np.ascontiguousarray(vectors, np.float32).reshape(-1, EMBEDDING_DIM)
         k = min(k, self._live)
