@@ -31,6 +31,7 @@ from facejob.io.storage import Store, open_store
 
 from . import partition as pt
 from .embeddings import Faces, _drop_repeated, batch_embeddings, part_batches, parts, require_indexed
+from .errors import ReduceError
 from .graph import knn_graph
 from .hnsw import FaceIndex, IndexParams, build
 
@@ -97,7 +98,10 @@ def start_ray(address: str | None, workers: int):
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ReduceError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
     else:
         os.environ.setdefault("RAY_worker_niceness", "0")   # our own Ray: its workers are the job
         ray.init(num_cpus=workers or os.cpu_count(), **kwargs)
@@ -161,6 +165,8 @@ class RayReducer:
         rows = fi.rows_for(faces)
         label[rows[rows >= 0]] = np.flatnonzero(rows >= 0)
         self._live = len(faces)
+        if not len(faces):     # nothing to shard: every query finds nothing
+            return
         parts_n = max(1, min(self.shards, len(faces)))
         self._centroids = pt.kmeans(faces.embeddings, parts_n, seed=self.params.seed)
         cells = pt.nearest_cells(faces.embeddings, self._centroids, self.replicas)
