@@ -251,7 +251,7 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
         cid = pq.read_table(Path(args.out) / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
         agree = pairwise_f(cid_single, cid)[2]
         peak = max(rss_gib(), eng.peak_rss_gib)
-        shards, nodes, part_rows = len(eng._actors), len(eng.work), eng.part_rows
+        shards, nodes, part_rows = eng.shard_count, len(eng.work), eng.part_rows
         replicas, probe = eng.replicas, eng.probe
     _, _, f_truth = pairwise_f(truth, cid)
     say(f"ray ({args.workers} workers, {shards} shards, each face in {replicas} cells, queries visit {probe}): "

@@ -138,6 +138,11 @@ class RayReducer:
             ray.kill(a)
         self._actors = []
 
+    @property
+    def shard_count(self) -> int:
+        """Shard actors running (after `build`)."""
+        return len(self._actors)
+
     def _seen(self, where: tuple[str, float]) -> None:
         self.work[where[0]] += 1
         self.peak_rss_gib = max(self.peak_rss_gib, where[1])
