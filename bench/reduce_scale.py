@@ -2,6 +2,7 @@
 
     nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out] [--json]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 1000000 --nightly [--json]
+        [--ray [--workers N] [--shards N] [--replicas R] [--probe P]]
 
 Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
 directions (real descriptors are far from isotropic), each photo = centre + noise whose size
@@ -20,6 +21,13 @@ first reduce of the archive, then a rerun with nothing changed (what a nightly j
 photo came in) — seconds per step and peak RSS of each (`nightly_s` is the rerun's wall time);
 then the cold start of one `facejob search --face-id` (a fresh process: index load, query,
 cluster and name lookup) and its peak RSS.
+
+With --ray it then runs the reducer's Ray path (facejob/reduce/ray_reduce.py) on a local Ray of
+--workers CPUs over the same archive and adds: seconds per step (faces read by tasks, shard
+actors built, kNN graph over the shards, clustering in parallel parts), knn_recall_at_10 of the
+sharded search against exact search (same 1,000 queries), agreement_f (pairwise F between the
+Ray path's clusters and the single-process ones, at this N; `agreement_f_at_1m` at N = 1M) and
+max_process_peak_rss_gib (the driver and every Ray worker that did reducer work).
 """
 from __future__ import annotations
 
@@ -195,6 +203,11 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="reuse an archive already written at --out")
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     ap.add_argument("--nightly", action="store_true", help="time a first `reduce` and a rerun with nothing changed")
+    ap.add_argument("--ray", action="store_true", help="also run the Ray path and compare it")
+    ap.add_argument("--workers", type=int, default=2, help="--ray: local Ray CPUs (default: %(default)s)")
+    ap.add_argument("--shards", type=int, default=0, help="--ray: search shards (0 = one per worker)")
+    ap.add_argument("--replicas", type=int, default=None, help="--ray: cells each face is stored in")
+    ap.add_argument("--probe", type=int, default=None, help="--ray: cells each query visits")
     args = ap.parse_args()
     say = (lambda *a: None) if args.json else print
     from facejob.reduce.clustering import cluster
@@ -266,9 +279,62 @@ def main() -> None:
           f"{s.rounds} rounds, {s.edges:,} edges): {s.clusters:,} clusters for {args.people:,} people; "
           f"pairwise P {p:.4f} R {r:.4f} F {f:.4f}")
     say(f"peak RSS: {rss_gib():.2f} GiB")
-    print(json.dumps({"faces": len(faces), "people": args.people, "read_s": round(t_read, 1),
-                      "build_s": round(t_build, 1), "recall_at_10": round(float(recall), 4), "qps": round(qps),
-                      "cluster_s": round(t_cluster, 1), "pairwise_f": round(f, 4), "peak_rss_gib": round(rss_gib(), 2)}))
+    line = {"faces": len(faces), "people": args.people, "read_s": round(t_read, 1),
+            "build_s": round(t_build, 1), "recall_at_10": round(float(recall), 4), "qps": round(qps),
+            "cluster_s": round(t_cluster, 1), "pairwise_f": round(f, 4), "peak_rss_gib": round(rss_gib(), 2)}
+    if args.ray:
+        line.update(ray_path(args, store, fi, cid, q, exact, truth, say))
+    print(json.dumps(line))
+
+
+def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.ndarray, truth: np.ndarray,
+             say) -> dict:
+    """The Ray path over the same archive and saved index: its figures, against the single-process ones."""
+    import pyarrow.parquet as pq
+
+    from facejob.reduce import ray_reduce as rr
+    from facejob.reduce.clustering import cluster
+    from facejob.reduce.embeddings import META_COLUMNS
+
+    opts = {k: v for k, v in (("replicas", args.replicas), ("probe", args.probe)) if v is not None}
+    with rr.RayReducer(workers=args.workers, shards=args.shards, **opts) as eng:
+        t0 = time.perf_counter()
+        faces = eng.read_faces(store, META_COLUMNS)
+        t_read = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        eng.build(faces, fi)
+        eng.query(faces.embeddings[:1], 1)        # the shards start at the first query
+        t_shards = time.perf_counter() - t0
+        rows_of_label = np.append(fi.rows_for(faces), -1)
+        t0 = time.perf_counter()
+        got, _ = eng.query(faces.embeddings[q], 10)
+        t_query = time.perf_counter() - t0
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows_of_label[got], exact)]))
+        store.delete("clusters.json")     # else the single-process clustering is kept (same inputs)
+        t0 = time.perf_counter()
+        s = cluster(store, faces=faces, fi=fi, engine=eng)
+        t_cluster = time.perf_counter() - t0
+        cid = pq.read_table(Path(args.out) / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
+        agree = pairwise_f(cid_single, cid)[2]
+        peak = max(rss_gib(), eng.peak_rss_gib)
+        shards, nodes, part_rows = eng.shard_count, len(eng.work), eng.part_rows
+        replicas, probe = eng.replicas, eng.probe
+    _, _, f_truth = pairwise_f(truth, cid)
+    say(f"ray ({args.workers} workers, {shards} shards, each face in {replicas} cells, queries visit {probe}): "
+        f"read {t_read:.1f} s, shards built {t_shards:.1f} s, kNN graph {s.timings['knn_s']:.1f} s, "
+        f"merging {s.timings['merge_s']:.1f} s (cluster step {t_cluster:.1f} s); recall@10 {recall:.4f} "
+        f"({len(q):,} queries in {t_query:.2f} s); clusters agree with single-process: pairwise F {agree:.4f} "
+        f"(vs truth {f_truth:.4f}); max process peak RSS {peak:.2f} GiB; {nodes} node(s); clustering tasks of "
+        f"{part_rows} rows")
+    out = {"ray_read_s": round(t_read, 1), "ray_shards_build_s": round(t_shards, 1),
+           "ray_knn_graph_s": s.timings["knn_s"], "ray_merge_s": s.timings["merge_s"],
+           "ray_cluster_s": round(t_cluster, 1), "knn_recall_at_10": round(recall, 4),
+           "agreement_f": round(agree, 4), "agreement_at_faces": len(faces), "ray_pairwise_f": round(f_truth, 4),
+           "max_process_peak_rss_gib": round(peak, 2), "shards": shards, "replicas": replicas, "probe": probe,
+           "cluster_task_rows": part_rows}
+    if len(faces) == 1_000_000:
+        out["agreement_f_at_1m"] = out["agreement_f"]
+    return out
 
 
 if __name__ == "__main__":

@@ -388,8 +388,21 @@ class ReduceConfig(_Settings):
     corrections: str | None = setting(None, "corrections.json downloaded from the report page (or an s3:// "
                                             "key): added to OUT/labels/corrections.json, which every later "
                                             "run applies", metavar="FILE")
+    # The reducer on Ray (facejob/reduce/ray_reduce.py): given an address or workers, the kNN
+    # graph, clustering and predictions run as Ray tasks and actors; else in this one process.
+    address: str | None = setting(None, "run the heavy steps on this Ray cluster (auto or host:port; the nightly "
+                                        "job passes its own); default: in this process, unless --workers")
+    workers: int = setting(0, "Ray tasks at a time for clustering (0 = one per CPU of the cluster); > 0 without "
+                              "--address starts a local Ray of that many CPUs", metavar="N")
+    shards: int = setting(0, "search shards (Ray actors) the kNN graph is built from (0 = one per worker)",
+                          metavar="N")
 
     def __post_init__(self) -> None:
+        _need(self.address is None or (isinstance(self.address, str) and self.address != ""),
+              f"address must be auto or host:port, got {self.address!r}")
+        for k in ("workers", "shards"):
+            _need(_is_int(getattr(self, k)) and getattr(self, k) >= 0,
+                  f"{k} must be an integer >= 0, got {getattr(self, k)!r}")
         _need(self.cluster_threshold is None or (_is_num(self.cluster_threshold) and 0 < self.cluster_threshold < 2),
               f"cluster_threshold must be a distance in (0, 2), got {self.cluster_threshold!r}")
         _need(self.cluster_k is None or (_is_int(self.cluster_k) and self.cluster_k >= 1),

@@ -227,7 +227,12 @@ def _run(cfg: NightlyConfig) -> tuple[int, dict[str, Any]]:
 def _reduce(cfg: NightlyConfig) -> dict[str, Any]:
     from facejob import reduce as fr
 
-    return {"summary": dataclasses.asdict(fr.reduce_with(cfg.output, cfg.reduce))}
+    red = cfg.reduce
+    address = cfg.index.run.address or os.environ.get("RAY_ADDRESS")
+    if red.address is None and address:
+        # The job's cluster, which indexed tonight's photos, runs the reducer's heavy parts too.
+        red = dataclasses.replace(red, address=address)
+    return {"summary": dataclasses.asdict(fr.reduce_with(cfg.output, red))}
 
 
 def _report(cfg: NightlyConfig) -> dict[str, Any]:

@@ -112,4 +112,6 @@ def test_ray_job_submit_runs_the_nightly_job(two_nodes, data_dir, tmp_path):
     summary = json.loads(line)
     assert summary["status"] == "ok" and summary["counts"]["processed"] == 4
     assert summary["reduce"]["summary"]["faces"] == summary["counts"]["faces"]
+    # The job's cluster ran the reducer's heavy parts too (facejob/reduce/ray_reduce.py).
+    assert sum(summary["reduce"]["summary"]["ray_work"].values()) > 0
     assert (out / "clusters.parquet").is_file() and (out / "run.json").is_file()

@@ -118,6 +118,9 @@ def cmd_reduce(args: argparse.Namespace) -> int:
         print("label: skipped (no labels yet; `facejob label OUT --labels LABELS.csv`)")
     d = r.dedup
     print(f"dedup: {d.groups} groups of copies, {d.duplicates} extra copies")
+    if r.ray_work is not None:
+        print(f"ray: {sum(r.ray_work.values())} tasks and actors on {len(r.ray_work)} node(s): "
+              + ", ".join(f"{n} {c}" for n, c in sorted(r.ray_work.items())))
     return 0
 
 

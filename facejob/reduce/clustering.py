@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +28,9 @@ from .graph import knn_graph
 from .hnsw import FaceIndex, update_index
 from .linkage import GraphClusterer, representatives
 from .stable import assign_ids
+
+if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
+    from .ray_reduce import RayReducer
 
 log = logging.getLogger("facejob.reduce")
 
@@ -73,7 +76,8 @@ def above_floor(faces: Faces, min_quality: float) -> np.ndarray:
 def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
                   threads: int = -1, applied: corr.Applied | None = None,
                   seeds: np.ndarray | None = None, head: lm.Head | None = None,
-                  pair_margin: float = CLUSTER_PAIR_MARGIN) -> tuple[np.ndarray, dict[str, Any]]:
+                  pair_margin: float = CLUSTER_PAIR_MARGIN, engine: RayReducer | None = None
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
     """Cluster label (a row of `faces`) per face of `faces`, and stats.
 
     The `seeds` faces (default: all) are clustered: the kNN graph then agglomeration. Faces of
@@ -81,14 +85,16 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
     and cannot-link ("not this person") pairs. Every other face then joins the one seed cluster
     it is near (`linkage.attach`) unless that cluster holds a face it cannot be; else it stays
     alone. With a metric `head`, distances are those of the learned descriptors (the kNN graph
-    that proposes candidates still comes from the plain ones).
+    that proposes candidates still comes from the plain ones). An `engine`
+    (facejob.reduce.ray_reduce.RayReducer) builds the graph and agglomerates on Ray instead.
     """
     t0 = time.perf_counter()
     n = len(faces)
     seed_rows = np.arange(n) if seeds is None else np.flatnonzero(seeds)
     rest = np.setdiff1d(np.arange(n), seed_rows)
     sf = faces if len(rest) == 0 else faces.take(seed_rows)
-    eu, ev, _ = knn_graph(fi, sf.embeddings, fi.rows_for(sf), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
+    graph = knn_graph if engine is None else engine.knn_graph
+    eu, ev, _ = graph(fi, sf.embeddings, fi.rows_for(sf), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
     t1 = time.perf_counter()
     cannot = corr.photo_pairs(sf.meta.column("uri"))
     must = np.empty((0, 2), np.int64)
@@ -96,7 +102,8 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
         must = corr.rows_of(sf.face_ids, applied.must)
         cannot = np.concatenate([cannot, corr.rows_of(sf.face_ids, applied.cannot)])
     x = lm.MetricLearner.from_head(head).transform(faces.embeddings)
-    gc = GraphClusterer(threshold, pair_margin).fit(x[seed_rows], (eu, ev), must_link=must, cannot_link=cannot)
+    gc = GraphClusterer(threshold, pair_margin).fit(x[seed_rows], (eu, ev), must_link=must, cannot_link=cannot,
+                                                    agglomerate_with=None if engine is None else engine.agglomerate)
     labels = np.arange(n)
     labels[seed_rows] = seed_rows[gc.labels_]
     attached = _attach_rest(fi, faces, x, labels, rest, seed_rows, k, applied, gc)
@@ -145,7 +152,8 @@ def _attach_rest(fi: FaceIndex, faces: Faces, x: np.ndarray, labels: np.ndarray,
 @writes_output("cluster")
 def cluster(out: str | Store, threshold: float | None = None, k: int | None = None,
             faces: Faces | None = None, fi: FaceIndex | None = None,
-            min_quality: float = MIN_QUALITY, metric: str = "learned") -> ClusterSummary:
+            min_quality: float = MIN_QUALITY, metric: str = "learned",
+            engine: RayReducer | None = None) -> ClusterSummary:
     """Cluster every face of OUT into identities → OUT/clusters.parquet, keeping earlier ids.
 
     Faces at or above the quality floor seed the clusters; each face below it then joins the
@@ -155,6 +163,7 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
     faces were added). Merges and splits of earlier clusters are appended to
     OUT/cluster_events.parquet. The corrections stored in OUT/labels/corrections.json are kept
     (see facejob.reduce.corrections). `metric`: "learned" uses the metric head when OUT has one.
+    `engine`: see cluster_faces.
     """
     store = open_store(out)
     kept = saved_cluster_params(store)
@@ -176,7 +185,7 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
                  kept_summary.clusters)
         kept_summary.timings = {"knn_s": 0.0, "merge_s": 0.0, "total_s": round(time.perf_counter() - t0, 2)}
         return kept_summary
-    roots, stats = cluster_faces(fi, faces, threshold, k, applied=applied, seeds=seeds, head=head)
+    roots, stats = cluster_faces(fi, faces, threshold, k, applied=applied, seeds=seeds, head=head, engine=engine)
     prev_id, next_id, old_ids = _previous_clusters(store, faces)
     a = assign_ids(roots, prev_id, next_id)
     gone = np.setdiff1d(old_ids, np.concatenate([prev_id[prev_id >= 0], [-1]]))

@@ -64,18 +64,23 @@ def _open(store: Store, rel: str) -> pq.ParquetFile:
 def iter_batches(store: Store, prefix: str, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     """Record batches of `columns` over every part under `prefix`, one part open at a time."""
     for rel in parts(store, prefix):
-        f = _open(store, rel)
-        names = f.schema_arrow.names
-        missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
-        if missing:
-            raise ReduceError(f"{store.root}/{rel} lacks column(s) {missing}; was it written by facejob index?")
-        present = [c for c in columns if c in names]
-        for b in f.iter_batches(batch_size=BATCH_ROWS, columns=present):
-            if len(present) < len(columns):
-                b = pa.RecordBatch.from_arrays(
-                    [b.column(c) if c in names else pa.nulls(b.num_rows, OPTIONAL_COLUMNS[c]) for c in columns],
-                    names=list(columns))
-            yield b
+        yield from part_batches(store, rel, columns)
+
+
+def part_batches(store: Store, rel: str, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """Record batches of `columns` of one part (optional columns it lacks come back null)."""
+    f = _open(store, rel)
+    names = f.schema_arrow.names
+    missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
+    if missing:
+        raise ReduceError(f"{store.root}/{rel} lacks column(s) {missing}; was it written by facejob index?")
+    present = [c for c in columns if c in names]
+    for b in f.iter_batches(batch_size=BATCH_ROWS, columns=present):
+        if len(present) < len(columns):
+            b = pa.RecordBatch.from_arrays(
+                [b.column(c) if c in names else pa.nulls(b.num_rows, OPTIONAL_COLUMNS[c]) for c in columns],
+                names=list(columns))
+        yield b
 
 
 def _row_count(store: Store, rels: list[str]) -> int | None:

@@ -8,6 +8,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,9 @@ from .follow import follow
 from .labels_input import Labelled, read_csv, read_folder, too_few
 from .linkage import _components
 from .search_index import face_model
+
+if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
+    from .ray_reduce import RayReducer
 
 log = logging.getLogger("facejob.reduce")
 
@@ -138,7 +142,8 @@ def saved_label_params(out: str | Store) -> LabelParams:
 @writes_output("label")
 def label(out: str | Store, labels: str | Path | None = None, params: LabelParams | None = None,
           replace: bool = False, faces: Faces | None = None, min_quality: float = MIN_QUALITY,
-          corrections: str | Path | None = None, metric: str = "learned") -> LabelSummary:
+          corrections: str | Path | None = None, metric: str = "learned",
+          engine: RayReducer | None = None) -> LabelSummary:
     """Train per-person SVMs from the curator's labels and name every face → OUT/predictions.parquet.
     Faces below the quality floor are named too (with their quality) but are not background or
     extra positives; a labelled face below it still teaches its person.
@@ -150,6 +155,7 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     the names stored there are labels too, and a face marked "not this person" is a negative
     for that person and never gets that name. The metric head is retrained first when the
     labels changed; with `metric` "learned" the SVMs work on its descriptors when there is one.
+    An `engine` (facejob.reduce.ray_reduce.RayReducer) makes the predictions in Ray tasks.
     """
     store = open_store(out)
     params = params if params is not None else saved_label_params(store)
@@ -203,8 +209,9 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     # Every face gets a prediction, below the quality floor too (its quality is shown beside it).
     not_ids = list(applied.not_names)
     at = pc.index_in(pa.array(not_ids, pa.string()), every.face_ids).to_pylist()
-    pred, prob = clf.predict(every.embeddings, {r: applied.not_names[f] for f, r in zip(not_ids, at) if r is not None},
-                             transform=learned)
+    forbidden = {r: applied.not_names[f] for f, r in zip(not_ids, at) if r is not None}
+    pred, prob = (clf.predict(every.embeddings, forbidden, transform=learned) if engine is None
+                  else engine.predict(clf, learned(every.embeddings), forbidden))
     mine = pc.index_in(table.column("face_id"), every.face_ids).fill_null(-1).to_numpy().astype(np.int64)
     labelled = np.zeros(len(every), bool)
     labelled[mine[mine >= 0]] = True

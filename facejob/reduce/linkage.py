@@ -253,8 +253,10 @@ class GraphClusterer:
         ])
 
     def fit(self, X: np.ndarray, edges: tuple[np.ndarray, np.ndarray], must_link: np.ndarray | None = None,
-            cannot_link: np.ndarray | None = None) -> GraphClusterer:
-        """Cluster the rows of X over `edges` with the curator's pairs (see `agglomerate`)."""
+            cannot_link: np.ndarray | None = None, agglomerate_with=None) -> GraphClusterer:
+        """Cluster the rows of X over `edges` with the curator's pairs (see `agglomerate`);
+        `agglomerate_with`: a function that gives `agglomerate`'s result another way (e.g.
+        facejob.reduce.ray_reduce's, in parallel parts)."""
         owner = type(self).__name__
         self._check()
         X = check_rows(owner, "X", X)
@@ -267,8 +269,9 @@ class GraphClusterer:
             p = np.asarray(pairs if pairs is not None else np.empty((0, 2), np.int64))
             if len(p) and not (p.ndim == 2 and p.shape[1] == 2 and _rows_of(p, len(X))):
                 raise ValueError(f"{owner}: {name} must be (m, 2) pairs of rows of X")
-        self.labels_, self.rounds_ = agglomerate(X, eu, ev, self.threshold, self.max_rounds, must_link=must_link,
-                                                 cannot_link=cannot_link, pair_margin=self.pair_margin)
+        self.labels_, self.rounds_ = (agglomerate_with or agglomerate)(
+            X, eu, ev, self.threshold, self.max_rounds, must_link=must_link, cannot_link=cannot_link,
+            pair_margin=self.pair_margin)
         self.X_ = X
         return self
 

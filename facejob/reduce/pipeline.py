@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from facejob.config import MIN_QUALITY, ReduceConfig
 from facejob.contract.layout import LABELS_STORED
@@ -21,6 +22,9 @@ from .embeddings import ALL_COLUMNS, read_faces
 from .hnsw import update_index
 from .labelling import LabelSummary, label, refresh_metric, saved_label_params
 
+if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
+    from .ray_reduce import RayReducer
+
 log = logging.getLogger("facejob.reduce")
 
 
@@ -32,13 +36,15 @@ class ReduceSummary:
     label: LabelSummary | None
     dedup: DedupSummary | None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)   # seconds per step
+    ray_work: dict[str, int] | None = None     # on Ray: tasks and actors per node id
 
 
 @writes_output("reduce")
 def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | None = None,
            k: int | None = None, min_quality: float = MIN_QUALITY, corrections: str | Path | None = None,
            progress: bool = False, labels: str | Path | None = None,
-           label_threshold: float | None = None, metric: str = "learned") -> ReduceSummary:
+           label_threshold: float | None = None, metric: str = "learned",
+           engine: RayReducer | None = None) -> ReduceSummary:
     """Everything after indexing: index, cluster, label (when labels are stored or given), dedup.
     Faces below `min_quality` do not seed clusters or train the SVMs, but every face is
     clustered and named; `threshold` and `k` left out are the kept ones (see cluster),
@@ -46,19 +52,23 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
 
     `corrections` (a file from the report page) is first added to the ones stored in OUT; all
     stored corrections apply to the clustering and the labels. `labels` (CSV or folder) are
-    added to the stored labels. `progress` shows the steps done.
+    added to the stored labels. `progress` shows the steps done. An `engine`
+    (facejob.reduce.ray_reduce.RayReducer) reads the faces and runs the kNN graph, clustering
+    and predictions on Ray; the outputs are those of the single-process path.
     """
     from facejob.progress import Progress
 
     store = open_store(out)
     t0 = time.perf_counter()
-    faces = read_faces(store, ALL_COLUMNS)
+    faces = read_faces(store, ALL_COLUMNS) if engine is None else engine.read_faces(store, ALL_COLUMNS)
     t_read = time.perf_counter() - t0
     if corrections is not None:
         corr.add(store, corrections)
     bar = Progress("reduce", 4, "steps", enabled=progress)
     t0 = time.perf_counter()
     fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
+    if engine is not None:
+        engine.build(faces, fi)
     t_index = time.perf_counter() - t0
     bar.advance(1, faces=len(faces))
     steps = {"read_s": t_read, "index_s": t_index}
@@ -67,31 +77,41 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
     if named and metric == "learned":
         refresh_metric(store, faces)      # before clustering, so stored labels shape tonight's clusters
     steps["metric_s"], t0 = time.perf_counter() - t0, time.perf_counter()
-    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality, metric=metric)
+    cs = cluster(store, threshold, k, faces=faces, fi=fi, min_quality=min_quality, metric=metric, engine=engine)
     bar.advance(1, clusters=cs.clusters)
     steps["cluster_s"], t0 = time.perf_counter() - t0, time.perf_counter()
     params = saved_label_params(store)
     if label_threshold is not None:
         params = dataclasses.replace(params, threshold=label_threshold)
-    ls = (label(store, labels, params, faces=faces, min_quality=min_quality, metric=metric)
+    ls = (label(store, labels, params, faces=faces, min_quality=min_quality, metric=metric, engine=engine)
           if named else None)
     bar.advance(1)
     steps["label_s"], t0 = time.perf_counter() - t0, time.perf_counter()
     ds = dedup(store, faces=faces, fi=fi)
     bar.advance(1, duplicates=ds.duplicates)
     steps["dedup_s"] = time.perf_counter() - t0
-    return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds, {k: round(v, 2) for k, v in steps.items()})
+    return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds, {k: round(v, 2) for k, v in steps.items()},
+                         dict(engine.work) if engine is not None else None)
 
 
 def reduce_with(out: str | Store, cfg: ReduceConfig, progress: bool = False) -> ReduceSummary:
     """`reduce` with the settings of a facejob.config.ReduceConfig (the `facejob reduce` flags,
-    the nightly job's `reduce:` keys); labels and corrections may be s3:// keys."""
+    the nightly job's `reduce:` keys); labels and corrections may be s3:// keys. With an
+    address or workers, the heavy parts run on Ray (facejob.reduce.ray_reduce)."""
     import tempfile
+    from contextlib import nullcontext
 
-    with tempfile.TemporaryDirectory() as tmp:
+    if cfg.address or cfg.workers:
+        from .ray_reduce import RayReducer
+
+        engine = RayReducer(cfg.address, cfg.workers, cfg.shards)
+    else:
+        engine = None
+    with tempfile.TemporaryDirectory() as tmp, (engine or nullcontext()):
         return reduce(out, rebuild_index=cfg.rebuild_index, threshold=cfg.cluster_threshold, k=cfg.cluster_k,
                       min_quality=cfg.min_quality, corrections=_local(cfg.corrections, tmp), progress=progress,
-                      labels=_local(cfg.labels, tmp), label_threshold=cfg.label_threshold, metric=cfg.metric)
+                      labels=_local(cfg.labels, tmp), label_threshold=cfg.label_threshold, metric=cfg.metric,
+                      engine=engine)
 
 
 def _local(uri: str | None, tmp: str) -> str | None:

@@ -1,0 +1,145 @@
+"""The reducer on Ray (facejob/reduce/ray_reduce.py) and its pure parts (facejob/reduce/partition.py).
+
+The split clustering must give exactly `linkage.agglomerate`'s labels; the sharded search must
+find what exact search finds; and a real two-node Ray cluster must reduce a small real archive
+to the same clusters, labels, duplicates and search results as the single-process path, with
+work on both nodes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facejob.reduce import partition as pt
+from facejob.reduce.graph import canonical_edges
+from facejob.reduce.linkage import agglomerate
+from tests.test_multinode import two_nodes  # noqa: F401  (the fixture: a head and a worker node, own temp dir)
+
+
+def _blobs(n: int, people: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((people, 128)).astype(np.float32) * 0.08
+    return (c[rng.integers(0, people, n)] + rng.standard_normal((n, 128)).astype(np.float32) * 0.02).astype(np.float32)
+
+
+def _knn_edges(x: np.ndarray, k: int, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
+    d = np.sqrt(np.maximum(((x[:, None] - x[None]) ** 2).sum(-1), 0))
+    j = np.argsort(d, 1)[:, 1:k + 1]
+    i = np.repeat(np.arange(len(x)), k)
+    keep = d[i, j.reshape(-1)] <= max_dist
+    eu, ev, _ = canonical_edges(i[keep], j.reshape(-1)[keep], d[i, j.reshape(-1)][keep], len(x))
+    return eu, ev
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_split_clustering_is_exactly_the_single_process_one(seed):
+    x = _blobs(600, 60, seed)
+    eu, ev = _knn_edges(x, 6, 0.9)
+    rng = np.random.default_rng(seed)
+    must = rng.integers(0, len(x), (8, 2))
+    cannot = rng.integers(0, len(x), (40, 2))
+    want, rounds = agglomerate(x, eu, ev, 0.45, must_link=must, cannot_link=cannot, pair_margin=0.04)
+    comp = pt.components(len(x), eu, ev, must)
+    assert len(np.unique(comp)) > 20          # many parts: the split is really exercised
+    for groups in (1, 3, 50):
+        got, r = pt.split_agglomerate(x, eu, ev, 0.45, must_link=must, cannot_link=cannot, pair_margin=0.04,
+                                      groups=groups)
+        np.testing.assert_array_equal(got, want)
+        assert 1 <= r <= rounds
+    assert len(np.unique(want)) < len(x) / 2   # and it did cluster
+
+
+def test_cutting_edges_over_the_threshold_is_not_exact():
+    """Why the split is by components of the whole candidate graph, not of its edges under the
+    threshold: the linkage averages over every pair, also pairs the graph does not hold, so an
+    edge over the threshold can carry a merge. Edges x0-x1 (0.35) and x1-y (0.55 > 0.5); x0-y
+    (0.2) is no edge. {x0, x1} merge, then {x0, x1} and y (RMS 0.41) over the 0.55 edge."""
+    x = np.zeros((3, 128), np.float32)
+    x[1, 0], x[2, 0] = -0.35, 0.2
+    eu, ev = np.array([0, 1]), np.array([1, 2])
+    want, _ = agglomerate(x, eu, ev, 0.5)
+    assert len(np.unique(want)) == 1
+    short = np.linalg.norm(x[eu] - x[ev], axis=1) <= 0.5
+    cut, _ = pt.split_agglomerate(x, eu[short], ev[short], 0.5)
+    assert len(np.unique(cut)) == 2
+
+
+def test_sharded_search_matches_exact_search():
+    x = _blobs(3000, 300, 5)
+    cent = pt.kmeans(x, 8, seed=0)
+    cells = pt.nearest_cells(x, cent, 3)
+    rows = pt.cell_rows(cells, len(cent), 2)
+    assert sum(len(r) for r in rows) == 2 * len(x)
+    q = x[:200]
+    qc = pt.nearest_cells(q, cent, 3)
+    cand_l, cand_d = [], []
+    for p in range(len(cent)):
+        d = np.linalg.norm(q[:, None] - x[rows[p]][None], axis=2)
+        o = np.argsort(d, 1)[:, :11]
+        asked = (qc == p).any(1)[:, None]
+        cand_l.append(np.where(asked, rows[p][o], -1))
+        cand_d.append(np.where(asked, np.take_along_axis(d, o, 1), np.inf))
+    lab, dist = pt.merge_nearest(np.concatenate(cand_l, 1), np.concatenate(cand_d, 1), 11)
+    assert all(len(set(r[r >= 0])) == len(r[r >= 0]) for r in lab)      # each face once
+    assert (np.diff(dist, axis=1) >= 0).all()
+    exact = np.argsort(np.linalg.norm(q[:, None] - x[None], axis=2), 1)[:, :11]
+    recall = np.mean([len(set(a) & set(b)) / 11 for a, b in zip(lab, exact)])
+    assert recall >= 0.95, recall
+
+
+# ------------------------------------------------------------------ a real two-node Ray cluster
+
+def test_two_node_reduce_equals_the_single_process_one(two_nodes, data_dir, tmp_path):
+    """`facejob reduce --address` on a two-node cluster: the same clusters, labels, duplicates and
+    search results as `facejob reduce` in one process, with reducer work on both nodes."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from facejob.config import ReduceConfig
+    from facejob.reduce.pipeline import reduce_with
+    from facejob.reduce.search_index import search_face
+    from tests.test_multinode import cluster_nodes
+    from tests.test_reduce_data import make_out, person, photos
+
+    address, env, _ = two_nodes
+    base = tmp_path / "base"
+    make_out(base, photos(data_dir), shard_size=10)          # 10 parts: read by tasks on both nodes
+    faces = pq.read_table(base / "faces").to_pylist()
+    johns = sorted((r for r in faces if "dlib_johns" in r["uri"]), key=lambda r: r["uri"])
+    by: dict[str, list] = {}
+    for r in johns:
+        by.setdefault(person(r["uri"]), []).append(r)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("name,uri\n" + "".join(f"{n},{r['uri']}\n" for n, rs in by.items() for r in rs[:3]))
+    one, ray_out = tmp_path / "one", tmp_path / "ray"
+    shutil.copytree(base, one)
+    shutil.copytree(base, ray_out)
+
+    reduce_with(str(one), ReduceConfig(labels=str(labels)))
+    cmd = [sys.executable, "-m", "facejob.cli", "reduce", str(ray_out), "--address", address, "--workers", "2",
+           "--shards", "2", "--labels", str(labels), "-q"]
+    r = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900,
+                       env=env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+
+    work = dict(pair.rsplit(" ", 1) for pair in
+                next(ln for ln in r.stdout.splitlines() if ln.startswith("ray: ")).split(": ", 2)[2].split(", "))
+    assert set(work) == {n["id"] for n in cluster_nodes(address, env)}, r.stdout     # both nodes did work
+    assert all(int(c) > 0 for c in work.values())
+
+    for f in ("clusters.parquet", "predictions.parquet", "duplicates.parquet"):
+        a, b = pq.read_table(one / f), pq.read_table(ray_out / f)
+        assert a.num_rows > 0 and a.equals(b), f
+    pred = pq.read_table(one / "predictions.parquet").column("label").to_pylist()
+    assert len(set(pred) - {"unknown"}) == len(by)          # the labels did name people
+    clusters = pq.read_table(one / "clusters.parquet").column("cluster_id").to_numpy()
+    assert len(np.unique(clusters)) < len(clusters)         # and faces did cluster
+    for face in faces[::9]:
+        a, b = search_face(str(one), face["face_id"], k=5), search_face(str(ray_out), face["face_id"], k=5)
+        assert [(m.face_id, m.cluster_id, m.label) for m in a.matches] == \
+               [(m.face_id, m.cluster_id, m.label) for m in b.matches]
+        np.testing.assert_allclose([m.distance for m in a.matches], [m.distance for m in b.matches], rtol=1e-6)
