@@ -449,7 +449,12 @@ def _level_window(crop: np.ndarray, level: int, r0: int, r1: int, c0: int, c1: i
     return x
 
 
-_PIXEL = np.dtype((np.void, 3))  # one RGB pixel, so a gather moves three bytes at once
+def _packed(region: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 → (h, w) 4-byte pixels (r, g, b, 0): a gather then moves a pixel as one
+    machine word, ~3x faster than three bytes (or a 3-byte void) at a time."""
+    out = np.zeros((*region.shape[:2], 4), np.uint8)
+    out[..., :3] = region
+    return out.view(np.uint32)[..., 0]
 
 
 class _BilinearSampler:
@@ -461,37 +466,43 @@ class _BilinearSampler:
 
     def __init__(self, rows: int, cols: int) -> None:
         self.idx = np.empty((rows, cols), np.intp)
-        self.corners = np.empty((4, rows, cols), _PIXEL)
+        self.corners = np.empty((4, rows, cols), np.uint32)
         self.values = np.empty((4, 3, rows, cols))
         self.weight = np.empty((rows, cols))
 
     def __call__(self, src: np.ndarray, origin: tuple[int, int], xs: np.ndarray, ys: np.ndarray,
                  left: np.ndarray, top: np.ndarray, ok: np.ndarray, out: np.ndarray) -> None:
-        """Sample C-contiguous ``src`` at float64 points ``xs``, ``ys`` into ``out`` (rows,
-        cols, 3) uint8. ``left``/``top`` are the floors of the points, ``ok`` marks those whose
-        2×2 neighbourhood lies in the source (the rest are black); point (x, y) reads ``src``
+        """Sample ``src`` at float64 points ``xs``, ``ys`` into ``out`` (rows, cols, 3) uint8.
+        ``left``/``top`` are the floors of the points, ``ok`` marks those whose 2×2
+        neighbourhood lies in the source (the rest are black); point (x, y) reads ``src``
         pixel (y + origin[1], x + origin[0])."""
-        stride = src.shape[1]
-        pixels = src.reshape(-1).view(_PIXEL)
         lr = xs - left
         tb = ys - top
-        flat = top + origin[1]
-        flat *= stride
-        flat += left
-        flat += origin[0]
         everywhere = ok.all()
+        r = top + origin[1]
+        c = left + origin[0]
         if not everywhere:
-            flat[~ok] = 0
+            r[~ok] = r[ok].min()
+            c[~ok] = c[ok].min()
+        # only the pixels this chip reads are packed (the source may be a whole large photo)
+        r0, c0 = int(r.min()), int(c.min())
+        pixels = _packed(src[r0:int(r.max()) + 2, c0:int(c.max()) + 2])
+        stride = pixels.shape[1]
+        r -= r0
+        r *= stride
+        r += c
+        r -= c0
         idx, corners = self.idx, self.corners
-        idx[...] = flat
-        np.take(pixels, idx, out=corners[0])
+        idx[...] = r
+        flat = pixels.reshape(-1)
+        np.take(flat, idx, out=corners[0])
         idx += 1
-        np.take(pixels, idx, out=corners[1])
+        np.take(flat, idx, out=corners[1])
         idx += stride - 1
-        np.take(pixels, idx, out=corners[2])
+        np.take(flat, idx, out=corners[2])
         idx += 1
-        np.take(pixels, idx, out=corners[3])
-        np.copyto(self.values, corners.view(np.uint8).reshape(4, *idx.shape, 3).transpose(0, 3, 1, 2))
+        np.take(flat, idx, out=corners[3])
+        np.copyto(self.values, corners.view(np.uint8).reshape(4, *idx.shape, 4)[..., :3].transpose(0, 3, 1, 2))
         tl, tr, bl, br = self.values
         inv = np.subtract(1, lr, out=self.weight)
         tl *= inv
