@@ -622,8 +622,14 @@ def chip_sampling(d: ChipDetails, origin: tuple[float, float] = (0.0, 0.0)) -> t
     (tlx, tly), (trx, try_), (blx, bly), _ = _rotated_corners(rect, d.angle)
     # dlib find_affine_transform: Q·pinv(P) with P the chip corners (0,0), (cols-1,0), (0,rows-1)
     (m00, m01, b0), (m10, m11, b1) = _matmul([[tlx, trx, blx], [tly, try_, bly]], _chip_corner_pinv(rows, cols))
-    cc, rr = np.meshgrid(np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64))
-    return level, m00 * cc + m01 * rr + b0, m10 * cc + m11 * rr + b1
+    # m·(c, r) + b per pixel, the products taken once per column and per row (the same
+    # doubles: IEEE addition commutes exactly)
+    cc, rr = np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64)[:, None]
+    xs = m00 * cc + m01 * rr
+    xs += b0
+    ys = m10 * cc + m11 * rr
+    ys += b1
+    return level, xs, ys
 
 
 def chip_corners(d: ChipDetails) -> list[tuple[float, float]]:
