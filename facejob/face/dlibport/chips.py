@@ -471,27 +471,25 @@ class _BilinearSampler:
         self.weight = np.empty((rows, cols))
 
     def __call__(self, src: np.ndarray, origin: tuple[int, int], xs: np.ndarray, ys: np.ndarray,
-                 left: np.ndarray, top: np.ndarray, ok: np.ndarray, out: np.ndarray) -> None:
+                 left: np.ndarray, top: np.ndarray, ok: np.ndarray | None, bounds: tuple[int, int, int, int],
+                 out: np.ndarray) -> None:
         """Sample ``src`` at float64 points ``xs``, ``ys`` into ``out`` (rows, cols, 3) uint8.
         ``left``/``top`` are the floors of the points, ``ok`` marks those whose 2×2
-        neighbourhood lies in the source (the rest are black); point (x, y) reads ``src``
+        neighbourhood lies in the source (the rest are black; None: all of them), ``bounds``
+        the least and greatest ``top`` and ``left`` among those; point (x, y) reads ``src``
         pixel (y + origin[1], x + origin[0])."""
         lr = xs - left
         tb = ys - top
-        everywhere = ok.all()
-        r = top + origin[1]
-        c = left + origin[0]
-        if not everywhere:
-            r[~ok] = r[ok].min()
-            c[~ok] = c[ok].min()
+        r0, r1, c0, c1 = bounds
         # only the pixels this chip reads are packed (the source may be a whole large photo)
-        r0, c0 = int(r.min()), int(c.min())
-        pixels = _packed(src[r0:int(r.max()) + 2, c0:int(c.max()) + 2])
+        pixels = _packed(src[r0 + origin[1]:r1 + origin[1] + 2, c0 + origin[0]:c1 + origin[0] + 2])
         stride = pixels.shape[1]
-        r -= r0
+        r = top - r0
         r *= stride
-        r += c
+        r += left
         r -= c0
+        if ok is not None:
+            r[~ok] = 0
         idx, corners = self.idx, self.corners
         idx[...] = r
         flat = pixels.reshape(-1)
@@ -518,7 +516,7 @@ class _BilinearSampler:
         # assign_pixel saturates, then truncates: a weighted mean of 0..255 never leaves
         # [0, 256), so truncating alone is the same
         planar = tl.astype(np.uint8)
-        if not everywhere:
+        if ok is not None:
             planar[:, ~ok] = 0
         out[...] = planar.transpose(1, 2, 0)
 
@@ -592,16 +590,23 @@ def extract_image_chips(image: np.ndarray, dets: Sequence[ChipDetails]) -> np.nd
         src_rows, src_cols = crop.shape[:2] if level == -1 else level_shapes[level]
         left = np.floor(xs)
         top = np.floor(ys)
-        ok = (left >= 0) & (top >= 0) & (left < src_cols - 1) & (top < src_rows - 1)
-        if not ok.any():
-            continue  # all black
+        # The map is affine and rounding is monotone, so along every row and every column of
+        # the chip `left` and `top` are monotone: their extremes lie at the four corners. A chip
+        # whose corners read inside the source needs no per-pixel bounds check.
+        corners = ([0, 0, -1, -1], [0, -1, 0, -1])
+        bounds = (int(top[corners].min()), int(top[corners].max()), int(left[corners].min()), int(left[corners].max()))
+        ok = None
+        if not (bounds[0] >= 0 and bounds[2] >= 0 and bounds[1] < src_rows - 1 and bounds[3] < src_cols - 1):
+            ok = (left >= 0) & (top >= 0) & (left < src_cols - 1) & (top < src_rows - 1)
+            if not ok.any():
+                continue  # all black
+            bounds = (int(top[ok].min()), int(top[ok].max()), int(left[ok].min()), int(left[ok].max()))
         if level == -1:
-            sample(image, (x0, y0), xs, ys, left, top, ok, chips[i])
+            sample(image, (x0, y0), xs, ys, left, top, ok, bounds, chips[i])
         else:
-            r0, r1 = int(top[ok].min()), int(top[ok].max()) + 1
-            c0, c1 = int(left[ok].min()), int(left[ok].max()) + 1
-            window = _level_window(crop, level, r0, r1, c0, c1)
-            sample(window, (-c0, -r0), xs, ys, left, top, ok, chips[i])
+            r0, r1, c0, c1 = bounds
+            window = _level_window(crop, level, r0, r1 + 1, c0, c1 + 1)
+            sample(window, (-c0, -r0), xs, ys, left, top, ok, bounds, chips[i])
     return chips
 
 
