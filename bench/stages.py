@@ -162,6 +162,7 @@ def macs(net, x) -> int:
 
 
 def floor(paths: list[Path]) -> None:
+    """Print each piece's CPU ms on `paths` and the networks' GFLOP/s (see --floor above)."""
     from facejob.indexing.pipeline import setup_process
 
     setup_process(1)
