@@ -3,6 +3,7 @@
     python -m bench.stages                       # profile (300 LFW photos) + side by side (600)
     python -m bench.stages --no-side-by-side --profile 300 --save /tmp/faces_main.parquet
     python -m bench.stages --compare /tmp/faces_main.parquet   # equality with an earlier version
+    python -m bench.stages --floor 96 --profile 0 --no-side-by-side   # each piece's CPU cost
 
 Profile: one FaceModel with the defaults in this process, torch on one thread (what an index
 worker with one CPU gets), `--profile` LFW photos in shards of `--shard` (after one warm-up
@@ -14,6 +15,11 @@ time not in a stage (Python between the stages, waiting for the prefetch thread)
 --save / --compare: the faces of the profiled photos (boxes, landmarks, scores, descriptors),
 written once (e.g. at main) and compared with this version's: boxes and landmarks must be equal,
 descriptors within 1e-5.
+
+--floor: the CPU time (this thread's, best of 5, so a busy machine inflates it less than wall
+time) of each piece of a photo's work on `--floor` LFW photos, and the two networks' arithmetic
+(multiply-adds, counted on the torch modules) per photo or face and the rate ONNX Runtime runs
+it at: how far each stage is from what this core can do.
 
 Side by side: `facejob.index` of `--photos` LFW photos with the defaults and `--workers` workers on
 a local Ray started beforehand (its start-up not counted), and the face_recognition loop of
@@ -134,6 +140,96 @@ def equality(before, after) -> None:
           f"max L2 {np.linalg.norm(emb_b - emb_a, axis=1).max():.3g}")
 
 
+def macs(net, x) -> int:
+    """Multiply-adds of one forward pass of a torch network (convolutions and linear layers)."""
+    import torch
+
+    total = 0
+
+    def count(m, _, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            total += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.Linear):
+            total += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(count) for m in net.modules()]
+    with torch.inference_mode():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return total
+
+
+def floor(paths: list[Path]) -> None:
+    """Print each piece's CPU ms on `paths` and the networks' GFLOP/s (see --floor above)."""
+    from facejob.indexing.pipeline import setup_process
+
+    setup_process(1)
+    import hashlib
+
+    import torch
+
+    from facejob.config import ModelConfig
+    from facejob.face import quality
+    from facejob.face.dlibport.resnet import load_resnet
+    from facejob.face.retinaface import load_retinaface
+    from facejob.image import decode, phash
+    from facejob.indexing.pipeline import FaceModel
+
+    model = FaceModel(ModelConfig())
+    setup_process(1)
+    data = [p.read_bytes() for p in paths]
+    images = [decode.open_photo(d, 10**8).level(1.0).pixels for d in data]
+    boxes = model.detector.detect(images, 1)
+    points = [model.aligner.landmarks(im, b) for im, b in zip(images, boxes)]
+    chips = np.concatenate([model.aligner.chips(im, p) for im, p in zip(images, points)])
+    n, nf = len(images), len(chips)
+    if not nf:
+        print("no faces on these photos: nothing to time")
+        return
+
+    def cpu(fn) -> float:
+        best = float("inf")
+        for _ in range(5):
+            t = time.thread_time()
+            fn()
+            best = min(best, time.thread_time() - t)
+        return best * 1e3
+
+    hw = {im.shape[:2] for im in images}
+    det_in = np.zeros((8, 3, 256, 256), np.float32) if hw == {(250, 250)} else None
+    emb_in = chips[:32].transpose(0, 3, 1, 2).astype(np.float32)
+    det_macs = macs(load_retinaface(), torch.zeros(1, 3, 256, 256))
+    emb_macs = macs(load_resnet(), torch.zeros(1, 3, 150, 150))
+    print(f"\nCPU ms (this thread, best of 5) on {n} LFW photos, {nf} faces; {load()}")
+    rows = [
+        ("sha256", cpu(lambda: [hashlib.sha256(d).hexdigest() for d in data]) / n, "photo"),
+        ("decode (header + pixels)", cpu(lambda: [decode.open_photo(d, 10**8).level(1.0) for d in data]) / n, "photo"),
+        ("pHash", cpu(lambda: [phash.phash(im) for im in images]) / n, "photo"),
+        ("detect (RetinaFace, 8 per pass)", cpu(lambda: [model.detector.detect(images[i:i + 8], 1)
+                                                        for i in range(0, n, 8)]) / n, "photo"),
+        ("dlib 5-point predictor", cpu(lambda: [model.aligner.landmarks(im, b) for im, b in zip(images, boxes)]) / nf,
+         "face"),
+        ("chip (bit-exact port)", cpu(lambda: [model.aligner.chips(im, p) for im, p in zip(images, points)]) / nf,
+         "face"),
+        ("sharpness", cpu(lambda: quality.sharpness(chips)) / nf, "face"),
+        ("embed (ResNet, 32 per pass)", cpu(lambda: model.embed(chips[:32])) / 32, "face"),
+    ]
+    for name, ms, per in rows:
+        print(f"  {name:<34} {ms:6.3f} ms per {per}")
+    session = getattr(model.detector, "_session", None)
+    if det_in is not None and session is not None:
+        ms = cpu(lambda: session.run(None, {"input": det_in})) / 8
+        print(f"  RetinaFace network alone (256x256): {ms:.2f} ms per photo, {det_macs / 1e6:.0f} M multiply-adds: "
+              f"{2 * det_macs / ms / 1e6:.0f} GFLOP/s")
+    session = getattr(model.embedder, "_session", None)
+    if session is not None:
+        ms = cpu(lambda: session.run(None, {"chips": emb_in})) / len(emb_in)
+        print(f"  ResNet network alone: {ms:.2f} ms per face, {emb_macs / 1e6:.0f} M multiply-adds: "
+              f"{2 * emb_macs / ms / 1e6:.0f} GFLOP/s")
+
+
 def side_by_side(paths: list[Path], workers: int, rounds: int) -> None:
     import ray
 
@@ -186,11 +282,14 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved side-by-side rounds (medians)")
     ap.add_argument("--no-side-by-side", action="store_true")
+    ap.add_argument("--floor", type=int, default=0, help="LFW photos to time each piece's CPU cost on (0 = none)")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     print(f"{os.cpu_count()} cores; {load()}")
     if args.profile:
         profile(lfw_sample(args.data, args.profile, 0), args.shard, args.repeat, args.save, args.compare)
+    if args.floor:
+        floor(lfw_sample(args.data, args.floor, 3))
     if not args.no_side_by_side:
         side_by_side(lfw_sample(args.data, args.photos, 7), args.workers, args.rounds)
     return 0

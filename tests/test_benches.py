@@ -48,7 +48,7 @@ SLOW = {
     "mmod_equality": (["--upsample", "0", "--data", "{data}/groups/dlib_faces"], None),
     "backends_table": (["--folders", "groups/misc"], None),
     "index_acceptance": (["--out", "{tmp}/out"], None),
-    "stages": (["--profile", "6", "--shard", "3", "--repeat", "1", "--no-side-by-side"], None),
+    "stages": (["--profile", "6", "--shard", "3", "--repeat", "1", "--floor", "8", "--no-side-by-side"], None),
     "gpu_check": (["--device", "cpu", "--limit", "4", "--variants", "fp32"], None),
     "detector_sweep": (["--lfw", "2"], None),
 }

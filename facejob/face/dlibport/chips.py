@@ -449,7 +449,12 @@ def _level_window(crop: np.ndarray, level: int, r0: int, r1: int, c0: int, c1: i
     return x
 
 
-_PIXEL = np.dtype((np.void, 3))  # one RGB pixel, so a gather moves three bytes at once
+def _packed(region: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 → (h, w) 4-byte pixels (r, g, b, 0): a gather then moves a pixel as one
+    machine word, 2-3x faster than a 3-byte void at a time."""
+    out = np.zeros((*region.shape[:2], 4), np.uint8)
+    out[..., :3] = region
+    return out.view(np.uint32)[..., 0]
 
 
 class _BilinearSampler:
@@ -461,37 +466,41 @@ class _BilinearSampler:
 
     def __init__(self, rows: int, cols: int) -> None:
         self.idx = np.empty((rows, cols), np.intp)
-        self.corners = np.empty((4, rows, cols), _PIXEL)
+        self.corners = np.empty((4, rows, cols), np.uint32)
         self.values = np.empty((4, 3, rows, cols))
         self.weight = np.empty((rows, cols))
 
     def __call__(self, src: np.ndarray, origin: tuple[int, int], xs: np.ndarray, ys: np.ndarray,
-                 left: np.ndarray, top: np.ndarray, ok: np.ndarray, out: np.ndarray) -> None:
-        """Sample C-contiguous ``src`` at float64 points ``xs``, ``ys`` into ``out`` (rows,
-        cols, 3) uint8. ``left``/``top`` are the floors of the points, ``ok`` marks those whose
-        2×2 neighbourhood lies in the source (the rest are black); point (x, y) reads ``src``
+                 left: np.ndarray, top: np.ndarray, ok: np.ndarray | None, bounds: tuple[int, int, int, int],
+                 out: np.ndarray) -> None:
+        """Sample ``src`` at float64 points ``xs``, ``ys`` into ``out`` (rows, cols, 3) uint8.
+        ``left``/``top`` are the floors of the points, ``ok`` marks those whose 2×2
+        neighbourhood lies in the source (the rest are black; None: all of them), ``bounds``
+        the least and greatest ``top`` and ``left`` among those; point (x, y) reads ``src``
         pixel (y + origin[1], x + origin[0])."""
-        stride = src.shape[1]
-        pixels = src.reshape(-1).view(_PIXEL)
         lr = xs - left
         tb = ys - top
-        flat = top + origin[1]
-        flat *= stride
-        flat += left
-        flat += origin[0]
-        everywhere = ok.all()
-        if not everywhere:
-            flat[~ok] = 0
+        r0, r1, c0, c1 = bounds
+        # only the pixels this chip reads are packed (the source may be a whole large photo)
+        pixels = _packed(src[r0 + origin[1]:r1 + origin[1] + 2, c0 + origin[0]:c1 + origin[0] + 2])
+        stride = pixels.shape[1]
+        r = top - r0
+        r *= stride
+        r += left
+        r -= c0
+        if ok is not None:
+            r[~ok] = 0
         idx, corners = self.idx, self.corners
-        idx[...] = flat
-        np.take(pixels, idx, out=corners[0])
+        idx[...] = r
+        flat = pixels.reshape(-1)
+        np.take(flat, idx, out=corners[0])
         idx += 1
-        np.take(pixels, idx, out=corners[1])
+        np.take(flat, idx, out=corners[1])
         idx += stride - 1
-        np.take(pixels, idx, out=corners[2])
+        np.take(flat, idx, out=corners[2])
         idx += 1
-        np.take(pixels, idx, out=corners[3])
-        np.copyto(self.values, corners.view(np.uint8).reshape(4, *idx.shape, 3).transpose(0, 3, 1, 2))
+        np.take(flat, idx, out=corners[3])
+        np.copyto(self.values, corners.view(np.uint8).reshape(4, *idx.shape, 4)[..., :3].transpose(0, 3, 1, 2))
         tl, tr, bl, br = self.values
         inv = np.subtract(1, lr, out=self.weight)
         tl *= inv
@@ -507,7 +516,7 @@ class _BilinearSampler:
         # assign_pixel saturates, then truncates: a weighted mean of 0..255 never leaves
         # [0, 256), so truncating alone is the same
         planar = tl.astype(np.uint8)
-        if not everywhere:
+        if ok is not None:
             planar[:, ~ok] = 0
         out[...] = planar.transpose(1, 2, 0)
 
@@ -581,16 +590,23 @@ def extract_image_chips(image: np.ndarray, dets: Sequence[ChipDetails]) -> np.nd
         src_rows, src_cols = crop.shape[:2] if level == -1 else level_shapes[level]
         left = np.floor(xs)
         top = np.floor(ys)
-        ok = (left >= 0) & (top >= 0) & (left < src_cols - 1) & (top < src_rows - 1)
-        if not ok.any():
-            continue  # all black
+        # The map is affine and rounding is monotone, so along every row and every column of
+        # the chip `left` and `top` are monotone: their extremes lie at the four corners. A chip
+        # whose corners read inside the source needs no per-pixel bounds check.
+        corners = ([0, 0, -1, -1], [0, -1, 0, -1])
+        bounds = (int(top[corners].min()), int(top[corners].max()), int(left[corners].min()), int(left[corners].max()))
+        ok = None
+        if not (bounds[0] >= 0 and bounds[2] >= 0 and bounds[1] < src_rows - 1 and bounds[3] < src_cols - 1):
+            ok = (left >= 0) & (top >= 0) & (left < src_cols - 1) & (top < src_rows - 1)
+            if not ok.any():
+                continue  # all black
+            bounds = (int(top[ok].min()), int(top[ok].max()), int(left[ok].min()), int(left[ok].max()))
         if level == -1:
-            sample(image, (x0, y0), xs, ys, left, top, ok, chips[i])
+            sample(image, (x0, y0), xs, ys, left, top, ok, bounds, chips[i])
         else:
-            r0, r1 = int(top[ok].min()), int(top[ok].max()) + 1
-            c0, c1 = int(left[ok].min()), int(left[ok].max()) + 1
-            window = _level_window(crop, level, r0, r1, c0, c1)
-            sample(window, (-c0, -r0), xs, ys, left, top, ok, chips[i])
+            r0, r1, c0, c1 = bounds
+            window = _level_window(crop, level, r0, r1 + 1, c0, c1 + 1)
+            sample(window, (-c0, -r0), xs, ys, left, top, ok, bounds, chips[i])
     return chips
 
 
@@ -611,8 +627,14 @@ def chip_sampling(d: ChipDetails, origin: tuple[float, float] = (0.0, 0.0)) -> t
     (tlx, tly), (trx, try_), (blx, bly), _ = _rotated_corners(rect, d.angle)
     # dlib find_affine_transform: Q·pinv(P) with P the chip corners (0,0), (cols-1,0), (0,rows-1)
     (m00, m01, b0), (m10, m11, b1) = _matmul([[tlx, trx, blx], [tly, try_, bly]], _chip_corner_pinv(rows, cols))
-    cc, rr = np.meshgrid(np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64))
-    return level, m00 * cc + m01 * rr + b0, m10 * cc + m11 * rr + b1
+    # m·(c, r) + b per pixel, the products taken once per column and per row (the same
+    # doubles: IEEE addition commutes exactly)
+    cc, rr = np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64)[:, None]
+    xs = m00 * cc + m01 * rr
+    xs += b0
+    ys = m10 * cc + m11 * rr
+    ys += b1
+    return level, xs, ys
 
 
 def chip_corners(d: ChipDetails) -> list[tuple[float, float]]:
