@@ -283,3 +283,34 @@ def test_pool_faces_the_first_models_name_leave_the_pool():
     assert m.info["pool_named_dropped"] == 6 and not np.isin(np.arange(400, 406), fit["pool"]).any()
     assert list(m.predict(x[400:])[0]) == ["A"] * 6
     assert (m.predict(strangers.astype(np.float32))[0] == "unknown").mean() > 0.95
+
+
+def test_cluster_mates_the_labels_do_not_name_are_strangers_not_positives():
+    """A cluster holding a labelled person and look-alikes lends only the mates that models
+    trained on the labels alone name as that person; the others go to the background pool, so
+    the person's SVM learns to reject them (and strangers like them)."""
+    from facejob.reduce import svm
+
+    rng = np.random.default_rng(1)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    centres = unit(rng.normal(size=(3, 128))) * 0.5
+    xl = np.concatenate([c + rng.normal(0, 0.02, (6, 128)) for c in centres]).astype(np.float32)
+    names = [n for n in "ABC" for _ in range(6)]
+    strangers = unit(rng.normal(size=(400, 128))) * 0.5 + rng.normal(0, 0.02, (400, 128))
+    amy = centres[0] + rng.normal(0, 0.02, (6, 128))                        # A's other photos
+    # Someone else who looks like A: 20 photos fell into A's cluster, 30 more are elsewhere.
+    other = centres[0] + unit(rng.normal(size=128)) * 0.6
+    alike = other + rng.normal(0, 0.05, (50, 128))
+    x = np.concatenate([xl, strangers, amy, alike]).astype(np.float32)
+    clusters = np.arange(len(x))
+    clusters[list(range(6)) + list(range(418, 444))] = 0                    # A's labels, photos, look-alikes
+    rows = np.arange(18)
+    m, fit = svm.fit_archive(x, rows, xl, names, clusters, svm.LabelParams(pool_size=1000))
+    assert sorted(fit["extra"].tolist()) == list(range(418, 424))           # A's own photos only
+    assert np.isin(np.arange(424, 444), fit["pool"]).all()                  # the look-alikes are strangers
+    assert list(m.predict(x[418:424])[0]) == ["A"] * 6
+    assert (m.predict(x[424:])[0] == "unknown").all()
+    assert (m.predict(strangers.astype(np.float32))[0] == "unknown").mean() > 0.95

@@ -160,8 +160,21 @@ def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarr
         extra, extra_names = extra[ok], [n for n, k in zip(extra_names, ok) if k]
     pool = background_pool(x, np.concatenate([labelled_rows, extra]), labelled_emb, clusters, params)
     pool = np.union1d(pool, neg)
+    # A cluster can hold look-alikes of a labelled person (on LFW one cluster held Koizumi and
+    # two dozen other men): as extra positives they teach that person's SVM to take strangers,
+    # and being in a labelled cluster they were never negatives either. So the cluster-mates
+    # are vetted by models trained on the curator's labels alone: a mate they do not name as
+    # its cluster's person is no positive, and is a stranger in the pool instead.
+    if len(extra) and len(set(names)) > 1:
+        first = train(labelled_emb, list(names), x[pool], params)
+        s = first.scores(x[extra])
+        own = np.searchsorted(first.classes, extra_names)
+        p = _sigmoid(first.platt[0] * s[np.arange(len(s)), own] + first.platt[1])
+        ok = (s.argmax(1) == own) & (p >= params.threshold)
+        pool = np.union1d(pool, extra[~ok])
+        extra, extra_names = extra[ok], [n for n, k in zip(extra_names, ok) if k]
     xp = np.concatenate([labelled_emb, x[extra]]) if len(extra) else labelled_emb
-    model = train(xp, list(names) + extra_names, x[pool], params)
+    model = train(xp, list(names) + extra_names, x[pool], params, curated=len(labelled_emb))
     # The pool still holds some of the named people's own photos (outside their clusters and
     # not near a labelled face). In a small archive they are a large share of it, and as
     # "strangers" they make the SVMs and their calibration reject more: `unknown` would mean
@@ -171,7 +184,7 @@ def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarr
     cleaned = np.union1d(pool[~named], neg)
     if len(cleaned) < len(pool):
         pool = cleaned
-        model = train(xp, list(names) + extra_names, x[pool], params)
+        model = train(xp, list(names) + extra_names, x[pool], params, curated=len(labelled_emb))
     model.info.update({"extra_positives": len(extra), "curator_negatives": len(neg),
                        "pool_named_dropped": int(named.sum())})
     return model, {"pool": pool, "extra": extra}
@@ -198,28 +211,38 @@ def _fit(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, C: floa
     return coef, icpt
 
 
-def train(xl: np.ndarray, names: list[str], xb: np.ndarray, params: LabelParams = LabelParams()) -> Model:
-    """SVMs for the labelled faces `xl` (names per row) against background faces `xb`."""
+def train(xl: np.ndarray, names: list[str], xb: np.ndarray, params: LabelParams = LabelParams(),
+          curated: int | None = None) -> Model:
+    """SVMs for the labelled faces `xl` (names per row) against background faces `xb`. The
+    first `curated` rows (default all) are the curator's own; the others (cluster-mates) only
+    train, they are never held out to fit the sigmoid."""
     classes = np.array(sorted(set(names)))
     if len(classes) == 0:
         raise LabelsError("no labelled faces to learn from")
     yl = np.searchsorted(classes, np.array(names))
     t0 = time.perf_counter()
-    platt = _calibrate(xl, yl, xb, len(classes), params) if len(classes) > 1 else (1.0, 0.0)
+    platt = _calibrate(xl, yl, xb, len(classes), params, curated) if len(classes) > 1 else (1.0, 0.0)
     coef, icpt = _fit(xl, yl, xb, len(classes), params.C, params.seed)
     info = {"classes": len(classes), "positives": len(xl), "background": len(xb),
             "train_s": round(time.perf_counter() - t0, 2), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return Model(classes, coef, icpt, platt, params, info)
 
 
-def _calibrate(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, params: LabelParams) -> tuple[float, float]:
+def _calibrate(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, params: LabelParams,
+               curated: int | None = None) -> tuple[float, float]:
     """Fit P(top score is right) on a held-out share of the positives and of the pool:
     held-out positives should get their own name, held-out background faces none. Both kinds
-    weigh the same, so 0.5 is where a named face and a stranger are equally likely."""
+    weigh the same, so 0.5 is where a named face and a stranger are equally likely.
+
+    Only the first `curated` positives (the curator's labels) are held out: cluster-mates are
+    the faces most like the labelled ones (that is how they joined the cluster), so a sigmoid
+    fitted on them thinks the person's unseen photos score higher than they do, and names
+    too few of them."""
     rng = np.random.default_rng(params.seed)
     held_l = np.zeros(len(yl), bool)
+    mine = np.arange(len(yl)) < (len(yl) if curated is None else curated)
     for c in range(n_classes):
-        idx = rng.permutation(np.flatnonzero(yl == c))
+        idx = rng.permutation(np.flatnonzero((yl == c) & mine))
         held_l[idx[: int(len(idx) * params.holdout)]] = True   # people with few faces keep them all for training
     held_b = rng.random(len(xb)) < params.holdout
     if not held_l.any() or not held_b.any():
