@@ -132,8 +132,9 @@ class ShardProgress(Protocol):
     def close(self) -> None: ...
 
 
-def _worker_env() -> dict[str, str]:
-    """Settings the workers need from this process (never credentials: workers use their own chain)."""
+def worker_env() -> dict[str, str]:
+    """Settings Ray workers need from this process, for `runtime_env` (never credentials: workers
+    use their own chain). The reducer's Ray edge hands its workers the same."""
     from facejob.io import s3
 
     env = {k: v for k, v in os.environ.items() if k.startswith("FACEJOB_")}
@@ -157,7 +158,7 @@ def _start_ray(run: RunConfig):
     verbose = log.isEnabledFor(logging.DEBUG)
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose,
                                   logging_level=logging.INFO if verbose else logging.ERROR,
-                                  runtime_env={"env_vars": _worker_env()})
+                                  runtime_env={"env_vars": worker_env()})
     address = run.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address:
         ray.init(address=address, **kwargs)

@@ -95,7 +95,11 @@ def start_ray(address: str | None, workers: int):
     a Ray this process already joined (the nightly job's index step) is used as it is."""
     if ray.is_initialized():
         return
-    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    from facejob.indexing.pool import worker_env
+
+    # The workers need this process's settings (the S3 endpoint above all) to read its parts.
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                  runtime_env={"env_vars": worker_env()})
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         try:
