@@ -108,28 +108,31 @@ def main() -> None:
         many, few = args.ratio_parts
         write_catalog(work / "many", args.ratio_photos, many)
         write_catalog(work / "few", args.ratio_photos, few)
-        t_many, t_few = [], []
-        for _ in range(args.repeats):
-            t_many.append(fresh(work / "many", args.ratio_photos)["plan_s"])
-            t_few.append(fresh(work / "few", args.ratio_photos)["plan_s"])
-        ratio = statistics.median(t_many) / statistics.median(t_few)
-        say(f"{args.ratio_photos:,} photos: plan {statistics.median(t_many):.2f} s in {many:,} parts, "
-            f"{statistics.median(t_few):.2f} s in {few:,} (medians of {args.repeats}): ratio {ratio:.2f}")
+
+        def plan_medians() -> tuple[float, float]:
+            """Median plan seconds of the many-part and the few-part catalog, interleaved."""
+            t_many, t_few = [], []
+            for _ in range(args.repeats):
+                t_many.append(fresh(work / "many", args.ratio_photos)["plan_s"])
+                t_few.append(fresh(work / "few", args.ratio_photos)["plan_s"])
+            return statistics.median(t_many), statistics.median(t_few)
+
+        m_many, m_few = plan_medians()
+        ratio = m_many / m_few
+        say(f"{args.ratio_photos:,} photos: plan {m_many:.2f} s in {many:,} parts, "
+            f"{m_few:.2f} s in {few:,} (medians of {args.repeats}): ratio {ratio:.2f}")
         c = compact(str(work / "many"))
         say(f"facejob compact: {c.parts_before:,} parts → {c.parts_after:,} in {c.seconds:.1f} s")
-        t_comp, t_few2 = [], []
-        for _ in range(args.repeats):
-            t_comp.append(fresh(work / "many", args.ratio_photos)["plan_s"])
-            t_few2.append(fresh(work / "few", args.ratio_photos)["plan_s"])
-        ratio_c = statistics.median(t_comp) / statistics.median(t_few2)
-        say(f"after compaction: plan {statistics.median(t_comp):.2f} s in {c.parts_after:,} parts, "
-            f"{statistics.median(t_few2):.2f} s in {few:,}: ratio {ratio_c:.2f}")
+        m_comp, m_few2 = plan_medians()
+        ratio_c = m_comp / m_few2
+        say(f"after compaction: plan {m_comp:.2f} s in {c.parts_after:,} parts, "
+            f"{m_few2:.2f} s in {few:,}: ratio {ratio_c:.2f}")
         print(json.dumps({"photos": args.photos, "parts": args.parts, "plan_s": round(big["plan_s"], 2),
                           "driver_peak_rss_gib": round(big["peak_rss_gib"], 3),
-                          "parts_ratio": round(ratio, 2), "plan_s_many_parts": round(statistics.median(t_many), 2),
+                          "parts_ratio": round(ratio, 2), "plan_s_many_parts": round(m_many, 2),
                           "parts_ratio_compacted": round(ratio_c, 2), "compacted_parts": c.parts_after,
                           "compact_s": round(c.seconds, 2),
-                          "plan_s_few_parts": round(statistics.median(t_few), 2), "cores": os.cpu_count(),
+                          "plan_s_few_parts": round(m_few, 2), "cores": os.cpu_count(),
                           "load_before": round(load0, 1)}))
     finally:
         if not args.work:

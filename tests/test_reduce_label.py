@@ -262,6 +262,19 @@ def test_corrections_name_people_and_take_faces_out(archive, tmp_path):
     assert label(str(out)).labelled == 5
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _three_people(rng: np.random.Generator):
+    """Synthetic descriptors: three people's centres, 6 labelled faces each (names A, B, C), 400 strangers."""
+    centres = _unit(rng.normal(size=(3, 128))) * 0.5
+    xl = np.concatenate([c + rng.normal(0, 0.02, (6, 128)) for c in centres]).astype(np.float32)
+    names = [n for n in "ABC" for _ in range(6)]
+    strangers = _unit(rng.normal(size=(400, 128))) * 0.5 + rng.normal(0, 0.02, (400, 128))
+    return centres, xl, names, strangers
+
+
 def test_pool_faces_the_first_models_name_leave_the_pool():
     """Photos of a named person outside their cluster and not near a labelled face land in the
     background pool; the faces the first models name are taken out and the models retrained, so
@@ -269,15 +282,8 @@ def test_pool_faces_the_first_models_name_leave_the_pool():
     from facejob.reduce import svm
 
     rng = np.random.default_rng(0)
-
-    def unit(v):
-        return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-    centres = unit(rng.normal(size=(3, 128))) * 0.5
-    xl = np.concatenate([c + rng.normal(0, 0.02, (6, 128)) for c in centres]).astype(np.float32)
-    names = [n for n in "ABC" for _ in range(6)]
-    strangers = unit(rng.normal(size=(400, 128))) * 0.5 + rng.normal(0, 0.02, (400, 128))
-    amy_far = centres[0] + unit(rng.normal(size=(6, 128))) * 0.42     # beyond pool_exclude (0.4)
+    centres, xl, names, strangers = _three_people(rng)
+    amy_far = centres[0] + _unit(rng.normal(size=(6, 128))) * 0.42     # beyond pool_exclude (0.4)
     x = np.concatenate([strangers, amy_far]).astype(np.float32)
     m, fit = svm.fit_archive(x, -np.ones(len(xl), np.int64), xl, names, None, svm.LabelParams(pool_size=1000))
     assert m.info["pool_named_dropped"] == 6 and not np.isin(np.arange(400, 406), fit["pool"]).any()
@@ -292,17 +298,10 @@ def test_cluster_mates_the_labels_do_not_name_are_strangers_not_positives():
     from facejob.reduce import svm
 
     rng = np.random.default_rng(1)
-
-    def unit(v):
-        return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-    centres = unit(rng.normal(size=(3, 128))) * 0.5
-    xl = np.concatenate([c + rng.normal(0, 0.02, (6, 128)) for c in centres]).astype(np.float32)
-    names = [n for n in "ABC" for _ in range(6)]
-    strangers = unit(rng.normal(size=(400, 128))) * 0.5 + rng.normal(0, 0.02, (400, 128))
+    centres, xl, names, strangers = _three_people(rng)
     amy = centres[0] + rng.normal(0, 0.02, (6, 128))                        # A's other photos
     # Someone else who looks like A: 20 photos fell into A's cluster, 30 more are elsewhere.
-    other = centres[0] + unit(rng.normal(size=128)) * 0.6
+    other = centres[0] + _unit(rng.normal(size=128)) * 0.6
     alike = other + rng.normal(0, 0.05, (50, 128))
     x = np.concatenate([xl, strangers, amy, alike]).astype(np.float32)
     clusters = np.arange(len(x))
