@@ -3,12 +3,15 @@
     nice -n 5 .venv/bin/python -m bench.catalog_scale [--photos 3000000] [--parts 3000] [--json]
 
 Writes a synthetic output (images/ parts of the IMAGES schema, each with its empty faces part) of
-N photos in --parts parts, and a listing that matches it (the ImageRefs `facejob index` lists),
-then plans in a fresh process, as a run does (plan.read_catalog + plan.make_plan), and prints
-that process's peak RSS (the listing included) and the plan time. Then the same for 100,000
-photos (--ratio-photos) in 10,000 parts and in 10: parts_ratio = plan time with 10,000 / with 10
-(medians of --repeats, interleaved), and again after `facejob compact` of the 10,000 parts:
-parts_ratio_compacted.
+N photos in --parts parts, with the catalog checkpoint the run that wrote them leaves
+(plan.save_checkpoint, once the folders have settled: the next night comes later), and a listing
+that matches it (the ImageRefs `facejob index` lists), then plans in a fresh process, as a run
+does (plan.read_catalog + plan.make_plan), and prints that process's peak RSS (the listing
+included) and the plan time. Then the same for 100,000 photos (--ratio-photos) in 10,000 parts
+and in 10: parts_ratio = plan time with 10,000 / with 10 (medians of --repeats, interleaved);
+parts_ratio_listed, the same when the part folders changed since the checkpoint (the night after
+a run that wrote parts: every part is listed and its version checked, none is read); and
+parts_ratio_compacted after `facejob compact` of the 10,000 parts.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from facejob.indexing import plan as planning
 from facejob.indexing.compact import compact
 from facejob.contract.schema import FACES, IMAGES
 from facejob.io.sources import ImageRef
-from facejob.io.storage import LocalStore, write_parquet
+from facejob.io.storage import SETTLE_S, LocalStore, write_parquet
 
 ROOT = "/archive"
 
@@ -63,6 +66,22 @@ def write_catalog(out: Path, n: int, parts: int) -> None:
         write_parquet(store, planning.IMAGES_DIR + planning.part_name(shard), images)
 
 
+def previous_run(*outs: Path) -> None:
+    """Leave each output as the run that wrote its parts does: with an up-to-date checkpoint,
+    written once the part folders have settled (a night later, as a rerun comes)."""
+    time.sleep(SETTLE_S)
+    for out in outs:
+        planning.save_checkpoint(LocalStore(out))
+
+
+def touch_folders(*outs: Path) -> None:
+    """Change each output's part folders (a file added and removed) without changing a part."""
+    for out in outs:
+        for folder in (planning.IMAGES_DIR, planning.FACES_DIR):
+            (out / folder / ".touched").write_bytes(b"")
+            (out / folder / ".touched").unlink()
+
+
 def measure(out: str, n: int) -> dict:
     """Plan a rerun of listing(n) against `out` (this process: the driver)."""
     listed = planning.listing_table(listing(n))   # as the driver turns list_images' stream into columns
@@ -71,7 +90,8 @@ def measure(out: str, n: int) -> dict:
     plan = planning.make_plan(listed, catalog, [ROOT])
     plan_s = time.perf_counter() - t0
     assert plan.unchanged == n and not plan.todo and not plan.retire, "the listing should match the catalog"
-    return {"plan_s": plan_s, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    return {"plan_s": plan_s, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+            "parts_read": catalog.parts_read}
 
 
 def fresh(out: Path, n: int) -> dict:
@@ -100,14 +120,16 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         write_catalog(work / "big", args.photos, args.parts)
-        say(f"catalog: {args.photos:,} photos in {args.parts:,} parts, written in {time.perf_counter() - t0:.0f} s")
-        load0 = os.getloadavg()[0]
-        big = fresh(work / "big", args.photos)
-        say(f"plan of a rerun, nothing changed: {big['plan_s']:.1f} s, driver peak RSS {big['peak_rss_gib']:.2f} GiB "
-            f"(load before {load0:.1f})")
         many, few = args.ratio_parts
         write_catalog(work / "many", args.ratio_photos, many)
         write_catalog(work / "few", args.ratio_photos, few)
+        previous_run(work / "big", work / "many", work / "few")
+        say(f"catalog: {args.photos:,} photos in {args.parts:,} parts (and {args.ratio_photos:,} photos in {many:,} "
+            f"and in {few:,}), written in {time.perf_counter() - t0:.0f} s")
+        load0 = os.getloadavg()[0]
+        big = fresh(work / "big", args.photos)
+        say(f"plan of a rerun, nothing changed: {big['plan_s']:.1f} s, driver peak RSS {big['peak_rss_gib']:.2f} GiB, "
+            f"{big['parts_read']} parts read (load before {load0:.1f})")
 
         def plan_medians() -> tuple[float, float]:
             """Median plan seconds of the many-part and the few-part catalog, interleaved."""
@@ -121,15 +143,21 @@ def main() -> None:
         ratio = m_many / m_few
         say(f"{args.ratio_photos:,} photos: plan {m_many:.2f} s in {many:,} parts, "
             f"{m_few:.2f} s in {few:,} (medians of {args.repeats}): ratio {ratio:.2f}")
-        c = compact(str(work / "many"))
+        touch_folders(work / "many", work / "few")
+        m_listed, m_few_listed = plan_medians()
+        ratio_l = m_listed / m_few_listed
+        say(f"part folders changed since the checkpoint: plan {m_listed:.2f} s in {many:,} parts, "
+            f"{m_few_listed:.2f} s in {few:,}: ratio {ratio_l:.2f}")
+        c = compact(str(work / "many"))   # which leaves a checkpoint
         say(f"facejob compact: {c.parts_before:,} parts → {c.parts_after:,} in {c.seconds:.1f} s")
         m_comp, m_few2 = plan_medians()
         ratio_c = m_comp / m_few2
         say(f"after compaction: plan {m_comp:.2f} s in {c.parts_after:,} parts, "
             f"{m_few2:.2f} s in {few:,}: ratio {ratio_c:.2f}")
         print(json.dumps({"photos": args.photos, "parts": args.parts, "plan_s": round(big["plan_s"], 2),
-                          "driver_peak_rss_gib": round(big["peak_rss_gib"], 3),
+                          "driver_peak_rss_gib": round(big["peak_rss_gib"], 3), "parts_read": big["parts_read"],
                           "parts_ratio": round(ratio, 2), "plan_s_many_parts": round(m_many, 2),
+                          "parts_ratio_listed": round(ratio_l, 2), "plan_s_many_parts_listed": round(m_listed, 2),
                           "parts_ratio_compacted": round(ratio_c, 2), "compacted_parts": c.parts_after,
                           "compact_s": round(c.seconds, 2),
                           "plan_s_few_parts": round(m_few, 2), "cores": os.cpu_count(),

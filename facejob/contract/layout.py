@@ -5,6 +5,8 @@
     images/part-<shard>.parquet      one row per input photo (written last: the shard's commit)
     faces/part-<shard>.parquet       one row per face
     images|faces/part-merged-<id>.parquet   `facejob compact`: small parts merged (facejob.indexing.compact)
+    catalog.parquet                  the catalog checkpoint: the images parts' planning columns, and which
+                                     part versions they come from (facejob.indexing.checkpoint)
     index/faces.hnsw, ids.parquet, params.json     the reducer's search index
     clusters.parquet, clusters.json, cluster_events.parquet
     labels/labels.parquet, labels/model.npz, labels/model.json
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 RUN_JSON, MODEL_JSON = "run.json", "model.json"
 IMAGES_DIR, FACES_DIR, QUARANTINE_DIR = "images/", "faces/", "quarantine/"
+CATALOG = "catalog.parquet"
 LOCK = ".facejob.lock"   # a dot name: store listings and Parquet datasets skip it
 
 INDEX_FILE, IDS_FILE, PARAMS_FILE = "index/faces.hnsw", "index/ids.parquet", "index/params.json"
@@ -34,6 +37,7 @@ REPORT_DIR = "report"
 
 MERGED = "merged-"              # shard ids of compacted parts start with this (index shards are hex)
 SUPERSEDES = b"facejob.supersedes"   # a merged images part's footer key: the shards it replaces (JSON list)
+CATALOG_PARTS = b"facejob.catalog"   # catalog.parquet's footer key: {"format", "parts": [[shard, version], ...]}
 
 
 def part_name(shard: str) -> str:

@@ -24,6 +24,17 @@ IMAGES = pa.schema([
 ])
 
 
+# layout.CATALOG, the catalog checkpoint: the images parts' rows as planning reads them
+# (IMAGES' columns of these names), `part` indexing the footer's list of parts (layout.CATALOG_PARTS).
+CATALOG = pa.schema([
+    ("uri", pa.string()),
+    ("size", pa.int64()),
+    ("mtime", pa.float64()),
+    ("etag", pa.string()),
+    ("error", pa.string()),
+    ("part", pa.int32()),
+])
+
 
 class Status(str, Enum):
     """The `status` column of images/: what became of one photo."""

@@ -148,4 +148,6 @@ def compact(out: str | Store, config: CompactConfig | None = None) -> CompactSum
     with lock.hold(store, "compact", create=False):
         if not store.list(IMAGES_DIR):
             return CompactSummary()
-        return compact_store(store, config or CompactConfig())
+        summary = compact_store(store, config or CompactConfig())
+        planning.save_checkpoint(store)   # as an index run does after changing parts
+        return summary

@@ -130,7 +130,8 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
     catalog = planning.read_catalog(store)
     plan = planning.make_plan(listed, catalog, planning.source_roots(sources), run.force, listing.unlisted,
                               skipped, retire_excluded=run.allow_retire)
-    del listed
+    quarantined, parts_read = catalog.quarantined, catalog.parts_read
+    del listed, catalog   # the driver's largest tables: gone before the run (save_checkpoint reads its own)
     planning.check_retirement(plan, run.max_retire_share, run.allow_retire)
     planning.retire(store, plan.retire)
     shards: list[planning.Shard] = []
@@ -154,6 +155,9 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
         bar.close()   # the last line, also when shards failed short of the total; stops the clock
     t_run = t_plan + bar.bar.elapsed  # the progress line's clock: it and the summary show one time
     compacted = _compact_if_many(store, run.compact_parts)
+    t_save = time.perf_counter()
+    planning.save_checkpoint(store)   # after every change to the parts: tomorrow's plan reads it, not them
+    t_save = time.perf_counter() - t_save
 
     stage_s: Counter[str] = Counter()
     status: Counter[str] = Counter()
@@ -177,11 +181,12 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
         "faces": sum(s["faces"] for s in done), "shards": len(shards), "failed_shards": len(failed),
         "orphan_parts_removed": orphans, "unlisted": plan.unlisted, "unlisted_folders": len(listing.unlisted),
         "kept_other_extension": plan.excluded,
-        "quarantined_parts": len(catalog.quarantined), "duplicate_rows_removed": plan.duplicates,
+        "quarantined_parts": len(quarantined), "duplicate_rows_removed": plan.duplicates,
+        "catalog_parts_read": parts_read,
         "parts_merged": compacted.parts_before - compacted.parts_after,
     }
     summary.timings = {"list_s": t_list - t0, "plan_s": t_plan - t_list, "process_s": t_run - t_plan,
-                       "compact_s": compacted.seconds,
+                       "compact_s": compacted.seconds, "checkpoint_s": t_save,
                        "total_s": time.perf_counter() - t0,
                        **{f"{k}_worker_s": round(v, 3) for k, v in sorted(stage_s.items())}}
     summary.report = {
@@ -194,7 +199,7 @@ def _index(sources: list[str], store: Store, config: IndexConfig, progress: bool
         # the worst worker's peak resident memory (the bound to size machines by)
         "worker_peak_rss_mb": max((s.get("peak_rss_mb", 0.0) for s in done if s["node"] != "driver"), default=0.0),
         "nodes": dict(nodes), "workers": list(workers.values()), "failed_shards": failed, "skipped_examples": skipped[:20],
-        "unlisted_folders": listing.unlisted[:20], "quarantined": catalog.quarantined,
+        "unlisted_folders": listing.unlisted[:20], "quarantined": quarantined,
     }
     _write_run_json(store, summary.report)
     return summary

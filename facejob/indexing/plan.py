@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 
 from facejob.config import RETIRE_FLOOR
 from facejob.contract.layout import FACES_DIR, IMAGES_DIR, QUARANTINE_DIR, SUPERSEDES, part_name, shard_of
-from facejob.contract.schema import Reason
+from facejob.contract.schema import CATALOG, Reason
+from facejob.indexing import checkpoint
 from facejob.io.sources import ImageRef, SourceError, is_s3, local_path, path_to_uri, uri_to_path
 from facejob.io.storage import (DamagedPart, Store, check_parquet, committed_parts, read_parquet, superseded,
                                 write_parquet)
@@ -81,7 +82,8 @@ class Catalog:
     """Every photo a committed part accounts for, as columns: `table` (uri, size, mtime, etag,
     retry: the last attempt failed for a transient reason, part: index into `shards`). Reading it
     also found `quarantined` (damaged parts moved aside) and `duplicates` (shard → uris also in
-    an earlier part). Iterates over its uris."""
+    an earlier part); `parts_read` parts were read from the store, the others' rows came from
+    the checkpoint. Iterates over its uris."""
 
     SCHEMA = pa.schema([("uri", pa.string()), ("size", pa.int64()), ("mtime", pa.float64()),
                         ("etag", pa.string()), ("retry", pa.bool_()), ("part", pa.int32())])
@@ -91,6 +93,7 @@ class Catalog:
         self.shards = shards or []
         self.quarantined: list[str] = []
         self.duplicates: dict[str, set[str]] = {}
+        self.parts_read = 0
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -99,45 +102,102 @@ class Catalog:
         return iter(self.table.column("uri").to_pylist())
 
 
-def read_catalog(store: Store) -> Catalog:
-    """The catalog of `store`, its parts read in parallel; damaged parts are quarantined on the
-    way (their photos are then simply not catalogued, so the plan redoes them)."""
-    faces = set(store.list(FACES_DIR))
-    rels = committed_parts(store, IMAGES_DIR)
-    shards = [shard_of(rel) for rel in rels]
+@dataclass
+class Gathered:
+    """The committed images parts' rows (schema.CATALOG: `part` indexes `shards`), a photo in
+    two parts in each; `versions`: each shard's images part version (None: quarantined)."""
 
-    def read(rel: str) -> pa.Table | str:
-        """The part, or why it is damaged."""
+    table: pa.Table
+    shards: list[str]
+    versions: list[str | None]
+    quarantined: list[str]
+    parts_read: int
+    changed: bool              # the parts differ from the checkpoint's (or there is none)
+    folders: dict[str, str]    # the checkpoint's folder versions
+    flat: bool = True          # no part lies in a subfolder (whose changes its folder's version misses)
+
+
+PART_FOLDERS = (IMAGES_DIR, FACES_DIR)
+
+
+def gather(store: Store) -> Gathered:
+    """The rows of every committed images part: from the checkpoint for the parts it holds in
+    the version they still have (facejob.indexing.checkpoint), read in parallel for the others;
+    damaged parts are quarantined on the way (their photos are then simply not catalogued, so
+    the plan redoes them). When neither folder of parts has changed since the checkpoint was
+    written (Store.folder_version), it holds every part as it is, and nothing is listed."""
+    saved = checkpoint.load(store)
+    if saved and saved.folders and all(store.folder_version(d) == saved.folders.get(d) for d in PART_FOLDERS):
+        return Gathered(saved.table, [s for s, _ in saved.parts], [v for _, v in saved.parts], [], 0, False,
+                        saved.folders)
+    listed = store.list_versions(IMAGES_DIR)
+    rels = committed_parts(store, IMAGES_DIR, list(listed))
+    shards = [shard_of(rel) for rel in rels]
+    versions: list[str | None] = [listed[rel] for rel in rels]
+    faces = set(store.list(FACES_DIR))
+    flat = all(rel.count("/") == 1 for rels_ in (listed, faces) for rel in rels_)
+    held = {shard: (i, v) for i, (shard, v) in enumerate(saved.parts)} if saved else {}
+    moved = np.full(len(held), -1, np.int32)   # checkpoint part → index in shards (-1: its rows are dropped)
+    todo = []
+    for i, (shard, version) in enumerate(zip(shards, versions)):
+        j, v = held.get(shard, (-1, None))
+        if v == version and FACES_DIR + part_name(shard) in faces:
+            moved[j] = i
+        else:
+            todo.append(i)
+
+    def read(i: int) -> pa.Table | str:
+        """Part i's rows, or why it is damaged."""
         try:
-            t = read_parquet(store, rel, CATALOG_COLUMNS, threads=False)   # parts side by side instead
-            face_rel = FACES_DIR + part_name(shard_of(rel))
+            t = read_parquet(store, rels[i], CATALOG_COLUMNS, threads=False)   # parts side by side instead
+            face_rel = FACES_DIR + part_name(shards[i])
             if face_rel not in faces:
                 raise DamagedPart(f"{face_rel} is missing")
             check_parquet(store, face_rel)
-            return t
+            return t.select(CATALOG_COLUMNS).append_column("part", pa.array(np.full(t.num_rows, i, np.int32)))
         except DamagedPart as e:
             return str(e)
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        parts = list(pool.map(read, rels))
+        parts = list(pool.map(read, todo))
     quarantined: list[str] = []
-    for rel, t in zip(rels, parts):
+    for i, t in zip(todo, parts):
         if isinstance(t, str):
-            quarantined += quarantine(store, shard_of(rel), t)
-    tables = [t.append_column("part", pa.array(np.full(t.num_rows, i, np.int32)))
-              for i, t in enumerate(parts) if not isinstance(t, str)]
+            quarantined += quarantine(store, shards[i], t)
+            versions[i] = None
+    tables = [t for t in parts if not isinstance(t, str)]
     del parts
-    t = pa.concat_tables(tables, promote_options="permissive") if tables else None
-    if t is None or not t.num_rows:
+    kept = saved.table if saved else CATALOG.empty_table()
+    same = saved is not None and not todo and np.array_equal(moved, np.arange(len(moved)))
+    if saved and not same:   # some parts are gone or changed, or the order moved: renumber
+        part = moved[kept.column("part").to_numpy()]
+        kept = _with_part(kept.filter(pa.array(part >= 0)), part[part >= 0])
+    t = pa.concat_tables([kept.cast(CATALOG), *(x.cast(CATALOG) for x in tables)])
+    return Gathered(t, shards, versions, quarantined, len(todo), not same, saved.folders if saved else {}, flat)
+
+
+def _with_part(t: pa.Table, part: np.ndarray) -> pa.Table:
+    """`t` (schema.CATALOG) with its part column replaced by `part`."""
+    return t.set_column(t.schema.get_field_index("part"), "part", pa.array(part, pa.int32()))
+
+
+def read_catalog(store: Store) -> Catalog:
+    """The catalog of `store` (see gather)."""
+    g = gather(store)
+    shards, t = g.shards, g.table
+    if not t.num_rows:
         catalog = Catalog(shards=shards)
-        catalog.quarantined = quarantined
+        catalog.quarantined, catalog.parts_read = g.quarantined, g.parts_read
         return catalog
     t = t.combine_chunks()   # one chunk per column, not one per part: compute on 10,000 chunks is slow
-    # Two runs wrote one photo (a dead driver's last task): the first part read keeps it.
+    # Two runs wrote one photo (a dead driver's last task): the first part in listing order keeps it.
     uri = t.column("uri")
     dup = pc.index_in(uri, value_set=uri).to_numpy() != np.arange(len(uri))
     duplicates: dict[str, set[str]] = {}
-    if dup.any():
+    if dup.any():   # rare: put the rows in part order (the checkpoint's come first) before choosing
+        t = t.take(pa.array(np.argsort(t.column("part").to_numpy(), kind="stable")))
+        uri = t.column("uri")
+        dup = pc.index_in(uri, value_set=uri).to_numpy() != np.arange(len(uri))
         rows = pa.array(np.flatnonzero(dup))
         for u, part in zip(uri.take(rows).to_pylist(), t.column("part").take(rows).to_pylist()):
             duplicates.setdefault(shards[part], set()).add(u)
@@ -149,8 +209,23 @@ def read_catalog(store: Store) -> Catalog:
     cols = {f.name: t.column(f.name).cast(f.type) for f in Catalog.SCHEMA if f.name != "retry"}
     table = pa.table({**cols, "retry": pa.array(retry)}, schema=Catalog.SCHEMA).combine_chunks()
     catalog = Catalog(table, shards)
-    catalog.quarantined, catalog.duplicates = quarantined, duplicates
+    catalog.quarantined, catalog.duplicates, catalog.parts_read = g.quarantined, duplicates, g.parts_read
     return catalog
+
+
+def save_checkpoint(store: Store) -> int:
+    """Bring the catalog checkpoint up to date with the committed parts (a writer, holding the
+    lock, after changing parts); returns the parts read to do so (0: it was up to date)."""
+    folders = {d: store.folder_version(d) for d in PART_FOLDERS}   # before listing: never newer than it
+    g = gather(store)
+    if not (g.flat and all(folders.values())):
+        folders = {}
+    if g.changed or folders != g.folders:
+        parts = [(s, v) for s, v in zip(g.shards, g.versions) if v is not None]
+        index = np.cumsum([v is not None for v in g.versions], dtype=np.int32) - 1   # quarantined parts left out
+        table = _with_part(g.table, index[g.table.column("part").to_numpy()]) if g.table.num_rows else g.table
+        checkpoint.save(store, checkpoint.Checkpoint(table, parts, folders))
+    return g.parts_read
 
 
 def quarantine(store: Store, shard: str, why: str) -> list[str]:

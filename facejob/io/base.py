@@ -4,6 +4,7 @@ relative paths with the definitions here.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -35,3 +36,9 @@ def safe_rel(rel: str) -> str:
     if p.is_absolute() or ".." in p.parts or not p.parts:
         raise ValueError(f"refusing output path outside the output root: {rel!r}")
     return str(p)
+
+
+def digest(*fields) -> str:
+    """A short version string of `fields` (what a listing says of one file): 16 hex digits, as
+    the catalog checkpoint keeps one per part (Store.list_versions)."""
+    return hashlib.blake2b(repr(fields).encode(), digest_size=8).hexdigest()

@@ -31,7 +31,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
-from facejob.io.base import ImageRef, SourceUnavailable, safe_rel
+from facejob.io.base import ImageRef, SourceUnavailable, digest, safe_rel
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
 # Environment that decides where and how workers talk to S3. Credentials are deliberately not
@@ -360,8 +360,16 @@ class S3Store:
 
     def list(self, prefix: str) -> list[str]:
         """Relative paths of the objects under `prefix` (a folder, like LocalStore), sorted."""
+        return sorted(self._objects(prefix))
+
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        """Like `list`, each path with its version (ETag, size and time of the last write, all from
+        the listing itself: no request per object)."""
+        return dict(sorted(self._objects(prefix).items()))
+
+    def _objects(self, prefix: str) -> dict[str, str]:
         base = self.prefix + safe_rel(prefix) + "/"
-        rels = []
+        rels = {}
         for obj in _pages(self.bucket, base):
             rel = obj["Key"][len(self.prefix):]
             if rel.endswith("/") or PurePosixPath(rel).name.startswith("."):
@@ -371,8 +379,12 @@ class S3Store:
             except ValueError:
                 ok = False
             if ok:  # else a key written by something else (e.g. 'a//b', '../x') that no Store path names
-                rels.append(rel)
-        return sorted(rels)
+                rels[rel] = digest(obj.get("ETag"), obj.get("Size"), str(obj.get("LastModified")))
+        return rels
+
+    def folder_version(self, prefix: str) -> None:
+        """None: S3 has no folder whose version would tell that none of its keys changed."""
+        return None
 
     def local_path(self, rel: str = "") -> None:
         return None

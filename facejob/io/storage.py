@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -17,7 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facejob.contract.layout import IMAGES_DIR, MERGED, SUPERSEDES, shard_of
-from facejob.io.base import safe_rel
+from facejob.io.base import digest, safe_rel
+
+
+# Seconds after its last change before a folder's times are trusted to move on the next one:
+# above the coarsest common file time resolution (FAT's 2 s); see LocalStore.folder_version.
+SETTLE_S = 3.0
 
 
 class Store(Protocol):
@@ -30,6 +37,8 @@ class Store(Protocol):
     def read_tail(self, rel: str, n: int) -> bytes: ...
     def write_bytes(self, rel: str, data: bytes) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
+    def list_versions(self, prefix: str) -> dict[str, str]: ...
+    def folder_version(self, prefix: str) -> str | None: ...
     def delete(self, rel: str) -> None: ...
 
     def local_path(self, rel: str = "") -> Path | None:
@@ -98,10 +107,37 @@ class LocalStore:
             raise
 
     def list(self, prefix: str) -> list[str]:
+        return sorted(self._walk(prefix, lambda e: ""))
+
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        """Like `list`, each path with its version: inode, size, mtime and ctime, which change
+        whenever a file is replaced (every write is a rename of a new file) or edited in place."""
+        def version(e: os.DirEntry) -> str:
+            st = e.stat(follow_symlinks=False)
+            return digest(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+        return dict(sorted(self._walk(prefix, version).items()))
+
+    def folder_version(self, prefix: str) -> str | None:
+        """A version of the folder `prefix` that changes whenever a file is added to, removed
+        from or renamed in it (every write here is a rename): its inode and times. Files in its
+        subfolders are not covered. None when it cannot promise that: there is no such folder,
+        or it changed less than SETTLE_S ago (a second change within the file system's clock
+        tick would leave its times as they are)."""
+        try:
+            st = os.stat(self._p(prefix))
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode) or time.time() - max(st.st_mtime, st.st_ctime) < SETTLE_S:
+            return None
+        return digest(st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _walk(self, prefix: str, version) -> dict[str, str]:
+        """Files under `prefix` (dot names skipped) → version(their DirEntry)."""
         base = self._p(prefix)
         if not base.is_dir():
-            return []
-        root, out = len(os.path.join(str(self.path), "")), []
+            return {}
+        root, out = len(os.path.join(str(self.path), "")), {}
 
         def walk(folder: str) -> None:   # os.scandir, not Path.rglob: 5x faster on 10,000s of parts
             with os.scandir(folder) as entries:
@@ -110,10 +146,10 @@ class LocalStore:
                         if not e.is_symlink():   # as rglob: a linked folder is not entered
                             walk(e.path)
                     elif e.is_file() and not e.name.startswith("."):
-                        out.append(e.path[root:].replace(os.sep, "/"))
+                        out[e.path[root:].replace(os.sep, "/")] = version(e)
 
         walk(str(base))
-        return sorted(out)
+        return out
 
     def delete(self, rel: str) -> None:
         self._p(rel).unlink(missing_ok=True)
@@ -217,11 +253,12 @@ def superseded(store: Store, images_rels: list[str]) -> set[str]:
     return out
 
 
-def committed_parts(store: Store, prefix: str) -> list[str]:
+def committed_parts(store: Store, prefix: str, listed: list[str] | None = None) -> list[str]:
     """The committed parts under `prefix` ("images/" or "faces/"), in listing order: a shard
     counts once its images part (written last) exists and no merged part replaces it; a faces
-    part without its images part is a crashed or running shard."""
-    images = [rel for rel in store.list(IMAGES_DIR) if rel.endswith(".parquet")]
+    part without its images part is a crashed or running shard. `listed`: store.list(IMAGES_DIR)
+    when the caller has it already."""
+    images = [rel for rel in (store.list(IMAGES_DIR) if listed is None else listed) if rel.endswith(".parquet")]
     gone = superseded(store, images)
     shards = {shard_of(rel) for rel in images} - gone
     rels = images if prefix == IMAGES_DIR else [rel for rel in store.list(prefix) if rel.endswith(".parquet")]
