@@ -151,7 +151,7 @@ def test_crash_at_every_step_leaves_a_trusted_output(reference, photos, tmp_path
     done = crash_compaction(str(whole), 10**6)
     assert done.returncode == 0, done.stderr
     steps = int(done.stdout.split()[-1])
-    assert steps == 2 * 2 + 2 * 6     # per merged part: 2 writes; per replaced part: 2 deletes
+    assert steps == 2 * 2 + 2 * 6 + 1   # per merged part: 2 writes; per replaced part: 2 deletes; the checkpoint
     reduce(str(whole))
     want_clusters = clusters_by_face(whole)
     for k in range(steps):
