@@ -22,6 +22,13 @@ PUT on S3), so the order of writes is the commit protocol:
   every reader of images/ and faces/ uses); they are deleted last, and the next writer deletes
   any a crash left (plan.remove_orphans) before it changes anything. Rewriting a merged part
   (retire) drops the list, so a later shard of the same name counts.
+- catalog.parquet, the catalog checkpoint (facejob.indexing.checkpoint), is a cache of what
+  planning needs of the images parts, written after the parts change (the end of an index run,
+  compaction). Its footer names the parts it holds with each one's version (Store.list_versions)
+  and the part folders' versions (Store.folder_version): a part is taken from it only while it is
+  committed in that same version, any other committed part is read, and a checkpoint that cannot
+  be read is ignored. So it never needs to be written in step with the parts: a crash before it
+  is written costs the next plan a read of the newer parts, nothing else.
 - model.json is written before the shards; run.json after the run (facejob.indexing.driver).
 - Retiring rows (changed or deleted photos, facejob.indexing.plan.retire) rewrites the parts that
   hold them, faces part first, before new work starts: a photo has its old rows or none.
