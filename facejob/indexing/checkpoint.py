@@ -87,6 +87,6 @@ def save(store: Store, checkpoint: Checkpoint) -> None:
     table = checkpoint.table.select(SCHEMA.names).cast(SCHEMA)
     buf = io.BytesIO()   # the list of parts in the footer only: write_parquet's Arrow schema would hold it twice
     with pq.ParquetWriter(buf, SCHEMA, compression="zstd") as writer:
-        writer.write_table(table)
+        writer.write_table(table, row_group_size=max(table.num_rows, 1))   # one chunk a column when read
         writer.add_key_value_metadata({CATALOG_PARTS: json.dumps(doc).encode()})
     store.write_bytes(CATALOG, buf.getvalue())
