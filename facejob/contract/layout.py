@@ -37,7 +37,7 @@ REPORT_DIR = "report"
 
 MERGED = "merged-"              # shard ids of compacted parts start with this (index shards are hex)
 SUPERSEDES = b"facejob.supersedes"   # a merged images part's footer key: the shards it replaces (JSON list)
-CATALOG_PARTS = b"facejob.catalog"   # catalog.parquet's footer key: {"format", "parts": [[shard, version], ...]}
+CATALOG_PARTS = b"facejob.catalog"   # catalog.parquet's footer key: JSON {format, shards, versions, folders}
 
 
 def part_name(shard: str) -> str:

@@ -29,6 +29,7 @@ from facejob.config import RETIRE_FLOOR
 from facejob.contract.layout import FACES_DIR, IMAGES_DIR, QUARANTINE_DIR, SUPERSEDES, part_name, shard_of
 from facejob.contract.schema import CATALOG, Reason
 from facejob.indexing import checkpoint
+from facejob.io.base import SourceUnavailable
 from facejob.io.sources import ImageRef, SourceError, is_s3, local_path, path_to_uri, uri_to_path
 from facejob.io.storage import (DamagedPart, Store, check_parquet, committed_parts, read_parquet, superseded,
                                 write_parquet)
@@ -224,7 +225,10 @@ def save_checkpoint(store: Store) -> int:
         parts = [(s, v) for s, v in zip(g.shards, g.versions) if v is not None]
         index = np.cumsum([v is not None for v in g.versions], dtype=np.int32) - 1   # quarantined parts left out
         table = _with_part(g.table, index[g.table.column("part").to_numpy()]) if g.table.num_rows else g.table
-        checkpoint.save(store, checkpoint.Checkpoint(table, parts, folders))
+        try:
+            checkpoint.save(store, checkpoint.Checkpoint(table, parts, folders))
+        except (OSError, SourceUnavailable) as e:   # a cache: the parts it would hold are committed
+            log.warning("could not write the catalog checkpoint (%s); the next run reads the parts instead", e)
     return g.parts_read
 
 
