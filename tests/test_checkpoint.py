@@ -34,7 +34,8 @@ def rows(catalog: planning.Catalog) -> tuple[list[tuple], dict[str, set[str]]]:
 def full_read(store) -> planning.Catalog:
     """The catalog read from the parts alone: the checkpoint is moved aside meanwhile."""
     saved = store.read_bytes(CATALOG) if store.exists(CATALOG) else None
-    store.delete(CATALOG)
+    if saved is not None:
+        store.delete(CATALOG)
     try:
         catalog = planning.read_catalog(store)
     finally:
@@ -151,6 +152,14 @@ def test_a_damaged_checkpoint_is_ignored_and_rewritten(tmp_path, damage, monkeyp
     assert "ignoring the catalog checkpoint" in caplog.text
     assert planning.save_checkpoint(store) == 2
     read_checked(store, 0)
+
+
+def test_a_checkpoint_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, caplog):
+    store = LocalStore(tmp_path)
+    _commit(store, "a", refs(3))
+    (tmp_path / CATALOG).mkdir()   # in the way of the rename
+    assert planning.save_checkpoint(store) == 1 and "could not write the catalog checkpoint" in caplog.text
+    read_checked(store, 1)
 
 
 def test_unchanged_part_folders_are_not_even_listed(tmp_path, monkeypatch):
