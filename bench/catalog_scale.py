@@ -90,8 +90,7 @@ def measure(out: str, n: int) -> dict:
     plan = planning.make_plan(listed, catalog, [ROOT])
     plan_s = time.perf_counter() - t0
     assert plan.unchanged == n and not plan.todo and not plan.retire, "the listing should match the catalog"
-    return {"plan_s": plan_s, "peak_rss_gib": peak_rss_gib(),
-            "parts_read": catalog.parts_read}
+    return {"plan_s": plan_s, "peak_rss_gib": peak_rss_gib(), "parts_read": catalog.parts_read}
 
 
 def peak_rss_gib() -> float:

@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = {
     "dedup_scale": (["--photos", "200", "--json"], {"peak_rss_gib", "seconds", "candidates"}),
     "catalog_scale": (["--photos", "2000", "--parts", "20", "--ratio-photos", "1000", "--ratio-parts", "20", "2",
-                       "--repeats", "1", "--json"], {"driver_peak_rss_gib", "plan_s", "parts_ratio", "parts_ratio_compacted"}),
+                       "--repeats", "1", "--json"],
+                      {"driver_peak_rss_gib", "plan_s", "parts_read", "parts_ratio", "parts_ratio_listed",
+                       "parts_ratio_compacted"}),
     "reduce_scale": (["--faces", "200", "--people", "20", "--out", "{tmp}/out", "--json"],
                      {"peak_rss_gib", "recall_at_10", "pairwise_f", "cluster_s"}),
     "reduce_scale --ray": (["--faces", "300", "--people", "30", "--out", "{tmp}/out", "--ray", "--workers", "2",
