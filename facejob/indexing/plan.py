@@ -360,8 +360,9 @@ def make_plan(refs: Iterable[ImageRef] | pa.Table, catalog: Catalog | dict, sour
     same = np.zeros(n, bool)
     retry = np.zeros(n, bool)
     if len(rows):
-        old = cat.take(pa.array(rows))
-        same[found] = _same_version(listed.filter(pa.array(found)), old)
+        version = ["size", "mtime", "etag"]   # not the uris: at archive scale the largest columns, copied for nothing
+        old = cat.select([*version, "retry"]).take(pa.array(rows))
+        same[found] = _same_version(listed.select(version).filter(pa.array(found)), old)
         retry[found] = old.column("retry").to_numpy(zero_copy_only=False)
     unchanged = found & same & ~retry & (not force)
     plan.new = int((~found).sum())
