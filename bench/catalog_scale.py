@@ -11,7 +11,7 @@ included) and the plan time. Then the same for 100,000 photos (--ratio-photos) i
 and in 10: parts_ratio = plan time with 10,000 / with 10 (medians of --repeats, interleaved);
 parts_ratio_listed, the same when the part folders changed since the checkpoint (the night after
 a run that wrote parts: every part is listed and its version checked, none is read); and
-parts_ratio_compacted after `facejob compact` of the 10,000 parts.
+parts_ratio_compacted after `facejob compact` of the 10,000 parts (and a run since).
 """
 from __future__ import annotations
 
@@ -160,8 +160,9 @@ def main() -> None:
         ratio_l = m_listed / m_few_listed
         say(f"part folders changed since the checkpoint: plan {m_listed:.2f} s in {many:,} parts, "
             f"{m_few_listed:.2f} s in {few:,}: ratio {ratio_l:.2f}")
-        c = compact(str(work / "many"))   # which leaves a checkpoint
+        c = compact(str(work / "many"))
         say(f"facejob compact: {c.parts_before:,} parts → {c.parts_after:,} in {c.seconds:.1f} s")
+        previous_run(work / "many", work / "few")   # the next night: both checkpoints up to date again
         m_comp, m_few2 = plan_medians()
         ratio_c = m_comp / m_few2
         say(f"after compaction: plan {m_comp:.2f} s in {c.parts_after:,} parts, "
