@@ -1,5 +1,5 @@
 """The `facejob index` driver: list → plan → retire → save OUT/model.json → run the shards on
-the Ray pool (pool.py) → progress → run.json.
+the Ray pool (pool.py) → progress → the catalog checkpoint → run.json.
 """
 from __future__ import annotations
 
