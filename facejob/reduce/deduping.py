@@ -2,9 +2,11 @@
 candidates come from the search index (photos with near faces) and the perceptual hashes
 (photos without faces); the checks are facejob.reduce.duplicates.
 
-Incremental: the near faces of every face (OUT/dedup/near_faces.parquet) and the pixel verdicts
-of checked pairs (OUT/dedup/checked.parquet) are kept, so a rerun queries the index only for
-faces new since the last one and decodes only pairs it has not judged. Both relations are
+Incremental: the near faces of every face (OUT/dedup/near_faces.parquet), the pixel verdicts
+of checked pairs (OUT/dedup/checked.parquet) and the photos that could not be read
+(OUT/dedup/unreadable.parquet) are kept, so a rerun queries the index only for
+faces new since the last one, decodes only pairs it has not judged and does not try again a photo
+it could not read while that path holds the same content (sha256). Both relations are
 symmetric facts about pairs (near: within NEAR_MAX_DIST among a face's k nearest; verdict: a
 function of the two photos' bytes), so the union of saved and new equals what a from-scratch
 run finds (exactly so under exact search, when no face has more than k near faces).
@@ -20,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.contract.layout import DEDUP_CHECKED, DEDUP_NEAR, DUPLICATES, RUN_JSON
+from facejob.contract.layout import DEDUP_CHECKED, DEDUP_NEAR, DEDUP_UNREADABLE, DUPLICATES, RUN_JSON
 from facejob.io.lock import writes_output
 from facejob.io.storage import Store, write_parquet
 from facejob.io.storage import open_store as _store
@@ -44,6 +46,8 @@ class DedupSummary:
     faceless_candidates: int = 0  # photo pairs without faces (similar perceptual hash) compared
     queried: int = 0         # faces whose near faces were searched tonight (new since the last run)
     decoded: int = 0         # pairs whose pixels were compared tonight (the rest: verdicts kept)
+    unreadable: int = 0      # photos in a candidate pair that cannot be read (their pairs are not judged)
+    unreadable_known: int = 0  # of those, found unreadable by an earlier run and not tried again
 
 
 K_NEAR = 8                 # near faces looked for per face (a burst of one shot rarely has more copies)
@@ -71,7 +75,7 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     from facejob.config import DEFAULT_MAX_PIXELS, load_run_config
 
     max_pixels = load_run_config(store).max_pixels if store.exists(RUN_JSON) else DEFAULT_MAX_PIXELS
-    load = _picture_loader(first, max_pixels)
+    load = _PictureLoader(store, first, max_pixels)
     size_of = lambda sha: first[sha][1]  # noqa: E731
     faceless = _faceless_candidates(images)
     pairs = [(names[a].as_py(), names[b].as_py(), float(d), float(sc), st)
@@ -87,16 +91,21 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     todo = ([(x, y, d, near_check(x, y, d, sc, st)) for x, y, d, sc, st in pairs]
             + [(x, y, 0.0, faceless_check(x, y)) for x, y in faceless])
     near, decoded = _judge(store, todo, max_pixels, load)
+    load.save()
     table = dd.groups_table(images, near)
     write_parquet(store, DUPLICATES, table)
     groups = pc.count_distinct(table.column("group")).as_py() if table.num_rows else 0
     ident_groups = len(set(table.filter(pc.equal(table.column("kind"), "identical")).column("group").to_pylist()))
     s = DedupSummary(photos=images.num_rows, groups=groups, identical_groups=ident_groups,
                      near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=len(key),
-                     faceless_candidates=len(faceless), queried=queried, decoded=decoded)
+                     faceless_candidates=len(faceless), queried=queried, decoded=decoded,
+                     unreadable=len(load.unreadable), unreadable_known=load.known)
     log.info("dedup: %d groups (%d identical, %d near), %d duplicate photos; %d pairs with faces and %d "
              "without compared (%d faces searched, %d pairs decoded tonight)", s.groups, s.identical_groups,
              s.near_groups, s.duplicates, s.candidates, s.faceless_candidates, s.queried, s.decoded)
+    if s.unreadable_known:
+        log.info("dedup: %d photos found unreadable by an earlier run were not tried again (they are when their "
+                 "content changes; delete %s to try them all)", s.unreadable_known, DEDUP_UNREADABLE)
     return s
 
 
@@ -214,23 +223,57 @@ def _face_table(faces: Faces, lm: np.ndarray, code: np.ndarray, n_contents: int)
     return dd.FaceTable(faces.embeddings[rows], lm[rows], _boxes(faces)[rows], start, count)
 
 
-def _picture_loader(first: dict[str, tuple[str, tuple[int, int]]], max_pixels: int):
-    """sha256 -> its photo (one path holding those bytes) as a reduced grey Picture, cached; a photo
-    that cannot be read is tried once per run (not once per pair it is in)."""
-    from facejob.io.sources import read_bytes
+UNREADABLE_SCHEMA = pa.schema([("sha256", pa.string()), ("uri", pa.string()), ("error", pa.string())])
 
-    unreadable: set[str] = set()
 
-    @functools.lru_cache(maxsize=64)
-    def cached(sha: str) -> dd.Picture | None:
-        uri, size = first[sha]
+class _PictureLoader:
+    """sha256 -> its photo (one path holding those bytes) as a reduced grey Picture, cached, or None
+    when it cannot be read. A photo that cannot be read is tried once per run (not once per pair it
+    is in), and not again by later runs while the same path holds the same content: the verdict is
+    kept in OUT/dedup/unreadable.parquet. A transient failure (SourceUnavailable: S3 kept failing) is
+    not kept."""
+
+    def __init__(self, store: Store, first: dict[str, tuple[str, tuple[int, int]]], max_pixels: int):
+        self.store, self.first, self.max_pixels = store, first, max_pixels
+        self.key = saved.digest("unreadable", 1, max_pixels)
+        old = saved.read(store, DEDUP_UNREADABLE, self.key)
+        rows = [] if old is None else old.to_pylist()
+        # sha -> (uri, error): kept only while that content is still read from that path
+        self.unreadable = {r["sha256"]: (r["uri"], r["error"]) for r in rows
+                           if r["sha256"] in first and first[r["sha256"]][0] == r["uri"]}
+        self.known = 0          # of the kept verdicts, how many were needed tonight
+        self._kept = set(self.unreadable)
+        self._changed = len(self.unreadable) != len(rows)
+        self.cached = functools.lru_cache(maxsize=64)(self._load)
+
+    def _load(self, sha: str) -> dd.Picture | None:
+        from facejob.io.sources import SourceUnavailable, read_bytes
+
+        uri, size = self.first[sha]
         try:
-            return dd.load_picture(read_bytes(uri), size, max_pixels)
+            return dd.load_picture(read_bytes(uri), size, self.max_pixels)
+        except SourceUnavailable as e:   # may work next time: skipped tonight only
+            log.warning("dedup: cannot read %s now (%s); its near-duplicate check is skipped", uri, e)
+            self.unreadable[sha] = (uri, None)
         except Exception as e:  # a photo gone or unreadable since indexing: skip its pairs
             log.warning("dedup: cannot read %s (%s); its near-duplicate check is skipped", uri, e)
-            unreadable.add(sha)
-            return None
+            self.unreadable[sha] = (uri, f"{type(e).__name__}: {e}")
+            self._changed = True
+        return None
 
-    def load(sha: str) -> dd.Picture | None:
-        return None if sha in unreadable else cached(sha)
-    return load
+    def __call__(self, sha: str) -> dd.Picture | None:
+        if sha in self.unreadable:
+            if sha in self._kept:
+                self._kept.discard(sha)
+                self.known += 1
+            return None
+        return self.cached(sha)
+
+    def save(self) -> None:
+        """Keep tonight's verdicts for the next run (rewritten only when they changed)."""
+        if not self._changed and self.store.exists(DEDUP_UNREADABLE):
+            return
+        rows = sorted((sha, uri, err) for sha, (uri, err) in self.unreadable.items() if err is not None)
+        table = pa.table([pa.array(c, pa.string()) for c in zip(*rows)] if rows else
+                         [pa.array([], pa.string())] * 3, schema=UNREADABLE_SCHEMA)
+        saved.write(self.store, DEDUP_UNREADABLE, table, self.key)
