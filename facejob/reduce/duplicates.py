@@ -320,69 +320,77 @@ def phash_candidates(sha, hashes: np.ndarray, faceless: np.ndarray, max_bits: in
         return ContentPairs(names, empty, empty)
     plans = [block_plan(w, max_bits) for w in ([width] if width else range(4, 17))]
     plan = min(plans, key=lambda p: _plan_cost(p, n, nf))
-    hx = np.append(h, np.uint64(0))    # row n: padding, never kept (see _block_pairs)
     found = []
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         for k, b in enumerate(plan):
             if b.t >= 0:
-                found += _block_pairs(pool, hx, nf, c, n_names, b, plan[:k], max_bits)
+                found += _block_pairs(pool, h, nf, c, n_names, b, plan[:k], max_bits)
     keys = np.unique(np.concatenate([empty, *found]))
     return ContentPairs(names, (keys // n_names).astype(np.int32), (keys % n_names).astype(np.int32))
 
 
-def _block_pairs(pool: ThreadPoolExecutor, hx: np.ndarray, nf: int, c: np.ndarray, n_names: int, b: Block,
+def _block_pairs(pool: ThreadPoolExecutor, h: np.ndarray, nf: int, c: np.ndarray, n_names: int, b: Block,
                  earlier: list[Block], max_bits: int) -> list[np.ndarray]:
-    """Content pair keys of the row pairs (i, j), j faceless (j < nf), whose hashes hx differ in at
-    most max_bits bits, in at most b.t bits in block b and in more than t in every `earlier` block.
+    """Content pair keys of the row pairs (i, j), j faceless (j < nf) and i > j, whose hashes h
+    differ in at most max_bits bits, in at most b.t bits in block b and in more than t in every
+    `earlier` block.
 
     Rows are grouped by their block value u (a bucket); a bucket's columns are the faceless rows
-    of the buckets u ^ x for every x of b.ball(). Buckets with about as many rows are padded to
-    one size and compared in one step of about PHASH_BATCH pairs and lookups."""
-    n = len(hx) - 1
-    key = b.of(hx[:n])
+    of the buckets u ^ x for every x of b.ball(), listed flat. A step takes buckets with about as
+    many rows (about PHASH_BATCH pairs and lookups) and compares each bucket's rows with its
+    columns at once, or, when there are more buckets than rows, the k-th row of every bucket with
+    its bucket's columns in one pass per k."""
+    n = len(h)
+    key = b.of(h)
     rows = np.argsort(key, kind="stable")
     rk = key[rows]
-    bounds = np.flatnonzero(np.r_[True, rk[1:] != rk[:-1], True]) if n else np.zeros(1, np.int64)
+    bounds = np.flatnonzero(np.r_[True, rk[1:] != rk[:-1], True])
     u, r0, nr = rk[bounds[:-1]], bounds[:-1], np.diff(bounds)
-    cols = np.argsort(key[:nf], kind="stable")       # faceless rows, by block value
+    hr = h[rows]                                      # row hashes, bucket by bucket
+    cols = np.argsort(key[:nf], kind="stable")        # faceless rows, by block value
+    hc = h[cols]
     cstart = np.searchsorted(key[:nf][cols], np.arange((1 << b.bits) + 1))
     ball = b.ball()
     ncol = np.zeros(len(u), np.int64)
-    for lo in range(0, len(u), 4096):                # columns per bucket, in steps of bounded memory
+    for lo in range(0, len(u), 4096):                 # columns per bucket, in steps of bounded memory
         x = u[lo:lo + 4096, None] ^ ball
         ncol[lo:lo + 4096] = (cstart[x + 1] - cstart[x]).sum(1)
     live = np.flatnonzero(ncol > 0)
-    live = live[np.lexsort((ncol[live], nr[live]))]    # similar sizes side by side: little padding
-    cum = np.cumsum(nr[live] * ncol[live] + len(ball))  # a step's pairs and bucket lookups
+    live = live[np.argsort(nr[live], kind="stable")]  # a step's buckets by row count (see step)
+    cum = np.cumsum(nr[live] * ncol[live] + len(ball))
     cuts = np.unique(np.searchsorted(cum, np.arange(PHASH_BATCH, cum[-1] if len(cum) else 0, PHASH_BATCH)))
-    steps = [s for s in np.split(live, cuts) if len(s)]
 
     def step(g: np.ndarray) -> np.ndarray:
-        kr, kc = int(nr[g].max()), int(ncol[g].max())
-        off = np.arange(kr)
-        ri = np.where(off < nr[g][:, None], rows[np.minimum(r0[g][:, None] + off, n - 1)], n)   # (G, kr)
-        x = u[g][:, None] ^ ball
-        s, ln = cstart[x].ravel(), (cstart[x + 1] - cstart[x]).ravel()
-        total = int(ln.sum())
-        flat = np.repeat(s - (np.cumsum(ln) - ln), ln) + np.arange(total)
-        grp = np.repeat(np.arange(len(g)), ncol[g])
-        ci = np.full((len(g), kc), n, np.int64)
-        ci[grp, np.arange(total) - np.repeat(np.cumsum(ncol[g]) - ncol[g], ncol[g])] = cols[flat]
-        d = hx[ri][:, :, None] ^ hx[ci][:, None, :]                                              # (G, kr, kc)
-        hit = np.flatnonzero(np.bitwise_count(d) <= max_bits)
-        gi, rest = np.divmod(hit, kr * kc)
-        a, bb = np.divmod(rest, kc)
-        i, j, dd = ri[gi, a], ci[gi, bb], d.ravel()[hit]
-        ok = (i > j) & (i < n)        # a faceless pair is found from both sides: once; padding never
-        ok &= c[np.minimum(i, n - 1)] != c[np.minimum(j, n - 1)]
+        x = (u[g][:, None] ^ ball).ravel()
+        s, ln = cstart[x], cstart[x + 1] - cstart[x]
+        flat = np.repeat(s - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))   # the columns, bucket by bucket
+        colh = hc[flat]
+        co = np.r_[0, np.cumsum(ncol[g])]
+        at_r, at_c = [np.empty(0, np.int64)], [np.empty(0, np.int64)]   # hits: positions in rows, in flat
+        if len(g) <= nr[g[-1]]:      # few buckets of many rows: a bucket's rows x its columns at once
+            for q, v in enumerate(g.tolist()):
+                d = hr[r0[v]:r0[v] + nr[v], None] ^ colh[None, co[q]:co[q + 1]]
+                a, p = np.divmod(np.flatnonzero(np.bitwise_count(d) <= max_bits), ncol[v])
+                at_r.append(r0[v] + a)
+                at_c.append(co[q] + p)
+        else:                        # many buckets of few rows: the k-th row of each bucket at once
+            for k in range(int(nr[g[-1]])):
+                first = int(np.searchsorted(nr[g], k, side="right"))   # the buckets with a k-th row: a suffix
+                d = np.repeat(hr[r0[g[first:]] + k], ncol[g[first:]])
+                np.bitwise_xor(d, colh[co[first]:], out=d)
+                p = co[first] + np.flatnonzero(np.bitwise_count(d) <= max_bits)
+                at_r.append(r0[g[np.searchsorted(co, p, side="right") - 1]] + k)
+                at_c.append(p)
+        r, p = np.concatenate(at_r), np.concatenate(at_c)
+        i, j, d = rows[r], cols[flat[p]], hr[r] ^ colh[p]
+        ok = (i > j) & (c[i] != c[j])   # a pair of faceless rows is found from both: once; one content: never
         for e in earlier:
             if e.t >= 0:
-                ok &= np.bitwise_count(e.of(dd)) > e.t
-        i, j = i[ok], j[ok]
-        ci_, cj_ = c[i], c[j]
-        return np.minimum(ci_, cj_) * n_names + np.maximum(ci_, cj_)
+                ok &= np.bitwise_count(e.of(d)) > e.t
+        ci, cj = c[i[ok]], c[j[ok]]
+        return np.minimum(ci, cj) * n_names + np.maximum(ci, cj)
 
-    return list(pool.map(step, steps))
+    return list(pool.map(step, [s for s in np.split(live, cuts) if len(s)]))
 
 
 def content_codes(sha) -> tuple[np.ndarray, pa.Array]:
