@@ -157,15 +157,16 @@ def test_old_outputs_without_phash_still_dedup(deduped_faceless, tmp_path):
     assert s.faceless_candidates == 0 and s.groups == s.identical_groups == 1
 
 
-def _brute_force_candidates(sha, hashes, faceless, max_bits):
+def _brute_force_candidates(sha, hashes, faceless, max_bits, query=None):
     """The quadratic search phash_candidates replaced (every faceless hash against every hash),
-    kept as the reference it must equal pair for pair."""
+    kept as the reference it must equal pair for pair; with `query`, the pairs with a photo in it."""
     h = np.asarray(hashes, np.int64).view(np.uint64)
+    query = np.ones(len(h), bool) if query is None else query
     out = set()
     for r in np.flatnonzero(faceless):
         for c in np.flatnonzero(np.bitwise_count(h[r] ^ h) <= max_bits):
             a, b = sha[r], sha[c]
-            if a != b:
+            if a != b and (query[r] or query[c]):
                 out.add((a, b) if a < b else (b, a))
     return sorted(out)
 
@@ -203,6 +204,10 @@ def test_phash_candidates_equal_the_brute_force_on_random_hashes(seed, max_bits,
     got = dd.phash_candidates(sha, h, faceless, max_bits, workers=3, width=width)
     assert list(got) == want and len(got) == len(want) and len(want) > 2
     assert list(dd.phash_candidates(sha, h, np.zeros(len(h), bool), max_bits, width=width)) == []
+    query = rng.random(len(h)) < 0.1          # a nightly run: the pairs with a new photo
+    want = _brute_force_candidates(sha, h, faceless, max_bits, query)
+    assert list(dd.phash_candidates(sha, h, faceless, max_bits, workers=2, width=width, query=query)) == want
+    assert 0 < len(want) < len(got)
 
 
 def test_block_plan_covers_every_pair_within_max_bits():

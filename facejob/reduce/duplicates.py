@@ -299,10 +299,12 @@ def _plan_cost(plan: list[Block], n_rows: int, n_cols: int) -> float:
 
 
 def phash_candidates(sha, hashes: np.ndarray, faceless: np.ndarray, max_bits: int = PHASH_MAX,
-                     workers: int | None = None, width: int | None = None) -> ContentPairs:
+                     workers: int | None = None, width: int | None = None,
+                     query: np.ndarray | None = None) -> ContentPairs:
     """Content pairs (sha_a < sha_b), at least one of them without faces (`faceless` mask), whose
-    hashes differ in at most `max_bits` bits. (A copy may have a false-positive face the other
-    lacks, so a faceless photo is compared with every photo.)
+    hashes differ in at most `max_bits` bits; with a `query` mask, only the pairs with a photo in
+    it (a nightly run: the photos new since the last one). (A copy may have a false-positive face
+    the other lacks, so a faceless photo is compared with every photo.)
 
     Exact, by multi-index hashing (Norouzi et al. 2012, with per-block thresholds): the hash is cut
     into blocks of about `width` bits (block_plan; left out: the width of least estimated cost for
@@ -313,48 +315,49 @@ def phash_candidates(sha, hashes: np.ndarray, faceless: np.ndarray, max_bits: in
     pairs: the best, four 16-bit blocks, compares 7 % of all pairs (the full scan: 100 %); memory
     is the buckets, one step's comparisons per thread and the pairs found."""
     codes, names = content_codes(sha)
-    h, fl, c = _distinct_hashes(codes, np.asarray(hashes, np.int64), np.asarray(faceless, bool))
+    q = np.ones(len(codes), bool) if query is None else np.asarray(query, bool)
+    h, fl, c, q = _distinct_hashes(codes, np.asarray(hashes, np.int64), np.asarray(faceless, bool), q)
     n, nf, n_names = len(h), int(fl.sum()), len(names)
     empty = np.empty(0, np.int64)
-    if nf == 0:
-        return ContentPairs(names, empty, empty)
+    # (rows, faceless columns) compared: every row with every faceless one; with a query, the
+    # query's rows with every faceless one, and the others with the query's faceless ones
+    passes = [(np.arange(n), np.arange(nf))] if query is None else \
+        [(np.flatnonzero(q), np.arange(nf)), (np.flatnonzero(~q), np.flatnonzero(q[:nf]))]
     plans = [block_plan(w, max_bits) for w in ([width] if width else range(4, 17))]
-    plan = min(plans, key=lambda p: _plan_cost(p, n, nf))
     found = []
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        for k, b in enumerate(plan):
-            if b.t >= 0:
-                found += _block_pairs(pool, h, nf, c, n_names, b, plan[:k], max_bits)
+        for rows, cols in passes:
+            if len(rows) and len(cols):
+                plan = min(plans, key=lambda p: _plan_cost(p, len(rows), len(cols)))
+                for k, b in enumerate(plan):
+                    if b.t >= 0:
+                        found += _block_pairs(pool, h, rows, cols, c, n_names, b, plan[:k], max_bits)
     keys = np.unique(np.concatenate([empty, *found]))
     return ContentPairs(names, (keys // n_names).astype(np.int32), (keys % n_names).astype(np.int32))
 
 
-def _block_pairs(pool: ThreadPoolExecutor, h: np.ndarray, nf: int, c: np.ndarray, n_names: int, b: Block,
-                 earlier: list[Block], max_bits: int) -> list[np.ndarray]:
-    """Content pair keys of the row pairs (i, j), j faceless (j < nf) and i > j, whose hashes h
-    differ in at most max_bits bits, in at most b.t bits in block b and in more than t in every
-    `earlier` block.
+def _block_pairs(pool: ThreadPoolExecutor, h: np.ndarray, rows: np.ndarray, cols: np.ndarray, c: np.ndarray,
+                 n_names: int, b: Block, earlier: list[Block], max_bits: int) -> list[np.ndarray]:
+    """Content pair keys of the pairs (i, j), i of `rows`, j of `cols` (faceless: faceless rows
+    come first, so j < i unless i is faceless too) and i > j, whose hashes h differ in at most
+    max_bits bits, in at most b.t bits in block b and in more than t in every `earlier` block.
 
     Rows are grouped by their block value u (a bucket); a bucket's columns are the faceless rows
     of the buckets u ^ x for every x of b.ball(), listed flat. A step takes buckets with about as
     many rows (about PHASH_BATCH pairs and lookups) and compares each bucket's rows with its
     columns at once, or, when there are more buckets than rows, the k-th row of every bucket with
     its bucket's columns in one pass per k."""
-    n = len(h)
     key = b.of(h)
-    rows = np.argsort(key, kind="stable")
+    rows = rows[np.argsort(key[rows], kind="stable")]
     rk = key[rows]
     bounds = np.flatnonzero(np.r_[True, rk[1:] != rk[:-1], True])
     u, r0, nr = rk[bounds[:-1]], bounds[:-1], np.diff(bounds)
     hr = h[rows]                                      # row hashes, bucket by bucket
-    cols = np.argsort(key[:nf], kind="stable")        # faceless rows, by block value
+    cols = cols[np.argsort(key[cols], kind="stable")]   # by block value
     hc = h[cols]
-    cstart = np.searchsorted(key[:nf][cols], np.arange((1 << b.bits) + 1))
+    cstart = np.searchsorted(key[cols], np.arange((1 << b.bits) + 1))
     ball = b.ball()
-    ncol = np.zeros(len(u), np.int64)
-    for lo in range(0, len(u), 4096):                 # columns per bucket, in steps of bounded memory
-        x = u[lo:lo + 4096, None] ^ ball
-        ncol[lo:lo + 4096] = (cstart[x + 1] - cstart[x]).sum(1)
+    ncol = _xor_sum(np.diff(cstart), ball)[u]        # columns per bucket
     live = np.flatnonzero(ncol > 0)
     live = live[np.argsort(nr[live], kind="stable")]  # a step's buckets by row count (see step)
     cum = np.cumsum(nr[live] * ncol[live] + len(ball))
@@ -393,6 +396,25 @@ def _block_pairs(pool: ThreadPoolExecutor, h: np.ndarray, nf: int, c: np.ndarray
     return list(pool.map(step, [s for s in np.split(live, cuts) if len(s)]))
 
 
+def _xor_sum(count: np.ndarray, ball: np.ndarray) -> np.ndarray:
+    """For every block value u, the sum of count[u ^ x] over x in `ball`: an XOR convolution, by
+    the Walsh-Hadamard transform (2^bits * bits operations where the direct sum takes
+    2^bits * len(ball); exact: integers below 2^53)."""
+    ind = np.zeros(len(count))
+    ind[ball] = 1.0
+    return np.rint(_wht(_wht(count.astype(np.float64)) * _wht(ind)) / len(count)).astype(np.int64)
+
+
+def _wht(x: np.ndarray) -> np.ndarray:
+    """The (unnormalised) Walsh-Hadamard transform of a vector of length 2^k."""
+    n, h = len(x), 1
+    while h < n:
+        x = x.reshape(-1, 2, h)
+        x = np.stack([x[:, 0] + x[:, 1], x[:, 0] - x[:, 1]], 1)
+        h *= 2
+    return x.reshape(n)
+
+
 def content_codes(sha) -> tuple[np.ndarray, pa.Array]:
     """Per row the rank of its sha256 among the distinct ones, and those (sorted)."""
     arr = sha.combine_chunks() if isinstance(sha, pa.ChunkedArray) else pa.array(sha, pa.string())
@@ -403,16 +425,16 @@ def content_codes(sha) -> tuple[np.ndarray, pa.Array]:
     return rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)], enc.dictionary.take(order)
 
 
-def _distinct_hashes(codes: np.ndarray, hashes: np.ndarray, faceless: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One row per distinct (content, hash), faceless if any of its rows is: (hashes as uint64,
-    faceless, content code), faceless rows first. Identical files are compared once."""
+def _distinct_hashes(codes: np.ndarray, hashes: np.ndarray, faceless: np.ndarray, query: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One row per distinct (content, hash), faceless (in the query) if any of its rows is: (hashes
+    as uint64, faceless, content code, query), faceless rows first. Identical files are compared once."""
     order = np.lexsort((hashes, codes))
     c, h = codes[order], hashes[order]
     start = np.flatnonzero(np.r_[True, (c[1:] != c[:-1]) | (h[1:] != h[:-1])]) if len(c) else np.empty(0, np.int64)
-    fl = np.maximum.reduceat(faceless[order], start) if len(c) else np.empty(0, bool)
+    fl, q = ((np.maximum.reduceat(m[order], start) if len(c) else np.empty(0, bool)) for m in (faceless, query))
     first = np.argsort(~fl, kind="stable")
-    return h[start][first].view(np.uint64), fl[first], c[start][first]
+    return h[start][first].view(np.uint64), fl[first], c[start][first], q[first]
 
 
 def search_alignment(a: Picture, b: Picture, size_a: tuple[int, int], size_b: tuple[int, int]
