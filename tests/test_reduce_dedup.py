@@ -276,3 +276,40 @@ def test_an_unreadable_photo_is_not_tried_again_until_its_content_changes(tmp_pa
     s = dedup(str(out))
     assert (s.unreadable, s.unreadable_known) == (0, 0) and grouped() == {str(src), str(copy), str(other)}
     assert pq.read_table(out / "dedup" / "unreadable.parquet").num_rows == 0
+
+
+def test_nightly_phash_search_equals_a_full_one(tmp_path):
+    """With OUT/dedup/phash.parquet from the last run, only the contents new or changed since (a
+    new hash, a faceless flag that changed) are searched, and the pairs equal a full search's:
+    pairs of removed contents go, pairs of unchanged ones stay."""
+    import pyarrow as pa
+
+    from facejob.io.storage import LocalStore
+    from facejob.reduce import deduping
+
+    rng = np.random.default_rng(7)
+    sha, h = _synthetic_hashes(rng, 3000)
+    status = np.where(rng.random(len(h)) < 0.5, "no_face", "ok")
+
+    def images(keep):
+        return pa.table({"sha256": pa.array([sha[r] for r in keep]), "status": pa.array(status[keep]),
+                         "phash": pa.array(h[keep])})
+
+    def pairs(found):
+        return list(found[0]), found[1]
+
+    store = LocalStore(tmp_path / "out")
+    first = np.arange(2500)
+    full, searched = pairs(deduping._faceless_candidates(images(first), store))
+    assert full == pairs(deduping._faceless_candidates(images(first)))[0] and len(full) > 50
+    assert searched == len(set(sha[r] for r in first))
+    assert pairs(deduping._faceless_candidates(images(first), store)) == (full, 0)     # nothing changed
+
+    gone = rng.choice(2500, 100, replace=False)
+    status[rng.choice(2500, 30, replace=False)] = "ok"          # faceless no more (or still not)
+    h[rng.choice(2500, 30, replace=False)] ^= 1 << 40           # a new hash for the same content
+    night = np.r_[np.setdiff1d(first, gone), np.arange(2500, 3000)]
+    got, searched = pairs(deduping._faceless_candidates(images(night), store))
+    want, everything = pairs(deduping._faceless_candidates(images(night)))
+    assert got == want and 500 <= searched < everything / 2
+    assert pairs(deduping._faceless_candidates(images(night), store)) == (want, 0)
