@@ -167,8 +167,8 @@ def _faceless_candidates(images: pa.Table, store: Store | None = None) -> tuple[
     if old is not None:
         at = pc.index_in(old.column("sha256"), names).to_numpy(zero_copy_only=False)   # code now; NaN: gone
         same = ~np.isnan(at)
-        at = np.where(same, at, 0).astype(np.int64)
-        same &= old.column("sig").to_numpy().view(np.uint64) == sig[at]
+        at = np.where(same, at, -1).astype(np.int64)
+        same[same] = old.column("sig").to_numpy().view(np.uint64)[same] == sig[at[same]]
         dirty[at[same]] = False
         lists = old.column("partners").combine_chunks()
         owner = np.repeat(np.arange(old.num_rows), pc.list_value_length(lists).to_numpy(zero_copy_only=False))
