@@ -48,7 +48,7 @@ class DedupSummary:
     queried: int = 0         # faces whose near faces were searched tonight (new since the last run)
     decoded: int = 0         # pairs whose pixels were compared tonight (the rest: verdicts kept)
     hashed: int = 0          # photo contents whose perceptual hash was searched tonight (new since the last run)
-    unreadable: int = 0      # photos in a candidate pair that cannot be read (their pairs are not judged)
+    unreadable: int = 0      # photos known or found tonight not to be readable (their pairs are not judged)
     unreadable_known: int = 0  # of those, found unreadable by an earlier run and not tried again
 
 
@@ -148,8 +148,8 @@ def _faceless_candidates(images: pa.Table, store: Store | None = None) -> tuple[
     before the phash column have none: their faceless photos are only matched by bytes), and how
     many contents were searched. With a `store`, only the pairs with a content new or changed
     since the last run are searched: OUT/dedup/phash.parquet keeps each content's hashes (as a
-    signature) and the pairs found, and a pair of two unchanged contents is a pair again (the same
-    hashes, the same verdict), so the union equals a search of every pair."""
+    signature) and the pairs found, and two unchanged contents pair tonight exactly when they did
+    then (the same hashes), so the union equals a search of every pair."""
     rows = images.filter(pc.is_valid(images.column("phash")))
     sha = rows.column("sha256")
     hashes = rows.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
