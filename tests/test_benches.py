@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 # script: (arguments at a tiny size, keys its --json line must have or None). "{tmp}" is a scratch
 # folder, "{data}" the shared photos (also FACEJOB_DATA).
 FAST = {
-    "dedup_scale": (["--photos", "200", "--json"], {"peak_rss_gib", "seconds", "candidates"}),
+    "dedup_scale": (["--photos", "200", "--nightly", "--json"], {"peak_rss_gib", "seconds", "candidates", "nightly_s"}),
     "catalog_scale": (["--photos", "2000", "--parts", "20", "--ratio-photos", "1000", "--ratio-parts", "20", "2",
                        "--repeats", "1", "--json"],
                       {"driver_peak_rss_gib", "plan_s", "parts_read", "parts_ratio", "parts_ratio_listed",

@@ -157,15 +157,16 @@ def test_old_outputs_without_phash_still_dedup(deduped_faceless, tmp_path):
     assert s.faceless_candidates == 0 and s.groups == s.identical_groups == 1
 
 
-def _brute_force_candidates(sha, hashes, faceless, max_bits):
+def _brute_force_candidates(sha, hashes, faceless, max_bits, query=None):
     """The quadratic search phash_candidates replaced (every faceless hash against every hash),
-    kept as the reference it must equal pair for pair."""
+    kept as the reference it must equal pair for pair; with `query`, the pairs with a photo in it."""
     h = np.asarray(hashes, np.int64).view(np.uint64)
+    query = np.ones(len(h), bool) if query is None else query
     out = set()
     for r in np.flatnonzero(faceless):
         for c in np.flatnonzero(np.bitwise_count(h[r] ^ h) <= max_bits):
             a, b = sha[r], sha[c]
-            if a != b:
+            if a != b and (query[r] or query[c]):
                 out.add((a, b) if a < b else (b, a))
     return sorted(out)
 
@@ -187,19 +188,40 @@ def _synthetic_hashes(rng, n):
     return sha, h
 
 
-@pytest.mark.parametrize("seed,max_bits", [(0, 16), (1, 16), (2, 0), (3, 8), (4, 24)])
-def test_phash_candidates_equal_the_brute_force_on_random_hashes(seed, max_bits, monkeypatch):
+@pytest.mark.parametrize("seed,max_bits,width", [(0, 16, None), (1, 16, 16), (2, 0, 8), (3, 8, 11), (4, 24, 6),
+                                              (5, 16, 4), (6, 3, 16), (7, 16, 13)])
+def test_phash_candidates_equal_the_brute_force_on_random_hashes(seed, max_bits, width, monkeypatch):
+    """Multi-index search with blocks of several widths (16: sparse buckets at this size, 4: sixteen
+    blocks, 13: five; None: the cheapest), thresholds from 0 (blocks not searched) to 24
+    bits, and small steps (ragged padding)."""
     from facejob.reduce import duplicates as dd
 
-    monkeypatch.setattr(dd, "PHASH_ROWS", 37)     # many blocks, ragged edges, diagonal blocks
-    monkeypatch.setattr(dd, "PHASH_COLS", 101)
+    monkeypatch.setattr(dd, "PHASH_BATCH", 5000)
     rng = np.random.default_rng(seed)
     sha, h = _synthetic_hashes(rng, 1500)
-    faceless = rng.random(len(h)) < [0.5, 0.9, 0.1, 0.5, 0.02][seed]
+    faceless = rng.random(len(h)) < [0.5, 0.9, 0.1, 0.5, 0.02, 1.0, 0.3, 0.5][seed]
     want = _brute_force_candidates(sha, h, faceless, max_bits)
-    got = dd.phash_candidates(sha, h, faceless, max_bits, workers=3)
+    got = dd.phash_candidates(sha, h, faceless, max_bits, workers=3, width=width)
     assert list(got) == want and len(got) == len(want) and len(want) > 2
-    assert list(dd.phash_candidates(sha, h, np.zeros(len(h), bool), max_bits)) == []
+    assert list(dd.phash_candidates(sha, h, np.zeros(len(h), bool), max_bits, width=width)) == []
+    query = rng.random(len(h)) < 0.1          # a nightly run: the pairs with a new photo
+    want = _brute_force_candidates(sha, h, faceless, max_bits, query)
+    assert list(dd.phash_candidates(sha, h, faceless, max_bits, workers=2, width=width, query=query)) == want
+    assert 0 < len(want) < len(got)
+
+
+def test_block_plan_covers_every_pair_within_max_bits():
+    """The pigeonhole the search rests on: the blocks tile the 64 bits, and their thresholds
+    sum(t + 1) = max_bits + 1, so a pair within max_bits is within t of some block."""
+    from facejob.reduce import duplicates as dd
+
+    for width in range(4, 17):
+        for max_bits in (0, 1, 7, 16, 40, 64):
+            plan = dd.block_plan(width, max_bits)
+            assert [b.shift for b in plan] == np.cumsum([0] + [b.bits for b in plan[:-1]]).tolist()
+            assert sum(b.bits for b in plan) == 64 and max(b.bits for b in plan) <= width
+            assert sum(b.t + 1 for b in plan) == max_bits + 1 and min(b.t for b in plan) >= -1
+    assert [(b.bits, b.t) for b in dd.block_plan(16, 16)] == [(16, 4), (16, 3), (16, 3), (16, 3)]
 
 
 def test_phash_candidates_equal_the_brute_force_on_real_hashes(deduped_faceless):
@@ -214,3 +236,80 @@ def test_phash_candidates_equal_the_brute_force_on_real_hashes(deduped_faceless)
                      np.arange(len(h)) % 2 == 0):
         want = _brute_force_candidates(sha, h, faceless, dd.PHASH_MAX)
         assert list(dd.phash_candidates(sha, h, faceless)) == want and len(want) > 12
+
+
+def test_an_unreadable_photo_is_not_tried_again_until_its_content_changes(tmp_path, data_dir, caplog):
+    """A photo damaged after indexing is tried once and its verdict kept (OUT/dedup/unreadable.parquet):
+    the next run does not try it again, even once the file is readable again, while the index holds
+    the same content for that path; when the path holds new content (re-indexed: a new sha256), it
+    is tried again."""
+    from facejob.reduce import dedup
+
+    src = data_dir / FACELESS[0]
+    img = Image.open(src).convert("RGB")
+    d = tmp_path / "photos"
+    d.mkdir()
+    copy, other = d / "q60.jpg", d / "q80.jpg"
+    img.save(copy, quality=60)
+    img.save(other, quality=80)
+    out = tmp_path / "out"
+    make_out(out, [src, copy, other])
+    good = copy.read_bytes()
+
+    def grouped() -> set[str]:
+        return {r["uri"] for g in _groups(out).values() for r in g}
+
+    copy.write_bytes(b"not a photo any more")
+    s = dedup(str(out))
+    assert (s.unreadable, s.unreadable_known) == (1, 0) and grouped() == {str(src), str(other)}
+    kept = pq.read_table(out / "dedup" / "unreadable.parquet").to_pylist()
+    assert [r["uri"] for r in kept] == [str(copy)] and "q60.jpg" in caplog.text
+
+    copy.write_bytes(good)               # readable again, the content the index holds: not tried
+    caplog.clear()
+    s = dedup(str(out))
+    assert (s.unreadable, s.unreadable_known) == (1, 1) and grouped() == {str(src), str(other)}
+    assert "cannot read" not in caplog.text
+
+    img.save(copy, quality=70)           # new content at that path, indexed again: tried, and a copy
+    make_out(out, [src, copy, other])
+    s = dedup(str(out))
+    assert (s.unreadable, s.unreadable_known) == (0, 0) and grouped() == {str(src), str(copy), str(other)}
+    assert pq.read_table(out / "dedup" / "unreadable.parquet").num_rows == 0
+
+
+def test_nightly_phash_search_equals_a_full_one(tmp_path):
+    """With OUT/dedup/phash.parquet from the last run, only the contents new or changed since (a
+    new hash, a faceless flag that changed) are searched, and the pairs equal a full search's:
+    pairs of removed contents go, pairs of unchanged ones stay."""
+    import pyarrow as pa
+
+    from facejob.io.storage import LocalStore
+    from facejob.reduce import deduping
+
+    rng = np.random.default_rng(7)
+    sha, h = _synthetic_hashes(rng, 3000)
+    status = np.where(rng.random(len(h)) < 0.5, "no_face", "ok")
+
+    def images(keep):
+        return pa.table({"sha256": pa.array([sha[r] for r in keep]), "status": pa.array(status[keep]),
+                         "phash": pa.array(h[keep])})
+
+    def pairs(found):
+        return list(found[0]), found[1]
+
+    store = LocalStore(tmp_path / "out")
+    first = np.arange(2500)
+    full, searched = pairs(deduping._faceless_candidates(images(first), store))
+    assert full == pairs(deduping._faceless_candidates(images(first)))[0] and len(full) > 50
+    assert searched == len(set(sha[r] for r in first))
+    assert pairs(deduping._faceless_candidates(images(first), store)) == (full, 0)     # nothing changed
+
+    gone = rng.choice(2500, 100, replace=False)
+    status[rng.choice(2500, 30, replace=False)] = "ok"          # faceless no more (or still not)
+    h[rng.choice(2500, 30, replace=False)] ^= 1 << 40           # a new hash for the same content
+    night = np.r_[np.setdiff1d(first, gone), np.arange(2500, 3000)]
+    got, searched = pairs(deduping._faceless_candidates(images(night), store))
+    want, everything = pairs(deduping._faceless_candidates(images(night)))
+    assert got == want and 500 <= searched < everything / 2
+    assert pairs(deduping._faceless_candidates(images(night), store)) == (want, 0)

@@ -2,9 +2,12 @@
 candidates come from the search index (photos with near faces) and the perceptual hashes
 (photos without faces); the checks are facejob.reduce.duplicates.
 
-Incremental: the near faces of every face (OUT/dedup/near_faces.parquet) and the pixel verdicts
-of checked pairs (OUT/dedup/checked.parquet) are kept, so a rerun queries the index only for
-faces new since the last one and decodes only pairs it has not judged. Both relations are
+Incremental: the near faces of every face (OUT/dedup/near_faces.parquet), the perceptual-hash
+pairs (OUT/dedup/phash.parquet), the pixel verdicts of checked pairs (OUT/dedup/checked.parquet)
+and the photos that could not be read (OUT/dedup/unreadable.parquet) are kept, so a rerun
+searches the index and the hashes only for faces and photos new since the last one, decodes only
+pairs it has not judged and does not try again a photo it could not read while that path holds
+the same content (sha256). The relations are
 symmetric facts about pairs (near: within NEAR_MAX_DIST among a face's k nearest; verdict: a
 function of the two photos' bytes), so the union of saved and new equals what a from-scratch
 run finds (exactly so under exact search, when no face has more than k near faces).
@@ -20,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.contract.layout import DEDUP_CHECKED, DEDUP_NEAR, DUPLICATES, RUN_JSON
+from facejob.contract.layout import DEDUP_CHECKED, DEDUP_NEAR, DEDUP_PHASH, DEDUP_UNREADABLE, DUPLICATES, RUN_JSON
 from facejob.io.lock import writes_output
 from facejob.io.storage import Store, write_parquet
 from facejob.io.storage import open_store as _store
@@ -44,6 +47,9 @@ class DedupSummary:
     faceless_candidates: int = 0  # photo pairs without faces (similar perceptual hash) compared
     queried: int = 0         # faces whose near faces were searched tonight (new since the last run)
     decoded: int = 0         # pairs whose pixels were compared tonight (the rest: verdicts kept)
+    hashed: int = 0          # photo contents whose perceptual hash was searched tonight (new since the last run)
+    unreadable: int = 0      # photos known or found tonight not to be readable (their pairs are not judged)
+    unreadable_known: int = 0  # of those, found unreadable by an earlier run and not tried again
 
 
 K_NEAR = 8                 # near faces looked for per face (a burst of one shot rarely has more copies)
@@ -71,9 +77,9 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     from facejob.config import DEFAULT_MAX_PIXELS, load_run_config
 
     max_pixels = load_run_config(store).max_pixels if store.exists(RUN_JSON) else DEFAULT_MAX_PIXELS
-    load = _picture_loader(first, max_pixels)
+    load = _PictureLoader(store, first, max_pixels)
     size_of = lambda sha: first[sha][1]  # noqa: E731
-    faceless = _faceless_candidates(images)
+    faceless, hashed = _faceless_candidates(images, store)
     pairs = [(names[a].as_py(), names[b].as_py(), float(d), float(sc), st)
              for a, b, d, sc, st in zip(checked.a.tolist(), checked.b.tolist(), checked.dist.tolist(),
                                         checked.scale.tolist(), checked.shift)]
@@ -87,16 +93,22 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     todo = ([(x, y, d, near_check(x, y, d, sc, st)) for x, y, d, sc, st in pairs]
             + [(x, y, 0.0, faceless_check(x, y)) for x, y in faceless])
     near, decoded = _judge(store, todo, max_pixels, load)
+    load.save()
     table = dd.groups_table(images, near)
     write_parquet(store, DUPLICATES, table)
     groups = pc.count_distinct(table.column("group")).as_py() if table.num_rows else 0
     ident_groups = len(set(table.filter(pc.equal(table.column("kind"), "identical")).column("group").to_pylist()))
     s = DedupSummary(photos=images.num_rows, groups=groups, identical_groups=ident_groups,
                      near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=len(key),
-                     faceless_candidates=len(faceless), queried=queried, decoded=decoded)
+                     faceless_candidates=len(faceless), queried=queried, decoded=decoded, hashed=hashed,
+                     unreadable=len(load.unreadable), unreadable_known=load.known)
     log.info("dedup: %d groups (%d identical, %d near), %d duplicate photos; %d pairs with faces and %d "
-             "without compared (%d faces searched, %d pairs decoded tonight)", s.groups, s.identical_groups,
-             s.near_groups, s.duplicates, s.candidates, s.faceless_candidates, s.queried, s.decoded)
+             "without compared (%d faces and %d perceptual hashes searched, %d pairs decoded tonight)", s.groups,
+             s.identical_groups, s.near_groups, s.duplicates, s.candidates, s.faceless_candidates, s.queried,
+             s.hashed, s.decoded)
+    if s.unreadable_known:
+        log.info("dedup: %d photos found unreadable by an earlier run were not tried again (they are when their "
+                 "content changes; delete %s to try them all)", s.unreadable_known, DEDUP_UNREADABLE)
     return s
 
 
@@ -131,14 +143,67 @@ CHECKED_SCHEMA = pa.schema([("sha_a", pa.string()), ("sha_b", pa.string()),
 NEAR_SCHEMA = pa.schema([("face_id", pa.string()), ("near", pa.list_(pa.string()))])
 
 
-def _faceless_candidates(images: pa.Table) -> dd.ContentPairs:
+def _faceless_candidates(images: pa.Table, store: Store | None = None) -> tuple[dd.ContentPairs, int]:
     """Content pairs with a photo without faces whose perceptual hashes are close (outputs indexed
-    before the phash column have none: their faceless photos are only matched by bytes)."""
+    before the phash column have none: their faceless photos are only matched by bytes), and how
+    many contents were searched. With a `store`, only the pairs with a content new or changed
+    since the last run are searched: OUT/dedup/phash.parquet keeps each content's hashes (as a
+    signature) and the pairs found, and two unchanged contents pair tonight exactly when they did
+    then (the same hashes), so the union equals a search of every pair."""
     rows = images.filter(pc.is_valid(images.column("phash")))
     sha = rows.column("sha256")
     hashes = rows.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
     faceless = np.asarray(pc.equal(rows.column("status"), "no_face").to_numpy(zero_copy_only=False), bool)
-    return dd.phash_candidates(sha, hashes, faceless)
+    if store is None:
+        found = dd.phash_candidates(sha, hashes, faceless)
+        return found, len(found.names)
+    codes, names = dd.content_codes(sha)
+    n = len(names)
+    sig = _hash_signatures(codes, hashes, faceless, n)
+    key = saved.digest("phash", PHASH_FORMAT, dd.PHASH_MAX)
+    old = saved.read(store, DEDUP_PHASH, key)
+    dirty = np.ones(n, bool)
+    kept = np.empty(0, np.int64)
+    if old is not None:
+        at = pc.index_in(old.column("sha256"), names).to_numpy(zero_copy_only=False)   # code now; NaN: gone
+        same = ~np.isnan(at)
+        at = np.where(same, at, -1).astype(np.int64)
+        same[same] = old.column("sig").to_numpy().view(np.uint64)[same] == sig[at[same]]
+        dirty[at[same]] = False
+        lists = old.column("partners").combine_chunks()
+        owner = np.repeat(np.arange(old.num_rows), pc.list_value_length(lists).to_numpy(zero_copy_only=False))
+        other = lists.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        ok = same[owner] & same[other]
+        a, b = at[owner[ok]], at[other[ok]]
+        kept = np.minimum(a, b) * n + np.maximum(a, b)
+    searched = int(dirty.sum())
+    new = dd.phash_candidates(sha, hashes, faceless, query=None if dirty.all() else dirty[codes]) if searched \
+        else dd.ContentPairs(names, kept[:0], kept[:0])
+    keys = np.unique(np.concatenate([kept, new.a.astype(np.int64) * n + new.b]))
+    a, b = (keys // n).astype(np.int32), (keys % n).astype(np.int32)
+    if searched or old is None or old.num_rows != n:
+        partners = pa.ListArray.from_arrays(pa.array(np.searchsorted(a, np.arange(n + 1)).astype(np.int32)), pa.array(b))
+        saved.write(store, DEDUP_PHASH, pa.table({"sha256": names, "sig": sig.view(np.int64), "partners": partners},
+                                                  schema=PHASH_SCHEMA), key)
+    return dd.ContentPairs(names, a, b), searched
+
+
+PHASH_FORMAT = 1           # bump when what phash.parquet holds changes
+PHASH_SCHEMA = pa.schema([("sha256", pa.string()),              # every content with a hash, sorted
+                          ("sig", pa.int64()),                   # its hashes and faceless flags, digested
+                          ("partners", pa.list_(pa.int32()))])   # the later rows it pairs with
+
+
+def _hash_signatures(codes: np.ndarray, hashes: np.ndarray, faceless: np.ndarray, n: int) -> np.ndarray:
+    """Per content code, a 64-bit digest of its set of (hash, faceless) rows (splitmix64 of each,
+    summed): equal when the content would be searched with the same hashes."""
+    h, fl, c, _ = dd._distinct_hashes(codes, hashes, faceless, faceless)
+    x = h + fl.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    sig = np.zeros(n, np.uint64)
+    np.add.at(sig, c, x ^ (x >> np.uint64(31)))
+    return sig
 
 
 def _near_faces(store: Store, fi: FaceIndex, faces: Faces, code: np.ndarray, shape: np.ndarray
@@ -214,23 +279,57 @@ def _face_table(faces: Faces, lm: np.ndarray, code: np.ndarray, n_contents: int)
     return dd.FaceTable(faces.embeddings[rows], lm[rows], _boxes(faces)[rows], start, count)
 
 
-def _picture_loader(first: dict[str, tuple[str, tuple[int, int]]], max_pixels: int):
-    """sha256 -> its photo (one path holding those bytes) as a reduced grey Picture, cached; a photo
-    that cannot be read is tried once per run (not once per pair it is in)."""
-    from facejob.io.sources import read_bytes
+UNREADABLE_SCHEMA = pa.schema([("sha256", pa.string()), ("uri", pa.string()), ("error", pa.string())])
 
-    unreadable: set[str] = set()
 
-    @functools.lru_cache(maxsize=64)
-    def cached(sha: str) -> dd.Picture | None:
-        uri, size = first[sha]
+class _PictureLoader:
+    """sha256 -> its photo (one path holding those bytes) as a reduced grey Picture, cached, or None
+    when it cannot be read. A photo that cannot be read is tried once per run (not once per pair it
+    is in), and not again by later runs while the same path holds the same content: the verdict is
+    kept in OUT/dedup/unreadable.parquet. A transient failure (SourceUnavailable: S3 kept failing) is
+    not kept."""
+
+    def __init__(self, store: Store, first: dict[str, tuple[str, tuple[int, int]]], max_pixels: int):
+        self.store, self.first, self.max_pixels = store, first, max_pixels
+        self.key = saved.digest("unreadable", 1, max_pixels)
+        old = saved.read(store, DEDUP_UNREADABLE, self.key)
+        rows = [] if old is None else old.to_pylist()
+        # sha -> (uri, error): kept only while that content is still read from that path
+        self.unreadable = {r["sha256"]: (r["uri"], r["error"]) for r in rows
+                           if r["sha256"] in first and first[r["sha256"]][0] == r["uri"]}
+        self.known = 0          # of the kept verdicts, how many were needed tonight
+        self._kept = set(self.unreadable)
+        self._changed = len(self.unreadable) != len(rows)
+        self.cached = functools.lru_cache(maxsize=64)(self._load)
+
+    def _load(self, sha: str) -> dd.Picture | None:
+        from facejob.io.sources import SourceUnavailable, read_bytes
+
+        uri, size = self.first[sha]
         try:
-            return dd.load_picture(read_bytes(uri), size, max_pixels)
+            return dd.load_picture(read_bytes(uri), size, self.max_pixels)
+        except SourceUnavailable as e:   # may work next time: skipped tonight only
+            log.warning("dedup: cannot read %s now (%s); its near-duplicate check is skipped", uri, e)
+            self.unreadable[sha] = (uri, None)
         except Exception as e:  # a photo gone or unreadable since indexing: skip its pairs
             log.warning("dedup: cannot read %s (%s); its near-duplicate check is skipped", uri, e)
-            unreadable.add(sha)
-            return None
+            self.unreadable[sha] = (uri, f"{type(e).__name__}: {e}")
+            self._changed = True
+        return None
 
-    def load(sha: str) -> dd.Picture | None:
-        return None if sha in unreadable else cached(sha)
-    return load
+    def __call__(self, sha: str) -> dd.Picture | None:
+        if sha in self.unreadable:
+            if sha in self._kept:
+                self._kept.discard(sha)
+                self.known += 1
+            return None
+        return self.cached(sha)
+
+    def save(self) -> None:
+        """Keep tonight's verdicts for the next run (rewritten only when they changed)."""
+        if not self._changed and self.store.exists(DEDUP_UNREADABLE):
+            return
+        rows = sorted((sha, uri, err) for sha, (uri, err) in self.unreadable.items() if err is not None)
+        table = pa.table([pa.array(c, pa.string()) for c in zip(*rows)] if rows else
+                         [pa.array([], pa.string())] * 3, schema=UNREADABLE_SCHEMA)
+        saved.write(self.store, DEDUP_UNREADABLE, table, self.key)

@@ -25,6 +25,7 @@ Of each group, the copy with the most pixels (then most bytes, then first path) 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -241,51 +242,178 @@ class ContentPairs:
             yield self.names[i].as_py(), self.names[j].as_py()
 
 
-PHASH_ROWS = 64          # faceless hashes compared per step ...
-PHASH_COLS = 4096        # ... with this many: 2 MB of XORs, in cache (0.8 ns a pair; 256 x 4096: 0.9)
+PHASH_BATCH = 1 << 19    # hash pairs compared per step (4 MB of XORs: in cache)
+# Rough cost, in ns, of a hash pair compared, a column listed for a row bucket and a bucket looked
+# up (2-core dev box): they only rank plans (block_plan); at 200k photos the ranking's pick, 13-bit
+# blocks, took 5.3 CPU-s against 13.9 for 16-bit ones, at 1M 16-bit ones ~60.
+COST_PAIR, COST_COLUMN, COST_BUCKET = 1.5, 5.0, 3.0
+
+
+@dataclass(frozen=True)
+class Block:
+    """Bits shift .. shift + bits of a hash, and the most of them (t) a pair may differ in to be
+    found through this block (-1: the block is not searched)."""
+
+    shift: int
+    bits: int
+    t: int
+
+    def of(self, h: np.ndarray) -> np.ndarray:
+        return ((h >> np.uint64(self.shift)) & np.uint64((1 << self.bits) - 1)).astype(np.int64)
+
+    def ball(self) -> np.ndarray:
+        """Every XOR of two block values differing in at most t bits."""
+        m = np.arange(1 << self.bits, dtype=np.int64)
+        return m[np.bitwise_count(m) <= self.t]
+
+    def admits(self) -> float:
+        """The share of random pairs whose block differs in at most t bits."""
+        return sum(math.comb(self.bits, k) for k in range(self.t + 1)) / 2 ** self.bits
+
+
+def block_plan(width: int, max_bits: int) -> list[Block]:
+    """The 64 bits in ceil(64 / width) blocks with thresholds t_i, sum(t_i + 1) = max_bits + 1, so
+    that every pair within max_bits differs in at most t_i bits in some block i (if it differed in
+    t_i + 1 or more in every block, it would differ in more than max_bits): the generalised
+    pigeonhole principle of multi-index hashing. Each of the max_bits + 1 units goes to the block
+    where it admits the fewest random pairs (C(bits, t + 1) / 2^bits more)."""
+    m = -(-64 // width)
+    sizes = [64 // m + (i < 64 % m) for i in range(m)]
+    s = [0] * m
+    for _ in range(max_bits + 1):
+        i = min(range(m), key=lambda i: math.comb(sizes[i], s[i]) / 2 ** sizes[i])
+        s[i] += 1
+    shifts = np.cumsum([0, *sizes[:-1]]).tolist()
+    return [Block(sh, b, si - 1) for sh, b, si in zip(shifts, sizes, s)]
+
+
+def _plan_cost(plan: list[Block], n_rows: int, n_cols: int) -> float:
+    """Estimated ns of the search with `plan`: pairs compared, column lists built, buckets looked up."""
+    cost = 0.0
+    for b in plan:
+        if b.t >= 0:
+            v = len(b.ball()) if b.bits <= 16 else b.admits() * 2 ** b.bits
+            groups = min(2 ** b.bits, n_rows)
+            cost += (b.admits() * n_rows * n_cols * COST_PAIR
+                     + groups * v * (COST_BUCKET + COST_COLUMN * n_cols / 2 ** b.bits))
+    return cost
 
 
 def phash_candidates(sha, hashes: np.ndarray, faceless: np.ndarray, max_bits: int = PHASH_MAX,
-                     workers: int | None = None) -> ContentPairs:
+                     workers: int | None = None, width: int | None = None,
+                     query: np.ndarray | None = None) -> ContentPairs:
     """Content pairs (sha_a < sha_b), at least one of them without faces (`faceless` mask), whose
-    hashes differ in at most `max_bits` bits. (A copy may have a false-positive face the other
-    lacks, so a faceless photo is compared with every photo.)
+    hashes differ in at most `max_bits` bits; with a `query` mask, only the pairs with a photo in
+    it (a nightly run: the photos new since the last one). (A copy may have a false-positive face
+    the other lacks, so a faceless photo is compared with every photo.)
 
-    An exact scan: XOR + popcount of each faceless hash against every hash after it (faceless
-    first), in cache-sized blocks on `workers` threads (NumPy releases the GIL), each pair once.
-    No index helps at this radius: 16 of 64 bits is a Hamming ball holding 3.5e-5 of all hashes,
-    and an exact multi-index split (17 chunks, pigeonhole: one equal) lets 75 % of random pairs
-    through, 4 chunks within 4 bits 15 %; a popcount costs about what a lookup does. Memory:
-    the blocks per thread, the distinct hashes and the pairs found."""
+    Exact, by multi-index hashing (Norouzi et al. 2012, with per-block thresholds): the hash is cut
+    into blocks of about `width` bits (block_plan; left out: the width of least estimated cost for
+    these counts, 16 at a million photos). Per block, photos are bucketed by the block's value,
+    and each bucket of photos is compared with the faceless photos of the buckets within the
+    block's threshold, many buckets per vectorised step on `workers` threads. A pair is kept in
+    the first block that admits it (each pair once). At 16 of 64 bits no plan admits few random
+    pairs: the best, four 16-bit blocks, compares 7 % of all pairs (the full scan: 100 %); memory
+    is the buckets, one step's comparisons per thread and the pairs found."""
     codes, names = content_codes(sha)
-    h, fl, c = _distinct_hashes(codes, np.asarray(hashes, np.int64), np.asarray(faceless, bool))
+    q = np.ones(len(codes), bool) if query is None else np.asarray(query, bool)
+    h, fl, c, q = _distinct_hashes(codes, np.asarray(hashes, np.int64), np.asarray(faceless, bool), q)
     n, nf, n_names = len(h), int(fl.sum()), len(names)
     empty = np.empty(0, np.int64)
-    if nf == 0:
-        return ContentPairs(names, empty, empty)
-
-    def block(lo: int) -> np.ndarray:
-        hi = min(lo + PHASH_ROWS, nf)
-        q = h[lo:hi, None]
-        x = np.empty((hi - lo, PHASH_COLS), np.uint64)
-        cnt = np.empty((hi - lo, PHASH_COLS), np.uint8)
-        hit = np.empty((hi - lo, PHASH_COLS), bool)
-        found = []
-        for col in range(lo, n, PHASH_COLS):
-            w = min(PHASH_COLS, n - col)
-            np.bitwise_xor(q, h[None, col:col + w], out=x[:, :w])
-            np.bitwise_count(x[:, :w], out=cnt[:, :w])
-            np.less_equal(cnt[:, :w], max_bits, out=hit[:, :w])
-            i, j = np.divmod(np.flatnonzero(hit[:, :w]), w)   # 3x faster than a 2-D nonzero
-            i, j = lo + i, col + j
-            keep = (j > i) & (c[i] != c[j])   # each pair once (the diagonal block), not one content with itself
-            ci, cj = c[i[keep]], c[j[keep]]
-            found.append(np.minimum(ci, cj) * n_names + np.maximum(ci, cj))
-        return np.unique(np.concatenate(found)) if found else empty
-
+    # (rows, faceless columns) compared: every row with every faceless one; with a query, the
+    # query's rows with every faceless one, and the others with the query's faceless ones
+    passes = [(np.arange(n), np.arange(nf))] if query is None else \
+        [(np.flatnonzero(q), np.arange(nf)), (np.flatnonzero(~q), np.flatnonzero(q[:nf]))]
+    plans = [block_plan(w, max_bits) for w in ([width] if width else range(4, 17))]
+    found = []
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        keys = np.unique(np.concatenate([empty, *pool.map(block, range(0, nf, PHASH_ROWS))]))
+        for rows, cols in passes:
+            if len(rows) and len(cols):
+                plan = min(plans, key=lambda p: _plan_cost(p, len(rows), len(cols)))
+                for k, b in enumerate(plan):
+                    if b.t >= 0:
+                        found += _block_pairs(pool, h, rows, cols, c, n_names, b, plan[:k], max_bits)
+    keys = np.unique(np.concatenate([empty, *found]))
     return ContentPairs(names, (keys // n_names).astype(np.int32), (keys % n_names).astype(np.int32))
+
+
+def _block_pairs(pool: ThreadPoolExecutor, h: np.ndarray, rows: np.ndarray, cols: np.ndarray, c: np.ndarray,
+                 n_names: int, b: Block, earlier: list[Block], max_bits: int) -> list[np.ndarray]:
+    """Content pair keys of the pairs (i, j), i of `rows`, j of `cols` (faceless: faceless rows
+    come first, so j < i unless i is faceless too) and i > j, whose hashes h differ in at most
+    max_bits bits, in at most b.t bits in block b and in more than t in every `earlier` block.
+
+    Rows are grouped by their block value u (a bucket); a bucket's columns are the faceless rows
+    of the buckets u ^ x for every x of b.ball(), listed flat. A step takes buckets with about as
+    many rows (about PHASH_BATCH pairs and lookups) and compares each bucket's rows with its
+    columns at once, or, when there are more buckets than rows, the k-th row of every bucket with
+    its bucket's columns in one pass per k."""
+    key = b.of(h)
+    rows = rows[np.argsort(key[rows], kind="stable")]
+    rk = key[rows]
+    bounds = np.flatnonzero(np.r_[True, rk[1:] != rk[:-1], True])
+    u, r0, nr = rk[bounds[:-1]], bounds[:-1], np.diff(bounds)
+    hr = h[rows]                                      # row hashes, bucket by bucket
+    cols = cols[np.argsort(key[cols], kind="stable")]   # by block value
+    hc = h[cols]
+    cstart = np.searchsorted(key[cols], np.arange((1 << b.bits) + 1))
+    ball = b.ball()
+    ncol = _xor_sum(np.diff(cstart), ball)[u]        # columns per bucket
+    live = np.flatnonzero(ncol > 0)
+    live = live[np.argsort(nr[live], kind="stable")]  # a step's buckets by row count (see step)
+    cum = np.cumsum(nr[live] * ncol[live] + len(ball))
+    cuts = np.unique(np.searchsorted(cum, np.arange(PHASH_BATCH, cum[-1] if len(cum) else 0, PHASH_BATCH)))
+
+    def step(g: np.ndarray) -> np.ndarray:
+        x = (u[g][:, None] ^ ball).ravel()
+        s, ln = cstart[x], cstart[x + 1] - cstart[x]
+        flat = np.repeat(s - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))   # the columns, bucket by bucket
+        colh = hc[flat]
+        co = np.r_[0, np.cumsum(ncol[g])]
+        at_r, at_c = [np.empty(0, np.int64)], [np.empty(0, np.int64)]   # hits: positions in rows, in flat
+        if len(g) <= nr[g[-1]]:      # few buckets of many rows: a bucket's rows x its columns at once
+            for q, v in enumerate(g.tolist()):
+                d = hr[r0[v]:r0[v] + nr[v], None] ^ colh[None, co[q]:co[q + 1]]
+                a, p = np.divmod(np.flatnonzero(np.bitwise_count(d) <= max_bits), ncol[v])
+                at_r.append(r0[v] + a)
+                at_c.append(co[q] + p)
+        else:                        # many buckets of few rows: the k-th row of each bucket at once
+            for k in range(int(nr[g[-1]])):
+                first = int(np.searchsorted(nr[g], k, side="right"))   # the buckets with a k-th row: a suffix
+                d = np.repeat(hr[r0[g[first:]] + k], ncol[g[first:]])
+                np.bitwise_xor(d, colh[co[first]:], out=d)
+                p = co[first] + np.flatnonzero(np.bitwise_count(d) <= max_bits)
+                at_r.append(r0[g[np.searchsorted(co, p, side="right") - 1]] + k)
+                at_c.append(p)
+        r, p = np.concatenate(at_r), np.concatenate(at_c)
+        i, j, d = rows[r], cols[flat[p]], hr[r] ^ colh[p]
+        ok = (i > j) & (c[i] != c[j])   # a pair of faceless rows is found from both: once; one content: never
+        for e in earlier:
+            if e.t >= 0:
+                ok &= np.bitwise_count(e.of(d)) > e.t
+        ci, cj = c[i[ok]], c[j[ok]]
+        return np.minimum(ci, cj) * n_names + np.maximum(ci, cj)
+
+    return list(pool.map(step, [s for s in np.split(live, cuts) if len(s)]))
+
+
+def _xor_sum(count: np.ndarray, ball: np.ndarray) -> np.ndarray:
+    """For every block value u, the sum of count[u ^ x] over x in `ball`: an XOR convolution, by
+    the Walsh-Hadamard transform (2^bits * bits operations where the direct sum takes
+    2^bits * len(ball); exact: integers below 2^53)."""
+    ind = np.zeros(len(count))
+    ind[ball] = 1.0
+    return np.rint(_wht(_wht(count.astype(np.float64)) * _wht(ind)) / len(count)).astype(np.int64)
+
+
+def _wht(x: np.ndarray) -> np.ndarray:
+    """The (unnormalised) Walsh-Hadamard transform of a vector of length 2^k."""
+    n, h = len(x), 1
+    while h < n:
+        x = x.reshape(-1, 2, h)
+        x = np.stack([x[:, 0] + x[:, 1], x[:, 0] - x[:, 1]], 1)
+        h *= 2
+    return x.reshape(n)
 
 
 def content_codes(sha) -> tuple[np.ndarray, pa.Array]:
@@ -298,16 +426,16 @@ def content_codes(sha) -> tuple[np.ndarray, pa.Array]:
     return rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)], enc.dictionary.take(order)
 
 
-def _distinct_hashes(codes: np.ndarray, hashes: np.ndarray, faceless: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One row per distinct (content, hash), faceless if any of its rows is: (hashes as uint64,
-    faceless, content code), faceless rows first. Identical files are compared once."""
+def _distinct_hashes(codes: np.ndarray, hashes: np.ndarray, faceless: np.ndarray, query: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One row per distinct (content, hash), faceless (in the query) if any of its rows is: (hashes
+    as uint64, faceless, content code, query), faceless rows first. Identical files are compared once."""
     order = np.lexsort((hashes, codes))
     c, h = codes[order], hashes[order]
     start = np.flatnonzero(np.r_[True, (c[1:] != c[:-1]) | (h[1:] != h[:-1])]) if len(c) else np.empty(0, np.int64)
-    fl = np.maximum.reduceat(faceless[order], start) if len(c) else np.empty(0, bool)
+    fl, q = ((np.maximum.reduceat(m[order], start) if len(c) else np.empty(0, bool)) for m in (faceless, query))
     first = np.argsort(~fl, kind="stable")
-    return h[start][first].view(np.uint64), fl[first], c[start][first]
+    return h[start][first].view(np.uint64), fl[first], c[start][first], q[first]
 
 
 def search_alignment(a: Picture, b: Picture, size_a: tuple[int, int], size_b: tuple[int, int]
