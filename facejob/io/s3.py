@@ -360,8 +360,12 @@ class S3Store:
 
     def list(self, prefix: str) -> list[str]:
         """Relative paths of the objects under `prefix` (a folder, like LocalStore), sorted."""
+        return sorted(self.versions(prefix))
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        """The objects under `prefix` (as `list`) and their ETags, from the same listing."""
         base = self.prefix + safe_rel(prefix) + "/"
-        rels = []
+        out = {}
         for obj in _pages(self.bucket, base):
             rel = obj["Key"][len(self.prefix):]
             if rel.endswith("/") or PurePosixPath(rel).name.startswith("."):
@@ -371,8 +375,8 @@ class S3Store:
             except ValueError:
                 ok = False
             if ok:  # else a key written by something else (e.g. 'a//b', '../x') that no Store path names
-                rels.append(rel)
-        return sorted(rels)
+                out[rel] = obj.get("ETag", "").strip('"')
+        return out
 
     def local_path(self, rel: str = "") -> None:
         return None

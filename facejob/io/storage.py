@@ -30,6 +30,9 @@ class Store(Protocol):
     def read_tail(self, rel: str, n: int) -> bytes: ...
     def write_bytes(self, rel: str, data: bytes) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
+    def versions(self, prefix: str) -> dict[str, str]:
+        """`list(prefix)` with a token per file that changes whenever the file is rewritten
+        (a long-lived reader's way to tell a rewritten part from the one it read)."""
     def delete(self, rel: str) -> None: ...
 
     def local_path(self, rel: str = "") -> Path | None:
@@ -114,6 +117,16 @@ class LocalStore:
 
         walk(str(base))
         return sorted(out)
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        out = {}
+        for rel in self.list(prefix):
+            try:   # a file replaced by a rename gets a new inode; one rewritten in place a new mtime
+                st = self._p(rel).stat()
+            except FileNotFoundError:
+                continue
+            out[rel] = f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+        return out
 
     def delete(self, rel: str) -> None:
         self._p(rel).unlink(missing_ok=True)
