@@ -162,7 +162,16 @@ class _SearchShard:
         """pid, parts read since start, faces held and live, peak RSS (GiB): what tests and the bench watch."""
         return {"pid": os.getpid(), "reads": self.reads, "faces": len(self.ids),
                 "live": len(self.ids) - int(self.deleted.sum()),
-                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+                "peak_rss_gib": _peak_rss_gib()}
+
+
+def _peak_rss_gib() -> float:
+    """Linux's VmHWM (of this process image: ru_maxrss would start at the forking parent's), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _distinct(face_ids: np.ndarray, lab: np.ndarray, dist: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
