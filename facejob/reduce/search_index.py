@@ -171,14 +171,14 @@ def _query(nearest: Nearest, emb: np.ndarray, k: int, head: lm.Head | None) -> t
 
 
 def _matches(store: Store, rows: pa.Table, dist: np.ndarray) -> list[list[Match]]:
-    rows_ = rows.to_pylist()
-    ids = [r["face_id"] for r in rows_]
+    recs = rows.to_pylist()
+    ids = [r["face_id"] for r in recs]
     cid = _lookup(store, CLUSTERS, ids, ["cluster_id"])
     lab = _lookup(store, PREDICTIONS, ids, ["label", "probability"])
     ms = [Match(r["face_id"], r["uri"], r["face_idx"], (r["left"], r["top"], r["right"], r["bottom"]), float(d),
                 cid.get(r["face_id"], {}).get("cluster_id"), lab.get(r["face_id"], {}).get("label"),
                 lab.get(r["face_id"], {}).get("probability"))
-          for r, d in zip(rows_, dist.reshape(-1))]
+          for r, d in zip(recs, dist.reshape(-1))]
     k = dist.shape[1]
     return [ms[i * k:(i + 1) * k] for i in range(len(dist))]
 

@@ -43,6 +43,7 @@ from .ray_reduce import start_ray
 
 NAMESPACE = "facejob"
 GROW = 1.5            # the hnswlib index grows by this factor when a shard's new parts do not fit
+REBUILD_DEAD = 100_000   # a shard with more deleted rows than this and than live ones starts over
 
 
 def _key(store: Store) -> str:
@@ -88,7 +89,7 @@ class _SearchShard:
             if key in self.parts:              # a part that came back (a listing older than the last)
                 self._mark(key, False)
         dead = int(self.deleted.sum())
-        if dead > max(len(self.deleted) - dead, 100_000):   # mostly dead rows: start over from the live parts
+        if dead > max(len(self.deleted) - dead, REBUILD_DEAD):   # mostly dead rows: start over from the live parts
             self._reset()
         new = sorted(want - self.parts.keys())
         for key in new:
