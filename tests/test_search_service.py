@@ -181,3 +181,19 @@ def test_cli_stop_ends_the_service(fresh, ray_local, capsys):
     assert capsys.readouterr().out == f"no search service of {fresh} was running\n"
     assert main(["search", str(fresh), "--stop"]) == 2                    # --stop needs --address
     assert "--stop needs --address" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_store_versions_tell_a_rewritten_part(where, tmp_path, request):
+    """Store.versions: the files of `list`, each with a token that changes when the file is rewritten."""
+    from facejob.io.storage import open_store
+
+    store = open_store(request.getfixturevalue("s3").uri("out/v") if where == "s3" else tmp_path / "out")
+    store.write_bytes("faces/part-a.parquet", b"one")
+    store.write_bytes("faces/part-b.parquet", b"two")
+    before = store.versions("faces")
+    assert sorted(before) == store.list("faces") == ["faces/part-a.parquet", "faces/part-b.parquet"]
+    store.write_bytes("faces/part-a.parquet", b"one, rewritten")
+    after = store.versions("faces")
+    assert after["faces/part-a.parquet"] != before["faces/part-a.parquet"]
+    assert after["faces/part-b.parquet"] == before["faces/part-b.parquet"]
