@@ -3,6 +3,7 @@
     nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out] [--json]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 1000000 --nightly [--json]
         [--ray [--workers N] [--shards N] [--replicas R] [--probe P]]
+    nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 200000 --people 20000 --part-rows 10000 --service [--json]
 
 Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
 directions (real descriptors are far from isotropic), each photo = centre + noise whose size
@@ -28,6 +29,12 @@ actors built, kNN graph over the shards, clustering in parallel parts), knn_reca
 sharded search against exact search (same 1,000 queries), agreement_f (pairwise F between the
 Ray path's clusters and the single-process ones, at this N; `agreement_f_at_1m` at N = 1M) and
 max_process_peak_rss_gib (the driver and every Ray worker that did reducer work).
+
+--service instead times `facejob search --face-id` in fresh processes, loading OUT/index/ each
+time against asking the search service (facejob/reduce/search_service.py, one shard per
+--workers CPU of a Ray head the bench starts and ends by pid): the service's cold start, warm
+seconds per search (fresh process; and one long-lived caller), peak RSS of the caller and of
+each shard.
 """
 from __future__ import annotations
 
