@@ -3,6 +3,7 @@
     nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out] [--json]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 1000000 --nightly [--json]
         [--ray [--workers N] [--shards N] [--replicas R] [--probe P]]
+    nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 200000 --people 20000 --part-rows 10000 --service [--json]
 
 Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
 directions (real descriptors are far from isotropic), each photo = centre + noise whose size
@@ -28,6 +29,12 @@ actors built, kNN graph over the shards, clustering in parallel parts), knn_reca
 sharded search against exact search (same 1,000 queries), agreement_f (pairwise F between the
 Ray path's clusters and the single-process ones, at this N; `agreement_f_at_1m` at N = 1M) and
 max_process_peak_rss_gib (the driver and every Ray worker that did reducer work).
+
+--service instead times `facejob search --face-id` in fresh processes, loading OUT/index/ each
+time against asking the search service (facejob/reduce/search_service.py, one shard per
+--workers CPU of a Ray head the bench starts and ends by pid): the service's cold start, warm
+seconds per search (fresh process; and one long-lived caller), peak RSS of the caller and of
+each shard.
 """
 from __future__ import annotations
 
@@ -35,9 +42,11 @@ import argparse
 import json
 import os
 import resource
+import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,7 +100,7 @@ def schema_table(schema: pa.Schema, n: int, cols: dict) -> pa.Table:
     return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 
 
-def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0) -> np.ndarray:
+def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0, part_rows: int = PART_ROWS) -> np.ndarray:
     """Write the synthetic faces/ and images/ parts; returns the true person of each face (in row order)."""
     rng = np.random.default_rng(seed)
     sizes = person_sizes(n_faces, n_people, rng)
@@ -100,8 +109,8 @@ def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0) -> np.n
     c *= s
     people = rng.permutation(np.repeat(np.arange(n_people), sizes))   # archive order is not by person
     store = LocalStore(out)
-    for part, lo in enumerate(range(0, n_faces, PART_ROWS)):
-        who = people[lo:lo + PART_ROWS]
+    for part, lo in enumerate(range(0, n_faces, part_rows)):
+        who = people[lo:lo + part_rows]
         n = len(who)
         size = rng.lognormal(0.0, PHOTO_SPREAD, n).astype(np.float32) / np.float32(np.exp(PHOTO_SPREAD ** 2))
         noise = rng.standard_normal((n, EMBEDDING_DIM)).astype(np.float32) * (sigma * size)[:, None]
@@ -132,6 +141,15 @@ def rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def image_rss_gib() -> float:
+    """This process image's peak RSS (Linux VmHWM): a child's ru_maxrss starts at its parent's at fork."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20
+    except (OSError, StopIteration, ValueError):
+        return rss_gib()
+
+
 def pairwise_f(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
     """Pairwise precision, recall, F over all same-cluster pairs (counted, not enumerated)."""
     def pairs(labels):
@@ -144,9 +162,10 @@ def pairwise_f(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float
 
 
 def _child(argv: list[str]) -> None:
-    """In a fresh process: one `reduce` or one search by face id; prints a JSON line of
-    seconds (per step) and this process's peak RSS."""
-    what, out = argv
+    """In a fresh process: one `reduce`, or `repeat` searches by face id (through the search
+    service at `address` if given); prints a JSON line of seconds (the first search, and the median
+    of the others) and this process's peak RSS."""
+    what, out, *more = argv
     t0 = time.perf_counter()
     if what == "reduce":
         from facejob.reduce.pipeline import reduce
@@ -156,18 +175,26 @@ def _child(argv: list[str]) -> None:
     else:
         from facejob.reduce.search_index import search_face
 
-        q = search_face(out, what, k=10)
-        assert len(q.matches) == 10 and q.matches[0].cluster_id is not None
-        res = {"s": time.perf_counter() - t0}
-    print(json.dumps({**res, "rss_gib": rss_gib()}))
+        repeat, address = (int(more[0]), more[1] or None) if more else (1, None)
+        times = []
+        for _ in range(repeat):
+            q = search_face(out, what, k=10, address=address)
+            times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert len(q.matches) == 10
+            assert q.matches[0].cluster_id is not None or not Path(out, "clusters.parquet").exists()
+        res = {"s": times[0], "again_s": float(np.median(times[1:])) if repeat > 1 else None}
+    print(json.dumps({**res, "rss_gib": image_rss_gib()}))
 
 
 def _in_child(*argv: str) -> dict:
+    """What `_child` printed, and `wall_s`: the child's whole life (interpreter start, imports)."""
+    t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "bench.reduce_scale", "--child", *argv],
                        capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"reduce_scale child {argv} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "wall_s": time.perf_counter() - t0}
 
 
 def nightly(out: Path, n_people: int, say) -> None:
@@ -193,6 +220,98 @@ def nightly(out: Path, n_people: int, say) -> None:
                       "search_cold_s": round(q["s"], 2), "search_rss_gib": round(q["rss_gib"], 2)}))
 
 
+def _ray_head(cpus: int, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """A Ray head of our own (own --temp-dir and ports), for the service's detached actors to
+    outlive the processes that search; ended by its pid (`_end_head`), never `ray stop`."""
+    from bench.fake_gpu import free_ports
+
+    port, nm, om, client, agent, metrics, renv, grpc = free_ports(8)
+    lo = 20000 + (os.getpid() % 2000) * 10
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--num-cpus={cpus}",
+           f"--temp-dir={tmp}", f"--port={port}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
+           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+           f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={renv}",
+           f"--dashboard-agent-grpc-port={grpc}", f"--min-worker-port={lo}", f"--max-worker-port={lo + 400}",
+           "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    env = {**os.environ, "RAY_worker_niceness": "0", "RAY_ADDRESS": ""}
+    log = open(tmp.parent / "head.log", "w+b")
+    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while subprocess.run([str(Path(sys.executable).with_name("ray")), "health-check", f"--address={address}"],
+                         env=env, capture_output=True, timeout=60).returncode:
+        if head.poll() is not None or time.monotonic() > deadline:
+            _end_head(head)
+            log.seek(0)
+            raise SystemExit(f"ray head did not start: {log.read().decode(errors='replace')[-2000:]}")
+        time.sleep(1)
+    return head, address
+
+
+def _end_head(head: subprocess.Popen) -> None:
+    import signal
+
+    # SIGKILL to its process group (it and what it started): on SIGTERM `ray start --block` can hang.
+    os.killpg(head.pid, signal.SIGKILL)
+    head.wait()
+
+
+def service(out: Path, args, say) -> None:
+    """`facejob search --face-id` in fresh processes, loading OUT/index/ each time against asking
+    the search service (facejob.reduce.search_service) on a Ray head of --workers CPUs: seconds
+    of the cold start (actors started, shards loaded) and of warm calls, per process peak RSS."""
+    import pyarrow.parquet as pq
+
+    from facejob.reduce.embeddings import read_faces
+    from facejob.reduce.hnsw import update_index
+
+    store = LocalStore(out)
+    faces = read_faces(store)
+    t0 = time.perf_counter()
+    update_index(store, faces, rebuild=not args.keep, log=lambda m: None)
+    say(f"single-process index: {time.perf_counter() - t0:.1f} s for {len(faces):,} faces")
+    del faces
+    face_ids = pq.read_table(out / "faces", columns=["face_id"]).column(0)
+    pick = [face_ids[i].as_py() for i in np.random.default_rng(2).choice(len(face_ids), 2 * args.repeats + 1)]
+    single = [_in_child(f, str(out)) for f in pick[:args.repeats]]
+    single_s, single_wall = (float(np.median([r[k] for r in single])) for k in ("s", "wall_s"))
+    say(f"single process, fresh per search: median {single_s:.2f} s in search_face ({single_wall:.2f} s with "
+        f"interpreter start and imports), peak RSS {single[0]['rss_gib']:.2f} GiB")
+    tmp = Path(tempfile.mkdtemp(prefix="fj-svc-", dir="/tmp"))
+    # `ray start` turns token auth on: the head, this process and the searching children share one token.
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(16))
+    head, address = _ray_head(args.workers, tmp / "ray")
+    try:
+        cold = _in_child(pick[-1], str(out), "1", address)
+        say(f"service cold start ({args.workers} shards: actors started, parts read, shards built): {cold['s']:.2f} s")
+        warm = [_in_child(f, str(out), "1", address) for f in pick[args.repeats:2 * args.repeats]]
+        warm_s, warm_wall = (float(np.median([r[k] for r in warm])) for k in ("s", "wall_s"))
+        say(f"service, fresh process per search: median {warm_s:.2f} s in search_face, joining Ray included "
+            f"({warm_wall:.2f} s with interpreter start and imports), caller peak RSS {warm[0]['rss_gib']:.2f} GiB")
+        loop = _in_child(pick[0], str(out), "21", address)
+        say(f"service, one long-lived caller: {loop['again_s'] * 1000:.1f} ms per search (median of 20)")
+        import ray
+
+        from facejob.reduce.search_service import SearchService, stop
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        shards = SearchService(str(out), address).info()
+        stop(str(out))
+        ray.shutdown()
+    finally:
+        _end_head(head)
+        shutil.rmtree(tmp, ignore_errors=True)
+    shard_rss = max(i["peak_rss_gib"] for i in shards)
+    say(f"service shards: {[i['live'] for i in shards]} faces, peak RSS {[round(i['peak_rss_gib'], 2) for i in shards]} GiB")
+    print(json.dumps({"faces": len(face_ids), "shards": len(shards), "search_single_s": round(single_s, 2),
+                      "search_single_wall_s": round(single_wall, 2),
+                      "search_single_rss_gib": round(single[0]["rss_gib"], 2), "service_cold_s": round(cold["s"], 2),
+                      "service_warm_s": round(warm_s, 2),
+                      "service_warm_wall_s": round(warm_wall, 2), "service_query_ms": round(loop["again_s"] * 1000, 1),
+                      "service_caller_rss_gib": round(max(r["rss_gib"] for r in [cold, *warm, loop]), 2),
+                      "service_shard_rss_gib": round(shard_rss, 2),
+                      "service_shard_faces": [i["live"] for i in shards]}))
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         return _child(sys.argv[2:])
@@ -208,6 +327,11 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=0, help="--ray: search shards (0 = one per worker)")
     ap.add_argument("--replicas", type=int, default=None, help="--ray: cells each face is stored in")
     ap.add_argument("--probe", type=int, default=None, help="--ray: cells each query visits")
+    ap.add_argument("--service", action="store_true",
+                    help="time `facejob search` loading OUT/index/ per call against the search service on a Ray "
+                         "head of --workers CPUs (one shard each)")
+    ap.add_argument("--repeats", type=int, default=3, help="--service: fresh-process searches per way (median)")
+    ap.add_argument("--part-rows", type=int, default=PART_ROWS, help="faces per faces/ part written")
     args = ap.parse_args()
     say = (lambda *a: None) if args.json else print
     from facejob.reduce.clustering import cluster
@@ -220,13 +344,15 @@ def main() -> None:
         what = "reused"
     else:
         shutil.rmtree(out, ignore_errors=True)
-        people = write_archive(out, args.faces, args.people)   # creates out/
+        people = write_archive(out, args.faces, args.people, part_rows=args.part_rows)   # creates out/
         np.save(out / "truth.npy", people)
         what = f"written in {time.perf_counter() - t0:.1f} s"
     truth = np.load(out / "truth.npy")
     say(f"archive: {len(truth):,} faces of {len(np.unique(truth)):,} people, {what}")
     if args.nightly:
         return nightly(out, args.people, say)
+    if args.service:
+        return service(out, args, say)
     store = LocalStore(out)
     for rel in ("index/params.json", "clusters.parquet", "clusters.json"):
         store.delete(rel)

@@ -30,6 +30,10 @@ FAST = {
     "reduce_scale --ray": (["--faces", "300", "--people", "30", "--out", "{tmp}/out", "--ray", "--workers", "2",
                             "--shards", "3", "--json"],
                            {"max_process_peak_rss_gib", "knn_recall_at_10", "agreement_f", "ray_knn_graph_s"}),
+    "reduce_scale --service": (["--faces", "300", "--people", "30", "--out", "{tmp}/out", "--service", "--workers", "2",
+                                "--repeats", "1", "--part-rows", "50", "--json"],
+                               {"search_single_s", "service_cold_s", "service_warm_s", "service_query_ms",
+                                "service_caller_rss_gib", "service_shard_rss_gib"}),
 }
 # Real photos and models: minutes on 2 shared cores even at these sizes.
 SLOW = {

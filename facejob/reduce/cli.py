@@ -29,12 +29,24 @@ def _errors(fn):
 def cmd_search(args: argparse.Namespace) -> int:
     from . import search_index as si
 
+    if args.stop:
+        if not args.address:
+            raise ReduceError("--stop needs --address (the Ray cluster the search service runs on)")
+        if args.photo is not None or args.face_id is not None:
+            raise ReduceError("--stop takes no PHOTO or --face-id")
+        n = si.stop_service(args.out, args.address)
+        print(f"stopped the search service of {args.out}: {n} shard actor(s)" if n else
+              f"no search service of {args.out} was running")
+        return 0
     if (args.photo is None) == (args.face_id is None):
         raise ReduceError("give a PHOTO or --face-id ID (one of them)")
     if args.k < 1:
         raise ReduceError("--k must be at least 1")
-    queries = ([si.search_face(args.out, args.face_id, args.k, metric=args.metric)] if args.face_id
-               else si.search(args.out, args.photo, args.k, metric=args.metric))
+    if args.shards and not args.address:
+        raise ReduceError("--shards needs --address (the search service runs on a Ray cluster)")
+    how = dict(metric=args.metric, address=args.address, shards=args.shards)
+    queries = ([si.search_face(args.out, args.face_id, args.k, **how)] if args.face_id
+               else si.search(args.out, args.photo, args.k, **how))
     if args.json:  # one object per query face: its index and box in PHOTO, and its matches
         print(json.dumps([{"face_idx": q.face_idx, "box": list(q.box),
                            "matches": [{**asdict(m), "box": list(m.box)} for m in q.matches]} for q in queries],
@@ -176,6 +188,14 @@ def add_commands(subparsers) -> None:
     p.add_argument("--k", type=int, default=10, help="matches per query face (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print a JSON list of matches per query face")
     _metric_option(p)
+    p.add_argument("--address", metavar="ADDR",
+                   help="ask OUT's search service on this Ray cluster (auto or host:port), started at the first "
+                        "call and kept: shard actors that each hold a share of OUT/faces/ and follow it at every "
+                        "call, so later searches load nothing (default: load OUT/index/ in this process)")
+    p.add_argument("--shards", type=int, default=0, metavar="N",
+                   help="with --address: shard actors of the service (0 = those running, else one per CPU of the "
+                        "cluster; another number restarts the service with N)")
+    p.add_argument("--stop", action="store_true", help="with --address: end OUT's search service")
     p.set_defaults(func=cmd_search)
 
     p = subparsers.add_parser("cluster", help="group the faces of OUT by identity -> OUT/clusters.parquet",
