@@ -11,9 +11,9 @@ faces of exactly one person lends its other members to that person as extra posi
 extra_per_person of them), so five labelled photos teach the SVM the person's whole range.
 
 Scores become probabilities with one sigmoid (Platt scaling) fitted on held-out positives and
-held-out background faces, so "probability" means the same for every person. The pool faces
-the first models name are taken out of the pool and the models trained again, so that it
-also means the same at every archive size (see fit_archive).
+held-out background faces, so "probability" means the same for every person. Pool faces that
+models trained without them name are taken out of the pool before the models are trained, so
+that it also means the same at every archive size (see fit_archive).
 
 Models are saved as plain arrays (npz, loaded with allow_pickle=False) and JSON: loading
 them never runs code.
@@ -209,13 +209,12 @@ def _named_out_of_fold(xl: np.ndarray, names: list[str], xb: np.ndarray, params:
             fold_l[idx] = np.arange(len(idx)) % 2
     fold_b = rng.permutation(len(xb)) % 2
     top_l, good_l = np.full(len(yl), np.nan), np.zeros(len(yl), bool)
-    top_b, best_b = np.empty(len(xb)), np.empty(len(xb), np.int64)
+    top_b = np.empty(len(xb))
     for k in (0, 1):
         coef, icpt = _fit(xl[fold_l != k], yl[fold_l != k], xb[fold_b != k], len(classes), params.C, params.seed)
         s = xl[fold_l == k] @ coef.T + icpt
         top_l[fold_l == k], good_l[fold_l == k] = s.max(1), s.argmax(1) == yl[fold_l == k]
-        s = xb[fold_b == k] @ coef.T + icpt
-        top_b[fold_b == k], best_b[fold_b == k] = s.max(1), s.argmax(1)
+        top_b[fold_b == k] = (xb[fold_b == k] @ coef.T + icpt).max(1)
     held = fold_l >= 0
     score = np.concatenate([top_l[held], top_b])
     right = np.concatenate([good_l[held], np.zeros(len(xb), bool)])
