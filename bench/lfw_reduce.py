@@ -102,10 +102,11 @@ def with_missing(labels_detected: np.ndarray, detected: np.ndarray) -> np.ndarra
 
 def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | None = None,
                      uris: list[str] | None = None, seeds: np.ndarray | None = None,
-                     pair_margin: float | None = None) -> tuple[np.ndarray, dict]:
+                     pair_margin: float | None = None, names: dict[int, str] | None = None) -> tuple[np.ndarray, dict]:
     """facejob's clustering of the rows of x; `uris` (the photo of each row) makes faces of one
     photo cannot-link, as in `facejob cluster`; without them every row is its own photo.
-    `seeds` (default all): the rows that seed clusters; the others join one afterwards."""
+    `seeds` (default all): the rows that seed clusters; the others join one afterwards.
+    `names` (row -> name): the curator's labels, as `facejob cluster` applies stored labels."""
     import pyarrow as pa
 
     from facejob.config import CLUSTER_K, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD
@@ -120,7 +121,15 @@ def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | Non
     faces = Faces(pa.table({"face_id": [str(i) for i in range(len(x))],
                             "uri": uris if uris is not None else [str(i) for i in range(len(x))]}), x)
     t1 = time.perf_counter()
-    roots, stats = cluster_faces(fi, faces, threshold or CLUSTER_THRESHOLD, k or CLUSTER_K, seeds=seeds,
+    applied = None
+    if names:
+        from facejob.reduce import corrections as corr
+
+        must, cannot = corr.name_pairs({str(r): n for r, n in names.items()}, corr.Applied())
+        applied = corr.Applied(must=must, cannot=cannot)
+        seeds = (np.ones(len(x), bool) if seeds is None else seeds.copy())
+        seeds[list(names)] = True       # as in `facejob cluster`: a labelled face seeds whatever its quality
+    roots, stats = cluster_faces(fi, faces, threshold or CLUSTER_THRESHOLD, k or CLUSTER_K, seeds=seeds, applied=applied,
                                  pair_margin=CLUSTER_PAIR_MARGIN if pair_margin is None else pair_margin)
     stats["index_s"] = round(t1 - t0, 2)
     stats["total_s"] = round(time.perf_counter() - t0, 2)
@@ -416,10 +425,17 @@ def main() -> None:
     add("facejob cluster (all faces, floor, 1 photo)", every[d["row"][det]], time.perf_counter() - t0)
     print(f"  facejob cluster: {(~seeds).sum()} faces below quality {MIN_QUALITY} ({(~seeds[d['row'][det]]).sum()} "
           f"of them subject faces), {st_all['attached']} joined a cluster")
+    # The same with the labelling protocol's labels stored (5 photos of each of 158 people), as
+    # `facejob reduce` clusters once the curator has named people: scored on every image.
+    P = label_protocol(d)
+    named_rows = {int(d["row"][i]): str(truth_all[i]) for i in P["lab"] if d["row"][i] >= 0}
+    t0 = time.perf_counter()
+    with_names, st_names = facejob_clusters(d["emb"], uris=d["face_uri"], seeds=seeds, names=named_rows)
+    add(f"  same, {len(P['lab'])} labels as constraints", with_names[d["row"][det]], time.perf_counter() - t0)
     every_free, _ = facejob_clusters(d["emb"])
     add("facejob, all faces, no same-photo rule", every_free[d["row"][det]], 0.0)
     print(f"  facejob on all {len(d['emb'])} faces: {st_all}")
-    for name, lab in (("with", every), ("without", every_free)):
+    for name, lab in (("with", every), ("with labels and", with_names), ("without", every_free)):
         pairs = collections.Counter(zip(d["face_uri"], lab.tolist()))
         print(f"  {name} the same-photo rule: {sum(c > 1 for c in pairs.values())} clusters hold two faces of one photo")
     for eps in ((0.5, 0.55, 0.6) if not args.no_baselines else ()):

@@ -170,3 +170,27 @@ def test_pair_margin_asks_more_of_two_single_faces_than_of_groups():
     must = np.array([[0, 1], [0, 2], [0, 3], [4, 5], [4, 6], [4, 7]])
     roots, _ = agglomerate(x, np.array([0]), np.array([4]), 0.53, must_link=must, pair_margin=0.04)
     assert len(set(roots.tolist())) == 1
+
+
+def test_stored_labels_shape_the_clusters(data_dir, tmp_path):
+    """The curator's names are clustering constraints: two faces of one cluster given different
+    names end in different clusters, and faces of two clusters given one name in one."""
+    from facejob.reduce import cluster, label
+
+    out = tmp_path / "out"
+    make_out(out, photos(data_dir))
+    cluster(str(out))
+    rows = sorted(pq.read_table(out / "clusters.parquet").to_pylist(), key=lambda r: r["face_id"])
+    by_cluster = collections.defaultdict(list)
+    for r in rows:
+        by_cluster[r["cluster_id"]].append(r["face_id"])
+    big, b, c = sorted(by_cluster.values(), key=len, reverse=True)[:3]
+    names = {big[0]: "Amy", big[1]: "Amy", big[2]: "Bea", big[3]: "Bea", b[0]: "Cat", c[0]: "Cat"}
+    csv = tmp_path / "labels.csv"
+    csv.write_text("face_id,name\n" + "".join(f"{f},{n}\n" for f, n in names.items()))
+    label(str(out), str(csv))
+    s = cluster(str(out))
+    now = {r["face_id"]: r["cluster_id"] for r in pq.read_table(out / "clusters.parquet").to_pylist()}
+    assert now[big[0]] == now[big[1]] != now[big[2]] == now[big[3]]
+    assert now[b[0]] == now[c[0]]
+    assert s.clusters == len({now[f] for f in now})

@@ -291,6 +291,23 @@ def test_pool_faces_the_first_models_name_leave_the_pool():
     assert (m.predict(strangers.astype(np.float32))[0] == "unknown").mean() > 0.95
 
 
+def test_pool_faces_are_judged_by_models_that_did_not_train_on_them():
+    """Many photos of a named person in the pool (40 beyond pool_exclude, in no cluster): as
+    negatives they teach her SVM to reject them: judged by models trained with them, 18 of 40
+    left the pool and 29 got her name. Models trained on the other half of the pool name them,
+    so all leave it and all get her name; strangers stay unknown."""
+    from facejob.reduce import svm
+
+    rng = np.random.default_rng(0)
+    centres, xl, names, strangers = _three_people(rng)
+    amy_far = centres[0] + _unit(rng.normal(size=(40, 128))) * 0.45
+    x = np.concatenate([strangers, amy_far]).astype(np.float32)
+    m, fit = svm.fit_archive(x, -np.ones(len(xl), np.int64), xl, names, None, svm.LabelParams(pool_size=1000))
+    assert m.info["pool_named_dropped"] == 40 and not np.isin(np.arange(400, 440), fit["pool"]).any()
+    assert list(m.predict(x[400:])[0]) == ["A"] * 40
+    assert (m.predict(strangers.astype(np.float32))[0] == "unknown").mean() > 0.95
+
+
 def test_cluster_mates_the_labels_do_not_name_are_strangers_not_positives():
     """A cluster holding a labelled person and look-alikes lends only the mates that models
     trained on the labels alone name as that person; the others go to the background pool, so

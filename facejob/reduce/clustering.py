@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facejob.config import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD, MIN_QUALITY
-from facejob.contract.layout import CLUSTERS, CLUSTERS_JSON, EVENTS
+from facejob.contract.layout import CLUSTERS, CLUSTERS_JSON, EVENTS, LABELS_STORED
 from facejob.io.lock import writes_output
 from facejob.io.storage import Store, open_store, read_parquet, write_parquet
 
@@ -173,7 +173,7 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
     head = lm.head_for(store, metric)
     faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
     fi = fi if fi is not None else update_index(store, faces, log=log.info)
-    applied = corr.resolve(corr.followed(store, faces))
+    applied = _with_names(store, corr.resolve(corr.followed(store, faces)))
     seeds = above_floor(faces, min_quality)
     # A face the curator put with others is a seed whatever its quality: the curator's word wins.
     seeds[corr.rows_of(faces.face_ids, applied.must).reshape(-1)] = True
@@ -225,6 +225,19 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
              summary.clusters, summary.singletons, summary.largest, summary.merges, summary.splits,
              summary.low_quality, min_quality, summary.attached, stats["must_link"], stats["cannot_link"])
     return summary
+
+
+def _with_names(store: Store, applied: corr.Applied) -> corr.Applied:
+    """`applied` plus the curator's names (stored labels and the corrections' names) as
+    must-link and cannot-link pairs: the labels say who is one person and who is not, and
+    they win over distances as the page's "same person" does (on LFW with 5 labelled photos of
+    each of 158 people, BCubed F 0.935 -> 0.938; bench/lfw_reduce.py)."""
+    stored = {}
+    if store.exists(LABELS_STORED):
+        t = read_parquet(store, LABELS_STORED, columns=["face_id", "name"])
+        stored = {f: n for f, n in zip(t.column("face_id").to_pylist(), t.column("name").to_pylist()) if f is not None}
+    must, cannot = corr.name_pairs(stored, applied)
+    return replace(applied, must=applied.must + must, cannot=applied.cannot + cannot)
 
 
 def _inputs_digest(faces: Faces, seeds: np.ndarray, applied: corr.Applied, head: lm.Head | None,

@@ -254,6 +254,23 @@ def resolve(entries: list[dict]) -> Applied:
     return a
 
 
+def name_pairs(stored: dict[str, str], applied: Applied) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The curator's names as clustering constraints: (must, cannot) face_id pairs. `stored`:
+    face_id -> name of the stored labels; the corrections' names win over them, and a label the
+    face was said not to be is dropped (as for training). Faces given one name are one person
+    (must-link, each to the name's first face); faces given different names are different
+    people (cannot-link between the names' first faces: the must-links carry it to the rest)."""
+    named = {f: n for f, n in stored.items() if n not in applied.not_names.get(f, ())}
+    named.update(applied.names)
+    by_name: dict[str, list[str]] = {}
+    for f in sorted(named):
+        by_name.setdefault(named[f], []).append(f)
+    firsts = [fs[0] for _, fs in sorted(by_name.items())]
+    must = [(fs[0], f) for fs in by_name.values() for f in fs[1:]]
+    cannot = [(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1:]]
+    return must, cannot
+
+
 def rows_of(face_ids: pa.Array, pairs: list[tuple[str, str]]) -> np.ndarray:
     """face_id pairs → (m, 2) row pairs; pairs with a face no longer in the archive are dropped."""
     if not pairs:

@@ -11,9 +11,9 @@ faces of exactly one person lends its other members to that person as extra posi
 extra_per_person of them), so five labelled photos teach the SVM the person's whole range.
 
 Scores become probabilities with one sigmoid (Platt scaling) fitted on held-out positives and
-held-out background faces, so "probability" means the same for every person. The pool faces
-the first models name are taken out of the pool and the models trained again, so that it
-also means the same at every archive size (see fit_archive).
+held-out background faces, so "probability" means the same for every person. Pool faces that
+models trained without them name are taken out of the pool before the models are trained, so
+that it also means the same at every archive size (see fit_archive).
 
 Models are saved as plain arrays (npz, loaded with allow_pickle=False) and JSON: loading
 them never runs code.
@@ -174,20 +174,54 @@ def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarr
         pool = np.union1d(pool, extra[~ok])
         extra, extra_names = extra[ok], [n for n, k in zip(extra_names, ok) if k]
     xp = np.concatenate([labelled_emb, x[extra]]) if len(extra) else labelled_emb
-    model = train(xp, list(names) + extra_names, x[pool], params, curated=len(labelled_emb))
     # The pool still holds some of the named people's own photos (outside their clusters and
-    # not near a labelled face). In a small archive they are a large share of it, and as
-    # "strangers" they make the SVMs and their calibration reject more: `unknown` would mean
-    # something stricter in a small archive than in a large one. So the faces the first models
-    # name leave the pool (the curator's negatives stay) and the models are trained again.
-    named = model.predict(x[pool])[0] != UNKNOWN
-    cleaned = np.union1d(pool[~named], neg)
-    if len(cleaned) < len(pool):
-        pool = cleaned
-        model = train(xp, list(names) + extra_names, x[pool], params, curated=len(labelled_emb))
+    # not near a labelled face). As "strangers" they teach their own person's SVM to reject
+    # them and people like them, and in a small archive, where they are a large share of the
+    # pool, they make the calibration reject more: `unknown` would mean something stricter in
+    # a small archive than in a large one. So the pool faces that models trained without them
+    # name leave the pool (the curator's negatives stay), before the models are trained. A
+    # model that had them as negatives would not name them: it learnt not to.
+    named = _named_out_of_fold(xp, list(names) + extra_names, x[pool], params, curated=len(labelled_emb))
+    dropped = named & ~np.isin(pool, neg)
+    pool = pool[~dropped]
+    model = train(xp, list(names) + extra_names, x[pool], params, curated=len(labelled_emb))
     model.info.update({"extra_positives": len(extra), "curator_negatives": len(neg),
-                       "pool_named_dropped": int(named.sum())})
+                       "pool_named_dropped": int(dropped.sum())})
     return model, {"pool": pool, "extra": extra}
+
+
+def _named_out_of_fold(xl: np.ndarray, names: list[str], xb: np.ndarray, params: LabelParams,
+                       curated: int) -> np.ndarray:
+    """Per background row of `xb`: would models that never saw it name it? Two folds: the
+    background is halved, and so are each person's curated faces (the first `curated` rows of
+    `xl`; a person with one keeps it in training); SVMs trained on one half (with every other
+    positive) score the other. A sigmoid fitted on these held-out scores, as in `_calibrate`,
+    says which background faces reach the threshold."""
+    classes = np.array(sorted(set(names)))
+    if len(classes) < 2 or len(xb) < 2:
+        return np.zeros(len(xb), bool)
+    yl = np.searchsorted(classes, np.array(names))
+    rng = np.random.default_rng(params.seed)
+    fold_l = np.full(len(yl), -1)               # -1: trains in both folds
+    for c in range(len(classes)):
+        idx = rng.permutation(np.flatnonzero(yl[:curated] == c))
+        if len(idx) >= 2:
+            fold_l[idx] = np.arange(len(idx)) % 2
+    fold_b = rng.permutation(len(xb)) % 2
+    top_l, good_l = np.full(len(yl), np.nan), np.zeros(len(yl), bool)
+    top_b = np.empty(len(xb))
+    for k in (0, 1):
+        coef, icpt = _fit(xl[fold_l != k], yl[fold_l != k], xb[fold_b != k], len(classes), params.C, params.seed)
+        s = xl[fold_l == k] @ coef.T + icpt
+        top_l[fold_l == k], good_l[fold_l == k] = s.max(1), s.argmax(1) == yl[fold_l == k]
+        top_b[fold_b == k] = (xb[fold_b == k] @ coef.T + icpt).max(1)
+    held = fold_l >= 0
+    score = np.concatenate([top_l[held], top_b])
+    right = np.concatenate([good_l[held], np.zeros(len(xb), bool)])
+    if right.all() or not right.any():
+        return np.zeros(len(xb), bool)
+    lr = LogisticRegression(C=1e4, class_weight="balanced").fit(score[:, None], right)
+    return _sigmoid(lr.coef_[0, 0] * top_b + lr.intercept_[0]) >= params.threshold
 
 
 def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
