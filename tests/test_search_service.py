@@ -185,7 +185,7 @@ def test_cli_stop_ends_the_service(fresh, ray_local, capsys):
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_store_versions_tell_a_rewritten_part(where, tmp_path, request):
-    """Store.versions: the files of `list`, each with a token that changes when the file is rewritten."""
+    """Store.list_versions: the files of `list`, each with a token that changes when the file is rewritten."""
     from facejob.io.storage import open_store
 
     store = open_store(request.getfixturevalue("s3").uri("out/v") if where == "s3" else tmp_path / "out")
