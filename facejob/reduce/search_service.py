@@ -7,7 +7,7 @@ part goes to shard crc32(name) mod N, so no process holds every face) in an hnsw
 its own, built with one thread. A call lists OUT/faces/ once, sends every shard its share with
 the query, and each shard first syncs with that listing: it reads the parts it has not seen,
 marks deleted the faces of parts that are gone or were rewritten (compaction, retirement; a
-part's identity is its name plus Store.versions' token) and takes back parts that returned. So
+part's identity is its name plus its Store.list_versions token) and takes back parts that returned. So
 an answer always covers exactly the faces of OUT/faces/ as listed by the call, like a search of
 an index rebuilt from them. Each shard returns its n nearest distinct faces; the caller keeps
 the n nearest of all (a face found in two parts counts once, at its nearest).
