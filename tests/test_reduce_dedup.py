@@ -278,6 +278,30 @@ def test_an_unreadable_photo_is_not_tried_again_until_its_content_changes(tmp_pa
     assert pq.read_table(out / "dedup" / "unreadable.parquet").num_rows == 0
 
 
+def test_a_photo_that_cannot_be_read_tonight_is_tried_again(tmp_path, data_dir):
+    """A failure to read the bytes (the file is gone: a mount that failed, a disk away) says
+    nothing about the content: it is skipped tonight, not remembered, and grouped the night the
+    file is back."""
+    from facejob.reduce import dedup
+
+    img = Image.open(data_dir / FACELESS[0]).convert("RGB")
+    d = tmp_path / "photos"
+    d.mkdir()
+    a, b = d / "q60.jpg", d / "q80.jpg"
+    img.save(a, quality=60)
+    img.save(b, quality=80)
+    out = tmp_path / "out"
+    make_out(out, [a, b])
+    a.rename(tmp_path / "away.jpg")
+    s = dedup(str(out))
+    assert (s.unreadable, s.unreadable_known, s.groups) == (1, 0, 0)
+    assert pq.read_table(out / "dedup" / "unreadable.parquet").num_rows == 0
+    (tmp_path / "away.jpg").rename(a)
+    s = dedup(str(out))
+    assert (s.unreadable, s.groups) == (0, 1)
+    assert {r["uri"] for g in _groups(out).values() for r in g} == {str(a), str(b)}
+
+
 def test_nightly_phash_search_equals_a_full_one(tmp_path):
     """With OUT/dedup/phash.parquet from the last run, only the contents new or changed since (a
     new hash, a faceless flag that changed) are searched, and the pairs equal a full search's:

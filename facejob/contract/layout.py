@@ -15,7 +15,7 @@
     labels/metric.npz, labels/metric.json   the learned metric head (facejob.reduce.metric), when it helps
     predictions.parquet, duplicates.parquet
     dedup/near_faces.parquet, dedup/checked.parquet,  dedup's saved work (near faces of each face, pixel verdicts,
-      dedup/unreadable.parquet, dedup/phash.parquet    photos it could not read, perceptual-hash pairs)
+      dedup/unreadable.parquet, dedup/phash.parquet    photos whose bytes do not decode, perceptual-hash pairs)
     report/                          `facejob report`: the review site (index.html, b/BUILD/, photos/)
     quarantine/<time>/images|faces/  damaged parts moved aside (facejob.indexing.plan.quarantine)
     .facejob.lock                    the writer lock or S3 lease (facejob.io.lock)
@@ -32,7 +32,7 @@ CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_
 LABELS_STORED, LABEL_MODEL_NPZ, LABEL_MODEL_JSON = "labels/labels.parquet", "labels/model.npz", "labels/model.json"
 PREDICTIONS, DUPLICATES = "predictions.parquet", "duplicates.parquet"
 DEDUP_NEAR, DEDUP_CHECKED = "dedup/near_faces.parquet", "dedup/checked.parquet"
-DEDUP_UNREADABLE = "dedup/unreadable.parquet"   # photos dedup could not read, by content and path
+DEDUP_UNREADABLE = "dedup/unreadable.parquet"   # photos whose bytes dedup could not decode, by content and path
 DEDUP_PHASH = "dedup/phash.parquet"             # perceptual-hash pairs found, each content's hashes digested
 CORRECTIONS, CORRECTION_FACES = "labels/corrections.json", "labels/corrections_faces.parquet"
 METRIC_NPZ, METRIC_JSON = "labels/metric.npz", "labels/metric.json"

@@ -4,9 +4,9 @@ candidates come from the search index (photos with near faces) and the perceptua
 
 Incremental: the near faces of every face (OUT/dedup/near_faces.parquet), the perceptual-hash
 pairs (OUT/dedup/phash.parquet), the pixel verdicts of checked pairs (OUT/dedup/checked.parquet)
-and the photos that could not be read (OUT/dedup/unreadable.parquet) are kept, so a rerun
+and the photos whose bytes do not decode (OUT/dedup/unreadable.parquet) are kept, so a rerun
 searches the index and the hashes only for faces and photos new since the last one, decodes only
-pairs it has not judged and does not try again a photo it could not read while that path holds
+pairs it has not judged and does not try again a photo that does not decode while that path holds
 the same content (sha256). The relations are
 symmetric facts about pairs (near: within NEAR_MAX_DIST among a face's k nearest; verdict: a
 function of the two photos' bytes), so the union of saved and new equals what a from-scratch
@@ -285,9 +285,10 @@ UNREADABLE_SCHEMA = pa.schema([("sha256", pa.string()), ("uri", pa.string()), ("
 class _PictureLoader:
     """sha256 -> its photo (one path holding those bytes) as a reduced grey Picture, cached, or None
     when it cannot be read. A photo that cannot be read is tried once per run (not once per pair it
-    is in), and not again by later runs while the same path holds the same content: the verdict is
-    kept in OUT/dedup/unreadable.parquet. A transient failure (SourceUnavailable: S3 kept failing) is
-    not kept."""
+    is in). When its bytes were read but do not decode, it is not tried again by later runs while
+    the same path holds the same content: that verdict is kept in OUT/dedup/unreadable.parquet.
+    A failure to read the bytes (file gone, a mount that failed, credentials, S3 down) says nothing
+    about the content and is not kept: the next run tries again."""
 
     def __init__(self, store: Store, first: dict[str, tuple[str, tuple[int, int]]], max_pixels: int):
         self.store, self.first, self.max_pixels = store, first, max_pixels
@@ -303,15 +304,18 @@ class _PictureLoader:
         self.cached = functools.lru_cache(maxsize=64)(self._load)
 
     def _load(self, sha: str) -> dd.Picture | None:
-        from facejob.io.sources import SourceUnavailable, read_bytes
+        from facejob.io.sources import read_bytes
 
         uri, size = self.first[sha]
         try:
-            return dd.load_picture(read_bytes(uri), size, self.max_pixels)
-        except SourceUnavailable as e:   # may work next time: skipped tonight only
-            log.warning("dedup: cannot read %s now (%s); its near-duplicate check is skipped", uri, e)
+            data = read_bytes(uri)
+        except Exception as e:   # gone, a failed mount, no credentials, S3 down: may read next time
+            log.warning("dedup: cannot read %s now (%s); its near-duplicate check is skipped tonight", uri, e)
             self.unreadable[sha] = (uri, None)
-        except Exception as e:  # a photo gone or unreadable since indexing: skip its pairs
+            return None
+        try:
+            return dd.load_picture(data, size, self.max_pixels)
+        except Exception as e:   # the bytes themselves do not decode: so it stays while they are the same
             log.warning("dedup: cannot read %s (%s); its near-duplicate check is skipped", uri, e)
             self.unreadable[sha] = (uri, f"{type(e).__name__}: {e}")
             self._changed = True
