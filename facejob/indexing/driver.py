@@ -13,16 +13,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+
 from facejob.config import CompactConfig, IndexConfig, ModelConfig, ModelMismatch, RunConfig, model_differences
 from facejob.contract import layout
-from facejob.contract.schema import Status
+from facejob.contract.schema import IMAGES, Status
 from facejob.indexing import plan as planning
 from facejob.indexing.compact import CompactSummary, compact_store
 from facejob.indexing.pipeline import FaceModel
 from facejob.indexing.pool import execute, worker_count
 from facejob.io import lock
 from facejob.io.sources import Listing, list_images
-from facejob.io.storage import Store, open_store
+from facejob.io.storage import Store, open_store, read_parts
 from facejob.progress import Progress as ProgressBar
 
 log = logging.getLogger("facejob")
@@ -74,14 +76,12 @@ def _versions() -> dict[str, str]:
 
 def totals(store: Store) -> dict[str, int]:
     """Counts over everything the output holds now (all runs)."""
-    from facejob.io.storage import read_parts
-
-    from facejob.contract.schema import IMAGES
-
     images = read_parts(store, layout.IMAGES_DIR, IMAGES, ["status", "n_faces"])
-    statuses = Counter(images.column("status").to_pylist())
+    # Arrow counts, not Python lists: at archive scale a list of statuses is a GiB of str objects
+    counted = pc.value_counts(images.column("status")) if images.num_rows else []
+    statuses = {c["values"].as_py(): c["counts"].as_py() for c in counted}
     return {"images": images.num_rows, **{s.value: statuses.get(s.value, 0) for s in Status},
-            "faces": int(sum(images.column("n_faces").to_pylist()))}
+            "faces": int(pc.sum(images.column("n_faces")).as_py() or 0)}
 
 
 def index(sources: list[str], out: str, config: IndexConfig | None = None, progress: bool = True,
