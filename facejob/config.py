@@ -373,8 +373,9 @@ class LabelParams:
 class ReduceConfig(_Settings):
     """What `facejob reduce` does after indexing: search index, clusters, labels, duplicates."""
 
-    cluster_threshold: float | None = setting(None, "largest RMS face distance inside a cluster; kept in "
-                                                    "OUT/clusters.json for later runs (default: the kept one, "
+    cluster_threshold: float | None = setting(None, "largest RMS face distance (less the graph-link term, "
+                                                    "see `facejob cluster --help`) at which clusters join; kept "
+                                                    "in OUT/clusters.json for later runs (default: the kept one, "
                                                     f"else {CLUSTER_THRESHOLD})", metavar="D")
     cluster_k: int | None = setting(None, "neighbours per face in the clustering graph; kept like the "
                                           f"threshold (default: the kept one, else {CLUSTER_K})", metavar="N")
