@@ -331,9 +331,9 @@ def model_differences(store, model: ModelConfig) -> dict[str, tuple[Any, Any]]:
 # alone fits both; parts of one person are each other's nearest neighbours, look-alikes are not.
 # On all of LFW (RetinaFace + torch descriptors, bench/lfw_reduce.py; picked on the people of one
 # half by name hash, checked on the other): D alone at 0.53 gave pairwise F 0.963 / BCubed F 0.935;
-# weight 0.2 at 0.50 gives 0.978 / 0.947 (half A 0.988 / 0.956, half B 0.970 / 0.954). Weights
-# 0.1-0.3 at thresholds 0.48-0.525 all give BCubed 0.941-0.948. It is below dlib's 0.6 pair
-# threshold because it bounds the RMS over all pairs of two groups.
+# weight 0.2 at 0.50 gives 0.978 / 0.947 (half A 0.988 / 0.956, half B 0.970 / 0.954). A plateau:
+# weight 0.1 at 0.505-0.525, 0.2 at 0.49-0.51, 0.3 at 0.48-0.495 all give BCubed 0.941-0.948. The
+# threshold is below dlib's 0.6 pair threshold because it bounds the RMS over all pairs of two groups.
 CLUSTER_THRESHOLD = 0.50
 CLUSTER_PAIR_MARGIN = 0.04
 CLUSTER_LINK_WEIGHT = 0.2
