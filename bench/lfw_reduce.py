@@ -12,7 +12,8 @@ Clustering, same descriptors, same run:
   chinese whisp. dlib.chinese_whispers_clustering at 0.5 (face_recognition / dlib example)
   DBSCAN         sklearn, eps 0.5-0.6, min_samples 3-4 (photo-manager settings; noise = singletons)
   avg-linkage    (--full-linkage) scipy all-pairs UPGMA, n^2 memory, at its best threshold
-Reports pairwise precision / recall / F and BCubed F.
+Reports pairwise precision / recall / F and BCubed F. --subsets: the same on small archives
+(a few LFW people each), the default criterion beside RMS linkage alone.
 
 Duplicates (--dedup): `facejob dedup` on the whole LFW archive plus, for 100 random LFW
 photos, three copies each (JPEG quality 60, resized to 70 %, cropped 8 % on every side),
@@ -102,14 +103,15 @@ def with_missing(labels_detected: np.ndarray, detected: np.ndarray) -> np.ndarra
 
 def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | None = None,
                      uris: list[str] | None = None, seeds: np.ndarray | None = None,
-                     pair_margin: float | None = None, names: dict[int, str] | None = None) -> tuple[np.ndarray, dict]:
+                     pair_margin: float | None = None, names: dict[int, str] | None = None,
+                     link_weight: float | None = None) -> tuple[np.ndarray, dict]:
     """facejob's clustering of the rows of x; `uris` (the photo of each row) makes faces of one
     photo cannot-link, as in `facejob cluster`; without them every row is its own photo.
     `seeds` (default all): the rows that seed clusters; the others join one afterwards.
     `names` (row -> name): the curator's labels, as `facejob cluster` applies stored labels."""
     import pyarrow as pa
 
-    from facejob.config import CLUSTER_K, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD
+    from facejob.config import CLUSTER_K, CLUSTER_LINK_WEIGHT, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD
     from facejob.reduce.clustering import cluster_faces
     from facejob.reduce.embeddings import Faces
     from facejob.reduce.hnsw import FaceIndex, IndexParams, build
@@ -130,7 +132,8 @@ def facejob_clusters(x: np.ndarray, threshold: float | None = None, k: int | Non
         seeds = (np.ones(len(x), bool) if seeds is None else seeds.copy())
         seeds[list(names)] = True       # as in `facejob cluster`: a labelled face seeds whatever its quality
     roots, stats = cluster_faces(fi, faces, threshold or CLUSTER_THRESHOLD, k or CLUSTER_K, seeds=seeds, applied=applied,
-                                 pair_margin=CLUSTER_PAIR_MARGIN if pair_margin is None else pair_margin)
+                                 pair_margin=CLUSTER_PAIR_MARGIN if pair_margin is None else pair_margin,
+                                 link_weight=CLUSTER_LINK_WEIGHT if link_weight is None else link_weight)
     stats["index_s"] = round(t1 - t0, 2)
     stats["total_s"] = round(time.perf_counter() - t0, 2)
     return roots, stats
@@ -157,6 +160,36 @@ def full_average_linkage(x: np.ndarray, thresholds) -> dict[float, np.ndarray]:
 
     Z = linkage(pdist(x.astype(np.float64)), "average")
     return {t: fcluster(Z, t, "distance") for t in thresholds}
+
+
+def run_subsets(d: dict, draws: int = 5, seed: int = 0) -> None:
+    """`facejob cluster` on small archives: all photos of a few LFW people drawn at random
+    (people with fewer than 60 photos, so no draw is dominated by one of the big five), with
+    the default criterion and with RMS alone (link weight 0 at the earlier threshold 0.53)."""
+    from facejob.config import MIN_QUALITY
+
+    ident, row, face_uri = d["identity"], d["row"], np.array(d["face_uri"])
+    count = collections.Counter(ident)
+    good = ~(d["quality"] < MIN_QUALITY)
+    rng = np.random.default_rng(seed)
+    print(f"\nsmall archives ({draws} draws each; scored on the subject faces): pairwise F / BCubed F, mean (lowest F)")
+    for people, least in ((3, 5), (10, 2), (30, 1), (100, 1), (400, 1)):
+        pool = sorted(n for n, c in count.items() if least <= c < 60)
+        got: dict[str, list[tuple[float, float]]] = {"default": [], "RMS alone": []}
+        for _ in range(draws):
+            chosen = set(rng.choice(pool, people, replace=False).tolist())
+            img = np.flatnonzero([n in chosen for n in ident])
+            faces = np.flatnonzero(np.isin(face_uri, np.array(d["uri"])[img]))
+            pos = np.full(len(face_uri), -1)
+            pos[faces] = np.arange(len(faces))
+            for name, link, t in (("default", None, None), ("RMS alone", 0.0, 0.53)):
+                lab, _ = facejob_clusters(d["emb"][faces], t, uris=list(face_uri[faces]),
+                                          seeds=good[faces], link_weight=link)
+                s = scores(ident[img], lab[pos[row[img]]])
+                got[name].append((s["F"], s["bF"]))
+        print(f"  {people:3d} people with {least}+ photos (~{len(img)} photos): " + "; ".join(
+            f"{name} {np.mean([f for f, _ in v]):.3f} / {np.mean([b for _, b in v]):.3f} ({min(f for f, _ in v):.3f})"
+            for name, v in got.items()))
 
 
 # ------------------------------------------------------------------------ labelling
@@ -394,6 +427,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="", help="also label archives holding these shares of the other photos, "
                                                 "e.g. 0.05,0.25,1 (does 'unknown' mean the same at every size?)")
     ap.add_argument("--dedup", action="store_true", help="also measure near-duplicate detection (embeds 300 copies)")
+    ap.add_argument("--subsets", action="store_true", help="also cluster small archives (a few LFW people each)")
     args = ap.parse_args()
 
     d = load_lfw(args.out)
@@ -467,6 +501,8 @@ def main() -> None:
                 line.append(f"t={t}: {s['F']:.3f}/{s['bF']:.3f}")
             print(f"  k={k:<3} " + "  ".join(line))
 
+    if args.subsets:
+        run_subsets(d)
     if not args.no_label:
         results, P = run_labelling(d, every)
         print(f"\nlabelling: {len(P['known'])} people with >= 10 images, 5 labelled each ({len(P['lab'])} faces); "

@@ -321,16 +321,22 @@ def model_differences(store, model: ModelConfig) -> dict[str, tuple[Any, Any]]:
 
 
 # ------------------------------------------------------------------ the reducer's defaults
-# Clustering defaults: two clusters join when the RMS distance between their faces is at most
-# CLUSTER_THRESHOLD - CLUSTER_PAIR_MARGIN / sqrt(n_a * n_b) (two single faces: 0.49; large
-# groups: up to 0.53), looking only at clusters linked by one of each face's CLUSTER_K nearest
-# neighbours. On all of LFW (RetinaFace + torch descriptors, bench/lfw_reduce.py) a flat 0.515
-# gave pairwise F 0.953 / BCubed F 0.927: most errors were pairs and triples of different
-# people joined on one short distance; 0.53 with the 0.04 margin gives 0.963 / 0.933
-# (thresholds 0.525-0.54 with margins 0.03-0.07: pairwise F 0.955-0.963, BCubed F 0.932-0.934).
-# It is below dlib's 0.6 pair threshold because it bounds the RMS over all pairs of two groups.
-CLUSTER_THRESHOLD = 0.53
+# Clustering defaults: two clusters join when D - CLUSTER_LINK_WEIGHT * L is at most
+# CLUSTER_THRESHOLD - CLUSTER_PAIR_MARGIN / sqrt(n_a * n_b), D the RMS distance between their faces
+# and L the share of their kNN-graph edges that join them (0..1, the mean over the two), looking
+# only at clusters linked by one of each face's CLUSTER_K nearest neighbours (facejob/reduce/linkage.py).
+# Two single faces join at D <= 0.46 + 0.2 L, large groups at up to D <= 0.50 + 0.2 L.
+# Why L: where many people look alike (on LFW, East Asian politicians) different people lie
+# 0.44-0.52 apart while parts of one person elsewhere are 0.52-0.57 apart, so no threshold on D
+# alone fits both; parts of one person are each other's nearest neighbours, look-alikes are not.
+# On all of LFW (RetinaFace + torch descriptors, bench/lfw_reduce.py; picked on the people of one
+# half by name hash, checked on the other): D alone at 0.53 gave pairwise F 0.963 / BCubed F 0.935;
+# weight 0.2 at 0.50 gives 0.978 / 0.947 (half A 0.988 / 0.956, half B 0.970 / 0.954). A plateau:
+# weight 0.1 at 0.505-0.525, 0.2 at 0.49-0.51, 0.3 at 0.48-0.495 all give BCubed 0.941-0.948. The
+# threshold is below dlib's 0.6 pair threshold because it bounds the RMS over all pairs of two groups.
+CLUSTER_THRESHOLD = 0.50
 CLUSTER_PAIR_MARGIN = 0.04
+CLUSTER_LINK_WEIGHT = 0.2
 CLUSTER_K = 10
 CLUSTER_MAX_EDGE = 0.9   # longer kNN edges never lead to a merge at this threshold; dropped early
 
@@ -367,8 +373,9 @@ class LabelParams:
 class ReduceConfig(_Settings):
     """What `facejob reduce` does after indexing: search index, clusters, labels, duplicates."""
 
-    cluster_threshold: float | None = setting(None, "largest RMS face distance inside a cluster; kept in "
-                                                    "OUT/clusters.json for later runs (default: the kept one, "
+    cluster_threshold: float | None = setting(None, "largest RMS face distance (less the graph-link term, "
+                                                    "see `facejob cluster --help`) at which clusters join; kept "
+                                                    "in OUT/clusters.json for later runs (default: the kept one, "
                                                     f"else {CLUSTER_THRESHOLD})", metavar="D")
     cluster_k: int | None = setting(None, "neighbours per face in the clustering graph; kept like the "
                                           f"threshold (default: the kept one, else {CLUSTER_K})", metavar="N")

@@ -225,9 +225,10 @@ def test_graph_clusterer_gives_exactly_what_agglomerate_and_attach_give():
     x, people = _people(5, 8, seed=4, spread=0.02)
     eu, ev = _all_edges(len(x))
     must, cannot = np.array([[0, 8]]), np.array([[16, 17]])
-    gc = linkage.GraphClusterer(threshold=0.5, pair_margin=0.02)
+    gc = linkage.GraphClusterer(threshold=0.5, pair_margin=0.02, link_weight=0.2)
     labels = gc.fit_predict(x, (eu, ev), must_link=must, cannot_link=cannot)
-    want, rounds = linkage.agglomerate(x, eu, ev, 0.5, must_link=must, cannot_link=cannot, pair_margin=0.02)
+    want, rounds = linkage.agglomerate(x, eu, ev, 0.5, must_link=must, cannot_link=cannot, pair_margin=0.02,
+                                       link_weight=0.2)
     assert np.array_equal(labels, want) and gc.rounds_ == rounds and gc.labels_ is labels
     assert labels[0] == labels[8] and labels[16] != labels[17]
     # The people no pair touches are one cluster each.
@@ -247,7 +248,8 @@ def test_graph_clusterer_refuses_bad_settings_arrays_and_use_before_fit():
     eu, ev = _all_edges(len(x))
     for kw, says in (({"threshold": 0}, "threshold must be a distance > 0, got 0"),
                      ({"pair_margin": -1}, "pair_margin must be a distance >= 0, got -1"),
-                     ({"max_rounds": 0}, "max_rounds must be an integer >= 1, got 0")):
+                     ({"max_rounds": 0}, "max_rounds must be an integer >= 1, got 0"),
+                     ({"link_weight": -0.1}, "link_weight must be a distance >= 0, got -0.1")):
         with pytest.raises(ConfigError, match="^GraphClusterer: " + _re(says)):
             linkage.GraphClusterer(**kw)
     gc = linkage.GraphClusterer()

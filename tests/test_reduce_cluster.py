@@ -86,8 +86,10 @@ def test_clusters_follow_people(data_dir, tmp_path):
 
 
 def test_cluster_ids_survive_an_incremental_run(data_dir, tmp_path):
-    """Run 1 sees most photos; run 2 adds the rest. Old faces keep their ids, new faces join
-    the clusters of their people, and nothing is renumbered."""
+    """Run 1 sees most photos; run 2 adds the rest. Old faces keep their ids (or, where the new
+    faces tie two clusters of one person together, the id of the cluster they merged into, as
+    the recorded merge says), new faces join the clusters of their people, and nothing is
+    renumbered."""
     from facejob.reduce import cluster
 
     ps = photos(data_dir)
@@ -99,9 +101,14 @@ def test_cluster_ids_survive_an_incremental_run(data_dir, tmp_path):
     make_out(out, sorted(later), first_shard=10)
     s = cluster(str(out))
     rows = pq.read_table(out / "clusters.parquet").to_pylist()
-    assert len(rows) == 95 and s.merges == 0 and s.splits == 0
+    assert len(rows) == 95 and s.splits == 0
+    into = {o: e["cluster_id"] for e in pq.read_table(out / "cluster_events.parquet").to_pylist()
+            if e["event"] == "merge" for o in e["other_ids"]}
+    assert len(into) == s.merges <= 2
     second = {r["face_id"]: r["cluster_id"] for r in rows}
-    assert all(second[f] == c for f, c in first.items())
+    assert all(second[f] == into.get(c, c) for f, c in first.items())
+    person_of = {first[r["face_id"]]: person(r["uri"]) for r in rows if r["face_id"] in first}
+    assert all(person_of[o] == person_of[c] for o, c in into.items())      # a merge joins parts of one person
     id_of_person = {}
     for r in rows:
         if r["face_id"] in first:
@@ -170,6 +177,40 @@ def test_pair_margin_asks_more_of_two_single_faces_than_of_groups():
     must = np.array([[0, 1], [0, 2], [0, 3], [4, 5], [4, 6], [4, 7]])
     roots, _ = agglomerate(x, np.array([0]), np.array([4]), 0.53, must_link=must, pair_margin=0.04)
     assert len(set(roots.tolist())) == 1
+
+
+def test_link_weight_joins_groups_the_graph_ties_and_keeps_look_alikes_apart():
+    """Two groups of five faces, RMS 0.52 apart (over the limit 0.50 - 0.04 / 5 on distance
+    alone). Linked by one graph edge they stay apart (0.52 - 0.2 * 1/21); when every face of
+    one has the other's faces among its neighbours they join (0.52 - 0.2 * 25/45)."""
+    x = np.zeros((10, 128), np.float32)
+    x[5:, 0] = 0.52
+    inside = [(a, b) for g in (range(5), range(5, 10)) for a in g for b in g if a < b]
+    one = np.array(inside + [(0, 5)]).T
+    every = np.array(inside + [(a, b) for a in range(5) for b in range(5, 10)]).T
+    for eu, ev in (one, every):
+        assert len(set(agglomerate(x, eu, ev, 0.50, pair_margin=0.04)[0].tolist())) == 2
+    assert len(set(agglomerate(x, *one, 0.50, pair_margin=0.04, link_weight=0.2)[0].tolist())) == 2
+    assert len(set(agglomerate(x, *every, 0.50, pair_margin=0.04, link_weight=0.2)[0].tolist())) == 1
+    # Edges count as clusters merge: a must-linked group keeps its members' edges.
+    must = np.array([[0, i] for i in range(1, 5)] + [[5, i] for i in range(6, 10)])
+    assert len(set(agglomerate(x, *every, 0.50, must_link=must, pair_margin=0.04,
+                               link_weight=0.2)[0].tolist())) == 1
+
+
+def test_stale_kept_threshold_is_not_reused(tmp_path):
+    """A threshold kept by a clustering made before the link term bounded plain RMS: the
+    default replaces it; one kept with the current link weight is reused."""
+    import json
+
+    from facejob.config import CLUSTER_LINK_WEIGHT, CLUSTER_THRESHOLD
+    from facejob.reduce.clustering import saved_cluster_params
+
+    (tmp_path / "clusters.json").write_text(json.dumps({"threshold": 0.53, "k": 12}))
+    assert saved_cluster_params(str(tmp_path)) == (CLUSTER_THRESHOLD, 12)
+    (tmp_path / "clusters.json").write_text(json.dumps({"threshold": 0.47, "k": 12,
+                                                        "link_weight": CLUSTER_LINK_WEIGHT}))
+    assert saved_cluster_params(str(tmp_path)) == (0.47, 12)
 
 
 def test_stored_labels_shape_the_clusters(data_dir, tmp_path):

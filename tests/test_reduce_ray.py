@@ -31,19 +31,20 @@ def _knn_edges(x: np.ndarray, k: int, max_dist: float) -> tuple[np.ndarray, np.n
     return eu, ev
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_split_clustering_is_exactly_the_single_process_one(seed):
+@pytest.mark.parametrize("seed, link_weight", [(0, 0.0), (1, 0.0), (2, 0.0), (0, 0.2), (1, 0.2)])
+def test_split_clustering_is_exactly_the_single_process_one(seed, link_weight):
     x = _blobs(600, 60, seed)
     eu, ev = _knn_edges(x, 6, 0.9)
     rng = np.random.default_rng(seed)
     must = rng.integers(0, len(x), (8, 2))
     cannot = rng.integers(0, len(x), (40, 2))
-    want, rounds = agglomerate(x, eu, ev, 0.45, must_link=must, cannot_link=cannot, pair_margin=0.04)
+    want, rounds = agglomerate(x, eu, ev, 0.45, must_link=must, cannot_link=cannot, pair_margin=0.04,
+                               link_weight=link_weight)
     comp = pt.components(len(x), eu, ev, must)
     assert len(np.unique(comp)) > 20          # many parts: the split is really exercised
     for groups in (1, 3, 50):
         got, r = pt.split_agglomerate(x, eu, ev, 0.45, must_link=must, cannot_link=cannot, pair_margin=0.04,
-                                      groups=groups)
+                                      link_weight=link_weight, groups=groups)
         np.testing.assert_array_equal(got, want)
         assert 1 <= r <= rounds
     assert len(np.unique(want)) < len(x) / 2   # and it did cluster

@@ -204,9 +204,10 @@ def add_commands(subparsers) -> None:
                                           "recorded in OUT/cluster_events.parquet.")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--threshold", type=float, default=None,
-                   help="two clusters join when their RMS face distance is under this, less 0.04 / "
-                        "sqrt(faces of one x faces of the other); kept in OUT/clusters.json and used by later "
-                        f"`cluster`, `reduce` and nightly runs (default: the kept one, else {CLUSTER_THRESHOLD})")
+                   help="two clusters join when their RMS face distance, less 0.2 x the share of their graph "
+                        "edges that join them, is under this, less 0.04 / sqrt(faces of one x faces of the other); "
+                        "kept in OUT/clusters.json and used by later `cluster`, `reduce` and nightly runs "
+                        f"(default: the kept one, else {CLUSTER_THRESHOLD})")
     p.add_argument("--k", type=int, default=None,
                    help=f"neighbours per face in the graph; kept like the threshold (default: the kept one, else "
                         f"{CLUSTER_K})")

@@ -1,7 +1,8 @@
 """The cluster step: every face of OUT into identities → OUT/clusters.parquet, ids kept across runs.
 
-Faces at or above the quality floor seed the clusters (kNN graph, then average linkage with the
-curator's must- and cannot-link pairs); every other face then joins the one cluster it is near.
+Faces at or above the quality floor seed the clusters (kNN graph, then average linkage, less a
+term for how strongly the graph ties two clusters, with the curator's must- and cannot-link
+pairs); every other face then joins the one cluster it is near.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.config import CLUSTER_K, CLUSTER_MAX_EDGE, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD, MIN_QUALITY
+from facejob.config import (CLUSTER_K, CLUSTER_LINK_WEIGHT, CLUSTER_MAX_EDGE, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD,
+                            MIN_QUALITY)
 from facejob.contract.layout import CLUSTERS, CLUSTERS_JSON, EVENTS, LABELS_STORED
 from facejob.io.lock import writes_output
 from facejob.io.storage import Store, open_store, read_parquet, write_parquet
@@ -76,8 +78,8 @@ def above_floor(faces: Faces, min_quality: float) -> np.ndarray:
 def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
                   threads: int = -1, applied: corr.Applied | None = None,
                   seeds: np.ndarray | None = None, head: lm.Head | None = None,
-                  pair_margin: float = CLUSTER_PAIR_MARGIN, engine: RayReducer | None = None
-                  ) -> tuple[np.ndarray, dict[str, Any]]:
+                  pair_margin: float = CLUSTER_PAIR_MARGIN, engine: RayReducer | None = None,
+                  link_weight: float = CLUSTER_LINK_WEIGHT) -> tuple[np.ndarray, dict[str, Any]]:
     """Cluster label (a row of `faces`) per face of `faces`, and stats.
 
     The `seeds` faces (default: all) are clustered: the kNN graph then agglomeration. Faces of
@@ -102,8 +104,9 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
         must = corr.rows_of(sf.face_ids, applied.must)
         cannot = np.concatenate([cannot, corr.rows_of(sf.face_ids, applied.cannot)])
     x = lm.MetricLearner.from_head(head).transform(faces.embeddings)
-    gc = GraphClusterer(threshold, pair_margin).fit(x[seed_rows], (eu, ev), must_link=must, cannot_link=cannot,
-                                                    agglomerate_with=None if engine is None else engine.agglomerate)
+    gc = GraphClusterer(threshold, pair_margin, link_weight=link_weight)
+    gc.fit(x[seed_rows], (eu, ev), must_link=must, cannot_link=cannot,
+           agglomerate_with=None if engine is None else engine.agglomerate)
     labels = np.arange(n)
     labels[seed_rows] = seed_rows[gc.labels_]
     attached = _attach_rest(fi, faces, x, labels, rest, seed_rows, k, applied, gc)
@@ -218,6 +221,7 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
                                        "total_s": round(time.perf_counter() - t0, 2)},
         low_quality=int((~seeds).sum()), attached=stats["attached"])
     store.write_bytes(CLUSTERS_JSON, json.dumps({"next_id": a.next_id, "threshold": threshold, "k": k,
+                                                 "link_weight": CLUSTER_LINK_WEIGHT,
                                                  "updated_at": now, "inputs": key, **asdict(summary)},
                                                 indent=2).encode())
     log.info("cluster: %d faces -> %d clusters (%d singletons, largest %d); %d merges, %d splits recorded; "
@@ -246,8 +250,8 @@ def _inputs_digest(faces: Faces, seeds: np.ndarray, applied: corr.Applied, head:
     the corrections, the metric head and the settings. (The previous ids only name the clusters:
     the same clustering inherits them unchanged.)"""
     arrays = [] if head is None else [head.arrays[n] for n in sorted(head.arrays)]
-    return saved.digest("clusters", 1, threshold, k, CLUSTER_MAX_EDGE, CLUSTER_PAIR_MARGIN, faces.face_ids,
-                        faces.meta.column("uri"), faces.embeddings, seeds, sorted(applied.must),
+    return saved.digest("clusters", 2, threshold, k, CLUSTER_MAX_EDGE, CLUSTER_PAIR_MARGIN, CLUSTER_LINK_WEIGHT,
+                        faces.face_ids, faces.meta.column("uri"), faces.embeddings, seeds, sorted(applied.must),
                         sorted(applied.cannot), *arrays)
 
 
@@ -267,13 +271,20 @@ def _unchanged(store: Store, key: str) -> ClusterSummary | None:
 
 
 def saved_cluster_params(out: str | Store) -> tuple[float, int]:
-    """(threshold, k) of the last clustering (OUT/clusters.json), else the defaults."""
+    """(threshold, k) of the last clustering (OUT/clusters.json), else the defaults. A threshold
+    kept by a clustering with another link weight (none recorded: made before the link term)
+    bounds another distance, so the default threshold replaces it."""
     store = open_store(out)
     try:
         doc = json.loads(store.read_bytes(CLUSTERS_JSON)) if store.exists(CLUSTERS_JSON) else {}
     except ValueError:  # unreadable: the defaults (the file is rewritten by the next clustering)
         doc = {}
-    return float(doc.get("threshold", CLUSTER_THRESHOLD)), int(doc.get("k", CLUSTER_K))
+    threshold = float(doc.get("threshold", CLUSTER_THRESHOLD))
+    if "threshold" in doc and doc.get("link_weight", 0.0) != CLUSTER_LINK_WEIGHT:
+        log.info("cluster: the kept threshold %.3f was set for link weight %s, not %s; using the default %.3f",
+                 threshold, doc.get("link_weight", 0.0), CLUSTER_LINK_WEIGHT, CLUSTER_THRESHOLD)
+        threshold = CLUSTER_THRESHOLD
+    return threshold, int(doc.get("k", CLUSTER_K))
 
 
 def _previous_clusters(store: Store, faces: Faces) -> tuple[np.ndarray, int, np.ndarray]:

@@ -134,7 +134,8 @@ def sub_problem(rows: np.ndarray, n: int, eu: np.ndarray, ev: np.ndarray,
 
 def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float,
                       max_rounds: int = 100_000, must_link: np.ndarray | None = None,
-                      cannot_link: np.ndarray | None = None, pair_margin: float = 0.0, groups: int = 1,
+                      cannot_link: np.ndarray | None = None, pair_margin: float = 0.0,
+                      link_weight: float = 0.0, groups: int = 1,
                       run: Callable[[Iterable[tuple]], Iterable[tuple[np.ndarray, int]]] | None = None
                       ) -> tuple[np.ndarray, int]:
     """`linkage.agglomerate`, run as independent parts: the same labels, exactly.
@@ -147,7 +148,8 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
         clusters of one component, and a cannot-link pair across components never meets an edge.
     (2) A round merges the pairs that are each other's best live edge. Whether (A, B) is such a
         pair depends only on A's and B's edges and on the sums of the clusters at their ends
-        (linkage is exact from per-cluster sums), all inside one component. So the merges a
+        (linkage is exact from per-cluster sums; the link term counts a cluster's graph edges,
+        all of which lie in its component), all inside one component. So the merges a
         round makes inside C are the same whether the rest of the graph is there or not, and by
         induction over rounds the clusters inside C are the same.
     (3) Bit-for-bit: the rows of C are renumbered in increasing order, so every sort, tie-break
@@ -167,7 +169,7 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
     jobs = []
     for rows in parts:
         su, sv, mu, cu = sub_problem(rows, n, eu, ev, must_link, cannot_link)
-        jobs.append((x[rows], su, sv, threshold, max_rounds, mu, cu, pair_margin))
+        jobs.append((x[rows], su, sv, threshold, max_rounds, mu, cu, pair_margin, link_weight))
     run = run or (lambda js: map(run_part, js))
     rounds = 0
     for rows, (lab, r) in zip(parts, run(jobs)):
@@ -178,5 +180,6 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
 
 def run_part(job: tuple) -> tuple[np.ndarray, int]:
     """One part of `split_agglomerate` (a job tuple it made)."""
-    x, eu, ev, threshold, max_rounds, must, cannot, margin = job
-    return agglomerate(x, eu, ev, threshold, max_rounds, must_link=must, cannot_link=cannot, pair_margin=margin)
+    x, eu, ev, threshold, max_rounds, must, cannot, margin, link_weight = job
+    return agglomerate(x, eu, ev, threshold, max_rounds, must_link=must, cannot_link=cannot, pair_margin=margin,
+                       link_weight=link_weight)

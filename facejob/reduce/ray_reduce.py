@@ -226,10 +226,10 @@ class RayReducer:
 
     def agglomerate(self, x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float, max_rounds: int = 100_000,
                     must_link: np.ndarray | None = None, cannot_link: np.ndarray | None = None,
-                    pair_margin: float = 0.0) -> tuple[np.ndarray, int]:
+                    pair_margin: float = 0.0, link_weight: float = 0.0) -> tuple[np.ndarray, int]:
         """linkage.agglomerate as parallel tasks over the graph's components (exactly the same labels)."""
         return pt.split_agglomerate(x, eu, ev, threshold, max_rounds, must_link, cannot_link, pair_margin,
-                                    groups=self.workers, run=self._run_parts)
+                                    link_weight, groups=self.workers, run=self._run_parts)
 
     def _run_parts(self, jobs: Iterable[tuple]) -> list[tuple[np.ndarray, int]]:
         jobs = list(jobs)
