@@ -168,7 +168,7 @@ def sigint_when(cmd: list[str], ready, timeout: float = 240) -> subprocess.Compl
 
 def test_ctrl_c_during_index_then_rerun_finishes(data_dir, tmp_path, ray_cluster):
     src, out = data_dir / "groups", tmp_path / "o"
-    # Ctrl-C reaches the command's own local Ray too (one process group), as in a terminal.
+    # The interrupted command starts its own local Ray, as `facejob index` in a terminal does.
     cmd = [*FACEJOB, "index", str(src), "--out", str(out), "--shard-size", "3", "--workers", "1", "-q"]
     r = sigint_when(cmd, lambda: any((out / "images").glob("part-*.parquet")))
     assert r.returncode == 130, r.stderr
