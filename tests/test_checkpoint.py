@@ -203,7 +203,7 @@ def test_a_crash_before_the_checkpoint_costs_a_read_not_a_wrong_plan(ray_local, 
     photos = tmp_path / "photos"
     lfw_photos(data_dir, 6, photos)
     out = tmp_path / "out"
-    config = IndexConfig(run=RunConfig(workers=2, shard_size=2, compact_parts=0))
+    config = IndexConfig(run=RunConfig(workers=1, shard_size=2, compact_parts=0))
     first = facejob.index([str(photos)], str(out), config, progress=False)
     assert first.ok and first.counts["shards"] == 3 and first.counts["catalog_parts_read"] == 0
     lfw_photos(data_dir, 4, photos, start=6)   # the next night brings four photos

@@ -27,7 +27,7 @@ from tests.s3_server import child_env, lfw_photos, read_tables
 
 REPO = Path(__file__).resolve().parents[1]
 N_PHOTOS = 12
-CONFIG = IndexConfig(run=RunConfig(workers=2, shard_size=2, compact_parts=0))
+CONFIG = IndexConfig(run=RunConfig(workers=1, shard_size=2, compact_parts=0))  # one worker process is plenty here
 PART_PHOTOS = 5   # 6 parts of 2 photos → 2 merged parts of 6
 
 # Compaction in a child process whose store dies (os._exit, as SIGKILL would) before its k-th
@@ -123,7 +123,7 @@ def test_compact_keeps_every_row(reference, photos, tmp_path):
 def test_index_compacts_when_parts_exceed_the_limit(reference, photos, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
-    config = IndexConfig(run=RunConfig(workers=2, shard_size=2, compact_parts=5))   # 6 parts > 5
+    config = IndexConfig(run=RunConfig(workers=1, shard_size=2, compact_parts=5))   # 6 parts > 5
     summary = facejob.index([str(photos)], str(out), config, progress=False)
     assert summary.counts["processed"] == 0 and summary.counts["parts_merged"] == 5   # 6 → 1 (100,000 per part)
     assert len(part_files(out, "images")) == len(part_files(out, "faces")) == 1

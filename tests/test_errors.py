@@ -166,8 +166,9 @@ def sigint_when(cmd: list[str], ready, timeout: float = 240) -> subprocess.Compl
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
-def test_ctrl_c_during_index_then_rerun_finishes(data_dir, tmp_path):
+def test_ctrl_c_during_index_then_rerun_finishes(data_dir, tmp_path, ray_cluster):
     src, out = data_dir / "groups", tmp_path / "o"
+    # The interrupted command starts its own local Ray, as `facejob index` in a terminal does.
     cmd = [*FACEJOB, "index", str(src), "--out", str(out), "--shard-size", "3", "--workers", "1", "-q"]
     r = sigint_when(cmd, lambda: any((out / "images").glob("part-*.parquet")))
     assert r.returncode == 130, r.stderr
@@ -177,7 +178,8 @@ def test_ctrl_c_during_index_then_rerun_finishes(data_dir, tmp_path):
         " shards done; rerun the same command to finish"), line
     done, total = map(int, line.split("interrupted: ")[1].split(" shards")[0].split(" of "))
     assert 1 <= done < total
-    again = run("index", str(src), "--out", str(out), "-q")
+    # The rerun may use any Ray: the session's, rather than starting one of its own.
+    again = run("index", str(src), "--out", str(out), "-q", env={**os.environ, "RAY_ADDRESS": ray_cluster})
     assert again.returncode == 0, again.stderr
     listed = json.loads((out / "run.json").read_text())["counts"]
     assert listed["unchanged"] >= 3 * done and listed["unchanged"] + listed["processed"] == listed["listed"]
@@ -203,10 +205,10 @@ def test_ctrl_c_during_report(data_dir, tmp_path, ray_cluster):
     from facejob.cli import main
 
     out = tmp_path / "o"
-    # The output to report on, made in this process on the session's Ray: only the report's
-    # Ctrl-C is under test here, in a command of its own.
+    # The output to report on, made in this process on the session's Ray (one worker: one
+    # process loading the models): only the report's Ctrl-C is under test here, in a command of its own.
     with joined(ray_cluster):
-        assert main(["index", str(data_dir / "groups"), "--out", str(out), "-q"]) == 0
+        assert main(["index", str(data_dir / "groups"), "--out", str(out), "--workers", "1", "-q"]) == 0
     assert main(["reduce", str(out), "-q"]) == 0
     r = sigint_when([*FACEJOB, "report", str(out), "-q"],
                     lambda: (out / "report").is_dir() and any((out / "report").rglob("*.*")))

@@ -24,7 +24,7 @@ from tests.s3_server import aws_env, child_env
 
 REPO = Path(__file__).resolve().parents[1]
 FACEJOB = [sys.executable, "-m", "facejob.cli"]
-CONFIG = IndexConfig(run=RunConfig(workers=2))
+CONFIG = IndexConfig(run=RunConfig(workers=1))  # one worker process (torch + models, ~2 CPU s) is plenty here
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_share_guard_on_s3(ray_local, s3):
     with pytest.raises(RetireRefused):
         facejob.index([s3.uri("photos/")], out, CONFIG, progress=False)
     assert sorted(k for k in s3.keys("out/") if k.endswith(".parquet")) == parts
-    s = facejob.index([s3.uri("photos/")], out, IndexConfig(run=RunConfig(workers=2, allow_retire=True)), progress=False)
+    s = facejob.index([s3.uri("photos/")], out, IndexConfig(run=RunConfig(workers=1, allow_retire=True)), progress=False)
     assert s.counts["deleted"] == 12 and s.report["totals"]["images"] == 18
 
 

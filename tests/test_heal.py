@@ -26,6 +26,7 @@ from tests.s3_server import assert_same_results, kill_driver_when, lfw_photos, w
 REPO = Path(__file__).resolve().parents[1]
 N_PHOTOS = 40  # enough that a quiet machine cannot finish a run before the kill test's random moment
 CONFIG = IndexConfig(run=RunConfig(workers=2, shard_size=3))
+REFERENCE_CONFIG = IndexConfig(run=RunConfig(workers=1, shard_size=3))  # the same rows as CONFIG's
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def photos(data_dir) -> Path:
 @pytest.fixture(scope="module")
 def reference(ray_address, photos, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "out"
-    summary = facejob.index([str(photos)], str(out), CONFIG, progress=False)
+    summary = facejob.index([str(photos)], str(out), REFERENCE_CONFIG, progress=False)
     assert summary.ok and summary.counts["processed"] == N_PHOTOS and summary.counts["shards"] == -(-N_PHOTOS // 3)
     return out
 

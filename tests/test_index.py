@@ -16,6 +16,10 @@ from tests.photos import EXPECTED, NON_IMAGES, make_awkward_folder
 
 FACEJOB = [sys.executable, "-m", "facejob.cli"]
 
+# One worker where a test is about the tables, not the pool: each worker is a process that
+# loads torch and builds the models (~2 CPU s), more than these few photos cost.
+ONE_WORKER = IndexConfig(run=RunConfig(workers=1))
+
 
 def table(out: Path, name: str) -> list[dict]:
     return ds.dataset(out / name, format="parquet").to_table().to_pylist()
@@ -69,7 +73,7 @@ def test_incremental_add_change_delete(ray_local, data_dir, tmp_path):
     johns = sorted((data_dir / "labelled/dlib_johns/John_Salley").glob("*.jpg"))[:4]
     for p in johns:
         (src / p.name).write_bytes(p.read_bytes())
-    facejob.index([str(src)], str(out), IndexConfig(), progress=False)
+    facejob.index([str(src)], str(out), ONE_WORKER, progress=False)
     ids_before = {f["uri"]: f["face_id"] for f in table(out, "faces")}
 
     (src / johns[0].name).unlink()                                   # deleted
@@ -77,7 +81,7 @@ def test_incremental_add_change_delete(ray_local, data_dir, tmp_path):
     (src / johns[1].name).write_bytes(other.read_bytes())            # changed content
     os.utime(src / johns[1].name, (1e9, 1e9))
     (src / "new.jpg").write_bytes(other.read_bytes())                # added
-    s = facejob.index([str(src)], str(out), IndexConfig(), progress=False)
+    s = facejob.index([str(src)], str(out), ONE_WORKER, progress=False)
     c = s.counts
     assert (c["new"], c["changed"], c["deleted"], c["unchanged"], c["processed"]) == (1, 1, 1, 2, 2)
     images = table(out, "images")
@@ -91,9 +95,10 @@ def test_incremental_add_change_delete(ray_local, data_dir, tmp_path):
 def test_force_redoes_and_keeps_ids(ray_local, data_dir, tmp_path):
     src = data_dir / "labelled/faceapi_bbt/sheldon"
     out = tmp_path / "out"
-    facejob.index([str(src)], str(out), IndexConfig(run=RunConfig(shard_size=2)), progress=False)
+    facejob.index([str(src)], str(out), IndexConfig(run=RunConfig(workers=1, shard_size=2)), progress=False)
     before = sorted((f["face_id"], f["uri"]) for f in table(out, "faces"))
-    s = facejob.index([str(src)], str(out), IndexConfig(run=RunConfig(shard_size=3, force=True)), progress=False)
+    s = facejob.index([str(src)], str(out), IndexConfig(run=RunConfig(workers=1, shard_size=3, force=True)),
+                      progress=False)
     assert s.counts["processed"] == 5
     assert sorted((f["face_id"], f["uri"]) for f in table(out, "faces")) == before
     assert len(table(out, "images")) == 5
@@ -154,8 +159,8 @@ def test_cli_index_and_verify(ray_address, data_dir, tmp_path, capsys):
 
 def test_torch_backends_through_ray(ray_local, data_dir, tmp_path):
     src = data_dir / "labelled/faceapi_bbt/raj"
-    s = facejob.index([str(src)], str(tmp_path / "o"), IndexConfig(ModelConfig(detector="cnn", embedder="torch")),
-                      progress=False)
+    s = facejob.index([str(src)], str(tmp_path / "o"),
+                      IndexConfig(ModelConfig(detector="cnn", embedder="torch"), ONE_WORKER.run), progress=False)
     assert s.counts["ok"] == 5 and s.counts["faces"] >= 5
     faces = table(tmp_path / "o", "faces")
     assert {(f["detector"], f["embedder"]) for f in faces} == {("torch-cnn", "torch-resnet")}

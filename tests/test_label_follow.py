@@ -21,7 +21,7 @@ from facejob.reduce import labelling, pipeline
 from facejob.io.storage import LocalStore, write_parquet
 
 PEOPLE = ("John_Salley", "John_Shimkus")
-CONFIG = IndexConfig(run=RunConfig(workers=2))
+CONFIG = IndexConfig(run=RunConfig(workers=1))  # one worker process (torch + models, ~2 CPU s) is plenty here
 
 
 def faces_by_file(out: Path) -> dict[str, list[dict]]:

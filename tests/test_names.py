@@ -17,7 +17,7 @@ from facejob.config import IndexConfig, RunConfig
 from facejob.io.sources import ImageRef, list_images, path_to_uri, read_bytes, uri_to_path
 from tests.photos import face_image
 
-CONFIG = IndexConfig(run=RunConfig(workers=2))
+CONFIG = IndexConfig(run=RunConfig(workers=1))  # one worker process (torch + models, ~2 CPU s) is plenty here
 ODD_NAMES = [
     b"caf\xe9.jpg",                                    # Latin-1 from an old Samba share
     b"new\nline.jpg",

@@ -166,6 +166,24 @@ def test_onnxruntime_graph_equals_the_torch_module(chips, embedder):
     assert np.abs(embedder.embed(chips) - torch_run.embed(chips)).max() <= 1e-5
 
 
+def test_onnx_graph_is_built_once_per_machine(chips, embedder, tmp_path, monkeypatch):
+    """Workers read the ONNX graph from the cache folder: to_onnx's bytes, written once; a cache
+    folder that cannot be made only means building the graph each time."""
+    from facejob.face.dlibport import resnet
+
+    fresh = resnet.to_onnx(resnet.load_resnet())
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))
+    assert resnet.onnx_model() == fresh
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert resnet.onnx_model() == fresh
+    kept = list((tmp_path / "cache" / "facejob").iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith("dlib-resnet-") and kept[0].read_bytes() == fresh
+    monkeypatch.setattr(resnet, "to_onnx", None)  # a second build would fail
+    assert resnet.onnx_model() == fresh
+    np.testing.assert_array_equal(TorchEmbedder(device="cpu").embed(chips), embedder.embed(chips))
+
+
 def test_batch_size_does_not_change_results(chips, embedder):
     odd = TorchEmbedder(device="cpu", batch_size=7)
     np.testing.assert_allclose(odd.embed(chips), embedder.embed(chips), atol=1e-5)

@@ -25,6 +25,10 @@ folded into the convolution before it: same function, one op fewer.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +227,48 @@ def to_onnx(model: DlibResNet) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
+def cache_dir() -> Path:
+    """Where built models are kept between processes: $XDG_CACHE_HOME/facejob (~/.cache/facejob)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facejob"
+
+
+def onnx_model() -> bytes:
+    """`to_onnx` of dlib's recogniser, built once per machine and kept in `cache_dir`.
+
+    Every index worker needs this graph; building it costs a worker ~0.8 CPU s (importing onnx,
+    reading dlib's file, a shape pass) of its ~2.8 s start, reading it a few ms. The file is named
+    by a digest of everything the graph comes from (dlib's file, this module, the torch and onnx
+    versions) and written whole before it takes that name. No home, a folder that cannot be
+    written or a file that cannot be read only mean building the graph here."""
+    from facejob.face.model_files import model_path
+
+    dat = model_path("resnet")
+    key = hashlib.sha256()
+    for part in (dat.read_bytes(), Path(__file__).read_bytes(),
+                 *(importlib.metadata.version(d).encode() for d in ("torch", "onnx"))):
+        key.update(hashlib.sha256(part).digest())
+    try:
+        path = cache_dir() / f"dlib-resnet-{key.hexdigest()[:32]}.onnx"
+    except RuntimeError:  # no home folder
+        return to_onnx(load_resnet(dat))
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    model = to_onnx(load_resnet(dat))
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(model)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return model
+
+
 class TorchEmbedder:
     """Batched 128-d dlib face descriptors computed by the PyTorch port.
 
@@ -240,13 +286,12 @@ class TorchEmbedder:
         self.device = torch_device(device)
         # CPU throughput is flat from ~16 chips on; a GPU wants big batches to fill it.
         self.batch_size = batch_size or (512 if self.device.type == "cuda" else 32)
-        model = load_resnet()
         if precision == "fp32" and use_onnxruntime(runtime, self.device):
-            self._session = ort_session(to_onnx(model))
+            self._session = ort_session(onnx_model())
             self.model = None
         else:
             # NHWC: oneDNN (CPU, ~20% faster than NCHW here) and cuDNN run it without reordering.
-            self.model = TorchRunner(model, self.device, precision, compile)
+            self.model = TorchRunner(load_resnet(), self.device, precision, compile)
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """Descriptors of (n, 150, 150, 3) uint8 RGB chips -> (n, 128) float32."""
