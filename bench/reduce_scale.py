@@ -150,6 +150,16 @@ def image_rss_gib() -> float:
         return rss_gib()
 
 
+def reset_peak_rss() -> bool:
+    """Start this process's peak RSS (VmHWM) afresh (Linux clear_refs "5"); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def pairwise_f(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
     """Pairwise precision, recall, F over all same-cluster pairs (counted, not enumerated)."""
     def pairs(labels):
@@ -409,6 +419,7 @@ def main() -> None:
             "build_s": round(t_build, 1), "recall_at_10": round(float(recall), 4), "qps": round(qps),
             "cluster_s": round(t_cluster, 1), "pairwise_f": round(f, 4), "peak_rss_gib": round(rss_gib(), 2)}
     if args.ray:
+        del faces, x, norms, s   # the Ray path reads its own faces: its driver's peak is measured without these
         line.update(ray_path(args, store, fi, cid, q, exact, truth, say))
     print(json.dumps(line))
 
@@ -423,6 +434,7 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
     from facejob.reduce.embeddings import META_COLUMNS
 
     opts = {k: v for k, v in (("replicas", args.replicas), ("probe", args.probe)) if v is not None}
+    fresh = reset_peak_rss()     # the driver's peak from here on (it still holds the saved index, as reduce's does)
     with rr.RayReducer(workers=args.workers, shards=args.shards, **opts) as eng:
         t0 = time.perf_counter()
         faces = eng.read_faces(store, META_COLUMNS)
@@ -442,7 +454,9 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
         t_cluster = time.perf_counter() - t0
         cid = pq.read_table(Path(args.out) / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
         agree = pairwise_f(cid_single, cid)[2]
-        peak = max(rss_gib(), eng.peak_rss_gib)
+        driver = image_rss_gib() if fresh else rss_gib()
+        workers = sorted(eng.process_peaks.values(), reverse=True)
+        peak = max(driver, eng.peak_rss_gib)
         shards, nodes, part_rows = eng.shard_count, len(eng.work), eng.part_rows
         replicas, probe = eng.replicas, eng.probe
     _, _, f_truth = pairwise_f(truth, cid)
@@ -450,13 +464,15 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
         f"read {t_read:.1f} s, shards built {t_shards:.1f} s, kNN graph {s.timings['knn_s']:.1f} s, "
         f"merging {s.timings['merge_s']:.1f} s (cluster step {t_cluster:.1f} s); recall@10 {recall:.4f} "
         f"({len(q):,} queries in {t_query:.2f} s); clusters agree with single-process: pairwise F {agree:.4f} "
-        f"(vs truth {f_truth:.4f}); max process peak RSS {peak:.2f} GiB; {nodes} node(s); clustering tasks of "
-        f"{part_rows} rows")
+        f"(vs truth {f_truth:.4f}); max process peak RSS {peak:.2f} GiB (driver {driver:.2f}, "
+        f"{len(workers)} Ray worker processes {[round(w, 2) for w in workers]}); {nodes} node(s); clustering "
+        f"tasks of {part_rows} rows")
     out = {"ray_read_s": round(t_read, 1), "ray_shards_build_s": round(t_shards, 1),
            "ray_knn_graph_s": s.timings["knn_s"], "ray_merge_s": s.timings["merge_s"],
            "ray_cluster_s": round(t_cluster, 1), "knn_recall_at_10": round(recall, 4),
            "agreement_f": round(agree, 4), "agreement_at_faces": len(faces), "ray_pairwise_f": round(f_truth, 4),
-           "max_process_peak_rss_gib": round(peak, 2), "shards": shards, "replicas": replicas, "probe": probe,
+           "max_process_peak_rss_gib": round(peak, 2), "ray_driver_peak_rss_gib": round(driver, 2),
+           "ray_worker_peak_rss_gib": [round(w, 2) for w in workers], "shards": shards, "replicas": replicas, "probe": probe,
            "cluster_task_rows": part_rows}
     if len(faces) == 1_000_000:
         out["agreement_f_at_1m"] = out["agreement_f"]

@@ -43,13 +43,14 @@ SHARD_PROBE = 3         # cells each query visits
 PREDICT_ROWS = 100_000  # faces per prediction task: a task's score matrix stays ~rows x people x 4 bytes
 
 
-def _here() -> tuple[str, float]:
-    """(this process's Ray node id, its peak RSS in GiB)."""
-    return ray.get_runtime_context().get_node_id(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def _here() -> tuple[str, float, int]:
+    """(this process's Ray node id, its peak RSS in GiB, its pid)."""
+    return (ray.get_runtime_context().get_node_id(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            os.getpid())
 
 
 @ray.remote
-def _read_part(root: str, rel: str, columns: list[str]) -> tuple[pa.Table, np.ndarray, tuple[str, float]]:
+def _read_part(root: str, rel: str, columns: list[str]) -> tuple[pa.Table, np.ndarray, tuple[str, float, int]]:
     store = open_store(root)
     metas, embs = [], []
     for b in part_batches(store, rel, [*columns, "embedding"]):
@@ -68,7 +69,7 @@ class _Shard:
         self.labels = labels
         self.index = build(vectors, params, threads=1)   # one CPU per actor: no oversubscription
 
-    def query(self, vectors: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray, tuple[str, float]]:
+    def query(self, vectors: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
         k = min(k, len(self.labels))
         if k == 0 or len(vectors) == 0:
             return np.full((len(vectors), 0), -1, np.int64), np.empty((len(vectors), 0), np.float32), _here()
@@ -76,17 +77,17 @@ class _Shard:
         lab, d2 = self.index.knn_query(np.ascontiguousarray(vectors, np.float32), k=k, num_threads=1)
         return self.labels[lab.astype(np.int64)], np.sqrt(np.maximum(d2, 0)).astype(np.float32), _here()
 
-    def where(self) -> tuple[str, float]:
+    def where(self) -> tuple[str, float, int]:
         return _here()
 
 
 @ray.remote
-def _cluster_part(job: tuple) -> tuple[np.ndarray, int, tuple[str, float]]:
+def _cluster_part(job: tuple) -> tuple[np.ndarray, int, tuple[str, float, int]]:
     return (*pt.run_part(job), _here())
 
 
 @ray.remote
-def _predict(clf, x: np.ndarray, forbidden: dict[int, set[str]]) -> tuple[np.ndarray, np.ndarray, tuple[str, float]]:
+def _predict(clf, x: np.ndarray, forbidden: dict[int, set[str]]) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
     return (*clf.predict(x, forbidden), _here())
 
 
@@ -114,8 +115,8 @@ def start_ray(address: str | None, workers: int):
 class RayReducer:
     """The reducer's heavy parts on a Ray cluster (see the module doc). Use as a context
     manager: the shard actors end with it. `work` counts the tasks and actors per node id,
-    `peak_rss_gib` the highest peak RSS any of them reported, `part_rows` the rows of each
-    clustering task of the last clustering."""
+    `process_peaks` holds each of their processes' peak RSS in GiB ((node id, pid) -> GiB),
+    `peak_rss_gib` the highest, `part_rows` the rows of each clustering task of the last clustering."""
 
     def __init__(self, address: str | None = None, workers: int = 0, shards: int = 0,
                  params: IndexParams = IndexParams(), replicas: int = SHARD_REPLICAS, probe: int = SHARD_PROBE):
@@ -125,7 +126,7 @@ class RayReducer:
         self.shards = shards or self.workers
         self.params, self.replicas, self.probe = params, replicas, probe
         self.work: Counter[str] = Counter()
-        self.peak_rss_gib = 0.0
+        self.process_peaks: dict[tuple[str, int], float] = {}
         self.part_rows: list[int] = []
         self._actors: list = []
         self._centroids: np.ndarray | None = None
@@ -148,9 +149,15 @@ class RayReducer:
         """Shard actors running (after `build` and a query)."""
         return len(self._actors)
 
-    def _seen(self, where: tuple[str, float]) -> None:
-        self.work[where[0]] += 1
-        self.peak_rss_gib = max(self.peak_rss_gib, where[1])
+    @property
+    def peak_rss_gib(self) -> float:
+        """The highest peak RSS any task or actor process reported (GiB)."""
+        return max(self.process_peaks.values(), default=0.0)
+
+    def _seen(self, where: tuple[str, float, int]) -> None:
+        node, rss, pid = where
+        self.work[node] += 1
+        self.process_peaks[node, pid] = max(self.process_peaks.get((node, pid), 0.0), rss)
 
     def read_faces(self, store: Store, columns: Sequence[str]) -> Faces:
         """`embeddings.read_faces` with one task per part (the same rows, in the same order)."""
