@@ -8,7 +8,9 @@ ADDR --workers N`); the steps themselves (facejob.reduce.pipeline) stay the same
   query sent to its SHARD_PROBE nearest, the actors' answers merged;
 - clustering runs as independent parts (connected components of the candidate graph, packed
   into one task per worker), which gives exactly the single-process clusters for that graph;
-- predictions are made in tasks of PREDICT_ROWS rows.
+- the per-person SVMs are trained in tasks of a chunk of people each (FIT_TASKS per worker),
+  which gives exactly the single-process models (a person's SVM does not depend on the others');
+- predictions are made in tasks of PREDICT_ROWS rows (each scoring them in batches).
 
 The search index under OUT/index/ (what `facejob search` loads) is still built by the driver.
 This is the one module of the reducer that imports Ray (see pyproject's import contracts).
@@ -30,6 +32,7 @@ from facejob.contract.schema import EMBEDDING_DIM, FACES
 from facejob.io.storage import Store, open_store
 
 from . import partition as pt
+from . import svm as lb
 from .embeddings import Faces, _drop_repeated, batch_embeddings, part_batches, parts, require_indexed
 from .errors import ReduceError
 from .graph import knn_graph
@@ -40,7 +43,8 @@ log = logging.getLogger("facejob.reduce")
 # Measured with bench/reduce_scale.py --ray (synthetic LFW-like descriptors): see README.
 SHARD_REPLICAS = 2      # cells each face is stored in
 SHARD_PROBE = 3         # cells each query visits
-PREDICT_ROWS = 100_000  # faces per prediction task: a task's score matrix stays ~rows x people x 4 bytes
+PREDICT_ROWS = 100_000  # faces per prediction task (scored in batches of svm.PREDICT_ROWS inside it)
+FIT_TASKS = 4           # SVM training tasks per worker: people's SVMs differ in cost, small chunks even it out
 
 
 def _here() -> tuple[str, float, int]:
@@ -87,8 +91,15 @@ def _cluster_part(job: tuple) -> tuple[np.ndarray, int, tuple[str, float, int]]:
 
 
 @ray.remote
-def _predict(clf, x: np.ndarray, forbidden: dict[int, set[str]]) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
-    return (*clf.predict(x, forbidden), _here())
+def _fit_classes(x: np.ndarray, y: np.ndarray, first: int, end: int, C: float,
+                 seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
+    return (*lb.fit_classes(x, y, first, end, C, seed), _here())
+
+
+@ray.remote
+def _predict(clf, x: np.ndarray, forbidden: dict[int, set[str]],
+             transform) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
+    return (*clf.predict(x, forbidden, transform), _here())
 
 
 def start_ray(address: str | None, workers: int):
@@ -248,15 +259,33 @@ class RayReducer:
             out.append((lab, rounds))
         return out
 
-    def predict(self, clf, x: np.ndarray, forbidden: dict[int, set[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """clf.predict(x, forbidden) in tasks of PREDICT_ROWS rows (predictions are per row)."""
+    def fit_svms(self, x: np.ndarray, y: np.ndarray, n_classes: int, C: float,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """svm.fit_classes over classes 0..n_classes-1 (an svm.FitRun) in parallel tasks, each
+        a chunk of people: the same models as in one process."""
+        chunks = max(1, min(n_classes, FIT_TASKS * self.workers))
+        bounds = np.linspace(0, n_classes, chunks + 1).astype(int)
+        xr, yr = ray.put(x), ray.put(y)
+        refs = [_fit_classes.options(scheduling_strategy="SPREAD").remote(xr, yr, int(lo), int(hi), C, seed)
+                for lo, hi in zip(bounds[:-1], bounds[1:])]
+        coef, icpt = [], []
+        for c, i, where in ray.get(refs):
+            self._seen(where)
+            coef.append(c)
+            icpt.append(i)
+        return np.concatenate(coef), np.concatenate(icpt)
+
+    def predict(self, clf, x: np.ndarray, forbidden: dict[int, set[str]], transform=None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """clf.predict(x, forbidden, transform) in tasks of PREDICT_ROWS rows (predictions are
+        per row; `transform`, e.g. the metric head, is applied in the tasks)."""
         if len(x) == 0:
-            return clf.predict(x, forbidden)
-        model = ray.put(clf)
+            return clf.predict(x, forbidden, transform)
+        model, fn = ray.put(clf), ray.put(transform)
         starts = range(0, len(x), PREDICT_ROWS)
         refs = [_predict.options(scheduling_strategy="SPREAD").remote(
                     model, x[lo:lo + PREDICT_ROWS],
-                    {r - lo: v for r, v in forbidden.items() if lo <= r < lo + PREDICT_ROWS}) for lo in starts]
+                    {r - lo: v for r, v in forbidden.items() if lo <= r < lo + PREDICT_ROWS}, fn) for lo in starts]
         pred, prob = [], []
         for p, q, where in ray.get(refs):
             self._seen(where)
