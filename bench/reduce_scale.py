@@ -2,7 +2,7 @@
 
     nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out] [--json]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 1000000 --nightly [--json]
-        [--ray [--workers N] [--shards N] [--replicas R] [--probe P]]
+        [--ray [--workers N] [--shards N] [--replicas R] [--probe P] [--label-people N]]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 200000 --people 20000 --part-rows 10000 --service [--json]
 
 Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
@@ -28,7 +28,9 @@ With --ray it then runs the reducer's Ray path (facejob/reduce/ray_reduce.py) on
 actors built, kNN graph over the shards, clustering in parallel parts), knn_recall_at_10 of the
 sharded search against exact search (same 1,000 queries), agreement_f (pairwise F between the
 Ray path's clusters and the single-process ones, at this N; `agreement_f_at_1m` at N = 1M) and
-max_process_peak_rss_gib (the driver and every Ray worker that did reducer work).
+max_process_peak_rss_gib (the driver and every Ray worker that did reducer work; each one's
+too); then per-person SVMs for --label-people people trained in one process and in Ray tasks,
+and every face named both ways (seconds, how far the models differ, share of equal labels).
 
 --service instead times `facejob search --face-id` in fresh processes, loading OUT/index/ each
 time against asking the search service (facejob/reduce/search_service.py, one shard per
@@ -337,6 +339,8 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=0, help="--ray: search shards (0 = one per worker)")
     ap.add_argument("--replicas", type=int, default=None, help="--ray: cells each face is stored in")
     ap.add_argument("--probe", type=int, default=None, help="--ray: cells each query visits")
+    ap.add_argument("--label-people", type=int, default=100,
+                    help="--ray: people whose SVMs are trained both ways (0: none)")
     ap.add_argument("--service", action="store_true",
                     help="time `facejob search` loading OUT/index/ per call against the search service on a Ray "
                          "head of --workers CPUs (one shard each)")
@@ -424,6 +428,36 @@ def main() -> None:
     print(json.dumps(line))
 
 
+def svm_side_by_side(eng, x: np.ndarray, truth: np.ndarray, clusters: np.ndarray, people: int, say) -> dict:
+    """Per-person SVMs for `people` synthetic people (3 labelled faces each) trained in one
+    process and in Ray tasks (eng.fit_svms), then every face named both ways: seconds, the
+    largest difference between the two models' coefficients, the share of equal labels."""
+    from facejob.reduce.svm import IdentityClassifier
+
+    rng = np.random.default_rng(3)
+    ids, counts = np.unique(truth, return_counts=True)
+    named = rng.choice(ids[counts >= 4], min(people, int((counts >= 4).sum())), replace=False)
+    rows = np.concatenate([rng.choice(np.flatnonzero(truth == p), 3, replace=False) for p in named])
+    names = [f"p{truth[r]}" for r in rows]
+    fits, ts = [], []
+    for run in (None, eng.fit_svms):
+        t0 = time.perf_counter()
+        clf = IdentityClassifier().fit_archive(x, rows, x[rows], names, clusters, run=run)
+        t1 = time.perf_counter()
+        pred = clf.predict(x) if run is None else eng.predict(clf, x, {})
+        ts.append((t1 - t0, time.perf_counter() - t1))
+        fits.append((clf, pred))
+    (one, p1), (par, p2) = fits
+    diff = float(max(np.abs(one.model_.coef - par.model_.coef).max(), np.abs(one.model_.intercept - par.model_.intercept).max()))
+    same = float(np.mean(p1[0] == p2[0]))
+    say(f"SVMs for {len(named)} people (3 labels each, {len(one.pool_):,} background): trained in one process "
+        f"{ts[0][0]:.1f} s, in Ray tasks {ts[1][0]:.1f} s (largest coefficient difference {diff:.2g}); every face "
+        f"named: {ts[0][1]:.1f} s / {ts[1][1]:.1f} s in tasks; labels equal for {same:.4%} of faces")
+    return {"svm_people": len(named), "svm_train_s": round(ts[0][0], 1), "ray_svm_train_s": round(ts[1][0], 1),
+            "svm_coef_max_diff": diff, "predict_s": round(ts[0][1], 1), "ray_predict_s": round(ts[1][1], 1),
+            "labels_equal": round(same, 6)}
+
+
 def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.ndarray, truth: np.ndarray,
              say) -> dict:
     """The Ray path over the same archive and saved index: its figures, against the single-process ones."""
@@ -457,6 +491,7 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
         driver = image_rss_gib() if fresh else rss_gib()
         workers = sorted(eng.process_peaks.values(), reverse=True)
         peak = max(driver, eng.peak_rss_gib)
+        svm = svm_side_by_side(eng, faces.embeddings, truth, cid, args.label_people, say) if args.label_people else {}
         shards, nodes, part_rows = eng.shard_count, len(eng.work), eng.part_rows
         replicas, probe = eng.replicas, eng.probe
     _, _, f_truth = pairwise_f(truth, cid)
@@ -473,7 +508,7 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
            "agreement_f": round(agree, 4), "agreement_at_faces": len(faces), "ray_pairwise_f": round(f_truth, 4),
            "max_process_peak_rss_gib": round(peak, 2), "ray_driver_peak_rss_gib": round(driver, 2),
            "ray_worker_peak_rss_gib": [round(w, 2) for w in workers], "shards": shards, "replicas": replicas, "probe": probe,
-           "cluster_task_rows": part_rows}
+           "cluster_task_rows": part_rows, **svm}
     if len(faces) == 1_000_000:
         out["agreement_f_at_1m"] = out["agreement_f"]
     return out

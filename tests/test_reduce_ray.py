@@ -107,7 +107,7 @@ def test_svms_and_predictions_on_ray_equal_the_single_process_ones(ray_local, mo
 
     one = IdentityClassifier(pool_size=800).fit_archive(x, rows, x[rows], names, clusters=who)
     want = one.predict(x, forbidden, transform)
-    monkeypatch.setattr(rr, "PREDICT_ROWS", 700)         # several prediction tasks
+    monkeypatch.setattr(rr, "PREDICT_ROWS", 150)         # 14 prediction tasks, at most 4 in flight
     fits = []
     with rr.RayReducer(workers=2) as eng:
         def run(*a):
@@ -117,7 +117,7 @@ def test_svms_and_predictions_on_ray_equal_the_single_process_ones(ray_local, mo
         got = eng.predict(par, x, forbidden, transform)
         tasks = sum(eng.work.values())
     assert fits and all(n == 12 for n in fits)          # every training went through the tasks
-    assert tasks >= len(fits) * rr.FIT_TASKS * 2 + 3     # each in chunks of people; 3 prediction tasks
+    assert tasks == len(fits) * rr.FIT_TASKS * 2 + 14    # each in chunks of people; the prediction tasks
     assert (par.classes_ == one.classes_).all()
     np.testing.assert_allclose(par.model_.coef, one.model_.coef, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(par.model_.intercept, one.model_.intercept, rtol=1e-5, atol=1e-6)

@@ -278,17 +278,23 @@ class RayReducer:
     def predict(self, clf, x: np.ndarray, forbidden: dict[int, set[str]], transform=None
                 ) -> tuple[np.ndarray, np.ndarray]:
         """clf.predict(x, forbidden, transform) in tasks of PREDICT_ROWS rows (predictions are
-        per row; `transform`, e.g. the metric head, is applied in the tasks)."""
+        per row; `transform`, e.g. the metric head, is applied in the tasks). At most two tasks
+        per worker are in flight: the rows sent to the object store are a window, not all of x."""
         if len(x) == 0:
             return clf.predict(x, forbidden, transform)
         model, fn = ray.put(clf), ray.put(transform)
-        starts = range(0, len(x), PREDICT_ROWS)
-        refs = [_predict.options(scheduling_strategy="SPREAD").remote(
+        starts = list(range(0, len(x), PREDICT_ROWS))
+        label, prob = np.empty(len(x), object), np.empty(len(x), np.float32)
+        running: dict = {}
+        while starts or running:
+            while starts and len(running) < 2 * self.workers:
+                lo = starts.pop(0)
+                running[_predict.options(scheduling_strategy="SPREAD").remote(
                     model, x[lo:lo + PREDICT_ROWS],
-                    {r - lo: v for r, v in forbidden.items() if lo <= r < lo + PREDICT_ROWS}, fn) for lo in starts]
-        pred, prob = [], []
-        for p, q, where in ray.get(refs):
+                    {r - lo: v for r, v in forbidden.items() if lo <= r < lo + PREDICT_ROWS}, fn)] = lo
+            done, _ = ray.wait(list(running), num_returns=1)
+            lo = running.pop(done[0])
+            p, q, where = ray.get(done[0])
             self._seen(where)
-            pred.append(p)
-            prob.append(q)
-        return np.concatenate(pred), np.concatenate(prob)
+            label[lo:lo + len(p)], prob[lo:lo + len(p)] = p, q
+        return label, prob
