@@ -448,7 +448,8 @@ def svm_side_by_side(eng, x: np.ndarray, truth: np.ndarray, clusters: np.ndarray
         ts.append((t1 - t0, time.perf_counter() - t1))
         fits.append((clf, pred))
     (one, p1), (par, p2) = fits
-    diff = float(max(np.abs(one.model_.coef - par.model_.coef).max(), np.abs(one.model_.intercept - par.model_.intercept).max()))
+    diff = float(max(np.abs(one.model_.coef - par.model_.coef).max(),
+                     np.abs(one.model_.intercept - par.model_.intercept).max()))
     same = float(np.mean(p1[0] == p2[0]))
     say(f"SVMs for {len(named)} people (3 labels each, {len(one.pool_):,} background): trained in one process "
         f"{ts[0][0]:.1f} s, in Ray tasks {ts[1][0]:.1f} s (largest coefficient difference {diff:.2g}); every face "
@@ -507,7 +508,8 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
            "ray_cluster_s": round(t_cluster, 1), "knn_recall_at_10": round(recall, 4),
            "agreement_f": round(agree, 4), "agreement_at_faces": len(faces), "ray_pairwise_f": round(f_truth, 4),
            "max_process_peak_rss_gib": round(peak, 2), "ray_driver_peak_rss_gib": round(driver, 2),
-           "ray_worker_peak_rss_gib": [round(w, 2) for w in workers], "shards": shards, "replicas": replicas, "probe": probe,
+           "ray_worker_peak_rss_gib": [round(w, 2) for w in workers], "shards": shards, "replicas": replicas,
+           "probe": probe,
            "cluster_task_rows": part_rows, **svm}
     if len(faces) == 1_000_000:
         out["agreement_f_at_1m"] = out["agreement_f"]
