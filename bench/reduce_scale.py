@@ -2,7 +2,7 @@
 
     nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out] [--json]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 1000000 --nightly [--json]
-        [--ray [--workers N] [--shards N] [--replicas R] [--probe P] [--label-people N]]
+        [--ray [--workers N] [--shards N] [--replicas R] [--probe P] [--label-people N]] [--ray-only]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 200000 --people 20000 --part-rows 10000 --service [--json]
 
 Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
@@ -31,6 +31,9 @@ Ray path's clusters and the single-process ones, at this N; `agreement_f_at_1m` 
 max_process_peak_rss_gib (the driver and every Ray worker that did reducer work; each one's
 too); then per-person SVMs for --label-people people trained in one process and in Ray tasks,
 and every face named both ways (seconds, how far the models differ, share of equal labels).
+--ray-only runs the Ray path alone against the single-process index and clusters
+(OUT/reference_clusters.parquet) that an earlier run without it left in --out: at 1M the
+reference takes as long as the Ray path, so the two can be run (and timed) apart.
 
 --service instead times `facejob search --face-id` in fresh processes, loading OUT/index/ each
 time against asking the search service (facejob/reduce/search_service.py, one shard per
@@ -339,6 +342,8 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=0, help="--ray: search shards (0 = one per worker)")
     ap.add_argument("--replicas", type=int, default=None, help="--ray: cells each face is stored in")
     ap.add_argument("--probe", type=int, default=None, help="--ray: cells each query visits")
+    ap.add_argument("--ray-only", action="store_true",
+                    help="--ray against the index and clusters an earlier full run left in --out (implies --keep)")
     ap.add_argument("--label-people", type=int, default=100,
                     help="--ray: people whose SVMs are trained both ways (0: none)")
     ap.add_argument("--service", action="store_true",
@@ -347,6 +352,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="--service: fresh-process searches per way (median)")
     ap.add_argument("--part-rows", type=int, default=PART_ROWS, help="faces per faces/ part written")
     args = ap.parse_args()
+    args.keep = args.keep or args.ray_only
     say = (lambda *a: None) if args.json else print
     from facejob.reduce.clustering import cluster
     from facejob.reduce.embeddings import read_faces
@@ -368,7 +374,9 @@ def main() -> None:
     if args.service:
         return service(out, args, say)
     store = LocalStore(out)
-    for rel in ("index/params.json", "clusters.parquet", "clusters.json"):
+    if args.ray_only:
+        return ray_only(args, store, truth, say)
+    for rel in ("index/params.json", "clusters.parquet", "clusters.json", REFERENCE):
         store.delete(rel)
 
     load0 = os.getloadavg()[0]      # other work on the machine skews the wall times
@@ -385,15 +393,9 @@ def main() -> None:
           f"ef_construction={fi.params.ef_construction}, {os.cpu_count()} cores, load before {load0:.1f}), "
           f"file {(out / 'index/faces.hnsw').stat().st_size / 2**20:.0f} MiB")
 
-    rng = np.random.default_rng(1)
-    q = rng.choice(len(faces), min(1000, len(faces)), replace=False)
+    q = query_rows(len(faces))
     x = faces.embeddings
-    norms = (x * x).sum(1)
-    exact = np.empty((len(q), 10), np.int64)
-    for lo in range(0, len(q), 25):
-        qq = x[q[lo:lo + 25]]
-        d = norms[None, :] - 2 * qq @ x.T          # + |q|^2, constant per row
-        exact[lo:lo + 25] = np.argpartition(d, 10, axis=1)[:, :10]
+    exact = exact_nearest(x, q)
     rows_of_label = fi.rows_for(faces)
     nq = min(100_000, len(faces))
     for ef in (fi.params.ef_search, 2 * fi.params.ef_search):
@@ -414,6 +416,7 @@ def main() -> None:
     t_cluster, c_cluster = time.perf_counter() - t0, time.process_time() - c0
     import pyarrow.parquet as pq
     cid = pq.read_table(out / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
+    shutil.copyfile(out / "clusters.parquet", out / REFERENCE)     # for a later --ray-only
     p, r, f = pairwise_f(truth, cid)
     say(f"cluster: {t_cluster:.1f} s wall, {c_cluster:.1f} CPU-s (kNN graph {s.timings['knn_s']:.1f} s, merging {s.timings['merge_s']:.1f} s, "
           f"{s.rounds} rounds, {s.edges:,} edges): {s.clusters:,} clusters for {args.people:,} people; "
@@ -423,8 +426,42 @@ def main() -> None:
             "build_s": round(t_build, 1), "recall_at_10": round(float(recall), 4), "qps": round(qps),
             "cluster_s": round(t_cluster, 1), "pairwise_f": round(f, 4), "peak_rss_gib": round(rss_gib(), 2)}
     if args.ray:
-        del faces, x, norms, s   # the Ray path reads its own faces: its driver's peak is measured without these
+        del faces, x, s   # the Ray path reads its own faces: its driver's peak is measured without these
         line.update(ray_path(args, store, fi, cid, q, exact, truth, say))
+    print(json.dumps(line))
+
+
+REFERENCE = "reference_clusters.parquet"   # the single-process clusters of the last full run
+
+
+def query_rows(n: int) -> np.ndarray:
+    """The rows whose recall@10 is measured (fixed seed: a --ray-only run asks the same)."""
+    return np.random.default_rng(1).choice(n, min(1000, n), replace=False)
+
+
+def exact_nearest(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Rows of the 10 nearest rows of `x` to each row q of x (numpy, exact)."""
+    norms = (x * x).sum(1)
+    exact = np.empty((len(q), 10), np.int64)
+    for lo in range(0, len(q), 25):
+        d = norms[None, :] - 2 * x[q[lo:lo + 25]] @ x.T          # + |q|^2, constant per row
+        exact[lo:lo + 25] = np.argpartition(d, 10, axis=1)[:, :10]
+    return exact
+
+
+def ray_only(args, store, truth: np.ndarray, say) -> None:
+    """--ray-only: the Ray path alone, against the single-process index and clusters an earlier
+    full run left in --out (the reference takes as long again at 1M; one JSON line)."""
+    import pyarrow.parquet as pq
+
+    from facejob.reduce.hnsw import load
+
+    if not (store.exists("index/params.json") and store.exists(REFERENCE)):
+        raise SystemExit(f"--ray-only: no single-process index and {REFERENCE} in {args.out}; run once without it")
+    fi = load(store)
+    cid_single = pq.read_table(Path(args.out) / REFERENCE, columns=["cluster_id"]).column(0).to_numpy()
+    line = {"faces": len(truth), "people": args.people, "reference": REFERENCE}
+    line.update(ray_path(args, store, fi, cid_single, None, None, truth, say))
     print(json.dumps(line))
 
 
@@ -479,6 +516,9 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
         eng.query(faces.embeddings[:1], 1)        # the shards start at the first query
         t_shards = time.perf_counter() - t0
         rows_of_label = np.append(fi.rows_for(faces), -1)
+        if q is None:     # --ray-only: the same queries as a full run's
+            q = query_rows(len(faces))
+            exact = exact_nearest(faces.embeddings, q)
         t0 = time.perf_counter()
         got, _ = eng.query(faces.embeddings[q], 10)
         t_query = time.perf_counter() - t0
