@@ -2,7 +2,7 @@
 
     nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out] [--json]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 1000000 --nightly [--json]
-        [--ray [--workers N] [--shards N] [--replicas R] [--probe P]]
+        [--ray [--workers N] [--shards N] [--replicas R] [--probe P] [--label-people N]] [--ray-only]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 200000 --people 20000 --part-rows 10000 --service [--json]
 
 Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
@@ -28,7 +28,12 @@ With --ray it then runs the reducer's Ray path (facejob/reduce/ray_reduce.py) on
 actors built, kNN graph over the shards, clustering in parallel parts), knn_recall_at_10 of the
 sharded search against exact search (same 1,000 queries), agreement_f (pairwise F between the
 Ray path's clusters and the single-process ones, at this N; `agreement_f_at_1m` at N = 1M) and
-max_process_peak_rss_gib (the driver and every Ray worker that did reducer work).
+max_process_peak_rss_gib (the driver and every Ray worker that did reducer work; each one's
+too); then per-person SVMs for --label-people people trained in one process and in Ray tasks,
+and every face named both ways (seconds, how far the models differ, share of equal labels).
+--ray-only runs the Ray path alone against the single-process index and clusters
+(OUT/reference_clusters.parquet) that an earlier run without it left in --out: at 1M the
+reference takes as long as the Ray path, so the two can be run (and timed) apart.
 
 --service instead times `facejob search --face-id` in fresh processes, loading OUT/index/ each
 time against asking the search service (facejob/reduce/search_service.py, one shard per
@@ -148,6 +153,16 @@ def image_rss_gib() -> float:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20
     except (OSError, StopIteration, ValueError):
         return rss_gib()
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak RSS (VmHWM) afresh (Linux clear_refs "5"); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def pairwise_f(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
@@ -327,12 +342,17 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=0, help="--ray: search shards (0 = one per worker)")
     ap.add_argument("--replicas", type=int, default=None, help="--ray: cells each face is stored in")
     ap.add_argument("--probe", type=int, default=None, help="--ray: cells each query visits")
+    ap.add_argument("--ray-only", action="store_true",
+                    help="--ray against the index and clusters an earlier full run left in --out (implies --keep)")
+    ap.add_argument("--label-people", type=int, default=100,
+                    help="--ray: people whose SVMs are trained both ways (0: none)")
     ap.add_argument("--service", action="store_true",
                     help="time `facejob search` loading OUT/index/ per call against the search service on a Ray "
                          "head of --workers CPUs (one shard each)")
     ap.add_argument("--repeats", type=int, default=3, help="--service: fresh-process searches per way (median)")
     ap.add_argument("--part-rows", type=int, default=PART_ROWS, help="faces per faces/ part written")
     args = ap.parse_args()
+    args.keep = args.keep or args.ray_only
     say = (lambda *a: None) if args.json else print
     from facejob.reduce.clustering import cluster
     from facejob.reduce.embeddings import read_faces
@@ -354,7 +374,9 @@ def main() -> None:
     if args.service:
         return service(out, args, say)
     store = LocalStore(out)
-    for rel in ("index/params.json", "clusters.parquet", "clusters.json"):
+    if args.ray_only:
+        return ray_only(args, store, truth, say)
+    for rel in ("index/params.json", "clusters.parquet", "clusters.json", REFERENCE):
         store.delete(rel)
 
     load0 = os.getloadavg()[0]      # other work on the machine skews the wall times
@@ -371,15 +393,9 @@ def main() -> None:
           f"ef_construction={fi.params.ef_construction}, {os.cpu_count()} cores, load before {load0:.1f}), "
           f"file {(out / 'index/faces.hnsw').stat().st_size / 2**20:.0f} MiB")
 
-    rng = np.random.default_rng(1)
-    q = rng.choice(len(faces), min(1000, len(faces)), replace=False)
+    q = query_rows(len(faces))
     x = faces.embeddings
-    norms = (x * x).sum(1)
-    exact = np.empty((len(q), 10), np.int64)
-    for lo in range(0, len(q), 25):
-        qq = x[q[lo:lo + 25]]
-        d = norms[None, :] - 2 * qq @ x.T          # + |q|^2, constant per row
-        exact[lo:lo + 25] = np.argpartition(d, 10, axis=1)[:, :10]
+    exact = exact_nearest(x, q)
     rows_of_label = fi.rows_for(faces)
     nq = min(100_000, len(faces))
     for ef in (fi.params.ef_search, 2 * fi.params.ef_search):
@@ -400,6 +416,7 @@ def main() -> None:
     t_cluster, c_cluster = time.perf_counter() - t0, time.process_time() - c0
     import pyarrow.parquet as pq
     cid = pq.read_table(out / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
+    shutil.copyfile(out / "clusters.parquet", out / REFERENCE)     # for a later --ray-only
     p, r, f = pairwise_f(truth, cid)
     say(f"cluster: {t_cluster:.1f} s wall, {c_cluster:.1f} CPU-s (kNN graph {s.timings['knn_s']:.1f} s, merging {s.timings['merge_s']:.1f} s, "
           f"{s.rounds} rounds, {s.edges:,} edges): {s.clusters:,} clusters for {args.people:,} people; "
@@ -409,8 +426,74 @@ def main() -> None:
             "build_s": round(t_build, 1), "recall_at_10": round(float(recall), 4), "qps": round(qps),
             "cluster_s": round(t_cluster, 1), "pairwise_f": round(f, 4), "peak_rss_gib": round(rss_gib(), 2)}
     if args.ray:
+        del faces, x, s   # the Ray path reads its own faces: its driver's peak is measured without these
         line.update(ray_path(args, store, fi, cid, q, exact, truth, say))
     print(json.dumps(line))
+
+
+REFERENCE = "reference_clusters.parquet"   # the single-process clusters of the last full run
+
+
+def query_rows(n: int) -> np.ndarray:
+    """The rows whose recall@10 is measured (fixed seed: a --ray-only run asks the same)."""
+    return np.random.default_rng(1).choice(n, min(1000, n), replace=False)
+
+
+def exact_nearest(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Rows of the 10 nearest rows of `x` to each row q of x (numpy, exact)."""
+    norms = (x * x).sum(1)
+    exact = np.empty((len(q), 10), np.int64)
+    for lo in range(0, len(q), 25):
+        d = norms[None, :] - 2 * x[q[lo:lo + 25]] @ x.T          # + |q|^2, constant per row
+        exact[lo:lo + 25] = np.argpartition(d, 10, axis=1)[:, :10]
+    return exact
+
+
+def ray_only(args, store, truth: np.ndarray, say) -> None:
+    """--ray-only: the Ray path alone, against the single-process index and clusters an earlier
+    full run left in --out (the reference takes as long again at 1M; one JSON line)."""
+    import pyarrow.parquet as pq
+
+    from facejob.reduce.hnsw import load
+
+    if not (store.exists("index/params.json") and store.exists(REFERENCE)):
+        raise SystemExit(f"--ray-only: no single-process index and {REFERENCE} in {args.out}; run once without it")
+    fi = load(store)
+    cid_single = pq.read_table(Path(args.out) / REFERENCE, columns=["cluster_id"]).column(0).to_numpy()
+    line = {"faces": len(truth), "people": args.people, "reference": REFERENCE}
+    line.update(ray_path(args, store, fi, cid_single, None, None, truth, say))
+    print(json.dumps(line))
+
+
+def svm_side_by_side(eng, x: np.ndarray, truth: np.ndarray, clusters: np.ndarray, people: int, say) -> dict:
+    """Per-person SVMs for `people` synthetic people (3 labelled faces each) trained in one
+    process and in Ray tasks (eng.fit_svms), then every face named both ways: seconds, the
+    largest difference between the two models' coefficients, the share of equal labels."""
+    from facejob.reduce.svm import IdentityClassifier
+
+    rng = np.random.default_rng(3)
+    ids, counts = np.unique(truth, return_counts=True)
+    named = rng.choice(ids[counts >= 4], min(people, int((counts >= 4).sum())), replace=False)
+    rows = np.concatenate([rng.choice(np.flatnonzero(truth == p), 3, replace=False) for p in named])
+    names = [f"p{truth[r]}" for r in rows]
+    fits, ts = [], []
+    for run in (None, eng.fit_svms):
+        t0 = time.perf_counter()
+        clf = IdentityClassifier().fit_archive(x, rows, x[rows], names, clusters, run=run)
+        t1 = time.perf_counter()
+        pred = clf.predict(x) if run is None else eng.predict(clf, x, {})
+        ts.append((t1 - t0, time.perf_counter() - t1))
+        fits.append((clf, pred))
+    (one, p1), (par, p2) = fits
+    diff = float(max(np.abs(one.model_.coef - par.model_.coef).max(),
+                     np.abs(one.model_.intercept - par.model_.intercept).max()))
+    same = float(np.mean(p1[0] == p2[0]))
+    say(f"SVMs for {len(named)} people (3 labels each, {len(one.pool_):,} background): trained in one process "
+        f"{ts[0][0]:.1f} s, in Ray tasks {ts[1][0]:.1f} s (largest coefficient difference {diff:.2g}); every face "
+        f"named: {ts[0][1]:.1f} s / {ts[1][1]:.1f} s in tasks; labels equal for {same:.4%} of faces")
+    return {"svm_people": len(named), "svm_train_s": round(ts[0][0], 1), "ray_svm_train_s": round(ts[1][0], 1),
+            "svm_coef_max_diff": diff, "predict_s": round(ts[0][1], 1), "ray_predict_s": round(ts[1][1], 1),
+            "labels_equal": round(same, 6)}
 
 
 def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.ndarray, truth: np.ndarray,
@@ -423,6 +506,7 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
     from facejob.reduce.embeddings import META_COLUMNS
 
     opts = {k: v for k, v in (("replicas", args.replicas), ("probe", args.probe)) if v is not None}
+    fresh = reset_peak_rss()     # the driver's peak from here on (it still holds the saved index, as reduce's does)
     with rr.RayReducer(workers=args.workers, shards=args.shards, **opts) as eng:
         t0 = time.perf_counter()
         faces = eng.read_faces(store, META_COLUMNS)
@@ -432,6 +516,9 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
         eng.query(faces.embeddings[:1], 1)        # the shards start at the first query
         t_shards = time.perf_counter() - t0
         rows_of_label = np.append(fi.rows_for(faces), -1)
+        if q is None:     # --ray-only: the same queries as a full run's
+            q = query_rows(len(faces))
+            exact = exact_nearest(faces.embeddings, q)
         t0 = time.perf_counter()
         got, _ = eng.query(faces.embeddings[q], 10)
         t_query = time.perf_counter() - t0
@@ -442,7 +529,10 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
         t_cluster = time.perf_counter() - t0
         cid = pq.read_table(Path(args.out) / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
         agree = pairwise_f(cid_single, cid)[2]
-        peak = max(rss_gib(), eng.peak_rss_gib)
+        driver = image_rss_gib() if fresh else rss_gib()
+        workers = sorted(eng.process_peaks.values(), reverse=True)
+        peak = max(driver, eng.peak_rss_gib)
+        svm = svm_side_by_side(eng, faces.embeddings, truth, cid, args.label_people, say) if args.label_people else {}
         shards, nodes, part_rows = eng.shard_count, len(eng.work), eng.part_rows
         replicas, probe = eng.replicas, eng.probe
     _, _, f_truth = pairwise_f(truth, cid)
@@ -450,14 +540,17 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
         f"read {t_read:.1f} s, shards built {t_shards:.1f} s, kNN graph {s.timings['knn_s']:.1f} s, "
         f"merging {s.timings['merge_s']:.1f} s (cluster step {t_cluster:.1f} s); recall@10 {recall:.4f} "
         f"({len(q):,} queries in {t_query:.2f} s); clusters agree with single-process: pairwise F {agree:.4f} "
-        f"(vs truth {f_truth:.4f}); max process peak RSS {peak:.2f} GiB; {nodes} node(s); clustering tasks of "
-        f"{part_rows} rows")
+        f"(vs truth {f_truth:.4f}); max process peak RSS {peak:.2f} GiB (driver {driver:.2f}, "
+        f"{len(workers)} Ray worker processes {[round(w, 2) for w in workers]}); {nodes} node(s); clustering "
+        f"tasks of {part_rows} rows")
     out = {"ray_read_s": round(t_read, 1), "ray_shards_build_s": round(t_shards, 1),
            "ray_knn_graph_s": s.timings["knn_s"], "ray_merge_s": s.timings["merge_s"],
            "ray_cluster_s": round(t_cluster, 1), "knn_recall_at_10": round(recall, 4),
            "agreement_f": round(agree, 4), "agreement_at_faces": len(faces), "ray_pairwise_f": round(f_truth, 4),
-           "max_process_peak_rss_gib": round(peak, 2), "shards": shards, "replicas": replicas, "probe": probe,
-           "cluster_task_rows": part_rows}
+           "max_process_peak_rss_gib": round(peak, 2), "ray_driver_peak_rss_gib": round(driver, 2),
+           "ray_worker_peak_rss_gib": [round(w, 2) for w in workers], "shards": shards, "replicas": replicas,
+           "probe": probe,
+           "cluster_task_rows": part_rows, **svm}
     if len(faces) == 1_000_000:
         out["agreement_f_at_1m"] = out["agreement_f"]
     return out

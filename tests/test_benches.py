@@ -28,8 +28,9 @@ FAST = {
     "reduce_scale": (["--faces", "200", "--people", "20", "--out", "{tmp}/out", "--json"],
                      {"peak_rss_gib", "recall_at_10", "pairwise_f", "cluster_s"}),
     "reduce_scale --ray": (["--faces", "300", "--people", "30", "--out", "{tmp}/out", "--ray", "--workers", "2",
-                            "--shards", "3", "--json"],
-                           {"max_process_peak_rss_gib", "knn_recall_at_10", "agreement_f", "ray_knn_graph_s"}),
+                            "--shards", "3", "--label-people", "5", "--json"],
+                           {"max_process_peak_rss_gib", "knn_recall_at_10", "agreement_f", "ray_knn_graph_s",
+                            "ray_svm_train_s", "labels_equal"}),
     "reduce_scale --service": (["--faces", "300", "--people", "30", "--out", "{tmp}/out", "--service", "--workers", "2",
                                 "--repeats", "1", "--part-rows", "50", "--json"],
                                {"search_single_s", "service_cold_s", "service_warm_s", "service_query_ms",
@@ -74,7 +75,7 @@ def test_every_bench_is_run_or_says_why_not():
     assert scripts == runs | set(NOT_RUN), "list a new bench/ script in tests/test_benches.py"
 
 
-def _run(name: str, args: list[str], keys: set[str] | None, tmp: Path, data: Path | None = None) -> None:
+def _run(name: str, args: list[str], keys: set[str] | None, tmp: Path, data: Path | None = None) -> dict | None:
     env = dict(os.environ)
     if data:
         env["FACEJOB_DATA"] = str(data)
@@ -85,11 +86,24 @@ def _run(name: str, args: list[str], keys: set[str] | None, tmp: Path, data: Pat
     if keys:
         line = json.loads(r.stdout.strip().splitlines()[-1])
         assert keys <= set(line), f"{name}: JSON line lacks {keys - set(line)}"
+        return line
+    return None
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_synthetic_bench_runs_tiny(name, tmp_path):
     _run(name, *FAST[name], tmp_path)
+
+
+def test_reduce_scale_ray_only_against_an_earlier_full_run(tmp_path):
+    """--ray-only: the Ray path alone, against the single-process index and clusters a full run
+    left in --out (how the 1M figures are taken: each path takes most of an hour there)."""
+    args = FAST["reduce_scale"][0]
+    _run("reduce_scale", args, None, tmp_path)
+    line = _run("reduce_scale --ray-only", [*args, "--ray-only", "--workers", "2", "--shards", "2",
+                                            "--label-people", "0"],
+                {"agreement_f", "knn_recall_at_10", "max_process_peak_rss_gib", "ray_knn_graph_s"}, tmp_path)
+    assert line["faces"] == 200 and line["agreement_at_faces"] == 200
 
 
 @pytest.mark.slow

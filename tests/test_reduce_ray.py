@@ -88,6 +88,48 @@ def test_sharded_search_matches_exact_search():
     assert recall >= 0.95, recall
 
 
+def test_svms_and_predictions_on_ray_equal_the_single_process_ones(ray_local, monkeypatch):
+    """Per-person SVMs trained in parallel Ray tasks (chunks of people) on the session's Ray, and
+    predictions made in Ray tasks: the same models (to float tolerance) and the same labels as in
+    one process."""
+    from functools import partial
+
+    from facejob.reduce import ray_reduce as rr
+    from facejob.reduce.svm import IdentityClassifier
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 128)).astype(np.float32) * 0.08
+    who = rng.integers(0, 40, 2000)
+    x = (centres[who] + rng.standard_normal((2000, 128)).astype(np.float32) * 0.03).astype(np.float32)
+    rows = np.concatenate([np.flatnonzero(who == p)[:3] for p in range(12)])     # 12 people named, 3 faces each
+    names = [f"p{who[r]}" for r in rows]
+    forbidden = {int(r): {f"p{who[r]}"} for r in np.flatnonzero(who < 12)[:50]}   # "not this person"
+    transform = partial(np.multiply, np.float32(1.5))    # stands in for the metric head, applied per batch
+
+    one = IdentityClassifier(pool_size=800).fit_archive(x, rows, x[rows], names, clusters=who)
+    want = one.predict(x, forbidden, transform)
+    monkeypatch.setattr(rr, "PREDICT_ROWS", 150)         # 14 prediction tasks, at most 4 in flight
+    fits = []
+    with rr.RayReducer(workers=2) as eng:
+        def run(*a):
+            fits.append(a[2])
+            return eng.fit_svms(*a)
+        par = IdentityClassifier(pool_size=800).fit_archive(x, rows, x[rows], names, clusters=who, run=run)
+        got = eng.predict(par, x, forbidden, transform)
+        tasks = sum(eng.work.values())
+    assert fits and all(n == 12 for n in fits)          # every training went through the tasks
+    assert tasks == len(fits) * rr.FIT_TASKS * 2 + 14    # each in chunks of people; the prediction tasks
+    assert (par.classes_ == one.classes_).all()
+    np.testing.assert_allclose(par.model_.coef, one.model_.coef, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(par.model_.intercept, one.model_.intercept, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(par.model_.platt, one.model_.platt, rtol=1e-6)
+    assert (par.pool_ == one.pool_).all() and (par.extra_ == one.extra_).all()
+    assert (got[0] == want[0]).all()
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+    assert len(set(want[0]) - {"unknown"}) == 12 and (want[0] == "unknown").any()    # named people, not everyone
+    assert all(want[0][r] not in ns for r, ns in forbidden.items())
+
+
 # ------------------------------------------------------------------ a real two-node Ray cluster
 
 def test_two_node_reduce_equals_the_single_process_one(two_nodes, data_dir, tmp_path):

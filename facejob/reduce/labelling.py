@@ -155,7 +155,8 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     the names stored there are labels too, and a face marked "not this person" is a negative
     for that person and never gets that name. The metric head is retrained first when the
     labels changed; with `metric` "learned" the SVMs work on its descriptors when there is one.
-    An `engine` (facejob.reduce.ray_reduce.RayReducer) makes the predictions in Ray tasks.
+    An `engine` (facejob.reduce.ray_reduce.RayReducer) trains the per-person SVMs and makes
+    the predictions in Ray tasks (the same models and predictions).
     """
     store = open_store(out)
     params = params if params is not None else saved_label_params(store)
@@ -202,7 +203,8 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
         kept.followed, kept.gone = followed.moved + followed.reencoded, [
             {k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone]
         return kept
-    clf.fit_archive(learned(faces.embeddings), rows, learned(xl), names, clusters, negatives=negatives)
+    clf.fit_archive(learned(faces.embeddings), rows, learned(xl), names, clusters, negatives=negatives,
+                    run=engine.fit_svms if engine is not None else None)
     clf.model_.info["metric"] = "learned" if head is not None else "plain"
     clf.model_.info["inputs"] = key
     lb.save_model(store, clf.model_)
@@ -211,7 +213,7 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     at = pc.index_in(pa.array(not_ids, pa.string()), every.face_ids).to_pylist()
     forbidden = {r: applied.not_names[f] for f, r in zip(not_ids, at) if r is not None}
     pred, prob = (clf.predict(every.embeddings, forbidden, transform=learned) if engine is None
-                  else engine.predict(clf, learned(every.embeddings), forbidden))
+                  else engine.predict(clf, every.embeddings, forbidden, transform=learned))
     mine = pc.index_in(table.column("face_id"), every.face_ids).fill_null(-1).to_numpy().astype(np.int64)
     labelled = np.zeros(len(every), bool)
     labelled[mine[mine >= 0]] = True

@@ -8,7 +8,9 @@ ADDR --workers N`); the steps themselves (facejob.reduce.pipeline) stay the same
   query sent to its SHARD_PROBE nearest, the actors' answers merged;
 - clustering runs as independent parts (connected components of the candidate graph, packed
   into one task per worker), which gives exactly the single-process clusters for that graph;
-- predictions are made in tasks of PREDICT_ROWS rows.
+- the per-person SVMs are trained in tasks of a chunk of people each (FIT_TASKS per worker),
+  which gives exactly the single-process models (a person's SVM does not depend on the others');
+- predictions are made in tasks of PREDICT_ROWS rows (each scoring them in batches).
 
 The search index under OUT/index/ (what `facejob search` loads) is still built by the driver.
 This is the one module of the reducer that imports Ray (see pyproject's import contracts).
@@ -30,6 +32,7 @@ from facejob.contract.schema import EMBEDDING_DIM, FACES
 from facejob.io.storage import Store, open_store
 
 from . import partition as pt
+from . import svm as lb
 from .embeddings import Faces, _drop_repeated, batch_embeddings, part_batches, parts, require_indexed
 from .errors import ReduceError
 from .graph import knn_graph
@@ -40,16 +43,18 @@ log = logging.getLogger("facejob.reduce")
 # Measured with bench/reduce_scale.py --ray (synthetic LFW-like descriptors): see README.
 SHARD_REPLICAS = 2      # cells each face is stored in
 SHARD_PROBE = 3         # cells each query visits
-PREDICT_ROWS = 100_000  # faces per prediction task: a task's score matrix stays ~rows x people x 4 bytes
+PREDICT_ROWS = 100_000  # faces per prediction task (scored in batches of svm.PREDICT_ROWS inside it)
+FIT_TASKS = 4           # SVM training tasks per worker: people's SVMs differ in cost, small chunks even it out
 
 
-def _here() -> tuple[str, float]:
-    """(this process's Ray node id, its peak RSS in GiB)."""
-    return ray.get_runtime_context().get_node_id(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def _here() -> tuple[str, float, int]:
+    """(this process's Ray node id, its peak RSS in GiB, its pid)."""
+    return (ray.get_runtime_context().get_node_id(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            os.getpid())
 
 
 @ray.remote
-def _read_part(root: str, rel: str, columns: list[str]) -> tuple[pa.Table, np.ndarray, tuple[str, float]]:
+def _read_part(root: str, rel: str, columns: list[str]) -> tuple[pa.Table, np.ndarray, tuple[str, float, int]]:
     store = open_store(root)
     metas, embs = [], []
     for b in part_batches(store, rel, [*columns, "embedding"]):
@@ -68,7 +73,7 @@ class _Shard:
         self.labels = labels
         self.index = build(vectors, params, threads=1)   # one CPU per actor: no oversubscription
 
-    def query(self, vectors: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray, tuple[str, float]]:
+    def query(self, vectors: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
         k = min(k, len(self.labels))
         if k == 0 or len(vectors) == 0:
             return np.full((len(vectors), 0), -1, np.int64), np.empty((len(vectors), 0), np.float32), _here()
@@ -76,18 +81,25 @@ class _Shard:
         lab, d2 = self.index.knn_query(np.ascontiguousarray(vectors, np.float32), k=k, num_threads=1)
         return self.labels[lab.astype(np.int64)], np.sqrt(np.maximum(d2, 0)).astype(np.float32), _here()
 
-    def where(self) -> tuple[str, float]:
+    def where(self) -> tuple[str, float, int]:
         return _here()
 
 
 @ray.remote
-def _cluster_part(job: tuple) -> tuple[np.ndarray, int, tuple[str, float]]:
+def _cluster_part(job: tuple) -> tuple[np.ndarray, int, tuple[str, float, int]]:
     return (*pt.run_part(job), _here())
 
 
 @ray.remote
-def _predict(clf, x: np.ndarray, forbidden: dict[int, set[str]]) -> tuple[np.ndarray, np.ndarray, tuple[str, float]]:
-    return (*clf.predict(x, forbidden), _here())
+def _fit_classes(x: np.ndarray, y: np.ndarray, first: int, end: int, C: float,
+                 seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
+    return (*lb.fit_classes(x, y, first, end, C, seed), _here())
+
+
+@ray.remote
+def _predict(clf, x: np.ndarray, forbidden: dict[int, set[str]],
+             transform) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
+    return (*clf.predict(x, forbidden, transform), _here())
 
 
 def start_ray(address: str | None, workers: int):
@@ -114,8 +126,8 @@ def start_ray(address: str | None, workers: int):
 class RayReducer:
     """The reducer's heavy parts on a Ray cluster (see the module doc). Use as a context
     manager: the shard actors end with it. `work` counts the tasks and actors per node id,
-    `peak_rss_gib` the highest peak RSS any of them reported, `part_rows` the rows of each
-    clustering task of the last clustering."""
+    `process_peaks` holds each of their processes' peak RSS in GiB ((node id, pid) -> GiB),
+    `peak_rss_gib` the highest, `part_rows` the rows of each clustering task of the last clustering."""
 
     def __init__(self, address: str | None = None, workers: int = 0, shards: int = 0,
                  params: IndexParams = IndexParams(), replicas: int = SHARD_REPLICAS, probe: int = SHARD_PROBE):
@@ -125,7 +137,7 @@ class RayReducer:
         self.shards = shards or self.workers
         self.params, self.replicas, self.probe = params, replicas, probe
         self.work: Counter[str] = Counter()
-        self.peak_rss_gib = 0.0
+        self.process_peaks: dict[tuple[str, int], float] = {}
         self.part_rows: list[int] = []
         self._actors: list = []
         self._centroids: np.ndarray | None = None
@@ -148,9 +160,15 @@ class RayReducer:
         """Shard actors running (after `build` and a query)."""
         return len(self._actors)
 
-    def _seen(self, where: tuple[str, float]) -> None:
-        self.work[where[0]] += 1
-        self.peak_rss_gib = max(self.peak_rss_gib, where[1])
+    @property
+    def peak_rss_gib(self) -> float:
+        """The highest peak RSS any task or actor process reported (GiB)."""
+        return max(self.process_peaks.values(), default=0.0)
+
+    def _seen(self, where: tuple[str, float, int]) -> None:
+        node, rss, pid = where
+        self.work[node] += 1
+        self.process_peaks[node, pid] = max(self.process_peaks.get((node, pid), 0.0), rss)
 
     def read_faces(self, store: Store, columns: Sequence[str]) -> Faces:
         """`embeddings.read_faces` with one task per part (the same rows, in the same order)."""
@@ -241,18 +259,42 @@ class RayReducer:
             out.append((lab, rounds))
         return out
 
-    def predict(self, clf, x: np.ndarray, forbidden: dict[int, set[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """clf.predict(x, forbidden) in tasks of PREDICT_ROWS rows (predictions are per row)."""
-        if len(x) == 0:
-            return clf.predict(x, forbidden)
-        model = ray.put(clf)
-        starts = range(0, len(x), PREDICT_ROWS)
-        refs = [_predict.options(scheduling_strategy="SPREAD").remote(
-                    model, x[lo:lo + PREDICT_ROWS],
-                    {r - lo: v for r, v in forbidden.items() if lo <= r < lo + PREDICT_ROWS}) for lo in starts]
-        pred, prob = [], []
-        for p, q, where in ray.get(refs):
+    def fit_svms(self, x: np.ndarray, y: np.ndarray, n_classes: int, C: float,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """svm.fit_classes over classes 0..n_classes-1 (an svm.FitRun) in parallel tasks, each
+        a chunk of people: the same models as in one process."""
+        chunks = max(1, min(n_classes, FIT_TASKS * self.workers))
+        bounds = np.linspace(0, n_classes, chunks + 1).astype(int)
+        xr, yr = ray.put(x), ray.put(y)
+        refs = [_fit_classes.options(scheduling_strategy="SPREAD").remote(xr, yr, int(lo), int(hi), C, seed)
+                for lo, hi in zip(bounds[:-1], bounds[1:])]
+        coef, icpt = [], []
+        for c, i, where in ray.get(refs):
             self._seen(where)
-            pred.append(p)
-            prob.append(q)
-        return np.concatenate(pred), np.concatenate(prob)
+            coef.append(c)
+            icpt.append(i)
+        return np.concatenate(coef), np.concatenate(icpt)
+
+    def predict(self, clf, x: np.ndarray, forbidden: dict[int, set[str]], transform=None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """clf.predict(x, forbidden, transform) in tasks of PREDICT_ROWS rows (predictions are
+        per row; `transform`, e.g. the metric head, is applied in the tasks). At most two tasks
+        per worker are in flight: the rows sent to the object store are a window, not all of x."""
+        if len(x) == 0:
+            return clf.predict(x, forbidden, transform)
+        model, fn = ray.put(clf), ray.put(transform)
+        starts = list(range(0, len(x), PREDICT_ROWS))
+        label, prob = np.empty(len(x), object), np.empty(len(x), np.float32)
+        running: dict = {}
+        while starts or running:
+            while starts and len(running) < 2 * self.workers:
+                lo = starts.pop(0)
+                running[_predict.options(scheduling_strategy="SPREAD").remote(
+                    model, x[lo:lo + PREDICT_ROWS],
+                    {r - lo: v for r, v in forbidden.items() if lo <= r < lo + PREDICT_ROWS}, fn)] = lo
+            done, _ = ray.wait(list(running), num_returns=1)
+            lo = running.pop(done[0])
+            p, q, where = ray.get(done[0])
+            self._seen(where)
+            label[lo:lo + len(p)], prob[lo:lo + len(p)] = p, q
+        return label, prob

@@ -149,10 +149,11 @@ def cluster_positives(clusters: np.ndarray | None, labelled_rows: np.ndarray, na
 
 def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarray, names: list[str],
                 clusters: np.ndarray | None, params: LabelParams = LabelParams(),
-                negatives: np.ndarray | None = None) -> tuple[Model, dict]:
+                negatives: np.ndarray | None = None, run: FitRun | None = None) -> tuple[Model, dict]:
     """Train on an archive: labelled faces (rows of x, or -1 with their embedding given), their
     cluster-mates as extra positives, and a background pool of the rest. `negatives` (rows the
-    curator took out of a person's group) are never extra positives and always in the pool."""
+    curator took out of a person's group) are never extra positives and always in the pool.
+    `run` trains the per-person SVMs elsewhere (FitRun)."""
     neg = np.asarray(negatives if negatives is not None else [], np.int64)
     extra, extra_names = cluster_positives(clusters, labelled_rows, names, params)
     if len(neg) and len(extra):
@@ -166,7 +167,7 @@ def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarr
     # are vetted by models trained on the curator's labels alone: a mate they do not name as
     # its cluster's person is no positive, and is a stranger in the pool instead.
     if len(extra) and len(set(names)) > 1:
-        first = train(labelled_emb, list(names), x[pool], params)
+        first = train(labelled_emb, list(names), x[pool], params, run=run)
         s = first.scores(x[extra])
         own = np.searchsorted(first.classes, extra_names)
         p = _sigmoid(first.platt[0] * s[np.arange(len(s)), own] + first.platt[1])
@@ -181,17 +182,17 @@ def fit_archive(x: np.ndarray, labelled_rows: np.ndarray, labelled_emb: np.ndarr
     # a small archive than in a large one. So the pool faces that models trained without them
     # name leave the pool (the curator's negatives stay), before the models are trained. A
     # model that had them as negatives would not name them: it learnt not to.
-    named = _named_out_of_fold(xp, list(names) + extra_names, x[pool], params, curated=len(labelled_emb))
+    named = _named_out_of_fold(xp, list(names) + extra_names, x[pool], params, curated=len(labelled_emb), run=run)
     dropped = named & ~np.isin(pool, neg)
     pool = pool[~dropped]
-    model = train(xp, list(names) + extra_names, x[pool], params, curated=len(labelled_emb))
+    model = train(xp, list(names) + extra_names, x[pool], params, curated=len(labelled_emb), run=run)
     model.info.update({"extra_positives": len(extra), "curator_negatives": len(neg),
                        "pool_named_dropped": int(dropped.sum())})
     return model, {"pool": pool, "extra": extra}
 
 
 def _named_out_of_fold(xl: np.ndarray, names: list[str], xb: np.ndarray, params: LabelParams,
-                       curated: int) -> np.ndarray:
+                       curated: int, run: FitRun | None = None) -> np.ndarray:
     """Per background row of `xb`: would models that never saw it name it? Two folds: the
     background is halved, and so are each person's curated faces (the first `curated` rows of
     `xl`; a person with one keeps it in training); SVMs trained on one half (with every other
@@ -211,7 +212,8 @@ def _named_out_of_fold(xl: np.ndarray, names: list[str], xb: np.ndarray, params:
     top_l, good_l = np.full(len(yl), np.nan), np.zeros(len(yl), bool)
     top_b = np.empty(len(xb))
     for k in (0, 1):
-        coef, icpt = _fit(xl[fold_l != k], yl[fold_l != k], xb[fold_b != k], len(classes), params.C, params.seed)
+        coef, icpt = _fit(xl[fold_l != k], yl[fold_l != k], xb[fold_b != k], len(classes), params.C, params.seed,
+                          run)
         s = xl[fold_l == k] @ coef.T + icpt
         top_l[fold_l == k], good_l[fold_l == k] = s.max(1), s.argmax(1) == yl[fold_l == k]
         top_b[fold_b == k] = (xb[fold_b == k] @ coef.T + icpt).max(1)
@@ -228,42 +230,58 @@ def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0)
 
 
-def _fit(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, C: float,
-         seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One-vs-rest linear SVMs; each class's positives weigh as much as all its negatives. The
-    solver's shuffling is seeded, so the same labels give the same models on every run."""
-    x = np.concatenate([xl, xb]).astype(np.float64)
-    coef = np.zeros((n_classes, x.shape[1]), np.float32)
-    icpt = np.zeros(n_classes, np.float32)
-    for c in range(n_classes):
-        y = np.concatenate([yl == c, np.zeros(len(xb), bool)])
-        pos = int(y.sum())
-        w = np.where(y, 0.5 / pos, 0.5 / (len(y) - pos)) * len(y)
+FitRun = Callable[[np.ndarray, np.ndarray, int, float, int], tuple[np.ndarray, np.ndarray]]
+"""`fit_classes` over classes 0..n-1, run elsewhere: (x, y, n, C, seed) -> (coef, intercept).
+A class's SVM depends on x, y, C and seed only, so any split of the classes gives the same
+models (facejob.reduce.ray_reduce trains chunks of people in parallel Ray tasks)."""
+
+
+def fit_classes(x: np.ndarray, y: np.ndarray, first: int, end: int, C: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest linear SVMs of classes first..end-1 on rows `x` (float64) of class `y` (-1:
+    background); each class's positives weigh as much as all its negatives. The solver's
+    shuffling is seeded, so the same labels give the same models on every run."""
+    coef = np.zeros((end - first, x.shape[1]), np.float32)
+    icpt = np.zeros(end - first, np.float32)
+    for i, c in enumerate(range(first, end)):
+        pos_rows = y == c
+        pos = int(pos_rows.sum())
+        w = np.where(pos_rows, 0.5 / pos, 0.5 / (len(y) - pos)) * len(y)
         svm = LinearSVC(C=C, loss="hinge", dual=True, max_iter=20_000, tol=1e-4, random_state=seed)
-        svm.fit(x, y, sample_weight=w)
-        coef[c], icpt[c] = svm.coef_[0], svm.intercept_[0]
+        svm.fit(x, pos_rows, sample_weight=w)
+        coef[i], icpt[i] = svm.coef_[0], svm.intercept_[0]
     return coef, icpt
 
 
+def _fit(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, C: float,
+         seed: int, run: FitRun | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's SVM against all other rows (`fit_classes`), here or through `run`."""
+    x = np.concatenate([xl, xb]).astype(np.float64)
+    y = np.concatenate([yl, np.full(len(xb), -1, yl.dtype)])
+    if run is None:
+        return fit_classes(x, y, 0, n_classes, C, seed)
+    return run(x, y, n_classes, C, seed)
+
+
 def train(xl: np.ndarray, names: list[str], xb: np.ndarray, params: LabelParams = LabelParams(),
-          curated: int | None = None) -> Model:
+          curated: int | None = None, run: FitRun | None = None) -> Model:
     """SVMs for the labelled faces `xl` (names per row) against background faces `xb`. The
     first `curated` rows (default all) are the curator's own; the others (cluster-mates) only
-    train, they are never held out to fit the sigmoid."""
+    train, they are never held out to fit the sigmoid. `run` trains them elsewhere (FitRun)."""
     classes = np.array(sorted(set(names)))
     if len(classes) == 0:
         raise LabelsError("no labelled faces to learn from")
     yl = np.searchsorted(classes, np.array(names))
     t0 = time.perf_counter()
-    platt = _calibrate(xl, yl, xb, len(classes), params, curated) if len(classes) > 1 else (1.0, 0.0)
-    coef, icpt = _fit(xl, yl, xb, len(classes), params.C, params.seed)
+    platt = _calibrate(xl, yl, xb, len(classes), params, curated, run) if len(classes) > 1 else (1.0, 0.0)
+    coef, icpt = _fit(xl, yl, xb, len(classes), params.C, params.seed, run)
     info = {"classes": len(classes), "positives": len(xl), "background": len(xb),
             "train_s": round(time.perf_counter() - t0, 2), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return Model(classes, coef, icpt, platt, params, info)
 
 
 def _calibrate(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, params: LabelParams,
-               curated: int | None = None) -> tuple[float, float]:
+               curated: int | None = None, run: FitRun | None = None) -> tuple[float, float]:
     """Fit P(top score is right) on a held-out share of the positives and of the pool:
     held-out positives should get their own name, held-out background faces none. Both kinds
     weigh the same, so 0.5 is where a named face and a stranger are equally likely.
@@ -281,7 +299,7 @@ def _calibrate(xl: np.ndarray, yl: np.ndarray, xb: np.ndarray, n_classes: int, p
     held_b = rng.random(len(xb)) < params.holdout
     if not held_l.any() or not held_b.any():
         return (1.0, 0.0)
-    coef, icpt = _fit(xl[~held_l], yl[~held_l], xb[~held_b], n_classes, params.C, params.seed)
+    coef, icpt = _fit(xl[~held_l], yl[~held_l], xb[~held_b], n_classes, params.C, params.seed, run)
     score, good = [], []
     for x, truth in ((xl[held_l], yl[held_l]), (xb[held_b], np.full(int(held_b.sum()), -1))):
         s = x @ coef.T + icpt
@@ -340,21 +358,25 @@ class IdentityClassifier:
         return LabelParams(self.threshold, self.C, self.pool_size, self.pool_exclude, self.extra_per_person,
                            self.holdout, self.seed)
 
-    def fit(self, X: np.ndarray, names: list[str], X_background: np.ndarray) -> IdentityClassifier:
-        """Train on labelled faces `X` (a name per row) against `X_background` (`train`)."""
+    def fit(self, X: np.ndarray, names: list[str], X_background: np.ndarray,
+            run: FitRun | None = None) -> IdentityClassifier:
+        """Train on labelled faces `X` (a name per row) against `X_background` (`train`; `run`:
+        the per-person SVMs trained elsewhere, FitRun)."""
         owner = type(self).__name__
         X = check_rows(owner, "X", X)
         X_background = check_rows(owner, "X_background", X_background, X.shape[1])
         if len(names) != len(X):
             raise ValueError(f"{owner}: {len(names)} names for {len(X)} rows of X")
-        self._set(train(X, list(names), X_background, self.params))
+        self._set(train(X, list(names), X_background, self.params, run=run))
         self.pool_ = self.extra_ = None
         return self
 
     def fit_archive(self, X: np.ndarray, labelled_rows: np.ndarray, labelled_X: np.ndarray, names: list[str],
-                    clusters: np.ndarray | None = None, negatives: np.ndarray | None = None) -> IdentityClassifier:
+                    clusters: np.ndarray | None = None, negatives: np.ndarray | None = None,
+                    run: FitRun | None = None) -> IdentityClassifier:
         """Train on an archive `X`: its labelled faces (rows of X, or -1 with their descriptor in
-        `labelled_X`), their cluster-mates, and a background pool of the rest (`fit_archive`)."""
+        `labelled_X`), their cluster-mates, and a background pool of the rest (`fit_archive`;
+        `run`: the per-person SVMs trained elsewhere, FitRun)."""
         owner = type(self).__name__
         X = check_rows(owner, "X", X)
         labelled_X = check_rows(owner, "labelled_X", labelled_X, X.shape[1])
@@ -366,7 +388,8 @@ class IdentityClassifier:
             raise ValueError(f"{owner}: labelled_rows must be rows of X or -1")
         if clusters is not None and np.shape(clusters) != (len(X),):
             raise ValueError(f"{owner}: clusters must hold one cluster id per row of X")
-        model, fit = fit_archive(X, labelled_rows, labelled_X, names, clusters, self.params, negatives=negatives)
+        model, fit = fit_archive(X, labelled_rows, labelled_X, names, clusters, self.params, negatives=negatives,
+                                 run=run)
         self._set(model)
         self.pool_, self.extra_ = fit["pool"], fit["extra"]
         return self
