@@ -120,6 +120,25 @@ def test_eval_scores_pairs_in_ten_folds(data_dir, tmp_path, capsys):
     assert r2["plain"] == r["plain"] and 0.5 <= r2["learned"]["accuracy"] <= 1
 
 
+def test_view2_pairs_file_is_ten_folds_of_300_and_300_with_the_photos_present(data_dir):
+    """bench/data's official View 2 file: 10 identity-disjoint folds of 300 same + 300 different
+    pairs, every photo in the shared LFW images."""
+    from pathlib import Path
+
+    from facejob.reduce.evaluate import read_pairs
+
+    p = read_pairs(Path(__file__).resolve().parents[1] / "bench" / "data" / "lfw_view2_pairs.txt")
+    assert len(p.same) == 6000 and np.bincount(p.fold).tolist() == [600] * 10
+    assert np.bincount(p.fold[p.same]).tolist() == [300] * 10
+    for k in range(10):    # each fold: its 300 same pairs, then its 300 different pairs
+        assert p.same[p.fold == k].tolist() == [True] * 300 + [False] * 300
+    people = [{x.split("/")[0] for i in np.flatnonzero(p.fold == k) for x in (p.a[i], p.b[i])} for k in range(10)]
+    assert all(not (people[i] & people[j]) for i in range(10) for j in range(i + 1, 10))
+    root = data_dir / "lfw" / "images"
+    absent = [x for x in sorted(set(p.a) | set(p.b)) if not (root / x).is_file()]
+    assert not absent, absent[:5]
+
+
 def test_eval_bad_input_is_one_line(data_dir, tmp_path, capsys):
     from facejob.cli import main
 
