@@ -352,3 +352,16 @@ def test_a_cluster_mostly_of_look_alikes_lends_no_positives():
     assert list(m.predict(x[418:424])[0]) == ["A"] * 6
     assert (m.predict(x[424:])[0] == "unknown").all()
     assert (m.predict(strangers.astype(np.float32))[0] == "unknown").mean() > 0.95
+
+
+def test_cluster_mates_beyond_the_labels_spread_are_no_positives():
+    """A cluster-mate is a positive only nearer to one of its person's labelled faces than the
+    two farthest apart of them are (A's span 0.4 here); with one labelled face (B) there is no
+    spread and the vetting alone decides."""
+    from facejob.reduce.svm import _within_label_spread
+
+    e = np.eye(128, dtype=np.float32)
+    labelled = np.stack([0.2 * e[0], -0.2 * e[0], 0.1 * e[1], 0.5 * e[2]])     # A, A, A, B
+    names = ["A", "A", "A", "B"]
+    mates = np.stack([0.2 * e[0] + 0.3 * e[3], 0.2 * e[0] + 0.5 * e[3], 0.5 * e[2] + 0.9 * e[4]])
+    assert _within_label_spread(mates, ["A", "A", "B"], labelled, names).tolist() == [True, False, True]
