@@ -308,25 +308,60 @@ def test_pool_faces_are_judged_by_models_that_did_not_train_on_them():
     assert (m.predict(strangers.astype(np.float32))[0] == "unknown").mean() > 0.95
 
 
-def test_cluster_mates_the_labels_do_not_name_are_strangers_not_positives():
-    """A cluster holding a labelled person and look-alikes lends only the mates that models
-    trained on the labels alone name as that person; the others go to the background pool, so
-    the person's SVM learns to reject them (and strangers like them)."""
-    from facejob.reduce import svm
-
-    rng = np.random.default_rng(1)
+def _a_and_look_alikes(seed: int, in_cluster: int):
+    """A's 6 labels (rows 0-5) and 6 other photos (rows 418-423) in cluster 0 with the first
+    `in_cluster` of 50 photos of someone who looks like A (rows 424-473); the rest elsewhere."""
+    rng = np.random.default_rng(seed)
     centres, xl, names, strangers = _three_people(rng)
     amy = centres[0] + rng.normal(0, 0.02, (6, 128))                        # A's other photos
-    # Someone else who looks like A: 20 photos fell into A's cluster, 30 more are elsewhere.
     other = centres[0] + _unit(rng.normal(size=128)) * 0.6
     alike = other + rng.normal(0, 0.05, (50, 128))
     x = np.concatenate([xl, strangers, amy, alike]).astype(np.float32)
     clusters = np.arange(len(x))
-    clusters[list(range(6)) + list(range(418, 444))] = 0                    # A's labels, photos, look-alikes
-    rows = np.arange(18)
-    m, fit = svm.fit_archive(x, rows, xl, names, clusters, svm.LabelParams(pool_size=1000))
+    clusters[list(range(6)) + list(range(418, 424 + in_cluster))] = 0
+    return x, xl, names, strangers, clusters
+
+
+def test_cluster_mates_the_labels_do_not_name_are_strangers_not_positives():
+    """A cluster holding a labelled person's photos and a few look-alikes lends only the mates
+    that models trained on the labels alone name as that person; the others go to the
+    background pool, so the person's SVM learns to reject them (and strangers like them)."""
+    from facejob.reduce import svm
+
+    x, xl, names, strangers, clusters = _a_and_look_alikes(1, in_cluster=5)
+    m, fit = svm.fit_archive(x, np.arange(18), xl, names, clusters, svm.LabelParams(pool_size=1000))
     assert sorted(fit["extra"].tolist()) == list(range(418, 424))           # A's own photos only
-    assert np.isin(np.arange(424, 444), fit["pool"]).all()                  # the look-alikes are strangers
+    assert np.isin(np.arange(424, 429), fit["pool"]).all()                  # the look-alikes are strangers
     assert list(m.predict(x[418:424])[0]) == ["A"] * 6
     assert (m.predict(x[424:])[0] == "unknown").all()
     assert (m.predict(strangers.astype(np.float32))[0] == "unknown").mean() > 0.95
+
+
+def test_a_cluster_mostly_of_look_alikes_lends_no_positives():
+    """When the labels' models name fewer than half of a cluster's other members (6 of 26 here),
+    the cluster is a mix and lends no positives: all its members are strangers in the pool,
+    where the out-of-fold judgement takes out A's own photos again. Her photos still get her
+    name, the look-alikes none."""
+    from facejob.reduce import svm
+
+    x, xl, names, strangers, clusters = _a_and_look_alikes(1, in_cluster=20)
+    m, fit = svm.fit_archive(x, np.arange(18), xl, names, clusters, svm.LabelParams(pool_size=1000))
+    assert len(fit["extra"]) == 0 and m.info["extra_positives"] == 0
+    assert np.isin(np.arange(424, 444), fit["pool"]).all()                  # look-alikes: strangers
+    assert not np.isin(np.arange(418, 424), fit["pool"]).any()              # A's photos: judged out of fold
+    assert list(m.predict(x[418:424])[0]) == ["A"] * 6
+    assert (m.predict(x[424:])[0] == "unknown").all()
+    assert (m.predict(strangers.astype(np.float32))[0] == "unknown").mean() > 0.95
+
+
+def test_cluster_mates_beyond_the_labels_spread_are_no_positives():
+    """A cluster-mate is a positive only nearer to one of its person's labelled faces than the
+    two farthest apart of them are (A's span 0.4 here); with one labelled face (B) there is no
+    spread and the vetting alone decides."""
+    from facejob.reduce.svm import _within_label_spread
+
+    e = np.eye(128, dtype=np.float32)
+    labelled = np.stack([0.2 * e[0], -0.2 * e[0], 0.1 * e[1], 0.5 * e[2]])     # A, A, A, B
+    names = ["A", "A", "A", "B"]
+    mates = np.stack([0.2 * e[0] + 0.3 * e[3], 0.2 * e[0] + 0.5 * e[3], 0.5 * e[2] + 0.9 * e[4]])
+    assert _within_label_spread(mates, ["A", "A", "B"], labelled, names).tolist() == [True, False, True]
