@@ -63,6 +63,7 @@ SLOW = {
 NOT_RUN = {
     "boxes": "a module the detector benches import",
     "lfw_reduce": "needs `facejob index` of all of LFW",
+    "metric_heads": "needs `facejob index` of the LFW photos its pairs file names (thousands)",
     "report_lfw": "needs `facejob index` + `reduce` of all of LFW",
     "report_screenshots": "indexes ~1,000 LFW photos and drives a browser",
     "quality_floor": "needs `facejob index` of all of LFW and of the small shared folders",
