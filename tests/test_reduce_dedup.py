@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -238,6 +239,20 @@ def test_phash_candidates_equal_the_brute_force_on_real_hashes(deduped_faceless)
         assert list(dd.phash_candidates(sha, h, faceless)) == want and len(want) > 12
 
 
+def _reencoded(src: Path, folder: Path) -> tuple[Path, Path]:
+    """Two re-encoded copies of the photo `src` (JPEG quality 60 and 80) in a new `folder`."""
+    img = Image.open(src).convert("RGB")
+    folder.mkdir()
+    copies = folder / "q60.jpg", folder / "q80.jpg"
+    for path, quality in zip(copies, (60, 80)):
+        img.save(path, quality=quality)
+    return copies
+
+
+def _grouped_uris(out: Path) -> set[str]:
+    return {r["uri"] for g in _groups(out).values() for r in g}
+
+
 def test_an_unreadable_photo_is_not_tried_again_until_its_content_changes(tmp_path, data_dir, caplog):
     """A photo damaged after indexing is tried once and its verdict kept (OUT/dedup/unreadable.parquet):
     the next run does not try it again, even once the file is readable again, while the index holds
@@ -247,34 +262,27 @@ def test_an_unreadable_photo_is_not_tried_again_until_its_content_changes(tmp_pa
 
     src = data_dir / FACELESS[0]
     img = Image.open(src).convert("RGB")
-    d = tmp_path / "photos"
-    d.mkdir()
-    copy, other = d / "q60.jpg", d / "q80.jpg"
-    img.save(copy, quality=60)
-    img.save(other, quality=80)
+    copy, other = _reencoded(src, tmp_path / "photos")
     out = tmp_path / "out"
     make_out(out, [src, copy, other])
     good = copy.read_bytes()
 
-    def grouped() -> set[str]:
-        return {r["uri"] for g in _groups(out).values() for r in g}
-
     copy.write_bytes(b"not a photo any more")
     s = dedup(str(out))
-    assert (s.unreadable, s.unreadable_known) == (1, 0) and grouped() == {str(src), str(other)}
+    assert (s.unreadable, s.unreadable_known) == (1, 0) and _grouped_uris(out) == {str(src), str(other)}
     kept = pq.read_table(out / "dedup" / "unreadable.parquet").to_pylist()
     assert [r["uri"] for r in kept] == [str(copy)] and "q60.jpg" in caplog.text
 
     copy.write_bytes(good)               # readable again, the content the index holds: not tried
     caplog.clear()
     s = dedup(str(out))
-    assert (s.unreadable, s.unreadable_known) == (1, 1) and grouped() == {str(src), str(other)}
+    assert (s.unreadable, s.unreadable_known) == (1, 1) and _grouped_uris(out) == {str(src), str(other)}
     assert "cannot read" not in caplog.text
 
     img.save(copy, quality=70)           # new content at that path, indexed again: tried, and a copy
     make_out(out, [src, copy, other])
     s = dedup(str(out))
-    assert (s.unreadable, s.unreadable_known) == (0, 0) and grouped() == {str(src), str(copy), str(other)}
+    assert (s.unreadable, s.unreadable_known) == (0, 0) and _grouped_uris(out) == {str(src), str(copy), str(other)}
     assert pq.read_table(out / "dedup" / "unreadable.parquet").num_rows == 0
 
 
@@ -284,12 +292,7 @@ def test_a_photo_that_cannot_be_read_tonight_is_tried_again(tmp_path, data_dir):
     file is back."""
     from facejob.reduce import dedup
 
-    img = Image.open(data_dir / FACELESS[0]).convert("RGB")
-    d = tmp_path / "photos"
-    d.mkdir()
-    a, b = d / "q60.jpg", d / "q80.jpg"
-    img.save(a, quality=60)
-    img.save(b, quality=80)
+    a, b = _reencoded(data_dir / FACELESS[0], tmp_path / "photos")
     out = tmp_path / "out"
     make_out(out, [a, b])
     a.rename(tmp_path / "away.jpg")
@@ -299,7 +302,7 @@ def test_a_photo_that_cannot_be_read_tonight_is_tried_again(tmp_path, data_dir):
     (tmp_path / "away.jpg").rename(a)
     s = dedup(str(out))
     assert (s.unreadable, s.groups) == (0, 1)
-    assert {r["uri"] for g in _groups(out).values() for r in g} == {str(a), str(b)}
+    assert _grouped_uris(out) == {str(a), str(b)}
 
 
 def test_nightly_phash_search_equals_a_full_one(tmp_path):
