@@ -31,6 +31,21 @@ os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The files that take longest (tens of seconds to two minutes each on 2 cores), longest first.
+# `--dist loadfile` hands files to the workers in collection order; starting with these keeps one
+# long file from running alone at the end while the other worker idles. A stale list costs only time.
+LONG_FILES = ("test_multinode", "test_benches", "test_failures", "test_nightly_defaults", "test_heal",
+              "test_errors", "test_incremental", "test_report", "test_retinaface")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        stem = item.path.stem
+        return LONG_FILES.index(stem) if stem in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: the other files, and the tests within a file, keep their order
+
+
 def data_root() -> Path:
     return Path(os.environ.get("FACEJOB_DATA", REPO.parent / "shared" / "data")).resolve()
 

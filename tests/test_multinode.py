@@ -1,6 +1,8 @@
 """A real two-node Ray cluster on 127.0.0.1 (`ray start --head` + `ray start --address`):
-`facejob index --address` on it must run shards on both nodes (and run.json must say so), and
-the documented `ray job submit --working-dir . -- python jobs/nightly.py ...` must work on it.
+`facejob index --address` on it must run shards on both nodes (and run.json must say so), the
+documented `ray job submit --working-dir . -- python jobs/nightly.py ...` must work on it, and
+`facejob reduce --address` on it must equal the single-process reducer. One cluster for the
+module: starting two nodes costs more than any of the tests.
 
 The nodes run with `--block` in their own sessions and are stopped by pid (never `ray stop`,
 which would stop every Ray on the machine).
@@ -16,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.ray_cluster import PORT_TRIES, RAY, RayNode, cluster_env, start_head
@@ -115,3 +118,53 @@ def test_ray_job_submit_runs_the_nightly_job(two_nodes, data_dir, tmp_path):
     # The job's cluster ran the reducer's heavy parts too (facejob/reduce/ray_reduce.py).
     assert sum(summary["reduce"]["summary"]["ray_work"].values()) > 0
     assert (out / "clusters.parquet").is_file() and (out / "run.json").is_file()
+
+
+def test_two_node_reduce_equals_the_single_process_one(two_nodes, data_dir, tmp_path):
+    """`facejob reduce --address` on a two-node cluster: the same clusters, labels, duplicates and
+    search results as `facejob reduce` in one process, with reducer work on both nodes."""
+    import pyarrow.parquet as pq
+
+    from facejob.config import ReduceConfig
+    from facejob.reduce.pipeline import reduce_with
+    from facejob.reduce.search_index import search_face
+    from tests.test_reduce_data import make_out, person, photos
+
+    address, env, _ = two_nodes
+    base = tmp_path / "base"
+    make_out(base, photos(data_dir), shard_size=10)          # 10 parts: read by tasks on both nodes
+    faces = pq.read_table(base / "faces").to_pylist()
+    johns = sorted((r for r in faces if "dlib_johns" in r["uri"]), key=lambda r: r["uri"])
+    by: dict[str, list] = {}
+    for r in johns:
+        by.setdefault(person(r["uri"]), []).append(r)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("name,uri\n" + "".join(f"{n},{r['uri']}\n" for n, rs in by.items() for r in rs[:3]))
+    one, ray_out = tmp_path / "one", tmp_path / "ray"
+    shutil.copytree(base, one)
+    shutil.copytree(base, ray_out)
+
+    reduce_with(str(one), ReduceConfig(labels=str(labels)))
+    cmd = [sys.executable, "-m", "facejob.cli", "reduce", str(ray_out), "--address", address, "--workers", "2",
+           "--shards", "2", "--labels", str(labels), "-q"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env=env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+
+    work = dict(pair.rsplit(" ", 1) for pair in
+                next(ln for ln in r.stdout.splitlines() if ln.startswith("ray: ")).split(": ", 2)[2].split(", "))
+    assert set(work) == {n["id"] for n in cluster_nodes(address, env)}, r.stdout     # both nodes did work
+    assert all(int(c) > 0 for c in work.values())
+
+    for f in ("clusters.parquet", "predictions.parquet", "duplicates.parquet"):
+        a, b = pq.read_table(one / f), pq.read_table(ray_out / f)
+        assert a.num_rows > 0 and a.equals(b), f
+    pred = pq.read_table(one / "predictions.parquet").column("label").to_pylist()
+    assert len(set(pred) - {"unknown"}) == len(by)          # the labels did name people
+    clusters = pq.read_table(one / "clusters.parquet").column("cluster_id").to_numpy()
+    assert len(np.unique(clusters)) < len(clusters)         # and faces did cluster
+    for face in faces[::9]:
+        a, b = search_face(str(one), face["face_id"], k=5), search_face(str(ray_out), face["face_id"], k=5)
+        assert [(m.face_id, m.cluster_id, m.label) for m in a.matches] == \
+               [(m.face_id, m.cluster_id, m.label) for m in b.matches]
+        np.testing.assert_allclose([m.distance for m in a.matches], [m.distance for m in b.matches], rtol=1e-6)

@@ -42,7 +42,7 @@ def test_batched_predictions_equal_the_one_piece_ones(n):
     label_t, prob_t = m.predict(x, forbidden, transform=lambda b: b + shift)
     want_label, want_prob = _one_piece(m, x + shift, forbidden)
     assert label_t.tolist() == want_label.tolist()
-    np.testing.assert_allclose(prob_t, want_prob, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(prob_t, want_prob, rtol=1e-5, atol=1e-6)  # float32 sums in other batch shapes
 
 
 # ------------------------------------------------------------------ a rerun equals a fresh reduce

@@ -1,9 +1,9 @@
 """The reducer on Ray (facejob/reduce/ray_reduce.py) and its pure parts (facejob/reduce/partition.py).
 
 The split clustering must give exactly `linkage.agglomerate`'s labels; the sharded search must
-find what exact search finds; and a real two-node Ray cluster must reduce a small real archive
-to the same clusters, labels, duplicates and search results as the single-process path, with
-work on both nodes.
+find what exact search finds; SVMs and predictions on Ray equal the single-process ones. The
+real two-node cluster's reduce (same clusters, labels, duplicates and search results, work on
+both nodes) is in test_multinode.py, on that module's cluster.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 from facejob.reduce import partition as pt
 from facejob.reduce.graph import canonical_edges
 from facejob.reduce.linkage import agglomerate
-from tests.test_multinode import two_nodes  # noqa: F401  (the fixture: a head and a worker node, own temp dir)
 
 
 def _blobs(n: int, people: int, seed: int) -> np.ndarray:
@@ -128,61 +127,3 @@ def test_svms_and_predictions_on_ray_equal_the_single_process_ones(ray_local, mo
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
     assert len(set(want[0]) - {"unknown"}) == 12 and (want[0] == "unknown").any()    # named people, not everyone
     assert all(want[0][r] not in ns for r, ns in forbidden.items())
-
-
-# ------------------------------------------------------------------ a real two-node Ray cluster
-
-def test_two_node_reduce_equals_the_single_process_one(two_nodes, data_dir, tmp_path):
-    """`facejob reduce --address` on a two-node cluster: the same clusters, labels, duplicates and
-    search results as `facejob reduce` in one process, with reducer work on both nodes."""
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import pyarrow.parquet as pq
-
-    from facejob.config import ReduceConfig
-    from facejob.reduce.pipeline import reduce_with
-    from facejob.reduce.search_index import search_face
-    from tests.test_multinode import cluster_nodes
-    from tests.test_reduce_data import make_out, person, photos
-
-    address, env, _ = two_nodes
-    base = tmp_path / "base"
-    make_out(base, photos(data_dir), shard_size=10)          # 10 parts: read by tasks on both nodes
-    faces = pq.read_table(base / "faces").to_pylist()
-    johns = sorted((r for r in faces if "dlib_johns" in r["uri"]), key=lambda r: r["uri"])
-    by: dict[str, list] = {}
-    for r in johns:
-        by.setdefault(person(r["uri"]), []).append(r)
-    labels = tmp_path / "labels.csv"
-    labels.write_text("name,uri\n" + "".join(f"{n},{r['uri']}\n" for n, rs in by.items() for r in rs[:3]))
-    one, ray_out = tmp_path / "one", tmp_path / "ray"
-    shutil.copytree(base, one)
-    shutil.copytree(base, ray_out)
-
-    reduce_with(str(one), ReduceConfig(labels=str(labels)))
-    cmd = [sys.executable, "-m", "facejob.cli", "reduce", str(ray_out), "--address", address, "--workers", "2",
-           "--shards", "2", "--labels", str(labels), "-q"]
-    r = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900,
-                       env=env)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-
-    work = dict(pair.rsplit(" ", 1) for pair in
-                next(ln for ln in r.stdout.splitlines() if ln.startswith("ray: ")).split(": ", 2)[2].split(", "))
-    assert set(work) == {n["id"] for n in cluster_nodes(address, env)}, r.stdout     # both nodes did work
-    assert all(int(c) > 0 for c in work.values())
-
-    for f in ("clusters.parquet", "predictions.parquet", "duplicates.parquet"):
-        a, b = pq.read_table(one / f), pq.read_table(ray_out / f)
-        assert a.num_rows > 0 and a.equals(b), f
-    pred = pq.read_table(one / "predictions.parquet").column("label").to_pylist()
-    assert len(set(pred) - {"unknown"}) == len(by)          # the labels did name people
-    clusters = pq.read_table(one / "clusters.parquet").column("cluster_id").to_numpy()
-    assert len(np.unique(clusters)) < len(clusters)         # and faces did cluster
-    for face in faces[::9]:
-        a, b = search_face(str(one), face["face_id"], k=5), search_face(str(ray_out), face["face_id"], k=5)
-        assert [(m.face_id, m.cluster_id, m.label) for m in a.matches] == \
-               [(m.face_id, m.cluster_id, m.label) for m in b.matches]
-        np.testing.assert_allclose([m.distance for m in a.matches], [m.distance for m in b.matches], rtol=1e-6)
