@@ -41,8 +41,10 @@ class RayNode:
         cmd = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
                "--disable-usage-stats", *[f"{k}={v}" for k, v in ports.items()], *args]
         self.log = tempfile.TemporaryFile()
+        # Umask 022, as a login shell has: the workers' files under OUT must come out readable
+        # by others whatever umask the test runner has (test_nightly_defaults checks).
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=lambda: os.umask(0o022))
 
     def output(self) -> str:
         self.log.seek(0)

@@ -2,7 +2,7 @@
 
 A folder of JPEG, AVIF, JXL and HEIC photos is indexed with `facejob index` and its defaults
 (RetinaFace), then the shipped jobs/nightly.yaml runs on it, all in child processes under umask
-022 joining one local Ray. Checked: a narrower extension list keeps the photos it leaves out
+022 joining the session's Ray. Checked: a narrower extension list keeps the photos it leaves out
 (CLI and nightly), the nightly job retires nothing and rebuilds the report, a model key that
 clashes with the output's model.json is caught by `--check` with advice in YAML keys, `label
 --labels FOLDER` works again once labels are stored (also from the nightly job), `cluster
@@ -31,16 +31,10 @@ LABELLED = ("Tony_Blair", "Colin_Powell")   # reference photos, not in the archi
 
 
 @pytest.fixture(scope="module")
-def address():
-    import ray
-
-    umask = os.umask(0o022)  # the workers' too (temp files used to come out 0600 whatever it said)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        os.umask(umask)
+def address(ray_cluster):
+    """The session's Ray; its nodes and so its workers run under umask 022 (tests/ray_cluster.py),
+    as the child processes here do (temp files used to come out 0600 whatever it said)."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
