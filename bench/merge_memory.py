@@ -1,7 +1,7 @@
 """Peak memory and time of the clustering merge alone (linkage.agglomerate) on a synthetic kNN graph.
 
     nice -n 5 python -m bench.merge_memory --faces 250000 [--people N] [--impl new,old] [--repeats 1]
-        [--graphs /tmp/merge_graphs] [--json]
+        [--graphs /tmp/merge_graphs] [--mmap] [--json]
 
 Descriptors are bench/reduce_scale's (LFW-matched spread, 10 faces per person on average unless
 --people); the graph is graph.knn_graph's (k = CLUSTER_K, edges up to CLUSTER_MAX_EDGE) over an
@@ -11,8 +11,10 @@ a fresh process: it loads the descriptors and edges, starts its peak RSS afresh 
 runs `agglomerate` with the config's threshold, pair margin and link weight, and reports its peak
 RSS above what it held before (`merge_extra_gib`: the merge's own memory, the descriptors excluded)
 and in all (`peak_rss_gib`). `--impl old` runs the merge as it was before issue 22
-(tests/linkage_reference.py); the labels of every impl run are compared (`same_labels`; it exits
-non-zero where they differ).
+(tests/linkage_reference.py). --mmap: the descriptors are read memory-mapped from a .npy, as a
+task could read its part's; `{impl}_anon_peak_gib` is then the process's own (anonymous) memory at
+its peak, edges and interpreter included (sampled every 2 ms). The labels of every impl run are
+compared (`same_labels`; it exits non-zero where they differ).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,8 +65,10 @@ def _vm(key: str) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith(key)) / 2**20
 
 
-def _child(path: str, impl: str) -> None:
-    """One merge in this fresh process: one JSON line."""
+def _child(path: str, impl: str, mmap: str = "") -> None:
+    """One merge in this fresh process: one JSON line. `mmap`: read the descriptors from this
+    .npy memory-mapped (file pages, not the process's own memory; `anon_peak_gib` then is the
+    peak of its own memory, sampled every 2 ms)."""
     from facejob.config import CLUSTER_LINK_WEIGHT, CLUSTER_PAIR_MARGIN, CLUSTER_THRESHOLD
 
     if impl == "old":
@@ -71,7 +76,16 @@ def _child(path: str, impl: str) -> None:
     else:
         from facejob.reduce.linkage import agglomerate
     g = np.load(path)
-    x, eu, ev = g["x"], g["eu"], g["ev"]
+    x, eu, ev = (np.load(mmap, mmap_mode="r") if mmap else g["x"]), g["eu"], g["ev"]
+    anon = [0.0]
+
+    def sample():
+        while True:
+            anon[0] = max(anon[0], _vm("RssAnon:"))
+            time.sleep(0.002)
+
+    if mmap:
+        threading.Thread(target=sample, daemon=True).start()
     before = _vm("VmRSS:")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")                  # VmHWM := VmRSS
@@ -80,9 +94,10 @@ def _child(path: str, impl: str) -> None:
                                  link_weight=CLUSTER_LINK_WEIGHT)
     seconds = time.perf_counter() - t0
     peak = _vm("VmHWM:")
+    anon[0] = max(anon[0], _vm("RssAnon:"))
     print(json.dumps({"impl": impl, "faces": len(x), "edges": len(eu), "rounds": rounds, "merge_s": round(seconds, 2),
                       "peak_rss_gib": round(peak, 3), "merge_extra_gib": round(peak - before, 3),
-                      "clusters": len(np.unique(labels)),
+                      "clusters": len(np.unique(labels)), **({"anon_peak_gib": round(anon[0], 3)} if mmap else {}),
                       "labels_sha": hashlib.sha256(np.ascontiguousarray(labels, np.int64)).hexdigest()[:16]}))
 
 
@@ -95,15 +110,22 @@ def main() -> None:
     ap.add_argument("--impl", default="new,old", help="comma-separated: new (facejob's), old (before issue 22)")
     ap.add_argument("--repeats", type=int, default=1, help="merges per impl (seconds: the median)")
     ap.add_argument("--graphs", default="/tmp/merge_graphs", help="where the built graphs are kept")
+    ap.add_argument("--mmap", action="store_true",
+                    help="the merges read the descriptors memory-mapped from a .npy (reports anon_peak_gib)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     path = graph_file(Path(args.graphs), args.faces, args.people or max(1, args.faces // 10))
+    mm = ""
+    if args.mmap:
+        mm = str(path.with_suffix(".x.npy"))
+        if not Path(mm).is_file():
+            np.save(mm, np.load(path)["x"])
     line = {"faces": args.faces}
     shas = set()
     for impl in args.impl.split(","):
         runs = []
         for _ in range(args.repeats):
-            r = subprocess.run([sys.executable, "-m", "bench.merge_memory", "--child", str(path), impl],
+            r = subprocess.run([sys.executable, "-m", "bench.merge_memory", "--child", str(path), impl, mm],
                                capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(f"merge_memory child {impl} failed:\n{r.stderr[-3000:]}")
@@ -116,6 +138,8 @@ def main() -> None:
                      f"{impl}_peak_rss_gib": max(x["peak_rss_gib"] for x in runs),
                      f"{impl}_merge_extra_gib": extra,
                      f"{impl}_extra_bytes_per_face": round(extra * 2**30 / args.faces)})
+        if args.mmap:
+            line[f"{impl}_anon_peak_gib"] = max(x["anon_peak_gib"] for x in runs)
         if not args.json:
             print(f"{impl}: {args.faces:,} faces, {r['edges']:,} edges, {r['rounds']} rounds, {r['clusters']:,} "
                   f"clusters; merge {line[f'{impl}_merge_s']:.1f} s (median of {len(runs)}), peak RSS "
