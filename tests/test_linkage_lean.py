@@ -77,7 +77,7 @@ class _same:
 
 def test_descriptors_are_only_read(tmp_path):
     """x may be read-only or memory-mapped (a Ray task's argument, a file): it is never written
-    and never needs to be copied; the labels are the same."""
+    and never needs to be copied; the labels are the same. The caller's edges are not written either."""
     x, eu, ev, must, cannot = _problem(7, 300, 40, 6, False)
     want = ref.agglomerate(x, eu, ev, 0.4, must_link=must, cannot_link=cannot, pair_margin=0.04, link_weight=0.2)
     assert len(np.unique(want[0])) < len(x) - 10
@@ -90,6 +90,10 @@ def test_descriptors_are_only_read(tmp_path):
     assert linkage.agglomerate(mm, eu, ev, 0.4, must_link=must, cannot_link=cannot, pair_margin=0.04,
                                link_weight=0.2) == _same(want)
     assert np.array_equal(mm, x)
+    eu32, ev32 = eu.astype(np.int32), ev.astype(np.int32)     # edges already of the merge's own type
+    assert linkage.agglomerate(x, eu32, ev32, 0.4, pair_margin=0.04, link_weight=0.2) == _same(
+        ref.agglomerate(x, eu, ev, 0.4, pair_margin=0.04, link_weight=0.2))
+    assert np.array_equal(eu32, eu) and np.array_equal(ev32, ev)
 
 
 def test_edgeless_and_empty_inputs():
