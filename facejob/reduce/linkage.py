@@ -155,7 +155,7 @@ def agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float,
     per face 4 bytes of label, 4 of sum row and 24 of counts (size, sum of squared norms, graph
     edge ends), 512 per cluster of two or more faces that exists at a time, 16 per edge (two
     int32 ends, an int32 count of graph edges, a float32 distance), and per round temporaries of
-    about 16 bytes per edge that it looks at: 369 bytes per face in all at 1M synthetic faces of
+    about 16 bytes per edge that it looks at: 436 bytes per face in all at 1M synthetic faces of
     8.2 edges each, against 1,167 before (bench/merge_memory.py). The edge arrays never grow: a
     round's merged clusters' edges are written back over the slots of the edges they replace
     (fewer: duplicates fold), and spare slots become holes (ends = n, distance inf) that
