@@ -32,16 +32,47 @@ from facejob.config import CLUSTER_LINK_WEIGHT, CLUSTER_PAIR_MARGIN, CLUSTER_THR
 from .errors import check_params, check_rows, is_int, is_real, not_fitted
 
 CHUNK = 1 << 16   # rows or edges per vectorised step: bounds the temporaries to a few MB
+PAIRS = 1 << 14   # cluster pairs per distance step: two (PAIRS, 128) float32 sums, 8 MiB each
+SLICE = 1 << 20   # pairs sorted at once when merged clusters' edges are deduplicated
 
 
 class _Clusters:
-    """Per-cluster sums, indexed by the id of the cluster's first face (a root)."""
+    """Per-cluster sums, indexed by the id of the cluster's first face (a root).
 
-    def __init__(self, x: np.ndarray, degree: np.ndarray):
-        self.n = np.ones(len(x), np.int64)
-        self.s = np.array(x, np.float32, copy=True)                       # sum of members
+    A single face's sum is its row of `x`, read in place (never copied: `x` may be read-only or
+    memory-mapped). A cluster of two or more faces keeps its sum in a row of `pool`; a merge frees
+    the merged-in cluster's row for the next one, so the sums take 512 bytes per cluster that
+    exists now, not per face (`pool` is allocated at its largest possible size but only the rows
+    written are ever backed by memory, and rows are reused lowest first).
+    """
+
+    def __init__(self, x: np.ndarray, degree: np.ndarray, index_type: type):
+        n = len(x)
+        self.x = x
+        self.n = np.ones(n, np.int64)
         self.q = np.einsum("ij,ij->i", x, x, dtype=np.float64)            # sum of squared norms
         self.deg = degree.astype(np.float64)                               # graph edge ends in the cluster
+        self.slot = np.full(n, -1, index_type)                             # row of `pool`, -1: a single face
+        self.pool = np.empty((n // 2 + 1, x.shape[1]), np.float32)        # sum of members
+        self.free = np.empty(0, np.int64)
+        self.top = 0
+
+    def sums(self, r: np.ndarray) -> np.ndarray:
+        """The float32 sum of members of clusters r (a copy)."""
+        s = np.asarray(self.x.take(r, axis=0), np.float32)
+        k = self.slot[r]
+        has = np.flatnonzero(k >= 0)
+        if len(has):
+            s[has] = self.pool.take(k[has], axis=0)
+        return s
+
+    def _rows(self, count: int) -> np.ndarray:
+        """`count` free rows of `pool`, the lowest freed ones first."""
+        take = min(count, len(self.free))
+        got = np.concatenate([self.free[:take], np.arange(self.top, self.top + count - take)])
+        self.free = self.free[take:]
+        self.top += count - take
+        return got
 
     def distance(self, u: np.ndarray, v: np.ndarray, w: np.ndarray, link_weight: float) -> np.ndarray:
         """linkage(u, v) - link_weight * the mean share of u's and v's graph edges that join
@@ -55,20 +86,54 @@ class _Clusters:
     def linkage(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """sqrt(mean squared distance) between clusters u and v, elementwise."""
         out = np.empty(len(u), np.float32)
-        for lo in range(0, len(u), CHUNK):
-            a, b = u[lo:lo + CHUNK], v[lo:lo + CHUNK]
+        for lo in range(0, len(u), PAIRS):
+            a, b = u[lo:lo + PAIRS], v[lo:lo + PAIRS]
             na, nb = self.n[a], self.n[b]
-            dot = np.einsum("ij,ij->i", self.s[a], self.s[b], dtype=np.float64) / (na * nb)
+            dot = np.einsum("ij,ij->i", self.sums(a), self.sums(b), dtype=np.float64) / (na * nb)
             msd = self.q[a] / na + self.q[b] / nb - 2 * dot
-            out[lo:lo + CHUNK] = np.sqrt(np.maximum(msd, 0))
+            out[lo:lo + PAIRS] = np.sqrt(np.maximum(msd, 0))
+        return out
+
+    def lengths(self, u: np.ndarray, v: np.ndarray, w: np.ndarray, link_weight: float, threshold: float,
+                pair_margin: float) -> np.ndarray:
+        """`distance` per edge where it is within the merge limit, else inf: an edge over it stays
+        over it until one of its clusters changes, and then it is measured again."""
+        out = np.empty(len(u), np.float32)
+        for lo in range(0, len(u), PAIRS):
+            a, b = u[lo:lo + PAIRS], v[lo:lo + PAIRS]
+            d = self.distance(a, b, w[lo:lo + PAIRS], link_weight)
+            d[~(d <= threshold - pair_margin / np.sqrt(self.n[a] * self.n[b]))] = np.inf
+            out[lo:lo + PAIRS] = d
         return out
 
     def merge(self, u: np.ndarray, v: np.ndarray) -> None:
         """Fold clusters v into u (pairs are disjoint, so plain fancy-index updates are safe)."""
         self.n[u] += self.n[v]
-        self.s[u] += self.s[v]
         self.q[u] += self.q[v]
         self.deg[u] += self.deg[v]
+        for lo in range(0, len(u), PAIRS):
+            a, b = u[lo:lo + PAIRS], v[lo:lo + PAIRS]
+            total = self.sums(a) + self.sums(b)              # float32, as s[u] += s[v]
+            gone = self.slot[b]
+            self.free = np.sort(np.concatenate([self.free, gone[gone >= 0]]))
+            self.slot[b] = -1
+            k = self.slot[a]
+            alone = k < 0
+            k[alone] = self._rows(int(alone.sum()))
+            self.slot[a] = k
+            self.pool[k] = total
+
+    def join(self, root: np.ndarray, rows: np.ndarray) -> None:
+        """Fold every row of `rows` into its cluster root[row], in the order of `rows` (the same
+        float32 additions as np.add.at(s, root[rows], s[rows]))."""
+        for a in (self.n, self.q, self.deg):
+            np.add.at(a, root[rows], a[rows])
+        roots = np.unique(root[rows])
+        self.slot[roots] = k = self._rows(len(roots))
+        self.pool[k] = self.x[roots]
+        for lo in range(0, len(rows), PAIRS):
+            r = rows[lo:lo + PAIRS]
+            np.add.at(self.pool, self.slot[root[r]], np.asarray(self.x[r], np.float32))
 
 
 def agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float,
@@ -85,73 +150,111 @@ def agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float,
     whatever their distance; two clusters holding a `cannot_link` pair never merge (a
     cannot-link pair that must-links put together anyway is ignored: the curator's word wins).
     Returns (label per row = its cluster's smallest row, rounds).
+
+    Memory: `x` is only read (never copied; it may be read-only or memory-mapped). Besides it,
+    per face 4 bytes of label, 4 of sum row and 24 of counts (size, sum of squared norms, graph
+    edge ends), 512 per cluster of two or more faces that exists at a time, 16 per edge (two
+    int32 ends, an int32 count of graph edges, a float32 distance), and per round temporaries of
+    about 16 bytes per edge that it looks at: 436 bytes per face in all at 1M synthetic faces of
+    8.2 edges each, against 1,167 before (bench/merge_memory.py). The edge arrays never grow: a
+    round's merged clusters' edges are written back over the slots of the edges they replace
+    (fewer: duplicates fold), and spare slots become holes (ends = n, distance inf) that
+    nothing reads.
     """
     n = len(x)
-    parent = np.arange(n)
     if n == 0:
-        return parent, 0
-    eu, ev = eu.astype(np.int64), ev.astype(np.int64)
-    cl = _Clusters(x, np.bincount(eu, minlength=n) + np.bincount(ev, minlength=n))
-    w = np.ones(len(eu))          # graph edges between the two clusters of each edge
+        return np.arange(0), 0
+    it = np.int32 if max(n, len(eu)) < 2**31 - 1 else np.int64    # rows, counts (n itself: a hole's end)
+    parent = np.arange(n, dtype=it)
+    cl = _Clusters(x, np.bincount(eu, minlength=n) + np.bincount(ev, minlength=n), it)
+    u, v = np.array(eu, it), np.array(ev, it)      # copies: their slots are rewritten as clusters merge
+    w = np.ones(len(u), it)         # graph edges between the two clusters of each edge
     if must_link is not None and len(must_link):
-        parent = _components(np.asarray(must_link, np.int64), n)
-        rows = np.flatnonzero(parent != np.arange(n))
-        for a in (cl.n, cl.s, cl.q, cl.deg):
-            np.add.at(a, parent[rows], a[rows])
-        eu, ev, w = _unique_pairs(parent[eu], parent[ev], n, w)
+        parent = _components(np.asarray(must_link, np.int64), n).astype(it)
+        cl.join(parent, np.flatnonzero(parent != np.arange(n)))
+        u, v, w = (np.concatenate(p).astype(it) for p in zip(*_unique_pairs(parent[u], parent[v], n, w)))
     cannot = np.empty(0, np.int64)
     if cannot_link is not None and len(cannot_link):
         c = np.asarray(cannot_link, np.int64)
         cannot = _keys(parent[c[:, 0]], parent[c[:, 1]], n)
         cannot = np.unique(cannot[cannot >= 0])
-        ok = ~np.isin(_keys(eu, ev, n), cannot)
-        eu, ev, w = eu[ok], ev[ok], w[ok]
-    if len(eu) == 0:
-        return parent, 0
-    el = cl.distance(eu, ev, w, link_weight)
+        ok = ~_within(u, v, n, cannot)
+        u, v, w = u[ok], v[ok], w[ok]
+    if len(u) == 0:
+        return parent.astype(np.int64), 0
+    el = cl.lengths(u, v, w, link_weight, threshold, pair_margin)    # inf: over the limit (or a hole)
     rounds = 0
     while rounds < max_rounds:
-        live = np.flatnonzero(el <= threshold - pair_margin / np.sqrt(cl.n[eu] * cl.n[ev]))
-        if len(live) == 0:
+        live = el < np.inf
+        if not live.any():
             break
-        mu, mv = _reciprocal_best(eu[live], ev[live], el[live], n)
+        mu, mv = _reciprocal_best(u[live], v[live], el[live], n)
+        del live
         if len(mu) == 0:
             break
         rounds += 1
         cl.merge(mu, mv)
         parent[mv] = mu
-        changed = np.zeros(n, bool)
+        changed = np.zeros(n + 1, bool)     # [n]: a hole's end, never changed
         changed[mu] = changed[mv] = True
-        touched = changed[eu] | changed[ev]
+        touched = changed.take(u)
+        touched |= changed.take(v)
+        slots = np.flatnonzero(touched).astype(it)
+        del touched
         # v was folded into u this round: one step up the parent array finds the new root.
-        nu, nv, nw = _unique_pairs(parent[eu[touched]], parent[ev[touched]], n, w[touched])
+        a, b, tw = parent.take(u[slots]), parent.take(v[slots]), w[slots]
+        u[slots] = v[slots] = n
+        el[slots] = np.inf
         if len(cannot):
             # Constraints follow their clusters; an edge between constrained clusters is dropped for good.
             cannot = np.unique(_keys(parent[cannot // n], parent[cannot % n], n))
-            ok = ~np.isin(nu * n + nv, cannot)
-            nu, nv, nw = nu[ok], nv[ok], nw[ok]
-        rest = ~touched
-        eu = np.concatenate([eu[rest], nu])
-        ev = np.concatenate([ev[rest], nv])
-        w = np.concatenate([w[rest], nw])
-        el = np.concatenate([el[rest], cl.distance(nu, nv, nw, link_weight)])
-    return _roots(parent), rounds
+        at = 0
+        for nu, nv, nw in _unique_pairs(a, b, n, tw):
+            if len(cannot):
+                ok = ~_within(nu, nv, n, cannot)
+                nu, nv, nw = nu[ok], nv[ok], nw[ok]
+            put = slots[at:at + len(nu)]
+            u[put], v[put], w[put] = nu, nv, nw
+            el[put] = cl.lengths(u[put], v[put], w[put], link_weight, threshold, pair_margin)
+            at += len(nu)
+    return _roots(parent).astype(np.int64), rounds
 
 
 def _keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     """One int64 per unordered pair (min * n + max); a pair of equal rows gets -1 (never an edge)."""
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
     return np.where(lo != hi, lo * n + hi, -1)
 
 
-def _unique_pairs(a: np.ndarray, b: np.ndarray, n: int, w: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _within(a: np.ndarray, b: np.ndarray, n: int, table: np.ndarray) -> np.ndarray:
+    """np.isin(_keys(a, b, n), table) for a sorted `table`, in chunks."""
+    out = np.zeros(len(a), bool)
+    if len(table):
+        for lo in range(0, len(a), CHUNK):
+            k = _keys(a[lo:lo + CHUNK], b[lo:lo + CHUNK], n)
+            out[lo:lo + CHUNK] = table[np.minimum(np.searchsorted(table, k), len(table) - 1)] == k
+    return out
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray, n: int, w: np.ndarray):
     """Distinct unordered pairs (min, max) of (a, b), self-pairs dropped, with the sum of the
-    weights `w` of the pairs folded into each."""
-    key, inv = np.unique(_keys(a, b, n), return_inverse=True)
-    total = np.bincount(inv.reshape(-1), weights=w, minlength=len(key))
-    keep = key >= 0
-    return key[keep] // n, key[keep] % n, total[keep]
+    weights `w` of the pairs folded into each: yields (min, max, sum) arrays for one range of
+    `min` at a time, so that no more than about SLICE pairs are sorted at once. Overwrites `a` and `b`."""
+    swap = np.flatnonzero(a > b)
+    a[swap], b[swap] = b[swap], a[swap]
+    lo, hi = a, b
+    cuts = np.linspace(0, n, len(lo) // SLICE + 2).astype(np.int64)
+    for r0, r1 in zip(cuts[:-1], cuts[1:]):
+        sel = (lo != hi) if len(cuts) == 2 else (lo >= r0) & (lo < r1) & (lo != hi)
+        key = lo[sel].astype(np.int64) * n + hi[sel]
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        first = np.ones(len(key), bool)
+        first[1:] = key[1:] != key[:-1]
+        starts = np.flatnonzero(first)
+        total = np.add.reduceat(w[sel][order], starts) if len(starts) else w[:0]
+        key = key[starts]
+        yield key // n, key % n, total
 
 
 def _components(pairs: np.ndarray, n: int) -> np.ndarray:
@@ -174,14 +277,18 @@ def _reciprocal_best(u: np.ndarray, v: np.ndarray, link: np.ndarray, n: int) -> 
 
     Ties go to the smaller neighbour id, so the result does not depend on edge order.
     """
-    a = np.concatenate([u, v])
-    b = np.concatenate([v, u])
-    w = np.concatenate([link, link])
     low = np.full(n, np.inf, np.float32)
-    np.minimum.at(low, a, w)
-    at_low = w == low[a]
     best = np.full(n, n, np.int64)
-    np.minimum.at(best, a[at_low], b[at_low])
+    for lo in range(0, len(u), CHUNK):   # int64 rows a chunk at a time: ufunc.at is slow with other types
+        a, b = u[lo:lo + CHUNK].astype(np.int64), v[lo:lo + CHUNK].astype(np.int64)
+        np.minimum.at(low, a, link[lo:lo + CHUNK])
+        np.minimum.at(low, b, link[lo:lo + CHUNK])
+    for lo in range(0, len(u), CHUNK):
+        a, b, d = u[lo:lo + CHUNK].astype(np.int64), v[lo:lo + CHUNK].astype(np.int64), link[lo:lo + CHUNK]
+        at = d == low[a]
+        np.minimum.at(best, a[at], b[at])
+        at = d == low[b]
+        np.minimum.at(best, b[at], a[at])
     node = np.flatnonzero(best < n)
     nb = best[node]
     mutual = (best[nb] == node) & (node < nb)

@@ -1,0 +1,108 @@
+"""The lean merge (issue 22: flat arrays, sums of merged clusters only, edge slots reused) gives
+exactly the labels and round count of the merge before it (tests/linkage_reference.py, kept
+verbatim), on random graphs with ties, must- and cannot-link pairs, with and without the
+graph-link term, and with its slicing and chunking forced small so every path is taken."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facejob.reduce import linkage
+from tests import linkage_reference as ref
+
+
+def _problem(seed: int, n: int, people: int, k: int, ties: bool):
+    """Descriptors of `people` people (quantised when `ties`: many equal distances), a kNN graph
+    of k per face, must-links within people, cannot-links across and within."""
+    rng = np.random.default_rng(seed)
+    who = rng.integers(0, people, n)
+    c = rng.standard_normal((people, 128)).astype(np.float32) * 0.05
+    x = c[who] + rng.standard_normal((n, 128)).astype(np.float32) * 0.02
+    if ties:
+        x = np.round(x * 20) / 20          # coarse grid: equal rows and equal distances
+        x[rng.choice(n, n // 5, replace=False)] = x[0]
+    x = x.astype(np.float32)
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nn = np.argsort(d, axis=1, kind="stable")[:, :k]
+    a = np.repeat(np.arange(n), k)
+    b = nn.reshape(-1)
+    key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
+    eu, ev = key // n, key % n
+    same = np.flatnonzero(who[:, None] == who[None, :])
+    must = np.stack(np.divmod(rng.choice(same, 6), n), 1)
+    cannot = rng.integers(0, n, (12, 2))
+    return x, eu, ev, must, cannot
+
+
+CASES = [dict(link_weight=lw, pair_margin=pm, constraints=cs)
+         for lw in (0.0, 0.2) for pm in (0.0, 0.04) for cs in (False, True)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("ties", [False, True])
+def test_lean_merge_equals_the_reference(case, ties, monkeypatch):
+    for seed in range(4):
+        x, eu, ev, must, cannot = _problem(seed, 300, 40, 6, ties)
+        kw = dict(pair_margin=case["pair_margin"], link_weight=case["link_weight"])
+        if case["constraints"]:
+            kw.update(must_link=must, cannot_link=cannot)
+        edge = np.linalg.norm(x[eu] - x[ev], axis=1)
+        for threshold in np.quantile(edge, [0.3, 0.7]) + case["pair_margin"]:
+            want = ref.agglomerate(x, eu, ev, threshold, **kw)
+            assert len(np.unique(want[0])) < len(x) - 10, "the case must merge something"
+            assert linkage.agglomerate(x, eu, ev, threshold, **kw) == _same(want)
+            with monkeypatch.context() as m:      # many chunks and slices: every loop runs more than once
+                m.setattr(linkage, "CHUNK", 7)
+                m.setattr(linkage, "PAIRS", 5)
+                m.setattr(linkage, "SLICE", 16)
+                assert linkage.agglomerate(x, eu, ev, threshold, **kw) == _same(want)
+            assert linkage.agglomerate(x, eu, ev, threshold, max_rounds=2, **kw) == _same(
+                ref.agglomerate(x, eu, ev, threshold, max_rounds=2, **kw))
+
+
+class _same:
+    """== a (labels, rounds) pair: equal labels (int64) and rounds."""
+
+    def __init__(self, want):
+        self.labels, self.rounds = want
+
+    def __eq__(self, got):
+        labels, rounds = got
+        return labels.dtype == np.int64 and np.array_equal(labels, self.labels) and rounds == self.rounds
+
+    def __repr__(self):
+        return f"(labels {self.labels.tolist()}, rounds {self.rounds})"
+
+
+def test_descriptors_are_only_read(tmp_path):
+    """x may be read-only or memory-mapped (a Ray task's argument, a file): it is never written
+    and never needs to be copied; the labels are the same. The caller's edges are not written either."""
+    x, eu, ev, must, cannot = _problem(7, 300, 40, 6, False)
+    want = ref.agglomerate(x, eu, ev, 0.4, must_link=must, cannot_link=cannot, pair_margin=0.04, link_weight=0.2)
+    assert len(np.unique(want[0])) < len(x) - 10
+    ro = x.copy()
+    ro.setflags(write=False)
+    assert linkage.agglomerate(ro, eu, ev, 0.4, must_link=must, cannot_link=cannot, pair_margin=0.04,
+                               link_weight=0.2) == _same(want)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert linkage.agglomerate(mm, eu, ev, 0.4, must_link=must, cannot_link=cannot, pair_margin=0.04,
+                               link_weight=0.2) == _same(want)
+    assert np.array_equal(mm, x)
+    eu32, ev32 = eu.astype(np.int32), ev.astype(np.int32)     # edges already of the merge's own type
+    assert linkage.agglomerate(x, eu32, ev32, 0.4, pair_margin=0.04, link_weight=0.2) == _same(
+        ref.agglomerate(x, eu, ev, 0.4, pair_margin=0.04, link_weight=0.2))
+    assert np.array_equal(eu32, eu) and np.array_equal(ev32, ev)
+
+
+def test_edgeless_and_empty_inputs():
+    x = np.eye(4, 128, dtype=np.float32)
+    none = np.empty(0, np.int64)
+    for got, want in ((linkage.agglomerate(x, none, none, 0.5), ref.agglomerate(x, none, none, 0.5)),
+                      (linkage.agglomerate(x[:0], none, none, 0.5), ref.agglomerate(x[:0], none, none, 0.5)),
+                      (linkage.agglomerate(x, none, none, 0.5, must_link=np.array([[0, 2]])),
+                       ref.agglomerate(x, none, none, 0.5, must_link=np.array([[0, 2]]))),
+                      (linkage.agglomerate(x, np.array([0]), np.array([1]), 9.0, cannot_link=np.array([[1, 0]])),
+                       ref.agglomerate(x, np.array([0]), np.array([1]), 9.0, cannot_link=np.array([[1, 0]])))):
+        assert got == _same(want)
