@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -113,8 +114,10 @@ def cluster_faces(fi: FaceIndex | None, faces: Faces, threshold: float = CLUSTER
         cannot = np.concatenate([cannot, corr.rows_of(sf.face_ids, applied.cannot)])
     x = lm.MetricLearner.from_head(head).transform(faces.embeddings)
     gc = GraphClusterer(threshold, pair_margin, link_weight=link_weight)
-    gc.fit(x[seed_rows], (eu, ev), must_link=must, cannot_link=cannot,
-           agglomerate_with=None if engine is None else engine.agglomerate)
+    agg = None
+    if engine is not None:     # its tasks fetch the seeds' descriptors from its shards, not from x
+        agg = partial(engine.agglomerate, rows=seed_rows, transform=None if head is None else head.apply)
+    gc.fit(x if len(rest) == 0 else x[seed_rows], (eu, ev), must_link=must, cannot_link=cannot, agglomerate_with=agg)
     labels = np.arange(n)
     labels[seed_rows] = seed_rows[gc.labels_]
     attached = _attach_rest(nearest, faces, x, labels, rest, seed_rows, k, applied, gc)

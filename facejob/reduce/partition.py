@@ -136,8 +136,8 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
                       max_rounds: int = 100_000, must_link: np.ndarray | None = None,
                       cannot_link: np.ndarray | None = None, pair_margin: float = 0.0,
                       link_weight: float = 0.0, groups: int = 1,
-                      run: Callable[[Iterable[tuple]], Iterable[tuple[np.ndarray, int]]] | None = None
-                      ) -> tuple[np.ndarray, int]:
+                      run: Callable[[Iterable[tuple]], Iterable[tuple[np.ndarray, int]]] | None = None,
+                      carry: Callable[[np.ndarray], object] | None = None) -> tuple[np.ndarray, int]:
     """`linkage.agglomerate`, run as independent parts: the same labels, exactly.
 
     Why it is exact. Let C be a union of connected components of the graph G whose edges are
@@ -158,7 +158,9 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
     Only the round count differs: it is the most any part needed, not the sum.
 
     `run` maps the parts' argument tuples to `(labels, rounds)` results (default: here, one by
-    one; facejob.reduce.ray_reduce runs them as Ray tasks); `groups` is how many parts.
+    one; facejob.reduce.ray_reduce runs them as Ray tasks); `groups` is how many parts. A part's
+    tuple starts with `carry(rows)` for its (sorted) rows of x: by default x[rows] (`run_part`
+    takes that); ray_reduce's tasks fetch the descriptors from its shards by what it carries.
     """
     n = len(x)
     labels = np.arange(n)
@@ -166,10 +168,11 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
         return labels, 0
     comp = components(n, eu, ev, must_link)
     parts = group_components(comp, groups)
+    carry = carry or (lambda rows: x[rows])
     jobs = []
     for rows in parts:
         su, sv, mu, cu = sub_problem(rows, n, eu, ev, must_link, cannot_link)
-        jobs.append((x[rows], su, sv, threshold, max_rounds, mu, cu, pair_margin, link_weight))
+        jobs.append((carry(rows), su, sv, threshold, max_rounds, mu, cu, pair_margin, link_weight))
     run = run or (lambda js: map(run_part, js))
     rounds = 0
     for rows, (lab, r) in zip(parts, run(jobs)):

@@ -92,7 +92,7 @@ def _route_part(root: str, rel: str, first: int, centroids: np.ndarray, replicas
         for c, shard in enumerate(shards):
             mine = (cells == c).any(1)
             if mine.any():
-                sent.append(shard.add.remote(emb[mine], rows[mine]))
+                sent.append(shard.add.remote(emb[mine], rows[mine], cells[mine, 0] == c))
         ray.get(sent)
         row += len(emb)
     return row - first, _here()
@@ -106,21 +106,26 @@ class _Shard:
 
     def __init__(self, params: IndexParams):
         self.params = params
-        self.batches: list[tuple[np.ndarray, np.ndarray]] = []
+        self.batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.live = 0
         self.index: hnswlib.Index | None = None
+        self.home = np.empty(0, np.int64)   # sorted: the rows whose nearest cell this is (`vectors` gives those)
 
-    def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
-        self.batches.append((np.array(vectors, np.float32), np.array(rows, np.int64)))   # copies: the sent ones may go
+    def add(self, vectors: np.ndarray, rows: np.ndarray, home: np.ndarray) -> None:
+        """Faces (descriptors, rows) to store; `home`: those whose nearest cell this is."""
+        # Copies: the sent arrays live in the object store, which may then let them go.
+        self.batches.append((np.array(vectors, np.float32), np.array(rows, np.int64), np.array(home, bool)))
 
     def seal(self, skip: np.ndarray) -> tuple[str, float, int]:
         """Build the index over the faces received, less the rows `skip` (repeated faces)."""
-        rows = np.concatenate([r for _, r in self.batches]) if self.batches else np.empty(0, np.int64)
-        vectors = np.concatenate([v for v, _ in self.batches]) if self.batches else np.empty((0, EMBEDDING_DIM),
-                                                                                              np.float32)
+        rows = np.concatenate([b[1] for b in self.batches]) if self.batches else np.empty(0, np.int64)
+        vectors = (np.concatenate([b[0] for b in self.batches]) if self.batches
+                   else np.empty((0, EMBEDDING_DIM), np.float32))
+        home = np.concatenate([b[2] for b in self.batches]) if self.batches else np.empty(0, bool)
         self.batches = []
         order = np.argsort(rows, kind="stable")
         order = order[~np.isin(rows[order], skip)]
+        self.home = rows[order[home[order]]]
         p = self.params
         self.index = hnswlib.Index(space="l2", dim=EMBEDDING_DIM)
         self.index.init_index(max_elements=max(len(order), 1), ef_construction=p.ef_construction, M=p.M,
@@ -139,10 +144,35 @@ class _Shard:
         lab, d2 = self.index.knn_query(np.ascontiguousarray(vectors, np.float32), k=k, num_threads=1)
         return lab.astype(np.int64), np.sqrt(np.maximum(d2, 0)).astype(np.float32), _here()
 
+    def vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the rows among `rows` whose nearest cell this is, their descriptors): asked of every
+        shard, each face comes back once."""
+        mine = rows[np.isin(rows, self.home)]
+        if len(mine) == 0:
+            return mine, np.empty((0, EMBEDDING_DIM), np.float32)
+        return mine, self.index.get_items(mine, return_type="numpy").astype(np.float32, copy=False)
+
 
 @ray.remote
 def _cluster_part(job: tuple) -> tuple[np.ndarray, int, tuple[str, float, int]]:
     return (*pt.run_part(job), _here())
+
+
+@ray.remote
+def _cluster_part_of_shards(job: tuple, shards: list, transform) -> tuple[np.ndarray, int, tuple[str, float, int]]:
+    """`_cluster_part` of a job that carries read rows (sorted) in place of descriptors: they
+    come from the shards and go through `transform` (the metric head, or None) here."""
+    rows = job[0]
+    x = np.empty((len(rows), EMBEDDING_DIM), np.float32)
+    found = 0
+    for got, vec in ray.get([s.vectors.remote(rows) for s in shards]):
+        x[np.searchsorted(rows, got)] = vec
+        found += len(got)
+    if found != len(rows):
+        raise ReduceError(f"the shards hold {found} of a clustering part's {len(rows)} faces")
+    if transform is not None:
+        x = transform(x)
+    return (*pt.run_part((x, *job[1:])), _here())
 
 
 @ray.remote
@@ -324,15 +354,32 @@ class RayReducer:
 
     def agglomerate(self, x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float, max_rounds: int = 100_000,
                     must_link: np.ndarray | None = None, cannot_link: np.ndarray | None = None,
-                    pair_margin: float = 0.0, link_weight: float = 0.0) -> tuple[np.ndarray, int]:
-        """linkage.agglomerate as parallel tasks over the graph's components (exactly the same labels)."""
-        return pt.split_agglomerate(x, eu, ev, threshold, max_rounds, must_link, cannot_link, pair_margin,
-                                    link_weight, groups=self.workers, run=self._run_parts)
+                    pair_margin: float = 0.0, link_weight: float = 0.0, rows: np.ndarray | None = None,
+                    transform=None) -> tuple[np.ndarray, int]:
+        """linkage.agglomerate as parallel tasks over the graph's components (exactly the same labels).
 
-    def _run_parts(self, jobs: Iterable[tuple]) -> list[tuple[np.ndarray, int]]:
+        With `rows` (the face rows of x's rows, sorted), x is not sent: each task fetches its
+        faces' descriptors from the shards and applies `transform` (what made x of them: the
+        metric head's, or None), so no copy of x passes through the driver's object store."""
+        if rows is None or self._pending or not self._actors:
+            return pt.split_agglomerate(x, eu, ev, threshold, max_rounds, must_link, cannot_link, pair_margin,
+                                        link_weight, groups=self.workers, run=self._run_parts)
+        read = rows if self._face_row is None else np.flatnonzero(self._face_row >= 0)[rows]
+        return pt.split_agglomerate(x, eu, ev, threshold, max_rounds, must_link, cannot_link, pair_margin,
+                                    link_weight, groups=self.workers, carry=lambda r: read[r],
+                                    run=lambda jobs: self._run_parts(jobs, fetch=True, transform=transform))
+
+    def _run_parts(self, jobs: Iterable[tuple], fetch: bool = False, transform=None) -> list[tuple[np.ndarray, int]]:
+        """The parts' results in order; the jobs carry descriptors, or with `fetch` read rows
+        whose descriptors the tasks fetch from the shards (see `agglomerate`)."""
         jobs = list(jobs)
         self.part_rows = [len(j[0]) for j in jobs]
-        refs = [_cluster_part.options(scheduling_strategy="SPREAD").remote(j) for j in jobs]
+        opts = dict(scheduling_strategy="SPREAD")
+        if fetch:
+            fn = ray.put(transform)
+            refs = [_cluster_part_of_shards.options(**opts).remote(j, self._actors, fn) for j in jobs]
+        else:
+            refs = [_cluster_part.options(**opts).remote(j) for j in jobs]
         out = []
         for lab, rounds, where in ray.get(refs):
             self._seen(where)
