@@ -358,6 +358,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="--service: fresh-process searches per way (median)")
     ap.add_argument("--part-rows", type=int, default=PART_ROWS, help="faces per faces/ part written")
     args = ap.parse_args()
+    if args.no_reference and (not args.ray or args.ray_only):
+        ap.error("--no-reference goes with --ray (and not --ray-only, which compares with a reference)")
     args.keep = args.keep or args.ray_only
     say = (lambda *a: None) if args.json else print
     from facejob.reduce.clustering import cluster
