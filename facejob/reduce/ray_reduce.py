@@ -11,6 +11,7 @@ ADDR --workers N`); the steps themselves (facejob.reduce.pipeline) stay the same
   rows of the `Faces` that `read_faces` gave), so its answers need no label table either;
 - clustering runs as independent parts (connected components of the candidate graph, packed
   into one task per worker), which gives exactly the single-process clusters for that graph;
+  the driver sends a part its rows and edges, the task fetches the descriptors from the shards;
 - the per-person SVMs are trained in tasks of a chunk of people each (FIT_TASKS per worker),
   which gives exactly the single-process models (a person's SVM does not depend on the others');
 - predictions are made in tasks of PREDICT_ROWS rows (each scoring them in batches).
@@ -212,7 +213,9 @@ class RayReducer:
     """The reducer's heavy parts on a Ray cluster (see the module doc). Use as a context
     manager: the shard actors end with it. `work` counts the tasks and actors per node id,
     `process_peaks` holds each of their processes' peak RSS in GiB ((node id, pid) -> GiB),
-    `peak_rss_gib` the highest, `part_rows` the rows of each clustering task of the last clustering."""
+    `peak_rss_gib` the highest, `part_rows` the rows of each clustering task of the last clustering.
+    In order: `read_faces`, `build`, then `query`, `knn_graph`, `agglomerate` (the shards hold
+    what `read_faces` read), `fit_svms`, `predict`."""
 
     def __init__(self, address: str | None = None, workers: int = 0, shards: int = 0,
                  params: IndexParams = IndexParams(), replicas: int = SHARD_REPLICAS, probe: int = SHARD_PROBE):
