@@ -114,8 +114,9 @@ def group_components(comp: np.ndarray, groups: int) -> list[np.ndarray]:
 def sub_problem(rows: np.ndarray, n: int, eu: np.ndarray, ev: np.ndarray,
                 must_link: np.ndarray | None, cannot_link: np.ndarray | None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The edges, must- and cannot-link pairs among `rows` (sorted), renumbered 0..len(rows)-1."""
-    local = np.full(n, -1, np.int64)
+    """The edges, must- and cannot-link pairs among `rows` (sorted), renumbered 0..len(rows)-1
+    (int32 when they fit: a part's edges travel to its task; `run_part` widens them)."""
+    local = np.full(n, -1, np.int32 if n < 2**31 else np.int64)
     local[rows] = np.arange(len(rows))
 
     def inside(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +124,7 @@ def sub_problem(rows: np.ndarray, n: int, eu: np.ndarray, ev: np.ndarray,
         ok = (la >= 0) & (lb >= 0)
         return la[ok], lb[ok]
 
-    su, sv = inside(eu.astype(np.int64), ev.astype(np.int64))
+    su, sv = inside(np.asarray(eu, np.int64), np.asarray(ev, np.int64))
     pairs = []
     for p in (must_link, cannot_link):
         p = np.empty((0, 2), np.int64) if p is None or not len(p) else np.asarray(p, np.int64).reshape(-1, 2)
@@ -184,5 +185,7 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
 def run_part(job: tuple) -> tuple[np.ndarray, int]:
     """One part of `split_agglomerate` (a job tuple it made)."""
     x, eu, ev, threshold, max_rounds, must, cannot, margin, link_weight = job
+    eu, ev = eu.astype(np.int64), ev.astype(np.int64)    # linkage's pair keys (a * n + b) need int64
+    must, cannot = must.astype(np.int64), cannot.astype(np.int64)
     return agglomerate(x, eu, ev, threshold, max_rounds, must_link=must, cannot_link=cannot, pair_margin=margin,
                        link_weight=link_weight)
