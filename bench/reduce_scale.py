@@ -34,6 +34,10 @@ and every face named both ways (seconds, how far the models differ, share of equ
 --ray-only runs the Ray path alone against the single-process index and clusters
 (OUT/reference_clusters.parquet) that an earlier run without it left in --out: at 1M the
 reference takes as long as the Ray path, so the two can be run (and timed) apart.
+--no-reference runs the Ray path with no single-process run at all (no index, no clusters, no
+exact search to compare with: at 10M the reference alone needs ~35 GiB): its seconds, its
+clustering against the truth, and each process's peak RSS, the driver's never having held a
+single-process index.
 
 --service instead times `facejob search --face-id` in fresh processes, loading OUT/index/ each
 time against asking the search service (facejob/reduce/search_service.py, one shard per
@@ -344,6 +348,8 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=None, help="--ray: cells each query visits")
     ap.add_argument("--ray-only", action="store_true",
                     help="--ray against the index and clusters an earlier full run left in --out (implies --keep)")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="--ray without the single-process run (no agreement or recall figures)")
     ap.add_argument("--label-people", type=int, default=100,
                     help="--ray: people whose SVMs are trained both ways (0: none)")
     ap.add_argument("--service", action="store_true",
@@ -352,6 +358,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="--service: fresh-process searches per way (median)")
     ap.add_argument("--part-rows", type=int, default=PART_ROWS, help="faces per faces/ part written")
     args = ap.parse_args()
+    if args.no_reference and (not args.ray or args.ray_only):
+        ap.error("--no-reference goes with --ray (and not --ray-only, which compares with a reference)")
     args.keep = args.keep or args.ray_only
     say = (lambda *a: None) if args.json else print
     from facejob.reduce.clustering import cluster
@@ -376,6 +384,12 @@ def main() -> None:
     store = LocalStore(out)
     if args.ray_only:
         return ray_only(args, store, truth, say)
+    if args.no_reference:
+        for rel in ("index/params.json", "clusters.parquet", "clusters.json", REFERENCE):
+            store.delete(rel)
+        line = {"faces": len(truth), "people": args.people, "reference": None}
+        line.update(ray_path(args, store, None, None, None, None, truth, say))
+        return print(json.dumps(line))
     for rel in ("index/params.json", "clusters.parquet", "clusters.json", REFERENCE):
         store.delete(rel)
 
@@ -496,9 +510,11 @@ def svm_side_by_side(eng, x: np.ndarray, truth: np.ndarray, clusters: np.ndarray
             "labels_equal": round(same, 6)}
 
 
-def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.ndarray, truth: np.ndarray,
-             say) -> dict:
-    """The Ray path over the same archive and saved index: its figures, against the single-process ones."""
+def ray_path(args, store, fi, cid_single: np.ndarray | None, q: np.ndarray | None, exact: np.ndarray | None,
+             truth: np.ndarray, say) -> dict:
+    """The Ray path over the same archive: its figures, against the single-process ones (none
+    with --no-reference: `cid_single` None). `fi`, the single-process index, is only held (as
+    `facejob reduce` holds OUT/index/): the Ray path searches its own shards."""
     import pyarrow.parquet as pq
 
     from facejob.reduce import ray_reduce as rr
@@ -512,23 +528,24 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
         faces = eng.read_faces(store, META_COLUMNS)
         t_read = time.perf_counter() - t0
         t0 = time.perf_counter()
-        eng.build(faces, fi)
+        eng.build()
         eng.query(faces.embeddings[:1], 1)        # the shards start at the first query
         t_shards = time.perf_counter() - t0
-        rows_of_label = np.append(fi.rows_for(faces), -1)
-        if q is None:     # --ray-only: the same queries as a full run's
+        if q is None and cid_single is not None:     # --ray-only: the same queries as a full run's
             q = query_rows(len(faces))
             exact = exact_nearest(faces.embeddings, q)
-        t0 = time.perf_counter()
-        got, _ = eng.query(faces.embeddings[q], 10)
-        t_query = time.perf_counter() - t0
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows_of_label[got], exact)]))
+        recall = t_query = None
+        if q is not None:
+            t0 = time.perf_counter()
+            got, _ = eng.query(faces.embeddings[q], 10)     # face rows
+            t_query = time.perf_counter() - t0
+            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact)]))
         store.delete("clusters.json")     # else the single-process clustering is kept (same inputs)
         t0 = time.perf_counter()
-        s = cluster(store, faces=faces, fi=fi, engine=eng)
+        s = cluster(store, faces=faces, engine=eng)
         t_cluster = time.perf_counter() - t0
         cid = pq.read_table(Path(args.out) / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
-        agree = pairwise_f(cid_single, cid)[2]
+        agree = None if cid_single is None else pairwise_f(cid_single, cid)[2]
         driver = image_rss_gib() if fresh else rss_gib()
         workers = sorted(eng.process_peaks.values(), reverse=True)
         peak = max(driver, eng.peak_rss_gib)
@@ -538,20 +555,22 @@ def ray_path(args, store, fi, cid_single: np.ndarray, q: np.ndarray, exact: np.n
     _, _, f_truth = pairwise_f(truth, cid)
     say(f"ray ({args.workers} workers, {shards} shards, each face in {replicas} cells, queries visit {probe}): "
         f"read {t_read:.1f} s, shards built {t_shards:.1f} s, kNN graph {s.timings['knn_s']:.1f} s, "
-        f"merging {s.timings['merge_s']:.1f} s (cluster step {t_cluster:.1f} s); recall@10 {recall:.4f} "
-        f"({len(q):,} queries in {t_query:.2f} s); clusters agree with single-process: pairwise F {agree:.4f} "
-        f"(vs truth {f_truth:.4f}); max process peak RSS {peak:.2f} GiB (driver {driver:.2f}, "
+        f"merging {s.timings['merge_s']:.1f} s (cluster step {t_cluster:.1f} s); "
+        + ("" if recall is None else f"recall@10 {recall:.4f} ({len(q):,} queries in {t_query:.2f} s); ")
+        + ("" if agree is None else f"clusters agree with single-process: pairwise F {agree:.4f} ")
+        + f"(vs truth {f_truth:.4f}); max process peak RSS {peak:.2f} GiB (driver {driver:.2f}, "
         f"{len(workers)} Ray worker processes {[round(w, 2) for w in workers]}); {nodes} node(s); clustering "
         f"tasks of {part_rows} rows")
     out = {"ray_read_s": round(t_read, 1), "ray_shards_build_s": round(t_shards, 1),
            "ray_knn_graph_s": s.timings["knn_s"], "ray_merge_s": s.timings["merge_s"],
-           "ray_cluster_s": round(t_cluster, 1), "knn_recall_at_10": round(recall, 4),
-           "agreement_f": round(agree, 4), "agreement_at_faces": len(faces), "ray_pairwise_f": round(f_truth, 4),
+           "ray_cluster_s": round(t_cluster, 1),
+           "knn_recall_at_10": None if recall is None else round(recall, 4),
+           "agreement_f": None if agree is None else round(agree, 4), "agreement_at_faces": len(faces), "ray_pairwise_f": round(f_truth, 4),
            "max_process_peak_rss_gib": round(peak, 2), "ray_driver_peak_rss_gib": round(driver, 2),
            "ray_worker_peak_rss_gib": [round(w, 2) for w in workers], "shards": shards, "replicas": replicas,
            "probe": probe,
            "cluster_task_rows": part_rows, **svm}
-    if len(faces) == 1_000_000:
+    if len(faces) == 1_000_000 and agree is not None:
         out["agreement_f_at_1m"] = out["agreement_f"]
     return out
 

@@ -127,3 +127,48 @@ def test_svms_and_predictions_on_ray_equal_the_single_process_ones(ray_local, mo
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
     assert len(set(want[0]) - {"unknown"}) == 12 and (want[0] == "unknown").any()    # named people, not everyone
     assert all(want[0][r] not in ns for r, ns in forbidden.items())
+
+
+def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path):
+    """The shards are filled by part tasks straight from OUT/faces/ (no descriptor passes through
+    the driver), also when a part was written twice under another name: the reducer reads the
+    same faces as the single-process reader, the shards answer with rows of those faces (each
+    face once, its repeat in no shard) and the exact nearest ones at this size, and the cluster
+    step over them writes the single-process clusters."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from bench.reduce_scale import write_archive
+    from facejob.io.storage import LocalStore
+    from facejob.reduce import ray_reduce as rr
+    from facejob.reduce.clustering import cluster
+    from facejob.reduce.embeddings import ALL_COLUMNS, read_faces
+
+    one, par = tmp_path / "one", tmp_path / "ray"
+    write_archive(one, 1200, 80, part_rows=150)
+    for d in ("faces", "images"):     # part 3 again, committed under another name: its faces are repeats
+        shutil.copy(one / d / "part-0003.parquet", one / d / "part-0003x.parquet")
+    shutil.copytree(one, par)
+    faces = read_faces(LocalStore(one), ALL_COLUMNS)
+    assert len(faces) == 1200 and len(read_faces(LocalStore(one), drop_repeated=False)) == 1350
+    cluster(LocalStore(one), faces=faces)
+
+    with rr.RayReducer(workers=2, shards=3) as eng:
+        got = eng.read_faces(LocalStore(par), ALL_COLUMNS)
+        assert got.meta.equals(faces.meta) and np.array_equal(got.embeddings, faces.embeddings)
+        eng.build()
+        q = np.arange(0, 1200, 7)
+        rows, dist = eng.query(faces.embeddings[q], 10)
+        s = cluster(LocalStore(par), faces=got, engine=eng)
+        shards, tasks = eng.shard_count, sum(eng.work.values())
+    assert shards == 3 and tasks >= 2 * 9 + 3      # a sample and a route task per part; the shards built
+    assert rows.shape == (len(q), 10) and (rows >= 0).all() and (rows < 1200).all()
+    assert all(len(set(r)) == 10 for r in rows.tolist())
+    d = np.linalg.norm(faces.embeddings[q][:, None] - faces.embeddings[None], axis=2)
+    exact = np.argsort(d, 1)[:, :10]
+    assert (rows == exact).all()
+    np.testing.assert_allclose(dist, np.take_along_axis(d, exact, 1), rtol=1e-4, atol=1e-5)
+    a, b = pq.read_table(one / "clusters.parquet"), pq.read_table(par / "clusters.parquet")
+    assert a.num_rows == 1200 and a.equals(b)
+    assert s.clusters < 1200 / 2          # it did cluster

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,7 +76,7 @@ def above_floor(faces: Faces, min_quality: float) -> np.ndarray:
     return ~(q < min_quality)
 
 
-def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
+def cluster_faces(fi: FaceIndex | None, faces: Faces, threshold: float = CLUSTER_THRESHOLD, k: int = CLUSTER_K,
                   threads: int = -1, applied: corr.Applied | None = None,
                   seeds: np.ndarray | None = None, head: lm.Head | None = None,
                   pair_margin: float = CLUSTER_PAIR_MARGIN, engine: RayReducer | None = None,
@@ -88,15 +89,23 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
     it is near (`linkage.attach`) unless that cluster holds a face it cannot be; else it stays
     alone. With a metric `head`, distances are those of the learned descriptors (the kNN graph
     that proposes candidates still comes from the plain ones). An `engine`
-    (facejob.reduce.ray_reduce.RayReducer) builds the graph and agglomerates on Ray instead.
+    (facejob.reduce.ray_reduce.RayReducer, built over `faces`) searches its shards, builds the
+    graph and agglomerates on Ray instead; `fi` is then not used (None is fine).
     """
     t0 = time.perf_counter()
     n = len(faces)
     seed_rows = np.arange(n) if seeds is None else np.flatnonzero(seeds)
     rest = np.setdiff1d(np.arange(n), seed_rows)
     sf = faces if len(rest) == 0 else faces.take(seed_rows)
-    graph = knn_graph if engine is None else engine.knn_graph
-    eu, ev, _ = graph(fi, sf.embeddings, fi.rows_for(sf), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
+    if engine is None:
+        eu, ev, _ = knn_graph(fi, sf.embeddings, fi.rows_for(sf), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
+        def nearest(v: np.ndarray, m: int, ef: int) -> np.ndarray:
+            # hnsw labels -> face rows; the trailing -1: "fewer found"
+            return np.append(fi.rows_for(faces), -1)[fi.query(v, m, ef=ef, threads=threads)[0]]
+    else:
+        eu, ev, _ = engine.knn_graph(sf.embeddings, seed_rows, n, k, max_dist=CLUSTER_MAX_EDGE)
+        def nearest(v: np.ndarray, m: int, ef: int) -> np.ndarray:
+            return engine.query(v, m, ef=ef)[0]      # its answers are face rows
     t1 = time.perf_counter()
     cannot = corr.photo_pairs(sf.meta.column("uri"))
     must = np.empty((0, 2), np.int64)
@@ -105,28 +114,30 @@ def cluster_faces(fi: FaceIndex, faces: Faces, threshold: float = CLUSTER_THRESH
         cannot = np.concatenate([cannot, corr.rows_of(sf.face_ids, applied.cannot)])
     x = lm.MetricLearner.from_head(head).transform(faces.embeddings)
     gc = GraphClusterer(threshold, pair_margin, link_weight=link_weight)
-    gc.fit(x[seed_rows], (eu, ev), must_link=must, cannot_link=cannot,
-           agglomerate_with=None if engine is None else engine.agglomerate)
+    agg = None
+    if engine is not None:     # its tasks fetch the seeds' descriptors from its shards, not from x
+        agg = partial(engine.agglomerate, rows=seed_rows, transform=None if head is None else head.apply)
+    gc.fit(x if len(rest) == 0 else x[seed_rows], (eu, ev), must_link=must, cannot_link=cannot, agglomerate_with=agg)
     labels = np.arange(n)
     labels[seed_rows] = seed_rows[gc.labels_]
-    attached = _attach_rest(fi, faces, x, labels, rest, seed_rows, k, applied, gc)
+    attached = _attach_rest(nearest, faces, x, labels, rest, seed_rows, k, applied, gc)
     t2 = time.perf_counter()
     return labels, {"edges": len(eu), "rounds": gc.rounds_, "must_link": len(must), "cannot_link": len(cannot),
                     "attached": attached, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
 
 
-def _attach_rest(fi: FaceIndex, faces: Faces, x: np.ndarray, labels: np.ndarray, rest: np.ndarray,
+def _attach_rest(nearest, faces: Faces, x: np.ndarray, labels: np.ndarray, rest: np.ndarray,
                  seed_rows: np.ndarray, k: int, applied: corr.Applied | None, gc: GraphClusterer) -> int:
     """Give the non-seed faces `rest` the cluster label they unambiguously belong to (in place),
-    by `gc` (fitted on the seeds); how many got one. A cluster holding a face of the same photo,
+    by `gc` (fitted on the seeds); how many got one. `nearest(vectors, m, ef)`: the face rows of
+    the m nearest faces of each vector (-1: fewer found). A cluster holding a face of the same photo,
     or one the curator said this face is not, is out; two faces of one photo never join one
     cluster (the nearer one does)."""
     if len(rest) == 0 or len(seed_rows) == 0:
         return 0
     seed_pos = np.full(len(faces) + 1, -1, np.int64)      # face row -> row among the seeds; [-1] -> -1
     seed_pos[seed_rows] = np.arange(len(seed_rows))
-    lab, _ = fi.query(faces.embeddings[rest], 2 * k, ef=max(4 * k, 64))
-    cand = fi.rows_for(faces)[lab]
+    cand = nearest(faces.embeddings[rest], 2 * k, max(4 * k, 64))
     cand[seed_pos[cand] < 0] = -1
     uri = faces.meta.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
     photo_in = set(zip(uri[seed_rows].tolist(), labels[seed_rows].tolist()))
@@ -175,7 +186,8 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
     GraphClusterer(threshold)      # a bad threshold fails here, before the index is read or extended
     head = lm.head_for(store, metric)
     faces = faces if faces is not None else read_faces(store, (*META_COLUMNS, "quality"))
-    fi = fi if fi is not None else update_index(store, faces, log=log.info)
+    if fi is None and engine is None:   # an engine searches its own shards
+        fi = update_index(store, faces, log=log.info)
     applied = _with_names(store, corr.resolve(corr.followed(store, faces)))
     seeds = above_floor(faces, min_quality)
     # A face the curator put with others is a seed whatever its quality: the curator's word wins.

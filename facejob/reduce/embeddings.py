@@ -54,22 +54,17 @@ def parts(store: Store, prefix: str) -> list[str]:
     return committed_parts(store, prefix)
 
 
-def _open(store: Store, rel: str) -> pq.ParquetFile:
+def open_part(store: Store, rel: str) -> pq.ParquetFile:
+    """One part as a ParquetFile: opened in place when local, else fetched whole."""
     local = store.local_path(rel)
     if local is not None:
         return pq.ParquetFile(local)
     return parquet_file(store.read_bytes(rel))
 
 
-def iter_batches(store: Store, prefix: str, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
-    """Record batches of `columns` over every part under `prefix`, one part open at a time."""
-    for rel in parts(store, prefix):
-        yield from part_batches(store, rel, columns)
-
-
 def part_batches(store: Store, rel: str, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     """Record batches of `columns` of one part (optional columns it lacks come back null)."""
-    f = _open(store, rel)
+    f = open_part(store, rel)
     names = f.schema_arrow.names
     missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
     if missing:
@@ -86,7 +81,7 @@ def part_batches(store: Store, rel: str, columns: Sequence[str]) -> Iterator[pa.
 def _row_count(store: Store, rels: list[str]) -> int | None:
     if store.local_path() is None:
         return None
-    return sum(_open(store, rel).metadata.num_rows for rel in rels)
+    return sum(open_part(store, rel).metadata.num_rows for rel in rels)
 
 
 def batch_embeddings(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -107,21 +102,24 @@ def require_indexed(store: Store) -> None:
         raise NotIndexedError(f"no index output under {store.root} (no faces/ or images/ parts); run `facejob index` first")
 
 
-def read_faces(store: Store, columns: Sequence[str] = META_COLUMNS, embeddings: bool = True) -> Faces:
+def read_faces(store: Store, columns: Sequence[str] = META_COLUMNS, embeddings: bool = True,
+               rels: Sequence[str] | None = None, drop_repeated: bool = True) -> Faces:
     """All faces of OUT, streamed part by part; `columns` must include face_id.
 
-    Rows whose face_id was already seen (a part written twice) are dropped, first one wins.
+    Rows whose face_id was already seen (a part written twice) are dropped, first one wins
+    (kept with `drop_repeated` False: see `first_rows`). `rels`: these parts, in this order,
+    instead of the committed parts listed now (a caller that reads them again later).
     """
     require_indexed(store)
     cols = list(dict.fromkeys(["face_id", *columns]))
-    rels = parts(store, FACES_DIR)
+    rels = parts(store, FACES_DIR) if rels is None else list(rels)
     n_total = _row_count(store, rels) if embeddings else None
     emb = np.empty((n_total, EMBEDDING_DIM), np.float32) if n_total is not None else None
     emb_chunks: list[np.ndarray] = []
     metas: list[pa.RecordBatch] = []
     row = 0
     read_cols = cols + (["embedding"] if embeddings else [])
-    for batch in iter_batches(store, FACES_DIR, read_cols):
+    for batch in (b for rel in rels for b in part_batches(store, rel, read_cols)):
         if embeddings:
             e = batch_embeddings(batch.column("embedding"))
             if emb is not None:
@@ -142,16 +140,23 @@ def read_faces(store: Store, columns: Sequence[str] = META_COLUMNS, embeddings: 
     else:
         emb = np.empty((0, EMBEDDING_DIM), np.float32)
     faces = Faces(meta=meta.combine_chunks(), embeddings=emb)
-    return _drop_repeated(faces)
+    return _drop_repeated(faces) if drop_repeated else faces
+
+
+def first_rows(ids: pa.Array) -> np.ndarray | None:
+    """The rows to keep of faces whose ids are `ids`: each id's first row, in order; None when
+    every id is distinct (keep all)."""
+    if len(ids) == 0 or pc.count_distinct(ids).as_py() == len(ids):
+        return None
+    # Rare path (a part written twice): keep each id's first row.
+    rows = pa.table({"id": ids, "row": pa.array(np.arange(len(ids)))})
+    return np.sort(rows.group_by("id").aggregate([("row", "min")]).column("row_min").to_numpy())
 
 
 def _drop_repeated(faces: Faces) -> Faces:
-    ids = faces.face_ids
-    if len(ids) == 0 or pc.count_distinct(ids).as_py() == len(ids):
+    idx = first_rows(faces.face_ids)
+    if idx is None:
         return faces
-    # Rare path (a part written twice): keep each id's first row.
-    rows = pa.table({"id": ids, "row": pa.array(np.arange(len(ids)))})
-    idx = np.sort(rows.group_by("id").aggregate([("row", "min")]).column("row_min").to_numpy())
     return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx] if len(faces.embeddings) else faces.embeddings)
 
 
@@ -167,7 +172,7 @@ def read_images(store: Store, columns: Sequence[str], optional: Sequence[str] = 
     older outputs lack (e.g. phash) come back as nulls for their parts."""
     tables = []
     for rel in parts(store, IMAGES_DIR):
-        f = _open(store, rel)
+        f = open_part(store, rel)
         missing = [c for c in columns if c not in f.schema_arrow.names]
         if missing:
             raise ReduceError(f"{store.root}/{rel} lacks column(s) {missing}; was it written by facejob index?")

@@ -18,9 +18,10 @@ def knn_graph(fi: FaceIndex, embeddings: np.ndarray, rows_of_label: np.ndarray, 
 
     `embeddings` row i is face i; `rows_of_label` maps hnsw labels to those rows (-1 = not a
     current face). Edges longer than `max_dist` are dropped. Queries run in chunks so the
-    result arrays stay small.
+    result arrays stay small; the edges found are kept as int32 rows (n < 2**31) until the end.
     """
     n = len(embeddings)
+    idx = np.int32 if n < 2**31 else np.int64
     src, dst, dist = [], [], []
     ef = max(ef or GRAPH_EF, k + 1)
     for lo in range(0, n, QUERY_CHUNK):
@@ -29,16 +30,16 @@ def knn_graph(fi: FaceIndex, embeddings: np.ndarray, rows_of_label: np.ndarray, 
         j = rows_of_label[labels]
         i = np.broadcast_to(np.arange(lo, hi)[:, None], j.shape)
         keep = (j >= 0) & (j != i) & (d <= max_dist)
-        src.append(i[keep]); dst.append(j[keep]); dist.append(d[keep])
-    return canonical_edges(np.concatenate(src) if src else np.empty(0, np.int64),
-                           np.concatenate(dst) if dst else np.empty(0, np.int64),
+        src.append(i[keep].astype(idx)); dst.append(j[keep].astype(idx)); dist.append(d[keep])
+    return canonical_edges(np.concatenate(src) if src else np.empty(0, idx),
+                           np.concatenate(dst) if dst else np.empty(0, idx),
                            np.concatenate(dist) if dist else np.empty(0, np.float32), n)
 
 
 def canonical_edges(i: np.ndarray, j: np.ndarray, d: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edges as (min, max) pairs, self-loops dropped, each pair once (sorted by pair)."""
-    a, b = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
+    a, b = np.minimum(i, j), np.maximum(i, j)
     keep = a != b
-    key = a[keep] * n + b[keep]
+    key = a[keep].astype(np.int64) * n + b[keep]      # int64 whatever the rows' type: no overflow
     key, first = np.unique(key, return_index=True)
     return key // n, key % n, d[keep][first].astype(np.float32)

@@ -114,8 +114,9 @@ def group_components(comp: np.ndarray, groups: int) -> list[np.ndarray]:
 def sub_problem(rows: np.ndarray, n: int, eu: np.ndarray, ev: np.ndarray,
                 must_link: np.ndarray | None, cannot_link: np.ndarray | None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The edges, must- and cannot-link pairs among `rows` (sorted), renumbered 0..len(rows)-1."""
-    local = np.full(n, -1, np.int64)
+    """The edges, must- and cannot-link pairs among `rows` (sorted), renumbered 0..len(rows)-1
+    (int32 when they fit: a part's edges travel to its task; `run_part` widens them)."""
+    local = np.full(n, -1, np.int32 if n < 2**31 else np.int64)
     local[rows] = np.arange(len(rows))
 
     def inside(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +124,7 @@ def sub_problem(rows: np.ndarray, n: int, eu: np.ndarray, ev: np.ndarray,
         ok = (la >= 0) & (lb >= 0)
         return la[ok], lb[ok]
 
-    su, sv = inside(eu.astype(np.int64), ev.astype(np.int64))
+    su, sv = inside(np.asarray(eu, np.int64), np.asarray(ev, np.int64))
     pairs = []
     for p in (must_link, cannot_link):
         p = np.empty((0, 2), np.int64) if p is None or not len(p) else np.asarray(p, np.int64).reshape(-1, 2)
@@ -136,8 +137,8 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
                       max_rounds: int = 100_000, must_link: np.ndarray | None = None,
                       cannot_link: np.ndarray | None = None, pair_margin: float = 0.0,
                       link_weight: float = 0.0, groups: int = 1,
-                      run: Callable[[Iterable[tuple]], Iterable[tuple[np.ndarray, int]]] | None = None
-                      ) -> tuple[np.ndarray, int]:
+                      run: Callable[[Iterable[tuple]], Iterable[tuple[np.ndarray, int]]] | None = None,
+                      carry: Callable[[np.ndarray], object] | None = None) -> tuple[np.ndarray, int]:
     """`linkage.agglomerate`, run as independent parts: the same labels, exactly.
 
     Why it is exact. Let C be a union of connected components of the graph G whose edges are
@@ -158,7 +159,9 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
     Only the round count differs: it is the most any part needed, not the sum.
 
     `run` maps the parts' argument tuples to `(labels, rounds)` results (default: here, one by
-    one; facejob.reduce.ray_reduce runs them as Ray tasks); `groups` is how many parts.
+    one; facejob.reduce.ray_reduce runs them as Ray tasks); `groups` is how many parts. A part's
+    tuple starts with `carry(rows)` for its (sorted) rows of x: by default x[rows] (`run_part`
+    takes that); ray_reduce's tasks fetch the descriptors from its shards by what it carries.
     """
     n = len(x)
     labels = np.arange(n)
@@ -166,10 +169,11 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
         return labels, 0
     comp = components(n, eu, ev, must_link)
     parts = group_components(comp, groups)
+    carry = carry or (lambda rows: x[rows])
     jobs = []
     for rows in parts:
         su, sv, mu, cu = sub_problem(rows, n, eu, ev, must_link, cannot_link)
-        jobs.append((x[rows], su, sv, threshold, max_rounds, mu, cu, pair_margin, link_weight))
+        jobs.append((carry(rows), su, sv, threshold, max_rounds, mu, cu, pair_margin, link_weight))
     run = run or (lambda js: map(run_part, js))
     rounds = 0
     for rows, (lab, r) in zip(parts, run(jobs)):
@@ -181,5 +185,7 @@ def split_agglomerate(x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: 
 def run_part(job: tuple) -> tuple[np.ndarray, int]:
     """One part of `split_agglomerate` (a job tuple it made)."""
     x, eu, ev, threshold, max_rounds, must, cannot, margin, link_weight = job
+    eu, ev = eu.astype(np.int64), ev.astype(np.int64)    # linkage's pair keys (a * n + b) need int64
+    must, cannot = must.astype(np.int64), cannot.astype(np.int64)
     return agglomerate(x, eu, ev, threshold, max_rounds, must_link=must, cannot_link=cannot, pair_margin=margin,
                        link_weight=link_weight)

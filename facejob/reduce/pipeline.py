@@ -68,7 +68,7 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
     t0 = time.perf_counter()
     fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
     if engine is not None:
-        engine.build(faces, fi)
+        engine.build()      # its shards: filled from the parts it read, not from `faces`
     t_index = time.perf_counter() - t0
     bar.advance(1, faces=len(faces))
     steps = {"read_s": t_read, "index_s": t_index}

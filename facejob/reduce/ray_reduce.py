@@ -2,18 +2,26 @@
 ADDR --workers N`); the steps themselves (facejob.reduce.pipeline) stay the same and call a
 `RayReducer` where the single-process path calls its own functions:
 
-- faces/ is read by one task per part (streamed Arrow batches), gathered in part order;
 - the kNN graph comes from a sharded search index: one actor per cell of a coarse k-means
   (facejob.reduce.partition), each face stored in its SHARD_REPLICAS nearest cells and each
-  query sent to its SHARD_PROBE nearest, the actors' answers merged;
+  query sent to its SHARD_PROBE nearest, the actors' answers merged. The shards are filled
+  straight from OUT/faces/: one task per part reads it batch by batch and sends each batch's
+  descriptors to their cells' actors (the k-means is fitted on a sample the part tasks draw),
+  so no shard's faces pass through the driver. A shard's hnswlib labels are face rows (the
+  rows of the `Faces` that `read_faces` gave), so its answers need no label table either;
 - clustering runs as independent parts (connected components of the candidate graph, packed
   into one task per worker), which gives exactly the single-process clusters for that graph;
+  the driver sends a part its rows and edges, the task fetches the descriptors from the shards;
 - the per-person SVMs are trained in tasks of a chunk of people each (FIT_TASKS per worker),
   which gives exactly the single-process models (a person's SVM does not depend on the others');
 - predictions are made in tasks of PREDICT_ROWS rows (each scoring them in batches).
 
-The search index under OUT/index/ (what `facejob search` loads) is still built by the driver.
-This is the one module of the reducer that imports Ray (see pyproject's import contracts).
+The faces' columns the steps need are read by the driver itself, part by part into one
+preallocated matrix (facejob.reduce.embeddings.read_faces): results of part tasks would pass
+through the object store, whose pages the driver maps and touches (counted in its RSS) on top
+of the matrix. The search index under OUT/index/ (what `facejob search` loads) is still built
+by the driver. This is the one module of the reducer that imports Ray (see pyproject's import
+contracts).
 """
 from __future__ import annotations
 
@@ -23,20 +31,20 @@ import resource
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+import hnswlib
 import numpy as np
-import pyarrow as pa
 import ray
 
 from facejob.contract.layout import FACES_DIR
-from facejob.contract.schema import EMBEDDING_DIM, FACES
+from facejob.contract.schema import EMBEDDING_DIM
 from facejob.io.storage import Store, open_store
 
 from . import partition as pt
 from . import svm as lb
-from .embeddings import Faces, _drop_repeated, batch_embeddings, part_batches, parts, require_indexed
+from .embeddings import BATCH_ROWS, Faces, batch_embeddings, first_rows, open_part, part_batches, parts, read_faces
 from .errors import ReduceError
 from .graph import knn_graph
-from .hnsw import FaceIndex, IndexParams, build
+from .hnsw import IndexParams
 
 log = logging.getLogger("facejob.reduce")
 
@@ -45,6 +53,7 @@ SHARD_REPLICAS = 2      # cells each face is stored in
 SHARD_PROBE = 3         # cells each query visits
 PREDICT_ROWS = 100_000  # faces per prediction task (scored in batches of svm.PREDICT_ROWS inside it)
 FIT_TASKS = 4           # SVM training tasks per worker: people's SVMs differ in cost, small chunks even it out
+SAMPLE_ROWS = 50_000    # descriptors the coarse k-means is fitted on, drawn across every part
 
 
 def _here() -> tuple[str, float, int]:
@@ -54,40 +63,117 @@ def _here() -> tuple[str, float, int]:
 
 
 @ray.remote
-def _read_part(root: str, rel: str, columns: list[str]) -> tuple[pa.Table, np.ndarray, tuple[str, float, int]]:
-    store = open_store(root)
-    metas, embs = [], []
-    for b in part_batches(store, rel, [*columns, "embedding"]):
-        embs.append(batch_embeddings(b.column("embedding")))
-        metas.append(b.select(columns))
-    meta = pa.Table.from_batches(metas) if metas else pa.schema([FACES.field(c) for c in columns]).empty_table()
-    emb = np.concatenate(embs) if embs else np.empty((0, EMBEDDING_DIM), np.float32)
-    return meta, emb, _here()
+def _sample_part(root: str, rel: str, want: int, seed: int) -> tuple[int, np.ndarray, tuple[str, float, int]]:
+    """(the part's rows, up to `want` of its descriptors drawn with `seed`): the k-means
+    sample, read one batch at a time."""
+    f = open_part(open_store(root), rel)
+    n = f.metadata.num_rows
+    pick = np.sort(np.random.default_rng(seed).choice(n, min(want, n), replace=False))
+    got, lo = [], 0
+    for b in f.iter_batches(batch_size=BATCH_ROWS, columns=["embedding"]):
+        mine = pick[(pick >= lo) & (pick < lo + b.num_rows)] - lo
+        if len(mine):
+            got.append(batch_embeddings(b.column(0))[mine])
+        lo += b.num_rows
+    return n, np.concatenate(got) if got else np.empty((0, EMBEDDING_DIM), np.float32), _here()
+
+
+@ray.remote
+def _route_part(root: str, rel: str, first: int, centroids: np.ndarray, replicas: int,
+                shards: list) -> tuple[int, tuple[str, float, int]]:
+    """Send the part's descriptors to the shards of their `replicas` nearest cells, batch by
+    batch (face rows from `first` on); its rows. A batch is sent once the last one is stored:
+    the task holds one batch, whatever the part's size."""
+    row = first
+    for b in part_batches(open_store(root), rel, ["embedding"]):
+        emb = batch_embeddings(b.column(0))
+        cells = pt.nearest_cells(emb, centroids, replicas)
+        rows = np.arange(row, row + len(emb), dtype=np.int64)
+        sent = []
+        for c, shard in enumerate(shards):
+            mine = (cells == c).any(1)
+            if mine.any():
+                sent.append(shard.add.remote(emb[mine], rows[mine], cells[mine, 0] == c))
+        ray.get(sent)
+        row += len(emb)
+    return row - first, _here()
 
 
 @ray.remote
 class _Shard:
-    """One cell's faces in an hnswlib index; answers with the faces' labels in OUT's index."""
+    """One cell's faces in an hnswlib index whose labels are face rows. Faces arrive in
+    batches from the part tasks, in any order; `seal` inserts them in row order, so the graph
+    (hnswlib's depends on insertion order) is the same whatever order the tasks ran in."""
 
-    def __init__(self, vectors: np.ndarray, labels: np.ndarray, params: IndexParams):
-        self.labels = labels
-        self.index = build(vectors, params, threads=1)   # one CPU per actor: no oversubscription
+    def __init__(self, params: IndexParams):
+        self.params = params
+        self.batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.live = 0
+        self.index: hnswlib.Index | None = None
+        self.home = np.empty(0, np.int64)   # sorted: the rows whose nearest cell this is (`vectors` gives those)
+
+    def add(self, vectors: np.ndarray, rows: np.ndarray, home: np.ndarray) -> None:
+        """Faces (descriptors, rows) to store; `home`: those whose nearest cell this is."""
+        # Copies: the sent arrays live in the object store, which may then let them go.
+        self.batches.append((np.array(vectors, np.float32), np.array(rows, np.int64), np.array(home, bool)))
+
+    def seal(self, skip: np.ndarray) -> tuple[str, float, int]:
+        """Build the index over the faces received, less the rows `skip` (repeated faces)."""
+        rows = np.concatenate([b[1] for b in self.batches]) if self.batches else np.empty(0, np.int64)
+        vectors = (np.concatenate([b[0] for b in self.batches]) if self.batches
+                   else np.empty((0, EMBEDDING_DIM), np.float32))
+        home = np.concatenate([b[2] for b in self.batches]) if self.batches else np.empty(0, bool)
+        self.batches = []
+        order = np.argsort(rows, kind="stable")
+        order = order[~np.isin(rows[order], skip)]
+        self.home = rows[order[home[order]]]
+        p = self.params
+        self.index = hnswlib.Index(space="l2", dim=EMBEDDING_DIM)
+        self.index.init_index(max_elements=max(len(order), 1), ef_construction=p.ef_construction, M=p.M,
+                              random_seed=p.seed)
+        if len(order):   # one thread per actor: no oversubscription
+            self.index.add_items(vectors[order], rows[order], num_threads=1)
+        self.live = len(order)
+        return _here()
 
     def query(self, vectors: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
-        k = min(k, len(self.labels))
+        """The k nearest faces (rows) of each vector among this shard's, and their distances."""
+        k = min(k, self.live)
         if k == 0 or len(vectors) == 0:
             return np.full((len(vectors), 0), -1, np.int64), np.empty((len(vectors), 0), np.float32), _here()
         self.index.set_ef(max(ef, k))
         lab, d2 = self.index.knn_query(np.ascontiguousarray(vectors, np.float32), k=k, num_threads=1)
-        return self.labels[lab.astype(np.int64)], np.sqrt(np.maximum(d2, 0)).astype(np.float32), _here()
+        return lab.astype(np.int64), np.sqrt(np.maximum(d2, 0)).astype(np.float32), _here()
 
-    def where(self) -> tuple[str, float, int]:
-        return _here()
+    def vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the rows among `rows` whose nearest cell this is, their descriptors): asked of every
+        shard, each face comes back once."""
+        mine = rows[np.isin(rows, self.home)]
+        if len(mine) == 0:
+            return mine, np.empty((0, EMBEDDING_DIM), np.float32)
+        return mine, self.index.get_items(mine, return_type="numpy").astype(np.float32, copy=False)
 
 
 @ray.remote
 def _cluster_part(job: tuple) -> tuple[np.ndarray, int, tuple[str, float, int]]:
     return (*pt.run_part(job), _here())
+
+
+@ray.remote
+def _cluster_part_of_shards(job: tuple, shards: list, transform) -> tuple[np.ndarray, int, tuple[str, float, int]]:
+    """`_cluster_part` of a job that carries read rows (sorted) in place of descriptors: they
+    come from the shards and go through `transform` (the metric head, or None) here."""
+    rows = job[0]
+    x = np.empty((len(rows), EMBEDDING_DIM), np.float32)
+    found = 0
+    for got, vec in ray.get([s.vectors.remote(rows) for s in shards]):
+        x[np.searchsorted(rows, got)] = vec
+        found += len(got)
+    if found != len(rows):
+        raise ReduceError(f"the shards hold {found} of a clustering part's {len(rows)} faces")
+    if transform is not None:
+        x = transform(x)
+    return (*pt.run_part((x, *job[1:])), _here())
 
 
 @ray.remote
@@ -127,7 +213,9 @@ class RayReducer:
     """The reducer's heavy parts on a Ray cluster (see the module doc). Use as a context
     manager: the shard actors end with it. `work` counts the tasks and actors per node id,
     `process_peaks` holds each of their processes' peak RSS in GiB ((node id, pid) -> GiB),
-    `peak_rss_gib` the highest, `part_rows` the rows of each clustering task of the last clustering."""
+    `peak_rss_gib` the highest, `part_rows` the rows of each clustering task of the last clustering.
+    In order: `read_faces`, `build`, then `query`, `knn_graph`, `agglomerate` (the shards hold
+    what `read_faces` read), `fit_svms`, `predict`."""
 
     def __init__(self, address: str | None = None, workers: int = 0, shards: int = 0,
                  params: IndexParams = IndexParams(), replicas: int = SHARD_REPLICAS, probe: int = SHARD_PROBE):
@@ -142,7 +230,13 @@ class RayReducer:
         self._actors: list = []
         self._centroids: np.ndarray | None = None
         self._live = 0
-        self._pending: tuple[Faces, FaceIndex] | None = None
+        self._pending = False
+        # What the last read_faces read: the store's root and parts (the shards are filled from
+        # the same ones), their rows, and per read row its face row when some face was read
+        # twice (-1: a repeat; None: every read row is a face row).
+        self._source: tuple[str, list[str]] | None = None
+        self._read_rows = 0
+        self._face_row: np.ndarray | None = None
 
     def __enter__(self) -> RayReducer:
         return self
@@ -171,52 +265,67 @@ class RayReducer:
         self.process_peaks[node, pid] = max(self.process_peaks.get((node, pid), 0.0), rss)
 
     def read_faces(self, store: Store, columns: Sequence[str]) -> Faces:
-        """`embeddings.read_faces` with one task per part (the same rows, in the same order)."""
-        require_indexed(store)
-        cols = list(dict.fromkeys(["face_id", *columns]))
-        refs = [_read_part.options(scheduling_strategy="SPREAD").remote(store.root, rel, cols)
-                for rel in parts(store, FACES_DIR)]
-        metas, embs = [], []
-        for meta, emb, where in ray.get(refs):
-            self._seen(where)
-            metas.append(meta)
-            embs.append(emb)
-        if not metas:
-            return Faces(pa.schema([FACES.field(c) for c in cols]).empty_table(),
-                         np.empty((0, EMBEDDING_DIM), np.float32))
-        return _drop_repeated(Faces(pa.concat_tables(metas).combine_chunks(), np.concatenate(embs)))
+        """`embeddings.read_faces` (the same rows, in the same order), remembering which parts
+        were read: `build` fills the shards from the same ones."""
+        rels = parts(store, FACES_DIR)
+        faces = read_faces(store, columns, rels=rels, drop_repeated=False)
+        self._source, self._read_rows = (store.root, rels), len(faces)
+        keep = first_rows(faces.face_ids)
+        self._face_row = None
+        if keep is not None:      # rare: a part written twice; its repeats are no faces
+            self._face_row = np.full(len(faces), -1, np.int64)
+            self._face_row[keep] = np.arange(len(keep))
+            faces = faces.take(keep)
+        return faces
 
-    def build(self, faces: Faces, fi: FaceIndex) -> None:
-        """The shard actors over `faces`, labelled as in `fi` (so answers mean what fi's do),
-        started at the first query: a rerun whose clustering is kept never pays for them."""
+    def build(self) -> None:
+        """The shard actors over the faces the last `read_faces` gave (their answers are rows of
+        that `Faces`), started at the first query: a rerun whose clustering is kept never pays
+        for them."""
+        if self._source is None:
+            raise ReduceError("RayReducer.build: read_faces first (the shards hold the faces it read)")
         self.close()
-        self._pending = (faces, fi)
+        self._pending = True
 
     def _start_shards(self) -> None:
-        faces, fi = self._pending
-        self._pending = None
-        label = np.full(len(faces), -1, np.int64)
-        rows = fi.rows_for(faces)
-        label[rows[rows >= 0]] = np.flatnonzero(rows >= 0)
-        self._live = len(faces)
-        if not len(faces):     # nothing to shard: every query finds nothing
+        """Fit the cells on a sample the part tasks draw, then let one task per part send its
+        faces to their cells' actors; the driver holds the sample, never the shards' faces."""
+        self._pending = False
+        root, rels = self._source
+        self._live = self._read_rows if self._face_row is None else int((self._face_row >= 0).sum())
+        if self._live == 0:     # nothing to shard: every query finds nothing
             return
-        parts_n = max(1, min(self.shards, len(faces)))
-        self._centroids = pt.kmeans(faces.embeddings, parts_n, seed=self.params.seed)
-        cells = pt.nearest_cells(faces.embeddings, self._centroids, self.replicas)
-        cell_rows = pt.cell_rows(cells, len(self._centroids), self.replicas)
+        opts = dict(scheduling_strategy="SPREAD")
+        want = -(-SAMPLE_ROWS // len(rels))
+        counts, sample = [], []
+        for i, (n, smp, where) in enumerate(ray.get([_sample_part.options(**opts).remote(
+                root, rel, want, self.params.seed + i) for i, rel in enumerate(rels)])):
+            self._seen(where)
+            counts.append(n)
+            sample.append(smp)
+        if sum(counts) != self._read_rows:
+            raise ReduceError(f"{root}/{FACES_DIR} changed while it was reduced ({sum(counts)} rows now, "
+                              f"{self._read_rows} read); run again")
+        self._centroids = pt.kmeans(np.concatenate(sample), max(1, min(self.shards, self._live)),
+                                    seed=self.params.seed)
+        del sample
         # No CPU held: idle shards holding CPUs would leave none for the clustering tasks (a
         # deadlock when shards >= CPUs); they work only while queried, between those tasks.
-        opts = dict(num_cpus=0, scheduling_strategy="SPREAD")
-        self._actors = [_Shard.options(**opts).remote(ray.put(faces.embeddings[r]), label[r], self.params)
-                        for r in cell_rows]
-        for where in ray.get([a.where.remote() for a in self._actors]):   # built (in parallel)
+        self._actors = [_Shard.options(num_cpus=0, **opts).remote(self.params) for _ in self._centroids]
+        firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        cells = ray.put(self._centroids)
+        for _, where in ray.get([_route_part.options(**opts).remote(root, rel, int(first), cells, self.replicas,
+                                                                    self._actors)
+                                 for rel, first in zip(rels, firsts)]):
+            self._seen(where)
+        skip = np.empty(0, np.int64) if self._face_row is None else np.flatnonzero(self._face_row < 0)
+        for where in ray.get([a.seal.remote(skip) for a in self._actors]):   # built (in parallel)
             self._seen(where)
 
     def query(self, vectors: np.ndarray, k: int, ef: int | None = None, threads: int = -1
               ) -> tuple[np.ndarray, np.ndarray]:
-        """FaceIndex.query over the shards: (labels, distances) of the k nearest (-1: fewer found)."""
-        if self._pending is not None:
+        """FaceIndex.query over the shards: (face rows, distances) of the k nearest (-1: fewer found)."""
+        if self._pending:
             self._start_shards()
         vectors = np.ascontiguousarray(vectors, np.float32).reshape(-1, EMBEDDING_DIM)
         k = min(k, self._live)
@@ -233,26 +342,47 @@ class RayReducer:
             self._seen(where)
             lab[asked[p], i * k:i * k + l.shape[1]] = l
             dist[asked[p], i * k:i * k + l.shape[1]] = d
-        return pt.merge_nearest(lab, dist, k)
+        lab, dist = pt.merge_nearest(lab, dist, k)
+        if self._face_row is not None:   # read rows -> face rows (repeats are in no shard)
+            lab = np.where(lab >= 0, self._face_row[np.maximum(lab, 0)], -1)
+        return lab, dist
 
-    def knn_graph(self, fi: FaceIndex, embeddings: np.ndarray, rows_of_label: np.ndarray, k: int,
-                  max_dist: float = np.inf, ef: int | None = None, threads: int = -1
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """graph.knn_graph over the shards (`fi` is not searched: the shards hold its faces)."""
-        # A trailing -1: a label of -1 (fewer than k found) maps to "no face".
-        return knn_graph(self, embeddings, np.append(rows_of_label, -1), k, max_dist, ef)
+    def knn_graph(self, embeddings: np.ndarray, rows: np.ndarray, n: int, k: int, max_dist: float = np.inf,
+                  ef: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """graph.knn_graph over the shards among the faces `rows` (of `n` face rows; `embeddings`
+        are theirs): edges between positions in `rows`."""
+        at = np.full(n + 1, -1, np.int64)    # face row -> position in rows; the trailing -1: "no face"
+        at[rows] = np.arange(len(rows))
+        return knn_graph(self, embeddings, at, k, max_dist, ef)
 
     def agglomerate(self, x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float, max_rounds: int = 100_000,
                     must_link: np.ndarray | None = None, cannot_link: np.ndarray | None = None,
-                    pair_margin: float = 0.0, link_weight: float = 0.0) -> tuple[np.ndarray, int]:
-        """linkage.agglomerate as parallel tasks over the graph's components (exactly the same labels)."""
-        return pt.split_agglomerate(x, eu, ev, threshold, max_rounds, must_link, cannot_link, pair_margin,
-                                    link_weight, groups=self.workers, run=self._run_parts)
+                    pair_margin: float = 0.0, link_weight: float = 0.0, rows: np.ndarray | None = None,
+                    transform=None) -> tuple[np.ndarray, int]:
+        """linkage.agglomerate as parallel tasks over the graph's components (exactly the same labels).
 
-    def _run_parts(self, jobs: Iterable[tuple]) -> list[tuple[np.ndarray, int]]:
+        With `rows` (the face rows of x's rows, sorted), x is not sent: each task fetches its
+        faces' descriptors from the shards and applies `transform` (what made x of them: the
+        metric head's, or None), so no copy of x passes through the driver's object store."""
+        if rows is None or self._pending or not self._actors:
+            return pt.split_agglomerate(x, eu, ev, threshold, max_rounds, must_link, cannot_link, pair_margin,
+                                        link_weight, groups=self.workers, run=self._run_parts)
+        read = rows if self._face_row is None else np.flatnonzero(self._face_row >= 0)[rows]
+        return pt.split_agglomerate(x, eu, ev, threshold, max_rounds, must_link, cannot_link, pair_margin,
+                                    link_weight, groups=self.workers, carry=lambda r: read[r],
+                                    run=lambda jobs: self._run_parts(jobs, fetch=True, transform=transform))
+
+    def _run_parts(self, jobs: Iterable[tuple], fetch: bool = False, transform=None) -> list[tuple[np.ndarray, int]]:
+        """The parts' results in order; the jobs carry descriptors, or with `fetch` read rows
+        whose descriptors the tasks fetch from the shards (see `agglomerate`)."""
         jobs = list(jobs)
         self.part_rows = [len(j[0]) for j in jobs]
-        refs = [_cluster_part.options(scheduling_strategy="SPREAD").remote(j) for j in jobs]
+        opts = dict(scheduling_strategy="SPREAD")
+        if fetch:
+            fn = ray.put(transform)
+            refs = [_cluster_part_of_shards.options(**opts).remote(j, self._actors, fn) for j in jobs]
+        else:
+            refs = [_cluster_part.options(**opts).remote(j) for j in jobs]
         out = []
         for lab, rounds, where in ray.get(refs):
             self._seen(where)
