@@ -1,9 +1,12 @@
 """The clustering merge as it was before issue 22 (facejob/reduce/linkage.py at 19fa92c), kept
 verbatim as the reference the lean `linkage.agglomerate` must equal label for label
-(tests/test_linkage_lean.py; `python -m bench.merge_memory --impl old` measures it)."""
+(tests/test_linkage_lean.py; `python -m bench.merge_memory --impl old` measures it). The two
+helpers the rewrite left as they were (`_components`, `_roots`) are the package's own."""
 from __future__ import annotations
 
 import numpy as np
+
+from facejob.reduce.linkage import _components, _roots
 
 CHUNK = 1 << 16
 
@@ -128,21 +131,6 @@ def _unique_pairs(a: np.ndarray, b: np.ndarray, n: int, w: np.ndarray
     return key[keep] // n, key[keep] % n, total[keep]
 
 
-def _components(pairs: np.ndarray, n: int) -> np.ndarray:
-    """Per row, the smallest row it is linked to through `pairs` (connected components)."""
-    label = np.arange(n)
-    a, b = pairs[:, 0], pairs[:, 1]
-    while True:
-        m = np.minimum(label[a], label[b])
-        new = label.copy()
-        np.minimum.at(new, a, m)
-        np.minimum.at(new, b, m)
-        new = _roots(new)
-        if np.array_equal(new, label):
-            return label
-        label = new
-
-
 def _reciprocal_best(u: np.ndarray, v: np.ndarray, link: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (a < b) that are each other's lowest-linkage neighbour among the given edges.
 
@@ -160,11 +148,3 @@ def _reciprocal_best(u: np.ndarray, v: np.ndarray, link: np.ndarray, n: int) -> 
     nb = best[node]
     mutual = (best[nb] == node) & (node < nb)
     return node[mutual], nb[mutual]
-
-
-def _roots(parent: np.ndarray) -> np.ndarray:
-    while True:
-        up = parent[parent]
-        if np.array_equal(up, parent):
-            return parent
-        parent = up
