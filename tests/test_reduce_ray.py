@@ -160,6 +160,8 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
         eng.build()
         q = np.arange(0, 1200, 7)
         rows, dist = eng.query(faces.embeddings[q], 10)
+        asked = np.array([1199, 0, 17, 17, 640])      # any order, repeats allowed
+        assert np.array_equal(eng.vectors(asked), faces.embeddings[asked])
         s = cluster(LocalStore(par), faces=got, engine=eng)
         shards, tasks = eng.shard_count, sum(eng.work.values())
     assert shards == 3 and tasks >= 2 * 9 + 3      # a sample and a route task per part; the shards built

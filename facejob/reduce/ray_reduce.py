@@ -347,6 +347,27 @@ class RayReducer:
             lab = np.where(lab >= 0, self._face_row[np.maximum(lab, 0)], -1)
         return lab, dist
 
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The descriptors of face rows `rows` (any order, repeats allowed), fetched from the
+        shards: the driver needs no copy of the embeddings to look some up."""
+        if self._pending:
+            self._start_shards()
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows), EMBEDDING_DIM), np.float32)
+        if len(rows) == 0:
+            return out
+        read = rows if self._face_row is None else np.flatnonzero(self._face_row >= 0)[rows]
+        want, back = np.unique(read, return_inverse=True)
+        got_x = np.empty((len(want), EMBEDDING_DIM), np.float32)
+        found = 0
+        for got, vec in ray.get([s.vectors.remote(want) for s in self._actors]):
+            got_x[np.searchsorted(want, got)] = vec
+            found += len(got)
+        if found != len(want):
+            raise ReduceError(f"the shards hold {found} of the {len(want)} faces asked for")
+        out[:] = got_x[back]
+        return out
+
     def knn_graph(self, embeddings: np.ndarray, rows: np.ndarray, n: int, k: int, max_dist: float = np.inf,
                   ef: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """graph.knn_graph over the shards among the faces `rows` (of `n` face rows; `embeddings`
