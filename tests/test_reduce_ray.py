@@ -142,6 +142,7 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
     from bench.reduce_scale import write_archive
     from facejob.io.storage import LocalStore
     from facejob.reduce import ray_reduce as rr
+    from facejob.reduce import saved
     from facejob.reduce.clustering import cluster
     from facejob.reduce.embeddings import ALL_COLUMNS, read_faces
 
@@ -162,6 +163,9 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
         rows, dist = eng.query(faces.embeddings[q], 10)
         asked = np.array([1199, 0, 17, 17, 640])      # any order, repeats allowed
         assert np.array_equal(eng.vectors(asked), faces.embeddings[asked])
+        # Streamed again from the parts (repeats skipped), they digest as the whole matrix does.
+        assert saved.digest(eng.embedding_chunks()) == saved.digest(faces.embeddings)
+        assert eng.read_faces(LocalStore(par), ALL_COLUMNS, embeddings=False).embeddings is None
         s = cluster(LocalStore(par), faces=got, engine=eng)
         shards, tasks = eng.shard_count, sum(eng.work.values())
     assert shards == 3 and tasks >= 2 * 9 + 3      # a sample and a route task per part; the shards built

@@ -33,7 +33,9 @@ class Faces:
     """Every face of an index output, in read order (row i of `meta` is row i of `embeddings`)."""
 
     meta: pa.Table            # the requested columns, e.g. face_id, uri, face_idx, bbox
-    embeddings: np.ndarray    # (n, 128) float32, C-contiguous
+    # (n, 128) float32, C-contiguous; None on the Ray path, whose driver holds no descriptors
+    # (facejob.reduce.ray_reduce.RayReducer: `vectors` and `embedding_chunks` give them)
+    embeddings: np.ndarray | None
 
     def __len__(self) -> int:
         return self.meta.num_rows
@@ -44,7 +46,8 @@ class Faces:
 
     def take(self, rows: np.ndarray) -> Faces:
         """The faces at `rows`, in that order."""
-        return Faces(meta=self.meta.take(pa.array(rows)), embeddings=self.embeddings[rows])
+        return Faces(meta=self.meta.take(pa.array(rows)),
+                     embeddings=None if self.embeddings is None else self.embeddings[rows])
 
 
 def parts(store: Store, prefix: str) -> list[str]:

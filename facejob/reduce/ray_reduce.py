@@ -40,6 +40,7 @@ from facejob.contract.schema import EMBEDDING_DIM
 from facejob.io.storage import Store, open_store
 
 from . import partition as pt
+from . import saved
 from . import svm as lb
 from .embeddings import BATCH_ROWS, Faces, batch_embeddings, first_rows, open_part, part_batches, parts, read_faces
 from .errors import ReduceError
@@ -264,11 +265,14 @@ class RayReducer:
         self.work[node] += 1
         self.process_peaks[node, pid] = max(self.process_peaks.get((node, pid), 0.0), rss)
 
-    def read_faces(self, store: Store, columns: Sequence[str]) -> Faces:
+    def read_faces(self, store: Store, columns: Sequence[str], embeddings: bool = True) -> Faces:
         """`embeddings.read_faces` (the same rows, in the same order), remembering which parts
-        were read: `build` fills the shards from the same ones."""
+        were read: `build` fills the shards from the same ones. Without `embeddings` the Faces
+        hold none (None): `vectors` and `embedding_chunks` give them."""
         rels = parts(store, FACES_DIR)
-        faces = read_faces(store, columns, rels=rels, drop_repeated=False)
+        faces = read_faces(store, columns, embeddings=embeddings, rels=rels, drop_repeated=False)
+        if not embeddings:
+            faces.embeddings = None
         self._source, self._read_rows = (store.root, rels), len(faces)
         keep = first_rows(faces.face_ids)
         self._face_row = None
@@ -367,6 +371,28 @@ class RayReducer:
             raise ReduceError(f"the shards hold {found} of the {len(want)} faces asked for")
         out[:] = got_x[back]
         return out
+
+    def embedding_chunks(self) -> saved.Chunks:
+        """The descriptors of the faces `read_faces` gave, in face-row order, as chunks read
+        again from the same parts on each pass (one batch held at a time): what a digest of
+        them needs, without the matrix."""
+        if self._source is None:
+            raise ReduceError("RayReducer.embedding_chunks: read_faces first")
+        root, rels = self._source
+        keep = None if self._face_row is None else self._face_row >= 0
+
+        def chunks() -> Iterable[np.ndarray]:
+            store, row = open_store(root), 0
+            for rel in rels:
+                for b in part_batches(store, rel, ["embedding"]):
+                    x = batch_embeddings(b.column(0))
+                    if keep is not None:
+                        x = x[keep[row:row + len(x)]]
+                    row += b.num_rows
+                    yield x
+
+        live = self._read_rows if keep is None else int(keep.sum())
+        return saved.Chunks((live, EMBEDDING_DIM), np.float32, chunks)
 
     def knn_graph(self, embeddings: np.ndarray, rows: np.ndarray, n: int, k: int, max_dist: float = np.inf,
                   ef: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ import bisect
 import hashlib
 import io
 import json
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -20,13 +21,30 @@ KEY = b"facejob.inputs"
 LOOKUP_ROWS = 8192     # rows per row group of files looked up by face id (a search reads ~1 group per match)
 
 
+class Chunks:
+    """A NumPy array given as its row chunks in order (`chunks()` makes them again, e.g. read
+    from OUT/faces/): `digest` hashes it exactly as the whole array, without holding it."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, chunks: Callable[[], Iterable[np.ndarray]]):
+        self.shape, self.dtype, self.chunks = tuple(shape), np.dtype(dtype), chunks
+
+
 def digest(*parts: object) -> str:
-    """A hex digest of settings (anything JSON can write), Arrow arrays and NumPy arrays, in order."""
+    """A hex digest of settings (anything JSON can write), Arrow arrays and NumPy arrays (or
+    their `Chunks`), in order."""
     h = hashlib.blake2b(digest_size=16)
     for p in parts:
         if isinstance(p, np.ndarray):
             h.update(f"nd{p.dtype}{p.shape}".encode())
             h.update(np.ascontiguousarray(p).data)
+        elif isinstance(p, Chunks):
+            h.update(f"nd{p.dtype}{p.shape}".encode())
+            rows = 0
+            for c in p.chunks():
+                h.update(np.ascontiguousarray(c, p.dtype).data)
+                rows += len(c)
+            if rows != p.shape[0]:
+                raise ValueError(f"digest: {rows} rows came of an array of {p.shape[0]}")
         elif isinstance(p, (pa.Array, pa.ChunkedArray)):
             chunks = p.chunks if isinstance(p, pa.ChunkedArray) else [p]
             h.update(f"pa{p.type}{len(p)}".encode())
