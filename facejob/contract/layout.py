@@ -7,7 +7,10 @@
     images|faces/part-merged-<id>.parquet   `facejob compact`: small parts merged (facejob.indexing.compact)
     catalog.parquet                  the catalog checkpoint: the images parts' planning columns, and which
                                      part versions they come from (facejob.indexing.checkpoint)
-    index/faces.hnsw, ids.parquet, params.json     the reducer's search index
+    index/faces.hnsw, ids.parquet, params.json     the reducer's search index (single-process reduce)
+    index/shards.json, index/shard-<build>-<i>.hnsw, index/shard-<build>-<i>.ids.parquet
+                                     or, from the reducer on Ray, the same index sharded by cell
+                                     (facejob.reduce.shard_index); only one of the two is kept
     clusters.parquet, clusters.json, cluster_events.parquet
     labels/labels.parquet, labels/model.npz, labels/model.json
     labels/corrections.json          the curator's corrections from the report page
@@ -27,7 +30,9 @@ IMAGES_DIR, FACES_DIR, QUARANTINE_DIR = "images/", "faces/", "quarantine/"
 CATALOG = "catalog.parquet"
 LOCK = ".facejob.lock"   # a dot name: store listings and Parquet datasets skip it
 
+INDEX_DIR = "index/"
 INDEX_FILE, IDS_FILE, PARAMS_FILE = "index/faces.hnsw", "index/ids.parquet", "index/params.json"
+SHARDS_MANIFEST = "index/shards.json"   # the sharded index's manifest, written after its shards' files
 CLUSTERS, CLUSTERS_JSON, EVENTS = "clusters.parquet", "clusters.json", "cluster_events.parquet"
 LABELS_STORED, LABEL_MODEL_NPZ, LABEL_MODEL_JSON = "labels/labels.parquet", "labels/model.npz", "labels/model.json"
 PREDICTIONS, DUPLICATES = "predictions.parquet", "duplicates.parquet"
@@ -54,6 +59,11 @@ def images_part(shard: str) -> str:
 
 def faces_part(shard: str) -> str:
     return FACES_DIR + part_name(shard)
+
+
+def index_shard_files(build: str, i: int) -> tuple[str, str]:
+    """The hnswlib graph and the label table of shard `i` of the sharded index written by `build`."""
+    return f"{INDEX_DIR}shard-{build}-{i:03d}.hnsw", f"{INDEX_DIR}shard-{build}-{i:03d}.ids.parquet"
 
 
 def shard_of(rel: str) -> str:

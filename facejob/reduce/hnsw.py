@@ -5,6 +5,11 @@
     index/params.json    build parameters and counts; written last, so a crash mid-save leaves
                          files whose counts disagree and the next run rebuilds
 
+This is the layout of the single-process reducer; the reducer on Ray writes a sharded one
+(facejob.reduce.shard_index). Each writer first removes the other layout's last-written file
+(its mark of completeness) and, once its own is written, the other layout's files: OUT/index/
+holds at most one trusted index.
+
 A later run extends the saved index: new faces are added, faces whose photos are gone are
 marked deleted (never returned), and existing labels keep their meaning.
 
@@ -26,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facejob.contract.layout import IDS_FILE, INDEX_FILE, PARAMS_FILE
+from facejob.contract.layout import IDS_FILE, INDEX_DIR, INDEX_FILE, PARAMS_FILE, SHARDS_MANIFEST
 from facejob.contract.schema import EMBEDDING_DIM
 from facejob.io.storage import Store, publish, read_parquet, write_parquet
 
@@ -93,9 +98,12 @@ def build(embeddings: np.ndarray, params: IndexParams, threads: int = -1) -> hns
     return index
 
 
-def _ids_table(faces: Faces) -> pa.Table:
-    cols = ["face_id", "uri", "face_idx", "left", "top", "right", "bottom"]
-    t = faces.meta.select(cols)
+ID_COLUMNS = ["face_id", "uri", "face_idx", "left", "top", "right", "bottom", "deleted"]
+
+
+def ids_table(meta: pa.Table) -> pa.Table:
+    """The label table of faces (their meta columns): what a search answers of a label."""
+    t = meta.select(ID_COLUMNS[:-1])
     return t.append_column("deleted", pa.array(np.zeros(t.num_rows, bool)))
 
 
@@ -113,7 +121,7 @@ def update_index(store: Store, faces: Faces, params: IndexParams = IndexParams()
         old = None
     t0 = time.perf_counter()
     if old is None:
-        fi = FaceIndex(build(faces.embeddings, params, threads), _ids_table(faces), params)
+        fi = FaceIndex(build(faces.embeddings, params, threads), ids_table(faces.meta), params)
         log(f"index: built {len(faces)} faces in {time.perf_counter() - t0:.1f}s")
     else:
         fi = _extend(old, faces, params, threads)
@@ -142,25 +150,39 @@ def _extend(old: FaceIndex, faces: Faces, params: IndexParams, threads: int) -> 
         old.hnsw.add_items(faces.embeddings[new_rows], np.arange(start, start + len(new_rows)), num_threads=threads)
     ids = old.ids.set_column(old.ids.schema.get_field_index("deleted"), "deleted", pa.array(~still_there))
     if len(new_rows):
-        ids = pa.concat_tables([ids, _ids_table(Faces(faces.meta.take(new_rows), faces.embeddings[:0]))])
+        ids = pa.concat_tables([ids, ids_table(faces.meta.take(new_rows))])
     old.hnsw.set_ef(params.ef_search)
     return FaceIndex(old.hnsw, ids.combine_chunks(), params)
 
 
 def save(store: Store, fi: FaceIndex) -> None:
-    _save_hnsw(store, fi.hnsw)
+    store.delete(SHARDS_MANIFEST)        # a sharded index there is no longer trusted
+    save_graph(store, INDEX_FILE, fi.hnsw)
     write_parquet(store, IDS_FILE, fi.ids)
     meta = {"format": FORMAT, "space": "l2", "dim": EMBEDDING_DIM, "count": fi.ids.num_rows, "live": fi.live,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **dataclasses.asdict(fi.params)}
+            "saved_at": saved_at(), **dataclasses.asdict(fi.params)}
     store.write_bytes(PARAMS_FILE, json.dumps(meta, indent=2).encode())
+    clear(store, {INDEX_FILE, IDS_FILE, PARAMS_FILE})
 
 
-def _save_hnsw(store: Store, index: hnswlib.Index) -> None:
-    dest = store.local_path(INDEX_FILE)
+def saved_at() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def clear(store: Store, keep: set[str]) -> None:
+    """Delete every file under OUT/index/ but `keep` (another layout's or an older build's)."""
+    for rel in store.list(INDEX_DIR):
+        if rel not in keep:
+            store.delete(rel)
+
+
+def save_graph(store: Store, rel: str, index: hnswlib.Index) -> None:
+    """An hnswlib graph to OUT/rel, whole or not at all."""
+    dest = store.local_path(rel)
     if dest is not None:
         # Straight to a temp file next to the destination, then rename: no copy of the bytes in memory.
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".faces.hnsw.", suffix=".tmp", dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         os.close(fd)
         try:
             index.save_index(tmp)
@@ -169,13 +191,33 @@ def _save_hnsw(store: Store, index: hnswlib.Index) -> None:
             Path(tmp).unlink(missing_ok=True)
         return
     with tempfile.TemporaryDirectory() as d:
-        index.save_index(f"{d}/faces.hnsw")
-        store.write_bytes(INDEX_FILE, Path(f"{d}/faces.hnsw").read_bytes())
+        index.save_index(f"{d}/graph.hnsw")
+        store.write_bytes(rel, Path(f"{d}/graph.hnsw").read_bytes())
+
+
+def load_graph(store: Store, rel: str, n: int, params: IndexParams) -> hnswlib.Index:
+    """The hnswlib graph of OUT/rel, which must hold `n` faces (else ReduceError: rebuilt next run)."""
+    index = hnswlib.Index(space="l2", dim=EMBEDDING_DIM)
+    local = store.local_path(rel)
+    if local is not None:
+        index.load_index(str(local), max_elements=max(n, 1))
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            Path(f"{d}/graph.hnsw").write_bytes(store.read_bytes(rel))
+            index.load_index(f"{d}/graph.hnsw", max_elements=max(n, 1))
+    if index.element_count != n:
+        raise ReduceError(f"{store.root}/index/ is inconsistent (graph {index.element_count} vs ids {n}); "
+                          "it will be rebuilt")
+    index.set_ef(params.ef_search)
+    return index
 
 
 def load(store: Store) -> FaceIndex:
     """The saved index of OUT; NotIndexedError when there is none (run `facejob reduce` first)."""
     if not store.exists(PARAMS_FILE):
+        if store.exists(SHARDS_MANIFEST):
+            raise NotIndexedError(f"{store.root}/index/ is sharded (written by `facejob reduce --workers`); "
+                                  "facejob.reduce.shard_index reads it")
         raise NotIndexedError(f"no face index under {store.root}/index/; run `facejob reduce {store.root}` first")
     meta = json.loads(store.read_bytes(PARAMS_FILE))
     if meta.get("format") != FORMAT or meta.get("dim") != EMBEDDING_DIM:
@@ -185,18 +227,7 @@ def load(store: Store) -> FaceIndex:
     n = ids.num_rows
     if n != meta["count"]:
         raise ReduceError(f"{store.root}/index/ is inconsistent (ids {n} vs params {meta['count']}); it will be rebuilt")
-    index = hnswlib.Index(space="l2", dim=EMBEDDING_DIM)
-    local = store.local_path(INDEX_FILE)
-    if local is not None:
-        index.load_index(str(local), max_elements=max(n, 1))
-    else:
-        with tempfile.TemporaryDirectory() as d:
-            Path(f"{d}/faces.hnsw").write_bytes(store.read_bytes(INDEX_FILE))
-            index.load_index(f"{d}/faces.hnsw", max_elements=max(n, 1))
-    if index.element_count != n:
-        raise ReduceError(f"{store.root}/index/ is inconsistent (graph {index.element_count} vs ids {n}); it will be rebuilt")
-    index.set_ef(params.ef_search)
-    return FaceIndex(index, ids, params)
+    return FaceIndex(load_graph(store, INDEX_FILE, n, params), ids, params)
 
 
 def _load_or_none(store: Store, log) -> FaceIndex | None:

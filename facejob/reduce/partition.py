@@ -59,6 +59,28 @@ def cell_rows(cells: np.ndarray, parts: int, replicas: int) -> list[np.ndarray]:
     return [rows[order[bounds[p]:bounds[p + 1]]] for p in range(parts)]
 
 
+def probed(vectors: np.ndarray, centroids: np.ndarray, probe: int) -> list[np.ndarray]:
+    """Per cell, the rows of `vectors` that visit it (those with it among their `probe` nearest)."""
+    cells = nearest_cells(vectors, centroids, probe)
+    return [np.flatnonzero((cells == p).any(1)) for p in range(len(centroids))]
+
+
+def merge_answers(m: int, answers: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                  k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`merge_nearest` of the shards' answers to m vectors: each answer is (the vectors' rows it
+    answers, their labels (rows, w), distances), as `probed` sent them; at least k columns
+    (-1: fewer found)."""
+    answers = list(answers)
+    lab = np.full((m, max(k, sum(a[1].shape[1] for a in answers))), -1, np.int64)
+    dist = np.full(lab.shape, np.inf, np.float32)
+    col = 0
+    for rows, a_lab, a_dist in answers:
+        w = a_lab.shape[1]
+        lab[rows, col:col + w], dist[rows, col:col + w] = a_lab, a_dist
+        col += w
+    return merge_nearest(lab, dist, k)
+
+
 def merge_nearest(labels: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k nearest distinct labels among candidates from several shards.
 
