@@ -14,10 +14,12 @@ run finds (exactly so under exact search, when no face has more than k near face
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +33,10 @@ from facejob.io.storage import open_store as _store
 from . import duplicates as dd
 from . import saved
 from .embeddings import ALL_COLUMNS, Faces, read_faces, read_images
-from .hnsw import FaceIndex, update_index
+from .hnsw import FaceIndex, IndexParams, update_index
+
+if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
+    from .ray_reduce import RayReducer
 
 log = logging.getLogger("facejob.reduce")
 
@@ -54,23 +59,42 @@ class DedupSummary:
 
 K_NEAR = 8                 # near faces looked for per face (a burst of one shot rarely has more copies)
 NEAR_FORMAT = 1            # bump when what near_faces.parquet holds changes
+NEAR_ROWS = 100_000        # faces searched at a time (their descriptors: 51 MB)
 
 
 @writes_output("dedup")
-def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = None) -> DedupSummary:
-    """Find byte-identical and near-duplicate photos → OUT/duplicates.parquet."""
+def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = None,
+          engine: RayReducer | None = None) -> DedupSummary:
+    """Find byte-identical and near-duplicate photos → OUT/duplicates.parquet. An `engine`
+    (facejob.reduce.ray_reduce.RayReducer, built over `faces`) searches its shards and gives
+    the descriptors (`faces.embeddings` may be None then): the same result, no `fi` needed."""
     store = _store(out)
     images = read_images(store, ["uri", "sha256", "size", "width", "height", "status"], optional=["phash"])
-    if faces is None or any(c not in faces.meta.column_names for c in ALL_COLUMNS):
-        faces = read_faces(store, ALL_COLUMNS)
-    fi = fi if fi is not None else update_index(store, faces, log=log.info)
+    if engine is None:
+        if faces is None or any(c not in faces.meta.column_names for c in ALL_COLUMNS):
+            faces = read_faces(store, ALL_COLUMNS)
+        fi = fi if fi is not None else update_index(store, faces, log=log.info)
+        rows_of_label = fi.rows_for(faces)
+        params, vectors = fi.params, lambda rows: faces.embeddings[rows]
+
+        def nearest(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            labels, d = fi.query(faces.embeddings[rows], k)
+            return rows_of_label[labels], d
+    else:
+        params, vectors = engine.params, engine.vectors
+
+        def nearest(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            return engine.query(engine.vectors(rows), k)
     code, names = dd.content_codes(faces.meta.column("sha256"))
     lm = _landmarks(faces)
-    ft = _face_table(faces, lm, code, len(names))
     shape = dd.shape_vector(lm) if len(lm) else np.empty((0, 0))
-    i, j, queried = _near_faces(store, fi, faces, code, shape)
+    i, j, queried = _near_faces(store, nearest, params, faces, code, shape)
     key = np.unique(np.minimum(code[i], code[j]) * len(names) + np.maximum(code[i], code[j]))
-    checked = dd.face_checks(ft, key // len(names), key % len(names))
+    a, b = key // len(names), key % len(names)
+    contents = np.unique(np.concatenate([a, b]))      # the descriptors of these photos' faces only
+    checked = dd.face_checks(_face_table(faces, lm, code, contents, vectors),
+                             np.searchsorted(contents, a), np.searchsorted(contents, b))
+    checked = dataclasses.replace(checked, a=contents[checked.a], b=contents[checked.b])
     first = {}
     for u, sh, w, h in zip(*(images.column(c).to_pylist() for c in ("uri", "sha256", "width", "height"))):
         first.setdefault(sh, (u, (w or 0, h or 0)))
@@ -206,15 +230,18 @@ def _hash_signatures(codes: np.ndarray, hashes: np.ndarray, faceless: np.ndarray
     return sig
 
 
-def _near_faces(store: Store, fi: FaceIndex, faces: Faces, code: np.ndarray, shape: np.ndarray
+def _near_faces(store: Store, nearest: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+                params: IndexParams, faces: Faces, code: np.ndarray, shape: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Face row pairs (i, j) of different photo contents, j among i's K_NEAR nearest within
-    NEAR_MAX_DIST and with the same landmark shape; and how many faces were searched. Only faces
+    NEAR_MAX_DIST and with the same landmark shape; and how many faces were searched.
+    `nearest(rows, k)`: the k nearest faces of those face rows (face rows, -1: none; distances),
+    from an index of `params`. Only faces
     not in OUT/dedup/near_faces.parquet are searched; the saved pairs of faces still there are
     kept, and the file is saved again for tonight's faces."""
     n = len(faces)
     ids = faces.face_ids
-    key = saved.digest("near", NEAR_FORMAT, K_NEAR, dd.NEAR_MAX_DIST, dd.SHAPE_TOL, fi.params.graph_settings())
+    key = saved.digest("near", NEAR_FORMAT, K_NEAR, dd.NEAR_MAX_DIST, dd.SHAPE_TOL, params.graph_settings())
     old = saved.read(store, DEDUP_NEAR, key)
     i_old = j_old = np.empty(0, np.int64)
     todo = np.arange(n)
@@ -228,13 +255,11 @@ def _near_faces(store: Store, fi: FaceIndex, faces: Faces, code: np.ndarray, sha
         other = pc.index_in(lists.flatten(), ids).to_numpy(zero_copy_only=False)
         ok = ~np.isnan(owner) & ~np.isnan(other)
         i_old, j_old = owner[ok].astype(np.int64), other[ok].astype(np.int64)
-    rows = fi.rows_for(faces)
     found_i, found_j = [i_old], [j_old]
-    for lo in range(0, len(todo), 100_000):
-        part = todo[lo:lo + 100_000]
-        labels, d = fi.query(faces.embeddings[part], K_NEAR)
-        i = np.broadcast_to(part[:, None], labels.shape)
-        j = rows[labels]
+    for lo in range(0, len(todo), NEAR_ROWS):
+        part = todo[lo:lo + NEAR_ROWS]
+        j, d = nearest(part, K_NEAR)
+        i = np.broadcast_to(part[:, None], j.shape)
         ok = (j >= 0) & (d <= dd.NEAR_MAX_DIST)
         i, j = i[ok], j[ok]
         ok = (code[i] != code[j]) & (dd.shape_diff(shape[i], shape[j]) <= dd.SHAPE_TOL)
@@ -256,8 +281,8 @@ def _landmarks(faces: Faces) -> np.ndarray:
     return flat.reshape(len(col), per // 2, 2).astype(np.float64)
 
 
-def _boxes(faces: Faces) -> np.ndarray:
-    return np.stack([faces.meta.column(c).to_numpy() for c in ("left", "top", "right", "bottom")], 1).astype(np.float64)
+def _boxes(meta: pa.Table) -> np.ndarray:
+    return np.stack([meta.column(c).to_numpy() for c in ("left", "top", "right", "bottom")], 1).astype(np.float64)
 
 
 def _photo_rows(faces: Faces, code: np.ndarray) -> np.ndarray:
@@ -271,12 +296,16 @@ def _photo_rows(faces: Faces, code: np.ndarray) -> np.ndarray:
     return rows[np.argsort(code[rows], kind="stable")]
 
 
-def _face_table(faces: Faces, lm: np.ndarray, code: np.ndarray, n_contents: int) -> dd.FaceTable:
-    """The faces of each content, flat (duplicates.FaceTable), in the order faces/ holds them."""
+def _face_table(faces: Faces, lm: np.ndarray, code: np.ndarray, contents: np.ndarray,
+                vectors: Callable[[np.ndarray], np.ndarray]) -> dd.FaceTable:
+    """The faces of the photo contents `contents` (sorted codes; the table's content c is
+    contents[c]), flat (duplicates.FaceTable), in the order faces/ holds them; `vectors(rows)`:
+    the descriptors of face rows."""
     rows = _photo_rows(faces, code)
-    count = np.bincount(code[rows], minlength=n_contents)
+    rows = rows[np.isin(code[rows], contents)]
+    count = np.bincount(np.searchsorted(contents, code[rows]), minlength=len(contents))
     start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
-    return dd.FaceTable(faces.embeddings[rows], lm[rows], _boxes(faces)[rows], start, count)
+    return dd.FaceTable(vectors(rows), lm[rows], _boxes(faces.meta.take(pa.array(rows))), start, count)
 
 
 UNREADABLE_SCHEMA = pa.schema([("sha256", pa.string()), ("uri", pa.string()), ("error", pa.string())])

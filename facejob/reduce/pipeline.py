@@ -66,9 +66,12 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
         corr.add(store, corrections)
     bar = Progress("reduce", 4, "steps", enabled=progress)
     t0 = time.perf_counter()
-    fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
-    if engine is not None:
+    if engine is None:
+        fi = update_index(store, faces, rebuild=rebuild_index, log=log.info)
+    else:
+        fi = None
         engine.build()      # its shards: filled from the parts it read, not from `faces`
+        engine.save_index(store, faces, rebuild=rebuild_index, log=log.info)    # they are OUT/index/
     t_index = time.perf_counter() - t0
     bar.advance(1, faces=len(faces))
     steps = {"read_s": t_read, "index_s": t_index}
@@ -87,7 +90,7 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
           if named else None)
     bar.advance(1)
     steps["label_s"], t0 = time.perf_counter() - t0, time.perf_counter()
-    ds = dedup(store, faces=faces, fi=fi)
+    ds = dedup(store, faces=faces, fi=fi, engine=engine)
     bar.advance(1, duplicates=ds.duplicates)
     steps["dedup_s"] = time.perf_counter() - t0
     return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds, {k: round(v, 2) for k, v in steps.items()},

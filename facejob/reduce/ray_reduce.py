@@ -19,8 +19,8 @@ ADDR --workers N`); the steps themselves (facejob.reduce.pipeline) stay the same
 The faces' columns the steps need are read by the driver itself, part by part into one
 preallocated matrix (facejob.reduce.embeddings.read_faces): results of part tasks would pass
 through the object store, whose pages the driver maps and touches (counted in its RSS) on top
-of the matrix. The search index under OUT/index/ (what `facejob search` loads) is still built
-by the driver. This is the one module of the reducer that imports Ray (see pyproject's import
+of the matrix. The search index under OUT/index/ (what `facejob search` loads) is the shards
+themselves, saved by their actors (`save_index`, facejob.reduce.shard_index). This is the one module of the reducer that imports Ray (see pyproject's import
 contracts).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ import hnswlib
 import numpy as np
 import ray
 
-from facejob.contract.layout import FACES_DIR
+from facejob.contract.layout import FACES_DIR, index_shard_files
 from facejob.contract.schema import EMBEDDING_DIM
 from facejob.io.storage import Store, open_store
 
@@ -45,7 +45,8 @@ from . import svm as lb
 from .embeddings import BATCH_ROWS, Faces, batch_embeddings, first_rows, open_part, part_batches, parts, read_faces
 from .errors import ReduceError
 from .graph import knn_graph
-from .hnsw import IndexParams
+from . import shard_index as si
+from .hnsw import IndexParams, save_graph
 
 log = logging.getLogger("facejob.reduce")
 
@@ -102,15 +103,17 @@ def _route_part(root: str, rel: str, first: int, centroids: np.ndarray, replicas
 
 @ray.remote
 class _Shard:
-    """One cell's faces in an hnswlib index whose labels are face rows. Faces arrive in
-    batches from the part tasks, in any order; `seal` inserts them in row order, so the graph
-    (hnswlib's depends on insertion order) is the same whatever order the tasks ran in."""
+    """One cell's faces in an hnswlib index. Faces arrive in batches from the part tasks, in any
+    order; `seal` inserts them in row order, so the graph (hnswlib's depends on insertion order)
+    is the same whatever order the tasks ran in. Label j is the j-th of those rows (`rows`):
+    the graph saves as it is for the sharded OUT/index/ (facejob.reduce.shard_index)."""
 
     def __init__(self, params: IndexParams):
         self.params = params
         self.batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.live = 0
         self.index: hnswlib.Index | None = None
+        self.rows = np.empty(0, np.int64)   # sorted: the read rows stored here, label j = rows[j]
         self.home = np.empty(0, np.int64)   # sorted: the rows whose nearest cell this is (`vectors` gives those)
 
     def add(self, vectors: np.ndarray, rows: np.ndarray, home: np.ndarray) -> None:
@@ -127,13 +130,13 @@ class _Shard:
         self.batches = []
         order = np.argsort(rows, kind="stable")
         order = order[~np.isin(rows[order], skip)]
-        self.home = rows[order[home[order]]]
+        self.rows, self.home = rows[order], rows[order[home[order]]]
         p = self.params
         self.index = hnswlib.Index(space="l2", dim=EMBEDDING_DIM)
         self.index.init_index(max_elements=max(len(order), 1), ef_construction=p.ef_construction, M=p.M,
                               random_seed=p.seed)
         if len(order):   # one thread per actor: no oversubscription
-            self.index.add_items(vectors[order], rows[order], num_threads=1)
+            self.index.add_items(vectors[order], np.arange(len(order)), num_threads=1)
         self.live = len(order)
         return _here()
 
@@ -144,7 +147,7 @@ class _Shard:
             return np.full((len(vectors), 0), -1, np.int64), np.empty((len(vectors), 0), np.float32), _here()
         self.index.set_ef(max(ef, k))
         lab, d2 = self.index.knn_query(np.ascontiguousarray(vectors, np.float32), k=k, num_threads=1)
-        return lab.astype(np.int64), np.sqrt(np.maximum(d2, 0)).astype(np.float32), _here()
+        return self.rows[lab.astype(np.int64)], np.sqrt(np.maximum(d2, 0)).astype(np.float32), _here()
 
     def vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the rows among `rows` whose nearest cell this is, their descriptors): asked of every
@@ -152,7 +155,17 @@ class _Shard:
         mine = rows[np.isin(rows, self.home)]
         if len(mine) == 0:
             return mine, np.empty((0, EMBEDDING_DIM), np.float32)
-        return mine, self.index.get_items(mine, return_type="numpy").astype(np.float32, copy=False)
+        labels = np.searchsorted(self.rows, mine)
+        return mine, self.index.get_items(labels, return_type="numpy").astype(np.float32, copy=False)
+
+    def stored(self) -> np.ndarray:
+        """The read rows stored here, label order."""
+        return self.rows
+
+    def save(self, root: str, rel: str) -> tuple[str, float, int]:
+        """This shard's graph to OUT/rel (whole or not at all)."""
+        save_graph(open_store(root), rel, self.index)
+        return _here()
 
 
 @ray.remote
@@ -215,8 +228,8 @@ class RayReducer:
     manager: the shard actors end with it. `work` counts the tasks and actors per node id,
     `process_peaks` holds each of their processes' peak RSS in GiB ((node id, pid) -> GiB),
     `peak_rss_gib` the highest, `part_rows` the rows of each clustering task of the last clustering.
-    In order: `read_faces`, `build`, then `query`, `knn_graph`, `agglomerate` (the shards hold
-    what `read_faces` read), `fit_svms`, `predict`."""
+    In order: `read_faces`, `build`, then `save_index`, `query`, `knn_graph`, `agglomerate` (the
+    shards hold what `read_faces` read), `fit_svms`, `predict`."""
 
     def __init__(self, address: str | None = None, workers: int = 0, shards: int = 0,
                  params: IndexParams = IndexParams(), replicas: int = SHARD_REPLICAS, probe: int = SHARD_PROBE):
@@ -291,6 +304,30 @@ class RayReducer:
         self.close()
         self._pending = True
 
+    def save_index(self, store: Store, faces: Faces, rebuild: bool = False, log=log.info) -> None:
+        """Write the shards as the sharded OUT/index/ (facejob.reduce.shard_index): each actor
+        saves its graph, the driver each shard's label table (rows of `faces`, what `read_faces`
+        gave: meta columns), then the manifest. Kept as it is when it was made of the same
+        settings and faces (unless `rebuild`)."""
+        key = si.inputs_key(self.params, self.replicas, self.probe, self.shards, faces.face_ids)
+        if not rebuild and si.unchanged(store, key):
+            log(f"index: unchanged, {len(faces)} faces in shards")
+            return
+        if self._pending:
+            self._start_shards()
+        build = si.begin(store)
+        saving = [a.save.remote(store.root, index_shard_files(build, p)[0]) for p, a in enumerate(self._actors)]
+        counts = []
+        for p, a in enumerate(self._actors):       # one shard's labels at a time on the driver
+            rows = ray.get(a.stored.remote())
+            counts.append(si.save_labels(store, build, p, faces.meta,
+                                         rows if self._face_row is None else self._face_row[rows]))
+        for where in ray.get(saving):
+            self._seen(where)
+        centroids = self._centroids if self._actors else np.empty((0, EMBEDDING_DIM), np.float32)
+        si.finish(store, build, key, self.params, self.replicas, self.probe, centroids, counts, len(faces))
+        log(f"index: {len(faces)} faces saved in {len(counts)} shards")
+
     def _start_shards(self) -> None:
         """Fit the cells on a sample the part tasks draw, then let one task per part send its
         faces to their cells' actors; the driver holds the sample, never the shards' faces."""
@@ -336,17 +373,16 @@ class RayReducer:
         if k <= 0 or len(vectors) == 0:
             return np.empty((len(vectors), max(k, 0)), np.int64), np.empty((len(vectors), max(k, 0)), np.float32)
         ef = ef or self.params.ef_search
-        cells = pt.nearest_cells(vectors, self._centroids, self.probe)
-        asked = [np.flatnonzero((cells == p).any(1)) for p in range(len(self._actors))]
+        asked = pt.probed(vectors, self._centroids, self.probe)
         refs = {p: a.query.remote(vectors[asked[p]], k, ef) for p, a in enumerate(self._actors) if len(asked[p])}
-        lab = np.full((len(vectors), len(refs) * k), -1, np.int64)
-        dist = np.full(lab.shape, np.inf, np.float32)
-        for i, (p, ref) in enumerate(refs.items()):
-            l, d, where = ray.get(ref)
-            self._seen(where)
-            lab[asked[p], i * k:i * k + l.shape[1]] = l
-            dist[asked[p], i * k:i * k + l.shape[1]] = d
-        lab, dist = pt.merge_nearest(lab, dist, k)
+
+        def answers() -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            for p, ref in refs.items():
+                lab, d, where = ray.get(ref)
+                self._seen(where)
+                yield asked[p], lab, d
+
+        lab, dist = pt.merge_answers(len(vectors), answers(), k)
         if self._face_row is not None:   # read rows -> face rows (repeats are in no shard)
             lab = np.where(lab >= 0, self._face_row[np.maximum(lab, 0)], -1)
         return lab, dist

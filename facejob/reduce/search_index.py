@@ -1,5 +1,6 @@
-"""The search index step and searching it: OUT/index/ (hnswlib over every face of OUT/faces/),
-the nearest archive faces of a photo's faces or of one archive face.
+"""The search index step and searching it: OUT/index/ (hnswlib over every face of OUT/faces/,
+one index or, written by the reducer on Ray, shards: facejob.reduce.shard_index), the nearest
+archive faces of a photo's faces or of one archive face.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from facejob.io.storage import Store, open_store
 
 from . import metric as lm
 from . import saved
+from . import shard_index as si
 from .embeddings import Faces, read_faces
 from .errors import NotIndexedError, ReduceError
 from .hnsw import FaceIndex, IndexParams, update_index
@@ -74,12 +76,13 @@ def search(out: str | Store, photo: str | bytes, k: int = 10, metric: str = "lea
     """The k nearest archive faces of every face in `photo` (a path, s3:// uri, or bytes); with
     `metric` "learned" and a metric head in OUT, by the learned distance. With `address`, the
     search service on that Ray cluster answers (facejob.reduce.search_service, `shards` actors)
-    from OUT/faces/ as it is now; without, OUT/index/ is loaded into this process."""
+    from OUT/faces/ as it is now; without, OUT/index/ is searched in this process (of a sharded
+    index, only the shards the photo's faces visit are loaded)."""
     from facejob.io.sources import read_bytes, source_uri
 
     store = open_store(out)
     head = lm.head_for(store, metric)
-    nearest = _service(store, address, shards).nearest if address else _Local(load_index(store)).nearest
+    nearest = _service(store, address, shards).nearest if address else _open(store).nearest
     model, _ = face_model(store)
     data = photo if isinstance(photo, bytes) else read_bytes(source_uri(str(photo)))
     res = model.process_bytes(data)
@@ -102,7 +105,7 @@ def search_face(out: str | Store, face_id: str, k: int = 10, metric: str = "lear
         svc = _service(store, address, shards)
         found, nearest = svc.vector(face_id), svc.nearest
     else:
-        local = _Local(load_index(store))
+        local = _open(store)
         found, nearest = local.vector(face_id), local.nearest
     if found is None:
         where = "OUT/faces/" if address else "the index"
@@ -119,6 +122,12 @@ def stop_service(out: str | Store, address: str) -> int:
     from .search_service import stop
 
     return stop(out, address)
+
+
+def _open(store: Store) -> _Local | si.ShardedIndex:
+    """OUT/index/ for searching in this process: the sharded layout (a shard is loaded when a
+    query first visits it) or the single index (loaded whole)."""
+    return si.load(store) if si.is_sharded(store) else _Local(load_index(store))
 
 
 def _service(store: Store, address: str, shards: int):
