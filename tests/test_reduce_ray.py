@@ -178,3 +178,99 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
     a, b = pq.read_table(one / "clusters.parquet"), pq.read_table(par / "clusters.parquet")
     assert a.num_rows == 1200 and a.equals(b)
     assert s.clusters < 1200 / 2          # it did cluster
+
+
+def test_reduce_on_ray_writes_a_sharded_index_that_searches_and_dedups_like_one_process(ray_local, tmp_path):
+    """`reduce` with an engine writes OUT/index/ from its shard actors (sharded layout: no process
+    holds every face); searching it in one process loads only the shards the query visits and
+    finds what the single-process index finds; dedup through the engine (with or without the
+    descriptors on the driver) writes the single-process outputs. A rerun over the same faces
+    keeps the index; the single-process reduce replaces it by its own layout."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.reduce_scale import write_archive
+    from facejob.io.storage import LocalStore
+    from facejob.reduce import ray_reduce as rr
+    from facejob.reduce import search_index as sx
+    from facejob.reduce import shard_index as si
+    from facejob.reduce import deduping as dp
+    from facejob.reduce import duplicates as dd
+    from facejob.reduce.deduping import dedup
+    from facejob.reduce.embeddings import ALL_COLUMNS, read_faces
+    from facejob.reduce.hnsw import IndexParams
+    from facejob.reduce.pipeline import reduce
+
+    one, par = tmp_path / "one", tmp_path / "ray"
+    write_archive(one, 1200, 80, part_rows=150)
+    for d in ("faces", "images"):     # part 3's photos again under other paths: byte-identical copies
+        t = pq.read_table(one / d / "part-0003.parquet")
+        for c in ("uri", "face_id") if d == "faces" else ("uri",):
+            t = t.set_column(t.schema.get_field_index(c), c, pa.array([v + "x" for v in t.column(c).to_pylist()]))
+        if d == "faces":    # a hair apart (a copy at the very same point would tie with its original)
+            emb = t.column("embedding").combine_chunks()
+            x = emb.flatten().to_numpy() + np.float32(1e-3)
+            t = t.set_column(t.schema.get_field_index("embedding"), "embedding",
+                             pa.FixedSizeListArray.from_arrays(pa.array(x), emb.type.list_size))
+        pq.write_table(t, one / d / "part-0009.parquet")
+    shutil.copytree(one, par)
+    reduce(str(one))
+    with rr.RayReducer(workers=2, shards=4) as eng:
+        reduce(str(par), engine=eng)
+        meta = json.loads((par / "index/shards.json").read_text())
+        for f in ("duplicates.parquet", "dedup/near_faces.parquet"):
+            (par / f).unlink()
+        faces = eng.read_faces(LocalStore(par), ALL_COLUMNS, embeddings=False)
+        assert faces.embeddings is None
+        eng.build()
+        dedup(str(par), faces=faces, engine=eng)       # the descriptors come from the shards
+        reduce(str(par), engine=eng)                    # the same faces: the index is kept
+        assert json.loads((par / "index/shards.json").read_text()) == meta
+
+    files = {p.name for p in (par / "index").iterdir()}     # the last build's files, nothing else
+    assert files == {"shards.json", *(f.split("/")[-1] for s in meta["shards"] for f in (s["hnsw"], s["ids"]))}
+    assert len(meta["shards"]) == 4 and meta["count"] == 1350 and meta["probe"] == rr.SHARD_PROBE
+    assert sum(s["count"] for s in meta["shards"]) == 1350 * rr.SHARD_REPLICAS
+    for f in ("clusters.parquet", "duplicates.parquet"):
+        a, b = pq.read_table(one / f), pq.read_table(par / f)
+        assert a.num_rows > 0 and a.equals(b), f
+    # The near faces dedup found through the shards are the exact ones at this size (the single
+    # index's hnswlib search may miss one: it once missed a face itself, giving it 8 others).
+    f1 = read_faces(LocalStore(one), ALL_COLUMNS)
+    x = f1.embeddings.astype(np.float64)
+
+    def exact(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        d = np.linalg.norm(x[rows][:, None] - x[None], axis=2)
+        j = np.argsort(d, axis=1, kind="stable")[:, :k]
+        return j, np.take_along_axis(d, j, 1)
+
+    code = dd.content_codes(f1.meta.column("sha256"))[0]
+    dp._near_faces(LocalStore(tmp_path / "exact"), exact, IndexParams(), f1, code, dd.shape_vector(dp._landmarks(f1)))
+    near = pq.read_table(par / "dedup/near_faces.parquet")
+    assert near.equals(pq.read_table(tmp_path / "exact/dedup/near_faces.parquet"))
+    assert sum(map(len, near.column("near").to_pylist())) > 100    # near faces were found, through the index
+
+    ids = pq.read_table(one / "faces", columns=["face_id"]).column(0).to_pylist()
+    for fid in ids[::97]:
+        a, b = sx.search_face(str(one), fid, k=5), sx.search_face(str(par), fid, k=5)
+        assert len(a.matches) == 5 and a.box == b.box
+        assert [(m.face_id, m.uri, m.box, m.cluster_id) for m in a.matches] == \
+               [(m.face_id, m.uri, m.box, m.cluster_id) for m in b.matches]
+        np.testing.assert_allclose([m.distance for m in a.matches], [m.distance for m in b.matches], rtol=1e-5)
+    single, sharded = sx._open(LocalStore(one)), sx._open(LocalStore(par))
+    assert isinstance(sharded, si.ShardedIndex)
+    vec = single.vector(ids[5])[0]
+    want, got = single.nearest(vec[None], 10, True), sharded.nearest(vec[None], 10, True)
+    assert 0 < len(sharded.loaded) <= meta["probe"] < 4        # only the shards the query visits
+    assert got[0].equals(want[0]) and np.array_equal(got[2], want[2])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+    assert sx.search_face(str(par), ids[5], k=3).matches[0].face_id == want[0].column("face_id")[1].as_py()
+
+    (par / meta["shards"][2]["ids"]).unlink()      # a lost shard file: the rerun rebuilds, never trusts it
+    assert not si.unchanged(LocalStore(par), meta["inputs"])
+    reduce(str(par))                                # the single-process layout replaces the sharded one
+    assert sorted(p.name for p in (par / "index").iterdir()) == ["faces.hnsw", "ids.parquet", "params.json"]
+    assert sx.search_face(str(par), ids[5], k=3).matches[0].face_id == want[0].column("face_id")[1].as_py()
