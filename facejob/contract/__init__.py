@@ -38,8 +38,8 @@ PUT on S3), so the order of writes is the commit protocol:
   index whose counts disagree is rebuilt). The reducer on Ray writes the sharded index instead:
   each shard's files under a new build name, then index/shards.json naming them (a crash before
   it leaves the old manifest naming the old, whole files). Each writer removes the other
-  layout's last-written file before writing and the other layout's files after. clusters.parquet, then cluster_events.parquet, then
-  clusters.json (the next free id). report/index.html is written after every file it loads.
+  layout's last-written file before writing and the other layout's files after.
+  clusters.parquet, then cluster_events.parquet, then clusters.json (the next free id). report/index.html is written after every file it loads.
 - Saved work the next reduce reuses (dedup/*.parquet; clusters.parquet + clusters.json for a
   clustering of unchanged inputs) carries a digest of what it was computed from in its own
   metadata, and is used only when that digest matches tonight's inputs and settings: each file
