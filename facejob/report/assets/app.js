@@ -705,7 +705,11 @@
     input.addEventListener("keydown", function (ev) {
       if (ev.key === "Enter") { var li = $("results").querySelector("li[data-pos]"); if (li) go(parseInt(li.getAttribute("data-pos"), 10)); }
     });
-    input.addEventListener("blur", function () { setTimeout(function () { $("results").hidden = true; }, 150); });
+    // Hide the results a moment after the box loses focus (a click on a hit lands first), unless the
+    // focus came back meanwhile: typing again right after a blur must not see its results vanish.
+    input.addEventListener("blur", function () {
+      setTimeout(function () { if (document.activeElement !== input) $("results").hidden = true; }, 150);
+    });
     window.addEventListener("hashchange", route);
     route();
   }
