@@ -468,14 +468,19 @@ def ray_only(args, store, truth: np.ndarray, say) -> None:
     full run left in --out (the reference takes as long again at 1M; one JSON line)."""
     import pyarrow.parquet as pq
 
+    from facejob.reduce.embeddings import read_faces
     from facejob.reduce.hnsw import load
 
     if not (store.exists("index/params.json") and store.exists(REFERENCE)):
         raise SystemExit(f"--ray-only: no single-process index and {REFERENCE} in {args.out}; run once without it")
     fi = load(store)
     cid_single = pq.read_table(Path(args.out) / REFERENCE, columns=["cluster_id"]).column(0).to_numpy()
+    x = read_faces(store).embeddings       # the same queries as a full run's, answered exactly, before
+    q = query_rows(len(x))                 # the Ray path's driver peak is measured (it holds no matrix)
+    exact = exact_nearest(x, q)
+    del x
     line = {"faces": len(truth), "people": args.people, "reference": REFERENCE}
-    line.update(ray_path(args, store, fi, cid_single, None, None, truth, say))
+    line.update(ray_path(args, store, fi, cid_single, q, exact, truth, say))
     print(json.dumps(line))
 
 
@@ -525,15 +530,12 @@ def ray_path(args, store, fi, cid_single: np.ndarray | None, q: np.ndarray | Non
     fresh = reset_peak_rss()     # the driver's peak from here on (it still holds the saved index, as reduce's does)
     with rr.RayReducer(workers=args.workers, shards=args.shards, **opts) as eng:
         t0 = time.perf_counter()
-        faces = eng.read_faces(store, META_COLUMNS)
+        faces = eng.read_faces(store, META_COLUMNS, embeddings=False)   # as `facejob reduce` does on Ray
         t_read = time.perf_counter() - t0
         t0 = time.perf_counter()
         eng.build()
         eng.query(faces.embeddings[:1], 1)        # the shards start at the first query
         t_shards = time.perf_counter() - t0
-        if q is None and cid_single is not None:     # --ray-only: the same queries as a full run's
-            q = query_rows(len(faces))
-            exact = exact_nearest(faces.embeddings, q)
         recall = t_query = None
         if q is not None:
             t0 = time.perf_counter()

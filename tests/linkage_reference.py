@@ -1,7 +1,9 @@
 """The clustering merge as it was before issue 22 (facejob/reduce/linkage.py at 19fa92c), kept
 verbatim as the reference the lean `linkage.agglomerate` must equal label for label
 (tests/test_linkage_lean.py; `python -m bench.merge_memory --impl old` measures it). The two
-helpers the rewrite left as they were (`_components`, `_roots`) are the package's own."""
+helpers the rewrite left as they were (`_components`, `_roots`) are the package's own.
+`representatives` and `attach` are those of 3f3c3d0, before they read only the clusters they
+need (so that descriptors held elsewhere are fetched by row)."""
 from __future__ import annotations
 
 import numpy as np
@@ -148,3 +150,64 @@ def _reciprocal_best(u: np.ndarray, v: np.ndarray, link: np.ndarray, n: int) -> 
     nb = best[node]
     mutual = (best[nb] == node) & (node < nb)
     return node[mutual], nb[mutual]
+
+
+def representatives(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cluster: (root label, size, row of the member nearest the cluster mean)."""
+    roots, inv, size = np.unique(labels, return_inverse=True, return_counts=True)
+    by_cluster = np.argsort(inv, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(size)[:-1]])
+    mean = np.empty((len(roots), x.shape[1]), np.float32)
+    lo = 0
+    while lo < len(roots):   # a run of whole clusters covering about CHUNK rows at a time
+        hi = max(lo + 1, int(np.searchsorted(starts, starts[lo] + CHUNK, side="right")) - 1)
+        rows = by_cluster[starts[lo]:starts[hi - 1] + size[hi - 1]]
+        sums = np.add.reduceat(x[rows].astype(np.float64), starts[lo:hi] - starts[lo])
+        mean[lo:hi] = sums / size[lo:hi, None]
+        lo = hi
+    d = np.empty(len(x), np.float32)
+    for lo in range(0, len(x), CHUNK):
+        diff = x[lo:lo + CHUNK] - mean[inv[lo:lo + CHUNK]]
+        d[lo:lo + CHUNK] = np.einsum("ij,ij->i", diff, diff)
+    order = np.lexsort((np.arange(len(x)), d, inv))   # by cluster, then distance to mean, then row
+    first = np.ones(len(order), bool)
+    first[1:] = inv[order][1:] != inv[order][:-1]
+    return roots, size, order[first]
+
+
+def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, threshold: float,
+           blocked: np.ndarray | None = None, pair_margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Attach extra faces `q` to the clusters of `x` (label per row `roots`) where that is unambiguous.
+
+    `cand` (m, k): rows of x near each q (-1 = none); `blocked` (m, k) marks candidates whose
+    cluster q may not join (e.g. it holds another face of q's photo). A face joins a cluster
+    when that cluster is the only one among its candidates' clusters whose RMS distance to it
+    (`agglomerate`'s criterion without the link term: q has no graph edges) is under its limit (threshold -
+    pair_margin / sqrt(cluster size)). Returns (root per q or -1,
+    RMS distance to the nearest candidate cluster or inf).
+    """
+    m = len(q)
+    out, best_d = np.full(m, -1, np.int64), np.full(m, np.inf, np.float32)
+    if m == 0 or len(x) == 0:
+        return out, best_d
+    uroots, inv = np.unique(roots, return_inverse=True)
+    n = np.bincount(inv).astype(np.float64)
+    mean = np.zeros((len(uroots), x.shape[1]), np.float64)
+    np.add.at(mean, inv, x.astype(np.float64))
+    mean /= n[:, None]
+    msq = np.bincount(inv, weights=np.einsum("ij,ij->i", x, x, dtype=np.float64)) / n
+    ok = cand >= 0
+    if blocked is not None:
+        ok &= ~blocked
+    for i in range(m):
+        c = np.unique(inv[cand[i][ok[i]]])
+        if len(c) == 0:
+            continue
+        qi = q[i].astype(np.float64)
+        d = np.sqrt(np.maximum(qi @ qi + msq[c] - 2 * mean[c] @ qi, 0))
+        best_d[i] = d.min()
+        under = d <= threshold - pair_margin / np.sqrt(n[c])
+        if under.sum() == 1:
+            out[i] = uroots[c[under][0]]
+    return out, best_d
+

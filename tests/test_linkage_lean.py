@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from facejob.reduce import linkage
+from facejob.reduce.embeddings import Descriptors
 from tests import linkage_reference as ref
 
 
@@ -106,3 +107,62 @@ def test_edgeless_and_empty_inputs():
                       (linkage.agglomerate(x, np.array([0]), np.array([1]), 9.0, cannot_link=np.array([[1, 0]])),
                        ref.agglomerate(x, np.array([0]), np.array([1]), 9.0, cannot_link=np.array([[1, 0]])))):
         assert got == _same(want)
+
+
+def _held_elsewhere(x: np.ndarray, fetched: list[int]) -> Descriptors:
+    """x as Descriptors whose reads are counted (rows fetched) in `fetched`."""
+    def fetch(rows: np.ndarray) -> np.ndarray:
+        fetched.append(len(rows))
+        return x[rows]
+    return Descriptors(len(x), fetch)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_representatives_and_attach_read_only_what_they_need_and_equal_the_reference(ties, monkeypatch):
+    """Representatives only of clusters of two or more, attach only over the candidates'
+    clusters: the same answers as before, from the matrix or from Descriptors fetched by row,
+    with small chunks too; and the Descriptors are read for those rows only."""
+    for seed in range(3):
+        x, eu, ev, _, _ = _problem(seed, 300, 60, 6, ties)
+        labels, _ = linkage.agglomerate(x, eu, ev, np.quantile(np.linalg.norm(x[eu] - x[ev], axis=1), 0.5))
+        want = ref.representatives(x, labels)
+        size = np.bincount(labels, minlength=len(x))
+        assert (size == 1).sum() > 5 and (size > 2).sum() > 5, "lone faces and clusters both"
+        rng = np.random.default_rng(seed)
+        q = x[rng.choice(len(x), 40)] + rng.standard_normal((40, 128)).astype(np.float32) * 0.01
+        cand = np.argsort(((q[:, None] - x[None]) ** 2).sum(-1), axis=1, kind="stable")[:, :8]
+        cand[rng.random(cand.shape) < 0.1] = -1
+        blocked = rng.random(cand.shape) < 0.2
+        threshold = float(np.quantile(np.linalg.norm(x[eu] - x[ev], axis=1), 0.7))
+        attached = ref.attach(x, labels, q, cand, threshold, blocked, 0.04)
+        assert (attached[0] >= 0).sum() > 3 and (attached[0] < 0).sum() > 3
+        for chunk in (linkage.CHUNK, 7):
+            monkeypatch.setattr(linkage, "CHUNK", chunk)
+            fetched: list[int] = []
+            for xx in (x, _held_elsewhere(x, fetched)):
+                got = linkage.representatives(xx, labels)
+                assert all(np.array_equal(g, w) for g, w in zip(got, want))
+                got = linkage.attach(xx, labels, q, cand, threshold, blocked, 0.04)
+                assert np.array_equal(got[0], attached[0]) and np.array_equal(got[1], attached[1])
+            in_multi = int((size[labels] > 1).sum())
+            ok = (cand >= 0) & ~blocked
+            in_cand = int(np.isin(labels, labels[cand[ok]]).sum())
+            # representatives reads each row of a multi-face cluster twice (mean, distance), attach once
+            assert sum(fetched) == 2 * in_multi + in_cand < 3 * len(x)
+
+
+def test_descriptors_read_like_the_matrix():
+    x = np.random.default_rng(0).standard_normal((50, 128)).astype(np.float32)
+    d = Descriptors(len(x), lambda r: x[r], stream=lambda: (x[i:i + 16] for i in range(0, 50, 16)))
+    assert d.shape == (50, 128) and len(d) == 50
+    assert np.array_equal(d[3:9], x[3:9]) and np.array_equal(d[np.array([7, -1, 7])], x[[7, -1, 7]])
+    assert np.array_equal(d[4], x[4]) and np.array_equal(d[[1, 2]], x[[1, 2]]) and d[:0].shape == (0, 128)
+    assert np.array_equal(np.concatenate(list(d.chunks())), x)
+    t = d.take(np.array([5, 2, 9])).map(lambda v: v * 2)
+    assert len(t) == 3 and np.array_equal(t[1:], x[[2, 9]] * 2)
+    assert np.array_equal(np.concatenate(list(t.chunks())), x[[5, 2, 9]] * 2)
+    from facejob.reduce import saved
+
+    assert saved.digest(d) == saved.digest(x) and saved.digest(t) == saved.digest(x[[5, 2, 9]] * 2)
+    with pytest.raises(IndexError):
+        d[np.array([50])]

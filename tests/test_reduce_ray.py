@@ -144,10 +144,11 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
     from facejob.reduce import ray_reduce as rr
     from facejob.reduce import saved
     from facejob.reduce.clustering import cluster
-    from facejob.reduce.embeddings import ALL_COLUMNS, read_faces
+    from facejob.reduce.embeddings import ALL_COLUMNS, Descriptors, read_faces
+    from facejob.reduce.svm import IdentityClassifier
 
     one, par = tmp_path / "one", tmp_path / "ray"
-    write_archive(one, 1200, 80, part_rows=150)
+    who = write_archive(one, 1200, 80, part_rows=150)
     for d in ("faces", "images"):     # part 3 again, committed under another name: its faces are repeats
         shutil.copy(one / d / "part-0003.parquet", one / d / "part-0003x.parquet")
     shutil.copytree(one, par)
@@ -163,9 +164,24 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
         rows, dist = eng.query(faces.embeddings[q], 10)
         asked = np.array([1199, 0, 17, 17, 640])      # any order, repeats allowed
         assert np.array_equal(eng.vectors(asked), faces.embeddings[asked])
-        # Streamed again from the parts (repeats skipped), they digest as the whole matrix does.
-        assert saved.digest(eng.embedding_chunks()) == saved.digest(faces.embeddings)
-        assert eng.read_faces(LocalStore(par), ALL_COLUMNS, embeddings=False).embeddings is None
+        # Without descriptors on the driver: read by row from the shards, streamed again from
+        # the parts for a digest (repeats skipped), as the whole matrix.
+        lazy = eng.read_faces(LocalStore(par), ALL_COLUMNS, embeddings=False)
+        assert isinstance(lazy.embeddings, Descriptors) and lazy.meta.equals(faces.meta)
+        assert saved.digest(lazy.embeddings) == saved.digest(faces.embeddings)
+        assert np.array_equal(lazy.embeddings[asked], faces.embeddings[asked])
+        # Names for them: the prediction tasks fetch their rows from the shards (the driver sends
+        # row numbers, reads none), and name every face as one process does from the matrix.
+        named = np.concatenate([np.flatnonzero(who == p)[:3] for p in range(10)])
+        clf = IdentityClassifier(pool_size=300).fit_archive(
+            faces.embeddings, named, faces.embeddings[named], [f"p{who[r]}" for r in named], clusters=None)
+        want = clf.predict(faces.embeddings, {1: {f"p{who[1]}"}})
+        fetched: list[int] = []
+        fetch = lazy.embeddings._fetch
+        lazy.embeddings._fetch = lambda r: fetched.append(len(r)) or fetch(r)
+        got_names = eng.predict(clf, lazy.embeddings, {1: {f"p{who[1]}"}})
+        assert not fetched and (got_names[0] == want[0]).all() and len(set(want[0])) > 5
+        np.testing.assert_allclose(got_names[1], want[1], rtol=1e-5)
         s = cluster(LocalStore(par), faces=got, engine=eng)
         shards, tasks = eng.shard_count, sum(eng.work.values())
     assert shards == 3 and tasks >= 2 * 9 + 3      # a sample and a route task per part; the shards built
@@ -224,7 +240,6 @@ def test_reduce_on_ray_writes_a_sharded_index_that_searches_and_dedups_like_one_
         for f in ("duplicates.parquet", "dedup/near_faces.parquet"):
             (par / f).unlink()
         faces = eng.read_faces(LocalStore(par), ALL_COLUMNS, embeddings=False)
-        assert faces.embeddings is None
         eng.build()
         dedup(str(par), faces=faces, engine=eng)       # the descriptors come from the shards
         reduce(str(par), engine=eng)                    # the same faces: the index is kept

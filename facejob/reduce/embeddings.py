@@ -7,7 +7,7 @@ stores are fetched one at a time.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,12 +20,73 @@ from facejob.contract.schema import EMBEDDING_DIM, FACES, IMAGES
 from facejob.io.storage import Store, committed_parts, parquet_file
 
 from .errors import NotIndexedError, ReduceError
+from .saved import Chunks
 
 META_COLUMNS = ("face_id", "uri", "face_idx", "left", "top", "right", "bottom")
 ALL_COLUMNS = (*META_COLUMNS, "sha256", "landmarks", "quality")   # what `reduce` reads once for every step
 # Columns added to faces/ later: parts written before them read as nulls (unknown).
 OPTIONAL_COLUMNS = {"sharpness": pa.float32(), "quality": pa.float32()}
 BATCH_ROWS = 65_536
+FETCH_ROWS = 65_536     # rows fetched at a time when Descriptors are read in order (32 MiB)
+
+
+class Descriptors(Chunks):
+    """The (n, 128) float32 descriptors of n faces held elsewhere (the Ray reducer's shards),
+    read like an array by row: `x[rows]` and `x[lo:hi]` fetch just those rows, `chunks()`
+    gives them all in order a batch at a time (a `saved.Chunks`: `saved.digest` hashes it as
+    the whole array), `take` and `map` make views that fetch nothing yet. The steps run on
+    it as on the matrix, so a driver never holds all descriptors (10M faces: 4.8 GiB).
+
+    `fetch(rows)`: the descriptors of those rows of the underlying faces (any order, repeats);
+    `stream()`: all of them in order, in chunks (e.g. read again from OUT/faces/), else
+    fetched FETCH_ROWS at a time."""
+
+    def __init__(self, n: int, fetch: Callable[[np.ndarray], np.ndarray],
+                 stream: Callable[[], Iterable[np.ndarray]] | None = None, rows: np.ndarray | None = None,
+                 fn: Callable[[np.ndarray], np.ndarray] | None = None):
+        self._fetch, self._stream, self._rows, self._fn = fetch, stream, rows, fn
+        super().__init__((n if rows is None else len(rows), EMBEDDING_DIM), np.float32, self._chunks)
+
+    ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, slice):
+            at = np.arange(*key.indices(len(self)))
+        else:
+            at = np.asarray(key)
+            if at.ndim == 0 and np.issubdtype(at.dtype, np.integer):     # one row: a 1-D descriptor
+                return self[at.reshape(1)][0]
+            if at.dtype == bool:
+                at = np.flatnonzero(at)
+            if at.ndim != 1 or not np.issubdtype(at.dtype, np.integer):
+                raise TypeError("Descriptors are read by a slice or an array of rows")
+            at = np.where(at < 0, at + len(self), at).astype(np.int64)
+        if len(at) and (at.min() < 0 or at.max() >= len(self)):
+            raise IndexError(f"rows out of range for {len(self)} descriptors")
+        x = self._fetch(at if self._rows is None else self._rows[at]) if len(at) else \
+            np.empty((0, EMBEDDING_DIM), np.float32)
+        return x if self._fn is None else self._fn(x)
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        if self._rows is None and self._stream is not None:
+            for x in self._stream():
+                yield x if self._fn is None else self._fn(x)
+            return
+        for lo in range(0, len(self), FETCH_ROWS):
+            yield self[lo:lo + FETCH_ROWS]
+
+    def take(self, rows: np.ndarray) -> Descriptors:
+        """The descriptors at `rows`, in that order (fetched when read)."""
+        rows = np.asarray(rows, np.int64)
+        return Descriptors(0, self._fetch, self._stream, rows if self._rows is None else self._rows[rows], self._fn)
+
+    def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> Descriptors:
+        """These descriptors through `fn` (row-wise, e.g. the metric head), applied as they are read."""
+        then = fn if self._fn is None else (lambda x, f=self._fn: fn(f(x)))
+        return Descriptors(len(self), self._fetch, self._stream, self._rows, then)
 
 
 @dataclass
@@ -33,9 +94,9 @@ class Faces:
     """Every face of an index output, in read order (row i of `meta` is row i of `embeddings`)."""
 
     meta: pa.Table            # the requested columns, e.g. face_id, uri, face_idx, bbox
-    # (n, 128) float32, C-contiguous; None on the Ray path, whose driver holds no descriptors
-    # (facejob.reduce.ray_reduce.RayReducer: `vectors` and `embedding_chunks` give them)
-    embeddings: np.ndarray | None
+    # (n, 128) float32, C-contiguous; on the Ray path Descriptors, read from its shards by row
+    # (facejob.reduce.ray_reduce.RayReducer.read_faces): its driver holds no matrix
+    embeddings: np.ndarray | Descriptors | None
 
     def __len__(self) -> int:
         return self.meta.num_rows
@@ -46,8 +107,9 @@ class Faces:
 
     def take(self, rows: np.ndarray) -> Faces:
         """The faces at `rows`, in that order."""
+        e = self.embeddings
         return Faces(meta=self.meta.take(pa.array(rows)),
-                     embeddings=None if self.embeddings is None else self.embeddings[rows])
+                     embeddings=None if e is None else e.take(rows) if isinstance(e, Descriptors) else e[rows])
 
 
 def parts(store: Store, prefix: str) -> list[str]:

@@ -10,6 +10,8 @@ import numpy as np
 
 from facejob.config import ConfigError
 
+from .saved import Chunks
+
 
 class ReduceError(RuntimeError):
     """The reducer cannot do what was asked; the message says why and what to do."""
@@ -47,7 +49,13 @@ def check_params(owner: str, obj: Any, checks: list[tuple[str, Callable[[Any], b
 
 def check_rows(owner: str, name: str, x: Any, width: int | None = None) -> np.ndarray:
     """`x` as a 2-D array of finite numbers (`width` columns if given); the array itself is
-    returned unconverted, so the estimators compute exactly what the functions they wrap do."""
+    returned unconverted, so the estimators compute exactly what the functions they wrap do.
+    Descriptors held elsewhere (a `saved.Chunks` read by row, e.g. embeddings.Descriptors) are
+    checked by their shape alone: reading them all here is what they exist to avoid."""
+    if isinstance(x, Chunks):
+        if len(x.shape) != 2 or (width is not None and x.shape[1] != width):
+            raise ValueError(f"{owner}: {name} must have {width or 'd'} columns, got shape {x.shape}")
+        return x
     a = np.asarray(x)
     if a.ndim != 2 or (width is not None and a.shape[1] != width) or not np.issubdtype(a.dtype, np.number):
         want = f"(n, {width})" if width is not None else "(n, d)"

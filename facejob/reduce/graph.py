@@ -13,19 +13,21 @@ GRAPH_EF = 32
 
 
 def knn_graph(fi: FaceIndex, embeddings: np.ndarray, rows_of_label: np.ndarray, k: int,
-              max_dist: float = np.inf, ef: int | None = None, threads: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              max_dist: float = np.inf, ef: int | None = None, threads: int = -1,
+              chunk: int = QUERY_CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Undirected edges (i, j, distance), i < j, each pair once, between every face and its k nearest.
 
     `embeddings` row i is face i; `rows_of_label` maps hnsw labels to those rows (-1 = not a
-    current face). Edges longer than `max_dist` are dropped. Queries run in chunks so the
-    result arrays stay small; the edges found are kept as int32 rows (n < 2**31) until the end.
+    current face). Edges longer than `max_dist` are dropped. Queries run in chunks of `chunk`
+    rows so the result arrays stay small; the edges found are kept as int32 rows (n < 2**31)
+    until the end.
     """
     n = len(embeddings)
     idx = np.int32 if n < 2**31 else np.int64
     src, dst, dist = [], [], []
     ef = max(ef or GRAPH_EF, k + 1)
-    for lo in range(0, n, QUERY_CHUNK):
-        hi = min(n, lo + QUERY_CHUNK)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
         labels, d = fi.query(embeddings[lo:hi], k + 1, ef=ef, threads=threads)  # +1: the face itself comes back
         j = rows_of_label[labels]
         i = np.broadcast_to(np.arange(lo, hi)[:, None], j.shape)

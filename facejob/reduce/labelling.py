@@ -299,17 +299,19 @@ def _metric_examples(store: Store, faces: Faces) -> tuple[np.ndarray, np.ndarray
     applied = corr.resolve(corr.followed(store, faces))
     table = _with_corrections(_stored_labels(store), applied, faces, face_shas(store, faces))
     names = table.column("name").to_pylist()
-    x = [_emb(table.column("embedding"))]
+    x = _emb(table.column("embedding"))
     ids = table.column("face_id").to_pylist()
     row_of = {f: i for i, f in enumerate(ids) if f is not None}
     extra = sorted({f for p in applied.must for f in p} | set(applied.not_faces))
     frows = pc.index_in(pa.array(extra, pa.string()), faces.face_ids).fill_null(-1).to_numpy().astype(np.int64)
+    more = []
     for f, r in zip(extra, frows.tolist()):
         if f not in row_of and r >= 0:
             row_of[f] = len(names)
             names.append(None)
-            x.append(faces.embeddings[r:r + 1])
-    x = np.concatenate(x) if len(x) > 1 else x[0]
+            more.append(r)
+    if more:     # one read: on Ray each read asks every shard
+        x = np.concatenate([x, faces.embeddings[np.array(more, np.int64)]])
     # People: one per name; "same person" pairs join faces (and names) into one.
     n = len(names)
     by_name: dict[str, list[int]] = {}

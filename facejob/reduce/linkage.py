@@ -304,26 +304,40 @@ def _roots(parent: np.ndarray) -> np.ndarray:
 
 
 def representatives(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per cluster: (root label, size, row of the member nearest the cluster mean)."""
+    """Per cluster: (root label, size, row of the member nearest the cluster mean).
+
+    Only clusters of two or more faces are computed (a lone face is its own representative),
+    and `x` is read by rows, a run of whole clusters at a time: it may be Descriptors held
+    elsewhere (embeddings.Descriptors), of which only those clusters' rows are fetched."""
     roots, inv, size = np.unique(labels, return_inverse=True, return_counts=True)
-    by_cluster = np.argsort(inv, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(size)[:-1]])
-    mean = np.empty((len(roots), x.shape[1]), np.float32)
+    rep = np.empty(len(roots), np.int64)
+    rep[inv[::-1]] = np.arange(len(inv))[::-1]       # each cluster's first row: a lone face's answer
+    multi = np.flatnonzero(size > 1)
+    if len(multi) == 0:
+        return roots, size, rep
+    which = np.full(len(roots), -1, np.int64)        # cluster -> its place among the multi-face ones
+    which[multi] = np.arange(len(multi))
+    mine = np.flatnonzero(which[inv] >= 0)           # their rows, in row order
+    inv_m, size_m = which[inv[mine]], size[multi]
+    by_cluster = mine[np.argsort(inv_m, kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(size_m)[:-1]])
+    mean = np.empty((len(multi), x.shape[1]), np.float32)
     lo = 0
-    while lo < len(roots):   # a run of whole clusters covering about CHUNK rows at a time
+    while lo < len(multi):   # a run of whole clusters covering about CHUNK rows at a time
         hi = max(lo + 1, int(np.searchsorted(starts, starts[lo] + CHUNK, side="right")) - 1)
-        rows = by_cluster[starts[lo]:starts[hi - 1] + size[hi - 1]]
+        rows = by_cluster[starts[lo]:starts[hi - 1] + size_m[hi - 1]]
         sums = np.add.reduceat(x[rows].astype(np.float64), starts[lo:hi] - starts[lo])
-        mean[lo:hi] = sums / size[lo:hi, None]
+        mean[lo:hi] = sums / size_m[lo:hi, None]
         lo = hi
-    d = np.empty(len(x), np.float32)
-    for lo in range(0, len(x), CHUNK):
-        diff = x[lo:lo + CHUNK] - mean[inv[lo:lo + CHUNK]]
+    d = np.empty(len(mine), np.float32)
+    for lo in range(0, len(mine), CHUNK):
+        diff = x[mine[lo:lo + CHUNK]] - mean[inv_m[lo:lo + CHUNK]]
         d[lo:lo + CHUNK] = np.einsum("ij,ij->i", diff, diff)
-    order = np.lexsort((np.arange(len(x)), d, inv))   # by cluster, then distance to mean, then row
+    order = np.lexsort((mine, d, inv_m))   # by cluster, then distance to mean, then row
     first = np.ones(len(order), bool)
-    first[1:] = inv[order][1:] != inv[order][:-1]
-    return roots, size, order[first]
+    first[1:] = inv_m[order][1:] != inv_m[order][:-1]
+    rep[multi] = mine[order[first]]
+    return roots, size, rep
 
 
 def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, threshold: float,
@@ -335,23 +349,33 @@ def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, th
     when that cluster is the only one among its candidates' clusters whose RMS distance to it
     (`agglomerate`'s criterion without the link term: q has no graph edges) is under its limit (threshold -
     pair_margin / sqrt(cluster size)). Returns (root per q or -1,
-    RMS distance to the nearest candidate cluster or inf).
+    RMS distance to the nearest candidate cluster or inf). Only the candidate clusters' rows
+    of `x` are read (it may be Descriptors held elsewhere).
     """
     m = len(q)
     out, best_d = np.full(m, -1, np.int64), np.full(m, np.inf, np.float32)
     if m == 0 or len(x) == 0:
         return out, best_d
     uroots, inv = np.unique(roots, return_inverse=True)
-    n = np.bincount(inv).astype(np.float64)
-    mean = np.zeros((len(uroots), x.shape[1]), np.float64)
-    np.add.at(mean, inv, x.astype(np.float64))
-    mean /= n[:, None]
-    msq = np.bincount(inv, weights=np.einsum("ij,ij->i", x, x, dtype=np.float64)) / n
     ok = cand >= 0
     if blocked is not None:
         ok &= ~blocked
+    wanted = np.unique(inv[cand[ok]])                # the candidates' clusters: their sums only
+    which = np.full(len(uroots), -1, np.int64)
+    which[wanted] = np.arange(len(wanted))
+    mine = np.flatnonzero(which[inv] >= 0)
+    w = which[inv[mine]]
+    n = np.bincount(w, minlength=len(wanted)).astype(np.float64)
+    mean = np.zeros((len(wanted), x.shape[1]), np.float64)
+    sq = np.empty(len(mine), np.float64)
+    for lo in range(0, len(mine), CHUNK):            # in row order: each sum adds its rows in order
+        xs = x[mine[lo:lo + CHUNK]]
+        np.add.at(mean, w[lo:lo + CHUNK], xs.astype(np.float64))
+        sq[lo:lo + CHUNK] = np.einsum("ij,ij->i", xs, xs, dtype=np.float64)
+    mean /= np.maximum(n, 1)[:, None]
+    msq = np.bincount(w, weights=sq, minlength=len(wanted)) / np.maximum(n, 1)
     for i in range(m):
-        c = np.unique(inv[cand[i][ok[i]]])
+        c = np.unique(which[inv[cand[i][ok[i]]]])
         if len(c) == 0:
             continue
         qi = q[i].astype(np.float64)
@@ -359,7 +383,7 @@ def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, th
         best_d[i] = d.min()
         under = d <= threshold - pair_margin / np.sqrt(n[c])
         if under.sum() == 1:
-            out[i] = uroots[c[under][0]]
+            out[i] = uroots[wanted[c[under][0]]]
     return out, best_d
 
 

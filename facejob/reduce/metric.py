@@ -28,6 +28,7 @@ import numpy as np
 
 from facejob.contract.layout import METRIC_JSON, METRIC_NPZ
 
+from .embeddings import Descriptors
 from .errors import ReduceError, check_params, check_rows, is_int, is_real, not_fitted
 
 FORMAT = 1
@@ -255,6 +256,8 @@ class MetricLearner:
             raise not_fitted(type(self).__name__)
         if self.head_ is None:
             return X
+        if isinstance(X, Descriptors):      # held elsewhere: the head applies as rows are read
+            return X.map(self.head_.apply)
         a = self.head_.arrays
         width = (a["A"] if "A" in a else a["W1"]).shape[0]
         return self.head_.apply(check_rows(type(self).__name__, "X", X, width))

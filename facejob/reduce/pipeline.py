@@ -60,7 +60,9 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
 
     store = open_store(out)
     t0 = time.perf_counter()
-    faces = read_faces(store, ALL_COLUMNS) if engine is None else engine.read_faces(store, ALL_COLUMNS)
+    # On Ray the driver reads no descriptors: its Faces fetch them from the engine's shards by row.
+    faces = (read_faces(store, ALL_COLUMNS) if engine is None
+             else engine.read_faces(store, ALL_COLUMNS, embeddings=False))
     t_read = time.perf_counter() - t0
     if corrections is not None:
         corr.add(store, corrections)

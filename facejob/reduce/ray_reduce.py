@@ -14,14 +14,17 @@ ADDR --workers N`); the steps themselves (facejob.reduce.pipeline) stay the same
   the driver sends a part its rows and edges, the task fetches the descriptors from the shards;
 - the per-person SVMs are trained in tasks of a chunk of people each (FIT_TASKS per worker),
   which gives exactly the single-process models (a person's SVM does not depend on the others');
-- predictions are made in tasks of PREDICT_ROWS rows (each scoring them in batches).
+- predictions are made in tasks of PREDICT_ROWS rows (each scoring them in batches), which
+  fetch their rows' descriptors from the shards.
 
-The faces' columns the steps need are read by the driver itself, part by part into one
-preallocated matrix (facejob.reduce.embeddings.read_faces): results of part tasks would pass
-through the object store, whose pages the driver maps and touches (counted in its RSS) on top
-of the matrix. The search index under OUT/index/ (what `facejob search` loads) is the shards
-themselves, saved by their actors (`save_index`, facejob.reduce.shard_index). This is the one module of the reducer that imports Ray (see pyproject's import
-contracts).
+The driver reads the faces' other columns itself, part by part (results of part tasks would
+pass through the object store, whose pages it maps and touches), but no descriptors: its Faces
+hold `embeddings.Descriptors`, fetched from the shards by row as a step reads them (the kNN
+graph's queries, QUERY_ROWS at a time; representatives; attaching low-quality faces; training
+rows) and streamed from the parts again for a digest. The search index under OUT/index/ (what
+`facejob search` loads) is the shards themselves, saved by their actors (`save_index`,
+facejob.reduce.shard_index). This is the one module of the reducer that imports Ray (see
+pyproject's import contracts).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import os
 import resource
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 import hnswlib
 import numpy as np
@@ -40,9 +44,8 @@ from facejob.contract.schema import EMBEDDING_DIM
 from facejob.io.storage import Store, open_store
 
 from . import partition as pt
-from . import saved
 from . import svm as lb
-from .embeddings import BATCH_ROWS, Faces, batch_embeddings, first_rows, open_part, part_batches, parts, read_faces
+from .embeddings import BATCH_ROWS, Descriptors, Faces, batch_embeddings, first_rows, open_part, part_batches, parts, read_faces
 from .errors import ReduceError
 from .graph import knn_graph
 from . import shard_index as si
@@ -56,6 +59,9 @@ SHARD_PROBE = 3         # cells each query visits
 PREDICT_ROWS = 100_000  # faces per prediction task (scored in batches of svm.PREDICT_ROWS inside it)
 FIT_TASKS = 4           # SVM training tasks per worker: people's SVMs differ in cost, small chunks even it out
 SAMPLE_ROWS = 50_000    # descriptors the coarse k-means is fitted on, drawn across every part
+# Faces the kNN graph asks the shards about at a time: each chunk's descriptors are fetched, copied
+# per probed shard and sent (~6 KiB a row on the driver while it is out), 100k rows cost ~0.5 GiB.
+QUERY_ROWS = 20_000
 
 
 def _here() -> tuple[str, float, int]:
@@ -173,18 +179,24 @@ def _cluster_part(job: tuple) -> tuple[np.ndarray, int, tuple[str, float, int]]:
     return (*pt.run_part(job), _here())
 
 
-@ray.remote
-def _cluster_part_of_shards(job: tuple, shards: list, transform) -> tuple[np.ndarray, int, tuple[str, float, int]]:
-    """`_cluster_part` of a job that carries read rows (sorted) in place of descriptors: they
-    come from the shards and go through `transform` (the metric head, or None) here."""
-    rows = job[0]
+def _from_shards(rows: np.ndarray, shards: list) -> np.ndarray:
+    """The descriptors of read rows `rows` (sorted, distinct), each from the shard of its
+    nearest cell (every shard is asked; each face comes back once)."""
     x = np.empty((len(rows), EMBEDDING_DIM), np.float32)
     found = 0
     for got, vec in ray.get([s.vectors.remote(rows) for s in shards]):
         x[np.searchsorted(rows, got)] = vec
         found += len(got)
     if found != len(rows):
-        raise ReduceError(f"the shards hold {found} of a clustering part's {len(rows)} faces")
+        raise ReduceError(f"the shards hold {found} of the {len(rows)} faces asked for")
+    return x
+
+
+@ray.remote
+def _cluster_part_of_shards(job: tuple, shards: list, transform) -> tuple[np.ndarray, int, tuple[str, float, int]]:
+    """`_cluster_part` of a job that carries read rows (sorted) in place of descriptors: they
+    come from the shards and go through `transform` (the metric head, or None) here."""
+    x = _from_shards(job[0], shards)
     if transform is not None:
         x = transform(x)
     return (*pt.run_part((x, *job[1:])), _here())
@@ -200,6 +212,26 @@ def _fit_classes(x: np.ndarray, y: np.ndarray, first: int, end: int, C: float,
 def _predict(clf, x: np.ndarray, forbidden: dict[int, set[str]],
              transform) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
     return (*clf.predict(x, forbidden, transform), _here())
+
+
+@ray.remote
+def _predict_rows(clf, rows: np.ndarray, shards: list, forbidden: dict[int, set[str]],
+                  transform) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
+    """`_predict` of read rows (sorted) whose descriptors the task fetches from the shards."""
+    return (*clf.predict(_from_shards(rows, shards), forbidden, transform), _here())
+
+
+def _part_descriptors(root: str, rels: list[str], keep: np.ndarray | None) -> Iterable[np.ndarray]:
+    """The descriptors of parts `rels` in order, a batch at a time, less the rows `keep` marks
+    False (repeats): what `RayReducer.read_faces`'s Descriptors stream (a digest needs no shard)."""
+    store, row = open_store(root), 0
+    for rel in rels:
+        for b in part_batches(store, rel, ["embedding"]):
+            x = batch_embeddings(b.column(0))
+            if keep is not None:
+                x = x[keep[row:row + len(x)]]
+            row += b.num_rows
+            yield x
 
 
 def start_ray(address: str | None, workers: int):
@@ -251,6 +283,8 @@ class RayReducer:
         self._source: tuple[str, list[str]] | None = None
         self._read_rows = 0
         self._face_row: np.ndarray | None = None
+        self._read_of: np.ndarray | None = None          # per face row its read row (None: the same)
+        self._descriptors: Descriptors | None = None    # the ones read_faces gave (predict knows them)
 
     def __enter__(self) -> RayReducer:
         return self
@@ -273,6 +307,10 @@ class RayReducer:
         """The highest peak RSS any task or actor process reported (GiB)."""
         return max(self.process_peaks.values(), default=0.0)
 
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """The read rows (what the shards are labelled by) of face rows `rows`."""
+        return rows if self._read_of is None else self._read_of[rows]
+
     def _seen(self, where: tuple[str, float, int]) -> None:
         node, rss, pid = where
         self.work[node] += 1
@@ -280,19 +318,23 @@ class RayReducer:
 
     def read_faces(self, store: Store, columns: Sequence[str], embeddings: bool = True) -> Faces:
         """`embeddings.read_faces` (the same rows, in the same order), remembering which parts
-        were read: `build` fills the shards from the same ones. Without `embeddings` the Faces
-        hold none (None): `vectors` and `embedding_chunks` give them."""
+        were read: `build` fills the shards from the same ones. Without `embeddings` the driver
+        reads no descriptors: the Faces hold `Descriptors`, fetched from the shards by row (a
+        digest streams them from the parts again)."""
         rels = parts(store, FACES_DIR)
         faces = read_faces(store, columns, embeddings=embeddings, rels=rels, drop_repeated=False)
-        if not embeddings:
-            faces.embeddings = None
         self._source, self._read_rows = (store.root, rels), len(faces)
         keep = first_rows(faces.face_ids)
-        self._face_row = None
+        self._face_row, self._read_of = None, keep
         if keep is not None:      # rare: a part written twice; its repeats are no faces
             self._face_row = np.full(len(faces), -1, np.int64)
             self._face_row[keep] = np.arange(len(keep))
-            faces = faces.take(keep)
+            faces = faces.take(keep) if embeddings else Faces(faces.meta.take(keep), None)
+        if not embeddings:
+            keep = None if self._face_row is None else self._face_row >= 0
+            faces.embeddings = Descriptors(len(faces), self.vectors,
+                                           stream=partial(_part_descriptors, store.root, rels, keep))
+        self._descriptors = faces.embeddings if not embeddings else None
         return faces
 
     def build(self) -> None:
@@ -369,6 +411,9 @@ class RayReducer:
         if self._pending:
             self._start_shards()
         vectors = np.ascontiguousarray(vectors, np.float32).reshape(-1, EMBEDDING_DIM)
+        if len(vectors) > QUERY_ROWS:     # each vector's answer is its own: asked a chunk at a time
+            got = [self.query(vectors[lo:lo + QUERY_ROWS], k, ef) for lo in range(0, len(vectors), QUERY_ROWS)]
+            return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
         k = min(k, self._live)
         if k <= 0 or len(vectors) == 0:
             return np.empty((len(vectors), max(k, 0)), np.int64), np.empty((len(vectors), max(k, 0)), np.float32)
@@ -393,42 +438,10 @@ class RayReducer:
         if self._pending:
             self._start_shards()
         rows = np.asarray(rows, np.int64)
-        out = np.empty((len(rows), EMBEDDING_DIM), np.float32)
         if len(rows) == 0:
-            return out
-        read = rows if self._face_row is None else np.flatnonzero(self._face_row >= 0)[rows]
-        want, back = np.unique(read, return_inverse=True)
-        got_x = np.empty((len(want), EMBEDDING_DIM), np.float32)
-        found = 0
-        for got, vec in ray.get([s.vectors.remote(want) for s in self._actors]):
-            got_x[np.searchsorted(want, got)] = vec
-            found += len(got)
-        if found != len(want):
-            raise ReduceError(f"the shards hold {found} of the {len(want)} faces asked for")
-        out[:] = got_x[back]
-        return out
-
-    def embedding_chunks(self) -> saved.Chunks:
-        """The descriptors of the faces `read_faces` gave, in face-row order, as chunks read
-        again from the same parts on each pass (one batch held at a time): what a digest of
-        them needs, without the matrix."""
-        if self._source is None:
-            raise ReduceError("RayReducer.embedding_chunks: read_faces first")
-        root, rels = self._source
-        keep = None if self._face_row is None else self._face_row >= 0
-
-        def chunks() -> Iterable[np.ndarray]:
-            store, row = open_store(root), 0
-            for rel in rels:
-                for b in part_batches(store, rel, ["embedding"]):
-                    x = batch_embeddings(b.column(0))
-                    if keep is not None:
-                        x = x[keep[row:row + len(x)]]
-                    row += b.num_rows
-                    yield x
-
-        live = self._read_rows if keep is None else int(keep.sum())
-        return saved.Chunks((live, EMBEDDING_DIM), np.float32, chunks)
+            return np.empty((0, EMBEDDING_DIM), np.float32)
+        want, back = np.unique(self._read(rows), return_inverse=True)
+        return _from_shards(want, self._actors)[back]
 
     def knn_graph(self, embeddings: np.ndarray, rows: np.ndarray, n: int, k: int, max_dist: float = np.inf,
                   ef: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -436,7 +449,7 @@ class RayReducer:
         are theirs): edges between positions in `rows`."""
         at = np.full(n + 1, -1, np.int64)    # face row -> position in rows; the trailing -1: "no face"
         at[rows] = np.arange(len(rows))
-        return knn_graph(self, embeddings, at, k, max_dist, ef)
+        return knn_graph(self, embeddings, at, k, max_dist, ef, chunk=QUERY_ROWS)
 
     def agglomerate(self, x: np.ndarray, eu: np.ndarray, ev: np.ndarray, threshold: float, max_rounds: int = 100_000,
                     must_link: np.ndarray | None = None, cannot_link: np.ndarray | None = None,
@@ -450,7 +463,7 @@ class RayReducer:
         if rows is None or self._pending or not self._actors:
             return pt.split_agglomerate(x, eu, ev, threshold, max_rounds, must_link, cannot_link, pair_margin,
                                         link_weight, groups=self.workers, run=self._run_parts)
-        read = rows if self._face_row is None else np.flatnonzero(self._face_row >= 0)[rows]
+        read = self._read(rows)
         return pt.split_agglomerate(x, eu, ev, threshold, max_rounds, must_link, cannot_link, pair_margin,
                                     link_weight, groups=self.workers, carry=lambda r: read[r],
                                     run=lambda jobs: self._run_parts(jobs, fetch=True, transform=transform))
@@ -492,19 +505,27 @@ class RayReducer:
                 ) -> tuple[np.ndarray, np.ndarray]:
         """clf.predict(x, forbidden, transform) in tasks of PREDICT_ROWS rows (predictions are
         per row; `transform`, e.g. the metric head, is applied in the tasks). At most two tasks
-        per worker are in flight: the rows sent to the object store are a window, not all of x."""
+        per worker are in flight: the rows sent to the object store are a window, not all of x.
+        When x is the Descriptors `read_faces` gave, the tasks fetch their rows from the shards:
+        the driver sends row numbers only."""
         if len(x) == 0:
             return clf.predict(x, forbidden, transform)
         model, fn = ray.put(clf), ray.put(transform)
+        own = self._descriptors is not None and x is self._descriptors
+        if own and self._pending:
+            self._start_shards()
         starts = list(range(0, len(x), PREDICT_ROWS))
         label, prob = np.empty(len(x), object), np.empty(len(x), np.float32)
         running: dict = {}
         while starts or running:
             while starts and len(running) < 2 * self.workers:
                 lo = starts.pop(0)
-                running[_predict.options(scheduling_strategy="SPREAD").remote(
-                    model, x[lo:lo + PREDICT_ROWS],
-                    {r - lo: v for r, v in forbidden.items() if lo <= r < lo + PREDICT_ROWS}, fn)] = lo
+                hi = min(lo + PREDICT_ROWS, len(x))
+                mine = {r - lo: v for r, v in forbidden.items() if lo <= r < hi}
+                opts = dict(scheduling_strategy="SPREAD")
+                running[_predict_rows.options(**opts).remote(model, self._read(np.arange(lo, hi)), self._actors,
+                                                             mine, fn) if own else
+                        _predict.options(**opts).remote(model, x[lo:hi], mine, fn)] = lo
             done, _ = ray.wait(list(running), num_returns=1)
             lo = running.pop(done[0])
             p, q, where = ray.get(done[0])
