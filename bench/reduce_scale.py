@@ -2,7 +2,8 @@
 
     nice -n 5 .venv/bin/python -m bench.reduce_scale [--faces 1000000] [--people 100000] [--out /tmp/scale_out] [--json]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 1000000 --nightly [--json]
-        [--ray [--workers N] [--shards N] [--replicas R] [--probe P] [--label-people N]] [--ray-only]
+        [--ray [--workers N] [--shards N] [--replicas R] [--probe P] [--label-people N] [--spill-rows N]]
+        [--ray-only]
     nice -n 5 .venv/bin/python -m bench.reduce_scale --faces 200000 --people 20000 --part-rows 10000 --service [--json]
 
 Descriptors are drawn like dlib's on real photos: people's centres spread over a few dominant
@@ -29,7 +30,8 @@ actors built, kNN graph over the shards, clustering in parallel parts), knn_reca
 sharded search against exact search (same 1,000 queries), agreement_f (pairwise F between the
 Ray path's clusters and the single-process ones, at this N; `agreement_f_at_1m` at N = 1M) and
 max_process_peak_rss_gib (the driver and every Ray worker that did reducer work; each one's
-too); then per-person SVMs for --label-people people trained in one process and in Ray tasks,
+too; ray_merge_own_peak_gib: the clustering tasks' own memory, without the page cache of
+descriptors a task over --spill-rows faces maps from disk); then per-person SVMs for --label-people people trained in one process and in Ray tasks,
 and every face named both ways (seconds, how far the models differ, share of equal labels).
 --ray-only runs the Ray path alone against the single-process index and clusters
 (OUT/reference_clusters.parquet) that an earlier run without it left in --out: at 1M the
@@ -357,6 +359,8 @@ def main() -> None:
                          "head of --workers CPUs (one shard each)")
     ap.add_argument("--repeats", type=int, default=3, help="--service: fresh-process searches per way (median)")
     ap.add_argument("--part-rows", type=int, default=PART_ROWS, help="faces per faces/ part written")
+    ap.add_argument("--spill-rows", type=int, default=None,
+                    help="--ray: clustering tasks of more faces map their descriptors from local disk")
     args = ap.parse_args()
     if args.no_reference and (not args.ray or args.ray_only):
         ap.error("--no-reference goes with --ray (and not --ray-only, which compares with a reference)")
@@ -529,6 +533,8 @@ def ray_path(args, store, fi, cid_single: np.ndarray | None, q: np.ndarray | Non
     opts = {k: v for k, v in (("replicas", args.replicas), ("probe", args.probe)) if v is not None}
     fresh = reset_peak_rss()     # the driver's peak from here on (it still holds the saved index, as reduce's does)
     with rr.RayReducer(workers=args.workers, shards=args.shards, **opts) as eng:
+        if args.spill_rows is not None:
+            eng.spill_rows = args.spill_rows
         t0 = time.perf_counter()
         faces = eng.read_faces(store, META_COLUMNS, embeddings=False)   # as `facejob reduce` does on Ray
         t_read = time.perf_counter() - t0
@@ -550,10 +556,11 @@ def ray_path(args, store, fi, cid_single: np.ndarray | None, q: np.ndarray | Non
         agree = None if cid_single is None else pairwise_f(cid_single, cid)[2]
         driver = image_rss_gib() if fresh else rss_gib()
         workers = sorted(eng.process_peaks.values(), reverse=True)
+        merge_own = max(eng.process_own_peaks.values(), default=None)    # without mapped descriptors
         peak = max(driver, eng.peak_rss_gib)
         svm = svm_side_by_side(eng, faces.embeddings, truth, cid, args.label_people, say) if args.label_people else {}
         shards, nodes, part_rows = eng.shard_count, len(eng.work), eng.part_rows
-        replicas, probe = eng.replicas, eng.probe
+        replicas, probe, spill_rows = eng.replicas, eng.probe, eng.spill_rows
     _, _, f_truth = pairwise_f(truth, cid)
     say(f"ray ({args.workers} workers, {shards} shards, each face in {replicas} cells, queries visit {probe}): "
         f"read {t_read:.1f} s, shards built {t_shards:.1f} s, kNN graph {s.timings['knn_s']:.1f} s, "
@@ -562,14 +569,17 @@ def ray_path(args, store, fi, cid_single: np.ndarray | None, q: np.ndarray | Non
         + ("" if agree is None else f"clusters agree with single-process: pairwise F {agree:.4f} ")
         + f"(vs truth {f_truth:.4f}); max process peak RSS {peak:.2f} GiB (driver {driver:.2f}, "
         f"{len(workers)} Ray worker processes {[round(w, 2) for w in workers]}); {nodes} node(s); clustering "
-        f"tasks of {part_rows} rows")
+        f"tasks of {part_rows} rows (own memory at most {merge_own or 0:.2f} GiB; tasks over {spill_rows:,} rows "
+        f"map their descriptors from disk)")
     out = {"ray_read_s": round(t_read, 1), "ray_shards_build_s": round(t_shards, 1),
            "ray_knn_graph_s": s.timings["knn_s"], "ray_merge_s": s.timings["merge_s"],
            "ray_cluster_s": round(t_cluster, 1),
            "knn_recall_at_10": None if recall is None else round(recall, 4),
            "agreement_f": None if agree is None else round(agree, 4), "agreement_at_faces": len(faces), "ray_pairwise_f": round(f_truth, 4),
            "max_process_peak_rss_gib": round(peak, 2), "ray_driver_peak_rss_gib": round(driver, 2),
-           "ray_worker_peak_rss_gib": [round(w, 2) for w in workers], "shards": shards, "replicas": replicas,
+           "ray_worker_peak_rss_gib": [round(w, 2) for w in workers],
+           "ray_merge_own_peak_gib": None if merge_own is None else round(merge_own, 2),
+           "spill_rows": spill_rows, "shards": shards, "replicas": replicas,
            "probe": probe,
            "cluster_task_rows": part_rows, **svm}
     if len(faces) == 1_000_000 and agree is not None:

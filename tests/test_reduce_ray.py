@@ -136,6 +136,8 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
     face once, its repeat in no shard) and the exact nearest ones at this size, and the cluster
     step over them writes the single-process clusters."""
     import shutil
+    import tempfile
+    from pathlib import Path
 
     import pyarrow.parquet as pq
 
@@ -182,8 +184,12 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
         got_names = eng.predict(clf, lazy.embeddings, {1: {f"p{who[1]}"}})
         assert not fetched and (got_names[0] == want[0]).all() and len(set(want[0])) > 5
         np.testing.assert_allclose(got_names[1], want[1], rtol=1e-5)
+        eng.spill_rows = 100      # the large part's task maps its descriptors from a file (removed after)
         s = cluster(LocalStore(par), faces=got, engine=eng)
-        shards, tasks = eng.shard_count, sum(eng.work.values())
+        shards, tasks, part_rows = eng.shard_count, sum(eng.work.values()), eng.part_rows
+        own = list(eng.process_own_peaks.values())
+    assert max(part_rows) > 100 and not list(Path(tempfile.gettempdir()).glob("facejob-merge-*"))
+    assert own and all(0 < o < 2 for o in own)     # the clustering tasks' own memory was watched
     assert shards == 3 and tasks >= 2 * 9 + 3      # a sample and a route task per part; the shards built
     assert rows.shape == (len(q), 10) and (rows >= 0).all() and (rows < 1200).all()
     assert all(len(set(r)) == 10 for r in rows.tolist())

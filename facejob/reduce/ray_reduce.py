@@ -31,6 +31,9 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import tempfile
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import partial
@@ -45,7 +48,7 @@ from facejob.io.storage import Store, open_store
 
 from . import partition as pt
 from . import svm as lb
-from .embeddings import BATCH_ROWS, Descriptors, Faces, batch_embeddings, first_rows, open_part, part_batches, parts, read_faces
+from .embeddings import BATCH_ROWS, FETCH_ROWS, Descriptors, Faces, batch_embeddings, first_rows, open_part, part_batches, parts, read_faces
 from .errors import ReduceError
 from .graph import knn_graph
 from . import shard_index as si
@@ -62,16 +65,42 @@ SAMPLE_ROWS = 50_000    # descriptors the coarse k-means is fitted on, drawn acr
 # Faces the kNN graph asks the shards about at a time: each chunk's descriptors are fetched, copied
 # per probed shard and sent (~6 KiB a row on the driver while it is out), 100k rows cost ~0.5 GiB.
 QUERY_ROWS = 20_000
+SPILL_ROWS = 1_000_000   # a clustering part of more faces maps their descriptors from local disk
 
 
-def _here() -> tuple[str, float, int]:
-    """(this process's Ray node id, its peak RSS in GiB, its pid)."""
+# Where a task or actor call ran: (Ray node id, the process's peak RSS in GiB, its pid, its peak
+# anonymous RSS in GiB or None), for `RayReducer.work` and its peaks.
+Where = tuple[str, float, int, "float | None"]
+
+
+def _here() -> Where:
+    """Where this call runs (the peak anonymous RSS since `_watch_own_memory`, else None)."""
     return (ray.get_runtime_context().get_node_id(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            os.getpid())
+            os.getpid(), _own_peak[0])
+
+
+_own_peak: list[float | None] = [None]
+
+
+def _watch_own_memory() -> None:
+    """Track this process's peak anonymous RSS from now on (Linux; a thread reads it every 50 ms):
+    its own memory, without the page cache of files it maps, which the peak RSS counts too."""
+    if _own_peak[0] is not None or not os.path.exists("/proc/self/status"):
+        return
+    _own_peak[0] = 0.0
+
+    def watch() -> None:
+        while True:
+            with open("/proc/self/status") as f:
+                kib = next((int(ln.split()[1]) for ln in f if ln.startswith("RssAnon:")), 0)
+            _own_peak[0] = max(_own_peak[0], kib / 2**20)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 @ray.remote
-def _sample_part(root: str, rel: str, want: int, seed: int) -> tuple[int, np.ndarray, tuple[str, float, int]]:
+def _sample_part(root: str, rel: str, want: int, seed: int) -> tuple[int, np.ndarray, Where]:
     """(the part's rows, up to `want` of its descriptors drawn with `seed`): the k-means
     sample, read one batch at a time."""
     f = open_part(open_store(root), rel)
@@ -88,7 +117,7 @@ def _sample_part(root: str, rel: str, want: int, seed: int) -> tuple[int, np.nda
 
 @ray.remote
 def _route_part(root: str, rel: str, first: int, centroids: np.ndarray, replicas: int,
-                shards: list) -> tuple[int, tuple[str, float, int]]:
+                shards: list) -> tuple[int, Where]:
     """Send the part's descriptors to the shards of their `replicas` nearest cells, batch by
     batch (face rows from `first` on); its rows. A batch is sent once the last one is stored:
     the task holds one batch, whatever the part's size."""
@@ -127,7 +156,7 @@ class _Shard:
         # Copies: the sent arrays live in the object store, which may then let them go.
         self.batches.append((np.array(vectors, np.float32), np.array(rows, np.int64), np.array(home, bool)))
 
-    def seal(self, skip: np.ndarray) -> tuple[str, float, int]:
+    def seal(self, skip: np.ndarray) -> Where:
         """Build the index over the faces received, less the rows `skip` (repeated faces)."""
         rows = np.concatenate([b[1] for b in self.batches]) if self.batches else np.empty(0, np.int64)
         vectors = (np.concatenate([b[0] for b in self.batches]) if self.batches
@@ -146,7 +175,7 @@ class _Shard:
         self.live = len(order)
         return _here()
 
-    def query(self, vectors: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
+    def query(self, vectors: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray, Where]:
         """The k nearest faces (rows) of each vector among this shard's, and their distances."""
         k = min(k, self.live)
         if k == 0 or len(vectors) == 0:
@@ -168,14 +197,14 @@ class _Shard:
         """The read rows stored here, label order."""
         return self.rows
 
-    def save(self, root: str, rel: str) -> tuple[str, float, int]:
+    def save(self, root: str, rel: str) -> Where:
         """This shard's graph to OUT/rel (whole or not at all)."""
         save_graph(open_store(root), rel, self.index)
         return _here()
 
 
 @ray.remote
-def _cluster_part(job: tuple) -> tuple[np.ndarray, int, tuple[str, float, int]]:
+def _cluster_part(job: tuple) -> tuple[np.ndarray, int, Where]:
     return (*pt.run_part(job), _here())
 
 
@@ -193,30 +222,46 @@ def _from_shards(rows: np.ndarray, shards: list) -> np.ndarray:
 
 
 @ray.remote
-def _cluster_part_of_shards(job: tuple, shards: list, transform) -> tuple[np.ndarray, int, tuple[str, float, int]]:
+def _cluster_part_of_shards(job: tuple, shards: list, transform,
+                            spill_rows: int) -> tuple[np.ndarray, int, Where]:
     """`_cluster_part` of a job that carries read rows (sorted) in place of descriptors: they
-    come from the shards and go through `transform` (the metric head, or None) here."""
-    x = _from_shards(job[0], shards)
-    if transform is not None:
-        x = transform(x)
-    return (*pt.run_part((x, *job[1:])), _here())
+    come from the shards, FETCH_ROWS at a time, and go through `transform` (the metric head, or
+    None) here. A part of more than `spill_rows` faces keeps them in a file on the node's local
+    disk, memory-mapped (the merge only reads them): a giant component's descriptors (10M
+    faces: 4.8 GiB) are then page cache the kernel can drop, not the task's own memory."""
+    _watch_own_memory()
+    rows = job[0]
+    with tempfile.TemporaryDirectory(prefix="facejob-merge-") as tmp:
+        spill = len(rows) > spill_rows
+        x = (np.lib.format.open_memmap(os.path.join(tmp, "x.npy"), "w+", np.float32, (len(rows), EMBEDDING_DIM))
+             if spill else np.empty((len(rows), EMBEDDING_DIM), np.float32))
+        for lo in range(0, len(rows), FETCH_ROWS):
+            got = _from_shards(rows[lo:lo + FETCH_ROWS], shards)
+            x[lo:lo + len(got)] = got if transform is None else transform(got)
+        if spill:
+            x.flush()
+            del x
+            x = np.load(os.path.join(tmp, "x.npy"), mmap_mode="r")
+        result = pt.run_part((x, *job[1:]))
+        del x        # unmapped before its file goes
+    return (*result, _here())
 
 
 @ray.remote
 def _fit_classes(x: np.ndarray, y: np.ndarray, first: int, end: int, C: float,
-                 seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
+                 seed: int) -> tuple[np.ndarray, np.ndarray, Where]:
     return (*lb.fit_classes(x, y, first, end, C, seed), _here())
 
 
 @ray.remote
 def _predict(clf, x: np.ndarray, forbidden: dict[int, set[str]],
-             transform) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
+             transform) -> tuple[np.ndarray, np.ndarray, Where]:
     return (*clf.predict(x, forbidden, transform), _here())
 
 
 @ray.remote
 def _predict_rows(clf, rows: np.ndarray, shards: list, forbidden: dict[int, set[str]],
-                  transform) -> tuple[np.ndarray, np.ndarray, tuple[str, float, int]]:
+                  transform) -> tuple[np.ndarray, np.ndarray, Where]:
     """`_predict` of read rows (sorted) whose descriptors the task fetches from the shards."""
     return (*clf.predict(_from_shards(rows, shards), forbidden, transform), _here())
 
@@ -259,7 +304,10 @@ class RayReducer:
     """The reducer's heavy parts on a Ray cluster (see the module doc). Use as a context
     manager: the shard actors end with it. `work` counts the tasks and actors per node id,
     `process_peaks` holds each of their processes' peak RSS in GiB ((node id, pid) -> GiB),
-    `peak_rss_gib` the highest, `part_rows` the rows of each clustering task of the last clustering.
+    `peak_rss_gib` the highest, `process_own_peaks` the peak anonymous RSS (without mapped files'
+    page cache) of the processes that ran clustering tasks, `part_rows` the rows of each
+    clustering task of the last clustering;
+    `spill_rows`: a clustering task of more faces maps their descriptors from local disk.
     In order: `read_faces`, `build`, then `save_index`, `query`, `knn_graph`, `agglomerate` (the
     shards hold what `read_faces` read), `fit_svms`, `predict`."""
 
@@ -270,8 +318,10 @@ class RayReducer:
         self.workers = workers or cpus
         self.shards = shards or self.workers
         self.params, self.replicas, self.probe = params, replicas, probe
+        self.spill_rows = SPILL_ROWS
         self.work: Counter[str] = Counter()
         self.process_peaks: dict[tuple[str, int], float] = {}
+        self.process_own_peaks: dict[tuple[str, int], float] = {}
         self.part_rows: list[int] = []
         self._actors: list = []
         self._centroids: np.ndarray | None = None
@@ -311,10 +361,12 @@ class RayReducer:
         """The read rows (what the shards are labelled by) of face rows `rows`."""
         return rows if self._read_of is None else self._read_of[rows]
 
-    def _seen(self, where: tuple[str, float, int]) -> None:
-        node, rss, pid = where
+    def _seen(self, where: Where) -> None:
+        node, rss, pid, own = where
         self.work[node] += 1
         self.process_peaks[node, pid] = max(self.process_peaks.get((node, pid), 0.0), rss)
+        if own is not None:
+            self.process_own_peaks[node, pid] = max(self.process_own_peaks.get((node, pid), 0.0), own)
 
     def read_faces(self, store: Store, columns: Sequence[str], embeddings: bool = True) -> Faces:
         """`embeddings.read_faces` (the same rows, in the same order), remembering which parts
@@ -476,7 +528,7 @@ class RayReducer:
         opts = dict(scheduling_strategy="SPREAD")
         if fetch:
             fn = ray.put(transform)
-            refs = [_cluster_part_of_shards.options(**opts).remote(j, self._actors, fn) for j in jobs]
+            refs = [_cluster_part_of_shards.options(**opts).remote(j, self._actors, fn, self.spill_rows) for j in jobs]
         else:
             refs = [_cluster_part.options(**opts).remote(j) for j in jobs]
         out = []
