@@ -273,7 +273,10 @@ def _end_head(head: subprocess.Popen) -> None:
     import signal
 
     # SIGKILL to its process group (it and what it started): on SIGTERM `ray start --block` can hang.
-    os.killpg(head.pid, signal.SIGKILL)
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:     # it ended already (a head that failed to start): its log says why
+        pass
     head.wait()
 
 

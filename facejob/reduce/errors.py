@@ -10,8 +10,6 @@ import numpy as np
 
 from facejob.config import ConfigError
 
-from .saved import Chunks
-
 
 class ReduceError(RuntimeError):
     """The reducer cannot do what was asked; the message says why and what to do."""
@@ -52,6 +50,8 @@ def check_rows(owner: str, name: str, x: Any, width: int | None = None) -> np.nd
     returned unconverted, so the estimators compute exactly what the functions they wrap do.
     Descriptors held elsewhere (a `saved.Chunks` read by row, e.g. embeddings.Descriptors) are
     checked by their shape alone: reading them all here is what they exist to avoid."""
+    from .saved import Chunks    # here, not at the top: it imports pyarrow, which `facejob --help` must not
+
     if isinstance(x, Chunks):
         if len(x.shape) != 2 or (width is not None and x.shape[1] != width):
             raise ValueError(f"{owner}: {name} must have {width or 'd'} columns, got shape {x.shape}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import time
 import zlib
 
 import hnswlib
@@ -273,17 +274,33 @@ def _running(store: Store) -> list[str]:
                   if a["namespace"] == NAMESPACE and a["name"].startswith(prefix))
 
 
+STOP_WAIT_S = 60    # how long `stop` waits for killed shards to end
+
+
 def stop(out: str | Store, address: str | None = None) -> int:
     """End the search service of OUT (its shard actors) on the Ray at `address`; how many ended."""
     store = open_store(out)
     if address is not None:
         start_ray(address, 0)
     names = _running(store)
+    ended = []
     for name in names:
         try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+            handle = ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:      # ended meanwhile (another --stop)
-            pass
+            continue
+        ray.kill(handle, no_restart=True)
+        ended.append(handle)
+    # ray.kill returns before the actor is gone (a busy box answers a call or two after it):
+    # "stopped" means no shard answers any more.
+    deadline = time.monotonic() + STOP_WAIT_S
+    for handle in ended:
+        while time.monotonic() < deadline:
+            try:
+                ray.get(handle.info.remote(), timeout=STOP_WAIT_S)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                break
+            time.sleep(0.1)
     return len(names)
 
 
