@@ -67,8 +67,9 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
           engine: RayReducer | None = None) -> DedupSummary:
     """Find byte-identical and near-duplicate photos → OUT/duplicates.parquet. An `engine`
     (facejob.reduce.ray_reduce.RayReducer, built over `faces`) searches its shards and gives
-    the descriptors (`faces.embeddings` may be None then), no `fi` needed: the single-process
-    result wherever both searches find the exact nearest faces (as at test sizes)."""
+    the descriptors (`faces.embeddings` may be its Descriptors or None then), no `fi` needed:
+    the single-process result wherever both searches find the exact nearest faces (as at test
+    sizes)."""
     store = _store(out)
     images = read_images(store, ["uri", "sha256", "size", "width", "height", "status"], optional=["phash"])
     if engine is None:
