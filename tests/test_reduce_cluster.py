@@ -141,6 +141,26 @@ def test_merges_and_splits_are_recorded(tmp_path, data_dir):
     assert sum(e["event"] == "merge" for e in ev) == s2.merges
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_canonical_edges_by_ranges_equal_all_at_once(dtype):
+    """Deduplicated a range of smaller ends at a time (chunks forced small): the same edges, in
+    the same order, each with the distance it was first found with, as all at once."""
+    rng = np.random.default_rng(5)
+    n = 500
+    i = rng.integers(0, n, 20_000).astype(dtype)
+    j = np.where(rng.random(20_000) < 0.05, i, rng.integers(0, n, 20_000)).astype(dtype)   # self-loops too
+    i, j = np.concatenate([i, j[:5000]]), np.concatenate([j, i[:5000]])     # edges found both ways
+    d = rng.random(len(i)).astype(np.float32)
+    a, b = np.minimum(i, j), np.maximum(i, j)
+    key = a[a != b].astype(np.int64) * n + b[a != b]
+    want_key, first = np.unique(key, return_index=True)
+    want = (want_key // n, want_key % n, d[a != b][first])
+    for chunk in (len(i) * 2, 1000, 37, 1):
+        got = canonical_edges(i, j, d, n, chunk=chunk)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want)), chunk
+    assert len(want[0]) < (a != b).sum()      # duplicates were there to drop
+
+
 def test_assign_ids_rules():
     prev = np.array([0, 0, 0, 1, 1, 2, 2, 2, -1, -1])
     # new clusters: {0,1,3,4} merges old 0 and 1; {2} splits off old 0; {5,6,7,8} keeps 2 and adds a new face; {9} new

@@ -33,15 +33,43 @@ def knn_graph(fi: FaceIndex, embeddings: np.ndarray, rows_of_label: np.ndarray, 
         i = np.broadcast_to(np.arange(lo, hi)[:, None], j.shape)
         keep = (j >= 0) & (j != i) & (d <= max_dist)
         src.append(i[keep].astype(idx)); dst.append(j[keep].astype(idx)); dist.append(d[keep])
-    return canonical_edges(np.concatenate(src) if src else np.empty(0, idx),
-                           np.concatenate(dst) if dst else np.empty(0, idx),
-                           np.concatenate(dist) if dist else np.empty(0, np.float32), n)
+    # One array at a time, each list freed as its array is made: the edges are held about once.
+    i = np.concatenate(src) if src else np.empty(0, idx)
+    del src
+    j = np.concatenate(dst) if dst else np.empty(0, idx)
+    del dst
+    d = np.concatenate(dist) if dist else np.empty(0, np.float32)
+    del dist
+    return canonical_edges(i, j, d, n)
 
 
-def canonical_edges(i: np.ndarray, j: np.ndarray, d: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Edges as (min, max) pairs, self-loops dropped, each pair once (sorted by pair)."""
+EDGE_CHUNK = 1 << 24    # edges deduplicated at a time by `canonical_edges` (~0.5 GiB of temporaries)
+
+
+def canonical_edges(i: np.ndarray, j: np.ndarray, d: np.ndarray, n: int,
+                    chunk: int = EDGE_CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges as (min, max) pairs, self-loops dropped, each pair once (sorted by pair; an edge
+    found twice keeps the distance it was first found with).
+
+    Every copy of an edge has the same smaller end, so ranges of smaller ends holding about
+    `chunk` edges are deduplicated one at a time and come out in order: the temporaries are
+    those of one range, not of all edges (10M faces' graph: ~100M edges found)."""
     a, b = np.minimum(i, j), np.maximum(i, j)
     keep = a != b
-    key = a[keep].astype(np.int64) * n + b[keep]      # int64 whatever the rows' type: no overflow
-    key, first = np.unique(key, return_index=True)
-    return key // n, key % n, d[keep][first].astype(np.float32)
+    if not keep.all():
+        a, b, d = a[keep], b[keep], d[keep]
+    del keep
+    if len(a) <= chunk:
+        bounds = [0, n]
+    else:       # cut the smaller ends where the running count of edges passes each multiple of chunk
+        ends = np.cumsum(np.bincount(a, minlength=n))
+        bounds = [0, *np.unique(np.searchsorted(ends, np.arange(chunk, len(a), chunk), side="right")).tolist(), n]
+    us, vs, ds = [], [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        sel = np.flatnonzero((a >= lo) & (a < hi)) if len(bounds) > 2 else slice(None)
+        key = a[sel].astype(np.int64) * n + b[sel]      # int64 whatever the rows' type: no overflow
+        key, first = np.unique(key, return_index=True)
+        us.append(key // n)
+        vs.append(key % n)
+        ds.append(d[sel][first].astype(np.float32))
+    return np.concatenate(us), np.concatenate(vs), np.concatenate(ds)
