@@ -49,6 +49,25 @@ def test_split_clustering_is_exactly_the_single_process_one(seed, link_weight):
     assert len(np.unique(want)) < len(x) / 2   # and it did cluster
 
 
+def test_components_name_each_part_by_its_smallest_row():
+    """partition.components (scipy's sparse connected components) gives what the label-propagation
+    of linkage._components gives: on random graphs with repeated edges, int32 or int64 ends and
+    must-link pairs; a row without edges is its own component."""
+    from facejob.reduce.linkage import _components
+
+    rng = np.random.default_rng(7)
+    for t in range(60):
+        n, m = int(rng.integers(1, 300)), int(rng.integers(0, 400))
+        eu, ev = rng.integers(0, n, m), rng.integers(0, n, m)
+        eu, ev = np.concatenate([eu, np.repeat(eu[:2], 300)]), np.concatenate([ev, np.repeat(ev[:2], 300)])
+        if t % 2:
+            eu, ev = eu.astype(np.int32), ev.astype(np.int32)
+        must = rng.integers(0, n, (int(rng.integers(0, 5)), 2))
+        want = _components(np.concatenate([np.stack([eu, ev], 1).astype(np.int64), must]), n)
+        np.testing.assert_array_equal(pt.components(n, eu, ev, must), want)
+    assert np.array_equal(pt.components(4, np.array([2]), np.array([3])), [0, 1, 2, 2])
+
+
 def test_cutting_edges_over_the_threshold_is_not_exact():
     """Why the split is by components of the whole candidate graph, not of its edges under the
     threshold: the linkage averages over every pair, also pairs the graph does not hold, so an

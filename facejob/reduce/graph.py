@@ -32,15 +32,16 @@ def knn_graph(fi: FaceIndex, embeddings: np.ndarray, rows_of_label: np.ndarray, 
         j = rows_of_label[labels]
         i = np.broadcast_to(np.arange(lo, hi)[:, None], j.shape)
         keep = (j >= 0) & (j != i) & (d <= max_dist)
-        src.append(i[keep].astype(idx)); dst.append(j[keep].astype(idx)); dist.append(d[keep])
+        i, j = i[keep].astype(idx), j[keep].astype(idx)
+        src.append(np.minimum(i, j)); dst.append(np.maximum(i, j)); dist.append(d[keep])
     # One array at a time, each list freed as its array is made: the edges are held about once.
-    i = np.concatenate(src) if src else np.empty(0, idx)
+    a = np.concatenate(src) if src else np.empty(0, idx)
     del src
-    j = np.concatenate(dst) if dst else np.empty(0, idx)
+    b = np.concatenate(dst) if dst else np.empty(0, idx)
     del dst
     d = np.concatenate(dist) if dist else np.empty(0, np.float32)
     del dist
-    return canonical_edges(i, j, d, n)
+    return _deduplicate(a, b, d, n, EDGE_CHUNK)
 
 
 EDGE_CHUNK = 1 << 24    # edges deduplicated at a time by `canonical_edges` (~0.5 GiB of temporaries)
@@ -58,7 +59,12 @@ def canonical_edges(i: np.ndarray, j: np.ndarray, d: np.ndarray, n: int,
     keep = a != b
     if not keep.all():
         a, b, d = a[keep], b[keep], d[keep]
-    del keep
+    return _deduplicate(a, b, d, n, chunk)
+
+
+def _deduplicate(a: np.ndarray, b: np.ndarray, d: np.ndarray, n: int,
+                 chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`canonical_edges` of edges already ordered (a < b)."""
     if len(a) <= chunk:
         bounds = [0, n]
     else:       # cut the smaller ends where the running count of edges passes each multiple of chunk

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .linkage import _components, agglomerate
+from .linkage import agglomerate
 
 CHUNK = 1 << 15   # rows per distance block: (CHUNK x parts) float32 stays a few MB
 
@@ -108,11 +108,25 @@ def _sort_rows(labels: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 def components(n: int, eu: np.ndarray, ev: np.ndarray, must_link: np.ndarray | None = None) -> np.ndarray:
-    """Per row, the smallest row of its connected component over the edges and must-link pairs."""
-    pairs = [np.stack([eu, ev], 1).astype(np.int64)]
+    """Per row, the smallest row of its connected component over the edges and must-link pairs.
+
+    By scipy's connected components over a sparse graph (~5 bytes an edge: the graph of 10M
+    faces has ~70M edges), then each component named by its smallest row."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if n == 0:
+        return np.empty(0, np.int64)
+    u, v = eu, ev
     if must_link is not None and len(must_link):
-        pairs.append(np.asarray(must_link, np.int64).reshape(-1, 2))
-    return _components(np.concatenate(pairs), n)
+        m = np.asarray(must_link).reshape(-1, 2)
+        u, v = np.concatenate([eu, m[:, 0].astype(eu.dtype)]), np.concatenate([ev, m[:, 1].astype(ev.dtype)])
+    graph = coo_matrix((np.ones(len(u), bool), (u, v)), shape=(n, n)).tocsr()
+    _, comp = connected_components(graph, directed=False)
+    del graph
+    smallest = np.full(comp.max() + 1, n, np.int64)
+    np.minimum.at(smallest, comp, np.arange(n))
+    return smallest[comp]
 
 
 def group_components(comp: np.ndarray, groups: int) -> list[np.ndarray]:
