@@ -49,8 +49,8 @@ EDGE_CHUNK = 1 << 24    # edges deduplicated at a time by `canonical_edges` (~0.
 
 def canonical_edges(i: np.ndarray, j: np.ndarray, d: np.ndarray, n: int,
                     chunk: int = EDGE_CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Edges as (min, max) pairs, self-loops dropped, each pair once (sorted by pair; an edge
-    found twice keeps the distance it was first found with).
+    """Edges as (min, max) pairs of the ends' type, self-loops dropped, each pair once (sorted by
+    pair; an edge found twice keeps the distance it was first found with).
 
     Every copy of an edge has the same smaller end, so ranges of smaller ends holding about
     `chunk` edges are deduplicated one at a time and come out in order: the temporaries are
@@ -75,7 +75,7 @@ def _deduplicate(a: np.ndarray, b: np.ndarray, d: np.ndarray, n: int,
         sel = np.flatnonzero((a >= lo) & (a < hi)) if len(bounds) > 2 else slice(None)
         key = a[sel].astype(np.int64) * n + b[sel]      # int64 whatever the rows' type: no overflow
         key, first = np.unique(key, return_index=True)
-        us.append(key // n)
-        vs.append(key % n)
+        us.append((key // n).astype(a.dtype))     # the ends' own type: int32 rows stay int32
+        vs.append((key % n).astype(a.dtype))
         ds.append(d[sel][first].astype(np.float32))
     return np.concatenate(us), np.concatenate(vs), np.concatenate(ds)

@@ -160,7 +160,7 @@ def sub_problem(rows: np.ndarray, n: int, eu: np.ndarray, ev: np.ndarray,
         ok = (la >= 0) & (lb >= 0)
         return la[ok], lb[ok]
 
-    su, sv = inside(np.asarray(eu, np.int64), np.asarray(ev, np.int64))
+    su, sv = inside(np.asarray(eu), np.asarray(ev))
     pairs = []
     for p in (must_link, cannot_link):
         p = np.empty((0, 2), np.int64) if p is None or not len(p) else np.asarray(p, np.int64).reshape(-1, 2)
