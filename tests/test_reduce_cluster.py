@@ -255,3 +255,27 @@ def test_stored_labels_shape_the_clusters(data_dir, tmp_path):
     assert now[big[0]] == now[big[1]] != now[big[2]] == now[big[3]]
     assert now[b[0]] == now[c[0]]
     assert s.clusters == len({now[f] for f in now})
+
+
+def test_labels_given_to_reduce_shape_that_nights_clusters(data_dir, tmp_path):
+    """`reduce --labels` stores the labels before it clusters: the first night's clusters already
+    hold the names as constraints, so the next night, nothing changed, keeps them as they are."""
+    import json
+
+    from facejob.reduce.pipeline import reduce
+
+    out = tmp_path / "out"
+    make_out(out, photos(data_dir))
+    faces = pq.read_table(out / "faces", columns=["face_id", "uri"]).to_pylist()
+    by = collections.defaultdict(list)
+    for r in sorted(faces, key=lambda r: r["uri"]):
+        by[person(r["uri"])].append(r["face_id"])
+    named = [p for p in sorted(by) if len(by[p]) >= 3][:3]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("face_id,name\n" + "".join(f"{f},{p}\n" for p in named for f in by[p][:3]))
+    first = reduce(str(out), labels=str(csv))
+    kept = json.loads((out / "clusters.json").read_text())
+    assert first.label is not None and first.label.labelled == 9
+    second = reduce(str(out))
+    assert json.loads((out / "clusters.json").read_text()) == kept      # kept: the same inputs as the first night
+    assert second.cluster.clusters == first.cluster.clusters

@@ -27,7 +27,7 @@ from . import svm as lb
 from .clustering import above_floor
 from .embeddings import META_COLUMNS, Faces, face_shas, read_faces
 from .errors import LabelsError
-from .follow import follow
+from .follow import Followed, follow
 from .labels_input import Labelled, read_csv, read_folder, too_few
 from .linkage import _components
 from .search_index import face_model
@@ -166,19 +166,7 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
     if corrections is not None:
         corr.add(store, corrections)
     applied = corr.resolve(corr.followed(store, every, shas))
-    stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), every, shas)
-    if labels is not None:
-        stored = _combine(stored, read_labels(store, labels, every), every, shas)
-    table = _with_corrections(stored, applied, every, shas)
-    if not table.num_rows:
-        raise LabelsError(f"no labels stored in {store.root}/labels/; give some with --labels LABELS.csv "
-                          f"or name people on the report page (--corrections)")
-    # A whole cluster named on the page is a deliberate choice, even when it holds one face.
-    src = table.column("source").to_pylist()
-    given = [(n, w) for n, w in zip(table.column("name").to_pylist(), src) if w != corr.SOURCE]
-    few = too_few([n for n, _ in given], [w for _, w in given])
-    if few:
-        raise LabelsError("labels: " + "; ".join(few))
+    stored, followed, table = _checked_labels(store, labels, replace, every, shas, applied)
     write_parquet(store, LABELS_STORED, stored)
     head = refresh_metric(store, every) if metric == "learned" else lm.head_for(store, metric)
 
@@ -244,6 +232,41 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
              "below quality %.2f, which do not train)", s.people, s.labelled, s.background, s.named, s.faces,
              s.low_quality_named, s.low_quality, min_quality)
     return s
+
+
+def _checked_labels(store: Store, labels: str | Path | None, replace: bool, every: Faces, shas: pa.Array,
+                    applied: corr.Applied) -> tuple[pa.Table, Followed, pa.Table]:
+    """(the labels to store: the stored ones followed to tonight's faces plus `labels`, or only
+    those with `replace`; how the stored ones were followed; the labels training uses, with the
+    corrections' names), checked before anything is stored (LabelsError)."""
+    stored, followed = follow(LABELS_SCHEMA.empty_table() if replace else _stored_labels(store), every, shas)
+    if labels is not None:
+        stored = _combine(stored, read_labels(store, labels, every), every, shas)
+    table = _with_corrections(stored, applied, every, shas)
+    if not table.num_rows:
+        raise LabelsError(f"no labels stored in {store.root}/labels/; give some with --labels LABELS.csv "
+                          f"or name people on the report page (--corrections)")
+    # A whole cluster named on the page is a deliberate choice, even when it holds one face.
+    src = table.column("source").to_pylist()
+    given = [(n, w) for n, w in zip(table.column("name").to_pylist(), src) if w != corr.SOURCE]
+    few = too_few([n for n, _ in given], [w for _, w in given])
+    if few:
+        raise LabelsError("labels: " + "; ".join(few))
+    return stored, followed, table
+
+
+@writes_output("label")
+def add_labels(out: str | Store, labels: str | Path, faces: Faces | None = None) -> int:
+    """Check `labels` (CSV or folder tree) against OUT's faces and add them to its stored labels
+    (OUT/labels/labels.parquet) without training; how many labels are stored then. `reduce`
+    stores the labels it is given first, so tonight's metric head and clusters use them too."""
+    store = open_store(out)
+    every = faces if faces is not None else read_faces(store, META_COLUMNS)
+    shas = face_shas(store, every)
+    stored, _, _ = _checked_labels(store, labels, False, every, shas,
+                                   corr.resolve(corr.followed(store, every, shas)))
+    write_parquet(store, LABELS_STORED, stored)
+    return stored.num_rows
 
 
 SUMMARY_KEY = "facejob.summary"

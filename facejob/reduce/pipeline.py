@@ -20,7 +20,7 @@ from .clustering import ClusterSummary, cluster
 from .deduping import DedupSummary, dedup
 from .embeddings import ALL_COLUMNS, read_faces
 from .hnsw import update_index
-from .labelling import LabelSummary, label, refresh_metric, saved_label_params
+from .labelling import LabelSummary, add_labels, label, refresh_metric, saved_label_params
 
 if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
     from .ray_reduce import RayReducer
@@ -52,7 +52,8 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
 
     `corrections` (a file from the report page) is first added to the ones stored in OUT; all
     stored corrections apply to the clustering and the labels. `labels` (CSV or folder) are
-    added to the stored labels. `progress` shows the steps done. An `engine`
+    added to the stored labels first (checked: a LabelsError stores nothing), so tonight's
+    metric head and clusters use them too. `progress` shows the steps done. An `engine`
     (facejob.reduce.ray_reduce.RayReducer) reads the faces and runs the kNN graph, clustering
     and predictions on Ray; the outputs are those of the single-process path.
     """
@@ -78,7 +79,9 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
     bar.advance(1, faces=len(faces))
     steps = {"read_s": t_read, "index_s": t_index}
     t0 = time.perf_counter()
-    named = labels is not None or store.exists(LABELS_STORED) or bool(corr.resolve(corr.load(store)).names)
+    if labels is not None:      # stored before the metric head and clusters, which then use them too
+        add_labels(store, labels, faces)     # (on Ray its descriptors come from the shards, built above)
+    named = store.exists(LABELS_STORED) or bool(corr.resolve(corr.load(store)).names)
     if named and metric == "learned":
         refresh_metric(store, faces)      # before clustering, so stored labels shape tonight's clusters
     steps["metric_s"], t0 = time.perf_counter() - t0, time.perf_counter()
@@ -88,7 +91,7 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
     params = saved_label_params(store)
     if label_threshold is not None:
         params = dataclasses.replace(params, threshold=label_threshold)
-    ls = (label(store, labels, params, faces=faces, min_quality=min_quality, metric=metric, engine=engine)
+    ls = (label(store, None, params, faces=faces, min_quality=min_quality, metric=metric, engine=engine)
           if named else None)
     bar.advance(1)
     steps["label_s"], t0 = time.perf_counter() - t0, time.perf_counter()
