@@ -31,8 +31,9 @@ sharded search against exact search (same 1,000 queries), agreement_f (pairwise 
 Ray path's clusters and the single-process ones, at this N; `agreement_f_at_1m` at N = 1M) and
 max_process_peak_rss_gib (the driver and every Ray worker that did reducer work; each one's
 too; ray_merge_own_peak_gib: the clustering tasks' own memory, without the page cache of
-descriptors a task over --spill-rows faces maps from disk); then per-person SVMs for --label-people people trained in one process and in Ray tasks,
-and every face named both ways (seconds, how far the models differ, share of equal labels).
+descriptors a task over --spill-rows faces maps from disk); then per-person SVMs for
+--label-people people trained in one process and in Ray tasks, and every face named both ways
+(seconds, how far the models differ, share of equal labels).
 --ray-only runs the Ray path alone against the single-process index and clusters
 (OUT/reference_clusters.parquet) that an earlier run without it left in --out: at 1M the
 reference takes as long as the Ray path, so the two can be run (and timed) apart.

@@ -26,7 +26,7 @@ from facejob.io.storage import Store, open_store, read_parquet, write_parquet
 from . import corrections as corr
 from . import metric as lm
 from . import saved
-from .embeddings import META_COLUMNS, Descriptors, Faces, read_faces
+from .embeddings import META_COLUMNS, Faces, read_faces, take_rows
 from .graph import knn_graph
 from .hnsw import FaceIndex, update_index
 from .linkage import GraphClusterer, representatives
@@ -117,8 +117,7 @@ def cluster_faces(fi: FaceIndex | None, faces: Faces, threshold: float = CLUSTER
     agg = None
     if engine is not None:     # its tasks fetch the seeds' descriptors from its shards, not from x
         agg = partial(engine.agglomerate, rows=seed_rows, transform=None if head is None else head.apply)
-    xs = x if len(rest) == 0 else x.take(seed_rows) if isinstance(x, Descriptors) else x[seed_rows]
-    gc.fit(xs, (eu, ev), must_link=must, cannot_link=cannot, agglomerate_with=agg)
+    gc.fit(x if len(rest) == 0 else take_rows(x, seed_rows), (eu, ev), must_link=must, cannot_link=cannot, agglomerate_with=agg)
     labels = np.arange(n)
     labels[seed_rows] = seed_rows[gc.labels_]
     attached = _attach_rest(nearest, faces, x, labels, rest, seed_rows, k, applied, gc)

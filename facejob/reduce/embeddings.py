@@ -89,6 +89,11 @@ class Descriptors(Chunks):
         return Descriptors(len(self), self._fetch, self._stream, self._rows, then)
 
 
+def take_rows(x: np.ndarray | Descriptors, rows: np.ndarray) -> np.ndarray | Descriptors:
+    """x[rows]; of Descriptors a view that fetches nothing yet."""
+    return x.take(rows) if isinstance(x, Descriptors) else x[rows]
+
+
 @dataclass
 class Faces:
     """Every face of an index output, in read order (row i of `meta` is row i of `embeddings`)."""
@@ -107,9 +112,8 @@ class Faces:
 
     def take(self, rows: np.ndarray) -> Faces:
         """The faces at `rows`, in that order."""
-        e = self.embeddings
         return Faces(meta=self.meta.take(pa.array(rows)),
-                     embeddings=None if e is None else e.take(rows) if isinstance(e, Descriptors) else e[rows])
+                     embeddings=None if self.embeddings is None else take_rows(self.embeddings, rows))
 
 
 def parts(store: Store, prefix: str) -> list[str]:

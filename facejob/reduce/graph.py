@@ -10,6 +10,7 @@ QUERY_CHUNK = 100_000
 # linkage itself is exact), so near-perfect kNN recall is not needed; on LFW, ef 32 and 64 give
 # the same clusters at half the time.
 GRAPH_EF = 32
+EDGE_CHUNK = 1 << 24    # edges deduplicated at a time by `canonical_edges` (~0.5 GiB of temporaries)
 
 
 def knn_graph(fi: FaceIndex, embeddings: np.ndarray, rows_of_label: np.ndarray, k: int,
@@ -42,9 +43,6 @@ def knn_graph(fi: FaceIndex, embeddings: np.ndarray, rows_of_label: np.ndarray, 
     d = np.concatenate(dist) if dist else np.empty(0, np.float32)
     del dist
     return _deduplicate(a, b, d, n, EDGE_CHUNK)
-
-
-EDGE_CHUNK = 1 << 24    # edges deduplicated at a time by `canonical_edges` (~0.5 GiB of temporaries)
 
 
 def canonical_edges(i: np.ndarray, j: np.ndarray, d: np.ndarray, n: int,

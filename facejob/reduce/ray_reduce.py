@@ -48,7 +48,8 @@ from facejob.io.storage import Store, open_store
 
 from . import partition as pt
 from . import svm as lb
-from .embeddings import BATCH_ROWS, FETCH_ROWS, Descriptors, Faces, batch_embeddings, first_rows, open_part, part_batches, parts, read_faces
+from .embeddings import (BATCH_ROWS, FETCH_ROWS, Descriptors, Faces, batch_embeddings, first_rows, open_part,
+                         part_batches, parts, read_faces)
 from .errors import ReduceError
 from .graph import knn_graph
 from . import shard_index as si
@@ -383,9 +384,9 @@ class RayReducer:
             self._face_row[keep] = np.arange(len(keep))
             faces = faces.take(keep) if embeddings else Faces(faces.meta.take(keep), None)
         if not embeddings:
-            keep = None if self._face_row is None else self._face_row >= 0
+            first = None if self._face_row is None else self._face_row >= 0
             faces.embeddings = Descriptors(len(faces), self.vectors,
-                                           stream=partial(_part_descriptors, store.root, rels, keep))
+                                           stream=partial(_part_descriptors, store.root, rels, first))
         self._descriptors = faces.embeddings if not embeddings else None
         return faces
 
@@ -569,12 +570,12 @@ class RayReducer:
         starts = list(range(0, len(x), PREDICT_ROWS))
         label, prob = np.empty(len(x), object), np.empty(len(x), np.float32)
         running: dict = {}
+        opts = dict(scheduling_strategy="SPREAD")
         while starts or running:
             while starts and len(running) < 2 * self.workers:
                 lo = starts.pop(0)
                 hi = min(lo + PREDICT_ROWS, len(x))
                 mine = {r - lo: v for r, v in forbidden.items() if lo <= r < hi}
-                opts = dict(scheduling_strategy="SPREAD")
                 running[_predict_rows.options(**opts).remote(model, self._read(np.arange(lo, hi)), self._actors,
                                                              mine, fn) if own else
                         _predict.options(**opts).remote(model, x[lo:hi], mine, fn)] = lo
