@@ -103,6 +103,20 @@ def calibrate(c: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
     return float(s), float(sigma)
 
 
+# Where 5 landmarks sit in a 100-pixel face box (x, y per point), and how far they move between
+# two shots (sd, pixels): two shots' shapes then differ by ~0.2 (duplicates.shape_diff), copies by
+# under SHAPE_TOL 0.05.
+LANDMARKS = np.array([70, 38, 58, 39, 30, 38, 42, 39, 50, 62], np.float64)
+LANDMARK_NOISE = 1.5
+
+
+def hex_strings(rng: np.random.Generator, n: int, nbytes: int) -> pa.Array:
+    """n random strings of 2 * nbytes hex digits (ids, sha256), built without a Python loop."""
+    data = np.frombuffer(rng.bytes(n * nbytes).hex().encode(), np.uint8)
+    offsets = np.arange(0, n * 2 * nbytes + 1, 2 * nbytes, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+
+
 def schema_table(schema: pa.Schema, n: int, cols: dict) -> pa.Table:
     """`cols` as a table of `schema`, its other columns null: built from facejob's own schema, the
     archive follows it when columns are added (null = unknown, as in parts written before them)."""
@@ -112,8 +126,11 @@ def schema_table(schema: pa.Schema, n: int, cols: dict) -> pa.Table:
     return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 
 
-def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0, part_rows: int = PART_ROWS) -> np.ndarray:
-    """Write the synthetic faces/ and images/ parts; returns the true person of each face (in row order)."""
+def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0, part_rows: int = PART_ROWS,
+                  landmark_noise: float = LANDMARK_NOISE) -> np.ndarray:
+    """Write the synthetic faces/ and images/ parts; returns the true person of each face (in row order).
+    `landmark_noise`: pixels (sd) the landmarks move from photo to photo; 0 gives every face one
+    shape, so that dedup takes every pair of near faces for a possible copy."""
     rng = np.random.default_rng(seed)
     sizes = person_sizes(n_faces, n_people, rng)
     c = centres(n_people, rng)
@@ -127,14 +144,22 @@ def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0, part_ro
         size = rng.lognormal(0.0, PHOTO_SPREAD, n).astype(np.float32) / np.float32(np.exp(PHOTO_SPREAD ** 2))
         noise = rng.standard_normal((n, EMBEDDING_DIM)).astype(np.float32) * (sigma * size)[:, None]
         emb = (c[who] + noise).astype(np.float32)
-        ids = [f"{part:04d}{r:06d}" for r in range(n)]
-        uris = [f"s3://synthetic/p{w}/{part}_{r}.jpg" for r, w in enumerate(who)]
+        # Strings as long as facejob's own (face ids of 20 hex digits, sha256 of 64, archive
+        # paths), landmarks of a face (5 points, a hair apart from photo to photo) and a
+        # perceptual hash per photo: the driver's memory per face is that of a real archive's.
+        # Landmarks differ between two shots, so near faces are rarely taken for copies.
+        ids = hex_strings(rng, n, 10)
+        sha = hex_strings(rng, n, 32)
+        uris = [f"s3://archive/photos/{2000 + r % 25}/{r % 12 + 1:02d}/p{w}/IMG_{part:04d}{r:06d}.jpg"
+                for r, w in enumerate(who)]
         zeros = pa.array(np.zeros(n, np.int32))
+        marks = np.rint(LANDMARKS + rng.normal(0, landmark_noise, (n, LANDMARKS.size))).astype(np.int32)
         cols = {
-            "face_id": pa.array(ids), "uri": pa.array(uris), "sha256": pa.array(ids), "face_idx": zeros,
+            "face_id": ids, "uri": pa.array(uris), "sha256": sha, "face_idx": zeros,
             "left": zeros, "top": zeros, "right": pa.array(np.full(n, 100, np.int32)),
             "bottom": pa.array(np.full(n, 100, np.int32)), "det_score": pa.array(np.ones(n, np.float32)),
-            "landmarks": pa.array([[0] * 10] * n, pa.list_(pa.int32())),
+            "landmarks": pa.ListArray.from_arrays(pa.array(np.arange(0, marks.size + 1, LANDMARKS.size, dtype=np.int32)),
+                                                  pa.array(marks.reshape(-1))),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), EMBEDDING_DIM),
             "detector": pa.array(["synthetic"] * n), "embedder": pa.array(["synthetic"] * n),
             "shard": pa.array([f"{part:04d}"] * n),
@@ -142,9 +167,11 @@ def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0, part_ro
         write_parquet(store, f"faces/part-{part:04d}.parquet", schema_table(FACES, n, cols))
         # The images part is the commit marker: the reducer reads only faces parts that have one.
         write_parquet(store, f"images/part-{part:04d}.parquet", schema_table(IMAGES, n, {
-            "uri": pa.array(uris), "size": pa.array(np.zeros(n, np.int64)), "etag": pa.array(ids),
-            "sha256": pa.array(ids), "width": zeros, "height": zeros, "status": pa.array(["ok"] * n),
-            "n_faces": pa.array(np.ones(n, np.int32)), "shard": pa.array([f"{part:04d}"] * n)}))
+            "uri": pa.array(uris), "size": pa.array(rng.integers(1 << 20, 8 << 20, n)), "etag": ids,
+            "sha256": sha, "width": pa.array(np.full(n, 4000, np.int32)),
+            "height": pa.array(np.full(n, 3000, np.int32)), "status": pa.array(["ok"] * n),
+            "n_faces": pa.array(np.ones(n, np.int32)), "phash": pa.array(rng.integers(-2**63, 2**63 - 1, n)),
+            "shard": pa.array([f"{part:04d}"] * n)}))
     store.write_bytes("run.json", json.dumps({"config": IndexConfig().to_dict()}).encode())
     return people
 
@@ -192,8 +219,16 @@ def _child(argv: list[str]) -> None:
     if what == "reduce":
         from facejob.reduce.pipeline import reduce
 
-        s = reduce(out)
-        res = {"s": time.perf_counter() - t0, "steps": s.timings}
+        workers, shards = (int(more[0]), int(more[1])) if more else (0, 0)
+        rss = RssSampler()
+        if workers:
+            from facejob.reduce.ray_reduce import RayReducer
+
+            with RayReducer(workers=workers, shards=shards) as engine:
+                s = reduce(out, engine=engine)
+        else:
+            s = reduce(out)
+        res = {"s": time.perf_counter() - t0, "steps": s.timings, "steps_rss_gib": rss.per_step(s.timings)}
     else:
         from facejob.reduce.search_index import search_face
 
@@ -209,6 +244,33 @@ def _child(argv: list[str]) -> None:
     print(json.dumps({**res, "rss_gib": image_rss_gib()}))
 
 
+class RssSampler:
+    """This process's RSS, sampled every 0.1 s in a thread from now on: `per_step` gives the
+    peak within each step of a `reduce`, by its timings (steps in order, from when it started)."""
+
+    def __init__(self, every: float = 0.1):
+        import threading
+
+        self.t0, self.samples = time.perf_counter(), []
+        threading.Thread(target=self._run, args=(every,), daemon=True).start()
+
+    def _run(self, every: float) -> None:
+        while True:
+            with open("/proc/self/status") as f:
+                kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+            self.samples.append((time.perf_counter() - self.t0, kib / 2**20))
+            time.sleep(every)
+
+    def per_step(self, timings: dict[str, float]) -> dict[str, float]:
+        peaks, start = {}, 0.0
+        samples = list(self.samples)
+        for step, seconds in timings.items():
+            inside = [g for t, g in samples if start <= t <= start + seconds + 0.1]
+            peaks[step.removesuffix("_s")] = round(max(inside, default=0.0), 2)
+            start += seconds
+        return peaks
+
+
 def _in_child(*argv: str) -> dict:
     """What `_child` printed, and `wall_s`: the child's whole life (interpreter start, imports)."""
     t0 = time.perf_counter()
@@ -219,16 +281,18 @@ def _in_child(*argv: str) -> dict:
     return {**json.loads(r.stdout.strip().splitlines()[-1]), "wall_s": time.perf_counter() - t0}
 
 
-def nightly(out: Path, n_people: int, say) -> None:
-    """First reduce, then a rerun with nothing changed, then a cold search: one JSON line."""
+def nightly(out: Path, n_people: int, say, workers: int = 0, shards: int = 0) -> None:
+    """First reduce, then a rerun with nothing changed, then a cold search: one JSON line. With
+    `workers`, each reduce runs on a local Ray of that many CPUs (`shards` search shards)."""
     for p in out.iterdir():      # the reducer's outputs of an earlier bench run: so the first is a first reduce
         if p.name not in ("faces", "images", "run.json", "truth.npy"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     runs = {}
     for name in ("first", "nightly"):
-        runs[name] = r = _in_child("reduce", str(out))
+        runs[name] = r = _in_child("reduce", str(out), *([str(workers), str(shards)] if workers else []))
         say(f"{name} reduce: {r['s']:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in r['steps'].items())}), "
-            f"peak RSS {r['rss_gib']:.2f} GiB")
+            f"peak RSS {r['rss_gib']:.2f} GiB (by step: "
+            f"{', '.join(f'{k} {v:.2f}' for k, v in r['steps_rss_gib'].items())})")
     import pyarrow.parquet as pq
 
     face_id = pq.read_table(out / "faces/part-0000.parquet", columns=["face_id"]).column(0)[0].as_py()
@@ -239,6 +303,8 @@ def nightly(out: Path, n_people: int, say) -> None:
                       "first_steps": runs["first"]["steps"], "nightly_steps": runs["nightly"]["steps"],
                       "first_rss_gib": round(runs["first"]["rss_gib"], 2),
                       "nightly_rss_gib": round(runs["nightly"]["rss_gib"], 2),
+                      "first_steps_rss_gib": runs["first"]["steps_rss_gib"],
+                      "nightly_steps_rss_gib": runs["nightly"]["steps_rss_gib"], "ray_workers": workers,
                       "search_cold_s": round(q["s"], 2), "search_rss_gib": round(q["rss_gib"], 2)}))
 
 
@@ -386,7 +452,7 @@ def main() -> None:
     truth = np.load(out / "truth.npy")
     say(f"archive: {len(truth):,} faces of {len(np.unique(truth)):,} people, {what}")
     if args.nightly:
-        return nightly(out, args.people, say)
+        return nightly(out, args.people, say, args.workers if args.ray else 0, args.shards)
     if args.service:
         return service(out, args, say)
     store = LocalStore(out)

@@ -340,3 +340,32 @@ def test_nightly_phash_search_equals_a_full_one(tmp_path):
     want, everything = pairs(deduping._faceless_candidates(images(night)))
     assert got == want and 500 <= searched < everything / 2
     assert pairs(deduping._faceless_candidates(images(night), store)) == (want, 0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_groups_table_sets_aside_photos_in_no_group_and_equals_the_whole_archive_walk(seed):
+    """groups_table picks the grouped photos by array operations, then words their rows: the
+    same table as the per-photo walk over every photo (`_groups_of` on the whole archive), with
+    paths listed twice, photos without a sha256, identical files and near pairs chaining
+    contents (or naming contents not in the archive)."""
+    import pyarrow as pa
+
+    from facejob.reduce import duplicates as dd
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    shas = [f"{v:064x}" for v in rng.integers(0, 10**6, 300)]
+    sha = [shas[i] if rng.random() > 0.05 else None for i in rng.integers(0, len(shas), n)]
+    uri = [f"/photos/{i}.jpg" for i in rng.integers(0, 350, n)]      # some paths listed twice
+    images = pa.table({"uri": uri, "sha256": sha,
+                       "width": pa.array(rng.integers(100, 400, n), pa.int32()),
+                       "height": pa.array(rng.integers(100, 400, n), pa.int32()),
+                       "size": pa.array(rng.integers(1000, 1200, n), pa.int64())})
+    names = sorted(set(shas)) + ["f" * 64]             # the last one is in no photo
+    near = [(names[a], names[b], float(rng.random()), float(rng.random()))
+            for a, b in rng.integers(0, len(names), (40, 2)) if a != b]
+    got, want = dd.groups_table(images, near), dd._groups_of(images, near)
+    assert want.num_rows > 50 and set(want.column("kind").to_pylist()) == {"identical", "near"}
+    assert got.equals(want)
+    assert dd.groups_table(images.slice(0, 0), near).num_rows == 0
+    assert dd.groups_table(images, []).equals(dd._groups_of(images, []))

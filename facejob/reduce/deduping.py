@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -84,40 +85,43 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
             return rows_of_label[labels], d
     else:
         params, vectors = engine.params, engine.vectors
+        missing = [c for c in ("sha256", "landmarks") if c not in faces.meta.column_names]
+        if missing:     # the Ray path's driver holds the landmarks only while dedup needs them
+            more = engine.columns(store, missing)
+            faces = Faces(pa.Table.from_arrays([*faces.meta.columns, *more.columns],
+                                               names=[*faces.meta.column_names, *missing]), faces.embeddings)
 
         def nearest(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             return engine.query(engine.vectors(rows), k)
     code, names = dd.content_codes(faces.meta.column("sha256"))
-    lm = _landmarks(faces)
-    shape = dd.shape_vector(lm) if len(lm) else np.empty((0, 0))
-    i, j, queried = _near_faces(store, nearest, params, faces, code, shape)
+    i, j, queried = _near_faces(store, nearest, params, faces, code, _shapes(faces))
     key = np.unique(np.minimum(code[i], code[j]) * len(names) + np.maximum(code[i], code[j]))
     a, b = key // len(names), key % len(names)
     contents = np.unique(np.concatenate([a, b]))      # the descriptors of these photos' faces only
-    checked = dd.face_checks(_face_table(faces, lm, code, contents, vectors),
+    checked = dd.face_checks(_face_table(faces, code, contents, vectors),
                              np.searchsorted(contents, a), np.searchsorted(contents, b))
     checked = dataclasses.replace(checked, a=contents[checked.a], b=contents[checked.b])
-    first = {}
-    for u, sh, w, h in zip(*(images.column(c).to_pylist() for c in ("uri", "sha256", "width", "height"))):
-        first.setdefault(sh, (u, (w or 0, h or 0)))
     from facejob.config import DEFAULT_MAX_PIXELS, load_run_config
 
     max_pixels = load_run_config(store).max_pixels if store.exists(RUN_JSON) else DEFAULT_MAX_PIXELS
-    load = _PictureLoader(store, first, max_pixels)
-    size_of = lambda sha: first[sha][1]  # noqa: E731
     faceless, hashed = _faceless_candidates(images, store)
-    pairs = [(names[a].as_py(), names[b].as_py(), float(d), float(sc), st)
-             for a, b, d, sc, st in zip(checked.a.tolist(), checked.b.tolist(), checked.dist.tolist(),
-                                        checked.scale.tolist(), checked.shift)]
+    wanted = pa.concat_arrays([names.take(pa.array(np.concatenate([checked.a, checked.b]), pa.int64())),
+                               faceless.names.take(pa.array(np.concatenate([faceless.a, faceless.b]), pa.int64()))])
+    load = _PictureLoader(store, images, wanted, max_pixels)
 
-    def near_check(x: str, y: str, _d: float, sc: float, st: np.ndarray) -> Callable[[], float | None]:
-        return lambda: dd.pixel_verdict(load(x), load(y), sc, st, size_of(x))
+    # The pairs to judge, made one at a time as _judge asks (a list of them all, with a closure
+    # each, takes about 1 KiB a pair).
+    def near_pairs() -> Iterator[tuple[str, str, float, Callable[[], float | None]]]:
+        for a, b, d, sc, st in zip(checked.a.tolist(), checked.b.tolist(), checked.dist.tolist(),
+                                   checked.scale.tolist(), checked.shift):
+            x, y = names[a].as_py(), names[b].as_py()
+            yield x, y, d, functools.partial(_near_verdict, load, x, y, sc, st)
 
-    def faceless_check(x: str, y: str) -> Callable[[], float | None]:
-        return lambda: dd.faceless_verdict(load(x), load(y), size_of(x), size_of(y))
+    def faceless_pairs() -> Iterator[tuple[str, str, float, Callable[[], float | None]]]:
+        for x, y in faceless:
+            yield x, y, 0.0, functools.partial(_faceless_verdict, load, x, y)
 
-    todo = ([(x, y, d, near_check(x, y, d, sc, st)) for x, y, d, sc, st in pairs]
-            + [(x, y, 0.0, faceless_check(x, y)) for x, y in faceless])
+    todo = itertools.chain(near_pairs(), faceless_pairs())
     near, decoded = _judge(store, todo, max_pixels, load)
     load.save()
     table = dd.groups_table(images, near)
@@ -138,7 +142,15 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     return s
 
 
-def _judge(store: Store, todo: list[tuple[str, str, float, Callable[[], float | None]]], max_pixels: int,
+def _near_verdict(load: _PictureLoader, x: str, y: str, scale: float, shift: np.ndarray) -> float | None:
+    return dd.pixel_verdict(load(x), load(y), scale, shift, load.size(x))
+
+
+def _faceless_verdict(load: _PictureLoader, x: str, y: str) -> float | None:
+    return dd.faceless_verdict(load(x), load(y), load.size(x), load.size(y))
+
+
+def _judge(store: Store, todo: Iterable[tuple[str, str, float, Callable[[], float | None]]], max_pixels: int,
            load) -> tuple[list[tuple[str, str, float, float]], int]:
     """The pairs of `todo` whose pixels agree, (sha_a, sha_b, face distance, corr), and how many were
     decoded: a pair judged by an earlier run keeps its verdict (OUT/dedup/checked.parquet, saved
@@ -276,38 +288,56 @@ def _near_faces(store: Store, nearest: Callable[[np.ndarray, int], tuple[np.ndar
     return i, j, len(todo)
 
 
-def _landmarks(faces: Faces) -> np.ndarray:
-    col = faces.meta.column("landmarks").combine_chunks()
+def _landmarks(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A landmarks column (x0, y0, x1, y1, ... per face) as (n, points, 2) float64."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     flat = col.flatten().to_numpy(zero_copy_only=False)
     per = (len(flat) // max(len(col), 1)) if len(col) else 10
     return flat.reshape(len(col), per // 2, 2).astype(np.float64)
+
+
+SHAPE_ROWS = 262_144       # faces whose landmark shapes are computed at a time
+
+
+def _shapes(faces: Faces) -> np.ndarray:
+    """Every face's landmark shape (duplicates.shape_vector), kept as float32 and computed a
+    block at a time: the float64 steps for all faces at once would be ~4x the result."""
+    col = faces.meta.column("landmarks")
+    if not len(col):
+        return np.empty((0, 0), np.float32)
+    blocks = [dd.shape_vector(_landmarks(col.slice(lo, SHAPE_ROWS))).astype(np.float32)
+              for lo in range(0, len(col), SHAPE_ROWS)]
+    return np.concatenate(blocks)
 
 
 def _boxes(meta: pa.Table) -> np.ndarray:
     return np.stack([meta.column(c).to_numpy() for c in ("left", "top", "right", "bottom")], 1).astype(np.float64)
 
 
-def _photo_rows(faces: Faces, code: np.ndarray) -> np.ndarray:
-    """The face rows of one path per content (identical bytes give identical faces: the first path
-    read), sorted by content then row."""
-    uri = faces.meta.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+def _photo_rows(faces: Faces, code: np.ndarray, contents: np.ndarray) -> np.ndarray:
+    """The face rows of one path per content of `contents` (identical bytes give identical faces:
+    the first path read), sorted by content then row."""
+    rows = np.flatnonzero(np.isin(code, contents))
+    code = code[rows]
+    uri = faces.meta.column("uri").take(pa.array(rows, pa.int64())).combine_chunks()
+    uri = uri.dictionary_encode().indices.to_numpy(zero_copy_only=False)
     first_uri = np.full(int(code.max()) + 1 if len(code) else 0, -1, np.int64)
     _, first_row = np.unique(code, return_index=True)
     first_uri[code[first_row]] = uri[first_row]
-    rows = np.flatnonzero(uri == first_uri[code])
-    return rows[np.argsort(code[rows], kind="stable")]
+    keep = uri == first_uri[code]
+    return rows[keep][np.argsort(code[keep], kind="stable")]
 
 
-def _face_table(faces: Faces, lm: np.ndarray, code: np.ndarray, contents: np.ndarray,
+def _face_table(faces: Faces, code: np.ndarray, contents: np.ndarray,
                 vectors: Callable[[np.ndarray], np.ndarray]) -> dd.FaceTable:
     """The faces of the photo contents `contents` (sorted codes; the table's content c is
     contents[c]), flat (duplicates.FaceTable), in the order faces/ holds them; `vectors(rows)`:
     the descriptors of face rows."""
-    rows = _photo_rows(faces, code)
-    rows = rows[np.isin(code[rows], contents)]
+    rows = _photo_rows(faces, code, contents)
     count = np.bincount(np.searchsorted(contents, code[rows]), minlength=len(contents))
     start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
-    return dd.FaceTable(vectors(rows), lm[rows], _boxes(faces.meta.take(pa.array(rows))), start, count)
+    meta = faces.meta.take(pa.array(rows, pa.int64()))
+    return dd.FaceTable(vectors(rows), _landmarks(meta.column("landmarks")), _boxes(meta), start, count)
 
 
 UNREADABLE_SCHEMA = pa.schema([("sha256", pa.string()), ("uri", pa.string()), ("error", pa.string())])
@@ -321,11 +351,19 @@ class _PictureLoader:
     A failure to read the bytes (file gone, a mount that failed, credentials, S3 down) says nothing
     about the content and is not kept: the next run tries again."""
 
-    def __init__(self, store: Store, first: dict[str, tuple[str, tuple[int, int]]], max_pixels: int):
-        self.store, self.first, self.max_pixels = store, first, max_pixels
+    def __init__(self, store: Store, images: pa.Table, wanted: pa.Array, max_pixels: int):
+        self.store, self.max_pixels = store, max_pixels
         self.key = saved.digest("unreadable", 1, max_pixels)
         old = saved.read(store, DEDUP_UNREADABLE, self.key)
         rows = [] if old is None else old.to_pylist()
+        # sha -> (its first path, (width, height)): of the contents asked for and those of the
+        # kept verdicts only (the rest would be one Python object per photo of the archive)
+        wanted = pa.concat_arrays([wanted.cast(pa.string()), pa.array([r["sha256"] for r in rows], pa.string())])
+        some = images.filter(pc.is_in(images.column("sha256"), value_set=wanted.unique()))
+        first: dict[str, tuple[str, tuple[int, int]]] = {}
+        for u, sh, w, h in zip(*(some.column(c).to_pylist() for c in ("uri", "sha256", "width", "height"))):
+            first.setdefault(sh, (u, (w or 0, h or 0)))
+        self.first = first
         # sha -> (uri, error): kept only while that content is still read from that path
         self.unreadable = {r["sha256"]: (r["uri"], r["error"]) for r in rows
                            if r["sha256"] in first and first[r["sha256"]][0] == r["uri"]}
@@ -351,6 +389,10 @@ class _PictureLoader:
             self.unreadable[sha] = (uri, f"{type(e).__name__}: {e}")
             self._changed = True
         return None
+
+    def size(self, sha: str) -> tuple[int, int]:
+        """The full (width, height) of the photo read for `sha`."""
+        return self.first[sha][1]
 
     def __call__(self, sha: str) -> dd.Picture | None:
         if sha in self.unreadable:

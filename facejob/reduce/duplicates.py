@@ -466,7 +466,37 @@ def faceless_verdict(pic_a: Picture, pic_b: Picture, size_a: tuple[int, int], si
 
 
 def groups_table(images: pa.Table, near: list[tuple[str, str, float, float]]) -> pa.Table:
-    """duplicates.parquet rows: groups of identical bytes joined by near-duplicate pairs."""
+    """duplicates.parquet rows: groups of identical bytes joined by near-duplicate pairs. The
+    photos in no group are set aside by array operations first: an archive of millions has few
+    duplicates, and one Python object per photo would be gigabytes."""
+    return _groups_of(images.take(pa.array(_grouped_rows(images, near), pa.int64())), near)
+
+
+def _grouped_rows(images: pa.Table, near: list[tuple[str, str, float, float]]) -> np.ndarray:
+    """The rows of `images` that `_groups_of` puts in a group, in order: the first row of each
+    path with a sha256, whose content has another such path or is joined by `near` pairs to
+    another content."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    valid = np.flatnonzero(pc.is_valid(images.column("sha256")).to_numpy(zero_copy_only=False))
+    paths = pa.table({"uri": images.column("uri").take(pa.array(valid)), "row": pa.array(np.arange(len(valid)))})
+    kept = valid[np.sort(paths.group_by("uri").aggregate([("row", "min")]).column("row_min").to_numpy())]
+    if not len(kept):
+        return kept
+    code, names = content_codes(images.column("sha256").take(pa.array(kept)))
+    paths_per_content = np.bincount(code, minlength=len(names))
+    ends = [pc.index_in(pa.array([p[k] for p in near], pa.string()), names).to_numpy(zero_copy_only=False)
+            for k in (0, 1)] if near else [np.empty(0)] * 2
+    ok = ~np.isnan(ends[0]) & ~np.isnan(ends[1])
+    a, b = ends[0][ok].astype(np.int64), ends[1][ok].astype(np.int64)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(len(names), len(names)))
+    _, group = connected_components(graph, directed=False)
+    paths_per_group = np.bincount(group, weights=paths_per_content)
+    return kept[paths_per_group[group[code]] >= 2]
+
+
+def _groups_of(images: pa.Table, near: list[tuple[str, str, float, float]]) -> pa.Table:
     uri = images.column("uri").to_pylist()
     sha = images.column("sha256").to_pylist()
     width = images.column("width").to_pylist()

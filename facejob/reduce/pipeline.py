@@ -62,8 +62,9 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
     store = open_store(out)
     t0 = time.perf_counter()
     # On Ray the driver reads no descriptors: its Faces fetch them from the engine's shards by row.
+    # Nor the landmarks, which only dedup reads (engine.columns).
     faces = (read_faces(store, ALL_COLUMNS) if engine is None
-             else engine.read_faces(store, ALL_COLUMNS, embeddings=False))
+             else engine.read_faces(store, [c for c in ALL_COLUMNS if c != "landmarks"], embeddings=False))
     t_read = time.perf_counter() - t0
     if corrections is not None:
         corr.add(store, corrections)

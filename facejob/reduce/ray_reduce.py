@@ -40,6 +40,7 @@ from functools import partial
 
 import hnswlib
 import numpy as np
+import pyarrow as pa
 import ray
 
 from facejob.contract.layout import FACES_DIR, index_shard_files
@@ -67,6 +68,11 @@ SAMPLE_ROWS = 50_000    # descriptors the coarse k-means is fitted on, drawn acr
 # per probed shard and sent (~6 KiB a row on the driver while it is out), 100k rows cost ~0.5 GiB.
 QUERY_ROWS = 20_000
 SPILL_ROWS = 1_000_000   # a clustering part of more faces maps their descriptors from local disk
+# Before the shards are started, up to this many descriptors are read from the parts instead, up
+# to PART_READS times (each read streams every part): a nightly rerun whose index and clusters are
+# kept then never starts them for dedup's few candidates (200k faces: 40 s of shard building).
+PART_READ_ROWS = 65_536
+PART_READS = 4
 
 
 # Where a task or actor call ran: (Ray node id, the process's peak RSS in GiB, its pid, its peak
@@ -280,6 +286,19 @@ def _part_descriptors(root: str, rels: list[str], keep: np.ndarray | None) -> It
             yield x
 
 
+def _from_parts(root: str, rels: list[str], want: np.ndarray) -> np.ndarray:
+    """The descriptors of read rows `want` (sorted, distinct) of parts `rels`, read again from
+    them a batch at a time (only the batches holding one are decoded)."""
+    x, row, store = np.empty((len(want), EMBEDDING_DIM), np.float32), 0, open_store(root)
+    for rel in rels:
+        for b in part_batches(store, rel, ["embedding"]):
+            lo, hi = np.searchsorted(want, [row, row + b.num_rows])
+            if hi > lo:
+                x[lo:hi] = batch_embeddings(b.column(0))[want[lo:hi] - row]
+            row += b.num_rows
+    return x
+
+
 def start_ray(address: str | None, workers: int):
     """Join the Ray at `address` (or RAY_ADDRESS), else start a local one of `workers` CPUs;
     a Ray this process already joined (the nightly job's index step) is used as it is."""
@@ -328,6 +347,7 @@ class RayReducer:
         self._centroids: np.ndarray | None = None
         self._live = 0
         self._pending = False
+        self._part_reads = 0    # descriptors read from the parts while the shards were not started
         # What the last read_faces read: the store's root and parts (the shards are filled from
         # the same ones), their rows, and per read row its face row when some face was read
         # twice (-1: a repeat; None: every read row is a face row).
@@ -390,6 +410,13 @@ class RayReducer:
         self._descriptors = faces.embeddings if not embeddings else None
         return faces
 
+    def columns(self, store: Store, names: Sequence[str]) -> pa.Table:
+        """Columns the last `read_faces` left out (e.g. landmarks, for dedup only), read again
+        from the same parts: row i is row i of the Faces it gave."""
+        if self._source is None:
+            raise ReduceError("RayReducer.columns: read_faces first")
+        return read_faces(store, names, embeddings=False, rels=self._source[1]).meta.select(list(names))
+
     def build(self) -> None:
         """The shard actors over the faces the last `read_faces` gave (their answers are rows of
         that `Faces`), started at the first query: a rerun whose clustering is kept never pays
@@ -397,7 +424,7 @@ class RayReducer:
         if self._source is None:
             raise ReduceError("RayReducer.build: read_faces first (the shards hold the faces it read)")
         self.close()
-        self._pending = True
+        self._pending, self._part_reads = True, 0
 
     def save_index(self, store: Store, faces: Faces, rebuild: bool = False, log=log.info) -> None:
         """Write the shards as the sharded OUT/index/ (facejob.reduce.shard_index): each actor
@@ -487,13 +514,18 @@ class RayReducer:
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The descriptors of face rows `rows` (any order, repeats allowed), fetched from the
-        shards: the driver needs no copy of the embeddings to look some up."""
-        if self._pending:
-            self._start_shards()
+        shards: the driver needs no copy of the embeddings to look some up. Before the shards
+        are started, a few rows are read from the parts instead (see PART_READ_ROWS)."""
         rows = np.asarray(rows, np.int64)
         if len(rows) == 0:
             return np.empty((0, EMBEDDING_DIM), np.float32)
         want, back = np.unique(self._read(rows), return_inverse=True)
+        if self._pending and len(want) <= PART_READ_ROWS and self._part_reads < PART_READS:
+            self._part_reads += 1
+            root, rels = self._source
+            return _from_parts(root, rels, want)[back]
+        if self._pending:
+            self._start_shards()
         return _from_shards(want, self._actors)[back]
 
     def knn_graph(self, embeddings: np.ndarray, rows: np.ndarray, n: int, k: int, max_dist: float = np.inf,

@@ -138,7 +138,7 @@ def build(out: str, workers: int | None = None, progress: bool = True) -> Report
     fidx = faces.meta.column("face_idx").to_pylist()
     box = np.stack([faces.meta.column(c).to_numpy() for c in ("left", "top", "right", "bottom")], 1).astype(np.int64) \
         if n else np.empty((0, 4), np.int64)
-    lm = deduping._landmarks(faces) if n else np.empty((0, 5, 2))
+    lm = deduping._landmarks(faces.meta.column("landmarks")) if n else np.empty((0, 5, 2))
     cell = np.empty(n, np.int64)
     cell[people.order] = np.arange(n)          # page position = sprite cell
 
