@@ -138,15 +138,19 @@ def test_bad_label_and_cluster_thresholds_fail_before_anything_is_written(archiv
     ("one photo", "face_id,name\n{a},Amy\n{b},Amy\n{c},Raj\n", "'Raj' has only 1 labelled face (labels.csv:4)"),
     ("bad header", "who,face\nAmy,{a}\n", "needs a header with `name` and `face_id`"),
     ("unknown uri", "name,uri\nAmy,/nowhere/photo.jpg\nAmy,/nowhere/b.jpg\n", "line 2: no face of photo '/nowhere/photo.jpg' in the archive"),
+    ("no such face", "name,uri,face_idx\nAmy,{ua},0\nAmy,{ub},5\n", "line 3: photo '{ub}' has no face 5 (it has 1)"),
+    ("face_idx not a number", "name,uri,face_idx\nAmy,{ua},0\nAmy,{ub},x\n", "line 3: face_idx 'x' is not a number"),
+    ("uri and id of one face", "name,face_id,uri\nAmy,{a},\nAmy,,{ua}\n", "line 3: same face as line 2, duplicate of"),
 ])
 def test_labels_csv_errors_are_clear(archive, tmp_path, case, body, message):
     from facejob.reduce import LabelsError, label
 
     out, ids = _copy_out(archive, tmp_path)
     a, b, c = (r["face_id"] for r in ids[:3])
+    ua, ub = (r["uri"] for r in ids[:2])
     with pytest.raises(LabelsError) as e:
-        label(str(out), _write(tmp_path, body.format(a=a, b=b, c=c)))
-    assert message in str(e.value) and "\n" not in str(e.value)
+        label(str(out), _write(tmp_path, body.format(a=a, b=b, c=c, ua=ua, ub=ub)))
+    assert message.format(ua=ua, ub=ub) in str(e.value) and "\n" not in str(e.value)
     assert not (out / "predictions.parquet").exists() and not (out / "labels").exists()
 
 

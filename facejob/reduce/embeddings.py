@@ -229,6 +229,18 @@ def _drop_repeated(faces: Faces) -> Faces:
     return Faces(meta=faces.meta.take(idx), embeddings=faces.embeddings[idx] if len(faces.embeddings) else faces.embeddings)
 
 
+def rows_by(col: pa.Array | pa.ChunkedArray, keys: set[str]) -> dict[str, list[int]]:
+    """Rows of `col` holding each of `keys` (only those: the archive may have millions of faces)."""
+    if not keys:
+        return {}
+    hit = np.flatnonzero(pc.fill_null(pc.is_in(col, value_set=pa.array(sorted(keys), pa.string())), False)
+                         .to_numpy(zero_copy_only=False))
+    out: dict[str, list[int]] = {}
+    for j, v in zip(hit.tolist(), pc.take(col, pa.array(hit)).to_pylist()):
+        out.setdefault(v, []).append(j)
+    return out
+
+
 def face_shas(store: Store, faces: Faces) -> pa.Array:
     """The sha256 of each face's photo: from `faces` when read with it, else read from OUT."""
     if "sha256" in faces.meta.column_names:

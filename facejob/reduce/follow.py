@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .embeddings import Faces
+from .embeddings import Faces, rows_by
 
 FOLLOW_MAX_DISTANCE = 0.3
 BOX = ("left", "top", "right", "bottom")
@@ -51,8 +51,8 @@ def follow(labels: pa.Table, faces: Faces, sha256: pa.Array) -> tuple[pa.Table, 
         return labels, report
     rows = labels.to_pylist()
     uris = faces.meta.column("uri")
-    by_sha = _rows_by(sha256, {rows[i]["sha256"] for i in missing if rows[i]["sha256"]})
-    by_uri = _rows_by(uris, {rows[i]["uri"] for i in missing if rows[i]["uri"]})
+    by_sha = rows_by(sha256, {rows[i]["sha256"] for i in missing if rows[i]["sha256"]})
+    by_uri = rows_by(uris, {rows[i]["uri"] for i in missing if rows[i]["uri"]})
     boxes = np.stack([faces.meta.column(c).to_numpy(zero_copy_only=False) for c in BOX], 1) if len(faces) else None
     for i in missing:
         r = rows[i]
@@ -76,15 +76,3 @@ def follow(labels: pa.Table, faces: Faces, sha256: pa.Array) -> tuple[pa.Table, 
         r.update(face_id=ids[new].as_py(), uri=uris[new].as_py(), sha256=sha256[new].as_py(),
                  embedding=faces.embeddings[new].tolist(), **{c: int(boxes[new][k]) for k, c in enumerate(BOX)})
     return pa.Table.from_pylist(rows, schema=labels.schema), report
-
-
-def _rows_by(col: pa.Array | pa.ChunkedArray, keys: set[str]) -> dict[str, list[int]]:
-    """Rows of `col` holding each of `keys` (only those: the archive may have millions of faces)."""
-    if not keys:
-        return {}
-    hit = np.flatnonzero(pc.fill_null(pc.is_in(col, value_set=pa.array(sorted(keys), pa.string())), False)
-                         .to_numpy(zero_copy_only=False))
-    out: dict[str, list[int]] = {}
-    for j, v in zip(hit.tolist(), pc.take(col, pa.array(hit)).to_pylist()):
-        out.setdefault(v, []).append(j)
-    return out

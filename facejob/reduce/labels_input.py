@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from facejob.indexing.pipeline import main_face
 
-from .embeddings import Faces
+from .embeddings import Faces, rows_by
 from .errors import LabelsError
 
 log = logging.getLogger("facejob.reduce")
@@ -50,18 +49,16 @@ def read_csv(text: str, faces: Faces, source: str = "labels.csv") -> Labelled:
     reader.fieldnames = cols
     if "name" not in cols or not ({"face_id", "uri"} & set(cols)):
         raise LabelsError(f"{source}: needs a header with `name` and `face_id` (or `uri` [+ `face_idx`]); got {cols}")
-    ids = faces.face_ids.to_pylist()
-    by_id = {f: i for i, f in enumerate(ids)}
-    by_uri: dict[str, list[int]] = {}
-    uris = faces.meta.column("uri").to_pylist()
-    idxs = faces.meta.column("face_idx").to_pylist()
-    for i, u in enumerate(uris):
-        by_uri.setdefault(u, []).append(i)
+    recs = [(line, {k: (v or "").strip() for k, v in rec.items() if k is not None})
+            for line, rec in enumerate(reader, start=2)]
+    # Only the faces the rows name are looked up (a dict of every face would be ~0.5 KiB a face).
+    by_id = {f: rows[0] for f, rows in rows_by(faces.face_ids, {r.get("face_id", "") for _, r in recs} - {""}).items()}
+    by_uri = rows_by(faces.meta.column("uri"), {r.get("uri", "") for _, r in recs if not r.get("face_id")} - {""})
+    idx_of = faces.meta.column("face_idx")
     problems: list[str] = []
     names, rows, where = [], [], []
     first_line: dict[int, int] = {}
-    for line, rec in enumerate(reader, start=2):
-        rec = {k: (v or "").strip() for k, v in rec.items() if k is not None}
+    for line, rec in recs:
         name, fid, uri, fidx = rec.get("name", ""), rec.get("face_id", ""), rec.get("uri", ""), rec.get("face_idx", "")
         if not name:
             problems.append(f"line {line}: empty name")
@@ -82,7 +79,7 @@ def read_csv(text: str, faces: Faces, source: str = "labels.csv") -> Labelled:
                 except ValueError:
                     problems.append(f"line {line}: face_idx {fidx!r} is not a number")
                     continue
-                hit = [r for r in cand if idxs[r] == want]
+                hit = [r for r in cand if idx_of[r].as_py() == want]
                 if not hit:
                     problems.append(f"line {line}: photo {uri!r} has no face {want} (it has {len(cand)})")
                     continue
@@ -132,39 +129,34 @@ def read_folder(root: Path, faces: Faces, sha256: pa.Array, embed_photo, extensi
     people = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not people:
         raise LabelsError(f"{root}: no person folders (expected {root}/NAME/photo.jpg)")
-    rows_by_sha: dict[str, list[int]] = {}
-    for i, s in enumerate(sha256.to_pylist()):
-        rows_by_sha.setdefault(s, []).append(i)
-    areas = _areas(faces)
+    photos = [(person, photo, hashlib.sha256(photo.read_bytes()).hexdigest()) for person in people
+              for photo in sorted(p for p in person.rglob("*") if p.is_file() and p.suffix.lower() in extensions)]
+    rows_by_sha = rows_by(sha256, {digest for _, _, digest in photos})
     names, rows, embs, where = [], [], [], []
     skipped: list[str] = []
-    for person in people:
-        for photo in sorted(p for p in person.rglob("*") if p.is_file() and p.suffix.lower() in extensions):
-            digest = hashlib.sha256(photo.read_bytes()).hexdigest()
-            cand = rows_by_sha.get(digest)
-            if cand:
-                found = [(float(areas[r]), r) for r in cand]
-            else:
-                found = [(a, e) for a, e in embed_photo(photo)]
-            i = main_face([a for a, _ in found])
-            main = None if i is None else found[i][1]
-            if main is None:
-                skipped.append(f"{photo} ({'no face' if not found else f'{len(found)} faces, none clearly the main one'})")
-                continue
-            names.append(person.name)
-            where.append(str(photo))
-            if cand:
-                rows.append(main); embs.append(faces.embeddings[main])
-            else:
-                rows.append(-1); embs.append(np.asarray(main, np.float32))
+    for person, photo, digest in photos:
+        cand = rows_by_sha.get(digest)
+        if cand:
+            found = [(_area(faces, r), r) for r in cand]
+        else:
+            found = [(a, e) for a, e in embed_photo(photo)]
+        i = main_face([a for a, _ in found])
+        main = None if i is None else found[i][1]
+        if main is None:
+            skipped.append(f"{photo} ({'no face' if not found else f'{len(found)} faces, none clearly the main one'})")
+            continue
+        names.append(person.name)
+        where.append(str(photo))
+        if cand:
+            rows.append(main); embs.append(faces.embeddings[main])
+        else:
+            rows.append(-1); embs.append(np.asarray(main, np.float32))
     for s in skipped:
         log.warning("labels: skipped %s", s)
     _fail(too_few(names, where), str(root))
     return Labelled(names, np.asarray(rows, np.int64), np.asarray(embs, np.float32).reshape(-1, 128), where)
 
 
-def _areas(faces: Faces) -> np.ndarray:
-    m = faces.meta
-    w = pc.subtract(m.column("right"), m.column("left")).to_numpy().astype(np.float64)
-    h = pc.subtract(m.column("bottom"), m.column("top")).to_numpy().astype(np.float64)
-    return w * h
+def _area(faces: Faces, row: int) -> float:
+    left, top, right, bottom = (float(faces.meta.column(c)[row].as_py()) for c in ("left", "top", "right", "bottom"))
+    return (right - left) * (bottom - top)
