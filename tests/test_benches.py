@@ -66,6 +66,7 @@ SLOW = {
     "stages": (["--profile", "6", "--shard", "3", "--repeat", "1", "--floor", "8", "--no-side-by-side"], None),
     "gpu_check": (["--device", "cpu", "--limit", "4", "--variants", "fp32"], None),
     "detector_sweep": (["--lfw", "2"], None),
+    "dlib_jitter": (["--limit", "12", "--jitters", "2", "--workers", "1", "--json"], {"one_pass", "jittered", "no_face"}),
 }
 # Not scripts, or not runnable without an archive indexed beforehand (hours on LFW).
 NOT_RUN = {
