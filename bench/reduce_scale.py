@@ -145,9 +145,8 @@ def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0, part_ro
         noise = rng.standard_normal((n, EMBEDDING_DIM)).astype(np.float32) * (sigma * size)[:, None]
         emb = (c[who] + noise).astype(np.float32)
         # Strings as long as facejob's own (face ids of 20 hex digits, sha256 of 64, archive
-        # paths), landmarks of a face (5 points, a hair apart from photo to photo) and a
-        # perceptual hash per photo: the driver's memory per face is that of a real archive's.
-        # Landmarks differ between two shots, so near faces are rarely taken for copies.
+        # paths), 5 landmarks per face and a perceptual hash per photo: the driver holds per face
+        # what it holds for a real archive, and near faces are rarely taken for copies.
         ids = hex_strings(rng, n, 10)
         sha = hex_strings(rng, n, 32)
         uris = [f"s3://archive/photos/{2000 + r % 25}/{r % 12 + 1:02d}/p{w}/IMG_{part:04d}{r:06d}.jpg"
