@@ -37,6 +37,8 @@ from PIL import Image, ImageFilter
 
 from facejob.image import decode
 
+from .embeddings import first_rows
+
 log = logging.getLogger("facejob.reduce")
 
 NEAR_MAX_DIST = 0.4      # descriptor distance under which two faces may come from one shot
@@ -480,8 +482,8 @@ def _grouped_rows(images: pa.Table, near: list[tuple[str, str, float, float]]) -
     from scipy.sparse.csgraph import connected_components
 
     valid = np.flatnonzero(pc.is_valid(images.column("sha256")).to_numpy(zero_copy_only=False))
-    paths = pa.table({"uri": images.column("uri").take(pa.array(valid)), "row": pa.array(np.arange(len(valid)))})
-    kept = valid[np.sort(paths.group_by("uri").aggregate([("row", "min")]).column("row_min").to_numpy())]
+    first = first_rows(images.column("uri").take(pa.array(valid)))
+    kept = valid if first is None else valid[first]
     if not len(kept):
         return kept
     code, names = content_codes(images.column("sha256").take(pa.array(kept)))

@@ -288,14 +288,12 @@ def _part_descriptors(root: str, rels: list[str], keep: np.ndarray | None) -> It
 
 def _from_parts(root: str, rels: list[str], want: np.ndarray) -> np.ndarray:
     """The descriptors of read rows `want` (sorted, distinct) of parts `rels`, read again from
-    them a batch at a time (only the batches holding one are decoded)."""
-    x, row, store = np.empty((len(want), EMBEDDING_DIM), np.float32), 0, open_store(root)
-    for rel in rels:
-        for b in part_batches(store, rel, ["embedding"]):
-            lo, hi = np.searchsorted(want, [row, row + b.num_rows])
-            if hi > lo:
-                x[lo:hi] = batch_embeddings(b.column(0))[want[lo:hi] - row]
-            row += b.num_rows
+    them a batch at a time."""
+    x, row = np.empty((len(want), EMBEDDING_DIM), np.float32), 0
+    for batch in _part_descriptors(root, rels, None):
+        lo, hi = np.searchsorted(want, [row, row + len(batch)])
+        x[lo:hi] = batch[want[lo:hi] - row]
+        row += len(batch)
     return x
 
 
