@@ -53,7 +53,7 @@ def graph_file(folder: Path, faces: int, people: int) -> Path:
     params = IndexParams(M=16, ef_construction=40)
     t0 = time.perf_counter()
     fi = FaceIndex(build(x, params), pa.table({"deleted": np.zeros(faces, bool)}), params)
-    eu, ev, _ = knn_graph(fi, x, np.arange(faces), CLUSTER_K, max_dist=CLUSTER_MAX_EDGE)
+    eu, ev = knn_graph(fi, x, np.arange(faces), CLUSTER_K, max_dist=CLUSTER_MAX_EDGE)
     print(f"graph of {faces:,} faces: {len(eu):,} edges in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(path, x=x, eu=eu.astype(np.int32), ev=ev.astype(np.int32))

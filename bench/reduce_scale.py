@@ -219,13 +219,14 @@ def _child(argv: list[str]) -> None:
         from facejob.reduce.pipeline import reduce
 
         workers, shards = (int(more[0]), int(more[1])) if more else (0, 0)
-        rss = RssSampler()
         if workers:
             from facejob.reduce.ray_reduce import RayReducer
 
             with RayReducer(workers=workers, shards=shards) as engine:
+                rss = RssSampler()     # from when reduce starts: the steps' timings count from there
                 s = reduce(out, engine=engine)
         else:
+            rss = RssSampler()
             s = reduce(out)
         res = {"s": time.perf_counter() - t0, "steps": s.timings, "steps_rss_gib": rss.per_step(s.timings)}
     else:

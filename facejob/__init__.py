@@ -8,7 +8,14 @@ Nothing heavy is imported or loaded until you call a function.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
+
+# Arrow's allocator (mimalloc) keeps pages it freed resident for a while, to reuse them. The
+# reducer frees large tables step after step, so on a Ray driver at 200k faces that was a third
+# of its memory above what it started with (bench/reduce_scale.py). Read once, when pyarrow is
+# loaded: set here, before anything of facejob loads it; Ray workers get it with worker_env().
+os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
 
 from facejob.config import ConfigError, IndexConfig, ModelConfig, RunConfig
 

@@ -81,7 +81,7 @@ def _blobs():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 0.05, (6, 8)), rng.normal(1, 0.05, (6, 8))]).astype(np.float32)
     i, j = np.triu_indices(len(x), 1)
-    eu, ev, _ = canonical_edges(i, j, np.zeros(len(i), np.float32), len(x))
+    eu, ev = canonical_edges(i, j, len(x))
     return x, eu, ev
 
 

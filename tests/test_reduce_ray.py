@@ -26,8 +26,26 @@ def _knn_edges(x: np.ndarray, k: int, max_dist: float) -> tuple[np.ndarray, np.n
     j = np.argsort(d, 1)[:, 1:k + 1]
     i = np.repeat(np.arange(len(x)), k)
     keep = d[i, j.reshape(-1)] <= max_dist
-    eu, ev, _ = canonical_edges(i[keep], j.reshape(-1)[keep], d[i, j.reshape(-1)][keep], len(x))
+    eu, ev = canonical_edges(i[keep], j.reshape(-1)[keep], len(x))
     return eu, ev
+
+
+def test_arrow_hands_freed_memory_back_at_once_in_facejob_and_its_ray_workers():
+    """`import facejob` sets Arrow's allocator to return freed pages at once (mimalloc's purge
+    delay 0) before pyarrow loads, and hands that to Ray workers; a value the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import facejob; assert 'pyarrow' not in sys.modules; "
+            "from facejob.indexing.pool import worker_env; "
+            "print(os.environ['MIMALLOC_PURGE_DELAY'], worker_env()['MIMALLOC_PURGE_DELAY'])")
+    env = {k: v for k, v in os.environ.items() if k != "MIMALLOC_PURGE_DELAY"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.split() == ["0", "0"]
+    got = subprocess.run([sys.executable, "-c", code], env={**env, "MIMALLOC_PURGE_DELAY": "250"},
+                         capture_output=True, text=True, check=True)
+    assert got.stdout.split() == ["250", "250"]
 
 
 @pytest.mark.parametrize("seed, link_weight", [(0, 0.0), (1, 0.0), (2, 0.0), (0, 0.2), (1, 0.2)])

@@ -137,7 +137,7 @@ def worker_env() -> dict[str, str]:
     use their own chain). The reducer's Ray edge hands its workers the same."""
     from facejob.io import s3
 
-    env = {k: v for k, v in os.environ.items() if k.startswith("FACEJOB_")}
+    env = {k: v for k, v in os.environ.items() if k.startswith("FACEJOB_") or k == "MIMALLOC_PURGE_DELAY"}
     env.update(s3.worker_env())
     # Under `ray job submit --runtime-env-json`, Ray refuses to merge a key the job already sets.
     try:

@@ -98,12 +98,12 @@ def cluster_faces(fi: FaceIndex | None, faces: Faces, threshold: float = CLUSTER
     rest = np.setdiff1d(np.arange(n), seed_rows)
     sf = faces if len(rest) == 0 else faces.take(seed_rows)
     if engine is None:
-        eu, ev, _ = knn_graph(fi, sf.embeddings, fi.rows_for(sf), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
+        eu, ev = knn_graph(fi, sf.embeddings, fi.rows_for(sf), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
         def nearest(v: np.ndarray, m: int, ef: int) -> np.ndarray:
             # hnsw labels -> face rows; the trailing -1: "fewer found"
             return np.append(fi.rows_for(faces), -1)[fi.query(v, m, ef=ef, threads=threads)[0]]
     else:
-        eu, ev, _ = engine.knn_graph(sf.embeddings, seed_rows, n, k, max_dist=CLUSTER_MAX_EDGE)
+        eu, ev = engine.knn_graph(sf.embeddings, seed_rows, n, k, max_dist=CLUSTER_MAX_EDGE)
         def nearest(v: np.ndarray, m: int, ef: int) -> np.ndarray:
             return engine.query(v, m, ef=ef)[0]      # its answers are face rows
     t1 = time.perf_counter()

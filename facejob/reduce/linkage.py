@@ -391,7 +391,7 @@ class GraphClusterer:
     """`agglomerate` and `attach` as a scikit-learn-style clusterer.
 
     `fit(X, edges, must_link, cannot_link)` clusters the rows of X over candidate edges (u, v)
-    (e.g. `graph.knn_graph`'s first two arrays: the graph needs the search index, so it is an
+    (e.g. `graph.knn_graph`'s: the graph needs the search index, so it is an
     input here); `labels_` then holds each row's cluster (its smallest row) and `rounds_` the
     merge rounds. `predict(Q, candidates, blocked)` attaches further faces to those clusters
     where that is unambiguous. Settings are checked when it is made (ConfigError, a ValueError).

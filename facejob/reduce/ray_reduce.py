@@ -527,7 +527,7 @@ class RayReducer:
         return _from_shards(want, self._actors)[back]
 
     def knn_graph(self, embeddings: np.ndarray, rows: np.ndarray, n: int, k: int, max_dist: float = np.inf,
-                  ef: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """graph.knn_graph over the shards among the faces `rows` (of `n` face rows; `embeddings`
         are theirs): edges between positions in `rows`."""
         at = np.full(n + 1, -1, np.int64)    # face row -> position in rows; the trailing -1: "no face"
