@@ -65,13 +65,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from facejob.config import IndexConfig
+from facejob.config import MIN_QUALITY, IndexConfig
 from facejob.contract.schema import EMBEDDING_DIM, FACES, IMAGES
 from facejob.io.storage import LocalStore, write_parquet
 
 INTRA, INTER = 0.434, 0.824    # mean same-person / different-person distance on LFW (dlib)
 PHOTO_SPREAD = 0.25            # log-normal sigma of the per-photo noise size
 PART_ROWS = 50_000
+LOW_QUALITY = 450 / 15_534     # faces below the quality floor on all of LFW (README: facejob cluster)
 
 
 def person_sizes(n_faces: int, n_people: int, rng: np.random.Generator) -> np.ndarray:
@@ -137,6 +138,11 @@ def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0, part_ro
     s, sigma = calibrate(c, rng)
     c *= s
     people = rng.permutation(np.repeat(np.arange(n_people), sizes))   # archive order is not by person
+    # LOW_QUALITY of the faces below the quality floor, as on LFW: they do not seed the clusters and
+    # are attached to them afterwards. Drawn apart, so the other columns stay those of earlier archives.
+    qrng = np.random.default_rng([seed, 1])
+    low = qrng.random(n_faces) < LOW_QUALITY
+    quality = np.where(low, qrng.uniform(0, MIN_QUALITY, n_faces), qrng.uniform(MIN_QUALITY, 1, n_faces)).astype(np.float32)
     store = LocalStore(out)
     for part, lo in enumerate(range(0, n_faces, part_rows)):
         who = people[lo:lo + part_rows]
@@ -161,7 +167,7 @@ def write_archive(out: Path, n_faces: int, n_people: int, seed: int = 0, part_ro
                                                   pa.array(marks.reshape(-1))),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), EMBEDDING_DIM),
             "detector": pa.array(["synthetic"] * n), "embedder": pa.array(["synthetic"] * n),
-            "shard": pa.array([f"{part:04d}"] * n),
+            "shard": pa.array([f"{part:04d}"] * n), "quality": pa.array(quality[lo:lo + n]),
         }
         write_parquet(store, f"faces/part-{part:04d}.parquet", schema_table(FACES, n, cols))
         # The images part is the commit marker: the reducer reads only faces parts that have one.
@@ -196,6 +202,19 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def face_clusters(path: Path, face_ids: pa.Array) -> np.ndarray:
+    """The cluster id of each face, in the faces' row order (the truth's): clusters.parquet is
+    sorted by face_id, so its own order is not theirs."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["face_id", "cluster_id"])
+    at = pc.index_in(face_ids, t.column("face_id")).fill_null(-1).to_numpy()
+    if (at < 0).any():
+        raise SystemExit(f"{path}: {(at < 0).sum()} faces have no cluster")
+    return t.column("cluster_id").to_numpy()[at]
 
 
 def pairwise_f(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
@@ -502,8 +521,7 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     s = cluster(store, faces=faces, fi=fi)
     t_cluster, c_cluster = time.perf_counter() - t0, time.process_time() - c0
-    import pyarrow.parquet as pq
-    cid = pq.read_table(out / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
+    cid = face_clusters(out / "clusters.parquet", faces.face_ids)
     shutil.copyfile(out / "clusters.parquet", out / REFERENCE)     # for a later --ray-only
     p, r, f = pairwise_f(truth, cid)
     say(f"cluster: {t_cluster:.1f} s wall, {c_cluster:.1f} CPU-s (kNN graph {s.timings['knn_s']:.1f} s, merging {s.timings['merge_s']:.1f} s, "
@@ -540,19 +558,18 @@ def exact_nearest(x: np.ndarray, q: np.ndarray) -> np.ndarray:
 def ray_only(args, store, truth: np.ndarray, say) -> None:
     """--ray-only: the Ray path alone, against the single-process index and clusters an earlier
     full run left in --out (the reference takes as long again at 1M; one JSON line)."""
-    import pyarrow.parquet as pq
-
     from facejob.reduce.embeddings import read_faces
     from facejob.reduce.hnsw import load
 
     if not (store.exists("index/params.json") and store.exists(REFERENCE)):
         raise SystemExit(f"--ray-only: no single-process index and {REFERENCE} in {args.out}; run once without it")
     fi = load(store)
-    cid_single = pq.read_table(Path(args.out) / REFERENCE, columns=["cluster_id"]).column(0).to_numpy()
-    x = read_faces(store).embeddings       # the same queries as a full run's, answered exactly, before
+    faces = read_faces(store)
+    cid_single = face_clusters(Path(args.out) / REFERENCE, faces.face_ids)
+    x = faces.embeddings                   # the same queries as a full run's, answered exactly, before
     q = query_rows(len(x))                 # the Ray path's driver peak is measured (it holds no matrix)
     exact = exact_nearest(x, q)
-    del x
+    del x, faces
     line = {"faces": len(truth), "people": args.people, "reference": REFERENCE}
     line.update(ray_path(args, store, fi, cid_single, q, exact, truth, say))
     print(json.dumps(line))
@@ -594,8 +611,6 @@ def ray_path(args, store, fi, cid_single: np.ndarray | None, q: np.ndarray | Non
     """The Ray path over the same archive: its figures, against the single-process ones (none
     with --no-reference: `cid_single` None). `fi`, the single-process index, is only held (as
     `facejob reduce` holds OUT/index/): the Ray path searches its own shards."""
-    import pyarrow.parquet as pq
-
     from facejob.reduce import ray_reduce as rr
     from facejob.reduce.clustering import cluster
     from facejob.reduce.embeddings import META_COLUMNS
@@ -622,7 +637,7 @@ def ray_path(args, store, fi, cid_single: np.ndarray | None, q: np.ndarray | Non
         t0 = time.perf_counter()
         s = cluster(store, faces=faces, engine=eng)
         t_cluster = time.perf_counter() - t0
-        cid = pq.read_table(Path(args.out) / "clusters.parquet", columns=["cluster_id"]).column("cluster_id").to_numpy()
+        cid = face_clusters(Path(args.out) / "clusters.parquet", faces.face_ids)
         agree = None if cid_single is None else pairwise_f(cid_single, cid)[2]
         driver = image_rss_gib() if fresh else rss_gib()
         workers = sorted(eng.process_peaks.values(), reverse=True)

@@ -52,10 +52,16 @@ def chromium(download_dir: Path | None = None, width: int = 1400, height: int = 
 
 
 def wait_for(fn, timeout: float = 30.0, what: str = "condition"):
-    """Poll fn() until it returns something truthy; fail after `timeout` seconds."""
+    """Poll fn() until it returns something truthy; fail after `timeout` seconds. An element the
+    page re-rendered between finding and reading it (stale) counts as not yet: poll again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     end = time.monotonic() + timeout
     while True:
-        v = fn()
+        try:
+            v = fn()
+        except StaleElementReferenceException:
+            v = None
         if v:
             return v
         if time.monotonic() > end:

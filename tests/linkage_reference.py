@@ -3,7 +3,8 @@ verbatim as the reference the lean `linkage.agglomerate` must equal label for la
 (tests/test_linkage_lean.py; `python -m bench.merge_memory --impl old` measures it). The two
 helpers the rewrite left as they were (`_components`, `_roots`) are the package's own.
 `representatives` and `attach` are those of 3f3c3d0, before they read only the clusters they
-need (so that descriptors held elsewhere are fetched by row)."""
+need (so that descriptors held elsewhere are fetched by row). `attach_rest` is clustering's
+`_attach_rest` of 6db5701, before its photo and cannot-link checks became sorted int64 keys."""
 from __future__ import annotations
 
 import numpy as np
@@ -211,3 +212,37 @@ def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, th
             out[i] = uroots[c[under][0]]
     return out, best_d
 
+
+def attach_rest(nearest, faces, x, labels, rest, seed_rows, k, applied, gc) -> int:
+    """clustering._attach_rest of 6db5701 (a Python set of every seed's (photo, cluster)),
+    verbatim but for its name and annotations."""
+    from facejob.reduce import corrections as corr
+
+    if len(rest) == 0 or len(seed_rows) == 0:
+        return 0
+    seed_pos = np.full(len(faces) + 1, -1, np.int64)      # face row -> row among the seeds; [-1] -> -1
+    seed_pos[seed_rows] = np.arange(len(seed_rows))
+    cand = nearest(faces.embeddings[rest], 2 * k, max(4 * k, 64))
+    cand[seed_pos[cand] < 0] = -1
+    uri = faces.meta.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    photo_in = set(zip(uri[seed_rows].tolist(), labels[seed_rows].tolist()))
+    no = {}
+    if applied is not None:
+        for a, b in corr.rows_of(faces.face_ids, applied.cannot).tolist():
+            no.setdefault(a, set()).add(int(labels[b]))
+            no.setdefault(b, set()).add(int(labels[a]))
+    cl = labels[np.maximum(cand, 0)]
+    blocked = np.array([[(uri[r], c) in photo_in or c in no.get(int(r), ()) for c in row]
+                        for r, row in zip(rest.tolist(), cl.tolist())], bool).reshape(cand.shape)
+    to, dist = gc.predict(x[rest], seed_pos[cand], blocked)
+    to = np.where(to >= 0, seed_rows[np.maximum(to, 0)], -1)     # a cluster's smallest seed -> its face row
+    # One face per photo in a cluster: among extra faces of one photo aiming at one cluster, the nearest joins.
+    taken: set[tuple[int, int]] = set()
+    joined = 0
+    for i in np.argsort(dist, kind="stable").tolist():
+        key = (int(uri[rest[i]]), int(to[i]))
+        if to[i] >= 0 and key not in taken:
+            taken.add(key)
+            labels[rest[i]] = to[i]
+            joined += 1
+    return joined

@@ -107,6 +107,19 @@ def test_photo_pairs_are_all_pairs_within_a_photo():
     pairs = corr.photo_pairs(pa.array(["a", "b", "a", "c", "a", "b"]))
     assert sorted(map(tuple, pairs.tolist())) == [(0, 2), (0, 4), (1, 5), (2, 4)]
     assert corr.photo_pairs(pa.array(["a", "b"])).shape == (0, 2)
+    assert corr.photo_pairs(pa.array([], pa.string())).shape == (0, 2)
+    # In the order the loop over photos gave before (photo by first sorted code, pairs by rows):
+    # photos of 1 to 40 faces, with chunked input.
+    rng = np.random.default_rng(0)
+    uris = pa.chunked_array([[f"p{v}" for v in rng.integers(0, 300, 700)], [f"p{v}" for v in rng.integers(0, 300, 5)]])
+    codes = uris.combine_chunks().dictionary_encode().indices.to_numpy().astype(np.int64)
+    order = np.argsort(codes, kind="stable")
+    want = []
+    for c in np.unique(codes):
+        g = order[codes[order] == c]
+        i, j = np.triu_indices(len(g), 1)
+        want += list(zip(g[i].tolist(), g[j].tolist()))
+    assert list(map(tuple, corr.photo_pairs(uris).tolist())) == want
 
 
 def test_js_payload_escapes_script_end_and_comments():

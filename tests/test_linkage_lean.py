@@ -166,3 +166,46 @@ def test_descriptors_read_like_the_matrix():
     assert saved.digest(d) == saved.digest(x) and saved.digest(t) == saved.digest(x[[5, 2, 9]] * 2)
     with pytest.raises(IndexError):
         d[np.array([50])]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_attaching_low_quality_faces_by_sorted_keys_equals_the_python_sets(seed):
+    """clustering._attach_rest (photo and cannot-link checks as sorted int64 keys, one face per
+    photo and cluster by np.unique) gives the labels and count of the reference's Python sets:
+    photos of up to three faces, curator cannot-links, faces that lose to a nearer one of their photo."""
+    import pyarrow as pa
+
+    from facejob.reduce import corrections as corr
+    from facejob.reduce.clustering import _attach_rest
+    from facejob.reduce.embeddings import Faces
+
+    x, eu, ev, _, _ = _problem(seed, 400, 50, 6, False)
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    photo = np.sort(rng.integers(0, n * 2 // 3, n))          # many photos of two or three faces
+    ids = [f"f{i}" for i in range(n)]
+    faces = Faces(pa.table({"face_id": ids, "uri": [f"p{p}.jpg" for p in photo]}), x)
+    seed_rows = np.sort(rng.choice(n, n * 3 // 4, replace=False))
+    rest = np.setdiff1d(np.arange(n), seed_rows)
+    keep = np.isin(eu, seed_rows) & np.isin(ev, seed_rows)
+    at = np.full(n, -1)
+    at[seed_rows] = np.arange(len(seed_rows))
+    threshold = float(np.quantile(np.linalg.norm(x[eu] - x[ev], axis=1), 0.7))
+    gc = linkage.GraphClusterer(threshold, 0.04).fit(x[seed_rows], (at[eu[keep]], at[ev[keep]]))
+
+    def nearest(v, m, ef):
+        return np.argsort(((v[:, None] - x[None]) ** 2).sum(-1), axis=1, kind="stable")[:, :m]
+
+    # "not this person": a low-quality face and the nearest seed it would join (and some at random)
+    near = nearest(x[rest], n, 0)
+    near_seed = near[np.arange(len(rest)), np.argmax(np.isin(near, seed_rows), axis=1)]
+    pairs = [*zip(rest[::3], near_seed[::3]), *zip(rng.choice(rest, 20), rng.choice(seed_rows, 20))]
+    applied = corr.Applied(cannot=[(ids[a], ids[b]) for a, b in pairs])
+
+    for app in (None, applied):
+        got, want = np.arange(n), np.arange(n)
+        got[seed_rows] = want[seed_rows] = seed_rows[gc.labels_]
+        joined = _attach_rest(nearest, faces, x, got, rest, seed_rows, 6, app, gc)
+        assert joined == ref.attach_rest(nearest, faces, x, want, rest, seed_rows, 6, app, gc) > 3
+        assert np.array_equal(got, want)
+        assert joined == (got[rest] != rest).sum() and (got[rest] == rest).sum() > 3

@@ -171,3 +171,23 @@ def test_damaged_parts_on_s3_are_quarantined(s3):
     assert sorted(k.split("/", 2)[-1] for k in catalog.quarantined) == ["faces/part-b.parquet", "images/part-b.parquet"]
     assert store.list("images/") == ["images/part-a.parquet"]
     assert len(store.list("quarantine/")) == 2
+
+
+def test_read_parquet_reads_local_files_in_place_and_tells_damaged_from_gone(tmp_path, s3):
+    """Local files are read in place (only the columns asked for), S3 objects from their bytes:
+    the same table either way; a cut file is DamagedPart, a missing one an OSError (a storage
+    error: nothing to quarantine)."""
+    from facejob.io.s3 import S3Store
+    from facejob.io.storage import DamagedPart, read_parquet
+
+    table = pa.table({"a": list(range(1000)), "b": [str(i) for i in range(1000)]})
+    for store in (LocalStore(tmp_path / "out"), S3Store(s3.uri("rp"))):
+        write_parquet(store, "x/t.parquet", table)
+        assert read_parquet(store, "x/t.parquet").equals(table)
+        assert read_parquet(store, "x/t.parquet", columns=["b"]).equals(table.select(["b"]))
+        good = store.read_bytes("x/t.parquet")
+        store.write_bytes("x/cut.parquet", good[: len(good) // 2])
+        with pytest.raises(DamagedPart, match="x/cut.parquet"):
+            read_parquet(store, "x/cut.parquet")
+        with pytest.raises(OSError):
+            read_parquet(store, "x/gone.parquet")

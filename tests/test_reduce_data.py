@@ -90,3 +90,26 @@ def test_a_part_written_twice_counts_once(tmp_path, data_dir):
     make_out(tmp_path / "out", photos(data_dir)[:10], shard_size=10)
     faces = read_faces(store)
     assert len(faces) == 10 and len(set(faces.face_ids.to_pylist())) == 10
+
+
+def test_saved_files_written_sorted_a_row_group_at_a_time_equal_the_sorted_table(tmp_path):
+    """saved.write(..., sort_by=) never builds the sorted table: the file holds the same rows,
+    row groups and digest as the sorted table written whole (and ends whole when it is empty)."""
+    import pyarrow as pa
+
+    from facejob.reduce import saved
+
+    store = LocalStore(tmp_path)
+    rng = np.random.default_rng(0)
+    ids = [f"{x:020x}" for x in rng.integers(0, 2**62, 20_000)]
+    table = pa.table({"face_id": ids, "row": np.arange(len(ids))})
+    for rows in (8192, None):
+        saved.write(store, "sorted.parquet", table, "k", rows, sort_by="face_id")
+        saved.write(store, "whole.parquet", table.sort_by("face_id"), "k", rows)
+        got, want = (pq.ParquetFile(tmp_path / f) for f in ("sorted.parquet", "whole.parquet"))
+        assert got.read().equals(want.read()) and not got.read().equals(table)
+        assert [got.metadata.row_group(i).num_rows for i in range(got.metadata.num_row_groups)] == \
+               [want.metadata.row_group(i).num_rows for i in range(want.metadata.num_row_groups)]
+        assert saved.read(store, "sorted.parquet", "k").equals(saved.read(store, "whole.parquet", "k"))
+    saved.write(store, "empty.parquet", table.slice(0, 0), "k", 8192, sort_by="face_id")
+    assert saved.read(store, "empty.parquet", "k").num_rows == 0

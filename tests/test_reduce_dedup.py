@@ -209,6 +209,8 @@ def test_phash_candidates_equal_the_brute_force_on_random_hashes(seed, max_bits,
     want = _brute_force_candidates(sha, h, faceless, max_bits, query)
     assert list(dd.phash_candidates(sha, h, faceless, max_bits, workers=2, width=width, query=query)) == want
     assert 0 < len(want) < len(got)
+    coded = dd.content_codes(sha)     # the caller's own coding of the same sha256s (dedup's)
+    assert list(dd.phash_candidates(sha, h, faceless, max_bits, width=width, query=query, coded=coded)) == want
 
 
 def test_block_plan_covers_every_pair_within_max_bits():

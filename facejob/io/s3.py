@@ -345,11 +345,11 @@ class S3Store:
             _raise_for(e, f"{self.root}/{rel}")
         return b""  # unreachable: _raise_for always raises
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes | memoryview) -> None:
         key = self._key(rel)
         try:
-            if len(data) < self._transfer.multipart_threshold:
-                client().put_object(Bucket=self.bucket, Key=key, Body=data)
+            if len(data) < self._transfer.multipart_threshold:     # botocore takes bytes, not a view
+                client().put_object(Bucket=self.bucket, Key=key, Body=bytes(data))
             else:
                 # s3transfer completes the upload only after every part is in, and aborts it on error.
                 client().upload_fileobj(io.BytesIO(data), self.bucket, key, Config=self._transfer)

@@ -35,7 +35,7 @@ class Store(Protocol):
     def exists(self, rel: str) -> bool: ...
     def read_bytes(self, rel: str) -> bytes: ...
     def read_tail(self, rel: str, n: int) -> bytes: ...
-    def write_bytes(self, rel: str, data: bytes) -> None: ...
+    def write_bytes(self, rel: str, data: bytes | memoryview) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
     def list_versions(self, prefix: str) -> dict[str, str]: ...
     def folder_version(self, prefix: str) -> str | None: ...
@@ -88,7 +88,7 @@ class LocalStore:
             f.seek(max(0, f.seek(0, os.SEEK_END) - n))
             return f.read()
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes | memoryview) -> None:
         dest = self._p(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         # Temp name starts with '.', so listings (and pyarrow datasets) ignore it.
@@ -172,11 +172,21 @@ def open_store(out: str | os.PathLike | Store) -> Store:
 def write_parquet(store: Store, rel: str, table: pa.Table) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    store.write_bytes(rel, buf.getvalue())
+    store.write_bytes(rel, buf.getbuffer())    # not getvalue(): a second copy of the file (10M rows: GBs)
 
 
 def read_parquet(store: Store, rel: str, columns: list[str] | None = None, threads: bool = True) -> pa.Table:
-    return parse_parquet(rel, store.read_bytes(rel), columns, threads)
+    """OUT/rel as a table (`columns` only); DamagedPart when it is not whole Parquet. A local file
+    is read in place, only the columns asked for: not its bytes and a copy of them (at 10M faces
+    a saved table is hundreds of MB)."""
+    local = store.local_path(rel)
+    if local is None:
+        return parse_parquet(rel, store.read_bytes(rel), columns, threads)
+    with pa.OSFile(str(local)) as f:     # gone or unreadable: an OSError, as from read_bytes
+        try:
+            return pq.ParquetFile(f).read(columns=columns, use_threads=threads)
+        except Exception as e:  # pyarrow raises ArrowInvalid, OSError or others for broken files
+            raise DamagedPart(f"{rel}: {e}") from e
 
 
 class DamagedPart(ValueError):

@@ -132,35 +132,38 @@ def _attach_rest(nearest, faces: Faces, x: np.ndarray, labels: np.ndarray, rest:
     by `gc` (fitted on the seeds); how many got one. `nearest(vectors, m, ef)`: the face rows of
     the m nearest faces of each vector (-1: fewer found). A cluster holding a face of the same photo,
     or one the curator said this face is not, is out; two faces of one photo never join one
-    cluster (the nearer one does)."""
+    cluster (the nearer one does). (Photo and cluster pairs are one int64 each, photo * (n + 1) +
+    cluster, in sorted arrays: a set of Python tuples of every seed was GBs at millions of faces.)"""
     if len(rest) == 0 or len(seed_rows) == 0:
         return 0
-    seed_pos = np.full(len(faces) + 1, -1, np.int64)      # face row -> row among the seeds; [-1] -> -1
+    n = len(faces)
+    seed_pos = np.full(n + 1, -1, np.int64)      # face row -> row among the seeds; [-1] -> -1
     seed_pos[seed_rows] = np.arange(len(seed_rows))
     cand = nearest(faces.embeddings[rest], 2 * k, max(4 * k, 64))
     cand[seed_pos[cand] < 0] = -1
     uri = faces.meta.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
-    photo_in = set(zip(uri[seed_rows].tolist(), labels[seed_rows].tolist()))
-    no = {}
-    if applied is not None:
-        for a, b in corr.rows_of(faces.face_ids, applied.cannot).tolist():
-            no.setdefault(a, set()).add(int(labels[b]))
-            no.setdefault(b, set()).add(int(labels[a]))
+    uri = uri.astype(np.int64)
     cl = labels[np.maximum(cand, 0)]
-    blocked = np.array([[(uri[r], c) in photo_in or c in no.get(int(r), ()) for c in row]
-                        for r, row in zip(rest.tolist(), cl.tolist())], bool).reshape(cand.shape)
+    blocked = _in_sorted(uri[rest, None] * (n + 1) + cl, np.unique(uri[seed_rows] * (n + 1) + labels[seed_rows]))
+    if applied is not None:
+        a, b = corr.rows_of(faces.face_ids, applied.cannot).T
+        no = np.unique(np.concatenate([a * (n + 1) + labels[b], b * (n + 1) + labels[a]]))
+        blocked |= _in_sorted(rest[:, None] * (n + 1) + cl, no)
     to, dist = gc.predict(x[rest], seed_pos[cand], blocked)
     to = np.where(to >= 0, seed_rows[np.maximum(to, 0)], -1)     # a cluster's smallest seed -> its face row
     # One face per photo in a cluster: among extra faces of one photo aiming at one cluster, the nearest joins.
-    taken: set[tuple[int, int]] = set()
-    joined = 0
-    for i in np.argsort(dist, kind="stable").tolist():
-        key = (int(uri[rest[i]]), int(to[i]))
-        if to[i] >= 0 and key not in taken:
-            taken.add(key)
-            labels[rest[i]] = to[i]
-            joined += 1
-    return joined
+    order = np.argsort(dist, kind="stable")
+    order = order[to[order] >= 0]
+    _, first = np.unique(uri[rest[order]] * (n + 1) + to[order], return_index=True)
+    join = order[first]
+    labels[rest[join]] = to[join]
+    return len(join)
+
+
+def _in_sorted(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Per key: is it in `table` (sorted, distinct)?"""
+    at = np.minimum(np.searchsorted(table, keys), max(len(table) - 1, 0))
+    return table[at] == keys if len(table) else np.zeros(keys.shape, bool)
 
 
 @writes_output("cluster")
@@ -214,7 +217,7 @@ def cluster(out: str | Store, threshold: float | None = None, k: int | None = No
         "face_idx": faces.meta.column("face_idx"),
     }, schema=CLUSTERS_SCHEMA)
     # Sorted by face_id in small row groups: `facejob search` reads the few groups of its matches.
-    saved.write(store, CLUSTERS, table.sort_by("face_id"), key, saved.LOOKUP_ROWS)
+    saved.write(store, CLUSTERS, table, key, saved.LOOKUP_ROWS, sort_by="face_id")
     now = _now()
     events = [{"run_at": now, "event": e["event"], "cluster_id": e["cluster_id"],
                "other_ids": e.get("from") or e.get("into") or [],

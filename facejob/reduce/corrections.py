@@ -281,16 +281,17 @@ def rows_of(face_ids: pa.Array, pairs: list[tuple[str, str]]) -> np.ndarray:
 
 
 def photo_pairs(uris: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """(m, 2) row pairs of faces found in the same photo: they are never one person."""
+    """(m, 2) row pairs of faces found in the same photo: they are never one person. Per photo its
+    faces in row order, each with every later one (array operations: millions of photos)."""
     if isinstance(uris, pa.ChunkedArray):
         uris = uris.combine_chunks()
     codes = uris.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
     order = np.argsort(codes, kind="stable")
+    if len(order) == 0:
+        return np.empty((0, 2), np.int64)
     starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
-    sizes = np.diff(np.r_[starts, len(order)])
-    pairs = []
-    for lo, k in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist()):
-        g = order[lo:lo + k]
-        i, j = np.triu_indices(k, 1)
-        pairs.append(np.stack([g[i], g[j]], 1))
-    return np.concatenate(pairs) if pairs else np.empty((0, 2), np.int64)
+    ends = np.repeat(np.r_[starts[1:], len(order)], np.diff(np.r_[starts, len(order)]))   # per place: its photo's end
+    later = ends - np.arange(len(order)) - 1          # faces after this one in its photo
+    i = np.repeat(np.arange(len(order)), later)
+    j = i + 1 + np.arange(len(i)) - np.repeat(np.cumsum(later) - later, later)
+    return np.stack([order[i], order[j]], 1) if len(i) else np.empty((0, 2), np.int64)

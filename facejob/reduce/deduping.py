@@ -105,20 +105,26 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     checked = dd.face_checks(_face_table(faces, code, contents, vectors),
                              np.searchsorted(contents, a), np.searchsorted(contents, b))
     checked = dataclasses.replace(checked, a=contents[checked.a], b=contents[checked.b])
+    # From here on only the checked pairs' sha256: every face's coding (and on Ray the landmarks
+    # and sha256 read for dedup) goes before the photos' own (faceless candidates, groups).
+    near_a, near_b = (names.take(pa.array(c, pa.int64())) for c in (checked.a, checked.b))
+    candidates = len(key)
+    del code, names, i, j, key, a, b, contents
+    faces = None      # (`nearest` and `vectors` above, which read it, are done)
     from facejob.config import DEFAULT_MAX_PIXELS, load_run_config
 
     max_pixels = load_run_config(store).max_pixels if store.exists(RUN_JSON) else DEFAULT_MAX_PIXELS
     faceless, hashed = _faceless_candidates(images, store)
-    wanted = pa.concat_arrays([names.take(pa.array(np.concatenate([checked.a, checked.b]), pa.int64())),
+    wanted = pa.concat_arrays([near_a, near_b,
                                faceless.names.take(pa.array(np.concatenate([faceless.a, faceless.b]), pa.int64()))])
     load = _PictureLoader(store, images, wanted, max_pixels)
+    del wanted
 
     # The pairs to judge, made one at a time as _judge asks (a list of them all, with a closure
     # each, takes about 1 KiB a pair).
     def near_pairs() -> Iterator[tuple[str, str, float, Callable[[], float | None]]]:
-        for a, b, d, sc, st in zip(checked.a.tolist(), checked.b.tolist(), checked.dist.tolist(),
-                                   checked.scale.tolist(), checked.shift):
-            x, y = names[a].as_py(), names[b].as_py()
+        for k, (d, sc, st) in enumerate(zip(checked.dist.tolist(), checked.scale.tolist(), checked.shift)):
+            x, y = near_a[k].as_py(), near_b[k].as_py()
             yield x, y, d, functools.partial(_near_verdict, load, x, y, sc, st)
 
     def faceless_pairs() -> Iterator[tuple[str, str, float, Callable[[], float | None]]]:
@@ -128,13 +134,14 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     todo = itertools.chain(near_pairs(), faceless_pairs())
     near, decoded = _judge(store, todo, max_pixels, load)
     load.save()
+    faceless_candidates, faceless = len(faceless), None     # its sha256 of every photo with a hash: freed
     table = dd.groups_table(images, near)
     write_parquet(store, DUPLICATES, table)
     groups = pc.count_distinct(table.column("group")).as_py() if table.num_rows else 0
     ident_groups = len(set(table.filter(pc.equal(table.column("kind"), "identical")).column("group").to_pylist()))
     s = DedupSummary(photos=images.num_rows, groups=groups, identical_groups=ident_groups,
-                     near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=len(key),
-                     faceless_candidates=len(faceless), queried=queried, decoded=decoded, hashed=hashed,
+                     near_groups=groups - ident_groups, duplicates=int(table.num_rows - groups), candidates=candidates,
+                     faceless_candidates=faceless_candidates, queried=queried, decoded=decoded, hashed=hashed,
                      unreadable=len(load.unreadable), unreadable_known=load.known)
     log.info("dedup: %d groups (%d identical, %d near), %d duplicate photos; %d pairs with faces and %d "
              "without compared (%d faces and %d perceptual hashes searched, %d pairs decoded tonight)", s.groups,
@@ -219,7 +226,8 @@ def _faceless_candidates(images: pa.Table, store: Store | None = None) -> tuple[
         a, b = at[owner[ok]], at[other[ok]]
         kept = np.minimum(a, b) * n + np.maximum(a, b)
     searched = int(dirty.sum())
-    new = dd.phash_candidates(sha, hashes, faceless, query=None if dirty.all() else dirty[codes]) if searched \
+    new = dd.phash_candidates(sha, hashes, faceless, query=None if dirty.all() else dirty[codes],
+                              coded=(codes, names)) if searched \
         else dd.ContentPairs(names, kept[:0], kept[:0])
     keys = np.unique(np.concatenate([kept, new.a.astype(np.int64) * n + new.b]))
     a, b = (keys // n).astype(np.int32), (keys % n).astype(np.int32)

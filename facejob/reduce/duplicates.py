@@ -303,7 +303,8 @@ def _plan_cost(plan: list[Block], n_rows: int, n_cols: int) -> float:
 
 def phash_candidates(sha, hashes: np.ndarray, faceless: np.ndarray, max_bits: int = PHASH_MAX,
                      workers: int | None = None, width: int | None = None,
-                     query: np.ndarray | None = None) -> ContentPairs:
+                     query: np.ndarray | None = None,
+                     coded: tuple[np.ndarray, pa.Array] | None = None) -> ContentPairs:
     """Content pairs (sha_a < sha_b), at least one of them without faces (`faceless` mask), whose
     hashes differ in at most `max_bits` bits; with a `query` mask, only the pairs with a photo in
     it (a nightly run: the photos new since the last one). (A copy may have a false-positive face
@@ -316,8 +317,9 @@ def phash_candidates(sha, hashes: np.ndarray, faceless: np.ndarray, max_bits: in
     block's threshold, many buckets per vectorised step on `workers` threads. A pair is kept in
     the first block that admits it (each pair once). At 16 of 64 bits no plan admits few random
     pairs: the best, four 16-bit blocks, compares 7 % of all pairs (the full scan: 100 %); memory
-    is the buckets, one step's comparisons per thread and the pairs found."""
-    codes, names = content_codes(sha)
+    is the buckets, one step's comparisons per thread and the pairs found. `coded`: content_codes(sha)
+    when the caller has it (at millions of photos another coding is a hash table of every sha256)."""
+    codes, names = content_codes(sha) if coded is None else coded
     q = np.ones(len(codes), bool) if query is None else np.asarray(query, bool)
     h, fl, c, q = _distinct_hashes(codes, np.asarray(hashes, np.int64), np.asarray(faceless, bool), q)
     n, nf, n_names = len(h), int(fl.sum()), len(names)

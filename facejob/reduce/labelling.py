@@ -223,8 +223,8 @@ def label(out: str | Store, labels: str | Path | None = None, params: LabelParam
                      gone=[{k: g[k] for k in ("name", "face_id", "uri", "source")} for g in followed.gone],
                      low_quality=int(low.sum()), low_quality_named=int((named & low).sum()))
     # The summary travels with the predictions: a rerun that keeps them reports it again.
-    saved.write(store, PREDICTIONS, predictions.sort_by("face_id").replace_schema_metadata(
-        {SUMMARY_KEY: json.dumps(asdict(s))}), key, saved.LOOKUP_ROWS)
+    saved.write(store, PREDICTIONS, predictions.replace_schema_metadata({SUMMARY_KEY: json.dumps(asdict(s))}),
+                key, saved.LOOKUP_ROWS, sort_by="face_id")
     if s.followed or s.gone:
         log.info("label: %d labels followed their photo (%d moved, %d re-encoded); %d on photos no longer in "
                  "the archive, kept as training examples", s.followed, followed.moved, followed.reencoded, len(s.gone))
