@@ -29,7 +29,7 @@ from . import saved
 from .embeddings import META_COLUMNS, Faces, read_faces, take_rows
 from .graph import knn_graph
 from .hnsw import FaceIndex, update_index
-from .linkage import GraphClusterer, representatives
+from .linkage import GraphClusterer, in_sorted, representatives
 from .stable import assign_ids
 
 if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
@@ -142,13 +142,13 @@ def _attach_rest(nearest, faces: Faces, x: np.ndarray, labels: np.ndarray, rest:
     cand = nearest(faces.embeddings[rest], 2 * k, max(4 * k, 64))
     cand[seed_pos[cand] < 0] = -1
     uri = faces.meta.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
-    uri = uri.astype(np.int64)
+    uri = uri.astype(np.int64)     # photo codes: keys photo * (n + 1) + cluster stay in int64
     cl = labels[np.maximum(cand, 0)]
-    blocked = _in_sorted(uri[rest, None] * (n + 1) + cl, np.unique(uri[seed_rows] * (n + 1) + labels[seed_rows]))
+    blocked = in_sorted(uri[rest, None] * (n + 1) + cl, np.unique(uri[seed_rows] * (n + 1) + labels[seed_rows]))
     if applied is not None:
         a, b = corr.rows_of(faces.face_ids, applied.cannot).T
         no = np.unique(np.concatenate([a * (n + 1) + labels[b], b * (n + 1) + labels[a]]))
-        blocked |= _in_sorted(rest[:, None] * (n + 1) + cl, no)
+        blocked |= in_sorted(rest[:, None] * (n + 1) + cl, no)
     to, dist = gc.predict(x[rest], seed_pos[cand], blocked)
     to = np.where(to >= 0, seed_rows[np.maximum(to, 0)], -1)     # a cluster's smallest seed -> its face row
     # One face per photo in a cluster: among extra faces of one photo aiming at one cluster, the nearest joins.
@@ -158,13 +158,6 @@ def _attach_rest(nearest, faces: Faces, x: np.ndarray, labels: np.ndarray, rest:
     join = order[first]
     labels[rest[join]] = to[join]
     return len(join)
-
-
-def _in_sorted(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Per key: is it in `table` (sorted, distinct)?"""
-    at = np.minimum(np.searchsorted(table, keys), max(len(table) - 1, 0))
-    return table[at] == keys if len(table) else np.zeros(keys.shape, bool)
-
 
 @writes_output("cluster")
 def cluster(out: str | Store, threshold: float | None = None, k: int | None = None,

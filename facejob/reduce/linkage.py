@@ -226,13 +226,19 @@ def _keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return np.where(lo != hi, lo * n + hi, -1)
 
 
+def in_sorted(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """np.isin(keys, table) for a sorted, distinct `table` (any shape of keys), without sorting keys."""
+    if not len(table):
+        return np.zeros(np.shape(keys), bool)
+    return table[np.minimum(np.searchsorted(table, keys), len(table) - 1)] == keys
+
+
 def _within(a: np.ndarray, b: np.ndarray, n: int, table: np.ndarray) -> np.ndarray:
     """np.isin(_keys(a, b, n), table) for a sorted `table`, in chunks."""
     out = np.zeros(len(a), bool)
     if len(table):
         for lo in range(0, len(a), CHUNK):
-            k = _keys(a[lo:lo + CHUNK], b[lo:lo + CHUNK], n)
-            out[lo:lo + CHUNK] = table[np.minimum(np.searchsorted(table, k), len(table) - 1)] == k
+            out[lo:lo + CHUNK] = in_sorted(_keys(a[lo:lo + CHUNK], b[lo:lo + CHUNK], n), table)
     return out
 
 
