@@ -208,7 +208,6 @@ def main() -> int:
     shard = max(1, len(paths) // (4 * args.workers))
     run = RunConfig(workers=args.workers, shard_size=shard)
     default = IndexConfig(ModelConfig(), run)
-    runs = {}
     fj_rates = []
     fj_boxes, rate, report = run_facejob(folder, tmp / "out_default_1", default)
     fj_rates.append(rate)

@@ -329,7 +329,6 @@ def run_sizes(d: dict, fractions: list[float]) -> None:
 
 def run_dedup(lfw_out: str, n: int = 100, seed: int = 0) -> None:
     import io
-    import json
     import random
     import shutil
     import tempfile

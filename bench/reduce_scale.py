@@ -20,8 +20,9 @@ clustering time (kNN graph + merging), clustering quality against the true peopl
 
 --nightly instead runs the whole `facejob reduce` (all steps) twice, each in its own process: the
 first reduce of the archive, then a rerun with nothing changed (what a nightly job does when no
-photo came in) — seconds per step and peak RSS of each (`nightly_s` is the rerun's wall time);
-then the cold start of one `facejob search --face-id` (a fresh process: index load, query,
+photo came in) — seconds per step and peak RSS of each (`nightly_s` is the rerun's wall time;
+`*_own_rss_gib`: sampled RSS less the pages of Ray's object store the driver touched, which are
+shared memory the raylet owns and every process mapping them counts); then the cold start of one `facejob search --face-id` (a fresh process: index load, query,
 cluster and name lookup) and its peak RSS.
 
 With --ray it then runs the reducer's Ray path (facejob/reduce/ray_reduce.py) on a local Ray of
@@ -247,7 +248,8 @@ def _child(argv: list[str]) -> None:
         else:
             rss = RssSampler()
             s = reduce(out)
-        res = {"s": time.perf_counter() - t0, "steps": s.timings, "steps_rss_gib": rss.per_step(s.timings)}
+        res = {"s": time.perf_counter() - t0, "steps": s.timings, "steps_rss_gib": rss.per_step(s.timings),
+               "own_rss_gib": rss.own_peak, "steps_own_rss_gib": rss.per_step(s.timings, own=True)}
     else:
         from facejob.reduce.search_index import search_face
 
@@ -265,7 +267,10 @@ def _child(argv: list[str]) -> None:
 
 class RssSampler:
     """This process's RSS, sampled every 0.1 s in a thread from now on: `per_step` gives the
-    peak within each step of a `reduce`, by its timings (steps in order, from when it started)."""
+    peak within each step of a `reduce`, by its timings (steps in order, from when it started).
+    Each sample also keeps the RSS less the object store's shared pages this process touched
+    (RssShmem: Ray's plasma memory, mapped into every process that puts or gets an object, and
+    counted in each one's RSS although the raylet owns it): `per_step(own=True)` and `own_peak`."""
 
     def __init__(self, every: float = 0.1):
         import threading
@@ -276,18 +281,24 @@ class RssSampler:
     def _run(self, every: float) -> None:
         while True:
             with open("/proc/self/status") as f:
-                kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-            self.samples.append((time.perf_counter() - self.t0, kib / 2**20))
+                kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)
+                       if k in ("VmRSS", "RssShmem")}
+            rss = kib["VmRSS"] / 2**20
+            self.samples.append((time.perf_counter() - self.t0, rss, rss - kib.get("RssShmem", 0) / 2**20))
             time.sleep(every)
 
-    def per_step(self, timings: dict[str, float]) -> dict[str, float]:
+    def per_step(self, timings: dict[str, float], own: bool = False) -> dict[str, float]:
         peaks, start = {}, 0.0
         samples = list(self.samples)
         for step, seconds in timings.items():
-            inside = [g for t, g in samples if start <= t <= start + seconds + 0.1]
+            inside = [g[2 if own else 1] for g in samples if start <= g[0] <= start + seconds + 0.1]
             peaks[step.removesuffix("_s")] = round(max(inside, default=0.0), 2)
             start += seconds
         return peaks
+
+    @property
+    def own_peak(self) -> float:
+        return max((g[2] for g in self.samples), default=0.0)
 
 
 def _in_child(*argv: str) -> dict:
@@ -311,7 +322,8 @@ def nightly(out: Path, n_people: int, say, workers: int = 0, shards: int = 0) ->
         runs[name] = r = _in_child("reduce", str(out), *([str(workers), str(shards)] if workers else []))
         say(f"{name} reduce: {r['s']:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in r['steps'].items())}), "
             f"peak RSS {r['rss_gib']:.2f} GiB (by step: "
-            f"{', '.join(f'{k} {v:.2f}' for k, v in r['steps_rss_gib'].items())})")
+            f"{', '.join(f'{k} {v:.2f}' for k, v in r['steps_rss_gib'].items())}); less the object store's "
+            f"shared pages {r['own_rss_gib']:.2f} GiB")
     import pyarrow.parquet as pq
 
     face_id = pq.read_table(out / "faces/part-0000.parquet", columns=["face_id"]).column(0)[0].as_py()
@@ -323,7 +335,10 @@ def nightly(out: Path, n_people: int, say, workers: int = 0, shards: int = 0) ->
                       "first_rss_gib": round(runs["first"]["rss_gib"], 2),
                       "nightly_rss_gib": round(runs["nightly"]["rss_gib"], 2),
                       "first_steps_rss_gib": runs["first"]["steps_rss_gib"],
-                      "nightly_steps_rss_gib": runs["nightly"]["steps_rss_gib"], "ray_workers": workers,
+                      "nightly_steps_rss_gib": runs["nightly"]["steps_rss_gib"],
+                      "first_own_rss_gib": round(runs["first"]["own_rss_gib"], 2),
+                      "nightly_own_rss_gib": round(runs["nightly"]["own_rss_gib"], 2),
+                      "first_steps_own_rss_gib": runs["first"]["steps_own_rss_gib"], "ray_workers": workers,
                       "search_cold_s": round(q["s"], 2), "search_rss_gib": round(q["rss_gib"], 2)}))
 
 

@@ -122,6 +122,28 @@ def test_photo_pairs_are_all_pairs_within_a_photo():
     assert list(map(tuple, corr.photo_pairs(uris).tolist())) == want
 
 
+def test_rows_of_gives_each_ids_first_row_hashing_only_the_pairs():
+    """rows_of looks the pairs' ids up in the archive's (a hash of the few ids asked, not of every
+    face's): the same rows, in pair order, as index_in of the pairs over all ids, first rows for
+    an id read twice, pairs with a gone face dropped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(1)
+    ids = pa.array([f"f{v}" for v in rng.integers(0, 400, 600)])      # repeats: an id's first row wins
+    names = [f"f{v}" for v in rng.integers(0, 450, 120)]               # some gone (>= 400 or not drawn)
+    pairs = list(zip(names[::2], names[1::2]))
+    flat = pa.array([f for p in pairs for f in p])
+    want = pc.index_in(flat, ids).fill_null(-1).to_numpy().astype(np.int64).reshape(-1, 2)
+    want = want[(want >= 0).all(1)]
+    got = corr.rows_of(ids, pairs)
+    assert got.dtype == np.int64 and 0 < len(got) < len(pairs)
+    assert got.tolist() == want.tolist()
+    assert corr.rows_of(pa.chunked_array([ids[:300], ids[300:]]), pairs).tolist() == want.tolist()
+    assert corr.rows_of(ids, []).shape == (0, 2)
+    assert corr.rows_of(ids, [("gone", "f1")]).shape == (0, 2)
+
+
 def test_js_payload_escapes_script_end_and_comments():
     from facejob.report.builder import js_payload
 

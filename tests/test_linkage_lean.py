@@ -147,8 +147,12 @@ def test_representatives_and_attach_read_only_what_they_need_and_equal_the_refer
             in_multi = int((size[labels] > 1).sum())
             ok = (cand >= 0) & ~blocked
             in_cand = int(np.isin(labels, labels[cand[ok]]).sum())
-            # representatives reads each row of a multi-face cluster twice (mean, distance), attach once
-            assert sum(fetched) == 2 * in_multi + in_cand < 3 * len(x)
+            # representatives and attach read each row they need once
+            assert sum(fetched) == in_multi + in_cand < 2 * len(x)
+        with monkeypatch.context() as m:      # faces attached a few at a time: the same answers
+            m.setattr(linkage, "ATTACH_ROWS", 7)
+            got = linkage.attach(_held_elsewhere(x, []), labels, q, cand, threshold, blocked, 0.04)
+        assert np.array_equal(got[0], attached[0]) and np.array_equal(got[1], attached[1])
 
 
 def test_descriptors_read_like_the_matrix():

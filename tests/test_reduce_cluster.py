@@ -159,6 +159,28 @@ def test_canonical_edges_by_ranges_equal_all_at_once(dtype):
     assert len(want[0]) < (a != b).sum()      # duplicates were there to drop
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_neighbour_edges_equal_the_edges_made_as_pairs(dtype):
+    """The kNN graph's edges made from each face's neighbours (one row a face, -1 where none), a
+    range of smaller ends and a block of rows at a time: the edges canonical_edges gives of
+    all pairs at once, in the same order and type."""
+    from facejob.reduce.graph import neighbour_edges
+
+    rng = np.random.default_rng(7)
+    n, k = 700, 6
+    nearest = rng.integers(0, n, (n, k)).astype(dtype)
+    nearest[rng.random(nearest.shape) < 0.15] = -1
+    nearest[nearest == np.arange(n)[:, None]] = -1          # no self-loops, as knn_graph leaves them
+    i = np.repeat(np.arange(n), k)
+    ok = nearest.reshape(-1) >= 0
+    want = canonical_edges(i[ok].astype(dtype), nearest.reshape(-1)[ok], n)
+    assert len(want[0]) < ok.sum()     # edges found both ways, to drop
+    for chunk, block in ((nearest.size, 1 << 20), (500, 1 << 20), (500, 64), (37, 1), (1, 5)):
+        got = neighbour_edges(nearest, chunk=chunk, block=block)
+        assert all(np.array_equal(g, w) and g.dtype == dtype for g, w in zip(got, want)), (chunk, block)
+    assert all(len(g) == 0 for g in neighbour_edges(np.full((5, 3), -1, dtype)))
+
+
 def test_assign_ids_rules():
     prev = np.array([0, 0, 0, 1, 1, 2, 2, 2, -1, -1])
     # new clusters: {0,1,3,4} merges old 0 and 1; {2} splits off old 0; {5,6,7,8} keeps 2 and adds a new face; {9} new

@@ -113,3 +113,53 @@ def test_saved_files_written_sorted_a_row_group_at_a_time_equal_the_sorted_table
         assert saved.read(store, "sorted.parquet", "k").equals(saved.read(store, "whole.parquet", "k"))
     saved.write(store, "empty.parquet", table.slice(0, 0), "k", 8192, sort_by="face_id")
     assert saved.read(store, "empty.parquet", "k").num_rows == 0
+
+
+def test_one_chunk_equals_combine_chunks_of_batches_and_tables():
+    """embeddings.one_chunk (a column combined at a time, the pieces let go as it goes): the table
+    combine_chunks gives, one chunk a column, the pieces list emptied; the schema's empty table
+    when there are none."""
+    import pyarrow as pa
+
+    from facejob.reduce.embeddings import one_chunk
+
+    batches = [pa.record_batch({"face_id": [f"f{k}{i}" for i in range(50)], "row": np.arange(50) + k})
+               for k in range(4)]
+    want = pa.Table.from_batches(batches).combine_chunks()
+    for pieces in (list(batches), [pa.Table.from_batches([b]) for b in batches]):
+        got = one_chunk(pieces, want.schema)
+        assert got.equals(want) and got.schema == want.schema and pieces == []
+        assert all(c.num_chunks == 1 for c in got.columns)
+    assert one_chunk([], want.schema).equals(want.schema.empty_table())
+
+
+def test_a_saved_file_streams_to_a_local_temp_file_published_only_whole(tmp_path, monkeypatch):
+    """saved.write streams a local store's file to disk (its bytes are never a buffer in memory)
+    and publishes it only when the writer finished: a failure mid-write leaves the file of the
+    last run as it was and no temp file."""
+    import pyarrow as pa
+
+    from facejob.reduce import saved
+
+    store = LocalStore(tmp_path)
+    table = pa.table({"face_id": [f"{i:08d}" for i in range(50_000)], "row": np.arange(50_000)})
+    saved.write(store, "kept.parquet", table, "old", 8192, sort_by="face_id")
+    before = (tmp_path / "kept.parquet").read_bytes()
+    seen = []
+    real = pq.ParquetWriter.write_table
+
+    def dies_on_third(self, t, row_group_size=None):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))     # a temp file grows beside it
+        if len(seen) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, t, row_group_size=row_group_size)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", dies_on_third)
+    with pytest.raises(OSError, match="kept.parquet"):
+        saved.write(store, "kept.parquet", table, "new", 8192, sort_by="face_id")
+    assert any(n.startswith(".kept.parquet.") for n in seen[2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.parquet"]
+    assert (tmp_path / "kept.parquet").read_bytes() == before and saved.stamped(store, "kept.parquet", "old")
+    monkeypatch.undo()
+    saved.write(store, "kept.parquet", table, "new", 8192, sort_by="face_id")
+    assert saved.read(store, "kept.parquet", "new").equals(table)

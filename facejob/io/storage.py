@@ -12,8 +12,10 @@ import os
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -89,13 +91,20 @@ class LocalStore:
             return f.read()
 
     def write_bytes(self, rel: str, data: bytes | memoryview) -> None:
+        with self.writer(rel) as f:
+            f.write(data)
+
+    @contextmanager
+    def writer(self, rel: str) -> Iterator[BinaryIO]:
+        """A file to write OUT/rel into, published (fsynced, renamed onto it) when the block ends
+        without an error; on an error nothing is published."""
         dest = self._p(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         # Temp name starts with '.', so listings (and pyarrow datasets) ignore it.
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
             publish(tmp, dest)
@@ -167,6 +176,20 @@ def open_store(out: str | os.PathLike | Store) -> Store:
 
         return s3.S3Store(os.fspath(out))
     return LocalStore(out)
+
+
+@contextmanager
+def writing(store: Store, rel: str) -> Iterator[BinaryIO]:
+    """A binary file to write OUT/rel into, whole or not at all when the block ends: a local
+    store's temp file beside it (the bytes never held in memory: a saved table of 10M faces is
+    hundreds of MB), else a buffer written with one `write_bytes`."""
+    if isinstance(store, LocalStore):
+        with store.writer(rel) as f:
+            yield f
+        return
+    buf = io.BytesIO()
+    yield buf
+    store.write_bytes(rel, buf.getbuffer())
 
 
 def write_parquet(store: Store, rel: str, table: pa.Table) -> None:

@@ -96,22 +96,28 @@ def cluster_faces(fi: FaceIndex | None, faces: Faces, threshold: float = CLUSTER
     n = len(faces)
     seed_rows = np.arange(n) if seeds is None else np.flatnonzero(seeds)
     rest = np.setdiff1d(np.arange(n), seed_rows)
-    sf = faces if len(rest) == 0 else faces.take(seed_rows)
+    seed_pos = np.full(n + 1, -1, np.int64)      # face row -> row among the seeds; [-1] -> -1
+    seed_pos[seed_rows] = np.arange(len(seed_rows))
+    # The seeds are rows of `faces` looked up by position, never a copy of its columns (10M faces:
+    # ~1.6 GiB of ids, paths and hashes).
+    seed_x = faces.embeddings if len(rest) == 0 else take_rows(faces.embeddings, seed_rows)
     if engine is None:
-        eu, ev = knn_graph(fi, sf.embeddings, fi.rows_for(sf), k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
+        rows_of_label = fi.rows_for(faces)
+        eu, ev = knn_graph(fi, seed_x, seed_pos[rows_of_label], k, max_dist=CLUSTER_MAX_EDGE, threads=threads)
         def nearest(v: np.ndarray, m: int, ef: int) -> np.ndarray:
             # hnsw labels -> face rows; the trailing -1: "fewer found"
-            return np.append(fi.rows_for(faces), -1)[fi.query(v, m, ef=ef, threads=threads)[0]]
+            return np.append(rows_of_label, -1)[fi.query(v, m, ef=ef, threads=threads)[0]]
     else:
-        eu, ev = engine.knn_graph(sf.embeddings, seed_rows, n, k, max_dist=CLUSTER_MAX_EDGE)
+        eu, ev = engine.knn_graph(seed_x, seed_rows, n, k, max_dist=CLUSTER_MAX_EDGE)
         def nearest(v: np.ndarray, m: int, ef: int) -> np.ndarray:
             return engine.query(v, m, ef=ef)[0]      # its answers are face rows
     t1 = time.perf_counter()
-    cannot = corr.photo_pairs(sf.meta.column("uri"))
+    photo = corr.photo_codes(faces.meta.column("uri"))
+    cannot = corr.photo_pairs(photo[seed_rows])
     must = np.empty((0, 2), np.int64)
     if applied is not None:
-        must = corr.rows_of(sf.face_ids, applied.must)
-        cannot = np.concatenate([cannot, corr.rows_of(sf.face_ids, applied.cannot)])
+        must, no = (_seed_pairs(seed_pos, corr.rows_of(faces.face_ids, p)) for p in (applied.must, applied.cannot))
+        cannot = np.concatenate([cannot, no])
     x = lm.MetricLearner.from_head(head).transform(faces.embeddings)
     gc = GraphClusterer(threshold, pair_margin, link_weight=link_weight)
     agg = None
@@ -120,20 +126,29 @@ def cluster_faces(fi: FaceIndex | None, faces: Faces, threshold: float = CLUSTER
     gc.fit(x if len(rest) == 0 else take_rows(x, seed_rows), (eu, ev), must_link=must, cannot_link=cannot, agglomerate_with=agg)
     labels = np.arange(n)
     labels[seed_rows] = seed_rows[gc.labels_]
-    attached = _attach_rest(nearest, faces, x, labels, rest, seed_rows, k, applied, gc)
+    attached = _attach_rest(nearest, faces, x, labels, rest, seed_rows, k, applied, gc, photo)
     t2 = time.perf_counter()
     return labels, {"edges": len(eu), "rounds": gc.rounds_, "must_link": len(must), "cannot_link": len(cannot),
                     "attached": attached, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
 
 
+def _seed_pairs(seed_pos: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Face row pairs as pairs of rows among the seeds, less those with a face that is no seed."""
+    p = seed_pos[pairs]
+    return p[(p >= 0).all(1)]
+
+
 def _attach_rest(nearest, faces: Faces, x: np.ndarray, labels: np.ndarray, rest: np.ndarray,
-                 seed_rows: np.ndarray, k: int, applied: corr.Applied | None, gc: GraphClusterer) -> int:
+                 seed_rows: np.ndarray, k: int, applied: corr.Applied | None, gc: GraphClusterer,
+                 photo: np.ndarray | None = None) -> int:
     """Give the non-seed faces `rest` the cluster label they unambiguously belong to (in place),
     by `gc` (fitted on the seeds); how many got one. `nearest(vectors, m, ef)`: the face rows of
-    the m nearest faces of each vector (-1: fewer found). A cluster holding a face of the same photo,
-    or one the curator said this face is not, is out; two faces of one photo never join one
-    cluster (the nearer one does). (Photo and cluster pairs are one int64 each, photo * (n + 1) +
-    cluster, in sorted arrays: a set of Python tuples of every seed was GBs at millions of faces.)"""
+    the m nearest faces of each vector (-1: fewer found); `photo`: each face's
+    corrections.photo_codes (made of its uri when not given). A cluster holding a face of the
+    same photo, or one the curator said this face is not, is out; two faces of one photo never
+    join one cluster (the nearer one does). (Photo and cluster pairs are one int64 each, photo *
+    (n + 1) + cluster, in sorted arrays: a set of Python tuples of every seed was GBs at millions
+    of faces.)"""
     if len(rest) == 0 or len(seed_rows) == 0:
         return 0
     n = len(faces)
@@ -141,10 +156,9 @@ def _attach_rest(nearest, faces: Faces, x: np.ndarray, labels: np.ndarray, rest:
     seed_pos[seed_rows] = np.arange(len(seed_rows))
     cand = nearest(faces.embeddings[rest], 2 * k, max(4 * k, 64))
     cand[seed_pos[cand] < 0] = -1
-    uri = faces.meta.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
-    uri = uri.astype(np.int64)     # photo codes: keys photo * (n + 1) + cluster stay in int64
+    photo = corr.photo_codes(faces.meta.column("uri")) if photo is None else photo
     cl = labels[np.maximum(cand, 0)]
-    blocked = in_sorted(uri[rest, None] * (n + 1) + cl, np.unique(uri[seed_rows] * (n + 1) + labels[seed_rows]))
+    blocked = in_sorted(photo[rest, None] * (n + 1) + cl, np.unique(photo[seed_rows] * (n + 1) + labels[seed_rows]))
     if applied is not None:
         a, b = corr.rows_of(faces.face_ids, applied.cannot).T
         no = np.unique(np.concatenate([a * (n + 1) + labels[b], b * (n + 1) + labels[a]]))
@@ -154,7 +168,7 @@ def _attach_rest(nearest, faces: Faces, x: np.ndarray, labels: np.ndarray, rest:
     # One face per photo in a cluster: among extra faces of one photo aiming at one cluster, the nearest joins.
     order = np.argsort(dist, kind="stable")
     order = order[to[order] >= 0]
-    _, first = np.unique(uri[rest[order]] * (n + 1) + to[order], return_index=True)
+    _, first = np.unique(photo[rest[order]] * (n + 1) + to[order], return_index=True)
     join = order[first]
     labels[rest[join]] = to[join]
     return len(join)

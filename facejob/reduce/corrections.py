@@ -40,7 +40,7 @@ from facejob.contract.layout import CORRECTION_FACES, CORRECTIONS
 from facejob.contract.schema import EMBEDDING_DIM
 from facejob.io.storage import Store, read_parquet, write_parquet
 
-from .embeddings import Faces, face_shas
+from .embeddings import Faces, face_shas, whole
 from .errors import LabelsError
 from .follow import BOX, follow
 
@@ -272,20 +272,31 @@ def name_pairs(stored: dict[str, str], applied: Applied) -> tuple[list[tuple[str
 
 
 def rows_of(face_ids: pa.Array, pairs: list[tuple[str, str]]) -> np.ndarray:
-    """face_id pairs → (m, 2) row pairs; pairs with a face no longer in the archive are dropped."""
+    """face_id pairs → (m, 2) row pairs (an id's first row); pairs with a face no longer in the
+    archive are dropped. Only the pairs' ids are hashed, not the archive's (10M faces: GBs)."""
     if not pairs:
         return np.empty((0, 2), np.int64)
     flat = pa.array([f for p in pairs for f in p], pa.string())
-    r = pc.index_in(flat, face_ids).fill_null(-1).to_numpy().astype(np.int64).reshape(-1, 2)
+    wanted = flat.unique()
+    at = pc.index_in(face_ids, value_set=wanted)            # per face: which wanted id it is
+    rows = np.flatnonzero(at.is_valid().to_numpy(zero_copy_only=False))
+    which, first = np.unique(at.take(pa.array(rows, pa.int64())).to_numpy(zero_copy_only=False), return_index=True)
+    row_of = np.full(len(wanted), -1, np.int64)
+    row_of[which] = rows[first]
+    r = row_of[pc.index_in(flat, value_set=wanted).to_numpy(zero_copy_only=False)].reshape(-1, 2)
     return r[(r >= 0).all(1)]
 
 
-def photo_pairs(uris: pa.Array | pa.ChunkedArray) -> np.ndarray:
+def photo_codes(uris: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Per face a code of its photo (same uri, same code), int64."""
+    return whole(uris).dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def photo_pairs(uris: pa.Array | pa.ChunkedArray | np.ndarray) -> np.ndarray:
     """(m, 2) row pairs of faces found in the same photo: they are never one person. Per photo its
-    faces in row order, each with every later one (array operations: millions of photos)."""
-    if isinstance(uris, pa.ChunkedArray):
-        uris = uris.combine_chunks()
-    codes = uris.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    faces in row order, each with every later one (array operations: millions of photos).
+    `uris`: each face's photo, or its `photo_codes`."""
+    codes = uris if isinstance(uris, np.ndarray) else photo_codes(uris)
     order = np.argsort(codes, kind="stable")
     if len(order) == 0:
         return np.empty((0, 2), np.int64)

@@ -33,7 +33,7 @@ from facejob.io.storage import open_store as _store
 
 from . import duplicates as dd
 from . import saved
-from .embeddings import ALL_COLUMNS, Faces, read_faces, read_images
+from .embeddings import ALL_COLUMNS, Faces, read_faces, read_images, whole
 from .hnsw import FaceIndex, IndexParams, update_index
 
 if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
@@ -58,6 +58,7 @@ class DedupSummary:
     unreadable_known: int = 0  # of those, found unreadable by an earlier run and not tried again
 
 
+FACE_COLUMNS = ("face_id", "uri", "left", "top", "right", "bottom", "sha256", "landmarks")   # what it reads of faces
 K_NEAR = 8                 # near faces looked for per face (a burst of one shot rarely has more copies)
 NEAR_FORMAT = 1            # bump when what near_faces.parquet holds changes
 NEAR_ROWS = 100_000        # faces searched at a time (their descriptors: 51 MB)
@@ -70,13 +71,13 @@ NEAR_EF = 32
 @writes_output("dedup")
 def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = None,
           engine: RayReducer | None = None) -> DedupSummary:
-    """Find byte-identical and near-duplicate photos → OUT/duplicates.parquet. An `engine`
-    (facejob.reduce.ray_reduce.RayReducer, built over `faces`) searches its shards and gives
-    the descriptors (`faces.embeddings` may be its Descriptors or None then), no `fi` needed:
-    the single-process result wherever both searches find the exact nearest faces (as at test
-    sizes)."""
+    """Find byte-identical and near-duplicate photos → OUT/duplicates.parquet. `faces` and `fi`:
+    OUT's faces (with ALL_COLUMNS) and index when the caller has them. An `engine`
+    (facejob.reduce.ray_reduce.RayReducer, after its `read_faces`) searches its shards and gives
+    the descriptors, and the columns this step reads come from the parts it read (`faces` and
+    `fi` are not used): the single-process result wherever both searches find the exact nearest
+    faces (as at test sizes)."""
     store = _store(out)
-    images = read_images(store, ["uri", "sha256", "size", "width", "height", "status"], optional=["phash"])
     if engine is None:
         if faces is None or any(c not in faces.meta.column_names for c in ALL_COLUMNS):
             faces = read_faces(store, ALL_COLUMNS)
@@ -88,12 +89,10 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
             labels, d = fi.query(faces.embeddings[rows], k, ef=NEAR_EF)
             return rows_of_label[labels], d
     else:
+        # The columns it reads, of the parts the engine read (row i is face row i), and no others:
+        # the caller's faces need not be held into this step (10M faces: ~1 GiB).
         params, vectors = engine.params, engine.vectors
-        missing = [c for c in ("sha256", "landmarks") if c not in faces.meta.column_names]
-        if missing:     # the Ray path's driver holds the landmarks only while dedup needs them
-            more = engine.columns(store, missing)
-            faces = Faces(pa.Table.from_arrays([*faces.meta.columns, *more.columns],
-                                               names=[*faces.meta.column_names, *missing]), faces.embeddings)
+        faces = Faces(engine.columns(store, FACE_COLUMNS), None)
 
         def nearest(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             return engine.query(engine.vectors(rows), k, ef=NEAR_EF)
@@ -111,6 +110,8 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
     candidates = len(key)
     del code, names, i, j, key, a, b, contents
     faces = None      # (`nearest` and `vectors` above, which read it, are done)
+    # The photos only now: their table (a row per photo) and the faces' columns are not held at once.
+    images = read_images(store, ["uri", "sha256", "size", "width", "height", "status"], optional=["phash"])
     from facejob.config import DEFAULT_MAX_PIXELS, load_run_config
 
     max_pixels = load_run_config(store).max_pixels if store.exists(RUN_JSON) else DEFAULT_MAX_PIXELS
@@ -302,7 +303,7 @@ def _near_faces(store: Store, nearest: Callable[[np.ndarray, int], tuple[np.ndar
 
 def _landmarks(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A landmarks column (x0, y0, x1, y1, ... per face) as (n, points, 2) float64."""
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    col = whole(col)
     flat = col.flatten().to_numpy(zero_copy_only=False)
     per = (len(flat) // max(len(col), 1)) if len(col) else 10
     return flat.reshape(len(col), per // 2, 2).astype(np.float64)

@@ -37,7 +37,7 @@ from PIL import Image, ImageFilter
 
 from facejob.image import decode
 
-from .embeddings import first_rows
+from .embeddings import first_rows, whole
 
 log = logging.getLogger("facejob.reduce")
 
@@ -422,7 +422,7 @@ def _wht(x: np.ndarray) -> np.ndarray:
 
 def content_codes(sha) -> tuple[np.ndarray, pa.Array]:
     """Per row the rank of its sha256 among the distinct ones, and those (sorted)."""
-    arr = sha.combine_chunks() if isinstance(sha, pa.ChunkedArray) else pa.array(sha, pa.string())
+    arr = whole(sha) if isinstance(sha, (pa.Array, pa.ChunkedArray)) else pa.array(sha, pa.string())
     enc = pc.dictionary_encode(arr)
     order = pc.array_sort_indices(enc.dictionary).to_numpy()
     rank = np.empty(len(order), np.int64)

@@ -108,7 +108,7 @@ class Faces:
 
     @property
     def face_ids(self) -> pa.Array:
-        return self.meta.column("face_id").combine_chunks()
+        return whole(self.meta.column("face_id"))
 
     def take(self, rows: np.ndarray) -> Faces:
         """The faces at `rows`, in that order."""
@@ -153,10 +153,17 @@ def _row_count(store: Store, rels: list[str]) -> int | None:
     return sum(open_part(store, rel).metadata.num_rows for rel in rels)
 
 
+def whole(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as one array: its only chunk as it is (`combine_chunks` copies even one chunk:
+    10M face ids, 240 MB a call)."""
+    if isinstance(col, pa.Array):
+        return col
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
 def batch_embeddings(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A fixed_size_list<float32>[128] column as an (n, 128) float32 array."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+    col = whole(col)
     if col.null_count:
         raise ReduceError("faces/ has rows without an embedding")
     flat = col.flatten().to_numpy(zero_copy_only=False)
@@ -198,17 +205,14 @@ def read_faces(store: Store, columns: Sequence[str] = META_COLUMNS, embeddings: 
             batch = batch.select(cols)
         metas.append(batch)
         row += batch.num_rows
-    if metas:
-        meta = pa.Table.from_batches(metas)
-    else:
-        meta = pa.schema([FACES.field(c) for c in cols]).empty_table()
+    meta = one_chunk(metas, pa.schema([FACES.field(c) for c in cols]))
     if embeddings:
         if emb is None:
             emb = np.concatenate(emb_chunks) if emb_chunks else np.empty((0, EMBEDDING_DIM), np.float32)
         emb = emb[:row]
     else:
         emb = np.empty((0, EMBEDDING_DIM), np.float32)
-    faces = Faces(meta=meta.combine_chunks(), embeddings=emb)
+    faces = Faces(meta=meta, embeddings=emb)
     return _drop_repeated(faces) if drop_repeated else faces
 
 
@@ -244,8 +248,8 @@ def rows_by(col: pa.Array | pa.ChunkedArray, keys: set[str]) -> dict[str, list[i
 def face_shas(store: Store, faces: Faces) -> pa.Array:
     """The sha256 of each face's photo: from `faces` when read with it, else read from OUT."""
     if "sha256" in faces.meta.column_names:
-        return faces.meta.column("sha256").combine_chunks()
-    return read_faces(store, ["face_id", "sha256"], embeddings=False).meta.column("sha256").combine_chunks()
+        return whole(faces.meta.column("sha256"))
+    return whole(read_faces(store, ["face_id", "sha256"], embeddings=False).meta.column("sha256"))
 
 
 def read_images(store: Store, columns: Sequence[str], optional: Sequence[str] = ()) -> pa.Table:
@@ -263,6 +267,20 @@ def read_images(store: Store, columns: Sequence[str], optional: Sequence[str] = 
             if c not in have:
                 t = t.append_column(IMAGES.field(c), pa.nulls(t.num_rows, IMAGES.field(c).type))
         tables.append(t)
-    if not tables:
-        return pa.schema([IMAGES.field(c) for c in [*columns, *optional]]).empty_table()
-    return pa.concat_tables(tables).combine_chunks()
+    return one_chunk(tables, pa.schema([IMAGES.field(c) for c in [*columns, *optional]]))
+
+
+def one_chunk(pieces: list[pa.RecordBatch] | list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """The record batches or tables `pieces` (emptied: they are the table's now) as one table
+    with each column in one chunk, combined a column at a time, each column's pieces let go as
+    its copy is made: `Table.combine_chunks` holds a copy of every column at once (at 10M faces
+    a second GiB of ids and paths). `schema`: the empty table's, when there are no pieces."""
+    if not pieces:
+        return schema.empty_table()
+    table = pa.Table.from_batches(pieces) if isinstance(pieces[0], pa.RecordBatch) else pa.concat_tables(pieces)
+    pieces.clear()
+    kept, combined = table.schema, []
+    while table.num_columns:
+        combined.append(table.column(0).combine_chunks())
+        table = table.remove_column(0)
+    return pa.Table.from_arrays(combined, schema=kept)

@@ -32,6 +32,7 @@ from facejob.config import CLUSTER_LINK_WEIGHT, CLUSTER_PAIR_MARGIN, CLUSTER_THR
 from .errors import check_params, check_rows, is_int, is_real, not_fitted
 
 CHUNK = 1 << 16   # rows or edges per vectorised step: bounds the temporaries to a few MB
+ATTACH_ROWS = 50_000   # faces `attach` places at a time (the clusters they are near: a mean each)
 PAIRS = 1 << 14   # cluster pairs per distance step: two (PAIRS, 128) float32 sums, 8 MiB each
 SLICE = 1 << 20   # pairs sorted at once when merged clusters' edges are deduplicated
 
@@ -310,11 +311,13 @@ def _roots(parent: np.ndarray) -> np.ndarray:
 
 
 def representatives(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per cluster: (root label, size, row of the member nearest the cluster mean).
+    """Per cluster: (root label, size, row of the member nearest the cluster mean; the first
+    row among equally near ones).
 
     Only clusters of two or more faces are computed (a lone face is its own representative),
-    and `x` is read by rows, a run of whole clusters at a time: it may be Descriptors held
-    elsewhere (embeddings.Descriptors), of which only those clusters' rows are fetched."""
+    and `x` is read by rows, once, a run of whole clusters at a time: it may be Descriptors
+    held elsewhere (embeddings.Descriptors), of which only those clusters' rows are fetched,
+    and no mean is kept past its run (10M faces: ~1M clusters, 0.5 GiB of means at once)."""
     roots, inv, size = np.unique(labels, return_inverse=True, return_counts=True)
     rep = np.empty(len(roots), np.int64)
     rep[inv[::-1]] = np.arange(len(inv))[::-1]       # each cluster's first row: a lone face's answer
@@ -324,25 +327,23 @@ def representatives(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     which = np.full(len(roots), -1, np.int64)        # cluster -> its place among the multi-face ones
     which[multi] = np.arange(len(multi))
     mine = np.flatnonzero(which[inv] >= 0)           # their rows, in row order
-    inv_m, size_m = which[inv[mine]], size[multi]
-    by_cluster = mine[np.argsort(inv_m, kind="stable")]
+    by_cluster = mine[np.argsort(which[inv[mine]], kind="stable")]    # and by cluster, rows ascending
+    del mine, which
+    size_m = size[multi]
     starts = np.concatenate([[0], np.cumsum(size_m)[:-1]])
-    mean = np.empty((len(multi), x.shape[1]), np.float32)
     lo = 0
     while lo < len(multi):   # a run of whole clusters covering about CHUNK rows at a time
         hi = max(lo + 1, int(np.searchsorted(starts, starts[lo] + CHUNK, side="right")) - 1)
         rows = by_cluster[starts[lo]:starts[hi - 1] + size_m[hi - 1]]
-        sums = np.add.reduceat(x[rows].astype(np.float64), starts[lo:hi] - starts[lo])
-        mean[lo:hi] = sums / size_m[lo:hi, None]
+        at = starts[lo:hi] - starts[lo]
+        xs = x[rows]
+        mean = (np.add.reduceat(xs.astype(np.float64), at) / size_m[lo:hi, None]).astype(np.float32)
+        diff = xs - np.repeat(mean, size_m[lo:hi], axis=0)
+        d = np.einsum("ij,ij->i", diff, diff)
+        cl = np.repeat(np.arange(hi - lo), size_m[lo:hi])
+        nearest = np.flatnonzero(d == np.minimum.reduceat(d, at)[cl])
+        rep[multi[lo:hi]] = rows[nearest[np.unique(cl[nearest], return_index=True)[1]]]
         lo = hi
-    d = np.empty(len(mine), np.float32)
-    for lo in range(0, len(mine), CHUNK):
-        diff = x[mine[lo:lo + CHUNK]] - mean[inv_m[lo:lo + CHUNK]]
-        d[lo:lo + CHUNK] = np.einsum("ij,ij->i", diff, diff)
-    order = np.lexsort((mine, d, inv_m))   # by cluster, then distance to mean, then row
-    first = np.ones(len(order), bool)
-    first[1:] = inv_m[order][1:] != inv_m[order][:-1]
-    rep[multi] = mine[order[first]]
     return roots, size, rep
 
 
@@ -356,7 +357,10 @@ def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, th
     (`agglomerate`'s criterion without the link term: q has no graph edges) is under its limit (threshold -
     pair_margin / sqrt(cluster size)). Returns (root per q or -1,
     RMS distance to the nearest candidate cluster or inf). Only the candidate clusters' rows
-    of `x` are read (it may be Descriptors held elsewhere).
+    of `x` are read (it may be Descriptors held elsewhere), for ATTACH_ROWS faces at a time:
+    the float64 means of the clusters they are near are 1 KiB each (10M faces, 3 % of them
+    attached: ~1M clusters, 1 GiB at once). A cluster's sum adds its rows in row order
+    whatever the block, so the answers do not depend on it.
     """
     m = len(q)
     out, best_d = np.full(m, -1, np.int64), np.full(m, np.inf, np.float32)
@@ -366,6 +370,15 @@ def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, th
     ok = cand >= 0
     if blocked is not None:
         ok &= ~blocked
+    for lo in range(0, m, ATTACH_ROWS):
+        at = slice(lo, lo + ATTACH_ROWS)
+        _attach_block(x, uroots, inv, q[at], cand[at], ok[at], threshold, pair_margin, out[at], best_d[at])
+    return out, best_d
+
+
+def _attach_block(x: np.ndarray, uroots: np.ndarray, inv: np.ndarray, q: np.ndarray, cand: np.ndarray,
+                  ok: np.ndarray, threshold: float, pair_margin: float, out: np.ndarray, best_d: np.ndarray) -> None:
+    """`attach` of the faces `q` into `out` and `best_d` (views), `ok` their usable candidates."""
     wanted = np.unique(inv[cand[ok]])                # the candidates' clusters: their sums only
     which = np.full(len(uroots), -1, np.int64)
     which[wanted] = np.arange(len(wanted))
@@ -380,7 +393,7 @@ def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, th
         sq[lo:lo + CHUNK] = np.einsum("ij,ij->i", xs, xs, dtype=np.float64)
     mean /= np.maximum(n, 1)[:, None]
     msq = np.bincount(w, weights=sq, minlength=len(wanted)) / np.maximum(n, 1)
-    for i in range(m):
+    for i in range(len(q)):
         c = np.unique(which[inv[cand[i][ok[i]]]])
         if len(c) == 0:
             continue
@@ -390,7 +403,6 @@ def attach(x: np.ndarray, roots: np.ndarray, q: np.ndarray, cand: np.ndarray, th
         under = d <= threshold - pair_margin / np.sqrt(n[c])
         if under.sum() == 1:
             out[i] = uroots[wanted[c[under][0]]]
-    return out, best_d
 
 
 class GraphClusterer:

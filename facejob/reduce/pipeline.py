@@ -27,6 +27,8 @@ if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray
 
 log = logging.getLogger("facejob.reduce")
 
+LATE_COLUMNS = ("landmarks", "sha256")    # on Ray, read by the steps that use them
+
 
 @dataclass
 class ReduceSummary:
@@ -62,9 +64,10 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
     store = open_store(out)
     t0 = time.perf_counter()
     # On Ray the driver reads no descriptors: its Faces fetch them from the engine's shards by row.
-    # Nor the landmarks, which only dedup reads (engine.columns).
+    # Nor the columns only some steps use (landmarks: dedup; sha256: dedup, and the label steps
+    # when OUT is named), which those steps read again (10M faces: ~1 GiB less in the other steps).
     faces = (read_faces(store, ALL_COLUMNS) if engine is None
-             else engine.read_faces(store, [c for c in ALL_COLUMNS if c != "landmarks"], embeddings=False))
+             else engine.read_faces(store, [c for c in ALL_COLUMNS if c not in LATE_COLUMNS], embeddings=False))
     t_read = time.perf_counter() - t0
     if corrections is not None:
         corr.add(store, corrections)
@@ -96,10 +99,13 @@ def reduce(out: str | Store, rebuild_index: bool = False, threshold: float | Non
           if named else None)
     bar.advance(1)
     steps["label_s"], t0 = time.perf_counter() - t0, time.perf_counter()
+    n_faces = len(faces)
+    if engine is not None:     # dedup reads its own columns: these are not held into it
+        faces = None
     ds = dedup(store, faces=faces, fi=fi, engine=engine)
     bar.advance(1, duplicates=ds.duplicates)
     steps["dedup_s"] = time.perf_counter() - t0
-    return ReduceSummary(len(faces), round(t_index, 2), cs, ls, ds, {k: round(v, 2) for k, v in steps.items()},
+    return ReduceSummary(n_faces, round(t_index, 2), cs, ls, ds, {k: round(v, 2) for k, v in steps.items()},
                          dict(engine.work) if engine is not None else None)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import io
 import json
 from collections.abc import Callable, Iterable
 
@@ -15,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facejob.io.storage import DamagedPart, Store, parquet_file, read_parquet, write_parquet
+from facejob.io.storage import DamagedPart, Store, parquet_file, read_parquet, write_parquet, writing
 
 KEY = b"facejob.inputs"
 LOOKUP_ROWS = 8192     # rows per row group of files looked up by face id (a search reads ~1 group per match)
@@ -71,12 +70,10 @@ def write(store: Store, rel: str, table: pa.Table, key: str, row_group_size: int
         return write_parquet(store, rel, table)
     rows = row_group_size or SORTED_ROWS
     order = None if sort_by is None else pc.sort_indices(table.column(sort_by))
-    buf = io.BytesIO()
-    with pq.ParquetWriter(buf, table.schema, compression="zstd") as w:
+    with writing(store, rel) as f, pq.ParquetWriter(f, table.schema, compression="zstd") as w:
         for lo in range(0, max(table.num_rows, 1), rows):
             w.write_table(table.slice(lo, rows) if order is None else table.take(order.slice(lo, rows)),
                           row_group_size=rows)
-    store.write_bytes(rel, buf.getbuffer())
 
 
 def read(store: Store, rel: str, key: str) -> pa.Table | None:

@@ -235,7 +235,7 @@ class SearchService:
         ids = meta.column("face_id").to_numpy(zero_copy_only=False)
         vecs = np.concatenate([g[2] for g in got if g[1].shape[1]], axis=1) if with_vectors else None
         order = np.argsort(dist, axis=1, kind="stable")
-        keep_rows, keep_cols = [], []
+        keep_cols = []
         for q in range(m):
             seen, cols = set(), []
             for c in order[q]:
