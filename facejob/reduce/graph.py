@@ -62,9 +62,8 @@ def neighbour_edges(nearest: np.ndarray, chunk: int = EDGE_CHUNK,
         count = np.zeros(n, np.int64)
         for a, _ in ends():
             count += np.bincount(a, minlength=n)
-        at = np.cumsum(count)
-        bounds = [0, *np.unique(np.searchsorted(at, np.arange(chunk, at[-1], chunk), side="right")).tolist(), n]
-        del count, at
+        bounds = _range_bounds(count, chunk)
+        del count
     us, vs = [], []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         keys = [np.empty(0, np.int64)]
@@ -97,9 +96,8 @@ def _deduplicate(a: np.ndarray, b: np.ndarray, n: int, chunk: int) -> tuple[np.n
     """`canonical_edges` of edges already ordered (a < b)."""
     if len(a) <= chunk:
         bounds = [0, n]
-    else:       # cut the smaller ends where the running count of edges passes each multiple of chunk
-        ends = np.cumsum(np.bincount(a, minlength=n))
-        bounds = [0, *np.unique(np.searchsorted(ends, np.arange(chunk, len(a), chunk), side="right")).tolist(), n]
+    else:
+        bounds = _range_bounds(np.bincount(a, minlength=n), chunk)
     us, vs = [], []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         sel = np.flatnonzero((a >= lo) & (a < hi)) if len(bounds) > 2 else slice(None)
@@ -107,6 +105,13 @@ def _deduplicate(a: np.ndarray, b: np.ndarray, n: int, chunk: int) -> tuple[np.n
         us.append((key // n).astype(a.dtype))     # the ends' own type: int32 rows stay int32
         vs.append((key % n).astype(a.dtype))
     return np.concatenate(us), np.concatenate(vs)
+
+
+def _range_bounds(count: np.ndarray, chunk: int) -> list[int]:
+    """Bounds of ranges of smaller ends (`count`: edges per smaller end), cut where the running
+    count of edges passes each multiple of `chunk`."""
+    at = np.cumsum(count)
+    return [0, *np.unique(np.searchsorted(at, np.arange(chunk, at[-1], chunk), side="right")).tolist(), len(count)]
 
 
 def _distinct(key: np.ndarray) -> np.ndarray:
