@@ -22,8 +22,10 @@ clustering time (kNN graph + merging), clustering quality against the true peopl
 first reduce of the archive, then a rerun with nothing changed (what a nightly job does when no
 photo came in) — seconds per step and peak RSS of each (`nightly_s` is the rerun's wall time;
 `*_own_rss_gib`: sampled RSS less the pages of Ray's object store the driver touched, which are
-shared memory the raylet owns and every process mapping them counts); then the cold start of one `facejob search --face-id` (a fresh process: index load, query,
-cluster and name lookup) and its peak RSS.
+shared memory the raylet owns and every process mapping them counts; with --ray,
+`first_workers_rss_gib`: each Ray worker process that did reducer work, and
+`max_process_peak_rss_gib` over them and the driver); then the cold start of one `facejob search
+--face-id` (a fresh process: index load, query, cluster and name lookup) and its peak RSS.
 
 With --ray it then runs the reducer's Ray path (facejob/reduce/ray_reduce.py) on a local Ray of
 --workers CPUs over the same archive and adds: seconds per step (faces read by tasks, shard
@@ -245,11 +247,13 @@ def _child(argv: list[str]) -> None:
             with RayReducer(workers=workers, shards=shards) as engine:
                 rss = RssSampler()     # from when reduce starts: the steps' timings count from there
                 s = reduce(out, engine=engine)
+                workers_rss = sorted(engine.process_peaks.values(), reverse=True)
         else:
             rss = RssSampler()
             s = reduce(out)
         res = {"s": time.perf_counter() - t0, "steps": s.timings, "steps_rss_gib": rss.per_step(s.timings),
-               "own_rss_gib": rss.own_peak, "steps_own_rss_gib": rss.per_step(s.timings, own=True)}
+               "own_rss_gib": rss.own_peak, "steps_own_rss_gib": rss.per_step(s.timings, own=True),
+               "workers_rss_gib": [round(w, 2) for w in workers_rss] if workers else []}
     else:
         from facejob.reduce.search_index import search_face
 
@@ -323,7 +327,7 @@ def nightly(out: Path, n_people: int, say, workers: int = 0, shards: int = 0) ->
         say(f"{name} reduce: {r['s']:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in r['steps'].items())}), "
             f"peak RSS {r['rss_gib']:.2f} GiB (by step: "
             f"{', '.join(f'{k} {v:.2f}' for k, v in r['steps_rss_gib'].items())}); less the object store's "
-            f"shared pages {r['own_rss_gib']:.2f} GiB")
+            f"shared pages {r['own_rss_gib']:.2f} GiB" + (f"; Ray worker processes {r['workers_rss_gib']}" if workers else ""))
     import pyarrow.parquet as pq
 
     face_id = pq.read_table(out / "faces/part-0000.parquet", columns=["face_id"]).column(0)[0].as_py()
@@ -339,6 +343,11 @@ def nightly(out: Path, n_people: int, say, workers: int = 0, shards: int = 0) ->
                       "first_own_rss_gib": round(runs["first"]["own_rss_gib"], 2),
                       "nightly_own_rss_gib": round(runs["nightly"]["own_rss_gib"], 2),
                       "first_steps_own_rss_gib": runs["first"]["steps_own_rss_gib"], "ray_workers": workers,
+                      # every Ray worker process that did reducer work (shards, tasks), highest first
+                      "first_workers_rss_gib": runs["first"]["workers_rss_gib"],
+                      "max_process_peak_rss_gib": round(max([runs["first"]["rss_gib"], runs["nightly"]["rss_gib"],
+                                                             *runs["first"]["workers_rss_gib"],
+                                                             *runs["nightly"]["workers_rss_gib"]]), 2),
                       "search_cold_s": round(q["s"], 2), "search_rss_gib": round(q["rss_gib"], 2)}))
 
 

@@ -133,6 +133,33 @@ def test_one_chunk_equals_combine_chunks_of_batches_and_tables():
     assert one_chunk([], want.schema).equals(want.schema.empty_table())
 
 
+def test_read_rows_reads_only_the_rows_asked_in_their_order(tmp_path, monkeypatch):
+    """embeddings.read_rows: the rows asked of the parts read in order (a part written twice
+    included), in the order asked with repeats; parts holding none of them are not read; rows
+    past the parts are an error, not a short table."""
+    from bench.reduce_scale import write_archive
+    from facejob.reduce import embeddings as em
+    from facejob.reduce.errors import ReduceError
+
+    write_archive(tmp_path, 1000, 50, part_rows=100)
+    store = LocalStore(tmp_path)
+    rels = em.parts(store, "faces")
+    rels = [*rels, rels[2]]         # a part read twice: its rows count twice
+    cols = ["face_id", "uri", "left", "landmarks", "quality"]
+    every = em.read_faces(store, cols, embeddings=False, rels=rels, drop_repeated=False).meta
+    read = []
+    real = em._file_batches
+    monkeypatch.setattr(em, "_file_batches", lambda f, c, where: read.append(where) or real(f, c, where))
+    rows = np.array([1050, 3, 250, 3, 299, 1099, 0])
+    got = em.read_rows(store, rels, cols, rows)
+    assert got.equals(every.take(rows)) and all(c.num_chunks == 1 for c in got.columns)
+    assert [w.rsplit("/", 1)[1] for w in read] == ["part-0000.parquet", *["part-0002.parquet"] * 2]  # none of 1, 3-9
+    assert em.read_rows(store, rels, cols, np.arange(300, 310)).equals(every.slice(300, 10))
+    assert em.read_rows(store, rels, cols, np.empty(0, np.int64)).num_rows == 0
+    with pytest.raises(ReduceError, match="past the"):
+        em.read_rows(store, rels, cols, np.array([5, 1100]))
+
+
 def test_a_saved_file_streams_to_a_local_temp_file_published_only_whole(tmp_path, monkeypatch):
     """saved.write streams a local store's file to disk (its bytes are never a buffer in memory)
     and publishes it only when the writer finished: a failure mid-write leaves the file of the

@@ -212,6 +212,10 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
         assert isinstance(lazy.embeddings, Descriptors) and lazy.meta.equals(faces.meta)
         assert saved.digest(lazy.embeddings) == saved.digest(faces.embeddings)
         assert np.array_equal(lazy.embeddings[asked], faces.embeddings[asked])
+        # Columns of a few face rows read again from the parts (the rows after the repeated
+        # part are read rows further on): those rows only, in the order asked.
+        few = eng.columns(LocalStore(par), ["uri", "landmarks"], asked)
+        assert few.equals(faces.meta.select(["uri", "landmarks"]).take(asked))
         # Names for them: the prediction tasks fetch their rows from the shards (the driver sends
         # row numbers, reads none), and name every face as one process does from the matrix.
         named = np.concatenate([np.flatnonzero(who == p)[:3] for p in range(10)])
@@ -309,7 +313,8 @@ def test_reduce_on_ray_writes_a_sharded_index_that_searches_and_dedups_like_one_
         return j, np.take_along_axis(d, j, 1)
 
     code = dd.content_codes(f1.meta.column("sha256"))[0]
-    dp._near_faces(LocalStore(tmp_path / "exact"), exact, IndexParams(), f1, code, dp._shapes(f1))
+    dp._near_faces(LocalStore(tmp_path / "exact"), exact, IndexParams(), f1.face_ids, code,
+                   dp._columns_in(f1.meta))
     near = pq.read_table(par / "dedup/near_faces.parquet")
     assert near.equals(pq.read_table(tmp_path / "exact/dedup/near_faces.parquet"))
     assert sum(map(len, near.column("near").to_pylist())) > 100    # near faces were found, through the index

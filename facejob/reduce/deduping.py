@@ -58,7 +58,6 @@ class DedupSummary:
     unreadable_known: int = 0  # of those, found unreadable by an earlier run and not tried again
 
 
-FACE_COLUMNS = ("face_id", "uri", "left", "top", "right", "bottom", "sha256", "landmarks")   # what it reads of faces
 K_NEAR = 8                 # near faces looked for per face (a burst of one shot rarely has more copies)
 NEAR_FORMAT = 1            # bump when what near_faces.parquet holds changes
 NEAR_ROWS = 100_000        # faces searched at a time (their descriptors: 51 MB)
@@ -84,32 +83,40 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
         fi = fi if fi is not None else update_index(store, faces, log=log.info)
         rows_of_label = fi.rows_for(faces)
         params, vectors = fi.params, lambda rows: faces.embeddings[rows]
+        ids, sha, columns_of = faces.face_ids, faces.meta.column("sha256"), _columns_in(faces.meta)
 
         def nearest(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             labels, d = fi.query(faces.embeddings[rows], k, ef=NEAR_EF)
             return rows_of_label[labels], d
     else:
-        # The columns it reads, of the parts the engine read (row i is face row i), and no others:
-        # the caller's faces need not be held into this step (10M faces: ~1 GiB).
+        # Of the parts the engine read (row i is face row i), every face's id and sha256 only;
+        # paths, boxes and landmarks of the few faces a check needs (`columns_of`). The caller's
+        # faces need not be held into this step (10M faces: ~1 GiB).
         params, vectors = engine.params, engine.vectors
-        faces = Faces(engine.columns(store, FACE_COLUMNS), None)
+        read = engine.columns(store, ("face_id", "sha256"))
+        ids, sha = whole(read.column("face_id")), whole(read.column("sha256"))
+        del read
+
+        def columns_of(rows: np.ndarray, names: list[str]) -> pa.Table:
+            return engine.columns(store, names, rows)
 
         def nearest(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             return engine.query(engine.vectors(rows), k, ef=NEAR_EF)
-    code, names = dd.content_codes(faces.meta.column("sha256"))
-    i, j, queried = _near_faces(store, nearest, params, faces, code, _shapes(faces))
+    code, names = dd.content_codes(sha)
+    del sha       # (on Ray: the last of it; `names` holds each content's once)
+    i, j, queried = _near_faces(store, nearest, params, ids, code, columns_of)
     key = np.unique(np.minimum(code[i], code[j]) * len(names) + np.maximum(code[i], code[j]))
     a, b = key // len(names), key % len(names)
     contents = np.unique(np.concatenate([a, b]))      # the descriptors of these photos' faces only
-    checked = dd.face_checks(_face_table(faces, code, contents, vectors),
+    checked = dd.face_checks(_face_table(columns_of, code, contents, vectors),
                              np.searchsorted(contents, a), np.searchsorted(contents, b))
     checked = dataclasses.replace(checked, a=contents[checked.a], b=contents[checked.b])
-    # From here on only the checked pairs' sha256: every face's coding (and on Ray the landmarks
-    # and sha256 read for dedup) goes before the photos' own (faceless candidates, groups).
+    # From here on only the checked pairs' sha256: every face's coding (and on Ray the ids and
+    # sha256 read for dedup) goes before the photos' own (faceless candidates, groups).
     near_a, near_b = (names.take(pa.array(c, pa.int64())) for c in (checked.a, checked.b))
     candidates = len(key)
-    del code, names, i, j, key, a, b, contents
-    faces = None      # (`nearest` and `vectors` above, which read it, are done)
+    del code, names, i, j, key, a, b, contents, ids
+    faces = None      # (`nearest`, `vectors` and `columns_of` above, which read it, are done)
     # The photos only now: their table (a row per photo) and the faces' columns are not held at once.
     images = read_images(store, ["uri", "sha256", "size", "width", "height", "status"], optional=["phash"])
     from facejob.config import DEFAULT_MAX_PIXELS, load_run_config
@@ -257,17 +264,25 @@ def _hash_signatures(codes: np.ndarray, hashes: np.ndarray, faceless: np.ndarray
     return sig
 
 
+ColumnsOf = Callable[[np.ndarray, list[str]], pa.Table]    # (face rows, names) -> those columns of those rows
+
+
+def _columns_in(meta: pa.Table) -> ColumnsOf:
+    """`ColumnsOf` a table held whole (row i: face row i)."""
+    return lambda rows, names: meta.select(names).take(pa.array(rows, pa.int64()))
+
+
 def _near_faces(store: Store, nearest: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
-                params: IndexParams, faces: Faces, code: np.ndarray, shape: np.ndarray
+                params: IndexParams, ids: pa.Array, code: np.ndarray, columns_of: ColumnsOf
                 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Face row pairs (i, j) of different photo contents, j among i's K_NEAR nearest within
     NEAR_MAX_DIST and with the same landmark shape; and how many faces were searched.
-    `nearest(rows, k)`: the k nearest faces of those face rows (face rows, -1: none; distances),
-    from an index of `params`. Only faces
-    not in OUT/dedup/near_faces.parquet are searched; the saved pairs of faces still there are
-    kept, and the file is saved again for tonight's faces."""
-    n = len(faces)
-    ids = faces.face_ids
+    `ids`: every face's id; `code`: its content code; `nearest(rows, k)`: the k nearest faces of
+    those face rows (face rows, -1: none; distances), from an index of `params`; `columns_of`:
+    the landmarks of the faces of pairs found tonight. Only faces not in
+    OUT/dedup/near_faces.parquet are searched; the saved pairs of faces still there are kept,
+    and the file is saved again for tonight's faces."""
+    n = len(ids)
     key = saved.digest("near", NEAR_FORMAT, K_NEAR, NEAR_EF, dd.NEAR_MAX_DIST, dd.SHAPE_TOL, params.graph_settings())
     old = saved.read(store, DEDUP_NEAR, key)
     i_old = j_old = np.empty(0, np.int64)
@@ -282,16 +297,23 @@ def _near_faces(store: Store, nearest: Callable[[np.ndarray, int], tuple[np.ndar
         other = pc.index_in(lists.flatten(), ids).to_numpy(zero_copy_only=False)
         ok = ~np.isnan(owner) & ~np.isnan(other)
         i_old, j_old = owner[ok].astype(np.int64), other[ok].astype(np.int64)
-    found_i, found_j = [i_old], [j_old]
+    found_i, found_j = [], []
     for lo in range(0, len(todo), NEAR_ROWS):
         part = todo[lo:lo + NEAR_ROWS]
         j, d = nearest(part, K_NEAR)
         i = np.broadcast_to(part[:, None], j.shape)
         ok = (j >= 0) & (d <= dd.NEAR_MAX_DIST)
         i, j = i[ok], j[ok]
-        ok = (code[i] != code[j]) & (dd.shape_diff(shape[i], shape[j]) <= dd.SHAPE_TOL)
+        ok = code[i] != code[j]
         found_i.append(i[ok]); found_j.append(j[ok])
-    i, j = np.concatenate(found_i), np.concatenate(found_j)
+    i = np.concatenate(found_i) if found_i else i_old[:0]
+    j = np.concatenate(found_j) if found_j else j_old[:0]
+    if len(i):      # the shapes of tonight's pairs' faces only (every face's: 40 B a face)
+        rows = np.unique(np.concatenate([i, j]))
+        shape = _shapes(columns_of(rows, ["landmarks"]).column("landmarks"))
+        ok = dd.shape_diff(shape[np.searchsorted(rows, i)], shape[np.searchsorted(rows, j)]) <= dd.SHAPE_TOL
+        i, j = i[ok], j[ok]
+    i, j = np.concatenate([i_old, i]), np.concatenate([j_old, j])
     if len(todo) or old is None or old.num_rows != n:
         order = np.lexsort((j, i))
         i, j = i[order], j[order]
@@ -312,45 +334,39 @@ def _landmarks(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 SHAPE_ROWS = 262_144       # faces whose landmark shapes are computed at a time
 
 
-def _shapes(faces: Faces) -> np.ndarray:
-    """Every face's landmark shape (duplicates.shape_vector), kept as float32 and computed a
-    block at a time: the float64 steps for all faces at once would be ~4x the result."""
-    col = faces.meta.column("landmarks")
-    if not len(col):
+def _shapes(landmarks: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The landmark shapes (duplicates.shape_vector) of a landmarks column, kept as float32 and
+    computed a block at a time: the float64 steps for all faces at once would be ~4x the result."""
+    if not len(landmarks):
         return np.empty((0, 0), np.float32)
-    blocks = [dd.shape_vector(_landmarks(col.slice(lo, SHAPE_ROWS))).astype(np.float32)
-              for lo in range(0, len(col), SHAPE_ROWS)]
+    blocks = [dd.shape_vector(_landmarks(landmarks.slice(lo, SHAPE_ROWS))).astype(np.float32)
+              for lo in range(0, len(landmarks), SHAPE_ROWS)]
     return np.concatenate(blocks)
 
 
-def _boxes(meta: pa.Table) -> np.ndarray:
-    return np.stack([meta.column(c).to_numpy() for c in ("left", "top", "right", "bottom")], 1).astype(np.float64)
+BOX_COLUMNS = ["left", "top", "right", "bottom"]
 
 
-def _photo_rows(faces: Faces, code: np.ndarray, contents: np.ndarray) -> np.ndarray:
-    """The face rows of one path per content of `contents` (identical bytes give identical faces:
-    the first path read), sorted by content then row."""
+def _face_table(columns_of: ColumnsOf, code: np.ndarray, contents: np.ndarray,
+                vectors: Callable[[np.ndarray], np.ndarray]) -> dd.FaceTable:
+    """The faces of the photo contents `contents` (sorted codes; the table's content c is
+    contents[c]), flat (duplicates.FaceTable), of one path per content (identical bytes give
+    identical faces: the first path read), sorted by content then row; `columns_of(rows, names)`:
+    columns of face rows, `vectors(rows)`: their descriptors."""
     rows = np.flatnonzero(np.isin(code, contents))
+    meta = columns_of(rows, ["uri", *BOX_COLUMNS, "landmarks"])
     code = code[rows]
-    uri = faces.meta.column("uri").take(pa.array(rows, pa.int64())).combine_chunks()
-    uri = uri.dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    uri = whole(meta.column("uri")).dictionary_encode().indices.to_numpy(zero_copy_only=False)
     first_uri = np.full(int(code.max()) + 1 if len(code) else 0, -1, np.int64)
     _, first_row = np.unique(code, return_index=True)
     first_uri[code[first_row]] = uri[first_row]
-    keep = uri == first_uri[code]
-    return rows[keep][np.argsort(code[keep], kind="stable")]
-
-
-def _face_table(faces: Faces, code: np.ndarray, contents: np.ndarray,
-                vectors: Callable[[np.ndarray], np.ndarray]) -> dd.FaceTable:
-    """The faces of the photo contents `contents` (sorted codes; the table's content c is
-    contents[c]), flat (duplicates.FaceTable), in the order faces/ holds them; `vectors(rows)`:
-    the descriptors of face rows."""
-    rows = _photo_rows(faces, code, contents)
-    count = np.bincount(np.searchsorted(contents, code[rows]), minlength=len(contents))
+    keep = np.flatnonzero(uri == first_uri[code])
+    keep = keep[np.argsort(code[keep], kind="stable")]
+    rows, meta = rows[keep], meta.take(pa.array(keep, pa.int64()))
+    count = np.bincount(np.searchsorted(contents, code[keep]), minlength=len(contents))
     start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
-    meta = faces.meta.take(pa.array(rows, pa.int64()))
-    return dd.FaceTable(vectors(rows), _landmarks(meta.column("landmarks")), _boxes(meta), start, count)
+    box = np.stack([meta.column(c).to_numpy() for c in BOX_COLUMNS], 1).astype(np.float64)
+    return dd.FaceTable(vectors(rows), _landmarks(meta.column("landmarks")), box, start, count)
 
 
 UNREADABLE_SCHEMA = pa.schema([("sha256", pa.string()), ("uri", pa.string()), ("error", pa.string())])

@@ -133,11 +133,14 @@ def open_part(store: Store, rel: str) -> pq.ParquetFile:
 
 def part_batches(store: Store, rel: str, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     """Record batches of `columns` of one part (optional columns it lacks come back null)."""
-    f = open_part(store, rel)
+    return _file_batches(open_part(store, rel), columns, f"{store.root}/{rel}")
+
+
+def _file_batches(f: pq.ParquetFile, columns: Sequence[str], where: str) -> Iterator[pa.RecordBatch]:
     names = f.schema_arrow.names
     missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
     if missing:
-        raise ReduceError(f"{store.root}/{rel} lacks column(s) {missing}; was it written by facejob index?")
+        raise ReduceError(f"{where} lacks column(s) {missing}; was it written by facejob index?")
     present = [c for c in columns if c in names]
     for b in f.iter_batches(batch_size=BATCH_ROWS, columns=present):
         if len(present) < len(columns):
@@ -145,6 +148,34 @@ def part_batches(store: Store, rel: str, columns: Sequence[str]) -> Iterator[pa.
                 [b.column(c) if c in names else pa.nulls(b.num_rows, OPTIONAL_COLUMNS[c]) for c in columns],
                 names=list(columns))
         yield b
+
+
+def read_rows(store: Store, rels: Sequence[str], columns: Sequence[str], rows: np.ndarray) -> pa.Table:
+    """`columns` of the rows `rows` (any order, repeats allowed) of the parts `rels` read in
+    order (row r: the r-th row they hold, a face read twice included), in the order of `rows`.
+    Only those rows are held: the parts are read a batch at a time, and parts with none of them
+    are not read (a step that needs the paths and landmarks of a few faces of 10M)."""
+    rows = np.asarray(rows, np.int64)
+    order = np.argsort(rows, kind="stable")
+    want = rows[order]
+    got: list[pa.RecordBatch] = []
+    start = 0
+    for rel in rels:
+        if start > (want[-1] if len(want) else -1):
+            break
+        f = open_part(store, rel)
+        if want[np.searchsorted(want, start)] >= start + f.metadata.num_rows:    # none of its rows
+            start += f.metadata.num_rows
+            continue
+        for b in _file_batches(f, columns, f"{store.root}/{rel}"):
+            lo, hi = np.searchsorted(want, [start, start + b.num_rows])
+            if hi > lo:
+                got.append(b.take(pa.array(want[lo:hi] - start)))
+            start += b.num_rows
+    table = one_chunk(got, pa.schema([FACES.field(c) for c in columns]))
+    if table.num_rows != len(rows):
+        raise ReduceError(f"rows {want[table.num_rows:][:5].tolist()} are past the {start} rows of the faces parts")
+    return table if np.array_equal(order, np.arange(len(order))) else table.take(pa.array(np.argsort(order)))
 
 
 def _row_count(store: Store, rels: list[str]) -> int | None:

@@ -50,7 +50,7 @@ from facejob.io.storage import Store, open_store
 from . import partition as pt
 from . import svm as lb
 from .embeddings import (BATCH_ROWS, FETCH_ROWS, Descriptors, Faces, batch_embeddings, first_rows, open_part,
-                         part_batches, parts, read_faces)
+                         part_batches, parts, read_faces, read_rows)
 from .errors import ReduceError
 from .graph import knn_graph
 from . import shard_index as si
@@ -408,11 +408,14 @@ class RayReducer:
         self._descriptors = faces.embeddings if not embeddings else None
         return faces
 
-    def columns(self, store: Store, names: Sequence[str]) -> pa.Table:
+    def columns(self, store: Store, names: Sequence[str], rows: np.ndarray | None = None) -> pa.Table:
         """Columns the last `read_faces` left out (e.g. landmarks, for dedup only), read again
-        from the same parts: row i is row i of the Faces it gave."""
+        from the same parts: row i is row i of the Faces it gave; with `rows`, those face rows
+        only, in that order (only they are held)."""
         if self._source is None:
             raise ReduceError("RayReducer.columns: read_faces first")
+        if rows is not None:
+            return read_rows(store, self._source[1], names, self._read(np.asarray(rows, np.int64)))
         return read_faces(store, names, embeddings=False, rels=self._source[1]).meta.select(list(names))
 
     def build(self) -> None:
