@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.s3_server import assert_same_results, child_env, lfw_photos, make_client, rows_by_name, use_endpoint

@@ -176,6 +176,7 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
     import tempfile
     from pathlib import Path
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from bench.reduce_scale import write_archive
@@ -216,6 +217,8 @@ def test_streamed_shards_answer_and_cluster_like_one_process(ray_local, tmp_path
         # part are read rows further on): those rows only, in the order asked.
         few = eng.columns(LocalStore(par), ["uri", "landmarks"], asked)
         assert few.equals(faces.meta.select(["uri", "landmarks"]).take(asked))
+        streamed = pa.Table.from_batches(list(eng.batches(LocalStore(par), ["face_id", "landmarks"])))
+        assert streamed.equals(faces.meta.select(["face_id", "landmarks"]))     # the repeats left out
         # Names for them: the prediction tasks fetch their rows from the shards (the driver sends
         # row numbers, reads none), and name every face as one process does from the matrix.
         named = np.concatenate([np.flatnonzero(who == p)[:3] for p in range(10)])
@@ -314,7 +317,7 @@ def test_reduce_on_ray_writes_a_sharded_index_that_searches_and_dedups_like_one_
 
     code = dd.content_codes(f1.meta.column("sha256"))[0]
     dp._near_faces(LocalStore(tmp_path / "exact"), exact, IndexParams(), f1.face_ids, code,
-                   dp._columns_in(f1.meta))
+                   dp._shapes([f1.meta.column("landmarks")]))
     near = pq.read_table(par / "dedup/near_faces.parquet")
     assert near.equals(pq.read_table(tmp_path / "exact/dedup/near_faces.parquet"))
     assert sum(map(len, near.column("near").to_pylist())) > 100    # near faces were found, through the index

@@ -33,7 +33,7 @@ from facejob.io.storage import open_store as _store
 
 from . import duplicates as dd
 from . import saved
-from .embeddings import ALL_COLUMNS, Faces, read_faces, read_images, whole
+from .embeddings import ALL_COLUMNS, Faces, one_chunk, read_faces, read_images, whole
 from .hnsw import FaceIndex, IndexParams, update_index
 
 if TYPE_CHECKING:   # the Ray path, imported only when asked for (it imports Ray)
@@ -84,16 +84,26 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
         rows_of_label = fi.rows_for(faces)
         params, vectors = fi.params, lambda rows: faces.embeddings[rows]
         ids, sha, columns_of = faces.face_ids, faces.meta.column("sha256"), _columns_in(faces.meta)
+        shape = _shapes([faces.meta.column("landmarks")])
 
         def nearest(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             labels, d = fi.query(faces.embeddings[rows], k, ef=NEAR_EF)
             return rows_of_label[labels], d
     else:
-        # Of the parts the engine read (row i is face row i), every face's id and sha256 only;
-        # paths, boxes and landmarks of the few faces a check needs (`columns_of`). The caller's
-        # faces need not be held into this step (10M faces: ~1 GiB).
+        # Of the parts the engine read (row i is face row i), every face's id, sha256 and landmark
+        # shape only (the landmarks are read a batch at a time); the paths, boxes and landmarks
+        # of the few faces a check needs are read again (`columns_of`). The caller's faces need
+        # not be held into this step (10M faces: ~1 GiB).
         params, vectors = engine.params, engine.vectors
-        read = engine.columns(store, ("face_id", "sha256"))
+        kept: list[pa.RecordBatch] = []
+
+        def landmarks() -> Iterator[pa.Array]:
+            for b in engine.batches(store, ["face_id", "sha256", "landmarks"]):
+                kept.append(b.select(["face_id", "sha256"]))
+                yield b.column("landmarks")
+
+        shape = _shapes(landmarks())
+        read = one_chunk(kept, pa.schema([("face_id", pa.string()), ("sha256", pa.string())]))
         ids, sha = whole(read.column("face_id")), whole(read.column("sha256"))
         del read
 
@@ -104,7 +114,8 @@ def dedup(out: str | Store, faces: Faces | None = None, fi: FaceIndex | None = N
             return engine.query(engine.vectors(rows), k, ef=NEAR_EF)
     code, names = dd.content_codes(sha)
     del sha       # (on Ray: the last of it; `names` holds each content's once)
-    i, j, queried = _near_faces(store, nearest, params, ids, code, columns_of)
+    i, j, queried = _near_faces(store, nearest, params, ids, code, shape)
+    del shape
     key = np.unique(np.minimum(code[i], code[j]) * len(names) + np.maximum(code[i], code[j]))
     a, b = key // len(names), key % len(names)
     contents = np.unique(np.concatenate([a, b]))      # the descriptors of these photos' faces only
@@ -273,15 +284,15 @@ def _columns_in(meta: pa.Table) -> ColumnsOf:
 
 
 def _near_faces(store: Store, nearest: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
-                params: IndexParams, ids: pa.Array, code: np.ndarray, columns_of: ColumnsOf
+                params: IndexParams, ids: pa.Array, code: np.ndarray, shape: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Face row pairs (i, j) of different photo contents, j among i's K_NEAR nearest within
     NEAR_MAX_DIST and with the same landmark shape; and how many faces were searched.
-    `ids`: every face's id; `code`: its content code; `nearest(rows, k)`: the k nearest faces of
-    those face rows (face rows, -1: none; distances), from an index of `params`; `columns_of`:
-    the landmarks of the faces of pairs found tonight. Only faces not in
-    OUT/dedup/near_faces.parquet are searched; the saved pairs of faces still there are kept,
-    and the file is saved again for tonight's faces."""
+    `ids`, `code`, `shape`: every face's id, content code and landmark shape (`_shapes`);
+    `nearest(rows, k)`: the k nearest faces of those face rows (face rows, -1: none;
+    distances), from an index of `params`. Only faces not in OUT/dedup/near_faces.parquet are
+    searched; the saved pairs of faces still there are kept, and the file is saved again for
+    tonight's faces."""
     n = len(ids)
     key = saved.digest("near", NEAR_FORMAT, K_NEAR, NEAR_EF, dd.NEAR_MAX_DIST, dd.SHAPE_TOL, params.graph_settings())
     old = saved.read(store, DEDUP_NEAR, key)
@@ -297,23 +308,16 @@ def _near_faces(store: Store, nearest: Callable[[np.ndarray, int], tuple[np.ndar
         other = pc.index_in(lists.flatten(), ids).to_numpy(zero_copy_only=False)
         ok = ~np.isnan(owner) & ~np.isnan(other)
         i_old, j_old = owner[ok].astype(np.int64), other[ok].astype(np.int64)
-    found_i, found_j = [], []
+    found_i, found_j = [i_old], [j_old]
     for lo in range(0, len(todo), NEAR_ROWS):
         part = todo[lo:lo + NEAR_ROWS]
         j, d = nearest(part, K_NEAR)
         i = np.broadcast_to(part[:, None], j.shape)
         ok = (j >= 0) & (d <= dd.NEAR_MAX_DIST)
         i, j = i[ok], j[ok]
-        ok = code[i] != code[j]
+        ok = (code[i] != code[j]) & (dd.shape_diff(shape[i], shape[j]) <= dd.SHAPE_TOL)
         found_i.append(i[ok]); found_j.append(j[ok])
-    i = np.concatenate(found_i) if found_i else i_old[:0]
-    j = np.concatenate(found_j) if found_j else j_old[:0]
-    if len(i):      # the shapes of tonight's pairs' faces only (every face's: 40 B a face)
-        rows = np.unique(np.concatenate([i, j]))
-        shape = _shapes(columns_of(rows, ["landmarks"]).column("landmarks"))
-        ok = dd.shape_diff(shape[np.searchsorted(rows, i)], shape[np.searchsorted(rows, j)]) <= dd.SHAPE_TOL
-        i, j = i[ok], j[ok]
-    i, j = np.concatenate([i_old, i]), np.concatenate([j_old, j])
+    i, j = np.concatenate(found_i), np.concatenate(found_j)
     if len(todo) or old is None or old.num_rows != n:
         order = np.lexsort((j, i))
         i, j = i[order], j[order]
@@ -334,14 +338,13 @@ def _landmarks(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 SHAPE_ROWS = 262_144       # faces whose landmark shapes are computed at a time
 
 
-def _shapes(landmarks: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The landmark shapes (duplicates.shape_vector) of a landmarks column, kept as float32 and
-    computed a block at a time: the float64 steps for all faces at once would be ~4x the result."""
-    if not len(landmarks):
-        return np.empty((0, 0), np.float32)
-    blocks = [dd.shape_vector(_landmarks(landmarks.slice(lo, SHAPE_ROWS))).astype(np.float32)
-              for lo in range(0, len(landmarks), SHAPE_ROWS)]
-    return np.concatenate(blocks)
+def _shapes(landmarks: Iterable[pa.Array | pa.ChunkedArray]) -> np.ndarray:
+    """The landmark shapes (duplicates.shape_vector) of the faces of a landmarks column given in
+    pieces (e.g. a batch at a time as read), kept as float32 and computed SHAPE_ROWS at a time:
+    the float64 steps for all faces at once would be ~4x the result."""
+    blocks = [dd.shape_vector(_landmarks(col.slice(lo, SHAPE_ROWS))).astype(np.float32)
+              for col in landmarks for lo in range(0, len(col), SHAPE_ROWS)]
+    return np.concatenate(blocks) if blocks else np.empty((0, 0), np.float32)
 
 
 BOX_COLUMNS = ["left", "top", "right", "bottom"]

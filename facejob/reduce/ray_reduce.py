@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 
 import hnswlib
@@ -408,15 +408,27 @@ class RayReducer:
         self._descriptors = faces.embeddings if not embeddings else None
         return faces
 
-    def columns(self, store: Store, names: Sequence[str], rows: np.ndarray | None = None) -> pa.Table:
-        """Columns the last `read_faces` left out (e.g. landmarks, for dedup only), read again
-        from the same parts: row i is row i of the Faces it gave; with `rows`, those face rows
-        only, in that order (only they are held)."""
+    def columns(self, store: Store, names: Sequence[str], rows: np.ndarray) -> pa.Table:
+        """Columns of some face rows (of the Faces the last `read_faces` gave), e.g. the paths
+        and landmarks of the faces dedup checks, read again from the same parts: those rows only,
+        in the order of `rows`."""
         if self._source is None:
             raise ReduceError("RayReducer.columns: read_faces first")
-        if rows is not None:
-            return read_rows(store, self._source[1], names, self._read(np.asarray(rows, np.int64)))
-        return read_faces(store, names, embeddings=False, rels=self._source[1]).meta.select(list(names))
+        return read_rows(store, self._source[1], names, self._read(np.asarray(rows, np.int64)))
+
+    def batches(self, store: Store, names: Sequence[str]) -> Iterator[pa.RecordBatch]:
+        """Columns of every face row (of the Faces the last `read_faces` gave), read again from
+        the same parts a record batch at a time, in order: for a step that reduces a column as
+        it reads it (dedup's landmark shapes)."""
+        if self._source is None:
+            raise ReduceError("RayReducer.batches: read_faces first")
+        start = 0
+        for rel in self._source[1]:
+            for b in part_batches(store, rel, names):
+                read, start = start, start + b.num_rows
+                if self._face_row is not None:     # rare: a part written twice; its repeats go
+                    b = b.filter(pa.array(self._face_row[read:start] >= 0))
+                yield b
 
     def build(self) -> None:
         """The shard actors over the faces the last `read_faces` gave (their answers are rows of
