@@ -101,6 +101,28 @@ def test_cutting_edges_over_the_threshold_is_not_exact():
     assert len(np.unique(cut)) == 2
 
 
+def test_a_shard_inserts_in_chunks_the_graph_it_would_in_one_go(tmp_path, monkeypatch):
+    """A shard seals its graph SEAL_ROWS descriptors at a time (no second copy of them all): one
+    thread inserts them one by one in row order either way, so the saved graph is byte for byte
+    the one a single add_items makes, whatever order the batches came in and less the skipped rows."""
+    from facejob.reduce import ray_reduce as rr
+    from facejob.reduce.hnsw import IndexParams
+
+    x = _blobs(700, 30, 4)
+    rows = np.random.default_rng(3).permutation(700)
+    saved = []
+    for seal_rows in (10_000, 7):
+        monkeypatch.setattr(rr, "SEAL_ROWS", seal_rows)
+        shard = rr._Shard.__ray_actor_class__(IndexParams(M=8, ef_construction=20))
+        for part in np.array_split(np.arange(700), 5)[::-1]:      # batches out of row order
+            shard.add(x[rows[part]], rows[part], rows[part] % 2 == 0)
+        shard.seal(np.array([5, 77]))
+        assert shard.live == 698 and np.array_equal(shard.rows, np.setdiff1d(np.arange(700), [5, 77]))
+        shard.index.save_index(str(tmp_path / f"{seal_rows}.hnsw"))
+        saved.append((tmp_path / f"{seal_rows}.hnsw").read_bytes())
+    assert saved[0] == saved[1]
+
+
 def test_sharded_search_matches_exact_search():
     x = _blobs(3000, 300, 5)
     cent = pt.kmeans(x, 8, seed=0)
