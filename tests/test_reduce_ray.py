@@ -111,6 +111,7 @@ def test_a_shard_inserts_in_chunks_the_graph_it_would_in_one_go(tmp_path, monkey
     x = _blobs(700, 30, 4)
     rows = np.random.default_rng(3).permutation(700)
     saved = []
+    monkeypatch.setattr(rr, "_here", lambda: None)    # where it ran: asking Ray would start one here
     for seal_rows in (10_000, 7):
         monkeypatch.setattr(rr, "SEAL_ROWS", seal_rows)
         shard = rr._Shard.__ray_actor_class__(IndexParams(M=8, ef_construction=20))
