@@ -218,7 +218,9 @@ def _faceless_candidates(images: pa.Table, store: Store | None = None) -> tuple[
     since the last run are searched: OUT/dedup/phash.parquet keeps each content's hashes (as a
     signature) and the pairs found, and two unchanged contents pair tonight exactly when they did
     then (the same hashes), so the union equals a search of every pair."""
-    rows = images.filter(pc.is_valid(images.column("phash")))
+    rows = images.select(["sha256", "phash", "status"])     # a filter copies what it keeps: not the paths
+    if rows.column("phash").null_count:
+        rows = rows.filter(pc.is_valid(rows.column("phash")))
     sha = rows.column("sha256")
     hashes = rows.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
     faceless = np.asarray(pc.equal(rows.column("status"), "no_face").to_numpy(zero_copy_only=False), bool)

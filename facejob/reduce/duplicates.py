@@ -484,11 +484,13 @@ def _grouped_rows(images: pa.Table, near: list[tuple[str, str, float, float]]) -
     from scipy.sparse.csgraph import connected_components
 
     valid = np.flatnonzero(pc.is_valid(images.column("sha256")).to_numpy(zero_copy_only=False))
-    first = first_rows(images.column("uri").take(pa.array(valid)))
+    every = len(valid) == images.num_rows       # as a rule: then the columns are read, not copied
+    first = first_rows(images.column("uri") if every else images.column("uri").take(pa.array(valid)))
     kept = valid if first is None else valid[first]
     if not len(kept):
         return kept
-    code, names = content_codes(images.column("sha256").take(pa.array(kept)))
+    sha = images.column("sha256")
+    code, names = content_codes(sha if every and first is None else sha.take(pa.array(kept)))
     paths_per_content = np.bincount(code, minlength=len(names))
     ends = [pc.index_in(pa.array([p[k] for p in near], pa.string()), names).to_numpy(zero_copy_only=False)
             for k in (0, 1)] if near else [np.empty(0)] * 2
