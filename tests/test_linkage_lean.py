@@ -209,7 +209,9 @@ def test_attaching_low_quality_faces_by_sorted_keys_equals_the_python_sets(seed)
     for app in (None, applied):
         got, want = np.arange(n), np.arange(n)
         got[seed_rows] = want[seed_rows] = seed_rows[gc.labels_]
-        joined = _attach_rest(nearest, faces, x, got, rest, seed_rows, 6, app, gc)
+        not_same = np.empty((0, 2), np.int64) if app is None else corr.rows_of(faces.face_ids, app.cannot)
+        joined = _attach_rest(nearest, faces, x, got, rest, seed_rows, np.append(at, -1), 6, not_same, gc,
+                              corr.photo_codes(faces.meta.column("uri")))
         assert joined == ref.attach_rest(nearest, faces, x, want, rest, seed_rows, 6, app, gc) > 3
         assert np.array_equal(got, want)
         assert joined == (got[rest] != rest).sum() and (got[rest] == rest).sum() > 3

@@ -114,10 +114,11 @@ def cluster_faces(fi: FaceIndex | None, faces: Faces, threshold: float = CLUSTER
     t1 = time.perf_counter()
     photo = corr.photo_codes(faces.meta.column("uri"))
     cannot = corr.photo_pairs(photo[seed_rows])
-    must = np.empty((0, 2), np.int64)
+    must = not_same = np.empty((0, 2), np.int64)     # face rows the curator linked, or said differ
     if applied is not None:
-        must, no = (_seed_pairs(seed_pos, corr.rows_of(faces.face_ids, p)) for p in (applied.must, applied.cannot))
-        cannot = np.concatenate([cannot, no])
+        must = _seed_pairs(seed_pos, corr.rows_of(faces.face_ids, applied.must))
+        not_same = corr.rows_of(faces.face_ids, applied.cannot)
+        cannot = np.concatenate([cannot, _seed_pairs(seed_pos, not_same)])
     x = lm.MetricLearner.from_head(head).transform(faces.embeddings)
     gc = GraphClusterer(threshold, pair_margin, link_weight=link_weight)
     agg = None
@@ -126,7 +127,7 @@ def cluster_faces(fi: FaceIndex | None, faces: Faces, threshold: float = CLUSTER
     gc.fit(x if len(rest) == 0 else take_rows(x, seed_rows), (eu, ev), must_link=must, cannot_link=cannot, agglomerate_with=agg)
     labels = np.arange(n)
     labels[seed_rows] = seed_rows[gc.labels_]
-    attached = _attach_rest(nearest, faces, x, labels, rest, seed_rows, k, applied, gc, photo)
+    attached = _attach_rest(nearest, faces, x, labels, rest, seed_rows, seed_pos, k, not_same, gc, photo)
     t2 = time.perf_counter()
     return labels, {"edges": len(eu), "rounds": gc.rounds_, "must_link": len(must), "cannot_link": len(cannot),
                     "attached": attached, "knn_s": round(t1 - t0, 2), "merge_s": round(t2 - t1, 2)}
@@ -139,28 +140,26 @@ def _seed_pairs(seed_pos: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 
 def _attach_rest(nearest, faces: Faces, x: np.ndarray, labels: np.ndarray, rest: np.ndarray,
-                 seed_rows: np.ndarray, k: int, applied: corr.Applied | None, gc: GraphClusterer,
-                 photo: np.ndarray | None = None) -> int:
+                 seed_rows: np.ndarray, seed_pos: np.ndarray, k: int, not_same: np.ndarray,
+                 gc: GraphClusterer, photo: np.ndarray) -> int:
     """Give the non-seed faces `rest` the cluster label they unambiguously belong to (in place),
     by `gc` (fitted on the seeds); how many got one. `nearest(vectors, m, ef)`: the face rows of
-    the m nearest faces of each vector (-1: fewer found); `photo`: each face's
-    corrections.photo_codes (made of its uri when not given). A cluster holding a face of the
-    same photo, or one the curator said this face is not, is out; two faces of one photo never
-    join one cluster (the nearer one does). (Photo and cluster pairs are one int64 each, photo *
-    (n + 1) + cluster, in sorted arrays: a set of Python tuples of every seed was GBs at millions
-    of faces.)"""
+    the m nearest faces of each vector (-1: fewer found); `seed_pos`: per face row (and a last
+    -1) its row among the seeds, -1 for none; `not_same`: face row pairs the curator said are
+    different people; `photo`: each face's corrections.photo_codes. A cluster holding a face of
+    the same photo, or one the curator said this face is not, is out; two faces of one photo
+    never join one cluster (the nearer one does). (Photo and cluster pairs are one int64 each,
+    photo * (n + 1) + cluster, in sorted arrays: a set of Python tuples of every seed was GBs at
+    millions of faces.)"""
     if len(rest) == 0 or len(seed_rows) == 0:
         return 0
     n = len(faces)
-    seed_pos = np.full(n + 1, -1, np.int64)      # face row -> row among the seeds; [-1] -> -1
-    seed_pos[seed_rows] = np.arange(len(seed_rows))
     cand = nearest(faces.embeddings[rest], 2 * k, max(4 * k, 64))
     cand[seed_pos[cand] < 0] = -1
-    photo = corr.photo_codes(faces.meta.column("uri")) if photo is None else photo
     cl = labels[np.maximum(cand, 0)]
     blocked = in_sorted(photo[rest, None] * (n + 1) + cl, np.unique(photo[seed_rows] * (n + 1) + labels[seed_rows]))
-    if applied is not None:
-        a, b = corr.rows_of(faces.face_ids, applied.cannot).T
+    if len(not_same):
+        a, b = not_same.T
         no = np.unique(np.concatenate([a * (n + 1) + labels[b], b * (n + 1) + labels[a]]))
         blocked |= in_sorted(rest[:, None] * (n + 1) + cl, no)
     to, dist = gc.predict(x[rest], seed_pos[cand], blocked)
