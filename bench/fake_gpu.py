@@ -41,15 +41,29 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def start_head(tmp: Path, gpus: int, cpus: int, env: dict[str, str], repo: str) -> tuple[subprocess.Popen, str]:
-    port, nm, om, client, agent, metrics, renv, grpc, dash = free_ports(9)
+WORKER_PORTS = 400      # ports a head's workers may take, from worker_ports_from(...)
+
+
+def worker_ports_from(taken: list[int]) -> int:
+    """The first of WORKER_PORTS worker ports (by pid, so heads started side by side differ)
+    that holds none of the `taken` ports: the free ports come from the OS's ephemeral range,
+    which the worker range can overlap, and Ray then refuses to start."""
     lo = 20000 + (os.getpid() % 2000) * 10
+    while any(lo <= p <= lo + WORKER_PORTS for p in taken):
+        lo = lo + WORKER_PORTS + 1 if lo + 2 * WORKER_PORTS < 65000 else 10000
+    return lo
+
+
+def start_head(tmp: Path, gpus: int, cpus: int, env: dict[str, str], repo: str) -> tuple[subprocess.Popen, str]:
+    ports = free_ports(9)
+    port, nm, om, client, agent, metrics, renv, grpc, dash = ports
+    lo = worker_ports_from(ports)
     cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--num-gpus={gpus}",
            f"--num-cpus={cpus}", f"--temp-dir={tmp}", f"--port={port}", f"--node-manager-port={nm}",
            f"--object-manager-port={om}", f"--ray-client-server-port={client}",
            f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
            f"--runtime-env-agent-port={renv}", f"--dashboard-agent-grpc-port={grpc}",
-           f"--min-worker-port={lo}", f"--max-worker-port={lo + 400}", "--include-dashboard=false", f"--dashboard-port={dash}", "--node-ip-address=127.0.0.1",
+           f"--min-worker-port={lo}", f"--max-worker-port={lo + WORKER_PORTS}", "--include-dashboard=false", f"--dashboard-port={dash}", "--node-ip-address=127.0.0.1",
            "--disable-usage-stats"]
     head = subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)

@@ -354,15 +354,16 @@ def nightly(out: Path, n_people: int, say, workers: int = 0, shards: int = 0) ->
 def _ray_head(cpus: int, tmp: Path) -> tuple[subprocess.Popen, str]:
     """A Ray head of our own (own --temp-dir and ports), for the service's detached actors to
     outlive the processes that search; ended by its pid (`_end_head`), never `ray stop`."""
-    from bench.fake_gpu import free_ports
+    from bench.fake_gpu import WORKER_PORTS, free_ports, worker_ports_from
 
-    port, nm, om, client, agent, metrics, renv, grpc = free_ports(8)
-    lo = 20000 + (os.getpid() % 2000) * 10
+    ports = free_ports(8)
+    port, nm, om, client, agent, metrics, renv, grpc = ports
+    lo = worker_ports_from(ports)
     cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--num-cpus={cpus}",
            f"--temp-dir={tmp}", f"--port={port}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={renv}",
-           f"--dashboard-agent-grpc-port={grpc}", f"--min-worker-port={lo}", f"--max-worker-port={lo + 400}",
+           f"--dashboard-agent-grpc-port={grpc}", f"--min-worker-port={lo}", f"--max-worker-port={lo + WORKER_PORTS}",
            "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     env = {**os.environ, "RAY_worker_niceness": "0", "RAY_ADDRESS": ""}
     log = open(tmp.parent / "head.log", "w+b")
