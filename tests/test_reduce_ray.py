@@ -102,26 +102,75 @@ def test_cutting_edges_over_the_threshold_is_not_exact():
 
 
 def test_a_shard_inserts_in_chunks_the_graph_it_would_in_one_go(tmp_path, monkeypatch):
-    """A shard seals its graph SEAL_ROWS descriptors at a time (no second copy of them all): one
-    thread inserts them one by one in row order either way, so the saved graph is byte for byte
-    the one a single add_items makes, whatever order the batches came in and less the skipped rows."""
+    """A shard seals its graph SEAL_ROWS descriptors at a time, letting each received batch go
+    once its rows are in (no second copy of them all): one thread inserts them one by one in row
+    order either way, so the saved graph is byte for byte the one a single add_items makes,
+    whatever rows the batches hold and in whatever order they came, less the skipped rows."""
     from facejob.reduce import ray_reduce as rr
     from facejob.reduce.hnsw import IndexParams
 
     x = _blobs(700, 30, 4)
-    rows = np.random.default_rng(3).permutation(700)
+    shuffled = np.random.default_rng(3).permutation(700)
+    scattered = [shuffled[part] for part in np.array_split(np.arange(700), 5)[::-1]]
+    # As the part tasks send them: runs of rows, the parts' batches interleaved.
+    runs = [r for pair in zip(np.array_split(np.arange(350), 5), np.array_split(np.arange(350, 700), 5)) for r in pair]
     saved = []
     monkeypatch.setattr(rr, "_here", lambda: None)    # where it ran: asking Ray would start one here
-    for seal_rows in (10_000, 7):
+    for seal_rows, batches in ((10_000, scattered), (7, scattered), (7, runs), (64, runs)):
         monkeypatch.setattr(rr, "SEAL_ROWS", seal_rows)
         shard = rr._Shard.__ray_actor_class__(IndexParams(M=8, ef_construction=20))
-        for part in np.array_split(np.arange(700), 5)[::-1]:      # batches out of row order
-            shard.add(x[rows[part]], rows[part], rows[part] % 2 == 0)
+        for rows in batches:
+            shard.add(x[rows], rows, rows % 2 == 0)
         shard.seal(np.array([5, 77]))
         assert shard.live == 698 and np.array_equal(shard.rows, np.setdiff1d(np.arange(700), [5, 77]))
-        shard.index.save_index(str(tmp_path / f"{seal_rows}.hnsw"))
-        saved.append((tmp_path / f"{seal_rows}.hnsw").read_bytes())
-    assert saved[0] == saved[1]
+        assert np.array_equal(shard.home, np.setdiff1d(np.arange(0, 700, 2), [5, 77]))
+        got, vec = shard.vectors(np.arange(0, 700, 10))
+        assert np.array_equal(got, np.arange(0, 700, 10)) and np.array_equal(vec, x[got])
+        shard.index.save_index(str(tmp_path / f"{len(saved)}.hnsw"))
+        saved.append((tmp_path / f"{len(saved)}.hnsw").read_bytes())
+    assert all(s == saved[0] for s in saved[1:])
+
+
+def test_a_shard_lets_each_batch_go_once_its_rows_are_in_the_graph(monkeypatch):
+    """While a shard seals, the descriptors received shrink as the graph grows: before each chunk
+    is inserted, only the batches with rows still to insert are held; each big batch lies in a
+    memory mapping of its own (so its pages go back to the OS with it)."""
+    import mmap
+    import weakref
+
+    import hnswlib
+
+    from facejob.reduce import ray_reduce as rr
+    from facejob.reduce.hnsw import IndexParams
+
+    x = _blobs(700, 30, 4)
+    held = []
+
+    class Watched(hnswlib.Index):
+        def add_items(self, data, ids, num_threads=-1):
+            held.append(sum(r() is not None for r in refs))
+            super().add_items(data, ids, num_threads=num_threads)
+
+    monkeypatch.setattr(rr, "_here", lambda: None)
+    monkeypatch.setattr(rr, "SEAL_ROWS", 70)
+    monkeypatch.setattr(rr, "OWN_PAGES_BYTES", 0)      # every batch in a mapping of its own
+    monkeypatch.setattr(rr.hnswlib, "Index", Watched)
+    shard = rr._Shard.__ray_actor_class__(IndexParams(M=8, ef_construction=20))
+    for rows in np.array_split(np.arange(700), 10)[::-1]:
+        shard.add(x[rows], rows, rows % 2 == 0)
+    refs = [weakref.ref(b[0]) for b in shard.batches]
+
+    def owner(a):
+        while isinstance(a, np.ndarray):
+            a = a.base
+        return a.obj if isinstance(a, memoryview) else a
+
+    assert all(isinstance(owner(b[0]), mmap.mmap) for b in shard.batches)
+    shard.seal(np.empty(0, np.int64))
+    assert held == list(range(10, 0, -1))
+    assert all(r() is None for r in refs)
+    got, vec = shard.vectors(np.arange(700))
+    assert np.array_equal(got, np.arange(0, 700, 2)) and np.array_equal(vec, x[got])
 
 
 def test_sharded_search_matches_exact_search():

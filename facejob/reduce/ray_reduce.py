@@ -29,6 +29,7 @@ pyproject's import contracts).
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import resource
 import tempfile
@@ -144,6 +145,22 @@ def _route_part(root: str, rel: str, first: int, centroids: np.ndarray, replicas
     return row - first, _here()
 
 
+OWN_PAGES_BYTES = 1 << 20   # received batches this big get a mapping of their own (small ones: few, reused)
+
+
+def _own_pages(vectors: np.ndarray) -> np.ndarray:
+    """A float32 copy of `vectors`, when it is big in an anonymous mapping of its own: when the
+    copy goes, its pages go back to the OS (from the malloc heap, where big arrays often land,
+    they would not). Small ones stay on the heap: a mapping each could pass the kernel's limit of
+    maps per process (65,530) over an archive of many small parts."""
+    if vectors.size * 4 < OWN_PAGES_BYTES:
+        return np.array(vectors, np.float32)
+    buf = mmap.mmap(-1, vectors.size * 4)
+    out = np.frombuffer(buf, np.float32, vectors.size).reshape(vectors.shape)
+    out[...] = vectors
+    return out
+
+
 @ray.remote
 class _Shard:
     """One cell's faces in an hnswlib index. Faces arrive in batches from the part tasks, in any
@@ -162,28 +179,42 @@ class _Shard:
     def add(self, vectors: np.ndarray, rows: np.ndarray, home: np.ndarray) -> None:
         """Faces (descriptors, rows) to store; `home`: those whose nearest cell this is."""
         # Copies: the sent arrays live in the object store, which may then let them go.
-        self.batches.append((np.array(vectors, np.float32), np.array(rows, np.int64), np.array(home, bool)))
+        self.batches.append((_own_pages(vectors), np.array(rows, np.int64), np.array(home, bool)))
 
     def seal(self, skip: np.ndarray) -> Where:
         """Build the index over the faces received, less the rows `skip` (repeated faces)."""
-        rows = np.concatenate([b[1] for b in self.batches]) if self.batches else np.empty(0, np.int64)
-        vectors = (np.concatenate([b[0] for b in self.batches]) if self.batches
-                   else np.empty((0, EMBEDDING_DIM), np.float32))
-        home = np.concatenate([b[2] for b in self.batches]) if self.batches else np.empty(0, bool)
-        self.batches = []
+        batches, self.batches = self.batches, []
+        sizes = np.array([len(b[1]) for b in batches], np.int64)
+        rows = np.concatenate([b[1] for b in batches]) if batches else np.empty(0, np.int64)
+        home = np.concatenate([b[2] for b in batches]) if batches else np.empty(0, bool)
+        batch_of = np.repeat(np.arange(len(batches), dtype=np.int32), sizes)
+        offset = np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         order = np.argsort(rows, kind="stable")
         order = order[~np.isin(rows[order], skip)]
         self.rows, self.home = rows[order], rows[order[home[order]]]
+        # The last position in `order` each batch is read at: after it the batch can go.
+        done_at = np.full(len(batches), -1, np.int64)
+        np.maximum.at(done_at, batch_of[order], np.arange(len(order)))
         p = self.params
         self.index = hnswlib.Index(space="l2", dim=EMBEDDING_DIM)
         self.index.init_index(max_elements=max(len(order), 1), ef_construction=p.ef_construction, M=p.M,
                               random_seed=p.seed)
-        # In row order, SEAL_ROWS at a time: `vectors[order]` whole would be a second copy of
-        # every descriptor beside the growing graph (a shard's peak ~1.8 KiB a face, not ~1.3).
+        # In row order, SEAL_ROWS at a time, each batch let go once its rows are in: the graph
+        # grows as the received descriptors shrink (the part tasks send them in row order), so a
+        # shard's peak is about its graph (~0.9 KiB a face), not graph + every descriptor (~1.3).
         # One thread inserts them one by one in that order either way: the same graph.
         for lo in range(0, len(order), SEAL_ROWS):   # one thread per actor: no oversubscription
             at = order[lo:lo + SEAL_ROWS]
-            self.index.add_items(vectors[at], np.arange(lo, lo + len(at)), num_threads=1)
+            chunk = np.empty((len(at), EMBEDDING_DIM), np.float32)
+            for b in np.unique(batch_of[at]).tolist():
+                sel = batch_of[at] == b
+                if sel.all():     # the usual case: no gathered copy beside the chunk
+                    np.take(batches[b][0], offset[at], axis=0, out=chunk)
+                else:
+                    chunk[sel] = batches[b][0][offset[at[sel]]]
+            self.index.add_items(chunk, np.arange(lo, lo + len(at)), num_threads=1)
+            for b in np.flatnonzero((done_at >= lo) & (done_at < lo + len(at))).tolist():
+                batches[b] = None
         self.live = len(order)
         return _here()
 
