@@ -307,10 +307,14 @@ def test_a_photo_that_cannot_be_read_tonight_is_tried_again(tmp_path, data_dir):
     assert _grouped_uris(out) == {str(a), str(b)}
 
 
-def test_nightly_phash_search_equals_a_full_one(tmp_path):
+@pytest.mark.parametrize("sha256", [False, True])
+def test_nightly_phash_search_equals_a_full_one(tmp_path, sha256):
     """With OUT/dedup/phash.parquet from the last run, only the contents new or changed since (a
     new hash, a faceless flag that changed) are searched, and the pairs equal a full search's:
-    pairs of removed contents go, pairs of unchanged ones stay."""
+    pairs of removed contents go, pairs of unchanged ones stay. (With real sha256 strings the
+    saved contents are found by binary search over their bytes, else by a hash table.)"""
+    import hashlib
+
     import pyarrow as pa
 
     from facejob.io.storage import LocalStore
@@ -318,6 +322,8 @@ def test_nightly_phash_search_equals_a_full_one(tmp_path):
 
     rng = np.random.default_rng(7)
     sha, h = _synthetic_hashes(rng, 3000)
+    if sha256:
+        sha = [hashlib.sha256(s.encode()).hexdigest() for s in sha]
     status = np.where(rng.random(len(h)) < 0.5, "no_face", "ok")
 
     def images(keep):
@@ -371,3 +377,68 @@ def test_groups_table_sets_aside_photos_in_no_group_and_equals_the_whole_archive
     assert got.equals(want)
     assert dd.groups_table(images.slice(0, 0), near).num_rows == 0
     assert dd.groups_table(images, []).equals(dd._groups_of(images, []))
+
+
+def test_positions_in_finds_sha256_strings_as_a_hash_table_does():
+    """duplicates.positions_in: the position of each value in sorted distinct names, -1 where
+    absent, as pc.index_in gives it: by binary search over sha256 strings' bytes (sliced and
+    chunked arrays too), by pc.index_in itself for any other strings."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from facejob.reduce.duplicates import positions_in
+
+    def index_in(values, names):
+        at = pc.index_in(values, names).to_numpy(zero_copy_only=False)
+        return np.where(np.isnan(at), -1, at).astype(np.int64)
+
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(3000)]
+    names = pa.array(sorted(digests[:2000]))
+    rng = np.random.default_rng(0)
+    values = pa.array([digests[i] for i in rng.integers(0, 3000, 5000)])      # a third absent
+    for v in (values, values.slice(17, 3000), pa.chunked_array([values.slice(0, 10), values.slice(10)])):
+        want = index_in(v, names)
+        assert np.array_equal(positions_in(v, names), want) and (want == -1).any() and (want >= 0).any()
+    assert np.array_equal(positions_in(values, names.slice(5, 100)), index_in(values, names.slice(5, 100)))
+    assert np.array_equal(positions_in(values, names[:0]), np.full(5000, -1))
+    others = pa.array(sorted(digests[:2000] + ["not a sha256"]))
+    assert np.array_equal(positions_in(values, others), index_in(values, others))
+    assert positions_in(values[:0], names).shape == (0,)
+
+
+def test_content_codes_of_sha256_strings_equal_the_hash_table_coding():
+    """duplicates.content_codes codes sha256 hex strings by sorting their first 64 bits where
+    they lie; the codes and names equal a dictionary encoding's, for sliced and chunked arrays,
+    and strings it cannot code that way (two contents alike in their first 16 digits, capitals,
+    other strings) are coded by the hash table."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from facejob.reduce import duplicates as dd
+
+    def by_hash_table(values):
+        enc = pc.dictionary_encode(dd.whole(values))
+        order = pc.array_sort_indices(enc.dictionary).to_numpy()
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        return rank[enc.indices.to_numpy().astype(np.int64)], enc.dictionary.take(order)
+
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1000)]
+    rng = np.random.default_rng(1)
+    some = pa.array([digests[i] for i in rng.integers(0, 600, 3000)])      # most contents many times
+    alike = digests[0][:16] + digests[1][16:]                                 # digests[0]'s first 64 bits
+    for values, sorted_in_place in ((some, True), (some.slice(11, 2000), True),
+                                    (pa.chunked_array([some.slice(0, 5), some.slice(5), pa.array(digests[900:])]), True),
+                                    (pa.chunked_array([], pa.string()), True),
+                                    (pa.chunked_array([some, pa.array([alike])]), False),
+                                    (pa.array(digests[:50] + [digests[3].upper()]), False),
+                                    (pa.array(["b", "a", "b"]), False)):
+        chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+        assert (dd._sha_codes(chunks) is not None) == sorted_in_place
+        code, names = dd.content_codes(values)
+        want_code, want_names = by_hash_table(values)
+        assert np.array_equal(code, want_code) and names.equals(want_names)

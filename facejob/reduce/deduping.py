@@ -235,9 +235,8 @@ def _faceless_candidates(images: pa.Table, store: Store | None = None) -> tuple[
     dirty = np.ones(n, bool)
     kept = np.empty(0, np.int64)
     if old is not None:
-        at = pc.index_in(old.column("sha256"), names).to_numpy(zero_copy_only=False)   # code now; NaN: gone
-        same = ~np.isnan(at)
-        at = np.where(same, at, -1).astype(np.int64)
+        at = dd.positions_in(old.column("sha256"), names)    # code now; -1: gone
+        same = at >= 0
         same[same] = old.column("sig").to_numpy().view(np.uint64)[same] == sig[at[same]]
         dirty[at[same]] = False
         lists = old.column("partners").combine_chunks()

@@ -422,12 +422,118 @@ def _wht(x: np.ndarray) -> np.ndarray:
 
 def content_codes(sha) -> tuple[np.ndarray, pa.Array]:
     """Per row the rank of its sha256 among the distinct ones, and those (sorted)."""
+    if isinstance(sha, (pa.Array, pa.ChunkedArray)):
+        coded = _sha_codes(sha.chunks if isinstance(sha, pa.ChunkedArray) else [sha])
+        if coded is not None:
+            return coded
     arr = whole(sha) if isinstance(sha, (pa.Array, pa.ChunkedArray)) else pa.array(sha, pa.string())
     enc = pc.dictionary_encode(arr)
     order = pc.array_sort_indices(enc.dictionary).to_numpy()
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
     return rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)], enc.dictionary.take(order)
+
+
+SHA_HEX = 64     # characters of a sha256 in hex
+
+
+def positions_in(values: pa.Array | pa.ChunkedArray, names: pa.Array) -> np.ndarray:
+    """Per value, its position in `names` (distinct, sorted as content_codes gives them), -1
+    where it is not there. When both hold sha256 hex strings only (64 characters, no nulls), by
+    binary search over the strings' bytes where they lie: pc.index_in's hash table of every
+    name would cost ~100 bytes a content (~1 GiB at 10M photos)."""
+    hay = _sha_bytes(names)
+    out = []
+    for chunk in values.chunks if isinstance(values, pa.ChunkedArray) else [values]:
+        needles = None if hay is None else _sha_bytes(chunk)
+        if needles is None:
+            at = pc.index_in(chunk, names).to_numpy(zero_copy_only=False)
+            out.append(np.where(np.isnan(at), -1, at).astype(np.int64))
+            continue
+        at = np.full(len(needles), -1, np.int64)
+        for lo in range(0, len(needles), 1 << 20):     # the compared copies: 64 MiB at a time
+            want = needles[lo:lo + (1 << 20)]
+            pos = np.minimum(np.searchsorted(hay, want), max(len(hay) - 1, 0))
+            hit = hay[pos] == want if len(hay) else np.zeros(len(want), bool)
+            at[lo:lo + len(want)][hit] = pos[hit]
+        out.append(at)
+    return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
+def _sha_bytes(arr: pa.Array) -> np.ndarray | None:
+    """The strings of `arr` as a (n,) bytes-64 view of its data (no copy), or None unless it is a
+    string array of SHA_HEX-character strings without nulls."""
+    if arr.type != pa.string() or arr.null_count:
+        return None
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4)
+    if n == 0 or not np.all(offsets[1:] - offsets[:-1] == SHA_HEX):
+        return None if n else np.empty(0, f"S{SHA_HEX}")
+    return np.frombuffer(arr.buffers()[2], f"S{SHA_HEX}", n, int(offsets[0]))
+
+
+def _sha_codes(chunks: list[pa.Array]) -> tuple[np.ndarray, pa.Array] | None:
+    """content_codes of sha256 hex strings (lowercase, no nulls), sorted by their first 64 bits
+    where they lie: no hash table, no joined copy of every string (dictionary_encode's ~200 bytes
+    a row at its peak, ~2 GiB at 10M photos). None for other strings, or when two distinct ones
+    share those 64 bits (then content_codes hashes them)."""
+    views = [_sha_bytes(c) for c in chunks]
+    n = sum(len(c) for c in chunks)
+    if any(v is None for v in views) or SHA_HEX * (n + 1) >= 2 ** 31:
+        return None
+    keys = [_hex_prefix(v) for v in views]
+    if any(k is None for k in keys):
+        return None
+    key = np.concatenate(keys) if keys else np.empty(0, np.uint64)
+    del keys
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    del key
+    same = sorted_key[1:] == sorted_key[:-1]
+    del sorted_key
+    starts = np.cumsum([0] + [len(v) for v in views])
+
+    def rows(at: np.ndarray) -> np.ndarray:     # the strings of rows `at` (of all the chunks)
+        if len(views) == 1:
+            return views[0][at]
+        out = np.empty(len(at), f"S{SHA_HEX}")
+        chunk = np.searchsorted(starts, at, "right") - 1
+        by = np.argsort(chunk, kind="stable")
+        bounds = np.searchsorted(chunk[by], np.arange(len(views) + 1))
+        for c in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+            sel = by[bounds[c]:bounds[c + 1]]
+            out[sel] = views[c][at[sel] - starts[c]]
+        return out
+
+    # Rows with the same first 64 bits are the same content, unless two contents collide there.
+    for lo in range(0, len(same), 1 << 20):
+        at = lo + np.flatnonzero(same[lo:lo + (1 << 20)])
+        if not np.array_equal(rows(order[at]), rows(order[at + 1])):
+            return None
+    new = np.r_[True, ~same] if n else np.empty(0, bool)
+    code = np.empty(n, np.int64)
+    code[order] = np.cumsum(new) - 1
+    names = rows(order[new])
+    offsets = np.arange(0, SHA_HEX * (len(names) + 1), SHA_HEX, dtype=np.int32)
+    return code, pa.Array.from_buffers(pa.string(), len(names), [None, pa.py_buffer(offsets), pa.py_buffer(names)])
+
+
+def _hex_prefix(rows: np.ndarray) -> np.ndarray | None:
+    """The first 16 hex digits of each bytes-64 row as an integer (their order is the strings'),
+    or None when one of those is not a lowercase hex digit."""
+    chars = rows.view(np.uint8).reshape(len(rows), SHA_HEX)
+    key = np.empty(len(rows), np.uint64)
+    for lo in range(0, len(rows), 1 << 20):
+        c = chars[lo:lo + (1 << 20), :16]
+        digit = np.where(c >= 97, c - 87, c - 48)    # 'a'.. -> 10.., '0'.. -> 0..
+        ok = ((c >= 48) & (c <= 57)) | ((c >= 97) & (c <= 102))
+        if not ok.all():
+            return None
+        k = np.zeros(len(c), np.uint64)
+        for j in range(16):
+            k = (k << np.uint64(4)) | digit[:, j].astype(np.uint64)
+        key[lo:lo + len(c)] = k
+    return key
 
 
 def _distinct_hashes(codes: np.ndarray, hashes: np.ndarray, faceless: np.ndarray, query: np.ndarray
