@@ -466,9 +466,11 @@ def _sha_bytes(arr: pa.Array) -> np.ndarray | None:
     if arr.type != pa.string() or arr.null_count:
         return None
     n = len(arr)
+    if n == 0:
+        return np.empty(0, f"S{SHA_HEX}")
     offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4)
-    if n == 0 or not np.all(offsets[1:] - offsets[:-1] == SHA_HEX):
-        return None if n else np.empty(0, f"S{SHA_HEX}")
+    if not np.all(offsets[1:] - offsets[:-1] == SHA_HEX):
+        return None
     return np.frombuffer(arr.buffers()[2], f"S{SHA_HEX}", n, int(offsets[0]))
 
 

@@ -205,9 +205,9 @@ class _Shard:
         # One thread inserts them one by one in that order either way: the same graph.
         for lo in range(0, len(order), SEAL_ROWS):   # one thread per actor: no oversubscription
             at = order[lo:lo + SEAL_ROWS]
-            chunk = np.empty((len(at), EMBEDDING_DIM), np.float32)
-            for b in np.unique(batch_of[at]).tolist():
-                sel = batch_of[at] == b
+            chunk, of = np.empty((len(at), EMBEDDING_DIM), np.float32), batch_of[at]
+            for b in np.unique(of).tolist():
+                sel = of == b
                 if sel.all():     # the usual case: no gathered copy beside the chunk
                     np.take(batches[b][0], offset[at], axis=0, out=chunk)
                 else:
